@@ -1,0 +1,22 @@
+"""The ``data`` backend: read a source, normalise, clean, deduplicate, split, shard."""
+
+from llmbuild.backends.data.config import DataConfig
+
+from llmbuild.backend import Backend, Resources, Slot
+
+
+class DataBackend(Backend):
+    name = "data"
+    version = "1"
+    Config = DataConfig
+    inputs = (Slot("files", "the source's files, entering by content digest"),)
+    outputs = (
+        Slot("shards", "cleaned documents as webdataset tar shards, train and validation"),
+        Slot("report", "documents and bytes removed by each cleaning step"),
+    )
+
+    def resources(self, config: DataConfig) -> Resources:
+        return Resources(cpus=1)
+
+
+backend = DataBackend()

@@ -1,0 +1,21 @@
+"""The ``eval`` backend: perplexity, lm-eval tasks and samples."""
+
+from llmbuild.backends.eval.config import EvalConfig
+
+from llmbuild.backend import Backend, Slot
+
+
+class EvalBackend(Backend):
+    name = "eval"
+    version = "1"
+    Config = EvalConfig
+    inputs = (
+        Slot("model", "the evaluated stage"),
+        Slot("tokenizer", "the tokenizer node's directory"),
+        Slot("data:<source>", "tokenized validation splits (perplexity)"),
+        Slot("files", "extra text files or local lm-eval tasks, by content digest"),
+    )
+    outputs = (Slot("results", "metrics as JSON and a markdown table"),)
+
+
+backend = EvalBackend()

@@ -1,0 +1,20 @@
+"""The ``export`` backend: hf, peft, onnx (+int8) and gguf, each proven by reloading."""
+
+from llmbuild.backends.export.config import ExportConfig
+
+from llmbuild.backend import Backend, Slot
+
+
+class ExportBackend(Backend):
+    name = "export"
+    version = "1"
+    Config = ExportConfig
+    inputs = (
+        Slot("model", "the exported stage"),
+        Slot("tokenizer", "the tokenizer node's directory"),
+        Slot("base", "the base stage of a LoRA stage (peft)"),
+    )
+    outputs = (Slot("export", "files in the target format and the logit comparison"),)
+
+
+backend = ExportBackend()

@@ -1,0 +1,30 @@
+"""The ``megatron`` backend: pretrain, sft, lora, dpo, grpo and reward stages."""
+
+from llmbuild.backends.megatron.config import TrainConfig
+
+from llmbuild.backend import Backend, Resources, Slot
+
+
+class MegatronBackend(Backend):
+    name = "megatron"
+    version = "1"
+    Config = TrainConfig
+    inputs = (
+        Slot("from", "the stage whose weights this one starts from"),
+        Slot("tokenizer", "the tokenizer node's directory"),
+        Slot("data:<source>", "tokenized datasets of each source the stage reads"),
+        Slot("reference", "the frozen reference stage (dpo)"),
+        Slot("reward:<i>", "reward-model stages (grpo)"),
+    )
+    outputs = (
+        Slot("model", "weights as one layout-independent safetensors file + config"),
+        Slot("metrics", "loss curve and metrics as JSONL, TensorBoard events, PNG"),
+    )
+
+    def resources(self, config: TrainConfig) -> Resources:
+        par = config.parallelism
+        gpus = 1.0 if par.device == "gpu" else 0.0
+        return Resources(cpus=par.cpus_per_rank, gpus=gpus, ranks=par.world_size)
+
+
+backend = MegatronBackend()

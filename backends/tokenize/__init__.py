@@ -1,0 +1,22 @@
+"""The ``tokenize`` backend: documents -> megatron-core indexed datasets (.bin/.idx)."""
+
+from llmbuild.backends.tokenize.config import TokenizeConfig
+
+from llmbuild.backend import Backend, Resources, Slot
+
+
+class TokenizeBackend(Backend):
+    name = "tokenize"
+    version = "1"
+    Config = TokenizeConfig
+    inputs = (
+        Slot("documents", "the source node's cleaned shards"),
+        Slot("tokenizer", "the tokenizer node's directory"),
+    )
+    outputs = (Slot("datasets", "IndexedDataset .bin/.idx per shard and split, with token counts"),)
+
+    def resources(self, config: TokenizeConfig) -> Resources:
+        return Resources(cpus=1)
+
+
+backend = TokenizeBackend()

@@ -1,0 +1,56 @@
+"""The backend contract: what runs inside a node.
+
+A backend declares its ``name``, an explicit ``version`` (bumped whenever its output for
+the same inputs would change; code text is never hashed), its ``Config`` model, the input
+and output slots it reads and writes, the ``resources`` a node needs, and ``run``.
+Backends must be importable without torch: heavy imports belong inside ``run``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one node asks of the machine; ``ranks`` > 1 runs it as a group of ranks."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    ranks: int = 1
+
+    def __str__(self) -> str:
+        per = f"{self.cpus:g} cpu" + (f" + {self.gpus:g} gpu" if self.gpus else "")
+        return f"{self.ranks} x ({per})" if self.ranks > 1 else per
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A named input or output of a backend, with what it holds."""
+
+    name: str
+    description: str
+
+
+class Backend:
+    """Base class of every backend; subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    inputs: ClassVar[tuple[Slot, ...]] = ()
+    outputs: ClassVar[tuple[Slot, ...]] = ()
+
+    def resources(self, config: Any) -> Resources:
+        """Resources a node with this config needs."""
+        return Resources()
+
+    def run(self, ctx: Any) -> None:
+        """Produce the outputs of one node into ``ctx.out_dir``."""
+        raise NotImplementedError(f"the {self.name!r} backend cannot run nodes yet")
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name} v{self.version}>"

@@ -1,0 +1,54 @@
+"""The ``llmbuild`` command line. Each command lives in its own module, imported only when
+it runs, so answering ``plan`` or ``validate`` never imports torch, ray or megatron."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from llmbuild import __version__
+
+COMMANDS = {
+    "validate": ("llmbuild.cli.spec_cmds", "check a spec and report every problem in it"),
+    "resolve": ("llmbuild.cli.spec_cmds", "print the resolved spec, each value with its origin"),
+    "schema": ("llmbuild.cli.spec_cmds", "write the JSON Schema of specs (for editors)"),
+    "plan": ("llmbuild.cli.plan_cmd", "show what a build would do, node by node, and why"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmbuild", description="A declarative build system for language models."
+    )
+    parser.add_argument("--version", action="version", version=f"llmbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(
+            name, help=help_text, description=help_text[:1].upper() + help_text[1:] + "."
+        )
+        importlib.import_module(module).add_arguments(name, p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from llmbuild.errors import UserError
+
+    if hasattr(signal, "SIGPIPE"):  # `llmbuild resolve spec.toml | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = _parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

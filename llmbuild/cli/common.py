@@ -1,0 +1,40 @@
+"""Arguments and helpers shared by commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="path of the spec TOML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value, e.g. --set stage.pretrain.lr=3e-4 (repeatable)",
+    )
+
+
+def add_store_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        default=None,
+        help="artifact store (default: $LLMBUILD_STORE or .llmbuild/ beside the spec)",
+    )
+
+
+def store_root(args: argparse.Namespace, spec_path: Path) -> str:
+    """The store location: --store, then $LLMBUILD_STORE, then .llmbuild/ beside the spec."""
+    return args.store or os.environ.get("LLMBUILD_STORE") or str(spec_path.parent / ".llmbuild")
+
+
+def stat_cache_path() -> Path:
+    """Where this machine keeps file digests by stat identity ($LLMBUILD_CACHE_DIR)."""
+    base = os.environ.get("LLMBUILD_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmbuild"
+    )
+    return Path(base) / "statcache.json"

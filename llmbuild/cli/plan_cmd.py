@@ -1,0 +1,62 @@
+"""``llmbuild plan``: what a build would do, node by node, and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, stat_cache_path
+from llmbuild.plan.status import Plan
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    add_spec_arguments(p)
+    add_store_argument(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def plan_json(plan: Plan, spec: str) -> dict:
+    return {
+        "spec": spec,
+        "spec_hash": plan.spec_hash,
+        "nodes": [
+            {
+                "name": n.name,
+                "key": n.key.key,
+                "status": n.status,
+                "reason": n.reason,
+                "changes": [{"field": c.field, "old": c.old, "new": c.new} for c in n.changes],
+                "resources": {
+                    "cpus": n.resources.cpus,
+                    "gpus": n.resources.gpus,
+                    "ranks": n.resources.ranks,
+                },
+            }
+            for n in plan.nodes
+        ],
+        "summary": plan.summary,
+    }
+
+
+def render_plan(plan: Plan, spec: str) -> str:
+    width = max((len(n.name) for n in plan.nodes), default=0)
+    status_width = max((len(n.status) for n in plan.nodes), default=0)
+    lines = [f"spec {plan.spec_hash[:12]}  {spec}"]
+    for n in plan.nodes:
+        line = f"  {n.status:<{status_width}}  {n.name:<{width}}  {n.key.short}"
+        lines.append(f"{line}  {n.reason}".rstrip())
+    lines.append(plan.summary)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+
+    resolved = load_spec(args.spec, args.overrides)
+    planned = plan_spec(resolved, cache=StatCache(stat_cache_path()))
+    if args.json:
+        print(json.dumps(plan_json(planned.plan, resolved.display), indent=2))
+    else:
+        print(render_plan(planned.plan, resolved.display))
+    return 0

@@ -1,0 +1,68 @@
+"""Errors that are the user's to fix: reported plainly, never as a traceback (exit code 2)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+Path = tuple[str | int, ...]
+
+
+class UserError(Exception):
+    """A mistake in the user's input; the CLI prints it and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a spec, located at a file line and a dotted TOML key."""
+
+    message: str
+    path: Path = ()
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    related: tuple[Path, ...] = ()
+    """Other keys the problem involves; it is located at whichever the spec itself set."""
+
+    @property
+    def key(self) -> str:
+        return format_path(self.path)
+
+    def __str__(self) -> str:
+        where = self.file or "<spec>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.key}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SpecError(UserError):
+    """Every problem found in a spec, reported together."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} in the spec:"
+        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+
+
+def format_path(path: Path) -> str:
+    """``('stage', 1, 'lr')`` -> ``stage[1].lr``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """A "; did you mean 'x'?" suffix, or "" when nothing is close."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

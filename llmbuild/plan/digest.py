@@ -1,0 +1,106 @@
+"""Content digests of external files: blake3 over their bytes, with a stat cache.
+
+A file's digest is cached under its (device, inode, size, mtime) so an unchanged file is
+never read twice; a set of files (a glob, a directory, a list) digests as the ordered
+list of its file digests, so the paths that name the files never count.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from llmbuild.errors import UserError
+
+_CHUNK = 1 << 20
+
+
+class MissingInput(UserError):
+    """An external input path that matches no file."""
+
+
+def blake3_file(path: str | os.PathLike[str]) -> str:
+    from blake3 import blake3
+
+    h = blake3()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def blake3_bytes(data: bytes) -> str:
+    from blake3 import blake3
+
+    return blake3(data).hexdigest()
+
+
+class StatCache:
+    """File digests keyed on stat identity, persisted as JSON (or kept in memory)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, str] = {}
+        self.reads = 0
+        self._dirty = False
+        if self.path is not None and self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def digest(self, path: str) -> str:
+        st = os.stat(path)
+        ident = f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+        found = self.entries.get(ident)
+        if found is None:
+            found = blake3_file(path)
+            self.reads += 1
+            self.entries[ident] = found
+            self._dirty = True
+        return found
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".statcache-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.entries, f)
+        os.replace(tmp, self.path)
+        self._dirty = False
+
+
+def expand(pattern: str) -> list[str]:
+    """The files a path, directory or glob names, sorted; hidden files are skipped."""
+    if glob.has_magic(pattern):
+        matches = sorted(glob.glob(pattern, recursive=True))
+    else:
+        matches = [pattern] if os.path.exists(pattern) else []
+    files: list[str] = []
+    for m in matches:
+        if os.path.isdir(m):
+            for root, dirs, names in os.walk(m):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+        elif os.path.isfile(m):
+            files.append(m)
+    return files
+
+
+def digest_paths(patterns: Iterable[str], cache: StatCache) -> dict[str, object]:
+    """The content digest of every file the patterns name, in order, and their count."""
+    files: list[str] = []
+    for pattern in patterns:
+        if "://" in pattern:
+            raise MissingInput(f"{pattern}: remote paths are not supported yet")
+        found = expand(pattern)
+        if not found:
+            raise MissingInput(f"{pattern}: matches no file")
+        files += found
+    digests = [cache.digest(f) for f in files]
+    return {"files": len(digests), "blake3": blake3_bytes("\n".join(digests).encode())}

@@ -1,0 +1,36 @@
+"""Resolve the external inputs of a graph to content digests, reporting every missing one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llmbuild.errors import Path, Problem, SpecError
+from llmbuild.plan.digest import MissingInput, StatCache, digest_paths
+from llmbuild.plan.graph import Graph
+
+Locate = Callable[[Problem], Problem]
+
+
+def external_digests(
+    graph: Graph, cache: StatCache, locate: Locate = lambda p: p
+) -> dict[str, dict[str, Any]]:
+    """``node -> slot -> digest`` for every external input; a SpecError lists every path
+    that matches nothing, located at the spec key naming it."""
+    out: dict[str, dict[str, Any]] = {}
+    problems: list[Problem] = []
+    seen: set[Path] = set()
+    for node in graph:
+        for ext in node.external:
+            try:
+                out.setdefault(node.name, {})[ext.slot] = digest_paths(ext.patterns, cache)
+            except MissingInput as e:
+                if ext.spec_path not in seen:
+                    seen.add(ext.spec_path)
+                    problems.append(locate(Problem(str(e), ext.spec_path)))
+            except OSError as e:
+                problems.append(locate(Problem(f"cannot read: {e}", ext.spec_path)))
+    cache.save()
+    if problems:
+        raise SpecError(problems)
+    return out

@@ -1,0 +1,91 @@
+"""Node keys: sha256 over the canonical JSON of what decides a node's output.
+
+``key = sha256(canonical_json({kind, backend, backend_version, config, inputs}))`` where
+``config`` is the node's config minus the fields its schema marks (execution-only,
+labels, references, content paths), and ``inputs`` maps each slot to the upstream key, or
+for external files to their content digest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from llmbuild.plan.canonical import canonical_hash
+from llmbuild.plan.graph import Graph, Node
+from llmbuild.spec.base import key_role
+
+
+def key_config(value: Any) -> Any:
+    """The part of a config that decides the output: marked fields removed, recursively."""
+    if isinstance(value, BaseModel):
+        out = {}
+        for name, f in type(value).model_fields.items():
+            if key_role(type(value), name) is not None:
+                continue
+            out[f.alias or name] = key_config(getattr(value, name))
+        return out
+    if isinstance(value, (list, tuple)):
+        return [key_config(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): key_config(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """A node's key and the preimage it hashes (kept in records to explain rebuilds)."""
+
+    key: str
+    preimage: dict[str, Any]
+
+    @property
+    def short(self) -> str:
+        return self.key[:12]
+
+
+def preimage(node: Node, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": node.kind,
+        "backend": node.backend,
+        "backend_version": node.backend_version,
+        "config": key_config(node.config),
+        "inputs": dict(inputs),
+    }
+
+
+def node_keys(graph: Graph, externals: Mapping[str, Mapping[str, Any]]) -> dict[str, NodeKey]:
+    """Keys of every node, in topological order; ``externals`` gives each node's external
+    slot digests (see ``digest.py``)."""
+    keys: dict[str, NodeKey] = {}
+    for node in graph:
+        inputs: dict[str, Any] = {slot: keys[up].key for slot, up in node.inputs.items()}
+        inputs.update(externals.get(node.name, {}))
+        pre = preimage(node, inputs)
+        keys[node.name] = NodeKey(canonical_hash(pre), pre)
+    return keys
+
+
+def cutoff_key(
+    graph: Graph, node: Node, keys: Mapping[str, NodeKey], outputs: Mapping[str, str]
+) -> str | None:
+    """Early cut-off: the key of ``node`` with each deterministic upstream's key replaced by
+    that upstream's output digest. Two builds whose upstream produced the same bytes get
+    the same cut-off key, so the downstream result can be reused. None when an upstream's
+    output is not known yet or no upstream is deterministic."""
+    pre = dict(keys[node.name].preimage)
+    inputs = dict(pre["inputs"])
+    replaced = False
+    for slot, up in node.inputs.items():
+        if graph[up].cutoff:
+            if up not in outputs:
+                return None
+            inputs[slot] = {"output": outputs[up]}
+            replaced = True
+    if not replaced:
+        return None
+    pre["inputs"] = inputs
+    return canonical_hash(pre)

@@ -1,0 +1,226 @@
+"""What a build would do, node by node, and why: the plan. Nothing here runs anything.
+
+A node is ``cached`` when its key is in the store, ``running elsewhere`` when another
+build holds its lease, ``resume`` when a killed build left a checkpoint under its key, and
+``build`` otherwise, with a reason: the changed fields of the root cause (diffing the key
+preimage recorded by the last build of that node name), or the upstream that changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from llmbuild.backend import Resources
+from llmbuild.plan.canonical import canonical_hash
+from llmbuild.plan.graph import Graph, Node
+from llmbuild.plan.keys import NodeKey
+
+Status = Literal["cached", "build", "resume", "running elsewhere"]
+
+
+class StoreView(Protocol):
+    """What planning asks of a store."""
+
+    def has(self, key: str) -> bool: ...
+    def last_preimage(self, node_name: str) -> dict[str, Any] | None: ...
+    def running_elsewhere(self, key: str) -> str | None: ...
+    def resumable(self, key: str) -> str | None: ...
+
+
+class EmptyStore:
+    """A store with nothing in it: every node builds."""
+
+    def has(self, key: str) -> bool:
+        return False
+
+    def last_preimage(self, node_name: str) -> dict[str, Any] | None:
+        return None
+
+    def running_elsewhere(self, key: str) -> str | None:
+        return None
+
+    def resumable(self, key: str) -> str | None:
+        return None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return re.sub(
+            r"e([+-])0*(\d)", lambda m: f"e{m.group(1).replace('+', '')}{m.group(2)}", repr(value)
+        )
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field whose value differs from the last build of a node."""
+
+    field: str
+    old: Any
+    new: Any
+    note: str = ""
+
+    def __str__(self) -> str:
+        if self.note:
+            return f"{self.field} {self.note}"
+        return f"{self.field} {_show(self.old)} -> {_show(self.new)}"
+
+
+def _diff(old: Any, new: Any, path: str, out: list[Change]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            _diff(old.get(k), new.get(k), f"{path}.{k}" if path else k, out)
+    elif (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and any(isinstance(v, (dict, list)) for v in old + new)
+    ):
+        for i, (a, b) in enumerate(zip(old, new)):
+            _diff(a, b, f"{path}[{i}]", out)
+    elif canonical_hash(old) != canonical_hash(new):
+        out.append(Change(path, old, new))
+
+
+def explain(
+    node: Node, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[list[Change], list[str]]:
+    """Root-cause changes between two preimages of one node, and the changed input slots
+    that are other nodes (the upstream that changed)."""
+    changes: list[Change] = []
+    if old.get("backend") != new.get("backend") or old.get("backend_version") != new.get(
+        "backend_version"
+    ):
+        changes.append(
+            Change(
+                f"backend {new.get('backend')}",
+                f"{old.get('backend')} v{old.get('backend_version')}",
+                f"{new.get('backend')} v{new.get('backend_version')}",
+            )
+        )
+    config_changes: list[Change] = []
+    _diff(old.get("config", {}), new.get("config", {}), "", config_changes)
+    for c in config_changes:
+        top, _, rest = c.field.partition(".")
+        top_name, bracket, idx = top.partition("[")
+        label = node.spec_key(top_name) + (f"[{idx}" if bracket else "")
+        changes.append(Change(f"{label}.{rest}" if rest else label, c.old, c.new))
+    upstream = []
+    old_in, new_in = old.get("inputs", {}), new.get("inputs", {})
+    ext_paths = {e.slot: e for e in node.external}
+    for slot in sorted(set(old_in) | set(new_in)):
+        a, b = old_in.get(slot), new_in.get(slot)
+        if a == b:
+            continue
+        if slot in ext_paths or isinstance(b, dict):
+            ext = ext_paths.get(slot)
+            where = _spec_key_text(ext.spec_path) if ext else slot
+            na, nb = (a or {}).get("files"), (b or {}).get("files")
+            note = "content changed" + (f" ({na} -> {nb} files)" if na != nb else "")
+            changes.append(Change(where, a, b, note))
+        elif a is None or b is None:
+            changes.append(Change(f"input {slot}", a, b, "added" if a is None else "removed"))
+        else:
+            upstream.append(node.inputs.get(slot, slot))
+    return changes, upstream
+
+
+def _spec_key_text(path: tuple[Any, ...]) -> str:
+    from llmbuild.errors import format_path
+
+    return format_path(path)
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """The plan for one node."""
+
+    name: str
+    key: NodeKey
+    status: Status
+    reason: str
+    changes: tuple[Change, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The plan of a whole build."""
+
+    spec_hash: str
+    nodes: tuple[NodePlan, ...]
+
+    def count(self, status: Status) -> int:
+        return sum(1 for n in self.nodes if n.status == status)
+
+    @property
+    def summary(self) -> str:
+        parts = [
+            f"{len(self.nodes)} nodes",
+            f"{self.count('cached')} cached",
+            f"{self.count('build')} to build",
+        ]
+        if self.count("resume"):
+            parts.append(f"{self.count('resume')} to resume")
+        if self.count("running elsewhere"):
+            parts.append(f"{self.count('running elsewhere')} running elsewhere")
+        return ", ".join(parts)
+
+
+def spec_hash(keys: Mapping[str, NodeKey]) -> str:
+    """The hash of a build: every node name with its key (so execution-only edits, which
+    change no key, change no spec hash either)."""
+    return canonical_hash({name: k.key for name, k in keys.items()})
+
+
+def make_plan(graph: Graph, keys: Mapping[str, NodeKey], store: StoreView) -> Plan:
+    """Decide each node's status and reason, in topological order."""
+    plans: dict[str, NodePlan] = {}
+    for node in graph:
+        k = keys[node.name]
+        if store.has(k.key):
+            plans[node.name] = NodePlan(node.name, k, "cached", "", (), node.resources)
+            continue
+        holder = store.running_elsewhere(k.key)
+        if holder:
+            plans[node.name] = NodePlan(
+                node.name, k, "running elsewhere", holder, (), node.resources
+            )
+            continue
+        resume = store.resumable(k.key)
+        status: Status = "resume" if resume else "build"
+        changes: list[Change] = []
+        old = store.last_preimage(node.name)
+        rebuilding = [u for u in node.upstream if plans[u].status != "cached"]
+        if old is None:
+            reason = "new"
+        else:
+            changes, upstream = explain(node, old, k.preimage)
+            if changes:
+                reason = "; ".join(str(c) for c in changes)
+            elif upstream:
+                reason = f"upstream {', '.join(upstream)} changed"
+            else:
+                reason = "not in the store"
+        if (
+            old is not None
+            and rebuilding
+            and not changes
+            and all(graph[u].cutoff for u in rebuilding)
+        ):
+            reason += f" (skipped if {', '.join(rebuilding)} output is unchanged)"
+        if resume:
+            reason = f"{resume}; {reason}"
+        plans[node.name] = NodePlan(node.name, k, status, reason, tuple(changes), node.resources)
+    return Plan(spec_hash(keys), tuple(plans.values()))

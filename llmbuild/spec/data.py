@@ -1,0 +1,97 @@
+"""The ``[data]`` tables: sources, cleaning and the train/validation split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from llmbuild.spec.base import Name, SpecModel, StrList, marked
+
+SourceFormat = Literal["auto", "text", "jsonl", "parquet", "webdataset"]
+SourceRole = Literal["pretrain", "chat", "preferences", "prompts"]
+
+
+class Source(SpecModel):
+    """One data source: files in one format, playing one role."""
+
+    name: Name = marked("label")
+    """Name of the source, used by stages and evals to refer to it."""
+    path: StrList = marked("content", min_length=1)
+    """File, directory, glob or fsspec URL (or a list of them), relative to the spec file.
+    Only the content of the matched files counts, never the path text."""
+    format: SourceFormat = "auto"
+    """File format; `auto` infers it from the extension (.txt, .jsonl, .parquet, .tar),
+    looking through .gz and .zst compression."""
+    role: SourceRole = "pretrain"
+    """What the documents are for: `pretrain` text, `chat` conversations or
+    prompt/completion pairs, `preferences` (prompt, chosen, rejected) or `prompts` for GRPO."""
+    weight: float = Field(1.0, gt=0)
+    """Mixture weight of this source in the pretraining blend (relative to other sources)."""
+    separator: str | None = None
+    """For text files: the string separating documents (e.g. "\\n\\n"); no separator
+    means one document per file."""
+    text_field: str = "text"
+    """Field holding the document text in jsonl, parquet and webdataset .json members."""
+    messages_field: str = "messages"
+    """Field holding a chat as a list of {role, content} messages."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt of prompt/completion, preference and GRPO records."""
+    completion_field: str = "completion"
+    """Field holding the completion of a prompt/completion record."""
+    chosen_field: str = "chosen"
+    """Field holding the preferred answer of a preference record."""
+    rejected_field: str = "rejected"
+    """Field holding the dispreferred answer of a preference record."""
+    answer_field: str = "answer"
+    """Field holding the reference answer of a GRPO prompt record."""
+    on_error: Literal["error", "skip"] = "error"
+    """What a malformed record does: stop with an error naming file and line, or be
+    skipped, counted and reported."""
+
+
+class Clean(SpecModel):
+    """Normalisation, filtering and deduplication applied to every source."""
+
+    normalize: Literal["nfc", "none"] = "nfc"
+    """Unicode normalisation form applied to every document, with whitespace and
+    control characters normalised."""
+    min_chars: int = Field(1, ge=0)
+    """Documents shorter than this many characters are dropped."""
+    max_chars: int | None = Field(None, gt=0)
+    """Documents longer than this many characters are dropped; no limit when omitted."""
+    dedup: Literal["none", "exact", "minhash"] = "exact"
+    """Deduplication: none, exact (content hash) or near-duplicates with MinHash-LSH
+    (which also removes exact duplicates)."""
+    minhash_threshold: float = Field(0.8, gt=0, le=1)
+    """Estimated Jaccard similarity above which two documents are near-duplicates."""
+    minhash_perms: int = Field(128, ge=16, le=1024)
+    """Number of MinHash permutations."""
+    shingle_size: int = Field(5, ge=1)
+    """Length in characters of the shingles compared by MinHash."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Clean:
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) is below min_chars ({self.min_chars})")
+        return self
+
+
+class Split(SpecModel):
+    """The deterministic train/validation split, by document hash."""
+
+    validation: float = Field(0.05, ge=0, lt=1)
+    """Fraction of documents held out for validation; stable when documents are added."""
+
+
+class Data(SpecModel):
+    """All the data the build reads."""
+
+    sources: tuple[Source, ...] = Field(min_length=1)
+    """The data sources, as an array of tables `[[data.sources]]`."""
+    clean: Clean = Clean()
+    """Cleaning applied to every source."""
+    split: Split = Split()
+    """The train/validation split."""
+    shard_mb: int = Field(64, gt=0)
+    """Upper bound in MB of each cleaned webdataset shard."""

@@ -1,0 +1,103 @@
+"""Load a spec file: compose it, validate it, check it, and locate every problem."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmbuild.errors import Path, Problem, SpecError
+from llmbuild.spec.checks import cross_check
+from llmbuild.spec.compose import Layer, Origin, apply_override, load_layers
+from llmbuild.spec.root import Spec
+from llmbuild.spec.validate import problems_of
+
+DEFAULT = Origin("default")
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A validated spec with the origin of each of its values."""
+
+    spec: Spec
+    path: FsPath
+    display: str
+    """The spec's path as shown in messages."""
+    origins: dict[Path, Origin]
+    files: tuple[str, ...]
+
+    def origin(self, path: Path) -> Origin:
+        """Where the value at ``path`` was set; ``default`` for values nobody set."""
+        return self.origins.get(path, DEFAULT)
+
+
+def _locate(problem: Problem, origins: dict[Path, Origin], display: str) -> Problem:
+    if problem.file is not None:
+        return problem
+    for path in (problem.path, *problem.related):
+        origin = origins.get(path)
+        if origin is not None and origin.source == display and origin.line is not None:
+            return replace(problem, file=display, line=origin.line)
+    for end in range(len(problem.path), -1, -1):
+        origin = origins.get(problem.path[:end])
+        if origin is not None:
+            if origin.line is None:  # set by a flag
+                return replace(problem, file=origin.source)
+            return replace(problem, file=origin.source, line=origin.line)
+    return replace(problem, file=display)
+
+
+def _display(path: FsPath) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def compose(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Layer:
+    """The raw spec data with ``extends`` merged in and ``--set`` overrides applied."""
+    fs_path = FsPath(path)
+    layer = load_layers(fs_path, _display(fs_path))
+    for assignment in overrides:
+        layer = apply_override(layer, assignment)
+    return layer
+
+
+def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ResolvedSpec:
+    """Load, compose, validate and cross-check a spec; raise SpecError with every problem."""
+    from llmbuild.spec.validate import validate_sections
+
+    fs_path = FsPath(path)
+    display = _display(fs_path)
+    layer = compose(fs_path, overrides)
+    problems = validate_sections(layer.data) + cross_check(layer.data)
+    if not problems:
+        try:
+            spec = Spec.model_validate(layer.data)
+        except ValidationError as exc:
+            problems = problems_of(exc, Spec, ())
+    if problems:
+        located = [_locate(p, layer.origins, display) for p in problems]
+        located.sort(key=lambda p: (p.file or "", p.line or 0, p.key))
+        raise SpecError(_unique(located))
+    return ResolvedSpec(spec, fs_path.resolve(), display, layer.origins, tuple(layer.files))
+
+
+def locate(problem: Problem, resolved: ResolvedSpec) -> Problem:
+    """Give a problem found after loading (a missing data file, say) its file and line."""
+    return _locate(problem, resolved.origins, resolved.display)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[Any] = set()
+    out = []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out

@@ -1,0 +1,165 @@
+"""The ``[model]``, ``[tokenizer]``, ``[architecture]`` and ``[parallelism]`` tables."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, marked
+
+
+class ModelInfo(SpecModel):
+    """What the model is called and how its randomness is seeded."""
+
+    name: Name = marked("label")
+    """Name of the model, used for exports and reports."""
+    seed: int = Field(1337, ge=0)
+    """Seed for weight initialisation, data order and sampling."""
+
+
+class Tokenizer(SpecModel):
+    """How text becomes token ids."""
+
+    kind: Literal["char", "byte", "bpe", "unigram", "pretrained"]
+    """`char` (vocabulary from the training text), `byte` (256 byte values), `bpe`
+    (byte-level BPE) or `unigram` trained on the cleaned training split, or `pretrained`
+    from a local directory."""
+    vocab_size: int | None = Field(None, ge=32, le=1_048_576)
+    """Target vocabulary size of a trained `bpe` or `unigram` tokenizer (required for them)."""
+    min_frequency: int = Field(2, ge=1)
+    """Minimum pair frequency for a BPE merge."""
+    path: str | None = marked("content", None)
+    """For `pretrained`: a directory with tokenizer.json or a sentencepiece .model."""
+    sources: StrList | None = marked("reference", None)
+    """Sources whose training split trains the tokenizer; all pretrain-role sources when
+    omitted."""
+    bos_token: str = "<|bos|>"
+    """Beginning-of-sequence special token."""
+    eos_token: str = "<|eos|>"
+    """End-of-sequence special token, placed between documents."""
+    pad_token: str = "<|pad|>"
+    """Padding special token."""
+    chat_template: str = "chatml"
+    """Chat template: `chatml` (with <|im_start|>/<|im_end|> special tokens) or a Jinja
+    template string."""
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Tokenizer:
+        trained = self.kind in ("bpe", "unigram")
+        if trained and self.vocab_size is None:
+            raise ValueError(f"vocab_size is required for kind = {self.kind!r}")
+        if not trained and self.vocab_size is not None:
+            raise ValueError(f"vocab_size does not apply to kind = {self.kind!r}")
+        if (self.kind == "pretrained") != (self.path is not None):
+            raise ValueError("path is required for kind = 'pretrained' and only for it")
+        return self
+
+
+_STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": {
+        "norm": "layernorm",
+        "activation": "gelu",
+        "position": "learned",
+        "bias": True,
+        "tie_embeddings": True,
+    },
+    "llama": {
+        "norm": "rmsnorm",
+        "activation": "swiglu",
+        "position": "rope",
+        "bias": False,
+        "tie_embeddings": False,
+    },
+}
+
+
+class Architecture(SpecModel):
+    """The shape of the transformer. Fields a style implies default from that style."""
+
+    style: Literal["gpt2", "llama"] = "gpt2"
+    """`gpt2` (LayerNorm, GELU, learned positions, bias, tied embeddings) or `llama`
+    (RMSNorm, SwiGLU, RoPE, grouped-query attention, untied); sets the defaults below."""
+    layers: PositiveInt
+    """Number of transformer layers."""
+    hidden: PositiveInt
+    """Hidden size."""
+    heads: PositiveInt
+    """Number of attention heads."""
+    kv_heads: PositiveInt | None = None
+    """Number of key/value heads (grouped-query attention); defaults to `heads`."""
+    ffn_hidden: PositiveInt | None = None
+    """Hidden size of the MLP; defaults to 4 x hidden (gpt2) or ~8/3 x hidden rounded up to
+    a multiple of 64 (llama)."""
+    seq_len: PositiveInt
+    """Context length in tokens."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """Normalisation layer."""
+    norm_eps: float = Field(1e-5, gt=0)
+    """Epsilon of the normalisation layers."""
+    activation: Literal["gelu", "swiglu", "relu", "squared_relu"] = "gelu"
+    """MLP activation."""
+    position: Literal["learned", "rope"] = "learned"
+    """Position embedding: learned absolute positions or rotary (RoPE)."""
+    rope_base: float = Field(10000.0, gt=0)
+    """RoPE base frequency (theta)."""
+    bias: bool = True
+    """Whether linear layers have biases."""
+    tie_embeddings: bool = True
+    """Whether the output layer shares the input embedding's weights."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout probability of hidden states and attention."""
+    init_std: float = Field(0.02, gt=0)
+    """Standard deviation of the weight initialisation."""
+    vocab_multiple: PositiveInt = 128
+    """The embedding table is padded to a multiple of this many rows."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _style_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        style = data.get("style", "gpt2")
+        filled = dict(_STYLE_DEFAULTS.get(style, _STYLE_DEFAULTS["gpt2"]))
+        filled.update(data)
+        heads, hidden = filled.get("heads"), filled.get("hidden")
+        if "kv_heads" not in filled and isinstance(heads, int):
+            filled["kv_heads"] = heads
+        if "ffn_hidden" not in filled and isinstance(hidden, int) and hidden > 0:
+            if style == "llama":
+                filled["ffn_hidden"] = -(-(8 * hidden // 3) // 64) * 64
+            else:
+                filled["ffn_hidden"] = 4 * hidden
+        return filled
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+class Parallelism(SpecModel):
+    """How training is laid out on devices. Execution only: never changes what is built."""
+
+    tensor: PositiveInt = marked("execution", 1)
+    """Tensor-parallel size."""
+    pipeline: PositiveInt = marked("execution", 1)
+    """Pipeline-parallel size."""
+    data: PositiveInt = marked("execution", 1)
+    """Data-parallel size."""
+    micro_batch: PositiveInt = marked("execution", 1)
+    """Sequences per rank per forward pass; the global batch is reached by gradient
+    accumulation."""
+    sequence_parallel: bool = marked("execution", False)
+    """Sequence parallelism (GPU, with tensor > 1)."""
+    recompute: Literal["none", "full", "selective"] = marked("execution", "none")
+    """Activation recomputation, trading compute for memory."""
+    distributed_optimizer: bool = marked("execution", False)
+    """Shard optimizer state across data-parallel ranks."""
+    device: Literal["auto", "cpu", "gpu"] = marked("execution", "auto")
+    """Where ranks run: `gpu` when the cluster has GPUs under `auto`."""
+    cpus_per_rank: PositiveInt = marked("execution", 1)
+    """CPUs requested for each rank."""
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor * self.pipeline * self.data

@@ -1,0 +1,250 @@
+"""The ``[[stage]]`` tables: a discriminated union on ``kind``, one model per kind."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, marked
+
+LoraTarget = Literal["qkv", "proj", "fc1", "fc2"]
+
+
+class Schedule(SpecModel):
+    """Learning-rate schedule."""
+
+    kind: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
+    """Shape after warmup: constant, linear decay, cosine decay, or warmup-stable-decay."""
+    warmup: int = Field(0, ge=0)
+    """Steps of linear warmup from 0 to `lr`."""
+    min_lr: float = Field(0.0, ge=0)
+    """Learning rate at the end of the decay."""
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """For `wsd`: the fraction of steps spent decaying at the end."""
+
+
+class LoraAdapter(SpecModel):
+    """Low-rank adapters on the parallel linear layers."""
+
+    rank: PositiveInt = 8
+    """Rank of the adapter matrices."""
+    alpha: float = Field(16.0, gt=0)
+    """Scaling numerator: the update is scaled by alpha / rank."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    targets: tuple[LoraTarget, ...] = Field(("qkv", "proj"), min_length=1)
+    """Layers that get adapters: qkv, proj (attention output), fc1, fc2."""
+
+
+class StageBase(SpecModel):
+    """Fields every training stage has."""
+
+    name: Name = marked("label")
+    """Name of the stage, used by `from`, evals and exports."""
+    steps: PositiveInt
+    """Number of optimizer steps."""
+    global_batch: PositiveInt
+    """Sequences per optimizer step, across all data-parallel ranks."""
+    lr: float = Field(gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Gradient norm clipping threshold; 0 turns clipping off."""
+    schedule: Schedule = Schedule()
+    """Learning-rate schedule."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Numeric precision of training."""
+    eval_every: PositiveInt | None = marked("execution", None)
+    """Steps between validation-loss measurements; only at the end when omitted."""
+    eval_batches: PositiveInt = 8
+    """Validation batches per validation-loss measurement."""
+    log_every: PositiveInt = marked("execution", 10)
+    """Steps between metric log lines."""
+    checkpoint_every: PositiveInt = marked("execution", 100)
+    """Steps between resumable checkpoints in the node's work dir."""
+
+    @model_validator(mode="after")
+    def _betas(self) -> StageBase:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1) (got {list(self.betas)})")
+        if self.schedule.warmup > self.steps:
+            raise ValueError(
+                f"schedule.warmup ({self.schedule.warmup}) exceeds steps ({self.steps})"
+            )
+        return self
+
+
+class Pretrain(StageBase):
+    """Next-token training on pretrain-role text, from scratch or continued."""
+
+    kind: Literal["pretrain"]
+    """Stage kind."""
+    from_: Name | None = marked("reference", None, alias="from")
+    """Stage whose weights to continue from; from scratch when omitted."""
+    data: StrList | None = marked("reference", None)
+    """Pretrain-role sources blended by their weights; all of them when omitted."""
+
+
+class Sft(StageBase):
+    """Supervised fine-tuning on chat or prompt/completion data, loss on the answer only."""
+
+    kind: Literal["sft"]
+    """Stage kind."""
+    from_: Name = marked("reference", alias="from")
+    """Stage whose weights to fine-tune."""
+    data: Name = marked("reference")
+    """A chat-role source."""
+    lr: float = Field(2e-5, gt=0)
+    """Peak learning rate."""
+    packing: bool = True
+    """Pack several conversations per sequence with document masks, instead of padding."""
+
+
+class Lora(Sft):
+    """Fine-tuning of low-rank adapters on a frozen base."""
+
+    kind: Literal["lora"]  # type: ignore[assignment]
+    """Stage kind."""
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate."""
+    adapter: LoraAdapter = LoraAdapter()
+    """The adapters."""
+    merge: bool = False
+    """Also produce weights with the adapters merged into the base."""
+
+
+class Dpo(StageBase):
+    """Direct preference optimisation on (prompt, chosen, rejected) pairs."""
+
+    kind: Literal["dpo"]
+    """Stage kind."""
+    from_: Name = marked("reference", alias="from")
+    """Stage whose weights to optimise; also the frozen reference unless `reference` is set."""
+    data: Name = marked("reference")
+    """A preferences-role source."""
+    reference: Name | None = marked("reference", None)
+    """Stage used as the frozen reference model; the `from` stage when omitted."""
+    lr: float = Field(5e-6, gt=0)
+    """Peak learning rate."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the implicit KL constraint."""
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """Preference loss."""
+    adapter: LoraAdapter | None = None
+    """Train LoRA adapters instead of all weights; the reference is then the base with
+    adapters off."""
+
+
+class ExactMatchReward(SpecModel):
+    """1 when the completion's answer equals the prompt record's answer field."""
+
+    kind: Literal["exact_match"]
+    """Reward kind."""
+    weight: float = 1.0
+    """Weight of this reward in the sum."""
+
+
+class RegexReward(SpecModel):
+    """1 when the completion matches a regular expression."""
+
+    kind: Literal["regex"]
+    """Reward kind."""
+    pattern: str = Field(min_length=1)
+    """Python regular expression searched in the completion."""
+    weight: float = 1.0
+    """Weight of this reward in the sum."""
+
+
+class LengthReward(SpecModel):
+    """A penalty growing with the distance of the completion's length from a target."""
+
+    kind: Literal["length"]
+    """Reward kind."""
+    target: PositiveInt
+    """Target length in tokens."""
+    weight: float = -0.01
+    """Reward per token of distance from the target (negative: a penalty)."""
+
+
+class ModelReward(SpecModel):
+    """The score of a trained reward-model stage."""
+
+    kind: Literal["model"]
+    """Reward kind."""
+    stage: Name = marked("reference")
+    """A stage of kind `reward`."""
+    weight: float = 1.0
+    """Weight of this reward in the sum."""
+
+
+class FunctionReward(SpecModel):
+    """A user function `module:function(prompt, completion, record) -> float`. Runs user code."""
+
+    kind: Literal["function"]
+    """Reward kind."""
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """Import path `package.module:function`."""
+    weight: float = 1.0
+    """Weight of this reward in the sum."""
+
+
+Reward = Annotated[
+    Union[ExactMatchReward, RegexReward, LengthReward, ModelReward, FunctionReward],
+    Field(discriminator="kind"),
+]
+
+
+class Grpo(StageBase):
+    """Group relative policy optimisation: sample, reward, normalise within the group."""
+
+    kind: Literal["grpo"]
+    """Stage kind."""
+    from_: Name = marked("reference", alias="from")
+    """Stage whose policy to optimise; also the KL reference."""
+    data: Name = marked("reference")
+    """A prompts-role source."""
+    lr: float = Field(1e-6, gt=0)
+    """Peak learning rate."""
+    num_generations: int = Field(4, ge=2)
+    """Completions sampled per prompt (the group)."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature."""
+    max_new_tokens: PositiveInt = 32
+    """Maximum completion length."""
+    kl_coef: float = Field(0.04, ge=0)
+    """Weight of the KL penalty to the reference."""
+    clip: float = Field(0.2, gt=0)
+    """PPO-style ratio clipping."""
+    rewards: tuple[Reward, ...] = Field(min_length=1)
+    """Rewards summed by weight, e.g. `[{kind = "exact_match"}]`."""
+
+
+class RewardModel(StageBase):
+    """A scalar-head reward model trained on preference pairs with a pairwise loss."""
+
+    kind: Literal["reward"]
+    """Stage kind."""
+    from_: Name = marked("reference", alias="from")
+    """Stage whose weights initialise the reward model."""
+    data: Name = marked("reference")
+    """A preferences-role source."""
+    lr: float = Field(1e-5, gt=0)
+    """Peak learning rate."""
+
+
+Stage = Annotated[Union[Pretrain, Sft, Lora, Dpo, Grpo, RewardModel], Field(discriminator="kind")]
+
+STAGE_DATA_ROLE = {
+    "pretrain": "pretrain",
+    "sft": "chat",
+    "lora": "chat",
+    "dpo": "preferences",
+    "reward": "preferences",
+    "grpo": "prompts",
+}

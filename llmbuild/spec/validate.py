@@ -1,0 +1,210 @@
+"""Field validation: every pydantic error of every table, as plain located problems.
+
+Tables (and each item of an array of tables) are validated on their own, so one mistake
+hides no other.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from llmbuild.errors import Path, Problem, did_you_mean
+from llmbuild.spec.root import REQUIRED_SECTIONS, SECTIONS, section_adapter
+
+_TOML_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "float",
+    str: "string",
+    list: "array",
+    dict: "table",
+}
+
+
+def _toml_type(value: Any) -> str:
+    return _TOML_TYPES.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, dict) else "{...}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unwrap(tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _tagged_member(tp: Any, tag: Any) -> Any:
+    """The member of a discriminated union of models whose tag literal is ``tag``."""
+    if get_origin(tp) not in (Union, types.UnionType):
+        return None
+    for member in map(_unwrap, get_args(tp)):
+        if not _is_model(member):
+            continue
+        for name in ("kind", "format"):
+            f = member.model_fields.get(name)
+            if (
+                f is not None
+                and get_origin(f.annotation) is Literal
+                and tag in get_args(f.annotation)
+            ):
+                return member
+    return None
+
+
+def _field(model: type[BaseModel], key: Any) -> Any:
+    for name, f in model.model_fields.items():
+        if key in (name, f.alias):
+            return f
+    return None
+
+
+def walk_loc(tp: Any, loc: tuple[Any, ...]) -> tuple[Path, Any]:
+    """Follow a pydantic error location through the schema types: the location as the user
+    wrote it (union tags removed) and the type found there (None when lost)."""
+    shown: list[str | int] = []
+    for part in loc:
+        tp = _unwrap(tp)
+        member = _tagged_member(tp, part) if tp is not None else None
+        if member is not None:
+            tp = member
+            continue
+        shown.append(part)
+        if _is_model(tp):
+            f = _field(tp, part)
+            tp = f.annotation if f is not None else None
+        elif get_origin(tp) in (tuple, list):
+            args = [a for a in get_args(tp) if a is not Ellipsis]
+            if get_origin(tp) is list or Ellipsis in get_args(tp):
+                tp = args[0] if args else None
+            else:
+                tp = args[part] if isinstance(part, int) and part < len(args) else None
+        else:
+            tp = None
+    return tuple(shown), (_unwrap(tp) if tp is not None else None)
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _message(err: dict[str, Any], tp: Any, loc: tuple[Any, ...]) -> tuple[Path, str]:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    path, _ = walk_loc(tp, loc)
+    got = f" (got {_show(value)})"
+    if kind == "extra_forbidden":
+        _, parent = walk_loc(tp, loc[:-1])
+        names = _field_names(parent) if _is_model(parent) else []
+        return path, f"unknown key{did_you_mean(str(loc[-1]), names)}"
+    if kind == "missing":
+        return path, "required"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        disc = str(ctx.get("discriminator", "kind")).strip("'")
+        if kind == "union_tag_not_found":
+            return path + (disc,), "required"
+        tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        hint = did_you_mean(str(ctx.get("tag")), tags)
+        return path + (
+            disc,
+        ), f"unknown {disc} {ctx.get('tag')!r}{hint} (expected one of: {', '.join(tags)})"
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        hint = did_you_mean(str(value), options) if isinstance(value, str) else ""
+        return path, f"must be one of: {', '.join(options)}{got}{hint}"
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return path, f"must be {bounds[kind]} {limit}{got}"
+    if kind in ("too_short", "too_long"):
+        which = "at least" if kind == "too_short" else "at most"
+        n = ctx.get("min_length" if kind == "too_short" else "max_length")
+        return path, f"must have {which} {n} item{'s' if n != 1 else ''}{got}"
+    if kind == "string_too_long":
+        return path, f"must be at most {ctx.get('max_length')} characters"
+    if kind == "string_pattern_mismatch":
+        return path, f"must match the pattern {ctx.get('pattern')}{got}"
+    if kind == "value_error":
+        return path, str(ctx.get("error", err["msg"]))
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return path, f"must be a table (got {_toml_type(value)} {_show(value)})"
+    if kind in ("list_type", "tuple_type"):
+        return path, f"must be an array (got {_toml_type(value)} {_show(value)})"
+    if kind == "finite_number":
+        return path, f"must be a finite number{got}"
+    expected = {"int": "an integer", "float": "a number", "bool": "a boolean", "string": "a string"}
+    for prefix, words in expected.items():
+        if kind.startswith(prefix + "_"):
+            return path, f"must be {words} (got {_toml_type(value)} {_show(value)})"
+    msg = err["msg"]
+    return path, f"{msg[:1].lower()}{msg[1:]}{got}"
+
+
+def problems_of(exc: ValidationError, tp: Any, prefix: Path) -> list[Problem]:
+    errors = exc.errors(include_url=False)
+    locs = [tuple(e["loc"]) for e in errors]
+    out: list[Problem] = []
+    for err, loc in zip(errors, locs):
+        # An array whose items failed is also reported too short; the items say it all.
+        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
+            continue
+        path, message = _message(err, tp, loc)
+        out.append(Problem(message, prefix + path))
+    return out
+
+
+def _validate(section: str, value: Any, prefix: Path) -> list[Problem]:
+    try:
+        section_adapter(section).validate_python(value)
+    except ValidationError as exc:
+        return problems_of(exc, SECTIONS[section][0], prefix)
+    return []
+
+
+def validate_sections(data: dict[str, Any]) -> list[Problem]:
+    """Validate each top-level table, and each item of an array of tables, on its own;
+    return every problem found."""
+    problems: list[Problem] = []
+    for key in data:
+        if key not in SECTIONS:
+            problems.append(Problem(f"unknown table{did_you_mean(key, SECTIONS)}", (key,)))
+    for section in REQUIRED_SECTIONS:
+        if section not in data:
+            kind = "[[stage]] tables" if section == "stage" else f"[{section}] table"
+            problems.append(Problem(f"required: the spec has no {kind}", (section,)))
+    for section, (_, is_array) in SECTIONS.items():
+        if section not in data:
+            continue
+        value = data[section]
+        if not is_array:
+            problems += _validate(section, value, (section,))
+        elif not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            problems.append(
+                Problem(
+                    f"must be an array of tables, written [[{section}]] (got {_toml_type(value)})",
+                    (section,),
+                )
+            )
+        else:
+            for i, item in enumerate(value):
+                problems += _validate(section, item, (section, i))
+    return problems
