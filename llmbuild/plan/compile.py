@@ -156,7 +156,7 @@ class _Builder:
                 "stage": f"stage.{stage.name}",
                 "architecture": "architecture",
                 "seed": "model.seed",
-                "mixture": "data.sources.<name>.weight",
+                "mixture": "data.sources.{}.weight",
             },
         )
 

@@ -115,6 +115,9 @@ def explain(
         top, _, rest = c.field.partition(".")
         top_name, bracket, idx = top.partition("[")
         label = node.spec_key(top_name) + (f"[{idx}" if bracket else "")
+        if "{}" in label:  # a table keyed by name, e.g. data.sources.{}.weight
+            name, _, rest = rest.partition(".")
+            label = label.replace("{}", name)
         changes.append(Change(f"{label}.{rest}" if rest else label, c.old, c.new))
     upstream = []
     old_in, new_in = old.get("inputs", {}), new.get("inputs", {})
@@ -219,7 +222,11 @@ def make_plan(graph: Graph, keys: Mapping[str, NodeKey], store: StoreView) -> Pl
             and not changes
             and all(graph[u].cutoff for u in rebuilding)
         ):
-            reason += f" (skipped if {', '.join(rebuilding)} output is unchanged)"
+            reason += (
+                " (reused if its output is unchanged)"
+                if len(rebuilding) == 1
+                else " (reused if their outputs are unchanged)"
+            )
         if resume:
             reason = f"{resume}; {reason}"
         plans[node.name] = NodePlan(node.name, k, status, reason, tuple(changes), node.resources)

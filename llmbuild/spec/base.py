@@ -7,6 +7,8 @@ otherwise, here, in one place:
 - ``label``: a human name; nodes are identified by name but keyed by content.
 - ``reference``: names another node; it becomes an explicit input edge instead.
 - ``content``: a path to external files; their content digest enters the key instead.
+- ``mixture``: a source's blend weight; it counts in the keys of the training stages
+  that blend the source, not in the source's own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-KeyRole = Literal["execution", "label", "reference", "content"]
+KeyRole = Literal["execution", "label", "reference", "content", "mixture"]
 KEY_ROLE = "x-key-role"
 
 

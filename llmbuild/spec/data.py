@@ -26,7 +26,7 @@ class Source(SpecModel):
     role: SourceRole = "pretrain"
     """What the documents are for: `pretrain` text, `chat` conversations or
     prompt/completion pairs, `preferences` (prompt, chosen, rejected) or `prompts` for GRPO."""
-    weight: float = Field(1.0, gt=0)
+    weight: float = marked("mixture", 1.0, gt=0)
     """Mixture weight of this source in the pretraining blend (relative to other sources)."""
     separator: str | None = None
     """For text files: the string separating documents (e.g. "\\n\\n"); no separator

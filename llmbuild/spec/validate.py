@@ -134,6 +134,8 @@ def _message(err: dict[str, Any], tp: Any, loc: tuple[Any, ...]) -> tuple[Path, 
     }
     if kind in bounds:
         limit = next(iter(ctx.values()), "?")
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
         return path, f"must be {bounds[kind]} {limit}{got}"
     if kind in ("too_short", "too_long"):
         which = "at least" if kind == "too_short" else "at most"

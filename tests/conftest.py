@@ -1,0 +1,114 @@
+"""Shared fixtures: a small complete spec with its own data, written into a temp dir."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+FULL_SPEC = """\
+extends = ["@gpt2-tiny"]
+
+[model]
+name = "fixture"
+seed = 7
+
+[[data.sources]]
+name = "books"
+path = "data/books/*.txt"
+format = "text"
+
+[[data.sources]]
+name = "chat"
+path = "data/chat.jsonl"
+role = "chat"
+
+[[data.sources]]
+name = "prefs"
+path = "data/prefs.jsonl"
+role = "preferences"
+
+[data.split]
+validation = 0.1
+
+[tokenizer]
+kind = "char"
+
+[parallelism]
+micro_batch = 2
+
+[[stage]]
+name = "pretrain"
+kind = "pretrain"
+steps = 20
+global_batch = 4
+lr = 1e-3
+
+[[stage]]
+name = "sft"
+kind = "sft"
+from = "pretrain"
+data = "chat"
+steps = 10
+global_batch = 4
+lr = 2e-5
+
+[[stage]]
+name = "dpo"
+kind = "dpo"
+from = "sft"
+data = "prefs"
+steps = 5
+global_batch = 4
+
+[[eval]]
+name = "ppl"
+kind = "perplexity"
+stages = ["pretrain", "sft"]
+
+[[eval]]
+name = "gen"
+kind = "samples"
+stages = ["sft"]
+prompts = ["Hello"]
+
+[[export]]
+format = "hf"
+stage = "dpo"
+"""
+
+
+def write_project(root: Path, spec: str = FULL_SPEC) -> Path:
+    """A spec file with its data under ``root``; returns the spec path."""
+    (root / "data" / "books").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "books" / "a.txt").write_text("To be, or not to be.\n")
+    (root / "data" / "books" / "b.txt").write_text("All the world's a stage.\n")
+    (root / "data" / "chat.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, '
+        '{"role": "assistant", "content": "hello"}]}\n'
+    )
+    (root / "data" / "prefs.jsonl").write_text(
+        '{"prompt": "2+2=", "chosen": "4", "rejected": "5"}\n'
+    )
+    path = root / "spec.toml"
+    path.write_text(textwrap.dedent(spec))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never touch the user's stat cache or store."""
+    os.environ["LLMBUILD_CACHE_DIR"] = str(tmp_path_factory.mktemp("llmbuild-cache"))
+    os.environ.pop("LLMBUILD_STORE", None)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return write_project(tmp_path)

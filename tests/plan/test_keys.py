@@ -1,0 +1,164 @@
+"""Which edits change which node keys (table-driven), and golden keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmbuild.plan import StatCache, plan_spec
+from llmbuild.spec.load import load_spec
+from tests.conftest import FULL_SPEC, write_project
+
+ALL = {
+    "source:books",
+    "source:chat",
+    "source:prefs",
+    "tokenizer",
+    "tokenize:books",
+    "tokenize:chat",
+    "tokenize:prefs",
+    "stage:pretrain",
+    "stage:sft",
+    "stage:dpo",
+    "eval:ppl@pretrain",
+    "eval:ppl@sft",
+    "eval:gen@sft",
+    "export:hf@dpo",
+}
+FROM_PRETRAIN = {n for n in ALL if n.split(":")[0] in ("stage", "eval", "export")}
+FROM_SFT = {"stage:sft", "stage:dpo", "eval:ppl@sft", "eval:gen@sft", "export:hf@dpo"}
+
+
+def keys(spec: Path, overrides=()) -> dict[str, str]:
+    planned = plan_spec(load_spec(spec, overrides), cache=StatCache())
+    return {name: k.key for name, k in planned.keys.items()}
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    assert before.keys() == after.keys()
+    return {n for n in before if before[n] != after[n]}
+
+
+def test_graph_nodes(project):
+    assert set(keys(project)) == ALL
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("eval.gen.max_new_tokens=10", {"eval:gen@sft"}),
+        ("eval.ppl.max_batches=3", {"eval:ppl@pretrain", "eval:ppl@sft"}),
+        ("stage.sft.lr=1e-5", FROM_SFT),
+        ("stage.dpo.beta=0.2", {"stage:dpo", "export:hf@dpo"}),
+        ("stage.pretrain.steps=30", FROM_PRETRAIN),
+        ("model.seed=8", FROM_PRETRAIN),
+        ("data.sources.books.weight=2.0", FROM_PRETRAIN),
+        (
+            "tokenizer.eos_token='<eos>'",
+            {"tokenizer", "tokenize:books", "tokenize:chat", "tokenize:prefs"} | FROM_PRETRAIN,
+        ),
+        ("data.clean.min_chars=5", ALL),
+        ("data.sources.chat.on_error='skip'", {"source:chat", "tokenize:chat"} | FROM_SFT),
+        ("export.hf@dpo.dtype='bfloat16'", {"export:hf@dpo"}),
+        ("model.name=renamed", set()),
+    ],
+)
+def test_spec_edits(project, override, expected):
+    if override.startswith("export.hf@dpo"):
+        override = override.replace("export.hf@dpo", "export[0]")
+    assert changed(keys(project), keys(project, [override])) == expected
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "layers=2",
+        "hidden=256",
+        "heads=2",
+        "kv_heads=2",
+        "ffn_hidden=256",
+        "seq_len=32",
+        "norm='rmsnorm'",
+        "norm_eps=1e-6",
+        "activation='swiglu'",
+        "position='rope'",
+        "rope_base=500000.0",
+        "bias=true",
+        "tie_embeddings=false",
+        "dropout=0.1",
+        "init_std=0.01",
+        "vocab_multiple=64",
+        "style='llama'",
+    ],
+)
+def test_any_architecture_field_changes_pretrain_onward_only(project, field):
+    assert changed(keys(project), keys(project, [f"architecture.{field}"])) == FROM_PRETRAIN
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "parallelism.tensor=2",
+        "parallelism.pipeline=2",
+        "parallelism.data=2",
+        "parallelism.micro_batch=1",
+        "parallelism.sequence_parallel=true",
+        "parallelism.recompute='full'",
+        "parallelism.distributed_optimizer=true",
+        "parallelism.device='gpu'",
+        "parallelism.cpus_per_rank=2",
+        "stage.pretrain.log_every=1",
+        "stage.pretrain.checkpoint_every=5",
+        "stage.sft.eval_every=2",
+        "eval.ppl.batch_size=1",
+    ],
+)
+def test_execution_only_fields_change_no_key(project, override):
+    assert changed(keys(project), keys(project, [override])) == set()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "data/books",
+        "data/books/",
+        "data/*/*.txt",
+        "./data/books/[ab].txt",
+        ["data/books/a.txt", "data/books/b.txt"],
+    ],
+)
+def test_glob_matching_the_same_files_changes_no_key(project, path, monkeypatch):
+    monkeypatch.chdir(project.parent)  # --set paths are relative to the working directory
+    value = repr(path).replace("'", '"')
+    assert changed(keys(project), keys(project, [f"data.sources.books.path={value}"])) == set()
+
+
+def test_data_content_changes_its_source_and_everything_downstream(project):
+    before = keys(project)
+    (project.parent / "data" / "chat.jsonl").write_text('{"messages": []}\n')
+    assert changed(before, keys(project)) == {"source:chat", "tokenize:chat"} | FROM_SFT
+    before = keys(project)
+    (project.parent / "data" / "books" / "a.txt").write_text("Something else.\n")
+    assert changed(before, keys(project)) == ALL - {"source:chat", "source:prefs"}
+
+
+def test_adding_a_file_to_a_glob_changes_the_source(project):
+    before = keys(project)
+    (project.parent / "data" / "books" / "c.txt").write_text("More.\n")
+    assert "source:books" in changed(before, keys(project))
+
+
+def test_golden_keys(tmp_path):
+    # These literal keys change only when the key preimage of these nodes changes: a new
+    # schema default, a backend version bump, or a change to canonical JSON. If one of
+    # those was intended, update the literals in the same commit.
+    got = keys(write_project(tmp_path, FULL_SPEC))
+    assert {n: got[n][:16] for n in ("source:books", "tokenizer", "stage:pretrain")} == GOLDEN
+
+
+GOLDEN = {
+    "source:books": "9cfd56eca3417b27",
+    "tokenizer": "38068db5423e0700",
+    "stage:pretrain": "feec3b2ec2aa84b3",
+}

@@ -1,0 +1,123 @@
+"""plan: statuses and reasons, explaining a rebuild field by field against the last build."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmbuild.cli.plan_cmd import plan_json, render_plan
+from llmbuild.plan import StatCache, plan_spec
+from llmbuild.spec.load import load_spec
+
+
+class MemoryStore:
+    """A store view holding the records of earlier plans as if they had been built."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.last: dict[str, dict[str, Any]] = {}
+        self.leases: dict[str, str] = {}
+        self.checkpoints: dict[str, str] = {}
+
+    def commit(self, planned) -> None:
+        for name, k in planned.keys.items():
+            self.keys.add(k.key)
+            self.last[name] = k.preimage
+
+    def has(self, key: str) -> bool:
+        return key in self.keys
+
+    def last_preimage(self, node_name: str):
+        return self.last.get(node_name)
+
+    def running_elsewhere(self, key: str):
+        return self.leases.get(key)
+
+    def resumable(self, key: str):
+        return self.checkpoints.get(key)
+
+
+def plan(spec, store, overrides=()):
+    return plan_spec(load_spec(spec, overrides), store=store, cache=StatCache())
+
+
+def by_name(planned):
+    return {n.name: n for n in planned.plan.nodes}
+
+
+def test_empty_store_builds_everything(project):
+    planned = plan(project, MemoryStore())
+    assert {n.status for n in planned.plan.nodes} == {"build"}
+    assert {n.reason for n in planned.plan.nodes} == {"new"}
+    assert planned.plan.summary == "14 nodes, 0 cached, 14 to build"
+
+
+def test_rebuild_names_the_changed_field_with_old_and_new_values(project):
+    store = MemoryStore()
+    store.commit(plan(project, store, ["stage.sft.lr=2e-5"]))
+    planned = plan(project, store, ["stage.sft.lr=1e-5"])
+    nodes = by_name(planned)
+    assert nodes["source:books"].status == "cached"
+    assert nodes["tokenizer"].status == "cached"
+    assert nodes["stage:pretrain"].status == "cached"
+    assert nodes["stage:sft"].status == "build"
+    assert nodes["stage:sft"].reason == "stage.sft.lr 2e-5 -> 1e-5"
+    assert [(c.field, c.old, c.new) for c in nodes["stage:sft"].changes] == [
+        ("stage.sft.lr", 2e-5, 1e-5)
+    ]
+    assert nodes["stage:dpo"].reason == "upstream stage:sft changed"
+    assert nodes["eval:gen@sft"].reason == "upstream stage:sft changed"
+    assert planned.plan.summary == "14 nodes, 9 cached, 5 to build"
+    text = render_plan(planned.plan, "spec.toml")
+    assert "stage:sft" in text and "stage.sft.lr 2e-5 -> 1e-5" in text
+    assert plan_json(planned.plan, "spec.toml")["nodes"][8]["changes"] == [
+        {"field": "stage.sft.lr", "old": 2e-5, "new": 1e-5}
+    ]
+
+
+def test_several_fields_and_nested_fields(project):
+    store = MemoryStore()
+    store.commit(plan(project, store))
+    planned = plan(
+        project,
+        store,
+        [
+            "architecture.layers=2",
+            "stage.pretrain.schedule.warmup=5",
+            "data.sources.books.weight=3.0",
+        ],
+    )
+    reason = by_name(planned)["stage:pretrain"].reason
+    assert "architecture.layers 4 -> 2" in reason
+    assert "stage.pretrain.schedule.warmup 0 -> 5" in reason
+    assert "data.sources.books.weight 1.0 -> 3.0" in reason
+
+
+def test_data_edit_is_explained_as_content(project):
+    store = MemoryStore()
+    store.commit(plan(project, store))
+    (project.parent / "data" / "books" / "c.txt").write_text("new text\n")
+    nodes = by_name(plan(project, store))
+    assert nodes["source:books"].reason == "data.sources[0].path content changed (2 -> 3 files)"
+    assert (
+        nodes["tokenizer"].reason
+        == "upstream source:books changed (reused if its output is unchanged)"
+    )
+    assert nodes["source:chat"].status == "cached"
+
+
+def test_running_elsewhere_and_resume(project):
+    store = MemoryStore()
+    first = plan(project, store)
+    store.leases[first.keys["stage:pretrain"].key] = "host-a pid 12"
+    store.checkpoints[first.keys["stage:sft"].key] = "checkpoint at step 5"
+    nodes = by_name(plan(project, store))
+    assert nodes["stage:pretrain"].status == "running elsewhere"
+    assert nodes["stage:pretrain"].reason == "host-a pid 12"
+    assert nodes["stage:sft"].status == "resume"
+    assert nodes["stage:sft"].reason.startswith("checkpoint at step 5")
+
+
+def test_spec_hash_ignores_execution_fields(project):
+    a = plan(project, MemoryStore()).plan.spec_hash
+    assert plan(project, MemoryStore(), ["parallelism.tensor=2"]).plan.spec_hash == a
+    assert plan(project, MemoryStore(), ["stage.sft.lr=1e-4"]).plan.spec_hash != a

@@ -1,0 +1,225 @@
+"""Every mistake of a spec is reported at once, located, with exit code 2 and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmbuild.errors import SpecError
+from llmbuild.spec.load import load_spec
+
+FIVE_MISTAKES = """\
+extends = ["@gpt2-tiny"]
+
+[model]
+name = "bad"
+sed = 3
+
+[[data.sources]]
+name = "txt"
+path = "x.txt"
+
+[tokenizer]
+kind = "char"
+
+[architecture]
+hidden = 130
+layers = "four"
+
+[[stage]]
+name = "pretrain"
+kind = "pretrain"
+steps = 10
+global_batch = 4
+lr = -1e-4
+
+[[stage]]
+name = "chat"
+kind = "pretrain"
+from = "pretrian"
+steps = 10
+global_batch = 4
+lr = 1e-4
+"""
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    return [str(p) for p in info.value.problems]
+
+
+def test_five_mistakes_all_reported_with_file_line_and_key(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(FIVE_MISTAKES)
+    found = problems(spec)
+    expected = [
+        "spec.toml:5: model.sed: unknown key; did you mean 'seed'?",
+        "spec.toml:15: architecture.heads: heads (4) must divide hidden (130)",
+        "spec.toml:16: architecture.layers: must be an integer (got string 'four')",
+        "spec.toml:23: stage[0].lr: must be > 0 (got -0.0001)",
+        "spec.toml:28: stage[1].from: no stage named 'pretrian'; did you mean 'pretrain'?",
+    ]
+    for want in expected:
+        assert any(want in f for f in found), f"{want!r} not in {found}"
+    assert len(found) == len(expected)
+
+
+def test_cli_exit_code_2_and_no_traceback(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(FIVE_MISTAKES)
+    for command in ("validate", "plan", "resolve"):
+        r = subprocess.run(
+            [sys.executable, "-m", "llmbuild", command, str(spec)], capture_output=True, text=True
+        )
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr
+        assert "5 problems in the spec" in r.stderr
+        assert "model.sed: unknown key; did you mean 'seed'?" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ('[model]\nname = "x"\nseed = = 3\n', 3, 8),
+        ('[model]\nname = "unterminated\n', 2, None),
+        ("[model\n", 1, None),
+        ('[model]\nname = "a"\nname = "b"\n', 3, None),
+    ],
+)
+def test_toml_syntax_errors_are_located(tmp_path, text, line, column):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (p,) = info.value.problems
+    assert p.line == line
+    if column is not None:
+        assert p.column == column
+    assert (
+        str(p).startswith(f"{spec}:{line}")
+        or str(p).startswith(f"spec.toml:{line}")
+        or f"spec.toml:{line}" in str(p)
+    )
+    assert "TOML syntax error" in p.message
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "llmbuild", "validate", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert "file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "want"),
+    [
+        ('kind = "sftt"', "stage[0].kind: unknown kind 'sftt'; did you mean 'sft'?"),
+        ("stepz = 3", "stage[0].stepz: unknown key; did you mean 'steps'?"),
+        ("betas = [0.9]", "stage[0].betas[1]: required"),
+        ("lr = inf", "stage[0].lr: must be a finite number"),
+        ('schedule = { kind = "cosin" }', "stage[0].schedule.kind: must be one of"),
+        ("global_batch = 3", "stage[0].global_batch: global_batch (3) must be a multiple of"),
+        ("steps = 1.5", "stage[0].steps: must be an integer"),
+    ],
+)
+def test_stage_mistakes(tmp_path, edit, want):
+    from tests.conftest import write_project
+
+    spec = write_project(tmp_path, _single_stage(edit))
+    found = problems(spec)
+    assert any(want in f for f in found), found
+
+
+def _single_stage(extra: str) -> str:
+    lines = [
+        'name = "pretrain"',
+        'kind = "pretrain"',
+        "steps = 10",
+        "global_batch = 4",
+        "lr = 1e-3",
+    ]
+    key = extra.split("=")[0].strip()
+    lines = [ln for ln in lines if ln.split("=")[0].strip() != key] + [extra]
+    return f"""\
+extends = ["@gpt2-tiny"]
+[model]
+name = "m"
+[[data.sources]]
+name = "books"
+path = "data/books"
+[tokenizer]
+kind = "char"
+[parallelism]
+micro_batch = 2
+[[stage]]
+{chr(10).join(lines)}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "want"),
+    [
+        (
+            "[parallelism]\ntensor = 3\n",
+            "parallelism.tensor: tensor (3) must divide architecture.heads (4)",
+        ),
+        (
+            "[parallelism]\npipeline = 3\n",
+            "parallelism.pipeline: pipeline (3) must divide architecture.layers (4)",
+        ),
+        (
+            "[architecture]\nkv_heads = 3\n",
+            "architecture.kv_heads: kv_heads (3) must divide heads (4)",
+        ),
+        (
+            '[[eval]]\nname = "e"\nkind = "perplexity"\nstages = ["pretrian"]\n',
+            "eval[0].stages[0]: no stage named 'pretrian'; did you mean 'pretrain'?",
+        ),
+        (
+            '[[export]]\nformat = "peft"\nstage = "pretrain"\n',
+            "export[0].stage: a peft export needs a stage with LoRA adapters",
+        ),
+        (
+            '[[stage]]\nname = "s"\nkind = "sft"\nfrom = "pretrain"\ndata = "books"\nsteps = 1\nglobal_batch = 2\n',
+            "stage[1].data: a sft stage needs a chat-role source, but 'books' has role 'pretrain'",
+        ),
+        (
+            '[[stage]]\nname = "a"\nkind = "sft"\nfrom = "b"\ndata = "books"\nsteps = 1\nglobal_batch = 2\n'
+            '[[stage]]\nname = "b"\nkind = "sft"\nfrom = "a"\ndata = "books"\nsteps = 1\nglobal_batch = 2\n',
+            "stages form a cycle: a -> b -> a",
+        ),
+        (
+            '[[stage]]\nname = "pretrain"\nkind = "pretrain"\nsteps = 1\nglobal_batch = 2\nlr = 1.0\n',
+            "stage[1].name: stage name 'pretrain' is already used by stage[0]",
+        ),
+        ('[tokenizer]\nkind = "bpe"\n', "tokenizer: vocab_size is required for kind = 'bpe'"),
+        ("[modle]\nname = 'x'\n", "modle: unknown table; did you mean 'model'?"),
+    ],
+)
+def test_cross_field_checks(tmp_path, extra, want):
+    from tests.conftest import write_project
+
+    base = _single_stage("lr = 1e-3")
+    if extra.startswith("[tokenizer]"):
+        base = base.replace('[tokenizer]\nkind = "char"\n', "")
+    if extra.startswith("[parallelism]"):
+        base = base.replace("[parallelism]\nmicro_batch = 2\n", "")
+        extra = extra + "micro_batch = 2\n"
+    spec = write_project(tmp_path, base + extra)
+    found = problems(spec)
+    assert any(want in f for f in found), found
+
+
+def test_missing_tables_are_named(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[model]\nname = "x"\n')
+    found = problems(spec)
+    for table in ("[data] table", "[tokenizer] table", "[architecture] table", "[[stage]] tables"):
+        assert any(table in f for f in found), found
