@@ -112,3 +112,12 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return write_project(tmp_path)
+
+
+@pytest.fixture
+def fixture_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory for the fixture backend's control file and invocation log."""
+    d = tmp_path / "fixture"
+    d.mkdir()
+    monkeypatch.setenv("LLMBUILD_FIXTURE_DIR", str(d))
+    return d

@@ -16,6 +16,14 @@ COMMANDS = {
     "resolve": ("llmbuild.cli.spec_cmds", "print the resolved spec, each value with its origin"),
     "schema": ("llmbuild.cli.spec_cmds", "write the JSON Schema of specs (for editors)"),
     "plan": ("llmbuild.cli.plan_cmd", "show what a build would do, node by node, and why"),
+    "build": ("llmbuild.cli.build_cmd", "build what is not already in the store"),
+    "runs": ("llmbuild.cli.store_cmds", "list recorded builds"),
+    "reproduce": (
+        "llmbuild.cli.build_cmd",
+        "rebuild a recorded build from scratch and compare, node by node",
+    ),
+    "show": ("llmbuild.cli.store_cmds", "print the record of a node or a build"),
+    "gc": ("llmbuild.cli.store_cmds", "remove artifacts no recent build references"),
 }
 
 

@@ -32,9 +32,16 @@ def store_root(args: argparse.Namespace, spec_path: Path) -> str:
     return args.store or os.environ.get("LLMBUILD_STORE") or str(spec_path.parent / ".llmbuild")
 
 
+def open_store(args: argparse.Namespace, spec_path: Path):
+    """The store these arguments name, with this machine's stat cache."""
+    from llmbuild.plan.digest import StatCache
+    from llmbuild.store.store import Store
+
+    return Store(store_root(args, spec_path), cache=StatCache(stat_cache_path()))
+
+
 def stat_cache_path() -> Path:
-    """Where this machine keeps file digests by stat identity ($LLMBUILD_CACHE_DIR)."""
-    base = os.environ.get("LLMBUILD_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmbuild"
-    )
-    return Path(base) / "statcache.json"
+    """Where this machine keeps file digests by stat identity."""
+    from llmbuild.locations import cache_dir
+
+    return cache_dir() / "statcache.json"

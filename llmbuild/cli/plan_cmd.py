@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, stat_cache_path
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
 from llmbuild.plan.status import Plan
 
 
@@ -50,11 +50,12 @@ def render_plan(plan: Plan, spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
 
     resolved = load_spec(args.spec, args.overrides)
-    planned = plan_spec(resolved, cache=StatCache(stat_cache_path()))
+    store = open_store(args, resolved.path)
+    planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.json:
         print(json.dumps(plan_json(planned.plan, resolved.display), indent=2))
     else:

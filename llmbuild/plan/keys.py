@@ -70,21 +70,28 @@ def node_keys(graph: Graph, externals: Mapping[str, Mapping[str, Any]]) -> dict[
 
 
 def cutoff_key(
-    graph: Graph, node: Node, keys: Mapping[str, NodeKey], outputs: Mapping[str, str]
+    graph: Graph, node: Node, keys: Mapping[str, NodeKey], artifacts: Mapping[str, tuple[str, str]]
 ) -> str | None:
-    """Early cut-off: the key of ``node`` with each deterministic upstream's key replaced by
-    that upstream's output digest. Two builds whose upstream produced the same bytes get
-    the same cut-off key, so the downstream result can be reused. None when an upstream's
-    output is not known yet or no upstream is deterministic."""
+    """Early cut-off: the key of ``node`` with each input replaced by what it resolved to.
+
+    ``artifacts`` maps upstream names to (output digest, key of the artifact used). A
+    deterministic upstream counts by its output digest, so an upstream rebuilt to the same
+    bytes changes nothing; any other upstream counts by the artifact it resolved to, which
+    is a different key only when it was itself reused. None when an upstream is not built
+    yet or nothing is replaced (the cut-off key would be the key)."""
     pre = dict(keys[node.name].preimage)
     inputs = dict(pre["inputs"])
     replaced = False
     for slot, up in node.inputs.items():
+        if up not in artifacts:
+            return None
+        digest, artifact_key = artifacts[up]
         if graph[up].cutoff:
-            if up not in outputs:
-                return None
-            inputs[slot] = {"output": outputs[up]}
+            inputs[slot] = {"output": digest}
             replaced = True
+        elif artifact_key != keys[up].key:
+            replaced = True
+            inputs[slot] = artifact_key
     if not replaced:
         return None
     pre["inputs"] = inputs

@@ -24,25 +24,25 @@ Status = Literal["cached", "build", "resume", "running elsewhere"]
 class StoreView(Protocol):
     """What planning asks of a store."""
 
-    def has(self, key: str) -> bool: ...
-    def last_preimage(self, node_name: str) -> dict[str, Any] | None: ...
-    def running_elsewhere(self, key: str) -> str | None: ...
-    def resumable(self, key: str) -> str | None: ...
+    def has(self, name: str, key: str) -> bool: ...
+    def last_preimage(self, name: str) -> dict[str, Any] | None: ...
+    def running_elsewhere(self, name: str, key: str) -> str | None: ...
+    def resumable(self, name: str, key: str) -> str | None: ...
 
 
 class EmptyStore:
     """A store with nothing in it: every node builds."""
 
-    def has(self, key: str) -> bool:
+    def has(self, name: str, key: str) -> bool:
         return False
 
-    def last_preimage(self, node_name: str) -> dict[str, Any] | None:
+    def last_preimage(self, name: str) -> dict[str, Any] | None:
         return None
 
-    def running_elsewhere(self, key: str) -> str | None:
+    def running_elsewhere(self, name: str, key: str) -> str | None:
         return None
 
-    def resumable(self, key: str) -> str | None:
+    def resumable(self, name: str, key: str) -> str | None:
         return None
 
 
@@ -192,16 +192,16 @@ def make_plan(graph: Graph, keys: Mapping[str, NodeKey], store: StoreView) -> Pl
     plans: dict[str, NodePlan] = {}
     for node in graph:
         k = keys[node.name]
-        if store.has(k.key):
+        if store.has(node.name, k.key):
             plans[node.name] = NodePlan(node.name, k, "cached", "", (), node.resources)
             continue
-        holder = store.running_elsewhere(k.key)
+        holder = store.running_elsewhere(node.name, k.key)
         if holder:
             plans[node.name] = NodePlan(
                 node.name, k, "running elsewhere", holder, (), node.resources
             )
             continue
-        resume = store.resumable(k.key)
+        resume = store.resumable(node.name, k.key)
         status: Status = "resume" if resume else "build"
         changes: list[Change] = []
         old = store.last_preimage(node.name)

@@ -23,16 +23,16 @@ class MemoryStore:
             self.keys.add(k.key)
             self.last[name] = k.preimage
 
-    def has(self, key: str) -> bool:
+    def has(self, name: str, key: str) -> bool:
         return key in self.keys
 
-    def last_preimage(self, node_name: str):
-        return self.last.get(node_name)
+    def last_preimage(self, name: str):
+        return self.last.get(name)
 
-    def running_elsewhere(self, key: str):
+    def running_elsewhere(self, name: str, key: str):
         return self.leases.get(key)
 
-    def resumable(self, key: str):
+    def resumable(self, name: str, key: str):
         return self.checkpoints.get(key)
 
 

@@ -1,0 +1,122 @@
+"""``runs``, ``show`` and ``gc``: looking into the store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from llmbuild.cli.common import add_store_argument, open_store
+from llmbuild.errors import UserError
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    add_store_argument(p)
+    if name == "show":
+        p.add_argument(
+            "what",
+            metavar="NODE|KEY|HASH",
+            help="a node name, a key (prefix) or a build's spec hash (prefix)",
+        )
+    if name == "gc":
+        p.add_argument(
+            "--keep",
+            type=int,
+            default=5,
+            help="keep everything the N most recent builds reference (default 5)",
+        )
+        p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    if name in ("runs", "show"):
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _store(args: argparse.Namespace):
+    return open_store(args, Path.cwd() / "spec.toml")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.command == "runs":
+        builds = store.builds()
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            k: b.get(k)
+                            for k in ("spec_hash", "spec_path", "started", "finished", "ok")
+                        }
+                        for b in builds
+                    ],
+                    indent=2,
+                )
+            )
+            return 0
+        if not builds:
+            print(f"no builds recorded in {store.url}")
+        for b in builds:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(b.get("finished") or 0))
+            states = [n.get("state") for n in b.get("nodes", {}).values()]
+            built = sum(s == "built" for s in states)
+            print(
+                f"{b['spec_hash'][:12]}  {when}  {'ok    ' if b.get('ok') else 'FAILED'}  "
+                f"{len(states)} nodes, {built} built  {b.get('spec_path')}"
+            )
+        return 0
+    if args.command == "show":
+        return _show(store, args)
+    from llmbuild.store.gc import collect
+
+    report = collect(store, keep_builds=args.keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for label in report.removed:
+        print(f"{verb} {label}")
+    print(
+        f"{verb} {len(report.removed)} artifacts and {report.scratch_removed} abandoned "
+        f"temp dirs; kept {len(report.kept)}"
+    )
+    return 0
+
+
+def _show(store, args: argparse.Namespace) -> int:
+    what = args.what
+    build = store.find_build(what) if len(what) >= 4 else None
+    records = [
+        r
+        for r in store.artifacts()
+        if r["name"] == what or r["key"].startswith(what) or r["name"].split(":", 1)[-1] == what
+    ]
+    if build is None and not records:
+        raise UserError(f"nothing named {what!r} in {store.url} (a node name, key or spec hash)")
+    if build is not None and not records:
+        print(json.dumps(build, indent=2) if args.json else _build_text(build))
+        return 0
+    rec = max(records, key=lambda r: r.get("timings", {}).get("finished", 0))
+    if args.json:
+        print(json.dumps(rec, indent=2))
+        return 0
+    print(f"{rec['name']}  {rec['key']}")
+    if rec.get("alias_of"):
+        print(f"  reuses {rec['alias_of']['name']} {rec['alias_of']['key'][:12]} (early cut-off)")
+    print(
+        f"  built {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec['timings']['finished']))}"
+        f" in {rec['timings']['seconds']}s by build {rec.get('build', '?')[:8]}"
+    )
+    for slot, ref in rec.get("inputs", {}).items():
+        print(f"  input {slot}: {ref['node']} {ref['key'][:12]}")
+    for e in rec.get("outputs", []):
+        print(f"  output {e['path']}  {e['size']} bytes  blake3 {e['blake3'][:16]}")
+    if rec.get("metrics"):
+        print(f"  metrics {json.dumps(rec['metrics'])}")
+    env = rec.get("environment") or {}
+    if env:
+        print("  environment " + ", ".join(f"{k} {v}" for k, v in env.items() if v and k != "git"))
+    return 0
+
+
+def _build_text(build: dict) -> str:
+    lines = [f"build {build['spec_hash']}  {build.get('spec_path')}"]
+    for name, node in build.get("nodes", {}).items():
+        lines.append(f"  {node.get('state', '?'):<12} {name:<28} {node['key'][:12]}")
+    return "\n".join(lines)

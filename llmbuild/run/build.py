@@ -1,0 +1,124 @@
+"""``build``: plan a spec against the store, run what is missing, record the build."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmbuild.plan import Planned, plan_spec
+from llmbuild.plan.graph import Graph
+from llmbuild.plan.keys import NodeKey
+from llmbuild.registry import Registry
+from llmbuild.run.executors import make_executor
+from llmbuild.run.progress import PlainReporter, make_reporter
+from llmbuild.run.scheduler import NodeResult, Reporter, Scheduler
+from llmbuild.spec.load import ResolvedSpec
+from llmbuild.store.records import SCHEMA_VERSION, environment
+from llmbuild.store.store import Store
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to run a build (never what it builds)."""
+
+    executor: str = "ray"
+    ray_address: str | None = None
+    only: tuple[str, ...] = ()
+    until: tuple[str, ...] = ()
+    live: bool | None = None
+    """Live terminal view; None: when stdout is a terminal."""
+
+
+@dataclass
+class BuildOutcome:
+    spec_hash: str
+    build_id: str
+    results: dict[str, NodeResult]
+    planned: Planned
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.state not in ("failed", "skipped") for r in self.results.values())
+
+    def count(self, state: str) -> int:
+        return sum(1 for r in self.results.values() if r.state == state)
+
+    @property
+    def summary(self) -> str:
+        parts = [f"{len(self.results)} nodes"]
+        for state in ("cached", "built", "reused", "failed", "skipped"):
+            if self.count(state):
+                parts.append(f"{self.count(state)} {state}")
+        return ", ".join(parts)
+
+
+def run_graph(
+    graph: Graph,
+    keys: dict[str, NodeKey],
+    store: Store,
+    options: BuildOptions,
+    reporter: Reporter | None,
+    build_id: str,
+    spec_dir: Any = None,
+    registry: Registry | None = None,
+) -> dict[str, NodeResult]:
+    """Build a keyed graph into a store; the executor starts only if a node must run."""
+    own = reporter is None
+    rep = reporter or make_reporter(list(graph.nodes), options.live)
+    try:
+        executor = make_executor(options.executor, rep, options.ray_address)
+        return Scheduler(
+            graph, keys, store, executor, rep, build_id, spec_dir, registry=registry
+        ).run()
+    finally:
+        if own:
+            rep.close()
+
+
+def build(
+    resolved: ResolvedSpec,
+    store: Store,
+    options: BuildOptions = BuildOptions(),
+    reporter: Reporter | None = None,
+    registry: Registry | None = None,
+) -> BuildOutcome:
+    """Build a resolved spec; record the build under its spec hash."""
+    started = time.time()
+    build_id = uuid.uuid4().hex
+    planned = plan_spec(resolved, store=store, cache=store.cache, registry=registry)
+    graph = planned.graph.select(options.only, options.until)
+    results = run_graph(
+        graph, planned.keys, store, options, reporter, build_id, resolved.path.parent, registry
+    )
+    outcome = BuildOutcome(planned.plan.spec_hash, build_id, results, planned)
+    outcome.record = {
+        "schema_version": SCHEMA_VERSION,
+        "spec_hash": planned.plan.spec_hash,
+        "build": build_id,
+        "spec_path": str(resolved.path),
+        "spec": resolved.spec.model_dump(mode="json", by_alias=True),
+        "nodes": {
+            name: {
+                "key": k.key,
+                "state": results[name].state if name in results else "not selected",
+                "output_digest": (results[name].record or {}).get("output_digest")
+                if name in results
+                else None,
+            }
+            for name, k in planned.keys.items()
+        },
+        "selection": {"only": list(options.only), "until": list(options.until)},
+        "environment": environment(resolved.path.parent),
+        "started": started,
+        "finished": time.time(),
+        "ok": outcome.ok,
+    }
+    store.save_build(outcome.record)
+    store.cache.save()
+    return outcome
+
+
+__all__ = ["BuildOptions", "BuildOutcome", "PlainReporter", "build", "run_graph"]

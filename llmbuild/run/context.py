@@ -1,0 +1,105 @@
+"""What a backend's ``run(ctx)`` gets: its config, its inputs, where to write, and how to
+report progress, metrics and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from llmbuild.backend import Resources
+
+
+class ProgressSink(Protocol):
+    """Receives progress updates of running nodes (the driver's live view)."""
+
+    def update(self, node: str, fields: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class InputArtifact:
+    """An upstream node's committed outputs, as a local directory, with its record."""
+
+    path: Path
+    record: dict[str, Any]
+
+    @property
+    def node(self) -> str:
+        return self.record["name"]
+
+
+class Progress:
+    """A node's progress feed: ``update(completed=..., total=..., unit=..., loss=...)``.
+
+    Updates are throttled so a tight training loop can call it every step."""
+
+    def __init__(self, node: str, sink: ProgressSink | None, interval: float = 0.25) -> None:
+        self.node, self.sink, self.interval = node, sink, interval
+        self.fields: dict[str, Any] = {}
+        self._last = 0.0
+
+    def update(self, force: bool = False, **fields: Any) -> None:
+        self.fields.update(fields)
+        now = time.monotonic()
+        if not self.fields or self.sink is None:
+            return
+        if force or now - self._last >= self.interval:
+            self._last = now
+            self.sink.update(self.node, dict(self.fields))
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """Where a rank function runs in its group (torch.distributed is initialised)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+RankFn = Callable[[dict[str, Any], RankInfo], "Path | None"]
+
+
+@dataclass
+class RunContext:
+    """Everything one node run may use."""
+
+    node: str
+    key: str
+    config: BaseModel
+    inputs: dict[str, InputArtifact]
+    out_dir: Path
+    """Write outputs here; the directory becomes the artifact when the node commits."""
+    work_dir: Path
+    """Persistent across attempts of this key (checkpoints); removed after commit."""
+    resources: Resources
+    progress: Progress
+    log: logging.Logger
+    spec_dir: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Summary metrics recorded in the node's record (and compared by reproduce)."""
+    run_ranks: Callable[[RankFn, dict[str, Any]], Path | None] | None = None
+    """Run ``fn(config, rank_info)`` on ``resources.ranks`` torch.distributed ranks
+    (TorchTrainer workers under Ray). The directory rank 0 returns comes back as a local
+    directory (through Ray Train's checkpoint storage, so it works across machines)."""
+
+    def input(self, slot: str) -> InputArtifact:
+        try:
+            return self.inputs[slot]
+        except KeyError:
+            raise KeyError(
+                f"{self.node} has no input {slot!r} (inputs: {sorted(self.inputs)})"
+            ) from None
+
+    def mark_checkpoint(self, step: int, **info: Any) -> None:
+        """Record that a resumable checkpoint at ``step`` exists in the work dir."""
+        marker = self.work_dir / "checkpoint.json"
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"step": step, **info}))
+        tmp.replace(marker)

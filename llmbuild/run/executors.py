@@ -1,0 +1,207 @@
+"""Executors: where nodes run. ``inline`` runs each node in this process, one at a time;
+``ray`` runs nodes as Ray tasks (concurrently, each with its resource request) on a
+local cluster bound to 127.0.0.1 or on an existing cluster."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmbuild.run.context import ProgressSink
+from llmbuild.run.node import NodeFailed, NodeTask, execute_node
+
+
+@dataclass
+class Handle:
+    """A submitted node."""
+
+    name: str
+    ref: Any = None
+    record: dict[str, Any] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass
+class Finished:
+    handle: Handle
+    record: dict[str, Any] | None
+    error: BaseException | None
+
+
+class InlineExecutor:
+    """Runs each node synchronously in this process (debugging, fast tests)."""
+
+    kind = "inline"
+
+    def __init__(self, sink: ProgressSink | None = None) -> None:
+        self.sink = sink
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, task: NodeTask) -> Handle:
+        handle = Handle(task.name)
+        ranks = functools.partial(_inline_ranks, resources=task.resources)
+        try:
+            handle.record = execute_node(task, self.sink, ranks)
+        except NodeFailed as e:
+            handle.error = e
+        except Exception as e:  # a bug outside the backend: surface it as the node's failure
+            handle.error = NodeFailed(task.name, f"{type(e).__name__}: {e}")
+        handle.done = True
+        return handle
+
+    def wait(self, handles: Sequence[Handle], timeout: float) -> list[Finished]:
+        return [Finished(h, h.record, h.error) for h in handles if h.done]
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _inline_ranks(fn: Any, config: dict[str, Any], resources: Any) -> Any:
+    from llmbuild.run.ranks import run_inline_ranks
+
+    return run_inline_ranks(fn, config, resources)
+
+
+def _ray_execute(task: NodeTask, relay: Any) -> dict[str, Any]:
+    """The Ray task body: build one node in a worker process."""
+    from pathlib import Path
+
+    from llmbuild.store.store import Store
+
+    work = Store(task.store_url, work_root=Path(task.work_root)).work_dir(task.name, task.key)
+    ranks = functools.partial(_ray_ranks, resources=task.resources, work_dir=work, name=task.name)
+    return execute_node(task, _RelaySink(relay) if relay is not None else None, ranks)
+
+
+def _ray_ranks(fn: Any, config: dict[str, Any], resources: Any, work_dir: Any, name: str) -> Any:
+    from llmbuild.run.ranks import run_ray_ranks
+
+    return run_ray_ranks(fn, config, resources, work_dir, name)
+
+
+class _RelaySink:
+    def __init__(self, relay: Any) -> None:
+        self.relay = relay
+
+    def update(self, node: str, fields: dict[str, Any]) -> None:
+        self.relay.update.remote(node, fields)
+
+
+class _Relay:
+    """A Ray actor collecting progress updates from workers for the driver to drain."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, dict[str, Any]] = {}
+
+    def update(self, node: str, fields: dict[str, Any]) -> None:
+        self.pending[node] = fields
+
+    def drain(self) -> dict[str, dict[str, Any]]:
+        out, self.pending = self.pending, {}
+        return out
+
+
+@dataclass
+class RayExecutor:
+    """Runs nodes as Ray tasks; starts a local cluster unless given an address."""
+
+    address: str | None = None
+    sink: ProgressSink | None = None
+    num_cpus: int | None = None
+    kind: str = "ray"
+    _started_here: bool = field(default=False, init=False)
+    _relay: Any = field(default=None, init=False)
+    _remote: Any = field(default=None, init=False)
+
+    def start(self) -> None:
+        import ray
+
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                from llmbuild.run.ranks import local_ray_env
+
+                local_ray_env()
+                ray.init(
+                    include_dashboard=False,
+                    num_cpus=self.num_cpus,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": _forwarded_env()},
+                )
+                self._started_here = True
+        self._relay = ray.remote(num_cpus=0)(_Relay).remote()
+        self._remote = ray.remote(_ray_execute)
+
+    def submit(self, task: NodeTask) -> Handle:
+        res = task.resources
+        if res.ranks > 1:  # a coordinator: the ranks ask for the resources themselves
+            options = {"num_cpus": 0, "num_gpus": 0}
+        else:
+            options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+        ref = self._remote.options(**options, max_retries=0, name=f"llmbuild {task.name}").remote(
+            task, self._relay
+        )
+        return Handle(task.name, ref=ref)
+
+    def wait(self, handles: Sequence[Handle], timeout: float) -> list[Finished]:
+        import ray
+
+        self._drain()
+        refs = {h.ref: h for h in handles if not h.done}
+        if not refs:
+            return []
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
+        finished = []
+        for ref in ready:
+            h = refs[ref]
+            h.done = True
+            try:
+                h.record = ray.get(ref)
+            except NodeFailed as e:
+                h.error = e
+            except ray.exceptions.RayTaskError as e:
+                cause = e.as_instanceof_cause()
+                h.error = cause if isinstance(cause, NodeFailed) else NodeFailed(h.name, str(cause))
+            except ray.exceptions.RayError as e:
+                h.error = NodeFailed(h.name, f"the Ray worker died: {type(e).__name__}")
+            finished.append(Finished(h, h.record, h.error))
+        self._drain()
+        return finished
+
+    def _drain(self) -> None:
+        if self.sink is None or self._relay is None:
+            return
+        import ray
+
+        for node, fields in ray.get(self._relay.drain.remote()).items():
+            self.sink.update(node, fields)
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self._started_here and ray.is_initialized():
+            ray.shutdown()
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Environment a local cluster's workers need from the driver."""
+    keep = ("LLMBUILD_", "HF_", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
+
+
+def make_executor(
+    kind: str, sink: ProgressSink | None = None, address: str | None = None
+) -> InlineExecutor | RayExecutor:
+    if kind == "inline":
+        return InlineExecutor(sink)
+    if kind == "ray":
+        return RayExecutor(address=address, sink=sink)
+    raise ValueError(f"unknown executor {kind!r}")

@@ -1,0 +1,123 @@
+"""Running one node, wherever it runs: fetch inputs, build into a temp dir, record, commit.
+
+``execute_node`` is what an executor calls, in-process or in a Ray worker on another
+machine; everything it needs travels in a picklable ``NodeTask``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backend import Backend, Resources
+from llmbuild.run.context import InputArtifact, Progress, ProgressSink, RunContext
+from llmbuild.store.records import SCHEMA_VERSION, environment, manifest, output_digest
+from llmbuild.store.store import Store
+
+
+class NodeFailed(Exception):
+    """A node's backend raised; the message says what, the log has the traceback."""
+
+    def __init__(self, node: str, message: str, log: str | None = None) -> None:
+        self.node, self.message, self.log = node, message, log
+        super().__init__(f"{node}: {message}" + (f" (log: {log})" if log else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NodeFailed, (self.node, self.message, self.log))
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """One node to build, with everything needed to build it anywhere."""
+
+    name: str
+    key: str
+    preimage: dict[str, Any]
+    backend: Backend
+    config: dict[str, Any]
+    inputs: dict[str, dict[str, Any]]
+    """Slot -> the upstream's committed record."""
+    resources: Resources
+    store_url: str
+    work_root: str
+    build_id: str
+    cutoff_key: str | None = None
+    spec_dir: str | None = None
+
+
+def _logger(name: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
+    log = logging.getLogger(f"llmbuild.node.{name}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log, handler
+
+
+def execute_node(
+    task: NodeTask, sink: ProgressSink | None = None, run_ranks: Any = None
+) -> dict[str, Any]:
+    """Build one node and commit it; return its record. Raises NodeFailed."""
+    store = Store(task.store_url, work_root=Path(task.work_root))
+    work = store.work_dir(task.name, task.key)
+    log_path = work / "node.log"
+    log, handler = _logger(task.name, log_path)
+    out = store.scratch(task.name, task.key)
+    started = time.time()
+    try:
+        inputs = {
+            slot: InputArtifact(store.local_dir(rec), rec) for slot, rec in task.inputs.items()
+        }
+        ctx = RunContext(
+            node=task.name,
+            key=task.key,
+            config=task.backend.Config.model_validate(task.config),
+            inputs=inputs,
+            out_dir=out,
+            work_dir=work,
+            resources=task.resources,
+            progress=Progress(task.name, sink),
+            log=log,
+            spec_dir=Path(task.spec_dir) if task.spec_dir else None,
+            run_ranks=run_ranks,
+        )
+        log.info("building %s (key %s) with %r", task.name, task.key, task.backend)
+        task.backend.run(ctx)
+        ctx.progress.update(force=True)
+        entries = manifest(out, store.cache)
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "name": task.name,
+            "key": task.key,
+            "preimage": task.preimage,
+            "inputs": {
+                slot: {"node": rec["name"], "key": rec["key"]} for slot, rec in task.inputs.items()
+            },
+            "outputs": entries,
+            "output_digest": output_digest(entries),
+            "cutoff_key": task.cutoff_key,
+            "metrics": ctx.metrics,
+            "timings": {
+                "started": started,
+                "finished": time.time(),
+                "seconds": round(time.time() - started, 3),
+            },
+            "environment": environment(ctx.spec_dir),
+            "build": task.build_id,
+        }
+        log.info("built %s in %.1fs", task.name, time.time() - started)
+        return store.commit(out, record)
+    except Exception as e:
+        log.error("failed:\n%s", traceback.format_exc())
+        shutil.rmtree(out, ignore_errors=True)
+        message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise NodeFailed(task.name, message, str(log_path)) from None
+    finally:
+        log.removeHandler(handler)
+        handler.close()

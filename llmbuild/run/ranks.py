@@ -1,0 +1,106 @@
+"""Groups of ranks: a node function run on N torch.distributed ranks.
+
+Under the Ray executor the ranks are ``ray.train.torch.TorchTrainer`` workers (gloo on
+CPU, nccl on GPU); the inline executor runs a single rank in-process. Either way the
+function sees an initialised process group and a ``RankInfo``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backend import Resources
+from llmbuild.errors import UserError
+from llmbuild.run.context import RankFn, RankInfo
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_inline_ranks(fn: RankFn, config: dict[str, Any], resources: Resources) -> Path | None:
+    """One rank in this process, with a one-member gloo group."""
+    if resources.ranks != 1:
+        raise UserError(
+            f"this node needs {resources.ranks} ranks; the inline executor runs "
+            "one: use --executor ray, or set the parallelism sizes to 1"
+        )
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
+    try:
+        return fn(config, RankInfo(rank=0, world_size=1, local_rank=0))
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _rank_main(config: dict[str, Any]) -> None:
+    """The TorchTrainer worker loop: run the node function, bring rank 0's dir back."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    info = RankInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
+    fn = config.pop("__fn__")
+    out = fn(config, info)
+    if info.rank == 0 and out is not None:
+        ray.train.report(
+            {"rank0_output": True}, checkpoint=ray.train.Checkpoint.from_directory(str(out))
+        )
+    else:
+        ray.train.report({"rank0_output": False})
+
+
+def run_ray_ranks(
+    fn: RankFn,
+    config: dict[str, Any],
+    resources: Resources,
+    work_dir: Path,
+    name: str,
+    max_failures: int = 2,
+) -> Path | None:
+    """``resources.ranks`` TorchTrainer workers; retried up to ``max_failures`` times."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    per_worker = {"CPU": resources.cpus}
+    if resources.gpus:
+        per_worker["GPU"] = resources.gpus
+    trainer = TorchTrainer(
+        _rank_main,
+        train_loop_config={**config, "__fn__": fn},
+        scaling_config=ScalingConfig(
+            num_workers=resources.ranks, use_gpu=resources.gpus > 0, resources_per_worker=per_worker
+        ),
+        torch_config=TorchConfig(backend="nccl" if resources.gpus else "gloo"),
+        run_config=RunConfig(
+            name=name.replace(":", "_").replace("@", "_"),
+            storage_path=str(work_dir / "ray_train"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        return None
+    local = Path(tempfile.mkdtemp(prefix="ranks-", dir=work_dir))
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, local, dirs_exist_ok=True)
+    return local
+
+
+def local_ray_env() -> None:
+    """Make a local Ray cluster bind 127.0.0.1 (must be set before it starts)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

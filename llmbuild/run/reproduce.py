@@ -1,0 +1,125 @@
+"""``reproduce HASH``: rebuild a recorded build from scratch and compare, node by node.
+
+Every node is rebuilt into a scratch store from the resolved spec the build recorded.
+A node is *identical* when its outputs are byte-identical (same output digest), *within
+tolerance* when its outputs differ but every recorded metric agrees within the relative
+tolerance, and *diverged* otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llmbuild.errors import UserError
+from llmbuild.plan import compile_plan, node_keys
+from llmbuild.plan.inputs import external_digests
+from llmbuild.registry import Registry
+from llmbuild.run.build import BuildOptions, run_graph
+from llmbuild.run.scheduler import Reporter
+from llmbuild.spec.root import Spec
+from llmbuild.store.store import Store
+
+Verdict = Literal["identical", "within tolerance", "diverged", "failed", "missing"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    node: str
+    verdict: Verdict
+    detail: str = ""
+
+
+def _numbers(value: Any, prefix: str = "") -> dict[str, float]:
+    if isinstance(value, bool):
+        return {}
+    if isinstance(value, (int, float)):
+        return {prefix: float(value)}
+    out: dict[str, float] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(_numbers(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.update(_numbers(v, f"{prefix}[{i}]"))
+    return out
+
+
+def compare(
+    node: str, old: dict[str, Any] | None, new: dict[str, Any] | None, rtol: float
+) -> Comparison:
+    if new is None:
+        return Comparison(node, "failed", "the rebuild did not produce it")
+    if old is None:
+        return Comparison(node, "missing", "the original artifact is no longer in the store")
+    if old.get("output_digest") == new.get("output_digest"):
+        return Comparison(node, "identical")
+    a, b = _numbers(old.get("metrics", {})), _numbers(new.get("metrics", {}))
+    files = {e["path"]: e["blake3"] for e in old.get("outputs", [])}
+    differ = [e["path"] for e in new.get("outputs", []) if files.get(e["path"]) != e["blake3"]]
+    where = f"{len(differ)} output file(s) differ: {', '.join(differ[:3])}"
+    if not a or a.keys() != b.keys():
+        return Comparison(node, "diverged", where)
+    deltas = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a}
+    worst = max(deltas, key=lambda k: deltas[k])
+    if all(math.isfinite(d) and d <= rtol for d in deltas.values()):
+        return Comparison(
+            node,
+            "within tolerance",
+            f"{where}; metrics agree (largest relative delta {deltas[worst]:.2e} in {worst})",
+        )
+    return Comparison(node, "diverged", f"{where}; metric {worst} {a[worst]:.6g} -> {b[worst]:.6g}")
+
+
+def reproduce(
+    store: Store,
+    spec_hash: str,
+    options: BuildOptions,
+    rtol: float = 1e-3,
+    scratch: Path | None = None,
+    reporter: Reporter | None = None,
+    registry: Registry | None = None,
+) -> tuple[dict[str, Any], list[Comparison]]:
+    """Rebuild the build recorded under ``spec_hash`` (a prefix will do) and compare."""
+    build = store.find_build(spec_hash)
+    if build is None:
+        known = ", ".join(b["spec_hash"][:12] for b in store.builds()[-5:]) or "none"
+        raise UserError(
+            f"no single build with spec hash {spec_hash!r} in {store.url} (recent: {known})"
+        )
+    spec = Spec.model_validate(build["spec"])
+    graph = compile_plan(spec, registry)
+    keys = node_keys(graph, external_digests(graph, store.cache))
+    recorded = {n: v["key"] for n, v in build["nodes"].items()}
+    changed = [n for n in graph.nodes if recorded.get(n) != keys[n].key]
+    if changed:
+        raise UserError(
+            "the inputs of this build changed since it was recorded (data files or backend "
+            f"versions), so it cannot be reproduced: {', '.join(changed)}"
+        )
+    graph = graph.select(
+        tuple(n for n, v in build["nodes"].items() if v.get("state") != "not selected")
+    )
+    scratch = scratch or Path(tempfile.mkdtemp(prefix="llmbuild-reproduce-"))
+    fresh = Store(str(scratch), cache=store.cache)
+    results = run_graph(
+        graph,
+        keys,
+        fresh,
+        options,
+        reporter,
+        uuid.uuid4().hex,
+        Path(build["spec_path"]).parent,
+        registry,
+    )
+    comparisons = []
+    for name in graph.nodes:
+        old = store.record(name, keys[name].key)
+        comparisons.append(
+            compare(name, store.resolve(old) if old else None, results[name].record, rtol)
+        )
+    return build, comparisons

@@ -1,0 +1,214 @@
+"""The build loop: topological, concurrent where the graph allows, cached nodes skipped.
+
+For each node whose inputs are ready: a verified artifact under its key is used as is; a
+corrupt one is reported, moved aside and rebuilt; an early cut-off hit reuses the
+artifact of an output-identical earlier build; otherwise the node's lease is taken and
+the node is submitted to the executor. A failed node skips its dependents (named); the
+rest of the graph still builds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from llmbuild.plan.graph import Graph, Node
+from llmbuild.plan.keys import NodeKey, cutoff_key
+from llmbuild.registry import Registry, default_registry
+from llmbuild.run.executors import Handle, InlineExecutor, RayExecutor
+from llmbuild.run.node import NodeTask
+from llmbuild.store.lease import Lease, owner_info
+from llmbuild.store.records import SCHEMA_VERSION
+from llmbuild.store.store import Store
+
+State = Literal["cached", "built", "reused", "failed", "skipped"]
+
+
+class Reporter(Protocol):
+    """What the build loop tells the user (see progress.py)."""
+
+    def node(self, name: str, state: str, detail: str = "") -> None: ...
+    def update(self, node: str, fields: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class NodeResult:
+    name: str
+    key: str
+    state: State
+    detail: str = ""
+    record: dict[str, Any] | None = None
+
+
+def _alias_record(
+    node: Node,
+    k: NodeKey,
+    target: dict[str, Any],
+    ck: str,
+    upstream: Mapping[str, dict[str, Any]],
+    build_id: str,
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": node.name,
+        "key": k.key,
+        "preimage": k.preimage,
+        "inputs": {s: {"node": r["name"], "key": r["key"]} for s, r in upstream.items()},
+        "alias_of": {"name": target["name"], "key": target["key"]},
+        "outputs": target["outputs"],
+        "output_digest": target["output_digest"],
+        "cutoff_key": ck,
+        "metrics": target.get("metrics", {}),
+        "build": build_id,
+        "timings": {"started": time.time(), "finished": time.time(), "seconds": 0.0},
+    }
+
+
+class Scheduler:
+    """Builds a keyed graph into a store with an executor."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        keys: Mapping[str, NodeKey],
+        store: Store,
+        executor: InlineExecutor | RayExecutor,
+        reporter: Reporter,
+        build_id: str,
+        spec_dir: Path | None = None,
+        poll: float = 0.2,
+        registry: Registry | None = None,
+    ) -> None:
+        self.graph, self.keys, self.store = graph, keys, store
+        self.registry = registry or default_registry()
+        self.executor, self.reporter, self.build_id = executor, reporter, build_id
+        self.spec_dir, self.poll = spec_dir, poll
+        self.results: dict[str, NodeResult] = {}
+        self.running: dict[str, tuple[Handle, Lease]] = {}
+        self.waiting: dict[str, str] = {}  # name -> holder description
+        self._started = False
+
+    def _finish(
+        self, name: str, state: State, detail: str = "", record: dict[str, Any] | None = None
+    ) -> None:
+        self.results[name] = NodeResult(name, self.keys[name].key, state, detail, record)
+        self.reporter.node(name, state, detail)
+
+    def _artifacts(self) -> dict[str, tuple[str, str]]:
+        """Built upstreams: (output digest, key of the artifact that holds the outputs)."""
+        out = {}
+        for n, r in self.results.items():
+            if r.record is not None:
+                held = r.record.get("alias_of", {}).get("key", r.record["key"])
+                out[n] = (r.record["output_digest"], held)
+        return out
+
+    def _try_cached(self, node: Node) -> bool:
+        k = self.keys[node.name]
+        rec = self.store.record(node.name, k.key)
+        if rec is not None:
+            problem = self.store.verify(rec)
+            if problem is None:
+                self._finish(node.name, "cached", "", self.store.resolve(rec))
+                return True
+            moved = self.store.quarantine(rec)
+            self.reporter.node(node.name, "corrupt", f"{problem}; moved to {moved}, rebuilding")
+        ck = cutoff_key(self.graph, node, self.keys, self._artifacts())
+        target = self.store.cutoff_target(ck) if ck else None
+        if target is not None and self.store.verify(target) is None:
+            upstream = {s: self.results[u].record for s, u in node.inputs.items()}
+            alias = self.store.alias(_alias_record(node, k, target, ck, upstream, self.build_id))
+            self._finish(
+                node.name,
+                "reused",
+                f"outputs of {target['name']} {target['key'][:12]} (inputs' outputs unchanged)",
+                alias,
+            )
+            return True
+        return False
+
+    def _start(self, node: Node) -> None:
+        k = self.keys[node.name]
+        lease = self.store.lease(k.key, owner_info(self.build_id))
+        if lease is None:
+            holder = self.store.running_elsewhere(node.name, k.key) or "lease held"
+            if self.waiting.get(node.name) != holder:
+                self.reporter.node(node.name, "waiting", holder)
+            self.waiting[node.name] = holder
+            return
+        self.waiting.pop(node.name, None)
+        if self._try_cached(node):  # committed by another build while we waited
+            lease.release()
+            return
+        if not self._started:
+            self.executor.start()
+            self._started = True
+        ck = cutoff_key(self.graph, node, self.keys, self._artifacts())
+        task = NodeTask(
+            name=node.name,
+            key=k.key,
+            preimage=k.preimage,
+            backend=self.registry.get(node.backend),
+            config=node.config.model_dump(mode="json", by_alias=True),
+            inputs={s: self.results[u].record for s, u in node.inputs.items()},
+            resources=node.resources,
+            store_url=self.store.url,
+            work_root=str(self.store.work_root),
+            build_id=self.build_id,
+            cutoff_key=ck,
+            spec_dir=str(self.spec_dir) if self.spec_dir else None,
+        )
+        resume = self.store.resumable(node.name, k.key)
+        self.reporter.node(node.name, "running", resume or "")
+        self.running[node.name] = (self.executor.submit(task), lease)
+
+    def _failed_roots(self, name: str) -> list[str]:
+        result = self.results.get(name)
+        if result is None or result.state not in ("failed", "skipped"):
+            return []
+        if result.state == "failed":
+            return [name]
+        return [r for u in self.graph[name].upstream for r in self._failed_roots(u)]
+
+    def _ready(self, node: Node) -> bool | None:
+        """True when every input is built, None when one failed, False to wait."""
+        states = [self.results[u].state if u in self.results else None for u in node.upstream]
+        if any(s in ("failed", "skipped") for s in states):
+            return None
+        return all(s is not None for s in states)
+
+    def run(self) -> dict[str, NodeResult]:
+        pending = list(self.graph.nodes)
+        while pending or self.running:
+            for name in list(pending):
+                if name in self.running:
+                    continue
+                node = self.graph[name]
+                ready = self._ready(node)
+                if ready is None:
+                    roots = sorted({r for u in node.upstream for r in self._failed_roots(u)})
+                    self._finish(name, "skipped", f"{', '.join(roots)} failed")
+                    pending.remove(name)
+                elif ready and (name in self.waiting or not self._try_cached(node)):
+                    self._start(node)
+                    if name in self.running or name in self.results:
+                        pending.remove(name)
+                elif ready:
+                    pending.remove(name)
+            if self.running:
+                handles = [h for h, _ in self.running.values()]
+                for done in self.executor.wait(handles, self.poll):
+                    _, lease = self.running.pop(done.handle.name)
+                    lease.release()
+                    if done.error is not None:
+                        self._finish(done.handle.name, "failed", str(done.error))
+                    else:
+                        self._finish(done.handle.name, "built", "", done.record)
+            elif self.waiting and pending:
+                time.sleep(self.poll)
+        if self._started:
+            self.executor.shutdown()
+        return self.results

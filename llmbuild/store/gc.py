@@ -1,0 +1,51 @@
+"""Garbage collection: keep what the most recent builds reference, remove the rest."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from llmbuild.store.lease import live_holder
+from llmbuild.store.store import Store, artifact_dirname
+
+
+@dataclass
+class GcReport:
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    scratch_removed: int = 0
+
+
+def collect(
+    store: Store, keep_builds: int = 5, dry_run: bool = False, scratch_age: float = 3600.0
+) -> GcReport:
+    """Remove artifacts no kept build references (and abandoned temp dirs)."""
+    builds = store.builds()[-keep_builds:] if keep_builds > 0 else []
+    wanted = {(name, node["key"]) for b in builds for name, node in b.get("nodes", {}).items()}
+    records = store.artifacts()
+    by_id = {(r["name"], r["key"]): r for r in records}
+    for name, key in list(wanted):  # an alias keeps the artifact it reuses
+        rec = by_id.get((name, key))
+        if rec and rec.get("alias_of"):
+            wanted.add((rec["alias_of"]["name"], rec["alias_of"]["key"]))
+    report = GcReport()
+    for rec in records:
+        ident = (rec["name"], rec["key"])
+        label = artifact_dirname(*ident)
+        if ident in wanted or live_holder(store.fs, f"leases/{rec['key']}"):
+            report.kept.append(label)
+            continue
+        report.removed.append(label)
+        if not dry_run:
+            store.remove_artifact(rec)
+    now = time.time()
+    for name in store.fs.listdir("tmp"):
+        try:
+            old = now - store.fs.mtime(f"tmp/{name}") > scratch_age
+        except OSError:
+            continue
+        if old:
+            report.scratch_removed += 1
+            if not dry_run:
+                store.fs.remove(f"tmp/{name}")
+    return report

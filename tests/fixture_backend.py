@@ -1,0 +1,110 @@
+"""A fixture backend for exercising the planner, store and scheduler (not a feature).
+
+It stands in for every built-in backend under the same names and configs. A node's
+output is a hash of its config and its inputs' output files; each run appends the node
+name to ``invocations.log``. ``control.json`` (both in $LLMBUILD_FIXTURE_DIR) can make
+named nodes fail, sleep (reporting progress), or produce random output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backend import Backend, Resources
+from llmbuild.registry import Registry, default_registry
+
+BUILT_INS = ("data", "tokenizer", "tokenize", "megatron", "eval", "export")
+
+
+def fixture_dir() -> Path:
+    return Path(os.environ["LLMBUILD_FIXTURE_DIR"])
+
+
+def control() -> dict[str, Any]:
+    path = fixture_dir() / "control.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def set_control(**values: Any) -> None:
+    (fixture_dir() / "control.json").write_text(json.dumps(values))
+
+
+def invocations() -> list[str]:
+    path = fixture_dir() / "invocations.log"
+    return path.read_text().split() if path.exists() else []
+
+
+def reset() -> None:
+    for name in ("control.json", "invocations.log"):
+        (fixture_dir() / name).unlink(missing_ok=True)
+
+
+def allreduce_ranks(config: dict[str, Any], info: Any) -> Path | None:
+    """Rank function: all-reduce (rank + 1) over the group; rank 0 writes the sum."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(info.rank + 1)])
+    dist.all_reduce(t)
+    if info.rank != 0:
+        return None
+    out = Path(config["scratch"]) / f"rank0-{os.getpid()}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "allreduce.json").write_text(
+        json.dumps({"sum": t.item(), "world_size": dist.get_world_size()})
+    )
+    return out
+
+
+class FixtureBackend(Backend):
+    def __init__(self, name: str, version: str | None = None) -> None:
+        real = default_registry().get(name)
+        self.name, self.version, self.Config = name, version or real.version, real.Config
+        self.inputs, self.outputs = real.inputs, real.outputs
+        self._real = real
+
+    def resources(self, config: Any) -> Resources:
+        return self._real.resources(config)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FixtureBackend, (self.name, self.version))
+
+    def run(self, ctx: Any) -> None:
+        ctl = control()
+        with open(fixture_dir() / "invocations.log", "a") as log:
+            log.write(f"{ctx.node}\n")
+        steps = ctl.get("sleep", {}).get(ctx.node, 0)
+        for i in range(int(steps * 10)):
+            ctx.progress.update(completed=i + 1, total=int(steps * 10), unit="ticks")
+            time.sleep(0.1)
+        if ctx.node in ctl.get("fail", []):
+            raise RuntimeError(f"{ctx.node} was told to fail")
+        h = hashlib.sha256(json.dumps(ctx.config.model_dump(mode="json"), sort_keys=True).encode())
+        for slot in sorted(ctx.inputs):
+            for f in sorted(ctx.inputs[slot].path.rglob("*")):
+                if f.is_file() and f.name != "record.json":
+                    h.update(f.read_bytes())
+        if ctx.node in ctl.get("random", []):
+            h.update(os.urandom(16))
+        digest = h.hexdigest()
+        (ctx.out_dir / "out.txt").write_text(digest)
+        ctx.metrics["value"] = int(digest[:8], 16) / 2**32
+        if ctx.resources.ranks > 1 or ctx.node in ctl.get("allreduce", []):
+            result = ctx.run_ranks(allreduce_ranks, {"scratch": str(ctx.work_dir)})
+            data = json.loads((result / "allreduce.json").read_text())
+            (ctx.out_dir / "allreduce.json").write_text(json.dumps(data))
+            ctx.metrics["allreduce_sum"] = data["sum"]
+
+
+def fixture_registry(versions: dict[str, str] | None = None) -> Registry:
+    """Fixture backends under the built-in names; ``versions`` overrides their versions
+    (a version bump changes keys, never the fixture's output)."""
+    registry = Registry(group="llmbuild.fixture-backends")
+    for name in BUILT_INS:
+        registry.register(FixtureBackend(name, (versions or {}).get(name)))
+    return registry

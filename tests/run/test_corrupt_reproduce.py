@@ -1,0 +1,102 @@
+"""A corrupt artifact is reported and rebuilt; reproduce compares a rebuild node by node."""
+
+from __future__ import annotations
+
+import io
+
+from llmbuild.run.build import BuildOptions
+from llmbuild.run.progress import PlainReporter
+from llmbuild.run.reproduce import compare, reproduce
+from llmbuild.store.store import Store
+from tests.fixture_backend import fixture_registry, reset, set_control
+from tests.run.helpers import counts, fixture_build
+
+
+def _artifact(store, name):
+    (d,) = [p for p in (store / "artifacts").iterdir() if p.name.startswith(name)]
+    return d
+
+
+def test_flipped_byte_is_reported_and_rebuilt(project, fixture_env, tmp_path):
+    store = tmp_path / "store"
+    fixture_build(project, store)
+    reset()
+    out = _artifact(store, "stage_sft-") / "out.txt"
+    data = bytearray(out.read_bytes())
+    data[3] ^= 0x01
+    out.write_bytes(bytes(data))
+    log = io.StringIO()
+    from llmbuild.run.build import build
+    from llmbuild.spec.load import load_spec
+
+    outcome = build(
+        load_spec(project),
+        Store(str(store)),
+        BuildOptions(executor="inline", live=False),
+        PlainReporter(log, interval=0),
+        registry=fixture_registry(),
+    )
+    assert "corrupt  stage:sft  out.txt does not match its recorded blake3 digest" in log.getvalue()
+    assert counts() == {"stage:sft": 1}  # rebuilt; the same bytes, so downstream is cached
+    assert outcome.ok
+    assert any(p.name.startswith("stage_sft-") for p in (store / "corrupt").iterdir())
+    assert (_artifact(store, "stage_sft-") / "out.txt").read_bytes() != bytes(data)
+
+
+def test_missing_file_is_corruption_too(project, fixture_env, tmp_path):
+    store = tmp_path / "store"
+    fixture_build(project, store)
+    reset()
+    (_artifact(store, "tokenizer-") / "out.txt").unlink()
+    assert fixture_build(project, store).ok
+    assert counts() == {"tokenizer": 1}
+
+
+def test_reproduce_deterministic_pipeline_is_identical(project, fixture_env, tmp_path):
+    store = tmp_path / "store"
+    outcome = fixture_build(project, store)
+    build, comparisons = reproduce(
+        Store(str(store)),
+        outcome.spec_hash[:10],
+        BuildOptions(executor="inline", live=False),
+        reporter=PlainReporter(io.StringIO()),
+        registry=fixture_registry(),
+    )
+    assert build["spec_hash"] == outcome.spec_hash
+    assert len(comparisons) == 14
+    assert {c.verdict for c in comparisons} == {"identical"}
+
+
+def test_reproduce_reports_the_nondeterministic_node(project, fixture_env, tmp_path):
+    store = tmp_path / "store"
+    set_control(random=["eval:gen@sft"])
+    outcome = fixture_build(project, store)
+    _, comparisons = reproduce(
+        Store(str(store)),
+        outcome.spec_hash,
+        BuildOptions(executor="inline", live=False),
+        reporter=PlainReporter(io.StringIO()),
+        registry=fixture_registry(),
+    )
+    verdicts = {c.node: c.verdict for c in comparisons}
+    assert verdicts.pop("eval:gen@sft") == "diverged"
+    assert set(verdicts.values()) == {"identical"}
+
+
+def test_compare_within_tolerance():
+    old = {
+        "output_digest": "a",
+        "metrics": {"loss": 2.0, "n": 10},
+        "outputs": [{"path": "w", "blake3": "x"}],
+    }
+    new = {
+        "output_digest": "b",
+        "metrics": {"loss": 2.0000001, "n": 10},
+        "outputs": [{"path": "w", "blake3": "y"}],
+    }
+    c = compare("stage:x", old, new, rtol=1e-6)
+    assert c.verdict == "within tolerance" and "loss" in c.detail
+    assert (
+        compare("stage:x", old, {**new, "metrics": {"loss": 2.1, "n": 10}}, 1e-6).verdict
+        == "diverged"
+    )

@@ -1,0 +1,110 @@
+"""Each kind of spec edit rebuilds exactly the expected nodes; a no-op rebuild runs nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixture_backend import reset
+from tests.plan.test_keys import ALL, FROM_PRETRAIN, FROM_SFT
+from tests.run.helpers import counts, fixture_build
+
+
+@pytest.fixture
+def built(project, fixture_env, tmp_path):
+    store = tmp_path / "store"
+    outcome = fixture_build(project, store)
+    assert outcome.ok and outcome.count("built") == 14
+    assert set(counts()) == ALL and set(counts().values()) == {1}
+    reset()
+    return project, store
+
+
+def test_noop_rebuild_runs_nothing(built):
+    project, store = built
+    outcome = fixture_build(project, store)
+    assert outcome.summary == "14 nodes, 14 cached"
+    assert counts() == {}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["stage.sft.lr=1e-5"], FROM_SFT),
+        (["eval.gen.max_new_tokens=10"], {"eval:gen@sft"}),
+        (["architecture.layers=2"], FROM_PRETRAIN),
+        (["parallelism.micro_batch=1", "stage.pretrain.log_every=1"], set()),
+        (["data.sources.books.weight=2.0"], FROM_PRETRAIN),
+        (["model.name=renamed"], set()),
+        (["export[0].dtype='bfloat16'"], {"export:hf@dpo"}),
+    ],
+)
+def test_edit_rebuilds_exactly(built, overrides, expected):
+    project, store = built
+    outcome = fixture_build(project, store, overrides)
+    assert outcome.ok
+    assert set(counts()) == expected
+    assert all(n == 1 for n in counts().values())
+    reset()
+    assert fixture_build(project, store, overrides).count("built") == 0  # now cached
+    assert counts() == {}
+
+
+def test_restored_data_is_cached_again(built):
+    """Keys follow content: data that goes back to an earlier state finds its artifacts."""
+    project, store = built
+    books = project.parent / "data" / "books"
+    (books / "b.txt").rename(books / "b.keep")
+    fixture_build(project, store)
+    assert counts()["source:books"] == 1
+    reset()
+    (books / "b.keep").rename(books / "b.txt")
+    outcome = fixture_build(project, store)
+    assert counts() == {}
+    assert outcome.count("cached") == 14
+
+
+def test_early_cutoff_reuses_what_an_unchanged_output_feeds(built):
+    """A data backend version bump gives every source a new key; their outputs are
+    byte-identical, so nothing downstream runs: it reuses the earlier artifacts."""
+    project, store = built
+    outcome = fixture_build(project, store, versions={"data": "99"})
+    assert set(counts()) == {"source:books", "source:chat", "source:prefs"}
+    states = {n: r.state for n, r in outcome.results.items()}
+    assert {states[n] for n in ALL if not n.startswith("source:")} == {"reused"}
+    reset()
+    again = fixture_build(project, store, versions={"data": "99"})
+    assert counts() == {} and again.count("cached") == 14
+
+
+def test_failure_skips_dependents_and_others_finish(project, fixture_env, tmp_path):
+    from tests.fixture_backend import set_control
+
+    set_control(fail=["stage:sft"])
+    outcome = fixture_build(project, tmp_path / "store")
+    states = {n: r.state for n, r in outcome.results.items()}
+    assert states["stage:sft"] == "failed"
+    assert "told to fail" in outcome.results["stage:sft"].detail
+    for n in ("stage:dpo", "eval:ppl@sft", "eval:gen@sft", "export:hf@dpo"):
+        assert states[n] == "skipped" and "stage:sft" in outcome.results[n].detail
+    assert states["eval:ppl@pretrain"] == "built"
+    assert not outcome.ok
+    set_control()
+    reset()
+    outcome = fixture_build(project, tmp_path / "store")
+    assert outcome.ok and set(counts()) == FROM_SFT
+
+
+def test_only_and_until_select_with_dependencies(project, fixture_env, tmp_path):
+    outcome = fixture_build(project, tmp_path / "store", only=("sft",))
+    assert set(outcome.results) == {
+        "source:books",
+        "source:chat",
+        "tokenizer",
+        "tokenize:books",
+        "tokenize:chat",
+        "stage:pretrain",
+        "stage:sft",
+    }
+    reset()
+    outcome = fixture_build(project, tmp_path / "store", until=("eval:ppl@pretrain",))
+    assert set(counts()) == {"eval:ppl@pretrain"}
