@@ -39,8 +39,15 @@ def invocations() -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def timings() -> dict[str, tuple[float, float, int]]:
+    """node -> (start, end, pid) of its last run."""
+    path = fixture_dir() / "timings.log"
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return {r[0]: (float(r[1]), float(r[2]), int(r[3])) for r in rows}
+
+
 def reset() -> None:
-    for name in ("control.json", "invocations.log"):
+    for name in ("control.json", "invocations.log", "timings.log"):
         (fixture_dir() / name).unlink(missing_ok=True)
 
 
@@ -76,11 +83,13 @@ class FixtureBackend(Backend):
 
     def run(self, ctx: Any) -> None:
         ctl = control()
+        started = time.time()
         with open(fixture_dir() / "invocations.log", "a") as log:
             log.write(f"{ctx.node}\n")
         steps = ctl.get("sleep", {}).get(ctx.node, 0)
         for i in range(int(steps * 10)):
             ctx.progress.update(completed=i + 1, total=int(steps * 10), unit="ticks")
+            ctx.mark_checkpoint(i + 1)
             time.sleep(0.1)
         if ctx.node in ctl.get("fail", []):
             raise RuntimeError(f"{ctx.node} was told to fail")
@@ -93,6 +102,8 @@ class FixtureBackend(Backend):
             h.update(os.urandom(16))
         digest = h.hexdigest()
         (ctx.out_dir / "out.txt").write_text(digest)
+        with open(fixture_dir() / "timings.log", "a") as log:
+            log.write(f"{ctx.node} {started} {time.time()} {os.getpid()}\n")
         ctx.metrics["value"] = int(digest[:8], 16) / 2**32
         if ctx.resources.ranks > 1 or ctx.node in ctl.get("allreduce", []):
             result = ctx.run_ranks(allreduce_ranks, {"scratch": str(ctx.work_dir)})

@@ -97,3 +97,17 @@ def test_every_preset_validates_and_plans(tmp_path, preset):
 def test_presets_required_by_the_design_exist():
     names = {p.stem for p in (REPO / "specs").glob("*.toml")}
     assert {"gpt2-tiny", "llama-tiny", "gpt2-124m", "llama3-8b"} <= names
+
+
+def test_fully_cached_build_starts_no_ray_and_imports_no_torch(project, fixture_env, tmp_path):
+    from tests.run.helpers import fixture_build
+
+    store = tmp_path / "store"
+    assert fixture_build(project, store).ok
+    code = ("from llmbuild.cli import main\n"
+            "import contextlib, io\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            f"    rc = main(['build', {str(project)!r}, '--store', {str(store)!r}, '--plain'])\n"
+            "assert rc == 0 and buf.getvalue().strip().endswith('14 nodes, 14 cached'), buf.getvalue()\n")
+    assert _imported_after(code) == []

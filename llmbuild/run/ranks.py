@@ -102,5 +102,13 @@ def run_ray_ranks(
 
 
 def local_ray_env() -> None:
-    """Make a local Ray cluster bind 127.0.0.1 (must be set before it starts)."""
+    """Make a local Ray cluster bind 127.0.0.1 instead of the machine's interface.
+
+    Ray reads this variable into a constant when it is imported (and passes it on to the
+    processes it starts), so the constant is set too if Ray is already imported."""
+    import sys
+
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False

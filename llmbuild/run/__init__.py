@@ -1,0 +1,1 @@
+"""Running a planned graph: scheduler, executors (inline, Ray), rank groups, progress."""

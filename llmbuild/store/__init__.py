@@ -1,0 +1,1 @@
+"""The artifact store: content-addressed artifacts, leases, records, gc."""

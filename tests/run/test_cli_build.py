@@ -1,0 +1,69 @@
+"""build, runs, show, gc and reproduce from the command line (fixture backends)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import llmbuild.registry
+from llmbuild.cli import main
+from tests.fixture_backend import fixture_registry, reset, set_control
+from tests.run.helpers import counts
+
+
+@pytest.fixture
+def cli(fixture_env, monkeypatch, project):
+    monkeypatch.setattr(llmbuild.registry, "_default", fixture_registry())
+    return project
+
+
+def test_build_then_cached(cli, capsys):
+    store = cli.parent / ".llmbuild"
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert f"into {store}" in out
+    assert "built    stage:pretrain" in out
+    assert out.strip().splitlines()[-1].endswith("14 nodes, 14 built")
+    reset()
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    assert capsys.readouterr().out.strip().endswith("14 nodes, 14 cached")
+    assert counts() == {}
+    assert main(["plan", str(cli)]) == 0
+    assert capsys.readouterr().out.strip().endswith("14 nodes, 14 cached, 0 to build")
+    assert main(["plan", str(cli), "--set", "stage.sft.lr=1e-5"]) == 0
+    plan = capsys.readouterr().out
+    assert "stage:sft" in plan and "stage.sft.lr 2e-5 -> 1e-5" in plan
+
+
+def test_failed_build_exits_nonzero_and_names_skipped(cli, capsys):
+    set_control(fail=["stage:pretrain"])
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "failed: stage:pretrain: stage:pretrain: RuntimeError: stage:pretrain was told to fail"
+        in err
+    )
+    assert "skipped (an input failed): stage:sft, stage:dpo" in err
+
+
+def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
+    monkeypatch.chdir(cli.parent)
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    spec_hash = capsys.readouterr().out.strip().splitlines()[-1].split()[1].rstrip(":")
+    assert main(["runs"]) == 0
+    assert capsys.readouterr().out.startswith(spec_hash)
+    assert main(["runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["ok"] is True
+    assert main(["show", "stage:sft"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("stage:sft ") and "input from: stage:pretrain" in shown
+    assert "output out.txt" in shown and "python 3." in shown and "llmbuild 0." in shown
+    assert main(["show", spec_hash]) == 0
+    assert "build " in capsys.readouterr().out
+    assert main(["show", "nothing-like-this"]) == 2
+    assert main(["reproduce", spec_hash, "--executor", "inline", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "14 identical" in out
+    assert main(["gc", "--keep", "0", "--dry-run"]) == 0
+    assert "would remove 14 artifacts" in capsys.readouterr().out

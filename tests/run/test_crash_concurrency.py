@@ -1,0 +1,83 @@
+"""kill -9 in the middle of a node, and two builds of one spec at once (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import REPO
+from tests.fixture_backend import invocations, reset, set_control
+from tests.run.helpers import counts, fixture_build
+
+
+def _spawn(spec: Path, store: Path, env_extra: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.run.helpers", str(spec), str(store)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _plan(spec: Path, store: Path) -> dict:
+    from llmbuild.plan import plan_spec
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+
+    s = Store(str(store))
+    return {n.name: n for n in plan_spec(load_spec(spec), store=s, cache=s.cache).plan.nodes}
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    set_control(sleep={"stage:pretrain": 60})
+    proc = _spawn(project, store, {"LLMBUILD_LEASE_TTL": "2"})
+    _wait_for(lambda: "stage:pretrain" in invocations())
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    artifacts = {p.name.split("-")[0] for p in (store / "artifacts").iterdir()}
+    assert "stage_pretrain" not in artifacts  # no partial artifact
+    assert "tokenizer" in artifacts  # what finished before the kill is kept
+    leases = list((store / "leases").iterdir())
+    assert len(leases) == 1  # the dead build's lease, left behind
+    monkeypatch.setenv("LLMBUILD_LEASE_TTL", "2")
+    nodes = _plan(project, store)
+    assert nodes["stage:pretrain"].status == "running elsewhere"
+    time.sleep(2.2)
+    nodes = _plan(project, store)
+    assert nodes["stage:pretrain"].status == "resume"
+    assert nodes["stage:pretrain"].reason.startswith("resume from step ")
+    assert nodes["tokenizer"].status == "cached"
+
+    set_control()
+    reset()
+    outcome = fixture_build(project, store)  # takes the stale lease over
+    assert outcome.ok
+    assert counts()["stage:pretrain"] == 1 and "tokenizer" not in counts()
+    assert not any((store / "leases").iterdir())
+
+
+def test_two_concurrent_builds_build_each_node_once(project, fixture_env, tmp_path):
+    store = tmp_path / "store"
+    set_control(sleep={"source:books": 1, "stage:pretrain": 1.5, "stage:sft": 1})
+    procs = [_spawn(project, store, {}) for _ in range(2)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sorted(counts().values()) == [1] * 14, counts()
+    assert all("summary: 14 nodes" in out for out in outputs)
+    assert any("waiting" in out for out in outputs)  # one build waited on the other's lease

@@ -1,0 +1,56 @@
+"""The progress view: plain lines for logs, a live rich view on terminals."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from llmbuild.run.context import Progress
+from llmbuild.run.progress import LiveReporter, PlainReporter, describe_fields
+
+
+def test_plain_lines_with_rate_and_eta():
+    out = io.StringIO()
+    rep = PlainReporter(out, interval=0)
+    rep.node("stage:pretrain", "running")
+    rep.update("stage:pretrain", {"completed": 10, "total": 100, "unit": "steps", "loss": 2.5})
+    time.sleep(0.05)
+    rep.update("stage:pretrain", {"completed": 20, "total": 100, "unit": "steps", "loss": 2.25})
+    rep.node("stage:pretrain", "built")
+    lines = out.getvalue().splitlines()
+    assert "running  stage:pretrain" in lines[0]
+    assert "steps 20/100  loss 2.25" in lines[2] and "steps/s  ETA " in lines[2]
+    assert "built    stage:pretrain in 0s" in lines[3]
+
+
+def test_describe_fields():
+    assert (
+        describe_fields({"completed": 12000, "total": 50000, "unit": "tokens"})
+        == "tokens 12.0k/50.0k"
+    )
+    assert describe_fields({"loss": 1.23456}) == "loss 1.235"
+
+
+def test_progress_is_throttled():
+    seen = []
+
+    class Sink:
+        def update(self, node, fields):
+            seen.append(dict(fields))
+
+    p = Progress("n", Sink(), interval=60)
+    for i in range(100):
+        p.update(completed=i)
+    p.update(force=True)
+    assert len(seen) == 2 and seen[-1]["completed"] == 99
+
+
+def test_live_view_renders():
+    rep = LiveReporter(["source:a", "stage:b"])
+    rep.console.file = io.StringIO()
+    rep.node("source:a", "cached")
+    rep.node("stage:b", "running")
+    rep.update("stage:b", {"completed": 5, "total": 10, "unit": "steps", "loss": 3.0})
+    rep.close()
+    rendered = rep.console.file.getvalue()
+    assert "stage:b" in rendered and "loss 3" in rendered

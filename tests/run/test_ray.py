@@ -1,0 +1,71 @@
+"""The Ray executor: a local cluster on 127.0.0.1, concurrent nodes, and a 2-rank
+TorchTrainer node whose ranks all-reduce over gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fixture_backend import set_control, timings
+from tests.run.helpers import counts, fixture_build
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture
+def ray_env(fixture_env, monkeypatch):
+    # Workers import the fixture backend from this checkout.
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_fixture_pipeline_on_local_ray(project, ray_env, tmp_path):
+    set_control(sleep={"source:books": 2, "source:chat": 2})
+    outcome = fixture_build(project, tmp_path / "store", executor="ray")
+    assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
+    assert sorted(counts().values()) == [1] * 14
+    t = timings()
+    books, chat = t["source:books"], t["source:chat"]
+    assert books[2] != os.getpid()  # ran in a Ray worker, not here
+    assert books[0] < chat[1] and chat[0] < books[1]  # independent nodes overlapped
+    assert not ray.is_initialized()  # the local cluster it started is gone
+    # Fully cached: Ray is not started at all.
+    again = fixture_build(project, tmp_path / "store", executor="ray")
+    assert again.count("cached") == 14 and not ray.is_initialized()
+
+
+def test_failure_under_ray_is_reported(project, ray_env, tmp_path):
+    set_control(fail=["tokenize:chat"])
+    outcome = fixture_build(project, tmp_path / "store", executor="ray", only=("sft",))
+    assert outcome.results["tokenize:chat"].state == "failed"
+    assert "told to fail" in outcome.results["tokenize:chat"].detail
+    assert outcome.results["stage:sft"].state == "skipped"
+
+
+def test_two_rank_torchtrainer_node_all_reduces(project, ray_env, tmp_path):
+    pytest.importorskip("torch")
+    outcome = fixture_build(
+        project, tmp_path / "store", ["parallelism.data=2"], executor="ray", only=("pretrain",)
+    )
+    assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
+    record = outcome.results["stage:pretrain"].record
+    assert record["metrics"]["allreduce_sum"] == 3.0  # ranks 0 and 1 contributed 1 + 2
+    out = tmp_path / "store" / "artifacts"
+    (art,) = [p for p in out.iterdir() if p.name.startswith("stage_pretrain-")]
+    assert json.loads((art / "allreduce.json").read_text()) == {"sum": 3.0, "world_size": 2}
+
+
+def test_local_ray_binds_loopback(ray_env):
+    from llmbuild.run.executors import RayExecutor
+
+    executor = RayExecutor()
+    executor.start()
+    try:
+        assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
+    finally:
+        executor.shutdown()
