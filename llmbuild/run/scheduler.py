@@ -204,7 +204,11 @@ class Scheduler:
                     _, lease = self.running.pop(done.handle.name)
                     lease.release()
                     if done.error is not None:
-                        self._finish(done.handle.name, "failed", str(done.error))
+                        err = done.error
+                        detail = getattr(err, "message", None) or str(err)
+                        if getattr(err, "log", None):
+                            detail += f" (log: {err.log})"
+                        self._finish(done.handle.name, "failed", detail)
                     else:
                         self._finish(done.handle.name, "built", "", done.record)
             elif self.waiting and pending:
