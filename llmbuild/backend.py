@@ -49,8 +49,20 @@ class Backend:
         return Resources()
 
     def run(self, ctx: Any) -> None:
-        """Produce the outputs of one node into ``ctx.out_dir``."""
-        raise NotImplementedError(f"the {self.name!r} backend cannot run nodes yet")
+        """Produce the outputs of one node into ``ctx.out_dir``.
+
+        By default, ``run(ctx)`` of the ``run`` module beside the backend's package, so
+        that heavy imports happen only when a node runs."""
+        import importlib
+
+        package = type(self).__module__
+        try:
+            module = importlib.import_module(f"{package}.run")
+        except ModuleNotFoundError as e:
+            if e.name != f"{package}.run":
+                raise
+            raise NotImplementedError(f"the {self.name!r} backend cannot run nodes yet") from None
+        module.run(ctx)
 
     def __repr__(self) -> str:
         return f"<backend {self.name} v{self.version}>"

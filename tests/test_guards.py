@@ -104,10 +104,12 @@ def test_fully_cached_build_starts_no_ray_and_imports_no_torch(project, fixture_
 
     store = tmp_path / "store"
     assert fixture_build(project, store).ok
-    code = ("from llmbuild.cli import main\n"
-            "import contextlib, io\n"
-            "buf = io.StringIO()\n"
-            "with contextlib.redirect_stdout(buf):\n"
-            f"    rc = main(['build', {str(project)!r}, '--store', {str(store)!r}, '--plain'])\n"
-            "assert rc == 0 and buf.getvalue().strip().endswith('14 nodes, 14 cached'), buf.getvalue()\n")
+    code = (
+        "from llmbuild.cli import main\n"
+        "import contextlib, io\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        f"    rc = main(['build', {str(project)!r}, '--store', {str(store)!r}, '--plain'])\n"
+        "assert rc == 0 and buf.getvalue().strip().endswith('14 nodes, 14 cached'), buf.getvalue()\n"
+    )
     assert _imported_after(code) == []

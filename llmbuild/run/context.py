@@ -89,6 +89,15 @@ class RunContext:
     (TorchTrainer workers under Ray). The directory rank 0 returns comes back as a local
     directory (through Ray Train's checkpoint storage, so it works across machines)."""
 
+    parallel: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
+    """Map a picklable function over items in parallel tasks on this machine (Ray tasks
+    under the Ray executor), returning results in order; ``map`` falls back to a loop."""
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if self.parallel is None or len(items) < 2:
+            return [fn(item) for item in items]
+        return self.parallel(fn, items)
+
     def input(self, slot: str) -> InputArtifact:
         try:
             return self.inputs[slot]

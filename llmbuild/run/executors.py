@@ -76,7 +76,19 @@ def _ray_execute(task: NodeTask, relay: Any) -> dict[str, Any]:
 
     work = Store(task.store_url, work_root=Path(task.work_root)).work_dir(task.name, task.key)
     ranks = functools.partial(_ray_ranks, resources=task.resources, work_dir=work, name=task.name)
-    return execute_node(task, _RelaySink(relay) if relay is not None else None, ranks)
+    return execute_node(
+        task, _RelaySink(relay) if relay is not None else None, ranks, _ray_parallel
+    )
+
+
+def _ray_parallel(fn: Any, items: list[Any]) -> list[Any]:
+    """Ray tasks on this node (their outputs may be local files), results in order."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(fn).options(num_cpus=1, scheduling_strategy=here, max_retries=0)
+    return ray.get([remote.remote(item) for item in items])
 
 
 def _ray_ranks(fn: Any, config: dict[str, Any], resources: Any, work_dir: Any, name: str) -> Any:

@@ -40,10 +40,7 @@ def test_failed_build_exits_nonzero_and_names_skipped(cli, capsys):
     set_control(fail=["stage:pretrain"])
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
     err = capsys.readouterr().err
-    assert (
-        "failed: stage:pretrain: RuntimeError: stage:pretrain was told to fail (log: "
-        in err
-    )
+    assert "failed: stage:pretrain: RuntimeError: stage:pretrain was told to fail (log: " in err
     assert "skipped (an input failed): stage:sft, stage:dpo" in err
 
 

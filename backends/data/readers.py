@@ -1,0 +1,260 @@
+"""Reading sources: text, jsonl, parquet and webdataset tar files, plain or gzip/zstd
+compressed, local or behind an fsspec URL, into records of the source's role.
+
+Every record comes with its position (``file:line``, row or tar member) so that a bad
+one is reported where it is. ``BadRecord`` carries that message; whether it stops the
+build or is counted and skipped is the caller's choice (``on_error``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from llmbuild.spec.data import Source
+
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+FORMATS = {
+    ".txt": "text",
+    ".md": "text",
+    ".text": "text",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".tar": "webdataset",
+}
+
+
+class BadRecord(Exception):
+    """A record that cannot be read; the message starts with its position."""
+
+    def __init__(self, where: str, reason: str, kind: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason, self.kind = where, reason, kind
+
+
+@dataclass(frozen=True)
+class Record:
+    where: str
+    data: dict[str, Any]
+
+
+def split_ext(path: str) -> tuple[str, str | None]:
+    """(format extension, compression) of a file name."""
+    lower = path.lower()
+    compression = None
+    for ext, name in COMPRESSIONS.items():
+        if lower.endswith(ext):
+            compression, lower = name, lower[: -len(ext)]
+    dot = lower.rfind(".")
+    return (lower[dot:] if dot >= 0 else ""), compression
+
+
+def file_format(path: str, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    ext, _ = split_ext(path)
+    if ext not in FORMATS:
+        raise BadRecord(
+            path,
+            f"cannot tell the format from the extension {ext or '(none)'!r}; "
+            "set `format` on the source",
+            "format",
+        )
+    return FORMATS[ext]
+
+
+def open_binary(path: str) -> io.BufferedIOBase:
+    """A decompressed binary stream of a local path or fsspec URL."""
+    _, compression = split_ext(path)
+    if "://" in path:
+        import fsspec
+
+        raw = fsspec.open(path, "rb").open()
+    else:
+        raw = open(path, "rb")
+    if compression == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if compression == "zstd":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+    return raw  # type: ignore[return-value]
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise BadRecord(
+            f"{where}:{line}",
+            f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
+            "encoding",
+        ) from None
+
+
+def _text_docs(path: str, source: Source) -> Iterator[Record]:
+    with open_binary(path) as f:
+        text = _decode(f.read(), path)
+    if source.separator is None:
+        yield Record(f"{path}:1", {source.text_field: text})
+        return
+    line = 1
+    for part in text.split(source.separator):
+        yield Record(f"{path}:{line}", {source.text_field: part})
+        line += part.count("\n") + source.separator.count("\n")
+
+
+def _jsonl_docs(path: str) -> Iterator[Record]:
+    with open_binary(path) as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{path}:{n}"
+            line = _decode(raw, where).strip()
+            if not line:
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadRecord(
+                    where, f"invalid JSON: {e.msg} (column {e.colno})", "json"
+                ) from None
+            if not isinstance(value, dict):
+                raise BadRecord(
+                    where, f"expected a JSON object, got {type(value).__name__}", "json"
+                )
+            yield Record(where, value)
+
+
+def _parquet_docs(path: str) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    with open_binary(path) as f:
+        table = pq.ParquetFile(f)
+        row = 0
+        for batch in table.iter_batches(batch_size=1024):
+            for value in batch.to_pylist():
+                yield Record(f"{path}: row {row}", value)
+                row += 1
+
+
+def _webdataset_docs(path: str, source: Source) -> Iterator[Record]:
+    import tarfile
+
+    from llmbuild.backends.data.shards import tar_samples
+
+    try:
+        for sample in tar_samples(open_binary(path), path):
+            where = f"{path}: sample {sample['__key__']}"
+            if "json" in sample:
+                try:
+                    value = json.loads(_decode(sample["json"], where))
+                except json.JSONDecodeError as e:
+                    raise BadRecord(
+                        where, f"invalid JSON in the .json member: {e.msg}", "json"
+                    ) from None
+                if not isinstance(value, dict):
+                    raise BadRecord(where, "the .json member is not a JSON object", "json")
+                yield Record(where, value)
+            elif "txt" in sample:
+                yield Record(where, {source.text_field: _decode(sample["txt"], where)})
+            else:
+                raise BadRecord(where, "no .txt or .json member", "field")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise BadRecord(path, f"not a readable tar file: {e}", "format") from None
+
+
+def _field(rec: Record, name: str, kinds: tuple[type, ...] = (str,)) -> Any:
+    if name not in rec.data:
+        raise BadRecord(rec.where, f"missing field {name!r}", "field")
+    value = rec.data[name]
+    if not isinstance(value, kinds):
+        raise BadRecord(
+            rec.where, f"field {name!r} must be a string, got {type(value).__name__}", "field"
+        )
+    return value
+
+
+def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
+    if source.messages_field in rec.data:
+        messages = rec.data[source.messages_field]
+        if not isinstance(messages, list) or not messages:
+            raise BadRecord(
+                rec.where,
+                f"field {source.messages_field!r} must be a non-empty "
+                "list of {role, content} messages",
+                "field",
+            )
+        out = []
+        for i, m in enumerate(messages):
+            if not (
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+            ):
+                raise BadRecord(
+                    rec.where, f"message {i} must have string 'role' and 'content'", "field"
+                )
+            out.append({"role": m["role"], "content": m["content"]})
+        if not any(m["role"] == "assistant" for m in out):
+            raise BadRecord(rec.where, "the conversation has no assistant message", "field")
+        return out
+    if source.prompt_field in rec.data:
+        return [
+            {"role": "user", "content": _field(rec, source.prompt_field)},
+            {"role": "assistant", "content": _field(rec, source.completion_field)},
+        ]
+    raise BadRecord(
+        rec.where,
+        f"missing field {source.messages_field!r} (or "
+        f"{source.prompt_field!r}/{source.completion_field!r})",
+        "field",
+    )
+
+
+def normalise(rec: Record, source: Source) -> dict[str, Any]:
+    """The record in the standard form of the source's role."""
+    if source.role == "pretrain":
+        return {"text": _field(rec, source.text_field)}
+    if source.role == "chat":
+        return {"messages": _messages(rec, source)}
+    if source.role == "preferences":
+        return {
+            "prompt": _field(rec, source.prompt_field),
+            "chosen": _field(rec, source.chosen_field),
+            "rejected": _field(rec, source.rejected_field),
+        }
+    answer = rec.data.get(source.answer_field)
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise BadRecord(
+            rec.where, f"field {source.answer_field!r} must be a string or number", "field"
+        )
+    return {
+        "prompt": _field(rec, source.prompt_field),
+        "answer": None if answer is None else str(answer),
+    }
+
+
+def read_records(path: str, source: Source) -> Iterator[Record]:
+    """Raw records of one file, in file order."""
+    fmt = file_format(path, source.format)
+    if fmt == "text":
+        if source.role != "pretrain":
+            raise BadRecord(
+                path,
+                f"text files hold pretrain documents, but the source has role "
+                f"{source.role!r}; use jsonl",
+                "format",
+            )
+        return _text_docs(path, source)
+    if fmt == "jsonl":
+        return _jsonl_docs(path)
+    if fmt == "parquet":
+        return _parquet_docs(path)
+    return _webdataset_docs(path, source)

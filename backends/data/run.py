@@ -1,0 +1,247 @@
+"""The ``source:<name>`` node: read, normalise, filter, deduplicate, split and shard.
+
+Pass 1 runs one task per input file (Ray tasks under the Ray executor): records are read
+and normalised, length-filtered and hashed, and the candidates streamed to a temp file.
+The decisions that need the whole source (exact and near duplicates) are then taken in
+file order, so the result is deterministic. Pass 2 streams the kept documents into
+size-bounded webdataset shards, ``train-NNNNNN.tar`` and ``validation-NNNNNN.tar``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.data.clean import (
+    NearDuplicates,
+    content_hash,
+    is_validation,
+    length_problem,
+    minhash_signature,
+    normalise_record,
+    record_text,
+)
+from llmbuild.backends.data.config import DataConfig
+from llmbuild.backends.data.readers import BadRecord, normalise, read_records
+
+from llmbuild.errors import UserError
+from llmbuild.plan.digest import expand
+
+HASH_BYTES = 16
+
+
+class DataError(UserError):
+    """Bad input data: the message names the file and line."""
+
+
+def source_files(config: DataConfig) -> list[str]:
+    files: list[str] = []
+    for pattern in config.source.path:
+        if "://" in pattern:
+            import fsspec
+
+            fs, _ = fsspec.core.url_to_fs(pattern)
+            protocol = pattern.split("://", 1)[0]
+            found = sorted(fs.glob(pattern) if any(c in pattern for c in "*?[") else [pattern])
+            files += [p if "://" in p else f"{protocol}://{p}" for p in found]
+        else:
+            files += expand(pattern)
+    return files
+
+
+def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
+    """Pass 1 over one file (runs in a worker): candidates to a temp file, stats back."""
+    index, path, config_json, tmp_dir = job
+    config = DataConfig.model_validate(config_json)
+    source, clean = config.source, config.clean
+    tmp = Path(tmp_dir) / f"{index:05d}.jsonl"
+    hashes, sigs = bytearray(), []
+    stats: Counter[str] = Counter()
+    removed_bytes: Counter[str] = Counter()
+    skipped: list[str] = []
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            for rec in read_records(path, source):
+                try:
+                    data = normalise(rec, source)
+                except BadRecord as e:
+                    if source.on_error == "error":
+                        raise
+                    stats[f"bad_{e.kind}"] += 1
+                    skipped.append(str(e))
+                    continue
+                data = normalise_record(data, clean)
+                text = record_text(data)
+                size = len(text.encode("utf-8"))
+                stats["documents_read"] += 1
+                stats["bytes_read"] += size
+                problem = length_problem(text, clean)
+                if problem:
+                    stats[problem] += 1
+                    removed_bytes[problem] += size
+                    continue
+                hashes += content_hash(text)
+                if clean.dedup == "minhash":
+                    sigs.append(minhash_signature(text, clean))
+                out.write(json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n")
+    except BadRecord as e:
+        return {"error": str(e)}
+    if not stats["documents_read"] and not any(k.startswith("bad_") for k in stats):
+        if source.on_error == "error":
+            return {"error": f"{path}: empty file (no documents)"}
+        stats["bad_empty_file"] += 1
+        skipped.append(f"{path}: empty file")
+    result = {
+        "path": path,
+        "tmp": str(tmp),
+        "stats": dict(stats),
+        "removed_bytes": dict(removed_bytes),
+        "hashes": bytes(hashes),
+        "skipped": skipped[:20],
+    }
+    if sigs:
+        import numpy as np
+
+        sig_path = Path(tmp_dir) / f"{index:05d}.sig.npy"
+        np.save(sig_path, np.stack(sigs))
+        result["signatures"] = str(sig_path)
+    return result
+
+
+def _decide(results: list[dict[str, Any]], config: DataConfig) -> list[list[bool]]:
+    """Which candidates survive deduplication, in file order (first occurrence wins)."""
+    import numpy as np
+
+    seen: set[bytes] = set()
+    near = NearDuplicates(config.clean) if config.clean.dedup == "minhash" else None
+    keep_all = []
+    for i, res in enumerate(results):
+        blob = res["hashes"]
+        sigs = np.load(res["signatures"]) if "signatures" in res else None
+        keep = []
+        for j in range(len(blob) // HASH_BYTES):
+            h = blob[j * HASH_BYTES : (j + 1) * HASH_BYTES]
+            if config.clean.dedup != "none" and h in seen:
+                keep.append("exact_duplicate")
+                continue
+            seen.add(h)
+            if near is not None and near.seen(f"{i}-{j}", sigs[j]):
+                keep.append("near_duplicate")
+                continue
+            keep.append("kept")
+        keep_all.append(keep)
+    return keep_all
+
+
+def run(ctx: Any) -> None:
+    import webdataset as wds
+
+    config: DataConfig = ctx.config
+    files = source_files(config)
+    tmp_dir = ctx.work_dir / "pass1"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    config_json = config.model_dump(mode="json", by_alias=True)
+    ctx.progress.update(completed=0, total=len(files), unit="files", force=True)
+    results = ctx.map(read_file, [(i, f, config_json, str(tmp_dir)) for i, f in enumerate(files)])
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataError(
+            errors[0] + more + '; set on_error = "skip" on the source to skip '
+            "and count bad records instead"
+        )
+    decisions = _decide(results, config)
+
+    report: dict[str, Any] = {
+        "files": len(files),
+        "removed": Counter(),
+        "removed_bytes": Counter(),
+        "skipped_examples": [],
+    }
+    totals: Counter[str] = Counter()
+    kept = {"train": Counter(), "validation": Counter()}
+    writers = {
+        split: wds.ShardWriter(
+            str(ctx.out_dir / f"{split}-%06d.tar"),
+            maxsize=config.shard_mb * 1_000_000,
+            verbose=0,
+            mtime=0.0,
+        )
+        for split in ("train", "validation")
+    }
+    try:
+        for i, (res, keep) in enumerate(zip(results, decisions)):
+            stats = res["stats"]
+            totals.update({k: stats.get(k, 0) for k in ("documents_read", "bytes_read")})
+            for k, v in stats.items():
+                if k not in ("documents_read", "bytes_read"):
+                    report["removed"][k] += v
+            report["removed_bytes"].update(res["removed_bytes"])
+            report["skipped_examples"] += res["skipped"][:5]
+            with open(res["tmp"], encoding="utf-8") as f:
+                for j, (line, verdict) in enumerate(zip(f, keep)):
+                    data = json.loads(line)
+                    text = record_text(data)
+                    size = len(text.encode("utf-8"))
+                    if verdict != "kept":
+                        report["removed"][verdict] += 1
+                        report["removed_bytes"][verdict] += size
+                        continue
+                    split = (
+                        "validation"
+                        if is_validation(content_hash(text), config.split.validation)
+                        else "train"
+                    )
+                    writers[split].write(
+                        {
+                            "__key__": f"{i:05d}-{j:09d}",
+                            "json": json.dumps(data, ensure_ascii=False, sort_keys=True).encode(
+                                "utf-8"
+                            ),
+                        }
+                    )
+                    kept[split].update(documents=1, bytes=size)
+            os.remove(res["tmp"])
+            ctx.progress.update(
+                completed=i + 1,
+                total=len(files),
+                unit="files",
+                documents=totals["documents_read"],
+                mb=round(totals["bytes_read"] / 1e6, 2),
+            )
+    finally:
+        for w in writers.values():
+            w.close()
+    for split, count in kept.items():
+        if not count["documents"]:  # ShardWriter opens its first shard eagerly
+            for empty in ctx.out_dir.glob(f"{split}-*.tar"):
+                empty.unlink()
+    dups = report["removed"]["exact_duplicate"] + report["removed"]["near_duplicate"]
+    report.update(
+        {
+            "documents_read": totals["documents_read"],
+            "bytes_read": totals["bytes_read"],
+            "kept": {k: dict(v) for k, v in kept.items()},
+            "dedup_ratio": dups / totals["documents_read"] if totals["documents_read"] else 0.0,
+            "removed": dict(report["removed"]),
+            "removed_bytes": dict(report["removed_bytes"]),
+        }
+    )
+    if not kept["train"]["documents"] and not kept["validation"]["documents"]:
+        raise DataError(
+            f"source {config.source.name!r}: no document is left after cleaning "
+            f"(removed: {report['removed']})"
+        )
+    (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    ctx.metrics.update(
+        {
+            "documents": report["documents_read"],
+            "train_documents": kept["train"]["documents"],
+            "validation_documents": kept["validation"]["documents"],
+            "dedup_ratio": report["dedup_ratio"],
+        }
+    )
+    ctx.log.info("report: %s", json.dumps(report))
