@@ -43,6 +43,10 @@ class Backend:
     Config: ClassVar[type[BaseModel]]
     inputs: ClassVar[tuple[Slot, ...]] = ()
     outputs: ClassVar[tuple[Slot, ...]] = ()
+    reports: ClassVar[tuple[str, ...]] = ()
+    """Output files that describe the work (counts, logs) rather than being its result:
+    they are stored and manifested, but do not count in the output digest, so a rebuild
+    that produces the same result with a different report still cuts off downstream."""
 
     def resources(self, config: Any) -> Resources:
         """Resources a node with this config needs."""

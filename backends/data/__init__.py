@@ -15,6 +15,8 @@ class DataBackend(Backend):
         Slot("report", "documents and bytes removed by each cleaning step"),
     )
 
+    reports = ("report.json",)
+
     def resources(self, config: DataConfig) -> Resources:
         return Resources(cpus=1)
 

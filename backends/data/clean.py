@@ -14,6 +14,7 @@ from llmbuild.spec.data import Clean
 # Control characters other than tab and newline; Unicode spaces become a plain space.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
 _SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+SCHEME = "affine32"  # datasketch's MinHash permutation scheme, fixed for reproducibility
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 
 
@@ -79,7 +80,7 @@ def minhash_signature(text: str, clean: Clean) -> Any:
 
     k = clean.shingle_size
     shingles = {text[i : i + k] for i in range(max(len(text) - k + 1, 1))}
-    m = MinHash(num_perm=clean.minhash_perms, seed=1)
+    m = MinHash(num_perm=clean.minhash_perms, seed=1, scheme=SCHEME)
     m.update_batch([s.encode("utf-8") for s in shingles])
     return m.hashvalues
 
@@ -96,7 +97,7 @@ class NearDuplicates:
     def seen(self, key: str, signature: Any) -> bool:
         from datasketch import LeanMinHash
 
-        mh = LeanMinHash(seed=1, hashvalues=signature)
+        mh = LeanMinHash(seed=1, hashvalues=signature, scheme=SCHEME)
         if self.lsh.query(mh):
             return True
         self.lsh.insert(key, mh)

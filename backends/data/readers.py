@@ -88,21 +88,21 @@ def open_binary(path: str) -> io.BufferedIOBase:
     return raw  # type: ignore[return-value]
 
 
-def _decode(data: bytes, where: str) -> str:
+def _decode(data: bytes, where: str, whole_file: bool = False) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
+        if whole_file:
+            line = data[: e.start].count(b"\n") + 1
+            where = f"{where}:{line}"
         raise BadRecord(
-            f"{where}:{line}",
-            f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
-            "encoding",
+            where, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})", "encoding"
         ) from None
 
 
 def _text_docs(path: str, source: Source) -> Iterator[Record]:
     with open_binary(path) as f:
-        text = _decode(f.read(), path)
+        text = _decode(f.read(), path, whole_file=True)
     if source.separator is None:
         yield Record(f"{path}:1", {source.text_field: text})
         return
@@ -112,23 +112,26 @@ def _text_docs(path: str, source: Source) -> Iterator[Record]:
         line += part.count("\n") + source.separator.count("\n")
 
 
-def _jsonl_docs(path: str) -> Iterator[Record]:
+def _jsonl_docs(path: str) -> Iterator[Record | BadRecord]:
     with open_binary(path) as f:
         for n, raw in enumerate(f, start=1):
             where = f"{path}:{n}"
-            line = _decode(raw, where).strip()
-            if not line:
-                continue
             try:
+                line = _decode(raw, where).strip()
+                if not line:
+                    continue
                 value = json.loads(line)
+            except BadRecord as e:
+                yield e
+                continue
             except json.JSONDecodeError as e:
-                raise BadRecord(
-                    where, f"invalid JSON: {e.msg} (column {e.colno})", "json"
-                ) from None
+                yield BadRecord(where, f"invalid JSON: {e.msg} (column {e.colno})", "json")
+                continue
             if not isinstance(value, dict):
-                raise BadRecord(
+                yield BadRecord(
                     where, f"expected a JSON object, got {type(value).__name__}", "json"
                 )
+                continue
             yield Record(where, value)
 
 
@@ -241,8 +244,9 @@ def normalise(rec: Record, source: Source) -> dict[str, Any]:
     }
 
 
-def read_records(path: str, source: Source) -> Iterator[Record]:
-    """Raw records of one file, in file order."""
+def read_records(path: str, source: Source) -> Iterator[Record | BadRecord]:
+    """Raw records of one file, in file order. A bad record is yielded (so reading can go
+    on past it); a file that cannot be read at all raises BadRecord."""
     fmt = file_format(path, source.format)
     if fmt == "text":
         if source.role != "pretrain":

@@ -62,31 +62,43 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
     stats: Counter[str] = Counter()
     removed_bytes: Counter[str] = Counter()
     skipped: list[str] = []
+
+    def bad(e: BadRecord) -> None:
+        if source.on_error == "error":
+            raise e
+        stats[f"bad_{e.kind}"] += 1
+        skipped.append(str(e))
+
     try:
         with open(tmp, "w", encoding="utf-8") as out:
-            for rec in read_records(path, source):
-                try:
-                    data = normalise(rec, source)
-                except BadRecord as e:
-                    if source.on_error == "error":
-                        raise
-                    stats[f"bad_{e.kind}"] += 1
-                    skipped.append(str(e))
-                    continue
-                data = normalise_record(data, clean)
-                text = record_text(data)
-                size = len(text.encode("utf-8"))
-                stats["documents_read"] += 1
-                stats["bytes_read"] += size
-                problem = length_problem(text, clean)
-                if problem:
-                    stats[problem] += 1
-                    removed_bytes[problem] += size
-                    continue
-                hashes += content_hash(text)
-                if clean.dedup == "minhash":
-                    sigs.append(minhash_signature(text, clean))
-                out.write(json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n")
+            try:
+                for rec in read_records(path, source):
+                    if isinstance(rec, BadRecord):
+                        bad(rec)
+                        continue
+                    try:
+                        data = normalise(rec, source)
+                    except BadRecord as e:
+                        bad(e)
+                        continue
+                    data = normalise_record(data, clean)
+                    text = record_text(data)
+                    size = len(text.encode("utf-8"))
+                    stats["documents_read"] += 1
+                    stats["bytes_read"] += size
+                    problem = length_problem(text, clean)
+                    if problem:
+                        stats[problem] += 1
+                        removed_bytes[problem] += size
+                        continue
+                    hashes += content_hash(text)
+                    if clean.dedup == "minhash":
+                        sigs.append(minhash_signature(text, clean))
+                    out.write(json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n")
+            except BadRecord as e:
+                if e.kind != "format" and e.kind != "encoding":
+                    raise
+                bad(e)  # the whole file is unreadable: with on_error = "skip", skip it
     except BadRecord as e:
         return {"error": str(e)}
     if not stats["documents_read"] and not any(k.startswith("bad_") for k in stats):
@@ -182,7 +194,7 @@ def run(ctx: Any) -> None:
             report["removed_bytes"].update(res["removed_bytes"])
             report["skipped_examples"] += res["skipped"][:5]
             with open(res["tmp"], encoding="utf-8") as f:
-                for j, (line, verdict) in enumerate(zip(f, keep)):
+                for line, verdict in zip(f, keep):
                     data = json.loads(line)
                     text = record_text(data)
                     size = len(text.encode("utf-8"))
@@ -195,9 +207,11 @@ def run(ctx: Any) -> None:
                         if is_validation(content_hash(text), config.split.validation)
                         else "train"
                     )
+                    # Keys count kept documents, so dropping a duplicate leaves the bytes of
+                    # every shard unchanged (and the nodes after this one cut off).
                     writers[split].write(
                         {
-                            "__key__": f"{i:05d}-{j:09d}",
+                            "__key__": f"{kept[split]['documents']:012d}",
                             "json": json.dumps(data, ensure_ascii=False, sort_keys=True).encode(
                                 "utf-8"
                             ),

@@ -100,7 +100,9 @@ def execute_node(
                 slot: {"node": rec["name"], "key": rec["key"]} for slot, rec in task.inputs.items()
             },
             "outputs": entries,
-            "output_digest": output_digest(entries),
+            "output_digest": output_digest(
+                [e for e in entries if e["path"] not in task.backend.reports]
+            ),
             "cutoff_key": task.cutoff_key,
             "metrics": ctx.metrics,
             "timings": {

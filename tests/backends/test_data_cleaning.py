@@ -1,0 +1,144 @@
+"""Cleaning and deduplication counts, and every kind of bad data: a clear error naming
+file and line, or with on_error = "skip" a counted skip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmbuild.errors import SpecError
+from llmbuild.plan import StatCache, plan_spec
+from llmbuild.spec.load import load_spec
+from tests.backends.conftest import artifact, run_nodes
+from tests.backends.datafiles import spec_text, write_spec
+
+BASE = (
+    "The quick brown fox jumps over the lazy dog while the cat watches from the warm window sill."
+)
+NEAR = BASE.replace("warm", "sunny")  # a near duplicate: one word differs
+OTHER = "Completely different text about ships, sealing wax, cabbages and kings, and more."
+
+
+def _report(tmp_path, rows, clean, on_error=""):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    extra = f'on_error = "{on_error}"\n' if on_error else ""
+    spec = write_spec(tmp_path, spec_text({"docs": str(path)}, clean=clean, extra_source=extra))
+    outcome = run_nodes(spec, tmp_path / "store", ("source:docs",))
+    assert outcome.ok, outcome.log
+    return json.loads(
+        (artifact(outcome, tmp_path / "store", "source:docs") / "report.json").read_text()
+    )
+
+
+def test_exact_and_near_duplicates_are_counted(tmp_path):
+    rows = [BASE, BASE, NEAR, OTHER, "  " + BASE + "\u00a0"]  # the last normalises to BASE
+    exact = _report(tmp_path / "e", rows, 'dedup = "exact"')
+    assert exact["removed"] == {"exact_duplicate": 2}
+    assert exact["documents_read"] == 5
+    near = _report(tmp_path / "n", rows, 'dedup = "minhash"\nminhash_threshold = 0.7')
+    assert near["removed"] == {"exact_duplicate": 2, "near_duplicate": 1}
+    assert near["removed_bytes"]["near_duplicate"] == len(NEAR)
+    assert abs(near["dedup_ratio"] - 3 / 5) < 1e-9
+    none = _report(tmp_path / "x", rows, 'dedup = "none"')
+    assert none["removed"] == {}
+
+
+def test_length_filters_and_normalisation(tmp_path):
+    rows = ["short", "x" * 50, "y" * 500, "café\r\nline\u0007two"]
+    report = _report(tmp_path, rows, "min_chars = 10\nmax_chars = 100")
+    assert report["removed"] == {"too_short": 1, "too_long": 1}
+    assert report["removed_bytes"] == {"too_short": 5, "too_long": 500}
+
+
+def _bad(tmp_path, name: str, content: bytes, fmt: str = "", on_error: str = ""):
+    path = tmp_path / name
+    path.write_bytes(content)
+    extra = (f'format = "{fmt}"\n' if fmt else "") + (
+        f'on_error = "{on_error}"\n' if on_error else ""
+    )
+    spec = write_spec(tmp_path, spec_text({"docs": str(path)}, extra_source=extra))
+    return run_nodes(spec, tmp_path / "store", ("source:docs",)), path
+
+
+GOOD = b'{"text": "a fine document"}\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fmt", "message"),
+    [
+        (
+            "bad.jsonl",
+            GOOD + b'{"text": "caf\xe9"}\n',
+            "",
+            "bad.jsonl:2: not valid UTF-8 (byte 0xe9",
+        ),
+        ("bad.txt", b"fine\nline two \xff\n", "text", "bad.txt:2: not valid UTF-8 (byte 0xff"),
+        (
+            "broken.jsonl",
+            GOOD + GOOD + b'{"text": "oops"\n',
+            "",
+            "broken.jsonl:3: invalid JSON: Expecting ',' delimiter",
+        ),
+        (
+            "field.jsonl",
+            GOOD + b'{"body": "no text field"}\n',
+            "",
+            "field.jsonl:2: missing field 'text'",
+        ),
+        ("type.jsonl", b'{"text": 42}\n', "", "type.jsonl:1: field 'text' must be a string"),
+        ("empty.jsonl", b"", "", "empty.jsonl: empty file (no documents)"),
+        ("notar.tar", b"this is not a tar file", "", "notar.tar: not a readable tar file"),
+    ],
+)
+def test_bad_data_is_a_located_error(tmp_path, name, content, fmt, message):
+    outcome, path = _bad(tmp_path, name, content, fmt)
+    result = outcome.results["source:docs"]
+    assert result.state == "failed"
+    assert message in result.detail, result.detail
+    assert "Traceback" not in result.detail
+    assert 'set on_error = "skip"' in result.detail
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "counted"),
+    [
+        ("bad.jsonl", GOOD + b'{"text": "caf\xe9"}\n', {"bad_encoding": 1}),
+        ("broken.jsonl", GOOD + b"{nope\n" + GOOD.replace(b"fine", b"second"), {"bad_json": 1}),
+        ("field.jsonl", GOOD + b'{"body": "x"}\n', {"bad_field": 1}),
+    ],
+)
+def test_bad_records_can_be_skipped_and_counted(tmp_path, name, content, counted):
+    outcome, _ = _bad(tmp_path, name, content, on_error="skip")
+    assert outcome.ok, outcome.log
+    report = json.loads(
+        (artifact(outcome, tmp_path / "store", "source:docs") / "report.json").read_text()
+    )
+    assert report["removed"] == counted
+    assert report["skipped_examples"] and name in report["skipped_examples"][0]
+
+
+def test_an_empty_file_among_others_can_be_skipped(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_bytes(GOOD)
+    (tmp_path / "d" / "b.jsonl").write_bytes(b"")
+    spec = write_spec(
+        tmp_path, spec_text({"docs": str(tmp_path / "d")}, extra_source='on_error = "skip"\n')
+    )
+    outcome = run_nodes(spec, tmp_path / "store", ("source:docs",))
+    assert outcome.ok
+    report = json.loads(
+        (artifact(outcome, tmp_path / "store", "source:docs") / "report.json").read_text()
+    )
+    assert report["removed"] == {"bad_empty_file": 1}
+
+
+def test_a_path_matching_nothing_is_located_before_anything_runs(tmp_path):
+    spec = write_spec(tmp_path, spec_text({"docs": str(tmp_path / "nothing" / "*.jsonl")}))
+    with pytest.raises(SpecError) as info:
+        plan_spec(load_spec(spec), cache=StatCache())
+    (problem,) = info.value.problems
+    assert problem.key == "data.sources[0].path" and problem.line == 6
+    assert "matches no file" in problem.message

@@ -1,0 +1,165 @@
+"""Every source format flows through cleaning and tokenizing into megatron-core indexed
+datasets that read back; byte and BPE tokenization round-trip text exactly; the data
+nodes are deterministic and cut off when their output does not change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.backends.conftest import artifact, run_nodes
+from tests.backends.datafiles import TEXTS, spec_text, write_sources, write_spec
+
+TEXT_SOURCES = ("plays", "docs", "gz", "zst", "parquet", "tar")
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory):
+    root = tmp_path_factory.mktemp("formats")
+    paths = write_sources(root)
+    spec = write_spec(root, spec_text({n: str(p) for n, p in paths.items()}))
+    store = root / "store"
+    until = tuple(f"tokenize:{n}" for n in paths)
+    outcome = run_nodes(spec, store, until)
+    assert outcome.ok, outcome.log
+    return root, spec, store, outcome
+
+
+def _indexed(path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    return IndexedDataset(str(path))
+
+
+def test_every_format_reaches_indexed_datasets(formats):
+    root, spec, store, outcome = formats
+    expected_docs = {
+        "plays": 5,
+        "docs": 5,
+        "gz": 5,
+        "zst": 5,
+        "parquet": 5,
+        "tar": 4,
+        "chat": 2,
+        "prefs": 2,
+        "prompts": 2,
+    }
+    for name, n_docs in expected_docs.items():
+        report = json.loads(
+            (artifact(outcome, store, f"source:{name}") / "report.json").read_text()
+        )
+        kept = sum(v.get("documents", 0) for v in report["kept"].values())
+        assert kept == n_docs, (name, report)
+        out = artifact(outcome, store, f"tokenize:{name}")
+        index = json.loads((out / "datasets.json").read_text())
+        assert sum(d["documents"] for d in index["datasets"]) == n_docs
+        for d in index["datasets"]:
+            for form in index["forms"]:
+                ds = _indexed(out / f"{d['prefix']}{form}")
+                assert len(ds) == d["documents"]
+
+
+def _tokenizer(outcome, store):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(artifact(outcome, store, "tokenizer") / "tokenizer"))
+
+
+def test_byte_tokens_round_trip_exactly(formats):
+    root, spec, store, outcome = formats
+    tok = _tokenizer(outcome, store)
+    out = artifact(outcome, store, "tokenize:docs")
+    index = json.loads((out / "datasets.json").read_text())
+    decoded = set()
+    for d in index["datasets"]:
+        ds = _indexed(out / d["prefix"])
+        for i in range(len(ds)):
+            ids = [int(x) for x in ds[i]]
+            assert ids[-1] == tok.eos_token_id
+            decoded.add(tok.decode(ids[:-1]))
+    assert decoded == set(TEXTS)
+
+
+def test_chat_masks_cover_only_the_assistant(formats):
+    root, spec, store, outcome = formats
+    tok = _tokenizer(outcome, store)
+    out = artifact(outcome, store, "tokenize:chat")
+    index = json.loads((out / "datasets.json").read_text())
+    learned = []
+    for d in index["datasets"]:
+        tokens, masks = _indexed(out / d["prefix"]), _indexed(out / f"{d['prefix']}.mask")
+        for i in range(len(tokens)):
+            ids, mask = list(tokens[i]), list(masks[i])
+            assert len(ids) == len(mask)
+            learned.append(tok.decode([t for t, m in zip(ids, mask) if m]))
+    assert sorted(learned) == sorted(["4<|im_end|>", "hi<|im_end|>"])
+
+
+def test_preferences_and_prompts_forms(formats):
+    root, spec, store, outcome = formats
+    tok = _tokenizer(outcome, store)
+    out = artifact(outcome, store, "tokenize:prefs")
+    index = json.loads((out / "datasets.json").read_text())
+    pairs = []
+    for d in index["datasets"]:
+        p, c, r = (_indexed(out / f"{d['prefix']}{f}") for f in (".prompt", ".chosen", ".rejected"))
+        pairs += [
+            (tok.decode(list(p[i])), tok.decode(list(c[i])[:-1]), tok.decode(list(r[i])[:-1]))
+            for i in range(len(p))
+        ]
+    assert (
+        "<|im_start|>user\n2+2=<|im_end|>\n<|im_start|>assistant\n",
+        "4<|im_end|>",
+        "5<|im_end|>",
+    ) in pairs
+    out = artifact(outcome, store, "tokenize:prompts")
+    answers = [
+        json.loads(line)["answer"]
+        for f in sorted(out.glob("*.answers.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    assert sorted(answers) == ["2", "5"]
+
+
+def test_bpe_round_trips_and_is_deterministic(tmp_path):
+    paths = write_sources(tmp_path)
+    text = spec_text(
+        {n: str(paths[n]) for n in ("plays", "docs")},
+        tokenizer='kind = "bpe"\nvocab_size = 300\nmin_frequency = 1',
+    )
+    spec = write_spec(tmp_path, text)
+    a = run_nodes(spec, tmp_path / "a", ("tokenize:docs", "tokenize:plays"))
+    b = run_nodes(spec, tmp_path / "b", ("tokenize:docs", "tokenize:plays"))
+    assert a.ok and b.ok
+    for name in ("source:plays", "source:docs", "tokenizer", "tokenize:docs", "tokenize:plays"):
+        assert a.results[name].record["output_digest"] == b.results[name].record["output_digest"]
+    tok = _tokenizer(a, tmp_path / "a")
+    assert 100 < len(tok) <= 300
+    for t in TEXTS:
+        assert tok.decode(tok.encode(t, add_special_tokens=False)) == t
+
+
+def test_two_builds_are_byte_identical(formats, tmp_path):
+    root, spec, store, outcome = formats
+    again = run_nodes(
+        spec, tmp_path / "other", tuple(n for n in outcome.results if n.startswith("tokenize:"))
+    )
+    for name, result in outcome.results.items():
+        assert again.results[name].record["output_digest"] == result.record["output_digest"], name
+
+
+def test_a_duplicate_added_rebuilds_nothing_after_the_source(tmp_path):
+    paths = write_sources(tmp_path)
+    spec = write_spec(tmp_path, spec_text({"docs": str(paths["docs"])}, tokenizer='kind = "char"'))
+    first = run_nodes(spec, tmp_path / "s", ("tokenize:docs",))
+    assert first.ok
+    with open(paths["docs"], "a") as f:
+        f.write(json.dumps({"text": TEXTS[1]}) + "\n")
+    second = run_nodes(spec, tmp_path / "s", ("tokenize:docs",))
+    states = {n: r.state for n, r in second.results.items()}
+    assert states == {"source:docs": "built", "tokenizer": "reused", "tokenize:docs": "reused"}
+    report = json.loads(
+        (artifact(second, tmp_path / "s", "source:docs") / "report.json").read_text()
+    )
+    assert report["removed"]["exact_duplicate"] == 1
