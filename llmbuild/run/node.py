@@ -61,7 +61,7 @@ def _logger(name: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
 
 
 def execute_node(
-    task: NodeTask, sink: ProgressSink | None = None, run_ranks: Any = None
+    task: NodeTask, sink: ProgressSink | None = None, run_ranks: Any = None, parallel: Any = None
 ) -> dict[str, Any]:
     """Build one node and commit it; return its record. Raises NodeFailed."""
     store = Store(task.store_url, work_root=Path(task.work_root))
@@ -86,6 +86,7 @@ def execute_node(
             log=log,
             spec_dir=Path(task.spec_dir) if task.spec_dir else None,
             run_ranks=run_ranks,
+            parallel=parallel,
         )
         log.info("building %s (key %s) with %r", task.name, task.key, task.backend)
         task.backend.run(ctx)

@@ -94,7 +94,7 @@ GOOD = b'{"text": "a fine document"}\n'
     ],
 )
 def test_bad_data_is_a_located_error(tmp_path, name, content, fmt, message):
-    outcome, path = _bad(tmp_path, name, content, fmt)
+    outcome, _path = _bad(tmp_path, name, content, fmt)
     result = outcome.results["source:docs"]
     assert result.state == "failed"
     assert message in result.detail, result.detail

@@ -33,7 +33,7 @@ def _indexed(path):
 
 
 def test_every_format_reaches_indexed_datasets(formats):
-    root, spec, store, outcome = formats
+    _root, _spec, store, outcome = formats
     expected_docs = {
         "plays": 5,
         "docs": 5,
@@ -67,7 +67,7 @@ def _tokenizer(outcome, store):
 
 
 def test_byte_tokens_round_trip_exactly(formats):
-    root, spec, store, outcome = formats
+    _root, _spec, store, outcome = formats
     tok = _tokenizer(outcome, store)
     out = artifact(outcome, store, "tokenize:docs")
     index = json.loads((out / "datasets.json").read_text())
@@ -82,7 +82,7 @@ def test_byte_tokens_round_trip_exactly(formats):
 
 
 def test_chat_masks_cover_only_the_assistant(formats):
-    root, spec, store, outcome = formats
+    _root, _spec, store, outcome = formats
     tok = _tokenizer(outcome, store)
     out = artifact(outcome, store, "tokenize:chat")
     index = json.loads((out / "datasets.json").read_text())
@@ -97,7 +97,7 @@ def test_chat_masks_cover_only_the_assistant(formats):
 
 
 def test_preferences_and_prompts_forms(formats):
-    root, spec, store, outcome = formats
+    _root, _spec, store, outcome = formats
     tok = _tokenizer(outcome, store)
     out = artifact(outcome, store, "tokenize:prefs")
     index = json.loads((out / "datasets.json").read_text())
@@ -141,7 +141,7 @@ def test_bpe_round_trips_and_is_deterministic(tmp_path):
 
 
 def test_two_builds_are_byte_identical(formats, tmp_path):
-    root, spec, store, outcome = formats
+    _root, spec, _store, outcome = formats
     again = run_nodes(
         spec, tmp_path / "other", tuple(n for n in outcome.results if n.startswith("tokenize:"))
     )
