@@ -17,6 +17,7 @@ from typing import Any
 from llmbuild.spec.data import Source
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+CHUNK = 1 << 20
 FORMATS = {
     ".txt": "text",
     ".md": "text",
@@ -88,28 +89,44 @@ def open_binary(path: str) -> io.BufferedIOBase:
     return raw  # type: ignore[return-value]
 
 
-def _decode(data: bytes, where: str, whole_file: bool = False) -> str:
+def _decode(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        if whole_file:
-            line = data[: e.start].count(b"\n") + 1
-            where = f"{where}:{line}"
         raise BadRecord(
             where, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})", "encoding"
         ) from None
 
 
 def _text_docs(path: str, source: Source) -> Iterator[Record]:
+    """Documents of a text file, streamed in chunks (a file may be larger than memory)."""
+    import codecs
+
+    sep = source.separator
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    buf, line, seen = "", 1, 0
     with open_binary(path) as f:
-        text = _decode(f.read(), path, whole_file=True)
-    if source.separator is None:
-        yield Record(f"{path}:1", {source.text_field: text})
-        return
-    line = 1
-    for part in text.split(source.separator):
-        yield Record(f"{path}:{line}", {source.text_field: part})
-        line += part.count("\n") + source.separator.count("\n")
+        while True:
+            chunk = f.read(CHUNK)
+            try:
+                buf += decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = buf.count("\n") + chunk[: max(e.start, 0)].count(b"\n") + line
+                bad = chunk[e.start] if 0 <= e.start < len(chunk) else 0
+                raise BadRecord(
+                    f"{path}:{at}",
+                    f"not valid UTF-8 (byte 0x{bad:02x} at offset {seen + max(e.start, 0)})",
+                    "encoding",
+                ) from None
+            seen += len(chunk)
+            if sep is not None:
+                *parts, buf = buf.split(sep)
+                for part in parts:
+                    yield Record(f"{path}:{line}", {source.text_field: part})
+                    line += part.count("\n") + sep.count("\n")
+            if not chunk:
+                break
+    yield Record(f"{path}:{line}", {source.text_field: buf})
 
 
 def _jsonl_docs(path: str) -> Iterator[Record | BadRecord]:

@@ -31,6 +31,8 @@ from llmbuild.errors import UserError
 from llmbuild.plan.digest import expand
 
 HASH_BYTES = 16
+BLOCK_DOCS = 1024
+BLOCK_BYTES = 1 << 20
 
 
 class DataError(UserError):
@@ -148,6 +150,31 @@ def _decide(results: list[dict[str, Any]], config: DataConfig) -> list[list[bool
     return keep_all
 
 
+class BlockWriter:
+    """Documents go into a shard in blocks: one webdataset sample (a ``jsonl`` member) per
+    up to BLOCK_DOCS documents, so reading a shard costs one tar member per block, not per
+    document. Blocks are numbered by kept documents, so dropping a duplicate leaves every
+    shard's bytes unchanged (and the nodes after this one cut off)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer, self.lines, self.size, self.count = writer, [], 0, 0
+
+    def add(self, data: dict[str, Any]) -> None:
+        line = json.dumps(data, ensure_ascii=False, sort_keys=True)
+        self.lines.append(line)
+        self.size += len(line)
+        if len(self.lines) >= BLOCK_DOCS or self.size >= BLOCK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        payload = ("\n".join(self.lines) + "\n").encode("utf-8")
+        self.writer.write({"__key__": f"{self.count:012d}", "jsonl": payload})
+        self.count += len(self.lines)
+        self.lines, self.size = [], 0
+
+
 def run(ctx: Any) -> None:
     import webdataset as wds
 
@@ -184,6 +211,7 @@ def run(ctx: Any) -> None:
         )
         for split in ("train", "validation")
     }
+    blocks = {split: BlockWriter(w) for split, w in writers.items()}
     try:
         for i, (res, keep) in enumerate(zip(results, decisions)):
             stats = res["stats"]
@@ -207,16 +235,7 @@ def run(ctx: Any) -> None:
                         if is_validation(content_hash(text), config.split.validation)
                         else "train"
                     )
-                    # Keys count kept documents, so dropping a duplicate leaves the bytes of
-                    # every shard unchanged (and the nodes after this one cut off).
-                    writers[split].write(
-                        {
-                            "__key__": f"{kept[split]['documents']:012d}",
-                            "json": json.dumps(data, ensure_ascii=False, sort_keys=True).encode(
-                                "utf-8"
-                            ),
-                        }
-                    )
+                    blocks[split].add(data)
                     kept[split].update(documents=1, bytes=size)
             os.remove(res["tmp"])
             ctx.progress.update(
@@ -227,7 +246,8 @@ def run(ctx: Any) -> None:
                 mb=round(totals["bytes_read"] / 1e6, 2),
             )
     finally:
-        for w in writers.values():
+        for split, w in writers.items():
+            blocks[split].flush()
             w.close()
     for split, count in kept.items():
         if not count["documents"]:  # ShardWriter opens its first shard eagerly

@@ -17,7 +17,8 @@ def shard_paths(artifact: Path, split: str) -> list[Path]:
 def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
     """The records of one webdataset shard, in order."""
     for sample in tar_samples(open(path, "rb"), str(path)):
-        yield json.loads(sample["json"])
+        for line in sample["jsonl"].decode("utf-8").splitlines():
+            yield json.loads(line)
 
 
 def tar_samples(stream: Any, url: str) -> Iterator[dict[str, Any]]:

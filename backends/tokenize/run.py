@@ -26,6 +26,35 @@ def _dtype(vocab_size: int) -> Any:
     return np.uint16 if vocab_size < 65500 else np.int32
 
 
+def _batches_read_ahead(shard: Path) -> Any:
+    """Batches of records, read and parsed by a thread while the previous batch encodes
+    (the Rust encoder releases the GIL, so reading and encoding overlap)."""
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    done = object()
+
+    def read() -> None:
+        try:
+            batch: list[dict[str, Any]] = []
+            for record in iter_shard(shard):
+                batch.append(record)
+                if len(batch) == BATCH:
+                    q.put(batch)
+                    batch = []
+            q.put(batch)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    threading.Thread(target=read, daemon=True, name=f"read {shard.name}").start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str]) -> dict[str, Any]:
     """Tokenize one shard into its datasets (runs in a worker)."""
     import numpy as np
@@ -75,13 +104,8 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str]) -> dict[
                 stats["tokens"] += len(ids)
         stats["documents"] += len(batch)
 
-    batch: list[dict[str, Any]] = []
-    for record in iter_shard(Path(shard)):
-        batch.append(record)
-        if len(batch) == BATCH:
-            flush(batch)
-            batch = []
-    flush(batch)
+    for batch in _batches_read_ahead(Path(shard)):
+        flush(batch)
     for form, builder in builders.items():
         builder.finalize(f"{base}{form}.idx")
     if answers is not None:

@@ -18,14 +18,21 @@ ray = pytest.importorskip("ray")
 
 def test_ray_matches_inline(tmp_path):
     paths = write_sources(tmp_path)
-    spec = write_spec(tmp_path, spec_text({"plays": str(paths["plays"]), "chat": str(paths["chat"])},
-                                          tokenizer='kind = "char"'))
+    spec = write_spec(
+        tmp_path,
+        spec_text(
+            {"plays": str(paths["plays"]), "chat": str(paths["chat"])}, tokenizer='kind = "char"'
+        ),
+    )
     until = ("tokenize:plays", "tokenize:chat")
     inline = run_nodes(spec, tmp_path / "inline", until)
     try:
-        on_ray = build(load_spec(spec), Store(str(tmp_path / "ray")),
-                       BuildOptions(executor="ray", live=False, until=until),
-                       PlainReporter(io.StringIO()))
+        on_ray = build(
+            load_spec(spec),
+            Store(str(tmp_path / "ray")),
+            BuildOptions(executor="ray", live=False, until=until),
+            PlainReporter(io.StringIO()),
+        )
     finally:
         if ray.is_initialized():
             ray.shutdown()
