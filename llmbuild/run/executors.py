@@ -92,8 +92,10 @@ def _ray_parallel(fn: Any, items: list[Any]) -> list[Any]:
 
 
 def _ray_ranks(fn: Any, config: dict[str, Any], resources: Any, work_dir: Any, name: str) -> Any:
-    from llmbuild.run.ranks import run_ray_ranks
+    from llmbuild.run.ranks import run_inline_ranks, run_ray_ranks
 
+    if resources.ranks == 1:  # one rank: in this task's process, no trainer to start
+        return run_inline_ranks(fn, config, resources)
     return run_ray_ranks(fn, config, resources, work_dir, name)
 
 

@@ -1,0 +1,58 @@
+"""Core attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+Megatron's local ``DotProductAttention`` allocates its buffers on CUDA; this module takes
+its place in the layer spec on every device (on GPU SDPA picks flash or memory-efficient
+kernels). Inputs are ``[s, b, heads, dim]``; the output is ``[s, b, heads * dim]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+
+
+class SDPAttention(MegatronModule):
+    """Causal self-attention core with grouped-query support."""
+
+    def __init__(
+        self,
+        config: Any,
+        layer_number: int,
+        attn_mask_type: Any,
+        attention_type: Any,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        **_: Any,
+    ) -> None:
+        super().__init__(config=config)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.softmax_scale = softmax_scale
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: Any = None,
+        attention_bias: Any = None,
+        packed_seq_params: Any = None,
+    ) -> torch.Tensor:
+        s, b, heads, dim = query.shape
+        if key.shape[2] != heads:  # grouped-query attention: share each kv head
+            repeat = heads // key.shape[2]
+            key = key.repeat_interleave(repeat, dim=2)
+            value = value.repeat_interleave(repeat, dim=2)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.softmax_scale,
+        )
+        return out.permute(2, 0, 1, 3).reshape(s, b, heads * dim)

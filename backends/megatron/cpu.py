@@ -1,0 +1,43 @@
+"""megatron-core on a CPU: the compatibility patches, applied before megatron is imported
+and only in processes without CUDA.
+
+megatron-core is written for CUDA, but the pieces llmbuild uses run on CPU over gloo once
+the few CUDA-only calls below are redirected. Each patch says why it is needed.
+"""
+
+from __future__ import annotations
+
+_applied = False
+
+
+def needs_cpu_patches() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def apply_cpu_patches() -> None:
+    """Idempotent; a no-op when CUDA is available."""
+    global _applied
+    if _applied or not needs_cpu_patches():
+        return
+    import torch
+
+    cpu = torch.device("cpu")
+    # RoPE moves inv_freq to torch.cuda.current_device(); pipeline receive buffers and
+    # checkpoint saving ask it for their device too: answer with the CPU.
+    torch.cuda.current_device = lambda: cpu  # type: ignore[assignment]
+    # Timers and schedules synchronise the CUDA stream; there is none.
+    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+
+    # Tensor-parallel RNG tracking saves and restores the CUDA RNG state (seeding and
+    # activation recompute); on CPU the default generator is the only state there is.
+    from megatron.core.tensor_parallel import random as tp_random
+
+    # Seeding (model_parallel_cuda_manual_seed) reads and sets the CUDA RNG through
+    # torch.cuda directly: on CPU those calls see (and leave) the default generator.
+    tp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    tp_random._set_cuda_rng_state = lambda *a, **k: None
+    torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()  # type: ignore[assignment]
+    torch.cuda.manual_seed = lambda *a, **k: None  # type: ignore[assignment]
+    _applied = True

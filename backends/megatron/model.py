@@ -1,0 +1,94 @@
+"""The architecture table -> megatron-core ``TransformerConfig`` and ``GPTModel``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from llmbuild.backends.megatron.attention import SDPAttention
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from llmbuild.spec.model import Architecture
+
+ACTIVATIONS = {
+    "gelu": (F.gelu, False),
+    "swiglu": (F.silu, True),
+    "relu": (F.relu, False),
+    "squared_relu": (lambda x: F.relu(x) ** 2, False),
+}
+
+
+def padded_vocab(vocab_size: int, arch: Architecture) -> int:
+    """The embedding rows: the vocabulary padded to a multiple that never depends on the
+    parallel layout (so weights are layout-independent)."""
+    m = arch.vocab_multiple
+    return -(-vocab_size // m) * m
+
+
+def transformer_config(
+    arch: Architecture, tensor: int = 1, pipeline: int = 1, bf16: bool = False
+) -> TransformerConfig:
+    activation, gated = ACTIVATIONS[arch.activation]
+    return TransformerConfig(
+        num_layers=arch.layers,
+        hidden_size=arch.hidden,
+        num_attention_heads=arch.heads,
+        num_query_groups=arch.kv_heads,
+        ffn_hidden_size=arch.ffn_hidden,
+        normalization="RMSNorm" if arch.norm == "rmsnorm" else "LayerNorm",
+        layernorm_epsilon=arch.norm_eps,
+        activation_func=activation,
+        gated_linear_unit=gated,
+        add_bias_linear=arch.bias,
+        hidden_dropout=arch.dropout,
+        attention_dropout=arch.dropout,
+        init_method_std=arch.init_std,
+        tensor_model_parallel_size=tensor,
+        pipeline_model_parallel_size=pipeline,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        # CPU initialisation and no fused kernels: the same weights on every device and
+        # layout (fusions need CUDA or Transformer Engine).
+        use_cpu_initialization=True,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+    )
+
+
+def layer_spec(arch: Architecture) -> Any:
+    spec = get_gpt_layer_local_spec(
+        normalization="RMSNorm" if arch.norm == "rmsnorm" else "LayerNorm"
+    )
+    spec.submodules.self_attention.submodules.core_attention = ModuleSpec(module=SDPAttention)
+    return spec
+
+
+def build_model(arch: Architecture, vocab_size: int, config: TransformerConfig) -> GPTModel:
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(arch),
+        vocab_size=padded_vocab(vocab_size, arch),
+        max_sequence_length=arch.seq_len,
+        pre_process=True,
+        post_process=True,
+        share_embeddings_and_output_weights=arch.tie_embeddings,
+        position_embedding_type="rope" if arch.position == "rope" else "learned_absolute",
+        rotary_base=int(arch.rope_base),
+    )
+
+
+def canonical_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors by name, contiguous and detached (the committed weights)."""
+    return {
+        k: v.detach().contiguous().clone()
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")
+    }

@@ -1,0 +1,92 @@
+"""The ``stage:<name>`` node: train on megatron-core as a group of ranks, then commit the
+weights in one layout-independent safetensors file with the model config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+from llmbuild.backends.megatron.config import TrainConfig
+from llmbuild.backends.megatron.train import train_ranks
+
+REPORTS = ("metrics.jsonl",)
+
+
+def _eos_id(tokenizer_dir: Any, eos: str) -> int:
+    data = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    for tok in data.get("added_tokens", []):
+        if tok["content"] == eos:
+            return int(tok["id"])
+    vocab = data["model"].get("vocab", {})
+    if isinstance(vocab, dict) and eos in vocab:
+        return int(vocab[eos])
+    raise ValueError(f"the tokenizer has no {eos!r} token")
+
+
+def run(ctx: Any) -> None:
+    config: TrainConfig = ctx.config
+    stage, par = config.stage, config.parallelism
+    if stage.kind != "pretrain":
+        raise NotImplementedError(f"{stage.kind} stages are not implemented yet")
+    if par.tensor > 1 or par.pipeline > 1:
+        raise NotImplementedError(
+            "tensor and pipeline parallelism are not wired into the "
+            "training loop yet: set parallelism.tensor and .pipeline to 1"
+        )
+    if stage.precision != "fp32":
+        raise NotImplementedError("bf16 training is not wired in yet: use precision = 'fp32'")
+    tok = ctx.input("tokenizer")
+    info = json.loads((tok.path / "tokenizer_info.json").read_text())
+    sources = {
+        slot[len("data:") :]: str(a.path)
+        for slot, a in ctx.inputs.items()
+        if slot.startswith("data:")
+    }
+    init = ctx.inputs.get("from")
+    rank_cfg = {
+        "architecture": config.architecture.model_dump(mode="json"),
+        "stage": stage.model_dump(mode="json", by_alias=True),
+        "seed": config.seed,
+        "mixture": config.mixture,
+        "sources": sources,
+        "vocab_size": info["vocab_size"],
+        "eod": _eos_id(tok.path / "tokenizer", info["eos_token"]),
+        "tensor": par.tensor,
+        "pipeline": par.pipeline,
+        "micro_batch": par.micro_batch,
+        "eval_every": stage.eval_every,
+        "checkpoint_every": stage.checkpoint_every,
+        "work_dir": str(ctx.work_dir),
+        "progress": ctx.progress,
+        "init_weights": str(init.path / "model.safetensors") if init else None,
+    }
+    result = ctx.run_ranks(train_ranks, rank_cfg)
+    shutil.copy(result / "model.safetensors", ctx.out_dir / "model.safetensors")
+    shutil.copy(result / "metrics.jsonl", ctx.out_dir / "metrics.jsonl")
+    from llmbuild.backends.megatron.model import padded_vocab
+
+    (ctx.out_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": config.architecture.model_dump(mode="json"),
+                "vocab_size": info["vocab_size"],
+                "padded_vocab_size": padded_vocab(info["vocab_size"], config.architecture),
+                "tokenizer": {"node": tok.record["name"], "key": tok.record["key"]},
+                "stage": stage.name,
+                "kind": stage.kind,
+            },
+            indent=1,
+            sort_keys=True,
+        )
+    )
+    rows = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
+    final = rows[-1]
+    ctx.metrics.update(
+        {
+            "steps": final["step"],
+            "loss": final["loss"],
+            "val_loss": final.get("val_loss"),
+            "tokens_per_s": round(final["tokens_per_s"], 1),
+        }
+    )

@@ -1,0 +1,201 @@
+"""The training loop every rank runs: megatron-core GPTModel, AdamW, gradient
+accumulation, data-parallel gradient averaging, validation, resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _setup(cfg: dict[str, Any]) -> None:
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+    apply_cpu_patches()
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(cfg["tensor"], cfg["pipeline"])
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name or name.endswith("bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _batch(dataset: Any, indices: list[int]) -> dict[str, Any]:
+    import torch
+
+    samples = [dataset[i % len(dataset)] for i in indices]
+    return {
+        k: torch.stack([s[k] for s in samples])
+        for k in ("tokens", "labels", "loss_mask", "position_ids")
+    }
+
+
+def _loss(model: Any, batch: dict[str, Any]) -> Any:
+    per_token = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    mask = batch["loss_mask"]
+    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(model: Any, dataset: Any, batches: int, micro: int, rank: int, world: int) -> float:
+    import torch
+    import torch.distributed as dist
+
+    model.eval()
+    total, count = torch.zeros(1), torch.zeros(1)
+    with torch.no_grad():
+        for b in range(rank, batches, world):
+            batch = _batch(dataset, list(range(b * micro, (b + 1) * micro)))
+            total += _loss(model, batch).detach()
+            count += 1
+    dist.all_reduce(total)
+    dist.all_reduce(count)
+    model.train()
+    return float(total / count.clamp(min=1))
+
+
+def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
+    """One rank of a pretraining stage. Rank 0 returns the directory with the weights."""
+    import torch
+    import torch.distributed as dist
+
+    _setup(cfg)
+    from llmbuild.backends.megatron.data import build_datasets
+    from llmbuild.backends.megatron.model import build_model, canonical_state, transformer_config
+    from llmbuild.backends.megatron.schedule import lr_at
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+    from safetensors.torch import load_file, save_file
+
+    from llmbuild.spec.model import Architecture
+    from llmbuild.spec.stages import Schedule
+
+    arch = Architecture.model_validate(cfg["architecture"])
+    stage, seed = cfg["stage"], cfg["seed"]
+    work = Path(cfg["work_dir"])
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+    model = build_model(arch, cfg["vocab_size"], transformer_config(arch))
+    if cfg.get("init_weights"):
+        model.load_state_dict(load_file(cfg["init_weights"]), strict=False)
+    opt = torch.optim.AdamW(
+        _param_groups(model, stage["weight_decay"]),
+        lr=stage["lr"],
+        betas=tuple(stage["betas"]),
+        eps=stage["eps"],
+    )
+    steps, gbs, micro = stage["steps"], stage["global_batch"], cfg["micro_batch"]
+    world, rank = info.world_size, info.rank
+    accum = gbs // (micro * world)
+    train, valid = build_datasets(
+        cfg["sources"],
+        cfg["mixture"],
+        arch.seq_len,
+        seed,
+        cfg["eod"],
+        cfg["vocab_size"],
+        steps * gbs,
+        stage["eval_batches"] * micro,
+        work / "index_cache",
+    )
+    schedule = Schedule.model_validate(stage["schedule"])
+    start, history = 0, []
+    ckpt = work / CHECKPOINT
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start, history = state["step"], state["history"]
+    progress = cfg.get("progress")
+    tokens_per_step = gbs * arch.seq_len
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, steps):
+        lr = lr_at(step, steps, stage["lr"], schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros(1)
+        for m in range(accum):
+            first = step * gbs + rank * (gbs // world) + m * micro
+            loss = _loss(model, _batch(train, list(range(first, first + micro))))
+            (loss / accum).backward()
+            loss_sum += loss.detach() / accum
+        if world > 1:
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), stage["grad_clip"] if stage["grad_clip"] > 0 else float("inf")
+        )
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+        row = {
+            "step": step + 1,
+            "loss": float(loss_sum),
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": tokens_per_step * (step + 1 - start) / max(elapsed, 1e-9),
+        }
+        last = step + 1 == steps
+        if (cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0) or last:
+            row["val_loss"] = evaluate(
+                model, valid or train, stage["eval_batches"], micro, rank, world
+            )
+        history.append(row)
+        if rank == 0 and progress is not None:
+            progress.update(
+                completed=step + 1,
+                total=steps,
+                unit="steps",
+                loss=round(row["loss"], 4),
+                **({"val_loss": round(row["val_loss"], 4)} if "val_loss" in row else {}),
+                force=last,
+            )
+        if (step + 1) % cfg["checkpoint_every"] == 0 and not last:
+            if rank == 0:
+                _save(
+                    ckpt,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "step": step + 1,
+                        "history": history,
+                    },
+                )
+                (work / "checkpoint.json").write_text(json.dumps({"step": step + 1}))
+            dist.barrier()
+    if rank != 0:
+        return None
+    out = work / "rank0-output"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(canonical_state(model), str(out / "model.safetensors"))
+    with open(out / "metrics.jsonl", "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    return out
