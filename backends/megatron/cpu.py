@@ -16,9 +16,21 @@ def needs_cpu_patches() -> bool:
     return not torch.cuda.is_available()
 
 
+def quiet_megatron() -> None:
+    """megatron-core warns about optional CUDA packages (Apex, Transformer Engine) and its
+    own deprecations on import and per layer; none of it is actionable for a user."""
+    import warnings
+
+    for category in (UserWarning, DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"megatron(\.|$)")
+    warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*not installed.*")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*")
+
+
 def apply_cpu_patches() -> None:
     """Idempotent; a no-op when CUDA is available."""
     global _applied
+    quiet_megatron()
     if _applied or not needs_cpu_patches():
         return
     import torch

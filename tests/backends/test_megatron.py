@@ -157,3 +157,23 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
         whole.results["stage:pretrain"].record["output_digest"]
         == resumed.results["stage:pretrain"].record["output_digest"]
     )
+
+
+def test_generate_from_a_built_stage(tmp_path, capsys):
+    from llmbuild.cli import main
+
+    spec = tiny_spec(tmp_path, steps=12)
+    store = str(tmp_path / "store")
+    args = ["generate", str(spec), "--store", store, "--prompt", "ROMEO:", "--max-new-tokens", "20"]
+    assert main(args) == 2  # not built yet: a clear error
+    assert "is not built with this spec yet" in capsys.readouterr().err
+    assert run_nodes(spec, tmp_path / "store", ("stage:pretrain",)).ok
+    assert main([*args, "--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out
+    assert greedy.startswith("ROMEO:") and len(greedy) > len("ROMEO:")
+    assert main([*args, "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == greedy
+    assert main([*args, "--temperature", "1.0", "--top-k", "1"]) == 0
+    assert capsys.readouterr().out == greedy  # top-1 sampling is greedy
+    assert main([*args, "--temperature", "1.0", "--top-p", "0.9", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")

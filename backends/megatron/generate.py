@@ -1,0 +1,81 @@
+"""Sampling from a trained stage's weights: greedy at temperature 0, else temperature with
+optional top-k and top-p (nucleus) filtering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_model(stage_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The stage's GPTModel on this machine (one rank), in eval mode, and its config."""
+    import torch.distributed as dist
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+    from llmbuild.run.ranks import _free_port
+
+    apply_cpu_patches()
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+    from megatron.core import parallel_state
+    from safetensors.torch import load_file
+
+    from llmbuild.spec.model import Architecture
+
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    config = json.loads((stage_dir / "config.json").read_text())
+    arch = Architecture.model_validate(config["architecture"])
+    model = build_model(arch, config["vocab_size"], transformer_config(arch))
+    model.load_state_dict(load_file(str(stage_dir / "model.safetensors")), strict=False)
+    model.eval()
+    return model, config
+
+
+def sample(
+    model: Any,
+    config: dict[str, Any],
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop: int | None = None,
+) -> list[int]:
+    """New token ids after the prompt (no KV cache: each step reruns the window)."""
+    import torch
+
+    seq_len = config["architecture"]["seq_len"]
+    vocab = config["vocab_size"]
+    gen = torch.Generator().manual_seed(seed)
+    ids = list(prompt_ids)
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            window = torch.tensor([ids[-seq_len:]])
+            pos = torch.arange(window.shape[1]).unsqueeze(0)
+            logits = model(window, pos, None)[0, -1, :vocab].float()
+            if temperature <= 0:
+                nxt = int(torch.argmax(logits))
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, vocab)).values[-1]
+                    logits[logits < kth] = float("-inf")
+                probs = torch.softmax(logits, dim=-1)
+                if top_p < 1.0:
+                    sorted_p, order = torch.sort(probs, descending=True)
+                    keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p
+                    probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+                    probs /= probs.sum()
+                nxt = int(torch.multinomial(probs, 1, generator=gen))
+            if stop is not None and nxt == stop:
+                break
+            ids.append(nxt)
+            out.append(nxt)
+    return out
