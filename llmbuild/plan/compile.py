@@ -56,6 +56,10 @@ class _Builder:
             )
         )
 
+    def pretrain_sources(self) -> list[str]:
+        """The sources a stage, tokenizer or perplexity suite reads when it names none."""
+        return [s.name for s in self.spec.data.sources if s.role == "pretrain"]
+
     def sources(self) -> None:
         data = self.spec.data
         for i, src in enumerate(data.sources):
@@ -82,7 +86,7 @@ class _Builder:
         tok = self.spec.tokenizer
         inputs, external = {}, ()
         if tok.kind in ("char", "bpe", "unigram"):
-            names = tok.sources or [s.name for s in self.spec.data.sources if s.role == "pretrain"]
+            names = tok.sources or self.pretrain_sources()
             inputs = {f"text:{n}": f"source:{n}" for n in names}
         if tok.kind == "pretrained" and tok.path is not None:
             external = (External("files", (tok.path,), ("tokenizer", "path")),)
@@ -126,7 +130,7 @@ class _Builder:
     def stage(self, stage: Any) -> None:
         spec = self.spec
         if stage.kind == "pretrain":
-            names = stage.data or [s.name for s in spec.data.sources if s.role == "pretrain"]
+            names = stage.data or self.pretrain_sources()
             mixture = {n: spec.source_named(n).weight for n in names}
         else:
             names, mixture = [stage.data], {}
@@ -165,9 +169,7 @@ class _Builder:
             for stage in suite.stages:
                 inputs = {"model": f"stage:{stage}", "tokenizer": "tokenizer"}
                 if suite.kind == "perplexity":
-                    names = suite.sources or [
-                        s.name for s in self.spec.data.sources if s.role == "pretrain"
-                    ]
+                    names = suite.sources or self.pretrain_sources()
                     inputs.update({f"data:{n}": f"tokenize:{n}" for n in names})
                 external = []
                 if getattr(suite, "files", ()):

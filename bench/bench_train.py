@@ -1,0 +1,142 @@
+"""Training throughput: the megatron backend's model and step (megatron-core GPTModel,
+SDPA attention, AdamW) against a plain-PyTorch decoder of identical shape and batch,
+measured in the same run (tokens/s; ratio = megatron / plain)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LAYERS, HIDDEN, HEADS, SEQ, VOCAB, BATCH = 4, 128, 4, 64, 128, 16
+STEPS, WARMUP = int(os.environ.get("BENCH_TRAIN_STEPS", "60")), 10
+
+
+def _plain_model():
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(HIDDEN, bias=False), nn.LayerNorm(HIDDEN, bias=False)
+            self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
+            self.proj = nn.Linear(HIDDEN, HIDDEN, bias=False)
+            self.fc1 = nn.Linear(HIDDEN, 4 * HIDDEN, bias=False)
+            self.fc2 = nn.Linear(4 * HIDDEN, HIDDEN, bias=False)
+
+        def forward(self, x):
+            b, s, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, HEADS, HIDDEN // HEADS).unbind(2)
+            a = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            )
+            x = x + self.proj(a.transpose(1, 2).reshape(b, s, HIDDEN))
+            return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(VOCAB, HIDDEN), nn.Embedding(SEQ, HIDDEN)
+            self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+            self.ln = nn.LayerNorm(HIDDEN, bias=False)
+
+        def forward(self, tokens, labels):
+            x = self.tok(tokens) + self.pos(torch.arange(tokens.shape[1]))
+            for block in self.blocks:
+                x = block(x)
+            logits = self.ln(x) @ self.tok.weight.T
+            return F.cross_entropy(logits.view(-1, VOCAB), labels.view(-1))
+
+    return Decoder()
+
+
+def _megatron_model():
+    import torch.distributed as dist
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+    from llmbuild.run.ranks import _free_port
+
+    apply_cpu_patches()
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+    from megatron.core import parallel_state
+
+    from llmbuild.spec.model import Architecture
+
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
+        parallel_state.initialize_model_parallel(1, 1)
+    arch = Architecture(
+        style="gpt2",
+        layers=LAYERS,
+        hidden=HIDDEN,
+        heads=HEADS,
+        seq_len=SEQ,
+        bias=False,
+        tie_embeddings=True,
+    )
+    return build_model(arch, VOCAB, transformer_config(arch))
+
+
+def _tokens_per_s(step) -> float:
+    for _ in range(WARMUP):
+        step()
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        step()
+    return STEPS * BATCH * SEQ / (time.perf_counter() - start)
+
+
+def run() -> list[dict]:
+    import torch
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
+    labels = torch.roll(tokens, -1, dims=1)
+    position = torch.arange(SEQ).unsqueeze(0).expand(BATCH, -1)
+
+    plain = _plain_model()
+    plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-3)
+
+    def plain_step():
+        loss = plain(tokens, labels)
+        loss.backward()
+        plain_opt.step()
+        plain_opt.zero_grad(set_to_none=True)
+
+    mega = _megatron_model()
+    mega_opt = torch.optim.AdamW(mega.parameters(), lr=1e-3)
+
+    def mega_step():
+        loss = mega(tokens, position, None, labels=labels).float().mean()
+        loss.backward()
+        mega_opt.step()
+        mega_opt.zero_grad(set_to_none=True)
+
+    base = _tokens_per_s(plain_step)
+    ours = _tokens_per_s(mega_step)
+    params = sum(p.numel() for p in mega.parameters())
+    return [
+        {
+            "benchmark": f"plain PyTorch decoder ({base:,.0f} tok/s)",
+            "seconds": BATCH * SEQ / base,
+            "ratio": 1.0,
+        },
+        {
+            "benchmark": f"megatron-core GPTModel, {params / 1e6:.2f}M params ({ours:,.0f} tok/s)",
+            "seconds": BATCH * SEQ / ours,
+            "ratio": ours / base,
+        },
+    ]
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(f"{row['benchmark']:<60} {row['seconds'] * 1000:8.1f} ms/step  {row['ratio']:.2f}x")

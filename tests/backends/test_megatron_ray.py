@@ -1,0 +1,45 @@
+"""Data-parallel pretraining as two TorchTrainer ranks (gloo) matches one rank on the same
+global batch."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from llmbuild.run.build import BuildOptions, PlainReporter, build
+from llmbuild.spec.load import load_spec
+from llmbuild.store.store import Store
+from tests.backends.conftest import artifact, run_nodes
+from tests.backends.test_megatron import tiny_spec
+from tests.conftest import REPO
+
+ray = pytest.importorskip("ray")
+
+
+def test_data_parallel_two_ranks_match_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    spec = tiny_spec(tmp_path, steps=6)
+    one = run_nodes(spec, tmp_path / "one", ("stage:pretrain",))
+    try:
+        two = build(
+            load_spec(spec, ["parallelism.data=2", "parallelism.micro_batch=2"]),
+            Store(str(tmp_path / "two")),
+            BuildOptions(executor="ray", live=False, until=("stage:pretrain",)),
+            PlainReporter(io.StringIO()),
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert two.ok, {n: r.detail for n, r in two.results.items() if r.detail}
+    assert two.planned.keys["stage:pretrain"].key == one.planned.keys["stage:pretrain"].key
+
+    def losses(outcome, store):
+        path = artifact(outcome, store, "stage:pretrain") / "metrics.jsonl"
+        return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+    a, b = losses(one, tmp_path / "one"), losses(two, tmp_path / "two")
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)
