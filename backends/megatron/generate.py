@@ -31,7 +31,13 @@ def load_model(stage_dir: Path) -> tuple[Any, dict[str, Any]]:
     config = json.loads((stage_dir / "config.json").read_text())
     arch = Architecture.model_validate(config["architecture"])
     model = build_model(arch, config["vocab_size"], transformer_config(arch))
-    model.load_state_dict(load_file(str(stage_dir / "model.safetensors")), strict=False)
+    missing, unexpected = model.load_state_dict(
+        load_file(str(stage_dir / "model.safetensors")), strict=False
+    )
+    if unexpected or [m for m in missing if not m.endswith("_extra_state")]:
+        raise RuntimeError(
+            f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
     model.eval()
     return model, config
 

@@ -190,6 +190,9 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
                 )
                 (work / "checkpoint.json").write_text(json.dumps({"step": step + 1}))
             dist.barrier()
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()  # the process may host other nodes next
     if rank != 0:
         return None
     out = work / "rank0-output"

@@ -39,7 +39,7 @@ kind = "char"
 layers = 2
 hidden = 64
 heads = 4
-kv_heads = 2
+kv_heads = {2 if style == "llama" else 4}
 ffn_hidden = 128
 seq_len = 32
 [parallelism]

@@ -1,0 +1,149 @@
+"""The ``eval:<suite>@<stage>`` node: perplexity on validation splits and text files, and
+samples from fixed prompts. Results go to ``results.json`` and a markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _windows(tokens: list[int], seq: int, limit: int | None) -> list[list[int]]:
+    out = [tokens[i : i + seq + 1] for i in range(0, len(tokens) - 1, seq)]
+    out = [w for w in out if len(w) > 1]
+    return out[:limit] if limit else out
+
+
+def _nll(model: Any, windows: list[list[int]], batch: int) -> tuple[float, int]:
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            for w in windows[i : i + batch]:  # windows differ in length at the end: one by one
+                ids = torch.tensor([w[:-1]])
+                logits = model(ids, torch.arange(ids.shape[1]).unsqueeze(0), None)[0].float()
+                total += float(F.cross_entropy(logits, torch.tensor(w[1:]), reduction="sum"))
+                count += len(w) - 1
+    return total, count
+
+
+def _validation_tokens(dataset_dir: Path) -> list[int]:
+    from llmbuild.backends.megatron.cpu import quiet_megatron
+
+    quiet_megatron()
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    index = json.loads((dataset_dir / "datasets.json").read_text())
+    tokens: list[int] = []
+    for d in index["datasets"]:
+        if d["split"] == "validation":
+            ds = IndexedDataset(str(dataset_dir / d["prefix"]))
+            for i in range(len(ds)):
+                tokens += [int(t) for t in ds[i]]
+    return tokens
+
+
+def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict[str, Any]:
+    from tokenizers import Tokenizer
+
+    seq = config["architecture"]["seq_len"]
+    limit = suite.max_batches * suite.batch_size if suite.max_batches else None
+    results = {}
+    for slot, artifact in sorted(ctx.inputs.items()):
+        if slot.startswith("data:"):
+            tokens = _validation_tokens(artifact.path)
+            if tokens:
+                total, n = _nll(model, _windows(tokens, seq, limit), suite.batch_size)
+                results[slot[5:]] = {
+                    "tokens": n,
+                    "loss": total / n,
+                    "perplexity": math.exp(total / n),
+                }
+    if suite.files:
+        tok_dir = ctx.input("tokenizer").path
+        info = json.loads((tok_dir / "tokenizer_info.json").read_text())
+        tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
+        from llmbuild.plan.digest import expand
+
+        for pattern in suite.files:
+            for path in expand(pattern):
+                ids = tok.encode(
+                    Path(path).read_text(encoding="utf-8"), add_special_tokens=False
+                ).ids
+                ids.append(tok.token_to_id(info["eos_token"]))
+                total, n = _nll(model, _windows(ids, seq, limit), suite.batch_size)
+                results[Path(path).name] = {
+                    "tokens": n,
+                    "loss": total / n,
+                    "perplexity": math.exp(total / n),
+                }
+    if not results:
+        raise ValueError(
+            "nothing to measure: the sources have no validation split and no files are listed"
+        )
+    return results
+
+
+def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[dict[str, str]]:
+    from llmbuild.backends.megatron.generate import sample
+    from tokenizers import Tokenizer
+
+    tok_dir = ctx.input("tokenizer").path
+    info = json.loads((tok_dir / "tokenizer_info.json").read_text())
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
+    out = []
+    for i, prompt in enumerate(suite.prompts):
+        ids = tok.encode(prompt, add_special_tokens=False).ids or [
+            tok.token_to_id(info["bos_token"])
+        ]
+        new = sample(
+            model,
+            config,
+            ids,
+            suite.max_new_tokens,
+            suite.temperature,
+            suite.top_k,
+            suite.top_p,
+            seed=i,
+            stop=tok.token_to_id(info["eos_token"]),
+        )
+        out.append({"prompt": prompt, "completion": tok.decode(new)})
+    return out
+
+
+def run(ctx: Any) -> None:
+    from llmbuild.backends.megatron.generate import load_model
+
+    suite = ctx.config.suite
+    if suite.kind == "lm-eval":
+        raise NotImplementedError("lm-eval suites are not implemented yet")
+    model, config = load_model(ctx.input("model").path)
+    if suite.kind == "perplexity":
+        results = perplexity(ctx, suite, model, config)
+        table = ["| data | tokens | loss | perplexity |", "| --- | --- | --- | --- |"]
+        table += [
+            f"| {k} | {v['tokens']} | {v['loss']:.4f} | {v['perplexity']:.3f} |"
+            for k, v in results.items()
+        ]
+        ctx.metrics.update({f"{k}.loss": v["loss"] for k, v in results.items()})
+    else:
+        results = samples(ctx, suite, model, config)
+        table = ["| prompt | completion |", "| --- | --- |"]
+        table += [f"| {json.dumps(r['prompt'])} | {json.dumps(r['completion'])} |" for r in results]
+        ctx.metrics["samples"] = len(results)
+    (ctx.out_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "suite": suite.name,
+                "kind": suite.kind,
+                "stage": ctx.config.stage,
+                "results": results,
+            },
+            indent=1,
+            sort_keys=True,
+        )
+    )
+    (ctx.out_dir / "results.md").write_text("\n".join(table) + "\n")
