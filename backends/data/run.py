@@ -28,7 +28,7 @@ from llmbuild.backends.data.config import DataConfig
 from llmbuild.backends.data.readers import BadRecord, normalise, read_records
 
 from llmbuild.errors import UserError
-from llmbuild.plan.digest import expand
+from llmbuild.plan.digest import expand, expand_url
 
 HASH_BYTES = 16
 BLOCK_DOCS = 1024
@@ -42,15 +42,7 @@ class DataError(UserError):
 def source_files(config: DataConfig) -> list[str]:
     files: list[str] = []
     for pattern in config.source.path:
-        if "://" in pattern:
-            import fsspec
-
-            fs, _ = fsspec.core.url_to_fs(pattern)
-            protocol = pattern.split("://", 1)[0]
-            found = sorted(fs.glob(pattern) if any(c in pattern for c in "*?[") else [pattern])
-            files += [p if "://" in p else f"{protocol}://{p}" for p in found]
-        else:
-            files += expand(pattern)
+        files += expand_url(pattern) if "://" in pattern else expand(pattern)
     return files
 
 

@@ -92,15 +92,53 @@ def expand(pattern: str) -> list[str]:
     return files
 
 
+def expand_url(pattern: str) -> list[str]:
+    """The files an fsspec URL, directory URL or URL glob names, sorted, as URLs."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pattern)
+    protocol = pattern.split("://", 1)[0]
+    if glob.has_magic(path):
+        found = fs.glob(path)
+    elif fs.isdir(path):
+        found = fs.find(path)
+    else:
+        found = [path] if fs.exists(path) else []
+    names = sorted(f for f in found if not f.rsplit("/", 1)[-1].startswith(".") and fs.isfile(f))
+    return [f"{protocol}://{f.lstrip('/')}" if protocol != "file" else f"file://{f}" for f in names]
+
+
+def digest_url(url: str, cache: StatCache) -> str:
+    """blake3 of a remote file, cached under its size and modification time or ETag."""
+    import fsspec
+    from blake3 import blake3
+
+    fs, path = fsspec.core.url_to_fs(url)
+    info = fs.info(path)
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("created")
+    ident = f"{url}|{info.get('size')}|{version}"
+    found = cache.entries.get(ident)
+    if found is None or version is None:
+        h = blake3()
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        found = h.hexdigest()
+        cache.reads += 1
+        if version is not None:
+            cache.entries[ident] = found
+            cache._dirty = True
+    return found
+
+
 def digest_paths(patterns: Iterable[str], cache: StatCache) -> dict[str, object]:
     """The content digest of every file the patterns name, in order, and their count."""
-    files: list[str] = []
+    digests: list[str] = []
     for pattern in patterns:
-        if "://" in pattern:
-            raise MissingInput(f"{pattern}: remote paths are not supported yet")
-        found = expand(pattern)
+        remote = "://" in pattern
+        found = expand_url(pattern) if remote else expand(pattern)
         if not found:
             raise MissingInput(f"{pattern}: matches no file")
-        files += found
-    digests = [cache.digest(f) for f in files]
-    return {"files": len(digests), "blake3": blake3_bytes("\n".join(digests).encode())}
+        digests += [digest_url(f, cache) if remote else cache.digest(f) for f in found]
+    files = digests
+    return {"files": len(files), "blake3": blake3_bytes("\n".join(digests).encode())}

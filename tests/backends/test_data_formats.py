@@ -163,3 +163,26 @@ def test_a_duplicate_added_rebuilds_nothing_after_the_source(tmp_path):
         (artifact(second, tmp_path / "s", "source:docs") / "report.json").read_text()
     )
     assert report["removed"]["exact_duplicate"] == 1
+
+
+def test_sources_behind_fsspec_urls(tmp_path):
+    import time
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/remote-{time.time_ns()}"
+    for i, text in enumerate(TEXTS[:3]):
+        fs.pipe(f"{root}/part-{i}.jsonl", (json.dumps({"text": text}) + "\n").encode())
+    spec = write_spec(tmp_path, spec_text({"docs": f"memory://{root}/*.jsonl"}))
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenize:docs",))
+    assert outcome.ok, outcome.log
+    report = json.loads(
+        (artifact(outcome, tmp_path / "store", "source:docs") / "report.json").read_text()
+    )
+    assert report["files"] == 3 and report["documents_read"] == 3
+    again = run_nodes(spec, tmp_path / "store", ("tokenize:docs",))
+    assert again.count("cached") == 3
+    fs.pipe(f"{root}/part-3.jsonl", b'{"text": "one more remote document"}\n')
+    changed = run_nodes(spec, tmp_path / "store", ("tokenize:docs",))
+    assert changed.results["source:docs"].state == "built"
