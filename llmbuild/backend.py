@@ -46,7 +46,8 @@ class Backend:
     reports: ClassVar[tuple[str, ...]] = ()
     """Output files that describe the work (counts, logs) rather than being its result:
     they are stored and manifested, but do not count in the output digest, so a rebuild
-    that produces the same result with a different report still cuts off downstream."""
+    that produces the same result with a different report still cuts off downstream.
+    An entry ending in ``/`` names a folder of reports."""
 
     def resources(self, config: Any) -> Resources:
         """Resources a node with this config needs."""

@@ -24,6 +24,17 @@ def _eos_id(tokenizer_dir: Any, eos: str) -> int:
     raise ValueError(f"the tokenizer has no {eos!r} token")
 
 
+def _tensorboard(path: Any, tag: str, rows: list[dict[str, Any]]) -> None:
+    """The training curves as TensorBoard event files (tensorboardX, no TensorFlow)."""
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(path)) as writer:
+        for row in rows:
+            for key in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s"):
+                if key in row:
+                    writer.add_scalar(f"{tag}/{key}", row[key], row["step"])
+
+
 def run(ctx: Any) -> None:
     config: TrainConfig = ctx.config
     stage, par = config.stage, config.parallelism
@@ -81,6 +92,7 @@ def run(ctx: Any) -> None:
         )
     )
     rows = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
+    _tensorboard(ctx.out_dir / "tensorboard", stage.name, rows)
     final = rows[-1]
     ctx.metrics.update(
         {

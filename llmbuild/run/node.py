@@ -50,6 +50,11 @@ class NodeTask:
     spec_dir: str | None = None
 
 
+def _is_report(path: str, reports: tuple[str, ...]) -> bool:
+    """A file listed as a report, or inside a report folder (an entry ending in /)."""
+    return any(path == r or (r.endswith("/") and path.startswith(r)) for r in reports)
+
+
 def _logger(name: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
     log = logging.getLogger(f"llmbuild.node.{name}")
     log.setLevel(logging.INFO)
@@ -102,7 +107,7 @@ def execute_node(
             },
             "outputs": entries,
             "output_digest": output_digest(
-                [e for e in entries if e["path"] not in task.backend.reports]
+                [e for e in entries if not _is_report(e["path"], task.backend.reports)]
             ),
             "cutoff_key": task.cutoff_key,
             "metrics": ctx.metrics,

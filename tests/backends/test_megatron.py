@@ -81,6 +81,8 @@ def test_pretraining_learns_and_commits_weights(tmp_path, style):
     assert weights["embedding.word_embeddings.weight"].shape == (config["padded_vocab_size"], 64)
     record = outcome.results["stage:pretrain"].record
     assert record["metrics"]["steps"] == 30 and record["metrics"]["val_loss"] > 0
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
 
 
 def test_two_builds_commit_identical_weights(tmp_path):
