@@ -9,7 +9,7 @@ class MegatronBackend(Backend):
     name = "megatron"
     version = "1"
     Config = TrainConfig
-    reports = ("metrics.jsonl", "tensorboard/")
+    reports = ("metrics.jsonl", "tensorboard/", "loss.png")
     inputs = (
         Slot("from", "the stage whose weights this one starts from"),
         Slot("tokenizer", "the tokenizer node's directory"),

@@ -35,6 +35,26 @@ def _tensorboard(path: Any, tag: str, rows: list[dict[str, Any]]) -> None:
                     writer.add_scalar(f"{tag}/{key}", row[key], row["step"])
 
 
+def _loss_curve(path: Any, title: str, rows: list[dict[str, Any]]) -> None:
+    """Training and validation loss against steps, as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, label="train")
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val), marker="o", lw=1.2, label="validation")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
 def run(ctx: Any) -> None:
     config: TrainConfig = ctx.config
     stage, par = config.stage, config.parallelism
@@ -93,6 +113,7 @@ def run(ctx: Any) -> None:
     )
     rows = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
     _tensorboard(ctx.out_dir / "tensorboard", stage.name, rows)
+    _loss_curve(ctx.out_dir / "loss.png", stage.name, rows)
     final = rows[-1]
     ctx.metrics.update(
         {

@@ -83,6 +83,7 @@ def test_pretraining_learns_and_commits_weights(tmp_path, style):
     assert record["metrics"]["steps"] == 30 and record["metrics"]["val_loss"] > 0
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_two_builds_commit_identical_weights(tmp_path):
