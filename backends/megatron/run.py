@@ -60,10 +60,10 @@ def run(ctx: Any) -> None:
     stage, par = config.stage, config.parallelism
     if stage.kind != "pretrain":
         raise NotImplementedError(f"{stage.kind} stages are not implemented yet")
-    if par.tensor > 1 or par.pipeline > 1:
+    if par.pipeline > 1:
         raise NotImplementedError(
-            "tensor and pipeline parallelism are not wired into the "
-            "training loop yet: set parallelism.tensor and .pipeline to 1"
+            "pipeline parallelism is not wired into the training loop "
+            "yet: set parallelism.pipeline to 1"
         )
     if stage.precision != "fp32":
         raise NotImplementedError("bf16 training is not wired in yet: use precision = 'fp32'")

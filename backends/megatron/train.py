@@ -1,5 +1,6 @@
 """The training loop every rank runs: megatron-core GPTModel, AdamW, gradient
-accumulation, data-parallel gradient averaging, validation, resumable checkpoints."""
+accumulation, tensor parallelism inside the model, data-parallel gradient averaging,
+validation, and resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def _setup(cfg: dict[str, Any]) -> None:
@@ -58,19 +57,24 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(model: Any, dataset: Any, batches: int, micro: int, rank: int, world: int) -> float:
+def evaluate(model: Any, dataset: Any, batches: int, micro: int) -> float:
+    """Mean validation loss over ``batches`` micro batches, split across data-parallel
+    ranks (tensor-parallel ranks of one replica see the same batches)."""
     import torch
     import torch.distributed as dist
+    from megatron.core import parallel_state
 
+    rank = parallel_state.get_data_parallel_rank()
+    size = parallel_state.get_data_parallel_world_size()
     model.eval()
     total, count = torch.zeros(1), torch.zeros(1)
     with torch.no_grad():
-        for b in range(rank, batches, world):
-            batch = _batch(dataset, list(range(b * micro, (b + 1) * micro)))
-            total += _loss(model, batch).detach()
+        for b in range(rank, batches, size):
+            total += _loss(model, _batch(dataset, list(range(b * micro, (b + 1) * micro))))
             count += 1
-    dist.all_reduce(total)
-    dist.all_reduce(count)
+    group = parallel_state.get_data_parallel_group()
+    dist.all_reduce(total, group=group)
+    dist.all_reduce(count, group=group)
     model.train()
     return float(total / count.clamp(min=1))
 
@@ -82,8 +86,14 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
 
     _setup(cfg)
     from llmbuild.backends.megatron.data import build_datasets
-    from llmbuild.backends.megatron.model import build_model, canonical_state, transformer_config
+    from llmbuild.backends.megatron.model import build_model, transformer_config
     from llmbuild.backends.megatron.schedule import lr_at
+    from llmbuild.backends.megatron.shards import (
+        gather_canonical,
+        grad_norm_and_clip,
+        load_canonical,
+    )
+    from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from safetensors.torch import load_file, save_file
 
@@ -95,9 +105,12 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     work = Path(cfg["work_dir"])
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
-    model = build_model(arch, cfg["vocab_size"], transformer_config(arch))
+    # CPU initialisation draws the full weights and splits them: every layout starts from
+    # the same model.
+    model = build_model(arch, cfg["vocab_size"], transformer_config(arch, tensor=cfg["tensor"]))
+    gated = arch.activation == "swiglu"
     if cfg.get("init_weights"):
-        model.load_state_dict(load_file(cfg["init_weights"]), strict=False)
+        load_canonical(model, load_file(cfg["init_weights"]), gated)
     opt = torch.optim.AdamW(
         _param_groups(model, stage["weight_decay"]),
         lr=stage["lr"],
@@ -105,8 +118,12 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         eps=stage["eps"],
     )
     steps, gbs, micro = stage["steps"], stage["global_batch"], cfg["micro_batch"]
-    world, rank = info.world_size, info.rank
-    accum = gbs // (micro * world)
+    rank = info.rank
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp = parallel_state.get_data_parallel_world_size()
+    dp_group = parallel_state.get_data_parallel_group()
+    layout = {"tensor": cfg["tensor"], "pipeline": cfg["pipeline"], "data": dp}
+    accum = gbs // (micro * dp)
     train, valid = build_datasets(
         cfg["sources"],
         cfg["mixture"],
@@ -120,13 +137,16 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     )
     schedule = Schedule.model_validate(stage["schedule"])
     start, history = 0, []
-    ckpt = work / CHECKPOINT
+    # One checkpoint file per tensor-parallel rank (data-parallel replicas share it); a
+    # checkpoint written at another layout is not resumed.
+    ckpt = work / f"checkpoint-tp{parallel_state.get_tensor_model_parallel_rank()}.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start, history = state["step"], state["history"]
+        if state.get("layout") == layout:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            start, history = state["step"], state["history"]
     progress = cfg.get("progress")
     tokens_per_step = gbs * arch.seq_len
     model.train()
@@ -137,20 +157,18 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
             group["lr"] = lr
         loss_sum = torch.zeros(1)
         for m in range(accum):
-            first = step * gbs + rank * (gbs // world) + m * micro
+            first = step * gbs + dp_rank * (gbs // dp) + m * micro
             loss = _loss(model, _batch(train, list(range(first, first + micro))))
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
-        if world > 1:
+        if dp > 1:
             for p in model.parameters():
                 if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
-            dist.all_reduce(loss_sum)
-            loss_sum /= world
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), stage["grad_clip"] if stage["grad_clip"] > 0 else float("inf")
-        )
+                    dist.all_reduce(p.grad, group=dp_group)
+                    p.grad /= dp
+            dist.all_reduce(loss_sum, group=dp_group)
+            loss_sum /= dp
+        grad_norm = grad_norm_and_clip(model, stage["grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
@@ -158,26 +176,25 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
             "step": step + 1,
             "loss": float(loss_sum),
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_step * (step + 1 - start) / max(elapsed, 1e-9),
         }
         last = step + 1 == steps
         if (cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0) or last:
-            row["val_loss"] = evaluate(
-                model, valid or train, stage["eval_batches"], micro, rank, world
-            )
+            row["val_loss"] = evaluate(model, valid or train, stage["eval_batches"], micro)
         history.append(row)
         if rank == 0 and progress is not None:
+            val = {"val_loss": round(row["val_loss"], 4)} if "val_loss" in row else {}
             progress.update(
                 completed=step + 1,
                 total=steps,
                 unit="steps",
                 loss=round(row["loss"], 4),
-                **({"val_loss": round(row["val_loss"], 4)} if "val_loss" in row else {}),
+                **val,
                 force=last,
             )
         if (step + 1) % cfg["checkpoint_every"] == 0 and not last:
-            if rank == 0:
+            if dp_rank == 0:
                 _save(
                     ckpt,
                     {
@@ -186,18 +203,19 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
                         "rng": torch.get_rng_state(),
                         "step": step + 1,
                         "history": history,
+                        "layout": layout,
                     },
                 )
-                (work / "checkpoint.json").write_text(json.dumps({"step": step + 1}))
             dist.barrier()
-    from megatron.core import parallel_state
-
+            if rank == 0:
+                (work / "checkpoint.json").write_text(json.dumps({"step": step + 1}))
+    weights = gather_canonical(model, gated)  # every tensor-parallel rank takes part
     parallel_state.destroy_model_parallel()  # the process may host other nodes next
     if rank != 0:
         return None
     out = work / "rank0-output"
     out.mkdir(parents=True, exist_ok=True)
-    save_file(canonical_state(model), str(out / "model.safetensors"))
+    save_file(weights, str(out / "model.safetensors"))
     with open(out / "metrics.jsonl", "w") as f:
         for row in history:
             f.write(json.dumps(row) + "\n")

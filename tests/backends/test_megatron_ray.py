@@ -43,3 +43,40 @@ def test_data_parallel_two_ranks_match_one(tmp_path, monkeypatch):
     assert len(a) == len(b) == 6
     for x, y in zip(a, b):
         assert abs(x - y) <= 1e-5 * abs(x), (a, b)
+
+
+def test_tensor_parallel_two_ranks_match_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    spec = tiny_spec(tmp_path, steps=6)
+    one = run_nodes(spec, tmp_path / "one", ("stage:pretrain",))
+    try:
+        two = build(
+            load_spec(spec, ["parallelism.tensor=2"]),
+            Store(str(tmp_path / "two")),
+            BuildOptions(executor="ray", live=False, until=("stage:pretrain",)),
+            PlainReporter(io.StringIO()),
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert two.ok, {n: r.detail for n, r in two.results.items() if r.detail}
+    a = [
+        json.loads(x)["loss"]
+        for x in (artifact(one, tmp_path / "one", "stage:pretrain") / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    b = [
+        json.loads(x)["loss"]
+        for x in (artifact(two, tmp_path / "two", "stage:pretrain") / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(artifact(one, tmp_path / "one", "stage:pretrain") / "model.safetensors"))
+    wb = load_file(str(artifact(two, tmp_path / "two", "stage:pretrain") / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4

@@ -1,0 +1,94 @@
+"""Tensor-parallel shards <-> the canonical (layout-independent) weights.
+
+Column-parallel weights are split along rows, row-parallel along columns (megatron marks
+each split parameter with ``tensor_model_parallel`` and ``partition_dim``). SwiGLU's
+``linear_fc1`` is ``[gate; up]`` as a whole but ``[gate_r; up_r]`` on each rank, so its
+shards are regrouped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def _split_params(model: Any) -> dict[str, Any]:
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if getattr(p, "tensor_model_parallel", False)
+    }
+
+
+def gather_canonical(model: Any, gated: bool) -> dict[str, torch.Tensor]:
+    """The full weights on every rank of the tensor-parallel group (a collective call)."""
+    from llmbuild.backends.megatron.model import canonical_state
+    from megatron.core import parallel_state
+
+    state = canonical_state(model)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return state
+    group = parallel_state.get_tensor_model_parallel_group()
+    for name, p in _split_params(model).items():
+        dim = p.partition_dim
+        parts = [torch.empty_like(p.data) for _ in range(tp)]
+        dist.all_gather(parts, p.data.contiguous(), group=group)
+        if gated and name.endswith("mlp.linear_fc1.weight"):
+            halves = [part.chunk(2, dim=dim) for part in parts]
+            state[name] = torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=dim)
+        else:
+            state[name] = torch.cat(parts, dim=dim)
+    return state
+
+
+def load_canonical(model: Any, state: dict[str, torch.Tensor], gated: bool) -> None:
+    """Load full weights into a (possibly tensor-parallel) model: each rank takes its shard."""
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    local = dict(state)
+    if tp > 1:
+        for name, p in _split_params(model).items():
+            full, dim = state[name], p.partition_dim
+            if gated and name.endswith("mlp.linear_fc1.weight"):
+                gate, up = full.chunk(2, dim=dim)
+                local[name] = torch.cat(
+                    [gate.chunk(tp, dim=dim)[rank], up.chunk(tp, dim=dim)[rank]], dim=dim
+                )
+            else:
+                local[name] = full.chunk(tp, dim=dim)[rank]
+    missing, unexpected = model.load_state_dict(local, strict=False)
+    if unexpected or [m for m in missing if not m.endswith("_extra_state")]:
+        raise RuntimeError(
+            f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+
+
+def grad_norm_and_clip(model: Any, max_norm: float) -> float:
+    """The global gradient norm across tensor-parallel shards (replicated parameters
+    counted once), and gradients scaled down to ``max_norm`` (0 = no clipping)."""
+    from megatron.core import parallel_state
+
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    grads = [
+        p.grad
+        for p in model.parameters()
+        if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0)
+    ]
+    total = torch.zeros(1, dtype=torch.float64)
+    for g in grads:
+        total += g.detach().double().pow(2).sum()
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        dist.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+    norm = float(total.sqrt())
+    if max_norm > 0:
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+    return norm
