@@ -45,9 +45,20 @@ def test_data_parallel_two_ranks_match_one(tmp_path, monkeypatch):
         assert abs(x - y) <= 1e-5 * abs(x), (a, b)
 
 
+MORE = """
+[[stage]]
+name = "more"
+kind = "pretrain"
+from = "pretrain"
+steps = 3
+global_batch = 8
+lr = 1e-3
+"""
+
+
 def test_tensor_parallel_two_ranks_match_one(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    spec = tiny_spec(tmp_path, steps=6)
+    spec = tiny_spec(tmp_path, steps=6, extra=MORE)
     one = run_nodes(spec, tmp_path / "one", ("stage:pretrain",))
     try:
         two = build(
@@ -80,3 +91,25 @@ def test_tensor_parallel_two_ranks_match_one(tmp_path, monkeypatch):
     wb = load_file(str(artifact(two, tmp_path / "two", "stage:pretrain") / "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+
+    # The same spec at another layout: the trained stage is cached, and the stage after it
+    # trains at tensor = 2 from the layout-independent artifact made at tensor = 1.
+    try:
+        more = build(
+            load_spec(spec, ["parallelism.tensor=2"]),
+            Store(str(tmp_path / "one")),
+            BuildOptions(executor="ray", live=False),
+            PlainReporter(io.StringIO()),
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert more.ok, {n: r.detail for n, r in more.results.items() if r.detail}
+    assert more.results["stage:pretrain"].state == "cached"
+    assert more.results["stage:more"].state == "built"
+    first = json.loads(
+        (artifact(more, tmp_path / "one", "stage:more") / "metrics.jsonl")
+        .read_text()
+        .splitlines()[0]
+    )
+    assert first["loss"] < a[-1] + 0.3  # it starts from the trained weights, not from scratch
