@@ -31,9 +31,9 @@ def _nll(model: Any, windows: list[list[int]], batch: int) -> tuple[float, int]:
 
 
 def _validation_tokens(dataset_dir: Path) -> list[int]:
-    from llmbuild.backends.megatron.cpu import quiet_megatron
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
 
-    quiet_megatron()
+    apply_cpu_patches()
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     index = json.loads((dataset_dir / "datasets.json").read_text())

@@ -7,6 +7,8 @@ the few CUDA-only calls below are redirected. Each patch says why it is needed.
 
 from __future__ import annotations
 
+from typing import Any
+
 _applied = False
 
 
@@ -27,14 +29,27 @@ def quiet_megatron() -> None:
     warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*")
 
 
+def _on_cpu(decorator: Any, fn: Any = None, **kwargs: Any) -> Any:
+    kwargs["device_type"] = "cpu"
+    return decorator(fn, **kwargs) if fn is not None else decorator(**kwargs)
+
+
 def apply_cpu_patches() -> None:
-    """Idempotent; a no-op when CUDA is available."""
+    """Idempotent; a no-op when CUDA is available. Call it before megatron is imported:
+    every place in llmbuild that imports megatron does."""
     global _applied
     quiet_megatron()
     if _applied or not needs_cpu_patches():
         return
+    import functools
+
     import torch
 
+    # megatron's tensor-parallel linear layers bind torch.amp.custom_fwd/custom_bwd with
+    # device_type="cuda" when they are imported; under CPU autocast (bf16) their backward
+    # would then see mixed dtypes. Point them at the CPU before megatron is imported.
+    torch.amp.custom_fwd = functools.partial(_on_cpu, torch.amp.custom_fwd)  # type: ignore[assignment]
+    torch.amp.custom_bwd = functools.partial(_on_cpu, torch.amp.custom_bwd)  # type: ignore[assignment]
     cpu = torch.device("cpu")
     # RoPE moves inv_freq to torch.cuda.current_device(); pipeline receive buffers and
     # checkpoint saving ask it for their device too: answer with the CPU.

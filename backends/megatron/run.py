@@ -65,8 +65,6 @@ def run(ctx: Any) -> None:
             "pipeline parallelism is not wired into the training loop "
             "yet: set parallelism.pipeline to 1"
         )
-    if stage.precision != "fp32":
-        raise NotImplementedError("bf16 training is not wired in yet: use precision = 'fp32'")
     tok = ctx.input("tokenizer")
     info = json.loads((tok.path / "tokenizer_info.json").read_text())
     sources = {

@@ -43,8 +43,17 @@ def _batch(dataset: Any, indices: list[int]) -> dict[str, Any]:
     }
 
 
-def _loss(model: Any, batch: dict[str, Any]) -> Any:
-    per_token = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+def _autocast(precision: str) -> Any:
+    """bf16 compute over fp32 master weights (autocast); fp32 runs as is."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _loss(model: Any, batch: dict[str, Any], precision: str = "fp32") -> Any:
+    with _autocast(precision):
+        per_token = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     mask = batch["loss_mask"]
     return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
 
@@ -158,7 +167,8 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         loss_sum = torch.zeros(1)
         for m in range(accum):
             first = step * gbs + dp_rank * (gbs // dp) + m * micro
-            loss = _loss(model, _batch(train, list(range(first, first + micro))))
+            batch = _batch(train, list(range(first, first + micro)))
+            loss = _loss(model, batch, stage["precision"])
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
         if dp > 1:

@@ -58,10 +58,10 @@ def _batches_read_ahead(shard: Path) -> Any:
 def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str]) -> dict[str, Any]:
     """Tokenize one shard into its datasets (runs in a worker)."""
     import numpy as np
-    from llmbuild.backends.megatron.cpu import quiet_megatron
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
     from llmbuild.backends.tokenize.encode import Encoder
 
-    quiet_megatron()
+    apply_cpu_patches()
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     shard, prefix, tok_json, info, role, out_dir = job

@@ -180,3 +180,14 @@ def test_generate_from_a_built_stage(tmp_path, capsys):
     assert capsys.readouterr().out == greedy  # top-1 sampling is greedy
     assert main([*args, "--temperature", "1.0", "--top-p", "0.9", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO:")
+
+
+def test_bf16_training_follows_fp32(tmp_path):
+    spec = tiny_spec(tmp_path, steps=20)
+    fp32 = run_nodes(spec, tmp_path / "a", ("stage:pretrain",))
+    bf16 = run_nodes(spec, tmp_path / "b", ("stage:pretrain",), ["stage.pretrain.precision='bf16'"])
+    assert fp32.ok and bf16.ok, bf16.log
+    a, b = _metrics(fp32, tmp_path / "a"), _metrics(bf16, tmp_path / "b")
+    assert b[-1]["loss"] < b[0]["loss"] - 0.5  # it learns
+    assert abs(a[-1]["val_loss"] - b[-1]["val_loss"]) < 0.1  # and close to fp32
+    assert a[0]["loss"] != b[0]["loss"]  # computed in another precision
