@@ -114,8 +114,17 @@ def run() -> list[dict]:
     mega = _megatron_model()
     mega_opt = torch.optim.AdamW(mega.parameters(), lr=1e-3)
 
+    from llmbuild.backends.megatron.train import _loss
+
+    batch = {
+        "tokens": tokens,
+        "labels": labels,
+        "position_ids": position,
+        "loss_mask": torch.ones(BATCH, SEQ),
+    }
+
     def mega_step():
-        loss = mega(tokens, position, None, labels=labels).float().mean()
+        loss = _loss(mega, batch)  # exactly the training loop's loss
         loss.backward()
         mega_opt.step()
         mega_opt.zero_grad(set_to_none=True)

@@ -52,8 +52,19 @@ def _autocast(precision: str) -> Any:
 
 
 def _loss(model: Any, batch: dict[str, Any], precision: str = "fp32") -> Any:
+    import torch.nn.functional as F
+    from megatron.core import parallel_state
+
     with _autocast(precision):
-        per_token = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+        if parallel_state.get_tensor_model_parallel_world_size() == 1:
+            # Whole logits: one fused cross-entropy instead of the vocab-parallel one.
+            logits = model(batch["tokens"], batch["position_ids"], None)
+            per_token = F.cross_entropy(
+                logits.float().flatten(0, 1), batch["labels"].flatten(), reduction="none"
+            )
+            per_token = per_token.view_as(batch["labels"])
+        else:
+            per_token = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     mask = batch["loss_mask"]
     return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
 
