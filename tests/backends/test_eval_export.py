@@ -67,3 +67,20 @@ def test_evals_and_hf_export(tmp_path, style):
         a = ours(ids, torch.arange(32).unsqueeze(0).expand(3, -1), None)[..., :vocab]
         b = hf(ids).logits
     assert (a - b).abs().max() < 1e-4
+
+
+def test_status_shows_the_eval_table(tmp_path, capsys):
+    from llmbuild.cli import main
+
+    spec = tiny_spec(tmp_path, steps=6, extra=OUTPUTS.split("[[export]]")[0])
+    store = str(tmp_path / "store")
+    assert main(["status", str(spec), "--store", store]) == 0
+    assert "no eval results yet" in capsys.readouterr().out
+    assert run_nodes(spec, tmp_path / "store").ok
+    assert main(["status", str(spec), "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "| metric | pretrain |" in out and "| ppl.text.loss |" in out
+    assert main(["status", str(spec), "--store", store, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["evals"]["ppl.text.loss"]) == {"pretrain"}
+    assert data["nodes"]["eval:ppl@pretrain"] == "cached"
