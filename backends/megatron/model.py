@@ -29,11 +29,36 @@ def padded_vocab(vocab_size: int, arch: Architecture) -> int:
     return -(-vocab_size // m) * m
 
 
+def recompute_options(recompute: str) -> dict[str, Any]:
+    """Activation recomputation. ``full`` recomputes every layer in backward (same losses,
+    less memory); ``selective`` recomputes attention and needs Transformer Engine."""
+    if recompute == "full":
+        return {
+            "recompute_granularity": "full",
+            "recompute_method": "uniform",
+            "recompute_num_layers": 1,
+        }
+    if recompute == "selective":
+        try:
+            import transformer_engine  # noqa: F401
+        except ImportError:
+            raise NotImplementedError(
+                "selective recompute needs Transformer Engine; use parallelism.recompute = 'full'"
+            ) from None
+        return {"recompute_granularity": "selective"}
+    return {}
+
+
 def transformer_config(
-    arch: Architecture, tensor: int = 1, pipeline: int = 1, bf16: bool = False
+    arch: Architecture,
+    tensor: int = 1,
+    pipeline: int = 1,
+    bf16: bool = False,
+    recompute: str = "none",
 ) -> TransformerConfig:
     activation, gated = ACTIVATIONS[arch.activation]
     return TransformerConfig(
+        **recompute_options(recompute),
         num_layers=arch.layers,
         hidden_size=arch.hidden,
         num_attention_heads=arch.heads,

@@ -82,6 +82,7 @@ def run(ctx: Any) -> None:
         "vocab_size": info["vocab_size"],
         "eod": _eos_id(tok.path / "tokenizer", info["eos_token"]),
         "tensor": par.tensor,
+        "recompute": par.recompute,
         "pipeline": par.pipeline,
         "micro_batch": par.micro_batch,
         "eval_every": stage.eval_every,

@@ -127,7 +127,11 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     model_parallel_cuda_manual_seed(seed)
     # CPU initialisation draws the full weights and splits them: every layout starts from
     # the same model.
-    model = build_model(arch, cfg["vocab_size"], transformer_config(arch, tensor=cfg["tensor"]))
+    model = build_model(
+        arch,
+        cfg["vocab_size"],
+        transformer_config(arch, tensor=cfg["tensor"], recompute=cfg.get("recompute", "none")),
+    )
     gated = arch.activation == "swiglu"
     if cfg.get("init_weights"):
         load_canonical(model, load_file(cfg["init_weights"]), gated)

@@ -191,3 +191,23 @@ def test_bf16_training_follows_fp32(tmp_path):
     assert b[-1]["loss"] < b[0]["loss"] - 0.5  # it learns
     assert abs(a[-1]["val_loss"] - b[-1]["val_loss"]) < 0.1  # and close to fp32
     assert a[0]["loss"] != b[0]["loss"]  # computed in another precision
+
+
+def test_full_recompute_gives_the_same_losses(tmp_path):
+    spec = tiny_spec(tmp_path, steps=6)
+    plain = run_nodes(spec, tmp_path / "a", ("stage:pretrain",))
+    recomputed = run_nodes(
+        spec, tmp_path / "b", ("stage:pretrain",), ["parallelism.recompute='full'"]
+    )
+    assert plain.ok and recomputed.ok, recomputed.log
+    a, b = _metrics(plain, tmp_path / "a"), _metrics(recomputed, tmp_path / "b")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+    apply_cpu_patches()
+    from llmbuild.backends.megatron.model import transformer_config
+    from llmbuild.spec.load import load_spec
+
+    arch = load_spec(spec).spec.architecture
+    assert transformer_config(arch, recompute="full").recompute_granularity == "full"
+    assert transformer_config(arch).recompute_granularity is None
