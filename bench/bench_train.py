@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LAYERS, HIDDEN, HEADS, SEQ, VOCAB, BATCH = 4, 128, 4, 64, 128, 16
-STEPS, WARMUP = int(os.environ.get("BENCH_TRAIN_STEPS", "60")), 10
+STEPS, WARMUP = int(os.environ.get("BENCH_TRAIN_STEPS", "20")), 10
+ROUNDS = int(os.environ.get("BENCH_TRAIN_ROUNDS", "7"))
 
 
 def _plain_model():
@@ -85,13 +86,22 @@ def _megatron_model():
     return build_model(arch, VOCAB, transformer_config(arch))
 
 
-def _tokens_per_s(step) -> float:
-    for _ in range(WARMUP):
-        step()
-    start = time.perf_counter()
-    for _ in range(STEPS):
-        step()
-    return STEPS * BATCH * SEQ / (time.perf_counter() - start)
+def _rates(steps: dict, rounds: int = ROUNDS) -> dict[str, float]:
+    """Median tokens/s of each step function, measured in alternating rounds so that drift
+    in the machine's speed affects both alike."""
+    import statistics
+
+    for step in steps.values():
+        for _ in range(WARMUP):
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(STEPS):
+                step()
+            samples[name].append(STEPS * BATCH * SEQ / (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def run() -> list[dict]:
@@ -129,8 +139,8 @@ def run() -> list[dict]:
         mega_opt.step()
         mega_opt.zero_grad(set_to_none=True)
 
-    base = _tokens_per_s(plain_step)
-    ours = _tokens_per_s(mega_step)
+    rates = _rates({"plain": plain_step, "megatron": mega_step})
+    base, ours = rates["plain"], rates["megatron"]
     params = sum(p.numel() for p in mega.parameters())
     return [
         {
