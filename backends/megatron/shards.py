@@ -92,3 +92,39 @@ def grad_norm_and_clip(model: Any, max_norm: float) -> float:
                 if p.grad is not None:
                     p.grad.mul_(coef)
     return norm
+
+
+def _name_seed(seed: int, name: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "big")
+
+
+def canonical_init(model: Any, arch: Any, seed: int) -> dict[str, torch.Tensor]:
+    """Initial weights in the canonical layout, each drawn from a generator seeded by the
+    model seed and the parameter's name: the same model whatever the parallel layout
+    (megatron's own CPU initialisation splits SwiGLU's ``[gate; up]`` differently per
+    tensor-parallel size). Megatron's scheme: normal(0, init_std) weights, output
+    projections scaled by 1/sqrt(2 x layers), zero biases, unit norm weights."""
+    import math
+
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    state = {}
+    for name, p in model.named_parameters():
+        shape = list(p.shape)
+        if getattr(p, "tensor_model_parallel", False):
+            shape[p.partition_dim] *= tp
+        gen = torch.Generator().manual_seed(_name_seed(seed, name))
+        if "norm" in name:
+            value = torch.zeros(shape) if name.endswith("bias") else torch.ones(shape)
+        elif name.endswith("bias"):
+            value = torch.zeros(shape)
+        else:
+            std = arch.init_std
+            if name.endswith(("linear_proj.weight", "linear_fc2.weight")):
+                std /= math.sqrt(2.0 * arch.layers)
+            value = torch.empty(shape).normal_(0.0, std, generator=gen)
+        state[name] = value.to(p.dtype)
+    return state

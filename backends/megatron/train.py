@@ -109,6 +109,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     from llmbuild.backends.megatron.model import build_model, transformer_config
     from llmbuild.backends.megatron.schedule import lr_at
     from llmbuild.backends.megatron.shards import (
+        canonical_init,
         gather_canonical,
         grad_norm_and_clip,
         load_canonical,
@@ -125,16 +126,18 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     work = Path(cfg["work_dir"])
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
-    # CPU initialisation draws the full weights and splits them: every layout starts from
-    # the same model.
     model = build_model(
         arch,
         cfg["vocab_size"],
         transformer_config(arch, tensor=cfg["tensor"], recompute=cfg.get("recompute", "none")),
     )
     gated = arch.activation == "swiglu"
-    if cfg.get("init_weights"):
-        load_canonical(model, load_file(cfg["init_weights"]), gated)
+    init = (
+        load_file(cfg["init_weights"])
+        if cfg.get("init_weights")
+        else canonical_init(model, arch, seed)
+    )
+    load_canonical(model, init, gated)
     opt = torch.optim.AdamW(
         _param_groups(model, stage["weight_decay"]),
         lr=stage["lr"],

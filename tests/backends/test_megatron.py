@@ -206,6 +206,7 @@ def test_full_recompute_gives_the_same_losses(tmp_path):
 
     apply_cpu_patches()
     from llmbuild.backends.megatron.model import transformer_config
+
     from llmbuild.spec.load import load_spec
 
     arch = load_spec(spec).spec.architecture

@@ -113,3 +113,36 @@ def test_tensor_parallel_two_ranks_match_one(tmp_path, monkeypatch):
         .splitlines()[0]
     )
     assert first["loss"] < a[-1] + 0.3  # it starts from the trained weights, not from scratch
+
+
+def test_llama_tensor_parallel_starts_from_the_same_model(tmp_path, monkeypatch):
+    """SwiGLU's fc1 is split per rank as [gate_r; up_r]: initial and final weights are
+    still the layout-independent ones."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    spec = tiny_spec(tmp_path, "llama", steps=4)
+    one = run_nodes(spec, tmp_path / "one", ("stage:pretrain",))
+    try:
+        two = build(
+            load_spec(spec, ["parallelism.tensor=2"]),
+            Store(str(tmp_path / "two")),
+            BuildOptions(executor="ray", live=False, until=("stage:pretrain",)),
+            PlainReporter(io.StringIO()),
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert two.ok, {n: r.detail for n, r in two.results.items() if r.detail}
+    a = [
+        json.loads(x)["loss"]
+        for x in (artifact(one, tmp_path / "one", "stage:pretrain") / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    b = [
+        json.loads(x)["loss"]
+        for x in (artifact(two, tmp_path / "two", "stage:pretrain") / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)
