@@ -34,6 +34,25 @@ def _on_cpu(decorator: Any, fn: Any = None, **kwargs: Any) -> Any:
     return decorator(fn, **kwargs) if fn is not None else decorator(**kwargs)
 
 
+class _CpuTorch:
+    """``torch`` for modules that create tensors on "cuda": factories land on the CPU."""
+
+    def __init__(self, torch: Any) -> None:
+        self._torch = torch
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._torch, name)
+        if name in ("zeros", "ones", "empty", "full", "tensor", "arange"):
+
+            def on_cpu(*args: Any, **kwargs: Any) -> Any:
+                if str(kwargs.get("device", "")).startswith("cuda"):
+                    kwargs["device"] = "cpu"
+                return value(*args, **kwargs)
+
+            return on_cpu
+        return value
+
+
 def apply_cpu_patches() -> None:
     """Idempotent; a no-op when CUDA is available. Call it before megatron is imported:
     every place in llmbuild that imports megatron does."""
@@ -61,10 +80,17 @@ def apply_cpu_patches() -> None:
     # activation recompute); on CPU the default generator is the only state there is.
     from megatron.core.tensor_parallel import random as tp_random
 
+    # The first and last pipeline stages sync their copies of a shared embedding after
+    # moving it with .cuda(); in a process without CUDA every tensor stays where it is.
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     # Seeding (model_parallel_cuda_manual_seed) reads and sets the CUDA RNG through
     # torch.cuda directly: on CPU those calls see (and leave) the default generator.
     tp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     tp_random._set_cuda_rng_state = lambda *a, **k: None
+    # Pipeline schedules count tokens in a tensor made with device="cuda".
+    from megatron.core.pipeline_parallel import schedules
+
+    schedules.torch = _CpuTorch(torch)
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()  # type: ignore[assignment]
     torch.cuda.manual_seed = lambda *a, **k: None  # type: ignore[assignment]
     _applied = True

@@ -74,6 +74,9 @@ def transformer_config(
         init_method_std=arch.init_std,
         tensor_model_parallel_size=tensor,
         pipeline_model_parallel_size=pipeline,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        # gloo sends tensors one by one; batched isend/irecv is for NCCL.
+        batch_p2p_comm=torch.cuda.is_available(),
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         # CPU initialisation and no fused kernels: the same weights on every device and
@@ -96,14 +99,20 @@ def layer_spec(arch: Architecture) -> Any:
     return spec
 
 
-def build_model(arch: Architecture, vocab_size: int, config: TransformerConfig) -> GPTModel:
+def build_model(
+    arch: Architecture,
+    vocab_size: int,
+    config: TransformerConfig,
+    pre_process: bool = True,
+    post_process: bool = True,
+) -> GPTModel:
     return GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(arch),
         vocab_size=padded_vocab(vocab_size, arch),
         max_sequence_length=arch.seq_len,
-        pre_process=True,
-        post_process=True,
+        pre_process=pre_process,
+        post_process=post_process,
         share_embeddings_and_output_weights=arch.tie_embeddings,
         position_embedding_type="rope" if arch.position == "rope" else "learned_absolute",
         rotary_base=int(arch.rope_base),

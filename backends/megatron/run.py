@@ -60,11 +60,6 @@ def run(ctx: Any) -> None:
     stage, par = config.stage, config.parallelism
     if stage.kind != "pretrain":
         raise NotImplementedError(f"{stage.kind} stages are not implemented yet")
-    if par.pipeline > 1:
-        raise NotImplementedError(
-            "pipeline parallelism is not wired into the training loop "
-            "yet: set parallelism.pipeline to 1"
-        )
     tok = ctx.input("tokenizer")
     info = json.loads((tok.path / "tokenizer_info.json").read_text())
     sources = {

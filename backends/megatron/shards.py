@@ -77,13 +77,19 @@ def grad_norm_and_clip(model: Any, max_norm: float) -> float:
     grads = [
         p.grad
         for p in model.parameters()
-        if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0)
+        if p.grad is not None
+        and not getattr(p, "shared", False)  # the last stage's copy of the embedding
+        and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0)
     ]
     total = torch.zeros(1, dtype=torch.float64)
     for g in grads:
         total += g.detach().double().pow(2).sum()
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        dist.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+    model_parallel = (
+        parallel_state.get_tensor_model_parallel_world_size()
+        * parallel_state.get_pipeline_model_parallel_world_size()
+    )
+    if model_parallel > 1:  # shards over tensor x pipeline ranks
+        dist.all_reduce(total, group=parallel_state.get_model_parallel_group())
     norm = float(total.sqrt())
     if max_norm > 0:
         coef = max_norm / (norm + 1e-6)
@@ -100,9 +106,12 @@ def _name_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "big")
 
 
-def canonical_init(model: Any, arch: Any, seed: int) -> dict[str, torch.Tensor]:
-    """Initial weights in the canonical layout, each drawn from a generator seeded by the
-    model seed and the parameter's name: the same model whatever the parallel layout
+def canonical_init(
+    model: Any, arch: Any, seed: int, canonical_name: Any = None
+) -> dict[str, torch.Tensor]:
+    """Initial weights with tensor-parallel-full shapes under the module's own names, each
+    drawn from a generator seeded by the model seed and the parameter's canonical name
+    (``canonical_name`` maps a pipeline stage's local names): the same model whatever the parallel layout
     (megatron's own CPU initialisation splits SwiGLU's ``[gate; up]`` differently per
     tensor-parallel size). Megatron's scheme: normal(0, init_std) weights, output
     projections scaled by 1/sqrt(2 x layers), zero biases, unit norm weights."""
@@ -116,7 +125,8 @@ def canonical_init(model: Any, arch: Any, seed: int) -> dict[str, torch.Tensor]:
         shape = list(p.shape)
         if getattr(p, "tensor_model_parallel", False):
             shape[p.partition_dim] *= tp
-        gen = torch.Generator().manual_seed(_name_seed(seed, name))
+        full_name = canonical_name(name) if canonical_name else name
+        gen = torch.Generator().manual_seed(_name_seed(seed, full_name))
         if "norm" in name:
             value = torch.zeros(shape) if name.endswith("bias") else torch.ones(shape)
         elif name.endswith("bias"):

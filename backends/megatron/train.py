@@ -51,6 +51,11 @@ def _autocast(precision: str) -> Any:
     return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def _masked_mean(per_token: Any, batch: dict[str, Any]) -> Any:
+    mask = batch["loss_mask"]
+    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
+
+
 def _loss(model: Any, batch: dict[str, Any], precision: str = "fp32") -> Any:
     import torch.nn.functional as F
     from megatron.core import parallel_state
@@ -77,21 +82,32 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(model: Any, dataset: Any, batches: int, micro: int) -> float:
+def evaluate(model: Any, dataset: Any, batches: int, micro: int, seq_len: int) -> float:
     """Mean validation loss over ``batches`` micro batches, split across data-parallel
-    ranks (tensor-parallel ranks of one replica see the same batches)."""
+    ranks (tensor- and pipeline-parallel ranks of one replica see the same batches)."""
     import torch
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     rank = parallel_state.get_data_parallel_rank()
     size = parallel_state.get_data_parallel_world_size()
+    mine = [
+        _batch(dataset, list(range(b * micro, (b + 1) * micro))) for b in range(rank, batches, size)
+    ]
     model.eval()
     total, count = torch.zeros(1), torch.zeros(1)
     with torch.no_grad():
-        for b in range(rank, batches, size):
-            total += _loss(model, _batch(dataset, list(range(b * micro, (b + 1) * micro))))
-            count += 1
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            from llmbuild.backends.megatron.pipeline import pipeline_loss
+
+            if mine:
+                total += pipeline_loss(
+                    model, mine, seq_len, micro, _masked_mean, forward_only=True
+                ) * len(mine)
+        else:
+            for batch in mine:
+                total += _loss(model, batch)
+        count += len(mine)
     group = parallel_state.get_data_parallel_group()
     dist.all_reduce(total, group=group)
     dist.all_reduce(count, group=group)
@@ -126,17 +142,24 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     work = Path(cfg["work_dir"])
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
-    model = build_model(
-        arch,
-        cfg["vocab_size"],
-        transformer_config(arch, tensor=cfg["tensor"], recompute=cfg.get("recompute", "none")),
+    pp, tied = cfg["pipeline"], arch.tie_embeddings
+    first_stage = last_stage = True
+    if pp > 1:
+        from llmbuild.backends.megatron import pipeline
+
+        _, _, first_stage, last_stage = pipeline.stage_info(arch.layers)
+    config = transformer_config(
+        arch, tensor=cfg["tensor"], pipeline=pp, recompute=cfg.get("recompute", "none")
     )
+    model = build_model(arch, cfg["vocab_size"], config, first_stage, last_stage)
     gated = arch.activation == "swiglu"
-    init = (
-        load_file(cfg["init_weights"])
-        if cfg.get("init_weights")
-        else canonical_init(model, arch, seed)
-    )
+    if cfg.get("init_weights"):
+        init = load_file(cfg["init_weights"])
+        if pp > 1:
+            init = pipeline.to_local(init, arch.layers, tied)
+    else:
+        rename = (lambda n: pipeline.canonical_name(n, arch.layers, tied)) if pp > 1 else None
+        init = canonical_init(model, arch, seed, rename)
     load_canonical(model, init, gated)
     opt = torch.optim.AdamW(
         _param_groups(model, stage["weight_decay"]),
@@ -166,7 +189,10 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     start, history = 0, []
     # One checkpoint file per tensor-parallel rank (data-parallel replicas share it); a
     # checkpoint written at another layout is not resumed.
-    ckpt = work / f"checkpoint-tp{parallel_state.get_tensor_model_parallel_rank()}.pt"
+    ckpt = work / (
+        f"checkpoint-tp{parallel_state.get_tensor_model_parallel_rank()}"
+        f"-pp{parallel_state.get_pipeline_model_parallel_rank()}.pt"
+    )
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         if state.get("layout") == layout:
@@ -183,10 +209,16 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         for group in opt.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros(1)
-        for m in range(accum):
-            first = step * gbs + dp_rank * (gbs // dp) + m * micro
-            batch = _batch(train, list(range(first, first + micro)))
-            loss = _loss(model, batch, stage["precision"])
+        starts = [step * gbs + dp_rank * (gbs // dp) + m * micro for m in range(accum)]
+        if pp > 1:  # micro batches flow through the 1F1B schedule, backward included
+            batches = [_batch(train, list(range(i, i + micro))) for i in starts]
+            with _autocast(stage["precision"]):
+                loss_sum += pipeline.pipeline_loss(
+                    model, batches, arch.seq_len, micro, _masked_mean, forward_only=False
+                )
+            pipeline.sync_tied_embedding_grads(model)
+        for i in starts if pp == 1 else ():
+            loss = _loss(model, _batch(train, list(range(i, i + micro))), stage["precision"])
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
         if dp > 1:
@@ -209,7 +241,9 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         }
         last = step + 1 == steps
         if (cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0) or last:
-            row["val_loss"] = evaluate(model, valid or train, stage["eval_batches"], micro)
+            row["val_loss"] = evaluate(
+                model, valid or train, stage["eval_batches"], micro, arch.seq_len
+            )
         history.append(row)
         if rank == 0 and progress is not None:
             val = {"val_loss": round(row["val_loss"], 4)} if "val_loss" in row else {}
@@ -238,6 +272,8 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
             if rank == 0:
                 (work / "checkpoint.json").write_text(json.dumps({"step": step + 1}))
     weights = gather_canonical(model, gated)  # every tensor-parallel rank takes part
+    if pp > 1:  # and every pipeline stage
+        weights = pipeline.gather_stages(weights, arch.layers, tied)
     parallel_state.destroy_model_parallel()  # the process may host other nodes next
     if rank != 0:
         return None

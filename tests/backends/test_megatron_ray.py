@@ -146,3 +146,44 @@ def test_llama_tensor_parallel_starts_from_the_same_model(tmp_path, monkeypatch)
     ]
     for x, y in zip(a, b):
         assert abs(x - y) <= 1e-5 * abs(x), (a, b)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_pipeline_parallel_two_stages_match_one(tmp_path, monkeypatch, style):
+    """Two pipeline stages (1F1B schedule over gloo) train the same model as one: tied
+    embeddings (gpt2) are kept in sync between the first and the last stage."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    spec = tiny_spec(tmp_path, style, steps=4)
+    one = run_nodes(spec, tmp_path / "one", ("stage:pretrain",))
+    try:
+        two = build(
+            load_spec(spec, ["parallelism.pipeline=2"]),
+            Store(str(tmp_path / "two")),
+            BuildOptions(executor="ray", live=False, until=("stage:pretrain",)),
+            PlainReporter(io.StringIO()),
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert two.ok, {n: r.detail for n, r in two.results.items() if r.detail}
+    a = [
+        json.loads(x)
+        for x in (artifact(one, tmp_path / "one", "stage:pretrain") / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    b = [
+        json.loads(x)
+        for x in (artifact(two, tmp_path / "two", "stage:pretrain") / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]), (a, b)
+    assert abs(a[-1]["val_loss"] - b[-1]["val_loss"]) <= 1e-5 * a[-1]["val_loss"]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(artifact(one, tmp_path / "one", "stage:pretrain") / "model.safetensors"))
+    wb = load_file(str(artifact(two, tmp_path / "two", "stage:pretrain") / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
