@@ -82,18 +82,18 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(model: Any, dataset: Any, batches: int, micro: int, seq_len: int) -> float:
-    """Mean validation loss over ``batches`` micro batches, split across data-parallel
-    ranks (tensor- and pipeline-parallel ranks of one replica see the same batches)."""
+def evaluate(model: Any, dataset: Any, samples: int, micro: int, seq_len: int) -> float:
+    """Mean validation loss over the first ``samples`` sequences: the same set whatever
+    the layout, chunked into micro batches dealt out to data-parallel ranks (tensor- and
+    pipeline-parallel ranks of one replica see the same chunks)."""
     import torch
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     rank = parallel_state.get_data_parallel_rank()
     size = parallel_state.get_data_parallel_world_size()
-    mine = [
-        _batch(dataset, list(range(b * micro, (b + 1) * micro))) for b in range(rank, batches, size)
-    ]
+    chunks = [list(range(i, min(i + micro, samples))) for i in range(0, samples, micro)]
+    mine = [_batch(dataset, chunk) for chunk in chunks[rank::size]]
     model.eval()
     total, count = torch.zeros(1), torch.zeros(1)
     with torch.no_grad():
@@ -182,7 +182,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         cfg["eod"],
         cfg["vocab_size"],
         steps * gbs,
-        stage["eval_batches"] * micro,
+        stage["eval_batches"] * gbs,
         work / "index_cache",
     )
     schedule = Schedule.model_validate(stage["schedule"])
@@ -242,7 +242,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         last = step + 1 == steps
         if (cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0) or last:
             row["val_loss"] = evaluate(
-                model, valid or train, stage["eval_batches"], micro, arch.seq_len
+                model, valid or train, stage["eval_batches"] * gbs, micro, arch.seq_len
             )
         history.append(row)
         if rank == 0 and progress is not None:

@@ -63,7 +63,8 @@ class StageBase(SpecModel):
     eval_every: PositiveInt | None = marked("execution", None)
     """Steps between validation-loss measurements; only at the end when omitted."""
     eval_batches: PositiveInt = 8
-    """Validation batches per validation-loss measurement."""
+    """Validation-loss measurements use this many global batches of validation
+    sequences (the same sequences whatever the parallel layout)."""
     log_every: PositiveInt = marked("execution", 10)
     """Steps between metric log lines."""
     checkpoint_every: PositiveInt = marked("execution", 100)

@@ -131,9 +131,13 @@ def test_valid_spec_with_planted_values(tmp_path_factory, where, new, add_key):
     doc = tomllib.loads(FULL_SPEC)
     for path, value in zip(where, new):
         node = doc
-        for part in path[:-1]:
-            node = node[part] if isinstance(node, (dict, list)) else None
-            if node is None:
+        for part in path[:-1]:  # an earlier plant may have replaced part of the path
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                node = None
                 break
         if (isinstance(node, dict) and isinstance(path[-1], str)) or (
             isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)
