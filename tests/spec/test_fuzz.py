@@ -132,9 +132,9 @@ def test_valid_spec_with_planted_values(tmp_path_factory, where, new, add_key):
     for path, value in zip(where, new):
         node = doc
         for part in path[:-1]:  # an earlier plant may have replaced part of the path
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            if (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and part < len(node)
+            ):
                 node = node[part]
             else:
                 node = None
