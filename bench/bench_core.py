@@ -14,75 +14,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SPEC_20 = """\
-extends = ["@gpt2-tiny"]
-[model]
-name = "bench"
-[[data.sources]]
-name = "a"
-path = "data/a.txt"
-[[data.sources]]
-name = "b"
-path = "data/b.txt"
-[[data.sources]]
-name = "chat"
-path = "data/chat.jsonl"
-role = "chat"
-[[data.sources]]
-name = "prefs"
-path = "data/prefs.jsonl"
-role = "preferences"
-[tokenizer]
-kind = "char"
-[[stage]]
-name = "pretrain"
-kind = "pretrain"
-steps = 10
-global_batch = 4
-lr = 1e-3
-[[stage]]
-name = "sft"
-kind = "sft"
-from = "pretrain"
-data = "chat"
-steps = 10
-global_batch = 4
-[[stage]]
-name = "dpo"
-kind = "dpo"
-from = "sft"
-data = "prefs"
-steps = 10
-global_batch = 4
+from tests.conftest import FULL_SPEC, write_project  # noqa: E402
+
+# The test suite's 14-node spec (3 sources, tokenizer, 3 tokenize, 3 stages, 4 evals and
+# exports) plus 6 more eval and export nodes.
+SPEC_20 = (
+    FULL_SPEC
+    + """
 [[eval]]
-name = "ppl"
+name = "late"
 kind = "perplexity"
-stages = ["pretrain", "sft", "dpo"]
+stages = ["dpo"]
 [[eval]]
-name = "gen"
+name = "more"
 kind = "samples"
-stages = ["sft", "dpo"]
+stages = ["pretrain", "dpo"]
 prompts = ["Hi"]
-[[export]]
-format = "hf"
-stage = "dpo"
 [[export]]
 format = "gguf"
 stage = "dpo"
 [[export]]
 format = "onnx"
 stage = "sft"
+[[export]]
+format = "hf"
+stage = "sft"
 """
-
-
-def _project(root: Path) -> Path:
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "a.txt").write_text("To be, or not to be. " * 2000)
-    (root / "data" / "b.txt").write_text("All the world's a stage. " * 2000)
-    (root / "data" / "chat.jsonl").write_text('{"messages": []}\n')
-    (root / "data" / "prefs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
-    (root / "spec.toml").write_text(SPEC_20)
-    return root / "spec.toml"
+)
 
 
 def _time(cmd: list[str], env: dict[str, str], repeat: int = 7) -> float:
@@ -105,7 +63,7 @@ def run() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ["LLMBUILD_FIXTURE_DIR"] = str(root)
-        spec = _project(root / "project")
+        spec = write_project(root / "project", SPEC_20)
         store = root / "store"
         env = {**os.environ, "LLMBUILD_STORE": str(store), "LLMBUILD_CACHE_DIR": str(root / "c")}
         os.environ["LLMBUILD_CACHE_DIR"] = env["LLMBUILD_CACHE_DIR"]

@@ -58,22 +58,13 @@ def _plain_model():
 
 
 def _megatron_model():
-    import torch.distributed as dist
-    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+    from llmbuild.backends.megatron.generate import single_rank
 
-    from llmbuild.run.ranks import _free_port
-
-    apply_cpu_patches()
+    single_rank()
     from llmbuild.backends.megatron.model import build_model, transformer_config
-    from megatron.core import parallel_state
 
     from llmbuild.spec.model import Architecture
 
-    if not dist.is_initialized():
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-        )
-        parallel_state.initialize_model_parallel(1, 1)
     arch = Architecture(
         style="gpt2",
         layers=LAYERS,

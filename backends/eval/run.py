@@ -16,17 +16,27 @@ def _windows(tokens: list[int], seq: int, limit: int | None) -> list[list[int]]:
 
 
 def _nll(model: Any, windows: list[list[int]], batch: int) -> tuple[float, int]:
+    """Summed negative log-likelihood and token count; full-length windows go through the
+    model ``batch`` at a time, a shorter last window on its own."""
     import torch
     import torch.nn.functional as F
 
     total, count = 0.0, 0
+    full = max((len(w) for w in windows), default=0)
+    groups = [windows[i : i + batch] for i in range(0, len(windows), batch)]
+    groups = [[w for w in g if len(w) == full] for g in groups] + [
+        [w] for w in windows if len(w) != full
+    ]
     with torch.no_grad():
-        for i in range(0, len(windows), batch):
-            for w in windows[i : i + batch]:  # windows differ in length at the end: one by one
-                ids = torch.tensor([w[:-1]])
-                logits = model(ids, torch.arange(ids.shape[1]).unsqueeze(0), None)[0].float()
-                total += float(F.cross_entropy(logits, torch.tensor(w[1:]), reduction="sum"))
-                count += len(w) - 1
+        for group in (g for g in groups if g):
+            ids = torch.tensor(group)
+            inputs, targets = ids[:, :-1], ids[:, 1:]
+            pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand(len(group), -1)
+            logits = model(inputs, pos, None).float()
+            total += float(
+                F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+            )
+            count += targets.numel()
     return total, count
 
 
@@ -37,13 +47,14 @@ def _validation_tokens(dataset_dir: Path) -> list[int]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     index = json.loads((dataset_dir / "datasets.json").read_text())
-    tokens: list[int] = []
+    import numpy as np
+
+    parts = []
     for d in index["datasets"]:
         if d["split"] == "validation":
             ds = IndexedDataset(str(dataset_dir / d["prefix"]))
-            for i in range(len(ds)):
-                tokens += [int(t) for t in ds[i]]
-    return tokens
+            parts += [ds[i] for i in range(len(ds))]
+    return np.concatenate(parts).astype(np.int64).tolist() if parts else []
 
 
 def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict[str, Any]:

@@ -8,26 +8,29 @@ from pathlib import Path
 from typing import Any
 
 
-def load_model(stage_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The stage's GPTModel on this machine (one rank), in eval mode, and its config."""
-    import torch.distributed as dist
+def single_rank() -> None:
+    """Set this process up as one rank of a one-rank model-parallel layout (for sampling,
+    evals, exports and benchmarks outside a training group)."""
     from llmbuild.backends.megatron.cpu import apply_cpu_patches
 
-    from llmbuild.run.ranks import _free_port
+    from llmbuild.run.ranks import join_single_rank_group
 
     apply_cpu_patches()
-    from llmbuild.backends.megatron.model import build_model, transformer_config
     from megatron.core import parallel_state
+
+    join_single_rank_group()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+
+
+def load_model(stage_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The stage's GPTModel on this machine (one rank), in eval mode, and its config."""
+    single_rank()
+    from llmbuild.backends.megatron.model import build_model, transformer_config
     from safetensors.torch import load_file
 
     from llmbuild.spec.model import Architecture
 
-    if not dist.is_initialized():
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-        )
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
     config = json.loads((stage_dir / "config.json").read_text())
     arch = Architecture.model_validate(config["architecture"])
     model = build_model(arch, config["vocab_size"], transformer_config(arch))

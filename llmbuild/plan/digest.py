@@ -140,5 +140,4 @@ def digest_paths(patterns: Iterable[str], cache: StatCache) -> dict[str, object]
         if not found:
             raise MissingInput(f"{pattern}: matches no file")
         digests += [digest_url(f, cache) if remote else cache.digest(f) for f in found]
-    files = digests
-    return {"files": len(files), "blake3": blake3_bytes("\n".join(digests).encode())}
+    return {"files": len(digests), "blake3": blake3_bytes("\n".join(digests).encode())}

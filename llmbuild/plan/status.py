@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from llmbuild.backend import Resources
+from llmbuild.errors import format_path
 from llmbuild.plan.canonical import canonical_hash
 from llmbuild.plan.graph import Graph, Node
 from llmbuild.plan.keys import NodeKey
@@ -128,7 +129,7 @@ def explain(
             continue
         if slot in ext_paths or isinstance(b, dict):
             ext = ext_paths.get(slot)
-            where = _spec_key_text(ext.spec_path) if ext else slot
+            where = format_path(ext.spec_path) if ext else slot
             na, nb = (a or {}).get("files"), (b or {}).get("files")
             note = "content changed" + (f" ({na} -> {nb} files)" if na != nb else "")
             changes.append(Change(where, a, b, note))
@@ -137,12 +138,6 @@ def explain(
         else:
             upstream.append(node.inputs.get(slot, slot))
     return changes, upstream
-
-
-def _spec_key_text(path: tuple[Any, ...]) -> str:
-    from llmbuild.errors import format_path
-
-    return format_path(path)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def join_single_rank_group() -> bool:
+    """Make this process a one-member gloo group unless it is in one already; True when
+    this call created it (and should destroy it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    return True
+
+
 def run_inline_ranks(fn: RankFn, config: dict[str, Any], resources: Resources) -> Path | None:
     """One rank in this process, with a one-member gloo group."""
     if resources.ranks != 1:
@@ -34,11 +47,7 @@ def run_inline_ranks(fn: RankFn, config: dict[str, Any], resources: Resources) -
         )
     import torch.distributed as dist
 
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-        )
+    owned = join_single_rank_group()
     try:
         return fn(config, RankInfo(rank=0, world_size=1, local_rank=0))
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from pathlib import Path
 
@@ -120,7 +119,3 @@ def write_spec(root: Path, text: str) -> Path:
     path = root / "spec.toml"
     path.write_text(text)
     return path
-
-
-def bytes_of(text: str) -> io.BytesIO:
-    return io.BytesIO(text.encode())
