@@ -15,7 +15,10 @@ class EvalBackend(Backend):
         Slot("data:<source>", "tokenized validation splits (perplexity)"),
         Slot("files", "extra text files or local lm-eval tasks, by content digest"),
     )
-    outputs = (Slot("results", "metrics as JSON and a markdown table"),)
+    outputs = (
+        Slot("results", "metrics as JSON and a markdown table"),
+        Slot("samples", "lm-eval suites: every scored example, as JSON lines"),
+    )
 
 
 backend = EvalBackend()

@@ -1,5 +1,6 @@
-"""The ``eval:<suite>@<stage>`` node: perplexity on validation splits and text files, and
-samples from fixed prompts. Results go to ``results.json`` and a markdown table."""
+"""The ``eval:<suite>@<stage>`` node: perplexity on validation splits and text files,
+samples from fixed prompts, and lm-eval tasks (``lm_eval_suite.py``). Results go to
+``results.json`` and a markdown table."""
 
 from __future__ import annotations
 
@@ -130,9 +131,11 @@ def run(ctx: Any) -> None:
 
     suite = ctx.config.suite
     if suite.kind == "lm-eval":
-        raise NotImplementedError("lm-eval suites are not implemented yet")
-    model, config = load_model(ctx.input("model").path)
-    if suite.kind == "perplexity":
+        from llmbuild.backends.eval.lm_eval_suite import run_lm_eval
+
+        results, table = run_lm_eval(ctx, suite)
+    elif suite.kind == "perplexity":
+        model, config = load_model(ctx.input("model").path)
         results = perplexity(ctx, suite, model, config)
         table = ["| data | tokens | loss | perplexity |", "| --- | --- | --- | --- |"]
         table += [
@@ -141,6 +144,7 @@ def run(ctx: Any) -> None:
         ]
         ctx.metrics.update({f"{k}.loss": v["loss"] for k, v in results.items()})
     else:
+        model, config = load_model(ctx.input("model").path)
         results = samples(ctx, suite, model, config)
         table = ["| prompt | completion |", "| --- | --- |"]
         table += [f"| {json.dumps(r['prompt'])} | {json.dumps(r['completion'])} |" for r in results]
