@@ -35,12 +35,13 @@ class BuiltModel(TemplateLM):
         tokenizer: str | Path,
         batch_size: int | str = 8,
         max_gen_toks: int | str = 64,
+        base: str | Path | None = None,
     ) -> None:
         super().__init__()
         from llmbuild.backends.megatron.generate import load_model
         from tokenizers import Tokenizer
 
-        self.model, config = load_model(Path(stage))
+        self.model, config = load_model(Path(stage), Path(base) if base else None)
         self.vocab = config["vocab_size"]
         self.seq_len = config["architecture"]["seq_len"]
         info = json.loads((Path(tokenizer) / "tokenizer_info.json").read_text())

@@ -176,6 +176,7 @@ def run_lm_eval(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
         ctx.input("tokenizer").path,
         batch_size=suite.batch_size,
         max_gen_toks=suite.max_gen_toks,
+        base=ctx.inputs["model_base"].path if "model_base" in ctx.inputs else None,
     )
     out = simple_evaluate(
         model=model,

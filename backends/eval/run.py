@@ -127,7 +127,7 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
 
 
 def run(ctx: Any) -> None:
-    from llmbuild.backends.megatron.generate import load_model
+    from llmbuild.backends.megatron.generate import load_input
 
     suite = ctx.config.suite
     if suite.kind == "lm-eval":
@@ -135,7 +135,7 @@ def run(ctx: Any) -> None:
 
         results, table = run_lm_eval(ctx, suite)
     elif suite.kind == "perplexity":
-        model, config = load_model(ctx.input("model").path)
+        model, config = load_input(ctx)
         results = perplexity(ctx, suite, model, config)
         table = ["| data | tokens | loss | perplexity |", "| --- | --- | --- | --- |"]
         table += [
@@ -144,7 +144,7 @@ def run(ctx: Any) -> None:
         ]
         ctx.metrics.update({f"{k}.loss": v["loss"] for k, v in results.items()})
     else:
-        model, config = load_model(ctx.input("model").path)
+        model, config = load_input(ctx)
         results = samples(ctx, suite, model, config)
         table = ["| prompt | completion |", "| --- | --- |"]
         table += [f"| {json.dumps(r['prompt'])} | {json.dumps(r['completion'])} |" for r in results]

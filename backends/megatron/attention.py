@@ -47,11 +47,15 @@ class SDPAttention(MegatronModule):
             key = key.repeat_interleave(repeat, dim=2)
             value = value.repeat_interleave(repeat, dim=2)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        # A given mask (``[b, 1, s, s]``, True = hidden, megatron's convention) already
+        # holds causality, e.g. packed documents that must not see each other.
+        mask = None if attention_mask is None else ~attention_mask
         out = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            is_causal=True,
+            attn_mask=mask,
+            is_causal=mask is None,
             dropout_p=self.dropout if self.training else 0.0,
             scale=self.softmax_scale,
         )

@@ -23,26 +23,31 @@ def single_rank() -> None:
         parallel_state.initialize_model_parallel(1, 1)
 
 
-def load_model(stage_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The stage's GPTModel on this machine (one rank), in eval mode, and its config."""
+def load_model(stage_dir: Path, base_dir: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """The stage's GPTModel on this machine (one rank), in eval mode, and its config. A
+    stage holding only LoRA adapters needs ``base_dir``, its base stage's artifact."""
     single_rank()
     from llmbuild.backends.megatron.model import build_model, transformer_config
-    from safetensors.torch import load_file
+    from llmbuild.backends.megatron.weights import load_stage
 
     from llmbuild.spec.model import Architecture
 
-    config = json.loads((stage_dir / "config.json").read_text())
+    config = json.loads((Path(stage_dir) / "config.json").read_text())
     arch = Architecture.model_validate(config["architecture"])
     model = build_model(arch, config["vocab_size"], transformer_config(arch))
-    missing, unexpected = model.load_state_dict(
-        load_file(str(stage_dir / "model.safetensors")), strict=False
-    )
+    missing, unexpected = model.load_state_dict(load_stage(stage_dir, base_dir), strict=False)
     if unexpected or [m for m in missing if not m.endswith("_extra_state")]:
         raise RuntimeError(
             f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
         )
     model.eval()
     return model, config
+
+
+def load_input(ctx: Any, slot: str = "model") -> tuple[Any, dict[str, Any]]:
+    """``load_model`` of a node input (with its ``<slot>_base`` input when it has one)."""
+    base = ctx.inputs.get(f"{slot}_base")
+    return load_model(ctx.input(slot).path, base.path if base else None)
 
 
 def sample(

@@ -110,7 +110,12 @@ def pipeline_loss(
 
     def forward_step(data_iterator: Any, module: Any) -> tuple[Any, Callable[..., Any]]:
         batch = next(queue)
-        output = module(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+        output = module(
+            batch["tokens"],
+            batch["position_ids"],
+            batch.get("attention_mask"),
+            labels=batch["labels"],
+        )
 
         def loss_func(per_token: Any) -> tuple[Any, dict[str, Any]]:
             loss = loss_of(per_token, batch)

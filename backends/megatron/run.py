@@ -10,7 +10,10 @@ from typing import Any
 from llmbuild.backends.megatron.config import TrainConfig
 from llmbuild.backends.megatron.train import train_ranks
 
+from llmbuild.spec.checks import NO_PIPELINE
+
 REPORTS = ("metrics.jsonl",)
+WEIGHT_FILES = ("model.safetensors", "adapter.safetensors", "value_head.safetensors")
 
 
 def _eos_id(tokenizer_dir: Any, eos: str) -> int:
@@ -55,19 +58,26 @@ def _loss_curve(path: Any, title: str, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def _model_ref(ctx: Any, slot: str) -> dict[str, str | None] | None:
+    """Where a stage input's weights lie: its artifact, and its base when it holds only
+    LoRA adapters."""
+    if slot not in ctx.inputs:
+        return None
+    base = ctx.inputs.get(f"{slot}_base")
+    return {"dir": str(ctx.inputs[slot].path), "base": str(base.path) if base else None}
+
+
 def run(ctx: Any) -> None:
     config: TrainConfig = ctx.config
     stage, par = config.stage, config.parallelism
-    if stage.kind != "pretrain":
-        raise NotImplementedError(f"{stage.kind} stages are not implemented yet")
     tok = ctx.input("tokenizer")
     info = json.loads((tok.path / "tokenizer_info.json").read_text())
+    tokenizer_dir = tok.path / "tokenizer"
     sources = {
         slot[len("data:") :]: str(a.path)
         for slot, a in ctx.inputs.items()
         if slot.startswith("data:")
     }
-    init = ctx.inputs.get("from")
     rank_cfg = {
         "architecture": config.architecture.model_dump(mode="json"),
         "stage": stage.model_dump(mode="json", by_alias=True),
@@ -75,36 +85,47 @@ def run(ctx: Any) -> None:
         "mixture": config.mixture,
         "sources": sources,
         "vocab_size": info["vocab_size"],
-        "eod": _eos_id(tok.path / "tokenizer", info["eos_token"]),
+        "eod": _eos_id(tokenizer_dir, info["eos_token"]),
+        "pad": _eos_id(tokenizer_dir, info.get("pad_token") or info["eos_token"]),
+        "stops": [_eos_id(tokenizer_dir, "<|im_end|>")] if stage.kind == "grpo" else [],
+        "tokenizer_json": str(tokenizer_dir / "tokenizer.json"),
         "tensor": par.tensor,
         "recompute": par.recompute,
-        "pipeline": par.pipeline,
+        # Without pipeline parallelism, the pipeline ranks become data-parallel ranks.
+        "pipeline": 1 if stage.kind in NO_PIPELINE else par.pipeline,
         "micro_batch": par.micro_batch,
         "eval_every": stage.eval_every,
         "checkpoint_every": stage.checkpoint_every,
         "work_dir": str(ctx.work_dir),
         "progress": ctx.progress,
-        "init_weights": str(init.path / "model.safetensors") if init else None,
+        "init": _model_ref(ctx, "from"),
+        "reference": _model_ref(ctx, "reference"),
+        "reward_models": {
+            slot.split(":")[1]: _model_ref(ctx, slot)
+            for slot in ctx.inputs
+            if slot.startswith("reward:") and not slot.endswith("_base")
+        },
     }
     result = ctx.run_ranks(train_ranks, rank_cfg)
-    shutil.copy(result / "model.safetensors", ctx.out_dir / "model.safetensors")
-    shutil.copy(result / "metrics.jsonl", ctx.out_dir / "metrics.jsonl")
+    for name in WEIGHT_FILES + ("metrics.jsonl", "initial.json"):
+        if (result / name).exists():
+            shutil.copy(result / name, ctx.out_dir / name)
     from llmbuild.backends.megatron.model import padded_vocab
 
-    (ctx.out_dir / "config.json").write_text(
-        json.dumps(
-            {
-                "architecture": config.architecture.model_dump(mode="json"),
-                "vocab_size": info["vocab_size"],
-                "padded_vocab_size": padded_vocab(info["vocab_size"], config.architecture),
-                "tokenizer": {"node": tok.record["name"], "key": tok.record["key"]},
-                "stage": stage.name,
-                "kind": stage.kind,
-            },
-            indent=1,
-            sort_keys=True,
-        )
-    )
+    meta: dict[str, Any] = {
+        "architecture": config.architecture.model_dump(mode="json"),
+        "vocab_size": info["vocab_size"],
+        "padded_vocab_size": padded_vocab(info["vocab_size"], config.architecture),
+        "tokenizer": {"node": tok.record["name"], "key": tok.record["key"]},
+        "stage": stage.name,
+        "kind": stage.kind,
+    }
+    adapter = getattr(stage, "adapter", None)
+    if adapter is not None:
+        base = ctx.input("from")
+        meta["adapter"] = adapter.model_dump(mode="json")
+        meta["base"] = {"node": base.record["name"], "key": base.record["key"]}
+    (ctx.out_dir / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     rows = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
     _tensorboard(ctx.out_dir / "tensorboard", stage.name, rows)
     _loss_curve(ctx.out_dir / "loss.png", stage.name, rows)
@@ -113,7 +134,15 @@ def run(ctx: Any) -> None:
         {
             "steps": final["step"],
             "loss": final["loss"],
-            "val_loss": final.get("val_loss"),
             "tokens_per_s": round(final["tokens_per_s"], 1),
+            # the objective's own measures: validation ones, reward, margin, accuracy
+            **{
+                k: v
+                for k, v in final.items()
+                if k not in ("step", "lr", "grad_norm", "loss", "tokens_per_s")
+            },
         }
     )
+    if (result / "initial.json").exists():  # the measurement before any update
+        initial = json.loads((result / "initial.json").read_text())
+        ctx.metrics.update({f"initial_{k}": v for k, v in initial.items()})

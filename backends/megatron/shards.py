@@ -13,6 +13,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# SwiGLU fc1 rows ([gate; up]) and the LoRA matrix producing them.
+GATED = ("mlp.linear_fc1.weight", "mlp.linear_fc1.lora_B")
+
 
 def _split_params(model: Any) -> dict[str, Any]:
     return {
@@ -36,7 +39,7 @@ def gather_canonical(model: Any, gated: bool) -> dict[str, torch.Tensor]:
         dim = p.partition_dim
         parts = [torch.empty_like(p.data) for _ in range(tp)]
         dist.all_gather(parts, p.data.contiguous(), group=group)
-        if gated and name.endswith("mlp.linear_fc1.weight"):
+        if gated and name.endswith(GATED):
             halves = [part.chunk(2, dim=dim) for part in parts]
             state[name] = torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=dim)
         else:
@@ -54,7 +57,7 @@ def load_canonical(model: Any, state: dict[str, torch.Tensor], gated: bool) -> N
     if tp > 1:
         for name, p in _split_params(model).items():
             full, dim = state[name], p.partition_dim
-            if gated and name.endswith("mlp.linear_fc1.weight"):
+            if gated and name.endswith(GATED):
                 gate, up = full.chunk(2, dim=dim)
                 local[name] = torch.cat(
                     [gate.chunk(tp, dim=dim)[rank], up.chunk(tp, dim=dim)[rank]], dim=dim

@@ -1,6 +1,7 @@
-"""The training loop every rank runs: megatron-core GPTModel, AdamW, gradient
-accumulation, tensor parallelism inside the model, data-parallel gradient averaging,
-validation, and resumable checkpoints."""
+"""The training loop every rank runs, for every stage kind: megatron-core GPTModel, AdamW,
+gradient accumulation, tensor parallelism inside the model, data-parallel gradient
+averaging, validation, and resumable checkpoints. What is optimised comes from
+``objectives.py`` (and ``grpo.py``); LoRA adapters from ``lora.py``."""
 
 from __future__ import annotations
 
@@ -33,47 +34,6 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def _batch(dataset: Any, indices: list[int]) -> dict[str, Any]:
-    import torch
-
-    samples = [dataset[i % len(dataset)] for i in indices]
-    return {
-        k: torch.stack([s[k] for s in samples])
-        for k in ("tokens", "labels", "loss_mask", "position_ids")
-    }
-
-
-def _autocast(precision: str) -> Any:
-    """bf16 compute over fp32 master weights (autocast); fp32 runs as is."""
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _masked_mean(per_token: Any, batch: dict[str, Any]) -> Any:
-    mask = batch["loss_mask"]
-    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
-
-
-def _loss(model: Any, batch: dict[str, Any], precision: str = "fp32") -> Any:
-    import torch.nn.functional as F
-    from megatron.core import parallel_state
-
-    with _autocast(precision):
-        if parallel_state.get_tensor_model_parallel_world_size() == 1:
-            # Whole logits: one fused cross-entropy instead of the vocab-parallel one.
-            logits = model(batch["tokens"], batch["position_ids"], None)
-            per_token = F.cross_entropy(
-                logits.float().flatten(0, 1), batch["labels"].flatten(), reduction="none"
-            )
-            per_token = per_token.view_as(batch["labels"])
-        else:
-            per_token = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    mask = batch["loss_mask"]
-    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
-
-
 def _save(path: Path, state: dict[str, Any]) -> None:
     import torch
 
@@ -82,47 +42,158 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(model: Any, dataset: Any, samples: int, micro: int, seq_len: int) -> float:
-    """Mean validation loss over the first ``samples`` sequences: the same set whatever
-    the layout, chunked into micro batches dealt out to data-parallel ranks (tensor- and
-    pipeline-parallel ranks of one replica see the same chunks)."""
+def _weights(ref: dict[str, str | None] | None) -> dict[str, Any] | None:
+    from llmbuild.backends.megatron.weights import load_stage
+
+    if not ref:
+        return None
+    return load_stage(Path(ref["dir"]), Path(ref["base"]) if ref.get("base") else None)
+
+
+def _frozen_model(arch: Any, cfg: dict[str, Any], config: Any, state: dict[str, Any]) -> Any:
+    """A second model at this layout holding fixed weights (a reference or reward model)."""
+    from llmbuild.backends.megatron.model import build_model
+    from llmbuild.backends.megatron.shards import load_canonical
+
+    model = build_model(arch, cfg["vocab_size"], config)
+    load_canonical(model, state, arch.activation == "swiglu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _value_head(model: Any, arch: Any, seed: int) -> dict[str, Any]:
+    """Attach a scalar head to ``model``; its initial weights by canonical name."""
     import torch
-    import torch.distributed as dist
-    from megatron.core import parallel_state
+    from llmbuild.backends.megatron.objectives import ValueHead
+    from llmbuild.backends.megatron.shards import _name_seed
 
-    rank = parallel_state.get_data_parallel_rank()
-    size = parallel_state.get_data_parallel_world_size()
-    chunks = [list(range(i, min(i + micro, samples))) for i in range(0, samples, micro)]
-    mine = [_batch(dataset, chunk) for chunk in chunks[rank::size]]
+    model.value_head = ValueHead(model, arch.hidden)
+    gen = torch.Generator().manual_seed(_name_seed(seed, "value_head.score.weight"))
+    return {
+        "value_head.score.weight": torch.empty(1, arch.hidden).normal_(
+            0.0, arch.init_std, generator=gen
+        ),
+        "value_head.score.bias": torch.zeros(1),
+    }
+
+
+def _reward_scorer(arch: Any, cfg: dict[str, Any], config: Any, ref: dict[str, Any]) -> Any:
+    """A reward stage's model as a function of token sequences -> scores."""
+    import torch
+    from llmbuild.backends.megatron.model import build_model
+    from llmbuild.backends.megatron.shards import load_canonical
+    from safetensors.torch import load_file
+
+    model = build_model(arch, cfg["vocab_size"], config)
+    _value_head(model, arch, 0)
+    state = _weights(ref)
+    state.update(load_file(str(Path(ref["dir"]) / "value_head.safetensors")))
+    load_canonical(model, state, arch.activation == "swiglu")
     model.eval()
-    total, count = torch.zeros(1), torch.zeros(1)
-    with torch.no_grad():
-        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-            from llmbuild.backends.megatron.pipeline import pipeline_loss
+    seq_len, pad = arch.seq_len, cfg["pad"]
 
-            if mine:
-                total += pipeline_loss(
-                    model, mine, seq_len, micro, _masked_mean, forward_only=True
-                ) * len(mine)
-        else:
-            for batch in mine:
-                total += _loss(model, batch)
-        count += len(mine)
-    group = parallel_state.get_data_parallel_group()
-    dist.all_reduce(total, group=group)
-    dist.all_reduce(count, group=group)
-    model.train()
-    return float(total / count.clamp(min=1))
+    def score(sequences: list[list[int]]) -> list[float]:
+        tokens = torch.full((len(sequences), seq_len), pad, dtype=torch.long)
+        last = torch.zeros(len(sequences), dtype=torch.long)
+        for r, seq in enumerate(sequences):
+            seq = seq[:seq_len]
+            tokens[r, : len(seq)] = torch.tensor(seq)
+            last[r] = len(seq) - 1
+        batch = {
+            "tokens": tokens,
+            "position_ids": torch.arange(seq_len).expand(len(sequences), -1),
+            "last": last,
+        }
+        with torch.no_grad():
+            return model.value_head.scores(model, batch, "fp32").tolist()
+
+    return score
+
+
+def _objective(cfg: dict[str, Any], arch: Any, config: Any, model: Any, seed: int) -> Any:
+    from llmbuild.backends.megatron import objectives as obj
+
+    stage, kind, sources = cfg["stage"], cfg["stage"]["kind"], cfg["sources"]
+    seq_len, pad = arch.seq_len, cfg["pad"]
+    if kind == "pretrain":
+        from llmbuild.backends.megatron.data import build_datasets
+
+        train, valid = build_datasets(
+            sources,
+            cfg["mixture"],
+            seq_len,
+            seed,
+            cfg["eod"],
+            cfg["vocab_size"],
+            stage["steps"] * stage["global_batch"],
+            stage["eval_batches"] * stage["global_batch"],
+            Path(cfg["work_dir"]) / "index_cache",
+        )
+        return obj.LanguageModel(
+            obj.GptSamples(train), valid and obj.GptSamples(valid), stage["precision"], seq_len
+        )
+    from llmbuild.backends.megatron import posttrain_data as pd
+
+    source = next(iter(sources))
+    if kind in ("sft", "lora"):
+        train, valid = (
+            pd.ChatSamples(sources, split, seq_len, seed, pad, stage["packing"])
+            for split in ("train", "validation")
+        )
+        what = "conversations"
+    elif kind in ("dpo", "reward"):
+        train, valid = (
+            pd.PairSamples(sources, split, seq_len, pad) for split in ("train", "validation")
+        )
+        what = "preference pairs"
+    else:
+        train, valid = (pd.PromptSamples(sources, split) for split in ("train", "validation"))
+        what = "prompts"
+    if not len(train):
+        raise ValueError(f"source {source!r} has no training {what}")
+    valid = valid if len(valid) else None
+    if kind in ("sft", "lora"):
+        return obj.LanguageModel(train, valid, stage["precision"], seq_len)
+    if kind == "reward":
+        return obj.PairwiseReward(train, valid, model.value_head, stage["precision"])
+    if stage.get("adapter") and not cfg.get("reference"):
+        reference = obj.Reference(adapted=model)
+    else:
+        ref_state = _weights(cfg.get("reference") or cfg["init"])
+        reference = obj.Reference(model=_frozen_model(arch, cfg, config, ref_state))
+    if kind == "dpo":
+        return obj.Preference(train, valid, reference, stage)
+    from llmbuild.backends.megatron.grpo import GroupPolicy
+    from llmbuild.backends.megatron.rewards import Rewards
+    from tokenizers import Tokenizer
+
+    models = {
+        int(i): _reward_scorer(arch, cfg, config, ref) for i, ref in cfg["reward_models"].items()
+    }
+    tokenizer = Tokenizer.from_file(cfg["tokenizer_json"])
+    stops = {cfg["eod"], *cfg["stops"]}
+    return GroupPolicy(
+        train, valid, reference, Rewards(stage["rewards"], models), tokenizer, stage, seq_len,
+        cfg["vocab_size"], stops, pad, seed,
+    )  # fmt: skip
+
+
+def _adapter_spec(stage: dict[str, Any]) -> Any:
+    from llmbuild.spec.stages import LoraAdapter
+
+    return LoraAdapter.model_validate(stage["adapter"]) if stage.get("adapter") else None
 
 
 def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
-    """One rank of a pretraining stage. Rank 0 returns the directory with the weights."""
+    """One rank of a training stage. Rank 0 returns the directory with the weights."""
     import torch
     import torch.distributed as dist
 
     _setup(cfg)
-    from llmbuild.backends.megatron.data import build_datasets
+    from llmbuild.backends.megatron import lora
     from llmbuild.backends.megatron.model import build_model, transformer_config
+    from llmbuild.backends.megatron.objectives import autocast, masked_mean
     from llmbuild.backends.megatron.schedule import lr_at
     from llmbuild.backends.megatron.shards import (
         canonical_init,
@@ -132,7 +203,6 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     )
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-    from safetensors.torch import load_file, save_file
 
     from llmbuild.spec.model import Architecture
     from llmbuild.spec.stages import Schedule
@@ -153,14 +223,22 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     )
     model = build_model(arch, cfg["vocab_size"], config, first_stage, last_stage)
     gated = arch.activation == "swiglu"
-    if cfg.get("init_weights"):
-        init = load_file(cfg["init_weights"])
+    init = _weights(cfg.get("init"))
+    if init is not None:
         if pp > 1:
             init = pipeline.to_local(init, arch.layers, tied)
     else:
         rename = (lambda n: pipeline.canonical_name(n, arch.layers, tied)) if pp > 1 else None
         init = canonical_init(model, arch, seed, rename)
+    adapter = _adapter_spec(stage)
+    if adapter is not None:
+        lora.add_adapters(model, adapter)
+        rename = (lambda n: pipeline.canonical_name(n, arch.layers, tied)) if pp > 1 else None
+        init.update(lora.init_adapters(model, seed, rename))
+    if stage["kind"] == "reward":
+        init.update(_value_head(model, arch, seed))
     load_canonical(model, init, gated)
+    objective = _objective(cfg, arch, config, model, seed)
     opt = torch.optim.AdamW(
         _param_groups(model, stage["weight_decay"]),
         lr=stage["lr"],
@@ -174,19 +252,9 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     dp_group = parallel_state.get_data_parallel_group()
     layout = {"tensor": cfg["tensor"], "pipeline": cfg["pipeline"], "data": dp}
     accum = gbs // (micro * dp)
-    train, valid = build_datasets(
-        cfg["sources"],
-        cfg["mixture"],
-        arch.seq_len,
-        seed,
-        cfg["eod"],
-        cfg["vocab_size"],
-        steps * gbs,
-        stage["eval_batches"] * gbs,
-        work / "index_cache",
-    )
+    eval_samples = stage["eval_batches"] * gbs
     schedule = Schedule.model_validate(stage["schedule"])
-    start, history = 0, []
+    start, history, initial = 0, [], None
     # One checkpoint file per tensor-parallel rank (data-parallel replicas share it); a
     # checkpoint written at another layout is not resumed.
     ckpt = work / (
@@ -199,7 +267,9 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
-            start, history = state["step"], state["history"]
+            start, history, initial = state["step"], state["history"], state.get("initial")
+    if start == 0 and stage["kind"] != "pretrain":
+        initial = objective.evaluate(model, eval_samples, micro)  # before any update
     progress = cfg.get("progress")
     tokens_per_step = gbs * arch.seq_len
     model.train()
@@ -209,18 +279,21 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         for group in opt.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros(1)
+        sums: dict[str, float] = {}
         starts = [step * gbs + dp_rank * (gbs // dp) + m * micro for m in range(accum)]
         if pp > 1:  # micro batches flow through the 1F1B schedule, backward included
-            batches = [_batch(train, list(range(i, i + micro))) for i in starts]
-            with _autocast(stage["precision"]):
+            batches = [objective.batch(list(range(i, i + micro))) for i in starts]
+            with autocast(stage["precision"]):
                 loss_sum += pipeline.pipeline_loss(
-                    model, batches, arch.seq_len, micro, _masked_mean, forward_only=False
+                    model, batches, arch.seq_len, micro, masked_mean, forward_only=False
                 )
             pipeline.sync_tied_embedding_grads(model)
         for i in starts if pp == 1 else ():
-            loss = _loss(model, _batch(train, list(range(i, i + micro))), stage["precision"])
+            loss, metrics = objective.loss(model, objective.batch(list(range(i, i + micro))))
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / accum
         if dp > 1:
             for p in model.parameters():
                 if p.grad is not None:
@@ -228,6 +301,10 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
                     p.grad /= dp
             dist.all_reduce(loss_sum, group=dp_group)
             loss_sum /= dp
+            if sums:
+                from llmbuild.backends.megatron.objectives import _dp_reduce
+
+                sums = _dp_reduce({k: v for k, v in sums.items()}, 1.0)
         grad_norm = grad_norm_and_clip(model, stage["grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -235,24 +312,23 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         row = {
             "step": step + 1,
             "loss": float(loss_sum),
+            **sums,
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_step * (step + 1 - start) / max(elapsed, 1e-9),
         }
         last = step + 1 == steps
         if (cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0) or last:
-            row["val_loss"] = evaluate(
-                model, valid or train, stage["eval_batches"] * gbs, micro, arch.seq_len
-            )
+            row.update(objective.evaluate(model, eval_samples, micro))
         history.append(row)
         if rank == 0 and progress is not None:
-            val = {"val_loss": round(row["val_loss"], 4)} if "val_loss" in row else {}
+            shown = {k: round(row[k], 4) for k in ("val_loss", "reward", "val_reward") if k in row}
             progress.update(
                 completed=step + 1,
                 total=steps,
                 unit="steps",
                 loss=round(row["loss"], 4),
-                **val,
+                **shown,
                 force=last,
             )
         if (step + 1) % cfg["checkpoint_every"] == 0 and not last:
@@ -265,6 +341,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
                         "rng": torch.get_rng_state(),
                         "step": step + 1,
                         "history": history,
+                        "initial": initial,
                         "layout": layout,
                     },
                 )
@@ -279,8 +356,30 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         return None
     out = work / "rank0-output"
     out.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out / "model.safetensors"))
+    _write_weights(out, weights, adapter, stage)
     with open(out / "metrics.jsonl", "w") as f:
         for row in history:
             f.write(json.dumps(row) + "\n")
+    if initial is not None:
+        (out / "initial.json").write_text(json.dumps(initial, sort_keys=True))
     return out
+
+
+def _write_weights(out: Path, weights: dict[str, Any], adapter: Any, stage: dict[str, Any]) -> None:
+    """``model.safetensors`` (full weights), ``adapter.safetensors`` (LoRA only; the full
+    weights then only when merged) and ``value_head.safetensors`` (reward models)."""
+    from llmbuild.backends.megatron import lora
+    from safetensors.torch import save_file
+
+    head = {k: v for k, v in weights.items() if k.startswith("value_head.")}
+    adapters = {k: v for k, v in weights.items() if lora.is_adapter(k)}
+    base = {k: v for k, v in weights.items() if k not in head and k not in adapters}
+    if head:
+        save_file(head, str(out / "value_head.safetensors"))
+    if adapter is None:
+        save_file(base, str(out / "model.safetensors"))
+        return
+    save_file(adapters, str(out / "adapter.safetensors"))
+    if stage.get("merge"):
+        merged = lora.merge(base, adapters, adapter.alpha / adapter.rank)
+        save_file(merged, str(out / "model.safetensors"))

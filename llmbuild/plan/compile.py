@@ -19,7 +19,7 @@ from llmbuild.backends.tokenize.config import TokenizeConfig
 from llmbuild.backends.tokenizer.config import TokenizerConfig
 from llmbuild.plan.graph import External, Graph, Node
 from llmbuild.registry import Registry, default_registry
-from llmbuild.spec.checks import export_node_name
+from llmbuild.spec.checks import adapter_only, export_node_name
 from llmbuild.spec.root import Spec
 
 
@@ -127,6 +127,15 @@ class _Builder:
                 done.add(stage.name)
                 del pending[stage.name]
 
+    def model_inputs(self, slot: str, name: str) -> dict[str, str]:
+        """A stage's weights as an input, with its base (as ``<slot>_base``) when the stage
+        holds only LoRA adapters."""
+        inputs = {slot: f"stage:{name}"}
+        stage = self.spec.stage_named(name)
+        if adapter_only(stage.model_dump(by_alias=True)):
+            inputs[f"{slot}_base"] = f"stage:{stage.from_}"
+        return inputs
+
     def stage(self, stage: Any) -> None:
         spec = self.spec
         if stage.kind == "pretrain":
@@ -137,12 +146,12 @@ class _Builder:
         inputs = {"tokenizer": "tokenizer"}
         inputs.update({f"data:{n}": f"tokenize:{n}" for n in names})
         if stage.from_:
-            inputs["from"] = f"stage:{stage.from_}"
+            inputs.update(self.model_inputs("from", stage.from_))
         if getattr(stage, "reference", None):
-            inputs["reference"] = f"stage:{stage.reference}"
+            inputs.update(self.model_inputs("reference", stage.reference))
         for i, reward in enumerate(getattr(stage, "rewards", ())):
             if reward.kind == "model":
-                inputs[f"reward:{i}"] = f"stage:{reward.stage}"
+                inputs.update(self.model_inputs(f"reward:{i}", reward.stage))
         config = TrainConfig(
             stage=stage,
             architecture=spec.architecture,
@@ -167,7 +176,7 @@ class _Builder:
     def evals(self) -> None:
         for i, suite in enumerate(self.spec.eval):
             for stage in suite.stages:
-                inputs = {"model": f"stage:{stage}", "tokenizer": "tokenizer"}
+                inputs = {**self.model_inputs("model", stage), "tokenizer": "tokenizer"}
                 if suite.kind == "perplexity":
                     names = suite.sources or self.pretrain_sources()
                     inputs.update({f"data:{n}": f"tokenize:{n}" for n in names})
@@ -190,7 +199,7 @@ class _Builder:
 
     def exports(self) -> None:
         for export in self.spec.export:
-            inputs = {"model": f"stage:{export.stage}", "tokenizer": "tokenizer"}
+            inputs = {**self.model_inputs("model", export.stage), "tokenizer": "tokenizer"}
             if export.format == "peft":
                 inputs["base"] = f"stage:{self.spec.stage_named(export.stage).from_}"
             name = export_node_name(export.format, export.stage, export.name)

@@ -185,16 +185,42 @@ def check_stages(raw: dict[str, Any]) -> list[Problem]:
                 if not found and _str(stages[stage_idx[name]], "kind") != "reward":
                     found = [Problem(f"stage {name!r} is not of kind 'reward'", path)]
                 out += found
+        parent = _str(stage, "from")
+        if adapter_only(stage) and parent in stage_idx and adapter_only(stages[stage_idx[parent]]):
+            out.append(
+                Problem(
+                    f"LoRA adapters need a base with full weights, but stage {parent!r} holds "
+                    f"only adapters; set merge = true on {parent!r}",
+                    here + ("from",),
+                )
+            )
         batch = _int(stage, "global_batch")
-        if batch and micro and dp and batch % (micro * dp):
+        replicas = dp
+        if kind in NO_PIPELINE and dp:  # pipeline ranks serve as data-parallel ranks
+            replicas = dp * (_int(par, "pipeline", 1) or 1)
+        if batch and micro and replicas and batch % (micro * replicas):
+            data = "parallelism.data" if replicas == dp else "parallelism.data x pipeline"
             out.append(
                 Problem(
                     f"global_batch ({batch}) must be a multiple of parallelism."
-                    f"micro_batch x parallelism.data ({micro} x {dp})",
+                    f"micro_batch x {data} ({micro} x {replicas})",
                     here + ("global_batch",),
                 )
             )
     return out
+
+
+# Stage kinds that run without pipeline parallelism: their pipeline ranks become
+# data-parallel ranks (two models and sampling per step do not fit the 1F1B schedule).
+NO_PIPELINE = ("dpo", "reward", "grpo")
+
+
+def adapter_only(stage: dict[str, Any]) -> bool:
+    """Whether a stage's artifact holds only LoRA adapters (no merged weights)."""
+    kind = stage.get("kind")
+    if kind == "lora":
+        return not stage.get("merge", False)
+    return kind == "dpo" and isinstance(stage.get("adapter"), dict)
 
 
 def check_outputs(raw: dict[str, Any]) -> list[Problem]:

@@ -1,0 +1,186 @@
+"""GRPO: for each prompt, sample a group of completions from the current policy, reward
+them, normalise the rewards within the group into advantages, and take a clipped policy
+gradient step with a KL penalty (``k3`` estimator) towards the frozen reference.
+
+Sampling draws from generators seeded by the model seed and the sample's index, so every
+tensor-parallel rank draws the same completions and a resumed run draws what the
+uninterrupted one drew."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from llmbuild.backends.megatron.objectives import _dp_reduce, _my_chunks, token_losses
+
+
+def _seeded(seed: int, *parts: int) -> torch.Generator:
+    from llmbuild.backends.megatron.shards import _name_seed
+
+    return torch.Generator().manual_seed(_name_seed(seed, ":".join(map(str, parts))))
+
+
+def full_logits(model: Any, tokens: Any, vocab: int) -> Any:
+    """Logits of the last position over the real vocabulary, gathered across the
+    tensor-parallel ranks."""
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    pos = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+    logits = model(tokens, pos, None)[:, -1:, :]
+    return gather_from_tensor_model_parallel_region(logits)[:, 0, :vocab].float()
+
+
+def generate(
+    model: Any,
+    prompt: list[int],
+    n: int,
+    max_new: int,
+    temperature: float,
+    gen: torch.Generator,
+    vocab: int,
+    seq_len: int,
+    stops: set[int],
+) -> list[list[int]]:
+    """``n`` completions of one prompt, each ending with its stop token when it stopped."""
+    rows = [list(prompt) for _ in range(n)]  # equal lengths: finished rows keep going
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for _ in range(max_new):
+            if all(done):
+                break
+            window = torch.tensor([r[-seq_len:] for r in rows])
+            logits = full_logits(model, window, vocab)
+            if temperature <= 0:
+                nxt = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits / temperature, -1)
+                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            for k in range(n):
+                rows[k].append(int(nxt[k]))
+                if not done[k]:
+                    out[k].append(int(nxt[k]))
+                    done[k] = int(nxt[k]) in stops
+    model.train(was_training)
+    return out
+
+
+class GroupPolicy:
+    """The GRPO objective over a prompts-role source."""
+
+    pipeline_ok = False
+
+    def __init__(
+        self,
+        train: Any,
+        valid: Any,
+        reference: Any,
+        rewards: Any,
+        tokenizer: Any,
+        stage: dict[str, Any],
+        seq_len: int,
+        vocab: int,
+        stops: set[int],
+        pad: int,
+        seed: int,
+    ) -> None:
+        self.train, self.valid, self.reference, self.rewards = train, valid, reference, rewards
+        self.tokenizer, self.stage, self.seq_len, self.vocab = tokenizer, stage, seq_len, vocab
+        self.stops, self.pad, self.seed = stops, pad, seed
+
+    def batch(self, indices: list[int]) -> list[int]:
+        return indices  # sampling needs the current model: done in ``loss``
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([t for t in ids if t not in self.stops])
+
+    def _score(
+        self, prompt: list[int], record: dict[str, Any], completions: list[list[int]]
+    ) -> list[float]:
+        text = self.tokenizer.decode(prompt)
+        return self.rewards(
+            [text] * len(completions),
+            [self._decode(c) for c in completions],
+            [record] * len(completions),
+            [(prompt, c) for c in completions],
+        )
+
+    def _sequences(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+        n = self.seq_len + 1
+        tokens = torch.full((len(pairs), n), self.pad, dtype=torch.long)
+        mask = torch.zeros(len(pairs), n)
+        for r, (prompt, completion) in enumerate(pairs):
+            seq = (prompt + completion)[:n]
+            tokens[r, : len(seq)] = torch.tensor(seq)
+            mask[r, len(prompt) : len(seq)] = 1
+        return {
+            "tokens": tokens[:, :-1].contiguous(),
+            "labels": tokens[:, 1:].contiguous(),
+            "loss_mask": mask[:, 1:].contiguous(),
+            "position_ids": torch.arange(self.seq_len).expand(len(pairs), -1),
+        }
+
+    def loss(self, model: Any, indices: list[int]) -> tuple[Any, dict[str, float]]:
+        st = self.stage
+        g = st["num_generations"]
+        pairs, advantages, rewards, lengths = [], [], [], []
+        for i in indices:
+            prompt, record = self.train[i]
+            completions = generate(
+                model, prompt, g, st["max_new_tokens"], st["temperature"],
+                _seeded(self.seed, i), self.vocab, self.seq_len, self.stops,
+            )  # fmt: skip
+            r = torch.tensor(self._score(prompt, record, completions))
+            advantages.append((r - r.mean()) / (r.std() + 1e-4))
+            rewards.append(r)
+            pairs += [(prompt, c) for c in completions]
+            lengths += [len(c) for c in completions]
+        batch = self._sequences(pairs)
+        adv = torch.cat(advantages).unsqueeze(1)
+        logp = -token_losses(model, batch, st["precision"])
+        with torch.no_grad():
+            ref = -token_losses_ref(self.reference, batch, st["precision"])
+        # One update per sampled batch: the old policy is the current one (ratio = 1 in
+        # value, its gradient the policy gradient); clipping bounds it all the same.
+        ratio = torch.exp(logp - logp.detach())
+        clipped = torch.clamp(ratio, 1 - st["clip"], 1 + st["clip"])
+        policy = -torch.min(ratio * adv, clipped * adv)
+        kl = torch.exp(ref - logp) - (ref - logp) - 1
+        per_token = policy + st["kl_coef"] * kl
+        mask = batch["loss_mask"]
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.mean(), {
+            "reward": float(torch.cat(rewards).mean()),
+            "kl": float(((kl * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()),
+            "completion_tokens": sum(lengths) / len(lengths),
+        }
+
+    def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
+        """Mean reward of greedy completions of the validation prompts."""
+        data = self.valid if self.valid is not None and len(self.valid) else self.train
+        total, count = 0.0, 0
+        for chunk in _my_chunks(min(samples, len(data)), micro):
+            for i in chunk:
+                prompt, record = data[i]
+                completion = generate(
+                    model, prompt, 1, self.stage["max_new_tokens"], 0.0,
+                    _seeded(self.seed, i), self.vocab, self.seq_len, self.stops,
+                )  # fmt: skip
+                total += self._score(prompt, record, completion)[0]
+                count += 1
+        return {"val_reward": _dp_reduce({"reward": total}, count)["reward"]}
+
+
+def token_losses_ref(reference: Any, batch: dict[str, Any], precision: str) -> Any:
+    """Per-token negative log-probabilities under the frozen reference."""
+    if reference.model is not None:
+        return token_losses(reference.model, batch, precision)
+    from llmbuild.backends.megatron.lora import set_enabled
+
+    set_enabled(reference.adapted, False)
+    try:
+        return token_losses(reference.adapted, batch, precision)
+    finally:
+        set_enabled(reference.adapted, True)

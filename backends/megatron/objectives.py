@@ -1,0 +1,241 @@
+"""What a training stage optimises, per kind: next-token loss (pretrain, sft, lora), the
+DPO preference loss against a frozen reference, the pairwise loss of a scalar-head reward
+model, and GRPO's clipped policy loss over sampled groups with a KL penalty.
+
+Each objective gives the loop the loss of one micro batch (plus metrics to average) and a
+validation measurement; data order depends only on the step, so resumes are exact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def autocast(precision: str) -> Any:
+    """bf16 compute over fp32 master weights (autocast); fp32 runs as is."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def masked_mean(per_token: Any, batch: dict[str, Any]) -> Any:
+    mask = batch["loss_mask"]
+    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
+
+
+def token_losses(model: Any, batch: dict[str, Any], precision: str = "fp32") -> Any:
+    """Per-token cross-entropy ``[b, s]`` (the negative log-probability of each label)."""
+    from megatron.core import parallel_state
+
+    mask = batch.get("attention_mask")
+    with autocast(precision):
+        if parallel_state.get_tensor_model_parallel_world_size() == 1:
+            # Whole logits: one fused cross-entropy instead of the vocab-parallel one.
+            logits = model(batch["tokens"], batch["position_ids"], mask)
+            per_token = F.cross_entropy(
+                logits.float().flatten(0, 1), batch["labels"].flatten(), reduction="none"
+            )
+            return per_token.view_as(batch["labels"])
+        return model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"]).float()
+
+
+def _dp_reduce(values: dict[str, float], count: float) -> dict[str, float]:
+    """Sums over data-parallel ranks divided by the summed count."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys] + [count], dtype=torch.float64)
+    dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
+    return {k: float(t[i] / max(float(t[-1]), 1.0)) for i, k in enumerate(keys)}
+
+
+def _my_chunks(samples: int, micro: int) -> list[list[int]]:
+    """The validation chunks of this data-parallel rank: the same set whatever the layout."""
+    from megatron.core import parallel_state
+
+    rank = parallel_state.get_data_parallel_rank()
+    size = parallel_state.get_data_parallel_world_size()
+    chunks = [list(range(i, min(i + micro, samples))) for i in range(0, samples, micro)]
+    return chunks[rank::size]
+
+
+class GptSamples:
+    """megatron-core's GPTDataset behind the ``batch(indices)`` interface."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        samples = [self.dataset[i % len(self.dataset)] for i in indices]
+        return {
+            k: torch.stack([s[k] for s in samples])
+            for k in ("tokens", "labels", "loss_mask", "position_ids")
+        }
+
+
+class LanguageModel:
+    """Next-token loss on the marked tokens: all of them in pretraining, the assistant's
+    in supervised fine-tuning. Works at every layout, pipeline included."""
+
+    pipeline_ok = True
+
+    def __init__(self, train: Any, valid: Any, precision: str, seq_len: int) -> None:
+        self.train, self.valid, self.precision, self.seq_len = train, valid, precision, seq_len
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        return self.train.batch(indices)
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        return masked_mean(token_losses(model, batch, self.precision), batch), {}
+
+    def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
+        """Mean validation loss over the first ``samples`` sequences, chunked into micro
+        batches dealt out to data-parallel ranks (tensor- and pipeline-parallel ranks of
+        one replica see the same chunks)."""
+        from megatron.core import parallel_state
+
+        data = self.valid or self.train
+        mine = [data.batch(chunk) for chunk in _my_chunks(samples, micro)]
+        total = 0.0
+        with torch.no_grad():
+            if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+                from llmbuild.backends.megatron.pipeline import pipeline_loss
+
+                if mine:
+                    total = pipeline_loss(
+                        model, mine, self.seq_len, micro, masked_mean, forward_only=True
+                    ) * len(mine)
+            else:
+                for batch in mine:
+                    total += float(masked_mean(token_losses(model, batch), batch))
+        return {"val_loss": _dp_reduce({"val_loss": total}, len(mine))["val_loss"]}
+
+
+def sequence_logps(model: Any, batch: dict[str, Any], precision: str) -> Any:
+    """Summed log-probability of each sequence's marked (answer) tokens, ``[b]``."""
+    return -(token_losses(model, batch, precision) * batch["loss_mask"]).sum(-1)
+
+
+class Reference:
+    """The frozen reference policy: a separate model, or the adapted model with its
+    adapters switched off."""
+
+    def __init__(self, model: Any = None, adapted: Any = None) -> None:
+        self.model, self.adapted = model, adapted
+
+    def logps(self, batch: dict[str, Any], precision: str) -> Any:
+        with torch.no_grad():
+            if self.model is not None:
+                return sequence_logps(self.model, batch, precision)
+            from llmbuild.backends.megatron.lora import set_enabled
+
+            set_enabled(self.adapted, False)
+            try:
+                return sequence_logps(self.adapted, batch, precision)
+            finally:
+                set_enabled(self.adapted, True)
+
+
+class Preference:
+    """DPO: ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))`` (or IPO's squared loss) over
+    the policy's and the reference's answer log-probabilities; the reward margin and the
+    preference accuracy are ``beta * (...)`` and the share of pairs where it is positive."""
+
+    pipeline_ok = False
+
+    def __init__(self, train: Any, valid: Any, reference: Reference, stage: dict[str, Any]) -> None:
+        self.train, self.valid, self.reference = train, valid, reference
+        self.beta, self.kind, self.precision = stage["beta"], stage["loss"], stage["precision"]
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        return self.train.batch([i % len(self.train) for i in indices])
+
+    def _terms(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        policy = sequence_logps(model, batch, self.precision)
+        ref = self.reference.logps(batch, self.precision)
+        m = policy.shape[0] // 2
+        logits = (policy[:m] - ref[:m]) - (policy[m:] - ref[m:])
+        if self.kind == "ipo":
+            loss = ((logits - 1 / (2 * self.beta)) ** 2).mean()
+        else:
+            loss = -F.logsigmoid(self.beta * logits).mean()
+        margin = (self.beta * logits).detach()
+        return loss, {
+            "margin": float(margin.mean()),
+            "accuracy": float((margin > 0).float().mean()),
+            # The policy's own preference, whatever the reference prefers.
+            "logp_accuracy": float((policy[:m] > policy[m:]).float().mean()),
+        }
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        return self._terms(model, batch)
+
+    def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
+        data = self.valid if self.valid is not None and len(self.valid) else self.train
+        sums: dict[str, float] = {"loss": 0.0, "margin": 0.0, "accuracy": 0.0, "logp_accuracy": 0.0}
+        chunks = _my_chunks(min(samples, len(data)), micro)
+        with torch.no_grad():
+            for chunk in chunks:
+                loss, metrics = self._terms(model, data.batch(chunk))
+                sums["loss"] += float(loss) * len(chunk)
+                for k, v in metrics.items():
+                    sums[k] += v * len(chunk)
+        reduced = _dp_reduce(sums, sum(len(c) for c in chunks))
+        return {f"val_{k}": v for k, v in reduced.items()}
+
+
+class ValueHead(torch.nn.Module):
+    """A scalar score read from the final hidden state of the last real token."""
+
+    def __init__(self, model: Any, hidden: int) -> None:
+        super().__init__()
+        self.score = torch.nn.Linear(hidden, 1)
+        self._hidden: list[Any] = []
+        model.decoder.register_forward_hook(lambda _m, _a, out: self._hidden.append(out))
+
+    def scores(self, model: Any, batch: dict[str, Any], precision: str) -> Any:
+        self._hidden.clear()
+        with autocast(precision):
+            model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
+            hidden = self._hidden.pop()  # [s, b, h]
+            last = hidden[batch["last"], torch.arange(hidden.shape[1])]
+            return self.score(last).float().squeeze(-1)
+
+
+class PairwiseReward:
+    """A reward model: ``-log sigmoid(score(chosen) - score(rejected))``."""
+
+    pipeline_ok = False
+
+    def __init__(self, train: Any, valid: Any, head: ValueHead, precision: str) -> None:
+        self.train, self.valid, self.head, self.precision = train, valid, head, precision
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        return self.train.batch([i % len(self.train) for i in indices])
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        scores = self.head.scores(model, batch, self.precision)
+        m = scores.shape[0] // 2
+        diff = scores[:m] - scores[m:]
+        return -F.logsigmoid(diff).mean(), {
+            "accuracy": float((diff > 0).float().mean()),
+            "margin": float(diff.detach().mean()),
+        }
+
+    def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
+        data = self.valid if self.valid is not None and len(self.valid) else self.train
+        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+        chunks = _my_chunks(min(samples, len(data)), micro)
+        with torch.no_grad():
+            for chunk in chunks:
+                loss, metrics = self.loss(model, data.batch(chunk))
+                sums["loss"] += float(loss) * len(chunk)
+                for k, v in metrics.items():
+                    sums[k] += v * len(chunk)
+        reduced = _dp_reduce(sums, sum(len(c) for c in chunks))
+        return {f"val_{k}": v for k, v in reduced.items()}

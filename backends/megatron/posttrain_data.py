@@ -1,0 +1,173 @@
+"""Post-training data from the tokenize nodes' indexed datasets: chats (tokens and the
+mask of the assistant's tokens) packed with document masks or padded, preference pairs,
+and GRPO prompts with their answers. Batches have fixed shapes ``[b, seq_len]``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _documents(sources: dict[str, str], split: str, forms: tuple[str, ...]) -> list[tuple]:
+    """Every document of the split, as one array per form, in a stable order."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    docs: list[tuple] = []
+    for _, path in sorted(sources.items()):
+        index = json.loads((Path(path) / "datasets.json").read_text())
+        for d in index["datasets"]:
+            if d["split"] != split or not d["documents"]:
+                continue
+            prefix = str(Path(path) / d["prefix"])
+            parts = [IndexedDataset(prefix + form, mmap=False) for form in forms]
+            extra = []
+            if forms == (".prompt",):
+                with open(prefix + ".answers.jsonl") as f:
+                    extra = [json.loads(line) for line in f]
+            for i in range(len(parts[0])):
+                row = tuple(np.asarray(p[i], dtype=np.int64) for p in parts)
+                docs.append(row + ((extra[i],) if extra else ()))
+    return docs
+
+
+def _order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class _Epochs:
+    """Sample ``i`` of an endless sequence of seeded shuffles of ``n`` items."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, i: int) -> int:
+        epoch, k = divmod(i, self.n)
+        if epoch not in self._orders:
+            self._orders = {epoch: _order(self.n, self.seed, epoch)}
+        return int(self._orders[epoch][k])
+
+
+def _causal_blocks(doc_ids: torch.Tensor) -> torch.Tensor:
+    """``[b, 1, s, s]`` True where attention is hidden: later positions and other docs."""
+    s = doc_ids.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    same = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1)
+    return ~(causal & same).unsqueeze(1)
+
+
+class ChatSamples:
+    """Sequences of ``seq_len + 1`` tokens for supervised fine-tuning. Packing fills each
+    sequence with whole conversations (truncated when longer), each attending only to
+    itself with positions restarting at 0; padding puts one conversation per sequence."""
+
+    def __init__(
+        self, sources: dict[str, str], split: str, seq_len: int, seed: int, pad: int, packing: bool
+    ) -> None:
+        self.docs = [
+            (ids[: seq_len + 1], m[: seq_len + 1])
+            for ids, m in _documents(sources, split, ("", ".mask"))
+        ]
+        self.seq_len, self.pad, self.packing = seq_len, pad, packing
+        self.order = _Epochs(len(self.docs), seed) if self.docs else None
+        self._packs: list[list[int]] = []
+        self._next = 0  # the next position in the document order
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def _pack(self, i: int) -> list[int]:
+        if not self.packing:
+            return [self.order[i]]
+        while len(self._packs) <= i:
+            pack, used = [], 0
+            while True:
+                doc = self.order[self._next]
+                size = len(self.docs[doc][0])
+                if pack and used + size > self.seq_len + 1:
+                    break
+                pack.append(doc)
+                used += size
+                self._next += 1
+            self._packs.append(pack)
+        return self._packs[i]
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        n = self.seq_len + 1
+        tokens = np.full((len(indices), n), self.pad, dtype=np.int64)
+        learn = np.zeros((len(indices), n), dtype=np.int64)
+        doc = np.full((len(indices), n), -1, dtype=np.int64)
+        pos = np.zeros((len(indices), n), dtype=np.int64)
+        for row, i in enumerate(indices):
+            at = 0
+            for k, d in enumerate(self._pack(i)):
+                ids, mask = self.docs[d]
+                size = min(len(ids), n - at)
+                tokens[row, at : at + size] = ids[:size]
+                learn[row, at : at + size] = mask[:size]
+                doc[row, at : at + size] = k
+                pos[row, at : at + size] = np.arange(size)
+                at += size
+            if not self.packing:
+                pos[row, at:] = np.arange(at, n)
+        t = torch.from_numpy(tokens)
+        out = {
+            "tokens": t[:, :-1].contiguous(),
+            "labels": t[:, 1:].contiguous(),
+            "loss_mask": torch.from_numpy(learn[:, 1:]).float(),
+            "position_ids": torch.from_numpy(pos[:, :-1]).contiguous(),
+        }
+        if self.packing:
+            out["attention_mask"] = _causal_blocks(torch.from_numpy(doc[:, :-1]))
+        return out
+
+
+class PairSamples:
+    """Preference pairs: each batch holds the chosen answers, then the rejected ones, after
+    their prompt; the loss mask marks the answer's tokens; ``last`` is each sequence's
+    final real position (where a reward model reads its score)."""
+
+    def __init__(self, sources: dict[str, str], split: str, seq_len: int, pad: int) -> None:
+        self.pairs = _documents(sources, split, (".prompt", ".chosen", ".rejected"))
+        self.seq_len, self.pad = seq_len, pad
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        n = self.seq_len + 1
+        rows = [(self.pairs[i][0], self.pairs[i][1 + side]) for side in (0, 1) for i in indices]
+        tokens = np.full((len(rows), n), self.pad, dtype=np.int64)
+        learn = np.zeros((len(rows), n), dtype=np.int64)
+        last = np.zeros(len(rows), dtype=np.int64)
+        for r, (prompt, answer) in enumerate(rows):
+            seq = np.concatenate([prompt, answer])[:n]
+            tokens[r, : len(seq)] = seq
+            learn[r, len(prompt) : len(seq)] = 1
+            last[r] = min(len(seq), n - 1) - 1
+        t = torch.from_numpy(tokens)
+        return {
+            "tokens": t[:, :-1].contiguous(),
+            "labels": t[:, 1:].contiguous(),
+            "loss_mask": torch.from_numpy(learn[:, 1:]).float(),
+            "position_ids": torch.arange(self.seq_len).expand(len(rows), -1),
+            "last": torch.from_numpy(last),
+        }
+
+
+class PromptSamples:
+    """GRPO prompts (token ids) with their source records (the ``answer`` field)."""
+
+    def __init__(self, sources: dict[str, str], split: str) -> None:
+        self.prompts = _documents(sources, split, (".prompt",))
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> tuple[list[int], dict[str, Any]]:
+        ids, record = self.prompts[i % len(self.prompts)]
+        return ids.tolist(), record

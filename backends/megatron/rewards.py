@@ -1,0 +1,74 @@
+"""GRPO rewards: built-ins (exact match against the prompt record's ``answer``, a regular
+expression, a length penalty), a trained reward model's score, and a user function
+``module:function(prompt, completion, record) -> float`` (it runs user code)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+
+def _user_function(path: str) -> Callable[..., float]:
+    module, _, name = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"reward function {path!r} cannot be imported: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"reward function {path!r} is not callable")
+    return fn
+
+
+class Rewards:
+    """The weighted sum of the stage's rewards for each (prompt, completion, record)."""
+
+    def __init__(self, specs: list[dict[str, Any]], models: dict[int, Any]) -> None:
+        self.terms: list[tuple[float, Callable[..., list[float]]]] = []
+        for i, spec in enumerate(specs):
+            self.terms.append((spec["weight"], self._term(spec, models.get(i))))
+
+    @staticmethod
+    def _term(spec: dict[str, Any], model: Any) -> Callable[..., list[float]]:
+        kind = spec["kind"]
+        if kind == "exact_match":
+            return lambda prompts, outs, recs, ids: [
+                float(o.strip() == str(r.get("answer", "")).strip()) for o, r in zip(outs, recs)
+            ]
+        if kind == "regex":
+            pattern = re.compile(spec["pattern"])
+            return lambda prompts, outs, recs, ids: [
+                float(pattern.search(o) is not None) for o in outs
+            ]
+        if kind == "length":
+            target = spec["target"]
+            return lambda prompts, outs, recs, ids: [float(abs(len(c) - target)) for _, c in ids]
+        if kind == "model":
+            return lambda prompts, outs, recs, ids: model([p + c for p, c in ids])
+        fn = _user_function(spec["function"])
+
+        def user(prompts: list[str], outs: list[str], recs: list[dict], ids: Any) -> list[float]:
+            values = []
+            for p, o, r in zip(prompts, outs, recs):
+                try:
+                    values.append(float(fn(p, o, r)))
+                except Exception as e:
+                    raise ValueError(f"reward function {spec['function']!r} failed: {e}") from e
+            return values
+
+        return user
+
+    def __call__(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        records: list[dict[str, Any]],
+        sequences: list[tuple[list[int], list[int]]],
+    ) -> list[float]:
+        """``sequences``: (prompt ids, completion ids) of each completion."""
+        total = [0.0] * len(completions)
+        for weight, term in self.terms:
+            for k, v in enumerate(term(prompts, completions, records, sequences)):
+                total[k] += weight * v
+        return total

@@ -1,0 +1,74 @@
+"""Write the arithmetic example's data: additions of numbers below 50 as plain equations (for
+pretraining), as chats (SFT, LoRA), as preference pairs with a wrong answer rejected (DPO),
+as prompts with their answers (GRPO), and a held-out set no other file contains.
+
+    python examples/arithmetic/generate.py [--out DIR] [--seed N]
+
+Deterministic: the same seed writes the same bytes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+LIMIT = 50  # operands below this
+SIZES = {"equations": 6000, "chat": 2000, "preferences": 1000, "prompts": 600, "heldout": 150}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def generate(out: Path, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    problems = [(a, b) for a in range(LIMIT) for b in range(LIMIT)]
+    rng.shuffle(problems)
+    heldout, rest = problems[: SIZES["heldout"]], problems[SIZES["heldout"] :]
+
+    def pick(n: int) -> list[tuple[int, int]]:
+        return [rest[rng.randrange(len(rest))] for _ in range(n)]
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "equations.txt").write_text(
+        "".join(f"{a}+{b}={a + b}\n" for a, b in pick(SIZES["equations"]))
+    )
+    _write_jsonl(
+        out / "chat.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"{a}+{b}"},
+                    {"role": "assistant", "content": str(a + b)},
+                ]
+            }
+            for a, b in pick(SIZES["chat"])
+        ],
+    )
+    prefs = []
+    for a, b in pick(SIZES["preferences"]):
+        wrong = a + b + rng.choice([-10, -2, -1, 1, 2, 10])
+        prefs.append({"prompt": f"{a}+{b}", "chosen": str(a + b), "rejected": str(abs(wrong))})
+    _write_jsonl(out / "preferences.jsonl", prefs)
+    _write_jsonl(
+        out / "prompts.jsonl",
+        [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in pick(SIZES["prompts"])],
+    )
+    _write_jsonl(
+        out / "heldout.jsonl", [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in heldout]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    generate(args.out, args.seed)
+
+
+if __name__ == "__main__":
+    main()
