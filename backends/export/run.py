@@ -1,16 +1,37 @@
-"""The ``export:<format>@<stage>`` node. ``hf``: a transformers model directory (weights,
+"""The ``export:<format>@<stage>`` node: builds the Hugging Face model every format starts
+from and dispatches on the format. ``hf``: a transformers model directory (weights,
 config, tokenizer with chat template, generation config), proven by loading it with
-``AutoModelForCausalLM`` and comparing its logits with the megatron model's."""
+``AutoModelForCausalLM`` and comparing its logits with the megatron model's. ``onnx`` and
+``gguf`` live in their own modules; ``peft`` is not implemented yet."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
 
-def _special_ids(tokenizer_dir: Any) -> dict[str, int]:
+class VerificationError(RuntimeError):
+    """An export does not reproduce the trained model: the conversion is wrong."""
+
+
+@dataclass(frozen=True)
+class HfModel:
+    """The trained stage as an in-memory transformers model (float32, eval mode)."""
+
+    model: Any
+    arch: Any
+    vocab: int
+    special: dict[str, int]
+    """``bos_token_id``, ``eos_token_id``, ``pad_token_id``."""
+    name: str
+    """The stage's name."""
+
+
+def special_ids(tokenizer_dir: Path) -> dict[str, int]:
     from tokenizers import Tokenizer
 
     info = json.loads((tokenizer_dir / "tokenizer_info.json").read_text())
@@ -18,34 +39,52 @@ def _special_ids(tokenizer_dir: Any) -> dict[str, int]:
     return {f"{k}_id": tok.token_to_id(info[k]) for k in ("bos_token", "eos_token", "pad_token")}
 
 
-def max_logit_difference(stage_dir: Any, hf_dir: Any, seq: int, vocab: int, seed: int = 0) -> float:
+def megatron_logits(stage_dir: Path, ids: Any) -> Any:
+    """The trained model's float32 logits for ``ids`` ``[batch, seq]``, vocab rows only."""
     import torch
     from llmbuild.backends.megatron.generate import load_model
+
+    ours, config = load_model(stage_dir)
+    pos = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
+    with torch.no_grad():
+        return ours(ids, pos, None)[..., : config["vocab_size"]].float()
+
+
+def random_ids(vocab: int, batch: int, seq: int, seed: int = 0) -> Any:
+    import torch
+
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def max_logit_difference(stage_dir: Any, hf_dir: Any, seq: int, vocab: int, seed: int = 0) -> float:
+    import torch
     from transformers import AutoModelForCausalLM
 
-    ours, _ = load_model(stage_dir)
-    theirs = AutoModelForCausalLM.from_pretrained(str(hf_dir), torch_dtype=torch.float32).eval()
-    ids = torch.randint(0, vocab, (2, seq), generator=torch.Generator().manual_seed(seed))
+    theirs = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    ids = random_ids(vocab, 2, seq, seed)
     with torch.no_grad():
-        a = ours(ids, torch.arange(seq).unsqueeze(0).expand(2, -1), None)[..., :vocab].float()
         b = theirs(ids).logits.float()
-    return float((a - b).abs().max())
+    return float((megatron_logits(stage_dir, ids) - b).abs().max())
 
 
-def export_hf(ctx: Any, dtype: str) -> None:
-    import torch
+def hf_model(ctx: Any) -> HfModel:
+    """The model input converted to transformers (float32), checked to load completely."""
     from llmbuild.backends.export.convert import hf_config, to_hf
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
+    from llmbuild.errors import UserError
     from llmbuild.spec.model import Architecture
 
-    stage, tok = ctx.input("model").path, ctx.input("tokenizer").path
-    config = json.loads((stage / "config.json").read_text())
+    stage = ctx.input("model")
+    config = json.loads((stage.path / "config.json").read_text())
     arch = Architecture.model_validate(config["architecture"])
     vocab = config["vocab_size"]
-    special = _special_ids(tok)
-    state = to_hf(load_file(str(stage / "model.safetensors")), arch, vocab)
+    special = special_ids(ctx.input("tokenizer").path)
+    try:
+        state = to_hf(load_file(str(stage.path / "model.safetensors")), arch, vocab)
+    except NotImplementedError as e:
+        raise UserError(f"{ctx.node}: cannot export this architecture: {e}") from None
     model = AutoModelForCausalLM.from_config(hf_config(arch, vocab, special))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (arch.tie_embeddings and m == "lm_head.weight")]
@@ -55,12 +94,28 @@ def export_hf(ctx: Any, dtype: str) -> None:
         )
     if arch.tie_embeddings:
         model.tie_weights()
-    model = model.to(getattr(torch, dtype))
+    name = stage.record.get("name", "model").split(":", 1)[-1]
+    return HfModel(model.eval(), arch, vocab, special, name)
+
+
+def save_hf_extras(hf: HfModel, out: Path, tokenizer_dir: Path) -> None:
+    """Tokenizer files (with the chat template) and the generation config, so ``out``
+    loads with ``AutoTokenizer`` and generates with the right special tokens."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    AutoTokenizer.from_pretrained(str(tokenizer_dir / "tokenizer")).save_pretrained(str(out))
+    GenerationConfig(**hf.special, max_length=hf.arch.seq_len).save_pretrained(str(out))
+
+
+def export_hf(ctx: Any, dtype: str) -> None:
+    import torch
+
+    hf = hf_model(ctx)
+    model = hf.model.to(getattr(torch, dtype))
     out = ctx.out_dir
     model.save_pretrained(str(out), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tok / "tokenizer")).save_pretrained(str(out))
-    GenerationConfig(**special, max_length=arch.seq_len).save_pretrained(str(out))
-    diff = max_logit_difference(stage, out, min(arch.seq_len, 32), vocab)
+    save_hf_extras(hf, out, ctx.input("tokenizer").path)
+    diff = max_logit_difference(ctx.input("model").path, out, min(hf.arch.seq_len, 32), hf.vocab)
     ctx.metrics.update(
         {
             "max_logit_diff": diff,
@@ -70,7 +125,7 @@ def export_hf(ctx: Any, dtype: str) -> None:
         }
     )
     if diff > TOLERANCE[dtype]:
-        raise RuntimeError(
+        raise VerificationError(
             f"the export's logits differ from the trained model's by {diff:.2e} "
             f"(tolerance {TOLERANCE[dtype]:.0e}): the conversion is wrong"
         )
@@ -79,6 +134,15 @@ def export_hf(ctx: Any, dtype: str) -> None:
 
 def run(ctx: Any) -> None:
     export = ctx.config.export
-    if export.format != "hf":
+    if export.format == "hf":
+        export_hf(ctx, export.dtype)
+    elif export.format == "onnx":
+        from llmbuild.backends.export.onnx_export import export_onnx
+
+        export_onnx(ctx, export)
+    elif export.format == "gguf":
+        from llmbuild.backends.export.gguf_export import export_gguf
+
+        export_gguf(ctx, export)
+    else:
         raise NotImplementedError(f"{export.format} export is not implemented yet")
-    export_hf(ctx, export.dtype)

@@ -1,10 +1,13 @@
-"""``llmbuild generate``: sample from a built stage."""
+"""``llmbuild generate``: sample from a built stage, or from a built ``hf`` export with
+transformers' ``generate``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
 from llmbuild.errors import UserError
@@ -13,7 +16,13 @@ from llmbuild.errors import UserError
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     add_store_argument(p)
-    p.add_argument("--stage", help="stage to sample from (default: the last one)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--stage", help="stage to sample from (default: the last one)")
+    source.add_argument(
+        "--export",
+        metavar="NAME",
+        help="hf export to generate from with transformers, e.g. hf@pretrain",
+    )
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
@@ -22,32 +31,82 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def run(args: argparse.Namespace) -> int:
-    from llmbuild.plan import plan_spec
-    from llmbuild.spec.load import load_spec
-
-    resolved = load_spec(args.spec, args.overrides)
-    store = open_store(args, resolved.path)
-    planned = plan_spec(resolved, store=store, cache=store.cache)
-    stages = [n for n in planned.graph.nodes if n.startswith("stage:")]
-    name = f"stage:{args.stage}" if args.stage else stages[-1]
-    if name not in planned.keys:
-        raise UserError(f"no stage {args.stage!r} (stages: {', '.join(s[6:] for s in stages)})")
-    stage_rec = store.record(name, planned.keys[name].key)
-    tok_rec = store.record("tokenizer", planned.keys["tokenizer"].key)
-    if stage_rec is None or tok_rec is None:
+def _built(store: Any, planned: Any, name: str, spec: Path) -> Path:
+    rec = store.record(name, planned.keys[name].key)
+    if rec is None:
         raise UserError(
-            f"{name} is not built with this spec yet: run `llmbuild build "
-            f"{args.spec}` first (or `llmbuild plan` to see what is missing)"
+            f"{name} is not built with this spec yet: run `llmbuild build {spec}` first "
+            f"(or `llmbuild plan` to see what is missing)"
         )
+    return store.local_dir(rec)
+
+
+def _export_node(resolved: Any, wanted: str) -> str:
+    """The graph node of the hf export ``wanted`` names (``hf@sft``, a named export's
+    name, or the node name itself)."""
+    from llmbuild.spec.checks import export_node_name
+
+    exports = {export_node_name(e.format, e.stage, e.name): e for e in resolved.spec.export}
+    node = wanted if wanted.startswith("export:") else f"export:{wanted}"
+    if node not in exports:
+        names = ", ".join(n.split(":", 1)[1] for n in exports) or "none"
+        raise UserError(f"no export {wanted!r} in {resolved.path} (exports: {names})")
+    if exports[node].format != "hf":
+        raise UserError(
+            f"{node} is a {exports[node].format} export: generate runs from stages and hf "
+            f'exports (add an `[[export]]` with format = "hf")'
+        )
+    return node
+
+
+def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr is for notes and errors here
+    tok = AutoTokenizer.from_pretrained(str(export_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(export_dir)).eval()
+    limit = model.config.max_position_embeddings
+    prompt = tok.encode(args.prompt, add_special_tokens=False) or [tok.bos_token_id]
+    prompt = prompt[-(limit - 1) :]
+    new = min(args.max_new_tokens, limit - len(prompt))
+    if new < args.max_new_tokens:
+        sys.stderr.write(f"note: {new} new tokens fit in the context of {limit} tokens\n")
+    sampling: dict[str, Any] = {"do_sample": False}
+    if args.temperature > 0:
+        sampling = {
+            "do_sample": True,
+            "temperature": args.temperature,
+            "top_k": args.top_k or 0,
+            "top_p": args.top_p,
+        }
+    torch.manual_seed(args.seed)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new,
+            max_length=None,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **sampling,
+        )
+    generated = out[0, len(prompt) :].tolist()
+    if generated and generated[-1] == tok.eos_token_id:
+        generated = generated[:-1]
+    return tok.decode(generated, skip_special_tokens=True)
+
+
+def _generate_stage(args: argparse.Namespace, stage_dir: Path, tok_dir: Path) -> str:
     from tokenizers import Tokenizer
 
     from llmbuild.backends.megatron.generate import load_model, sample
 
-    tok_dir = store.local_dir(tok_rec)
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
     info = json.loads((tok_dir / "tokenizer_info.json").read_text())
-    model, config = load_model(store.local_dir(stage_rec))
+    model, config = load_model(stage_dir)
     prompt = tok.encode(args.prompt, add_special_tokens=False).ids or [
         tok.token_to_id(info["bos_token"])
     ]
@@ -62,5 +121,26 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         stop=tok.token_to_id(info["eos_token"]),
     )
-    sys.stdout.write(args.prompt + tok.decode(new) + "\n")
+    return tok.decode(new)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmbuild.plan import plan_spec
+    from llmbuild.spec.load import load_spec
+
+    resolved = load_spec(args.spec, args.overrides)
+    store = open_store(args, resolved.path)
+    planned = plan_spec(resolved, store=store, cache=store.cache)
+    if args.export:
+        node = _export_node(resolved, args.export)
+        text = _generate_hf(args, _built(store, planned, node, args.spec))
+    else:
+        stages = [n for n in planned.graph.nodes if n.startswith("stage:")]
+        name = f"stage:{args.stage}" if args.stage else stages[-1]
+        if name not in planned.keys:
+            raise UserError(f"no stage {args.stage!r} (stages: {', '.join(s[6:] for s in stages)})")
+        stage_dir = _built(store, planned, name, args.spec)
+        tok_dir = _built(store, planned, "tokenizer", args.spec)
+        text = _generate_stage(args, stage_dir, tok_dir)
+    sys.stdout.write(args.prompt + text + "\n")
     return 0

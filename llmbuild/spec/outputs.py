@@ -104,8 +104,9 @@ class OnnxExport(ExportBase):
     """Export format."""
     quantize: Literal["none", "int8"] = "none"
     """Weight quantization."""
-    opset: int = Field(17, ge=13)
-    """ONNX opset version."""
+    opset: int = Field(18, ge=18)
+    """ONNX opset version; 18 is the lowest torch's exporter writes without converting
+    down (which breaks GPT-2-style graphs)."""
 
 
 class GgufExport(ExportBase):

@@ -1,0 +1,173 @@
+"""The tokenizer as GGUF metadata (``tokenizer.ggml.*``), read from the tokenizer node's
+``tokenizer.json``, in the forms llama.cpp's tokenizers understand:
+
+- byte-level BPE (``bpe``, ``byte`` and byte-level pretrained tokenizers) -> ``gpt2`` with
+  tokens, token types and merges;
+- a char vocabulary of single-byte characters -> ``gpt2`` with no merges: each character
+  is one byte, written in the byte-level alphabet, so byte-level BPE without merges
+  tokenizes exactly as the char tokenizer does;
+- unigram -> ``t5`` (llama.cpp's unigram tokenizer, UGM) with tokens, scores and token
+  types, spaces as the Metaspace pre-tokenizer writes them;
+- anything else -> ``none``: the weights are usable, the runtime brings the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.tokenizer.build import byte_alphabet
+
+
+@dataclass(frozen=True)
+class GgufVocab:
+    """What goes under ``tokenizer.ggml``; ``tokens`` is empty for model ``none``."""
+
+    model: str
+    pre: str | None = None
+    tokens: list[str] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    scores: list[float] | None = None
+    merges: list[str] | None = None
+    special: dict[str, int] = field(default_factory=dict)
+    """``bos``, ``eos``, ``pad``, ``unk`` token ids (those the tokenizer has)."""
+    chat_template: str | None = None
+    add_space_prefix: bool | None = None
+
+
+def _parts(node: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A pre-tokenizer or decoder, or the members of a ``Sequence`` of them."""
+    if not node:
+        return []
+    if node.get("type") == "Sequence":
+        return [*node.get("pretokenizers", []), *node.get("decoders", [])]
+    return [node]
+
+
+def _is_byte_level(tok: dict[str, Any]) -> bool:
+    parts = _parts(tok.get("pre_tokenizer")) + _parts(tok.get("decoder"))
+    return any(p.get("type") == "ByteLevel" for p in parts)
+
+
+def _uses_gpt2_regex(tok: dict[str, Any]) -> bool:
+    return any(
+        p.get("type") == "ByteLevel" and p.get("use_regex", True)
+        for p in _parts(tok.get("pre_tokenizer"))
+    )
+
+
+def _chat_template(tokenizer_dir: Path) -> str | None:
+    jinja = tokenizer_dir / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    config = tokenizer_dir / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.exists() else None
+    return template if isinstance(template, str) else None
+
+
+def _types(n: int, pieces: dict[int, str], added: dict[int, bool], unk: int | None) -> list[int]:
+    from gguf import TokenType
+
+    out = []
+    for i in range(n):
+        if i not in pieces:
+            out.append(TokenType.UNUSED)
+        elif i == unk:
+            out.append(TokenType.UNKNOWN)
+        elif i in added:
+            out.append(TokenType.CONTROL if added[i] else TokenType.USER_DEFINED)
+        else:
+            out.append(TokenType.NORMAL)
+    return [int(t) for t in out]
+
+
+def _merges(model: dict[str, Any]) -> list[str]:
+    # tokenizers >= 0.20 writes merges as pairs; older files as "a b" strings
+    return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+
+
+def gguf_vocab(tokenizer_dir: Path, vocab_size: int) -> GgufVocab:
+    """The GGUF form of the tokenizer node's tokenizer, padded to ``vocab_size`` entries."""
+    hf_dir = tokenizer_dir / "tokenizer"
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    info = json.loads((tokenizer_dir / "tokenizer_info.json").read_text())
+    model = tok["model"]
+    added = {t["id"]: bool(t.get("special")) for t in tok.get("added_tokens", [])}
+    added_text = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
+    if model["type"] == "Unigram":
+        pieces = {i: p for i, (p, _) in enumerate(model["vocab"])}
+        scores_of = {i: float(s) for i, (_, s) in enumerate(model["vocab"])}
+    else:
+        pieces = {i: p for p, i in model.get("vocab", {}).items()}
+        scores_of = {}
+    pieces.update(added_text)
+    ids = {p: i for i, p in pieces.items()}
+    special = {
+        k: ids[info[f"{k}_token"]] for k in ("bos", "eos", "pad") if info.get(f"{k}_token") in ids
+    }
+    unk = model.get("unk_id") if model["type"] == "Unigram" else ids.get(model.get("unk_token"))
+    if unk is not None:
+        special["unk"] = unk
+    common = {"special": special, "chat_template": _chat_template(hf_dir)}
+
+    def listing(mapped: dict[int, str]) -> tuple[list[str], list[int]]:
+        tokens = [mapped.get(i, f"[PAD{i}]") for i in range(vocab_size)]
+        return tokens, _types(vocab_size, pieces, added, unk)
+
+    if model["type"] == "BPE" and _is_byte_level(tok):
+        tokens, types = listing(pieces)
+        pre = "gpt-2" if _uses_gpt2_regex(tok) else "default"
+        return GgufVocab("gpt2", pre, tokens, types, merges=_merges(model), **common)
+    if model["type"] == "WordLevel" and all(
+        len(p) == 1 and ord(p) < 128 for i, p in pieces.items() if i not in added
+    ):
+        alphabet = byte_alphabet()
+        mapped = {i: p if i in added else alphabet[ord(p)] for i, p in pieces.items()}
+        tokens, types = listing(mapped)
+        return GgufVocab("gpt2", "default", tokens, types, merges=[], **common)
+    if model["type"] == "Unigram":
+        tokens, types = listing(pieces)
+        scores = [scores_of.get(i, 0.0) for i in range(vocab_size)]
+        prepend = any(
+            p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never"
+            for p in _parts(tok.get("pre_tokenizer"))
+        )
+        return GgufVocab("t5", None, tokens, types, scores, add_space_prefix=prepend, **common)
+    return GgufVocab("none", **common)
+
+
+def write_vocab(writer: Any, vocab: GgufVocab) -> None:
+    """Add ``vocab`` to a ``gguf.GGUFWriter``'s metadata."""
+    from gguf import GGUFValueType, Keys
+
+    STRING = GGUFValueType.STRING
+    writer.add_tokenizer_model(vocab.model)
+    if vocab.pre:
+        writer.add_tokenizer_pre(vocab.pre)
+    if vocab.tokens:
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_types(vocab.types)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    if vocab.merges is not None:
+        # not add_token_merges, which drops an empty list: llama.cpp refuses a gpt2-model
+        # vocabulary without the key (the writer packs the empty array, see gguf_export)
+        writer.add_key_value(Keys.Tokenizer.MERGES, vocab.merges, GGUFValueType.ARRAY, STRING)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+        writer.add_remove_extra_whitespaces(False)  # Metaspace keeps every space
+    adders = {
+        "bos": writer.add_bos_token_id,
+        "eos": writer.add_eos_token_id,
+        "pad": writer.add_pad_token_id,
+        "unk": writer.add_unk_token_id,
+    }
+    for key, token_id in vocab.special.items():
+        adders[key](token_id)
+    # Training never prepends bos nor appends eos to a document.
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)

@@ -1,0 +1,341 @@
+"""ONNX (float32 and int8) and GGUF (f16, q8_0) exports of both architectures, proven with
+onnxruntime, gguf's reader and an independent rope check; ``generate`` from an hf export;
+and an edit of one export's setting rebuilds that export alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.backends.conftest import artifact, run_nodes
+from tests.backends.test_megatron import tiny_spec
+
+EXPORTS = """
+[[export]]
+format = "hf"
+stage = "pretrain"
+[[export]]
+format = "onnx"
+stage = "pretrain"
+[[export]]
+format = "onnx"
+stage = "pretrain"
+name = "int8"
+quantize = "int8"
+[[export]]
+format = "gguf"
+stage = "pretrain"
+[[export]]
+format = "gguf"
+stage = "pretrain"
+name = "q8"
+quantization = "q8_0"
+"""
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
+GGUF_NODES = {"f16": "export:gguf@pretrain", "q8_0": "export:q8"}
+
+
+@dataclass(frozen=True)
+class Built:
+    style: str
+    spec: Path
+    store: Path
+    outcome: object
+
+    def dir(self, node: str) -> Path:
+        return artifact(self.outcome, self.store, node)
+
+    def metrics(self, node: str) -> dict:
+        return self.outcome.results[node].record["metrics"]
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """Builds of the tiny spec with every export, one per architecture, shared by the module."""
+    cache: dict[str, Built] = {}
+
+    def get(style: str) -> Built:
+        if style not in cache:
+            root = tmp_path_factory.mktemp(style)
+            spec = tiny_spec(root, style, steps=6, extra=EXPORTS)
+            outcome = run_nodes(spec, root / "store")
+            assert outcome.ok, outcome.log
+            cache[style] = Built(style, spec, root / "store", outcome)
+        return cache[style]
+
+    return get
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def built(request, build) -> Built:
+    return build(request.param)
+
+
+def _megatron_logits(built: Built, ids: np.ndarray) -> np.ndarray:
+    import torch
+    from llmbuild.backends.export.run import megatron_logits
+
+    return megatron_logits(built.dir("stage:pretrain"), torch.from_numpy(ids)).numpy()
+
+
+def _onnx_logits(path: Path, ids: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input_ids": ids})[0]
+
+
+def test_onnx_matches_the_trained_model_at_any_shape(built):
+    import onnx
+    from transformers import AutoTokenizer
+
+    out = built.dir("export:onnx@pretrain")
+    assert built.metrics("export:onnx@pretrain")["max_logit_diff"] < 1e-3
+    model = onnx.load(str(out / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["input_ids"]
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18
+    rng = np.random.default_rng(1)
+    for shape in [(1, 5), (4, 32)]:  # the export traced (2, 8): both axes are dynamic
+        ids = rng.integers(0, 60, shape)
+        logits = _onnx_logits(out / "model.onnx", ids)
+        assert logits.shape == (*shape, 65)
+        assert np.abs(logits - _megatron_logits(built, ids)).max() < 1e-3
+    tok = AutoTokenizer.from_pretrained(str(out))  # the directory is usable as it is
+    assert tok.decode(tok.encode("ROMEO:", add_special_tokens=False)) == "ROMEO:"
+    assert (out / "config.json").exists() and not list(out.glob("*.data"))
+
+
+def test_int8_onnx_is_quantized_and_agrees_on_the_top_token(built):
+    import onnx
+
+    metrics = built.metrics("export:int8")
+    assert metrics["int8_top1_agreement"] >= 0.9 and metrics["max_logit_diff"] < 1e-3
+    int8, fp32 = built.dir("export:int8") / "model.onnx", built.dir("export:onnx@pretrain")
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert int8.stat().st_size < 0.75 * (fp32 / "model.onnx").stat().st_size
+    ids = np.random.default_rng(2).integers(0, 60, (2, 32))
+    a, b = _onnx_logits(int8, ids), _onnx_logits(fp32 / "model.onnx", ids)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
+
+
+def _expected_tensors(style: str, layers: int, untied_llama: bool) -> set[str]:
+    if style == "llama":
+        per = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+        per = [f"{p}.weight" for p in [*per, "attn_norm", "ffn_norm"]]
+        top = ["token_embd.weight", "output_norm.weight"] + ["output.weight"] * untied_llama
+    else:
+        per = ["attn_qkv", "attn_output", "ffn_up", "ffn_down", "attn_norm", "ffn_norm"]
+        per = [f"{p}.{s}" for p in per for s in ("weight", "bias")]
+        top = ["token_embd.weight", "position_embd.weight", "output.weight"]
+        top += ["output_norm.weight", "output_norm.bias"]
+    return set(top) | {f"blk.{i}.{p}" for i in range(layers) for p in per}
+
+
+@pytest.mark.parametrize("quantization", ["f16", "q8_0"])
+def test_gguf_reads_back_with_names_types_and_metadata(built, quantization):
+    import gguf
+    from tokenizers import Tokenizer
+
+    node = GGUF_NODES[quantization]
+    metrics = built.metrics(node)
+    assert metrics["top1_agreement"] >= 0.9 and metrics["tokenizer_model"] == "gpt2"
+    reader = gguf.GGUFReader(str(built.dir(node) / "model.gguf"))
+    field = {k: f.contents() for k, f in reader.fields.items()}
+    arch = built.style
+    assert field["general.architecture"] == arch
+    tensors = {t.name: t for t in reader.tensors}
+    assert set(tensors) == _expected_tensors(arch, 2, untied_llama=True)
+    T = gguf.GGMLQuantizationType
+    weight_type = T.F16 if quantization == "f16" else T.Q8_0
+    for name, t in tensors.items():
+        if len(t.shape) == 1 or name == "position_embd.weight":
+            assert t.tensor_type == T.F32, name
+        else:
+            assert t.tensor_type == weight_type, name
+    dims = {n: tuple(int(d) for d in reversed(t.shape)) for n, t in tensors.items()}
+    assert dims["token_embd.weight"] == (65, 64)
+    if arch == "llama":
+        assert dims["blk.0.attn_q.weight"] == (64, 64) and dims["blk.1.attn_k.weight"] == (32, 64)
+        assert dims["blk.0.ffn_gate.weight"] == (128, 64)
+        assert field["llama.attention.head_count_kv"] == 2
+        assert field["llama.rope.freq_base"] == 10000.0
+        assert field["llama.rope.dimension_count"] == 16
+        assert abs(field["llama.attention.layer_norm_rms_epsilon"] - 1e-5) < 1e-9
+    else:
+        assert dims["blk.0.attn_qkv.weight"] == (192, 64) and dims["blk.1.ffn_up.weight"] == (
+            128,
+            64,
+        )
+        assert dims["position_embd.weight"] == (32, 64)
+        assert abs(field["gpt2.attention.layer_norm_epsilon"] - 1e-5) < 1e-9
+    assert field[f"{arch}.context_length"] == 32 and field[f"{arch}.embedding_length"] == 64
+    assert field[f"{arch}.block_count"] == 2 and field[f"{arch}.attention.head_count"] == 4
+    assert field["general.file_type"] == (1 if quantization == "f16" else 7)
+
+    tok = Tokenizer.from_file(str(built.dir("tokenizer") / "tokenizer" / "tokenizer.json"))
+    tokens = field["tokenizer.ggml.tokens"]
+    assert len(tokens) == 65 and field["tokenizer.ggml.merges"] == []
+    assert field["tokenizer.ggml.bos_token_id"] == tok.token_to_id("<|bos|>")
+    assert field["tokenizer.ggml.eos_token_id"] == tok.token_to_id("<|eos|>")
+    assert field["tokenizer.ggml.padding_token_id"] == tok.token_to_id("<|pad|>")
+    assert tokens[tok.token_to_id(" ")] == "Ġ" and tokens[tok.token_to_id("\n")] == "Ċ"
+    assert field["tokenizer.ggml.token_type"][tok.token_to_id("<|eos|>")] == 3  # control
+    assert "<|im_start|>" in field["tokenizer.chat_template"]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "byte", "unigram"])
+def test_gguf_vocabularies_of_the_other_tokenizer_kinds(tmp_path, kind):
+    import gguf
+    from llmbuild.backends.export.gguf_export import gguf_writer
+    from llmbuild.backends.export.gguf_vocab import gguf_vocab, write_vocab
+    from transformers import AutoTokenizer
+
+    size = [] if kind == "byte" else ["tokenizer.vocab_size=300"]
+    store = tmp_path / "store"
+    outcome = run_nodes(
+        tiny_spec(tmp_path), store, ("tokenizer",), [f"tokenizer.kind='{kind}'", *size]
+    )
+    assert outcome.ok, outcome.log
+    tok_dir = artifact(outcome, store, "tokenizer")
+    n = outcome.results["tokenizer"].record["metrics"]["vocab_size"]
+    vocab = gguf_vocab(tok_dir, n)
+    assert len(vocab.tokens) == len(vocab.types) == n
+    assert vocab.special["eos"] == 1 and vocab.types[1] == gguf.TokenType.CONTROL
+    if kind == "unigram":  # llama.cpp's unigram (UGM) tokenizer, with the model's scores
+        assert vocab.model == "t5" and len(vocab.scores) == n and vocab.scores[10] < 0
+        return
+    assert vocab.model == "gpt2" and vocab.pre == ("gpt-2" if kind == "bpe" else "default")
+    assert (len(vocab.merges) > 0) == (kind == "bpe")
+    writer = gguf_writer(tmp_path / "vocab.gguf", "llama")
+    write_vocab(writer, vocab)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    # transformers builds its own tokenizer from the GGUF metadata: it must split text alike
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="vocab.gguf")
+    ours = AutoTokenizer.from_pretrained(str(tok_dir / "tokenizer"))
+    for text in [
+        "ROMEO: Good morrow,\n  what's the news?",
+        "<|im_start|>user\nhi<|im_end|>",
+        "héllo",
+    ]:
+        assert theirs.encode(text, add_special_tokens=False) == ours.encode(
+            text, add_special_tokens=False
+        )
+
+
+def _rope(x, base: float, interleaved: bool):
+    """Rotary embedding of ``x [seq, heads, dim]``: llama.cpp's (adjacent pairs) or HF's
+    (rotate_half: dimension i with i + dim/2)."""
+    import torch
+
+    seq, _, d = x.shape
+    angle = torch.arange(seq)[:, None] * base ** (-torch.arange(0, d, 2) / d)
+    cos, sin = angle.cos()[:, None], angle.sin()[:, None]
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+    a, b = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
+
+
+def _scores(wq, wk, x, heads: int, kv_heads: int, interleaved: bool):
+    q = _rope((x @ wq.T).reshape(len(x), heads, -1), 10000.0, interleaved)
+    k = _rope((x @ wk.T).reshape(len(x), kv_heads, -1), 10000.0, interleaved)
+    k = k.repeat_interleave(heads // kv_heads, dim=1)
+    return (q.transpose(0, 1) @ k.transpose(0, 1).transpose(1, 2)).detach()
+
+
+def test_gguf_llama_q_and_k_are_laid_out_for_llama_cpp_rope(build):
+    import gguf
+    import torch
+    from safetensors.torch import load_file
+
+    built = build("llama")
+    hf = load_file(str(built.dir("export:hf@pretrain") / "model.safetensors"))
+    reader = gguf.GGUFReader(str(built.dir("export:gguf@pretrain") / "model.gguf"))
+
+    def weight(name: str):
+        t = next(t for t in reader.tensors if t.name == name)
+        shape = tuple(int(d) for d in reversed(t.shape))
+        return torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape))
+
+    x = torch.randn(7, 64, generator=torch.Generator().manual_seed(0))
+    for i in range(2):
+        hq, hk = (
+            hf[f"model.layers.{i}.self_attn.q_proj.weight"],
+            hf[f"model.layers.{i}.self_attn.k_proj.weight"],
+        )
+        ref = _scores(hq, hk, x, 4, 2, interleaved=False)
+        ours = _scores(
+            weight(f"blk.{i}.attn_q.weight"), weight(f"blk.{i}.attn_k.weight"), x, 4, 2, True
+        )
+        tol = 1e-2 * float(ref.abs().max())
+        assert (ours - ref).abs().max() < tol  # f16 weights, llama.cpp's rope: same attention
+        unpermuted = _scores(hq, hk, x, 4, 2, interleaved=True)
+        assert (unpermuted - ref).abs().max() > 10 * tol  # the check can tell the layouts apart
+
+
+def test_generate_from_an_hf_export_matches_the_stage(built, capsys):
+    from llmbuild.cli import main
+
+    base = ["generate", str(built.spec), "--store", str(built.store), "--prompt", "ROMEO:"]
+    greedy = [*base, "--max-new-tokens", "20", "--temperature", "0"]
+    assert main([*greedy, "--stage", "pretrain"]) == 0
+    from_stage = capsys.readouterr().out
+    assert main([*greedy, "--export", "hf@pretrain"]) == 0
+    from_export = capsys.readouterr().out
+    assert from_export.startswith("ROMEO:") and len(from_export) > len("ROMEO:\n")
+    assert from_export == from_stage  # the same greedy tokens through transformers
+    assert (
+        main([*base, "--export", "export:hf@pretrain", "--temperature", "1.0", "--seed", "3"]) == 0
+    )
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    assert main([*base, "--export", "hf@pretrain", "--max-new-tokens", "100"]) == 0
+    assert "fit in the context of 32 tokens" in capsys.readouterr().err
+    assert main([*base, "--export", "q8"]) == 2
+    assert "export:q8 is a gguf export" in capsys.readouterr().err
+    assert main([*base, "--export", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no export 'nope'" in err and "hf@pretrain" in err and "Traceback" not in err
+
+
+def test_editing_one_export_rebuilds_only_that_export(build):
+    from llmbuild.plan import plan_spec
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+
+    built = build("gpt2")
+
+    def to_build(overrides: list[str]) -> set[str]:
+        planned = plan_spec(load_spec(built.spec, overrides), store=Store(str(built.store)))
+        return {n.name for n in planned.plan.nodes if n.status != "cached"}
+
+    assert to_build([]) == set()
+    assert to_build(["export[1].quantize='int8'"]) == {"export:onnx@pretrain"}
+    assert to_build(["export[1].opset=19"]) == {"export:onnx@pretrain"}
+    edit = ["export[3].quantization='f32'"]
+    assert to_build(edit) == {"export:gguf@pretrain"}
+    again = run_nodes(built.spec, built.store, overrides=edit)
+    assert again.ok, again.log
+    states = {n: r.state for n, r in again.results.items()}
+    assert states.pop("export:gguf@pretrain") == "built"
+    assert set(states.values()) == {"cached"}
+    metrics = again.results["export:gguf@pretrain"].record["metrics"]
+    assert metrics["quantization"] == "f32" and metrics["max_logit_diff"] < 1e-3
+
+
+def test_an_opset_below_18_is_a_clear_spec_error(tmp_path):
+    from llmbuild.errors import SpecError
+    from llmbuild.spec.load import load_spec
+
+    spec = tiny_spec(
+        tmp_path, extra='[[export]]\nformat = "onnx"\nstage = "pretrain"\nopset = 17\n'
+    )
+    with pytest.raises(SpecError, match=r"export\[0\]\.opset"):
+        load_spec(spec)
