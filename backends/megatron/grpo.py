@@ -153,7 +153,7 @@ class GroupPolicy:
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.mean(), {
             "reward": float(torch.cat(rewards).mean()),
-            "kl": float(((kl * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()),
+            "kl": float(((kl.detach() * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()),
             "completion_tokens": sum(lengths) / len(lengths),
         }
 

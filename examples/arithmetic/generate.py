@@ -50,8 +50,17 @@ def generate(out: Path, seed: int = 0) -> None:
     )
     prefs = []
     for a, b in pick(SIZES["preferences"]):
-        wrong = a + b + rng.choice([-10, -2, -1, 1, 2, 10])
-        prefs.append({"prompt": f"{a}+{b}", "chosen": str(a + b), "rejected": str(abs(wrong))})
+        # Rejected: a near miss, an answer that runs on, or another operation's result.
+        wrong = rng.choice(
+            [
+                abs(a + b + rng.choice([-10, -2, -1, 1, 2, 10])),
+                (a + b) * 10 + rng.randrange(10),
+                a * b,
+            ]
+        )
+        if wrong == a + b:
+            wrong += 1
+        prefs.append({"prompt": f"{a}+{b}", "chosen": str(a + b), "rejected": str(wrong)})
     _write_jsonl(out / "preferences.jsonl", prefs)
     _write_jsonl(
         out / "prompts.jsonl",

@@ -1,0 +1,232 @@
+"""Post-training stages on megatron-core (CPU): SFT learns only the assistant's tokens,
+LoRA trains only adapters and merges exactly, DPO and reward models learn the preferred
+answers, GRPO raises its reward, every kind resumes exactly after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmbuild.plan import plan_spec
+from llmbuild.plan.digest import StatCache
+from llmbuild.spec.load import load_spec
+from tests.backends.conftest import artifact, run_nodes
+from tests.backends.posttrain_spec import posttrain_spec
+from tests.conftest import REPO
+
+SFT = """
+[[stage]]
+name = "sft"
+kind = "sft"
+from = "pretrain"
+data = "chat"
+steps = 12
+global_batch = 8
+lr = 2e-3
+eval_batches = 2
+checkpoint_every = 3
+"""
+LORA = """
+[[stage]]
+name = "lora"
+kind = "lora"
+from = "sft"
+data = "chat"
+steps = 6
+global_batch = 8
+lr = 2e-3
+eval_batches = 1
+checkpoint_every = 3
+adapter = { rank = 2, targets = ["qkv", "proj"] }
+"""
+DPO = """
+[[stage]]
+name = "dpo"
+kind = "dpo"
+from = "sft"
+data = "prefs"
+steps = 12
+global_batch = 8
+lr = 1e-3
+beta = 0.5
+eval_batches = 2
+checkpoint_every = 3
+"""
+REWARD = """
+[[stage]]
+name = "rm"
+kind = "reward"
+from = "sft"
+data = "prefs"
+steps = 12
+global_batch = 8
+lr = 1e-3
+eval_batches = 2
+checkpoint_every = 3
+"""
+GRPO = """
+[[stage]]
+name = "grpo"
+kind = "grpo"
+from = "sft"
+data = "prompts"
+steps = 8
+global_batch = 4
+lr = 2e-3
+num_generations = 4
+max_new_tokens = 4
+eval_batches = 2
+checkpoint_every = 3
+rewards = [{ kind = "length", target = 1, weight = -1.0 }]
+"""
+ALL = SFT + LORA + DPO + REWARD + GRPO
+
+
+def _metrics(store: Path, outcome, name: str) -> list[dict]:
+    path = artifact(outcome, store, name) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Every post-training kind built once: pretrain -> sft -> lora, dpo, rm, grpo."""
+    root = tmp_path_factory.mktemp("chain")
+    spec = posttrain_spec(root, ALL)
+    outcome = run_nodes(spec, root / "store")
+    assert outcome.ok, outcome.log
+    return spec, root / "store", outcome
+
+
+def test_sft_batches_learn_only_the_assistant_and_keep_documents_apart(chain):
+    from llmbuild.backends.megatron.posttrain_data import ChatSamples
+    from tokenizers import Tokenizer
+
+    _spec, store, outcome = chain
+    chat = artifact(outcome, store, "tokenize:chat")
+    tok_dir = artifact(outcome, store, "tokenizer")
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
+    packed = ChatSamples({"chat": str(chat)}, "train", 32, 0, 0, packing=True).batch([0, 1, 2])
+    learned = set(
+        tok.decode(packed["labels"][packed["loss_mask"] > 0].tolist(), skip_special_tokens=False)
+    )
+    assert learned <= set("0123456789") | {"<", "|", "i", "m", "_", "e", "n", "d", ">"}
+    assert "<|im_end|>" in tok.decode(packed["labels"][0].tolist(), skip_special_tokens=False)
+    hidden = packed["attention_mask"][0, 0]  # True: may not attend
+    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 2, "several conversations share one packed sequence"
+    second = starts[1]
+    assert hidden[second:, :second].all(), "a conversation never sees the one before it"
+    assert not hidden[second + 1, second], "but sees its own earlier tokens"
+    padded = ChatSamples({"chat": str(chat)}, "train", 32, 0, 0, packing=False).batch([0])
+    assert "attention_mask" not in padded
+    assert padded["position_ids"][0].tolist() == list(range(32))
+
+
+def test_sft_lowers_the_answer_loss(chain):
+    _, _store, outcome = chain
+    metrics = outcome.results["stage:sft"].record["metrics"]
+    assert metrics["val_loss"] < metrics["initial_val_loss"] - 1.0
+
+
+def test_lora_artifact_holds_only_small_adapters_over_its_base(chain):
+    from safetensors.torch import load_file
+
+    _spec, store, outcome = chain
+    lora = artifact(outcome, store, "stage:lora")
+    base = artifact(outcome, store, "stage:sft")
+    assert not (lora / "model.safetensors").exists()
+    adapter = load_file(str(lora / "adapter.safetensors"))
+    assert adapter and all(k.endswith((".lora_A", ".lora_B")) for k in adapter)
+    ratio = (lora / "adapter.safetensors").stat().st_size / (
+        base / "model.safetensors"
+    ).stat().st_size
+    assert ratio < 0.05, ratio
+    config = json.loads((lora / "config.json").read_text())
+    assert config["base"]["node"] == "stage:sft"
+    # The adapters learned something: B moved away from its zero start.
+    assert any(float(v.abs().max()) > 0 for k, v in adapter.items() if k.endswith("lora_B"))
+
+
+def test_dpo_raises_preference_accuracy_and_margin(chain):
+    _, _store, outcome = chain
+    m = outcome.results["stage:dpo"].record["metrics"]
+    assert m["initial_val_margin"] == pytest.approx(0.0, abs=1e-6)  # the policy is the reference
+    assert m["val_margin"] > 0.05
+    assert m["val_accuracy"] >= 0.6
+    assert m["val_logp_accuracy"] >= m["initial_val_logp_accuracy"]
+
+
+def test_reward_model_learns_to_rank_the_chosen_answer(chain):
+    _, store, outcome = chain
+    m = outcome.results["stage:rm"].record["metrics"]
+    assert m["val_loss"] < m["initial_val_loss"]
+    assert m["val_margin"] > m["initial_val_margin"]
+    assert m["val_accuracy"] >= 0.7
+    assert (artifact(outcome, store, "stage:rm") / "value_head.safetensors").exists()
+
+
+def test_grpo_raises_the_mean_reward(chain):
+    _, store, outcome = chain
+    rows = _metrics(store, outcome, "stage:grpo")
+    first, last = rows[0]["reward"], sum(r["reward"] for r in rows[-2:]) / 2
+    assert last > first, [r["reward"] for r in rows]
+    m = outcome.results["stage:grpo"].record["metrics"]
+    assert m["val_reward"] > m["initial_val_reward"]
+
+
+def test_editing_a_dpo_setting_rebuilds_only_dpo(chain):
+    spec, _, _ = chain
+
+    def keys(overrides=()):
+        planned = plan_spec(load_spec(spec, overrides), cache=StatCache())
+        return {name: k.key for name, k in planned.keys.items()}
+
+    before, after = keys(), keys(["stage.dpo.beta=0.2"])
+    assert {n for n in before if before[n] != after[n]} == {"stage:dpo"}
+
+
+@pytest.mark.parametrize("kind", ["sft", "lora", "dpo", "rm", "grpo"])
+def test_every_kind_resumes_after_a_real_kill(chain, tmp_path, kind):
+    """Kill the build after the step-3 checkpoint; the resumed stage's losses and weights
+    equal the uninterrupted build's."""
+    spec, built, outcome = chain
+    store = tmp_path / "store"
+    shutil.copytree(built, store)
+    node = f"stage:{kind}"
+    for d in (store / "artifacts").glob(f"stage_{kind}-*"):
+        shutil.rmtree(d)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmbuild", "build", str(spec), "--store", str(store),
+         "--executor", "inline", "--plain", "--until", node],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline, marker = time.monotonic() + 300, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(store.glob(f"work/stage_{kind}-*/checkpoint.json"))
+        if found:
+            marker = found[0]
+            break
+        time.sleep(0.05)
+    assert marker is not None, "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(marker.read_text())["step"] == 3
+    resumed = run_nodes(spec, store, (node,))
+    assert resumed.ok, resumed.log
+    assert "resume from step 3" in resumed.log
+    a, b = _metrics(built, outcome, node), _metrics(store, resumed, node)
+    assert [r["loss"] for r in a[3:]] == [r["loss"] for r in b[3:]]
+    assert (
+        outcome.results[node].record["output_digest"]
+        == resumed.results[node].record["output_digest"]
+    )
