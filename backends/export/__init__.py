@@ -12,9 +12,16 @@ class ExportBackend(Backend):
     inputs = (
         Slot("model", "the exported stage"),
         Slot("tokenizer", "the tokenizer node's directory"),
+        Slot("model_base", "the base of an exported stage that holds only LoRA adapters"),
         Slot("base", "the base stage of a LoRA stage (peft)"),
     )
-    outputs = (Slot("export", "files in the target format and the logit comparison"),)
+    outputs = (
+        Slot(
+            "export",
+            "files in the target format and the logit comparison (peft: the adapter and "
+            "the base's hf export in base/)",
+        ),
+    )
 
 
 backend = ExportBackend()

@@ -1,4 +1,5 @@
-"""Megatron-core weights (one canonical, TP-gathered state dict) -> Hugging Face layouts.
+"""Megatron-core weights (one canonical, TP-gathered state dict) and LoRA adapters -> Hugging
+Face layouts.
 
 Layout facts (local layer spec): ``linear_qkv`` rows are grouped per query group as
 ``[q x heads_per_group, k, v]`` blocks of ``head_dim`` rows, not ``[Q; K; V]``;
@@ -8,6 +9,7 @@ already matches HF's ``rotate_half``, so q and k need no permutation.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -154,3 +156,66 @@ def to_hf(state: dict[str, torch.Tensor], arch: Architecture, vocab: int) -> dic
     ):
         raise NotImplementedError("a llama-style export needs swiglu, rmsnorm, rope, no bias")
     return llama_state(state, arch, vocab)
+
+
+HF_ADAPTER_MODULES = {
+    "gpt2": {
+        "qkv": ("attn.c_attn",),
+        "proj": ("attn.c_proj",),
+        "fc1": ("mlp.c_fc",),
+        "fc2": ("mlp.c_proj",),
+    },
+    "llama": {
+        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "proj": ("self_attn.o_proj",),
+        "fc1": ("mlp.gate_proj", "mlp.up_proj"),
+        "fc2": ("mlp.down_proj",),
+    },
+}
+"""The HF modules a megatron LoRA target becomes, per architecture style."""
+HF_LAYER_PREFIX = {"gpt2": "transformer.h.{}.", "llama": "model.layers.{}."}
+_ADAPTER = re.compile(r"decoder\.layers\.(\d+)\.(.+)\.lora_([AB])")
+
+
+def _adapter_rows(kind: str, b: torch.Tensor, arch: Architecture) -> tuple[torch.Tensor, ...]:
+    """``lora_B`` rows of one megatron layer, split and ordered like the HF modules'
+    output rows (the adapter's ``A`` acts on the same input, so it is shared)."""
+    if kind == "qkv":
+        q, k, v = split_qkv(b, arch)
+        return (torch.cat([q, k, v]),) if arch.style == "gpt2" else (q, k, v)
+    if kind == "fc1" and arch.style == "llama":
+        return tuple(b.chunk(2, dim=0))  # SwiGLU's [gate; up]
+    return (b,)
+
+
+def peft_adapters(
+    adapters: dict[str, torch.Tensor], arch: Architecture
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Canonical megatron adapters (``<layer>.lora_A`` ``[r, in]``, ``.lora_B`` ``[out, r]``)
+    -> PEFT's state dict (``base_model.model.<module>.lora_A.weight`` ...) and its
+    ``target_modules``. GPT-2's Conv1D modules keep ``[r, in]``/``[out, r]`` adapters too:
+    PEFT applies them as linears on the input and transposes only when merging."""
+    from llmbuild.backends.megatron.lora import LAYERS
+
+    kinds = {suffix: kind for kind, (suffix, _) in LAYERS.items()}
+    modules = HF_ADAPTER_MODULES[arch.style]
+    out: dict[str, torch.Tensor] = {}
+    targets: set[str] = set()
+    for name, a in adapters.items():
+        match = _ADAPTER.fullmatch(name)
+        if match is None or match.group(2) not in kinds:
+            raise ValueError(f"not a LoRA adapter of a known layer: {name!r}")
+        if match.group(3) == "B":
+            continue
+        layer, kind = int(match.group(1)), kinds[match.group(2)]
+        b = adapters[name[: -len("lora_A")] + "lora_B"]
+        prefix = "base_model.model." + HF_LAYER_PREFIX[arch.style].format(layer)
+        for module, rows in zip(modules[kind], _adapter_rows(kind, b, arch), strict=True):
+            out[f"{prefix}{module}.lora_A.weight"] = a.float().clone(
+                memory_format=torch.contiguous_format
+            )
+            out[f"{prefix}{module}.lora_B.weight"] = rows.float().clone(
+                memory_format=torch.contiguous_format
+            )
+            targets.add(module)
+    return out, sorted(targets)

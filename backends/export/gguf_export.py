@@ -14,6 +14,7 @@ from llmbuild.backends.export.run import (
     HfModel,
     VerificationError,
     hf_model,
+    input_dirs,
     megatron_logits,
     random_ids,
 )
@@ -229,7 +230,9 @@ def read_back(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> d
     return {"problems": problems, "max_relative_error": worst, "tensors": len(got)}
 
 
-def logits_check(path: Path, hf: HfModel, stage_dir: Path) -> dict[str, float]:
+def logits_check(
+    path: Path, hf: HfModel, stage_dir: Path, base_dir: Path | None = None
+) -> dict[str, float]:
     """The file's logits as transformers reads GGUF (its own dequantization and reversal of
     llama.cpp's layout, q/k permutation included) against the megatron model's."""
     import torch
@@ -244,7 +247,7 @@ def logits_check(path: Path, hf: HfModel, stage_dir: Path) -> dict[str, float]:
     ids = random_ids(hf.vocab, 2, min(hf.arch.seq_len, 32))
     with torch.no_grad():
         logits = model(ids).logits.float()
-    reference = megatron_logits(stage_dir, ids)
+    reference = megatron_logits(stage_dir, ids, base_dir)
     return {
         "max_logit_diff": float((logits - reference).abs().max()),
         "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
@@ -274,7 +277,7 @@ def export_gguf(ctx: Any, export: Any) -> None:
         raise VerificationError(
             f"{FILE} does not hold what was written: " + "; ".join(check["problems"][:5])
         )
-    logits = logits_check(path, hf, ctx.input("model").path)
+    logits = logits_check(path, hf, *input_dirs(ctx))
     if export.quantization == "f32" and logits["max_logit_diff"] > F32_LOGIT_TOLERANCE:
         raise VerificationError(
             f"{FILE} read by transformers gives logits {logits['max_logit_diff']:.2e} away "

@@ -13,6 +13,7 @@ from typing import Any
 from llmbuild.backends.export.run import (
     VerificationError,
     hf_model,
+    input_dirs,
     megatron_logits,
     random_ids,
     save_hf_extras,
@@ -87,7 +88,8 @@ def export_onnx(ctx: Any, export: Any) -> None:
         _torch_export(hf.model, seq, fp32, export.opset, external)
         # Another shape than the traced example, so a lost dynamic axis shows here.
         ids = random_ids(hf.vocab, 3, min(seq, 32))
-        reference = megatron_logits(ctx.input("model").path, ids).numpy()
+        stage_dir, base_dir = input_dirs(ctx)
+        reference = megatron_logits(stage_dir, ids, base_dir).numpy()
         fp32_logits = _logits(_session(fp32), ids)
         diff = float(abs(fp32_logits - reference).max())
         metrics: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """The ``export:<format>@<stage>`` node: builds the Hugging Face model every format starts
 from and dispatches on the format. ``hf``: a transformers model directory (weights,
 config, tokenizer with chat template, generation config), proven by loading it with
-``AutoModelForCausalLM`` and comparing its logits with the megatron model's. ``onnx`` and
-``gguf`` live in their own modules; ``peft`` is not implemented yet."""
+``AutoModelForCausalLM`` and comparing its logits with the megatron model's. ``peft``,
+``onnx`` and ``gguf`` live in their own modules. A stage that holds only LoRA adapters is
+exported with its base's weights merged in (its ``model_base`` input)."""
 
 from __future__ import annotations
 
@@ -39,12 +40,20 @@ def special_ids(tokenizer_dir: Path) -> dict[str, int]:
     return {f"{k}_id": tok.token_to_id(info[k]) for k in ("bos_token", "eos_token", "pad_token")}
 
 
-def megatron_logits(stage_dir: Path, ids: Any) -> Any:
-    """The trained model's float32 logits for ``ids`` ``[batch, seq]``, vocab rows only."""
+def input_dirs(ctx: Any, slot: str = "model") -> tuple[Path, Path | None]:
+    """An input stage's artifact and, when the stage holds only LoRA adapters, its base's
+    (the ``<slot>_base`` input the compiler adds)."""
+    base = ctx.inputs.get(f"{slot}_base")
+    return ctx.input(slot).path, base.path if base else None
+
+
+def megatron_logits(stage_dir: Path, ids: Any, base_dir: Path | None = None) -> Any:
+    """The trained model's float32 logits for ``ids`` ``[batch, seq]``, vocab rows only
+    (``base_dir``: the base of a stage that holds only adapters)."""
     import torch
     from llmbuild.backends.megatron.generate import load_model
 
-    ours, config = load_model(stage_dir)
+    ours, config = load_model(stage_dir, base_dir)
     pos = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
     with torch.no_grad():
         return ours(ids, pos, None)[..., : config["vocab_size"]].float()
@@ -56,7 +65,14 @@ def random_ids(vocab: int, batch: int, seq: int, seed: int = 0) -> Any:
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
-def max_logit_difference(stage_dir: Any, hf_dir: Any, seq: int, vocab: int, seed: int = 0) -> float:
+def max_logit_difference(
+    stage_dir: Any,
+    hf_dir: Any,
+    seq: int,
+    vocab: int,
+    seed: int = 0,
+    base_dir: Path | None = None,
+) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -64,25 +80,31 @@ def max_logit_difference(stage_dir: Any, hf_dir: Any, seq: int, vocab: int, seed
     ids = random_ids(vocab, 2, seq, seed)
     with torch.no_grad():
         b = theirs(ids).logits.float()
-    return float((megatron_logits(stage_dir, ids) - b).abs().max())
+    return float((megatron_logits(stage_dir, ids, base_dir) - b).abs().max())
 
 
-def hf_model(ctx: Any) -> HfModel:
-    """The model input converted to transformers (float32), checked to load completely."""
+def hf_model(ctx: Any, slot: str = "model") -> HfModel:
+    """The stage input ``slot`` converted to transformers (float32), checked to load
+    completely; a stage holding only adapters has them merged into its base's weights."""
     from llmbuild.backends.export.convert import hf_config, to_hf
-    from safetensors.torch import load_file
+    from llmbuild.backends.megatron.weights import load_stage
     from transformers import AutoModelForCausalLM
 
     from llmbuild.errors import UserError
     from llmbuild.spec.model import Architecture
 
-    stage = ctx.input("model")
-    config = json.loads((stage.path / "config.json").read_text())
+    stage = ctx.input(slot)
+    stage_dir, base_dir = input_dirs(ctx, slot)
+    config = json.loads((stage_dir / "config.json").read_text())
     arch = Architecture.model_validate(config["architecture"])
     vocab = config["vocab_size"]
     special = special_ids(ctx.input("tokenizer").path)
     try:
-        state = to_hf(load_file(str(stage.path / "model.safetensors")), arch, vocab)
+        weights = load_stage(stage_dir, base_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"{ctx.node}: cannot read the weights of its {slot!r} input: {e}") from None
+    try:
+        state = to_hf(weights, arch, vocab)
     except NotImplementedError as e:
         raise UserError(f"{ctx.node}: cannot export this architecture: {e}") from None
     model = AutoModelForCausalLM.from_config(hf_config(arch, vocab, special))
@@ -107,28 +129,48 @@ def save_hf_extras(hf: HfModel, out: Path, tokenizer_dir: Path) -> None:
     GenerationConfig(**hf.special, max_length=hf.arch.seq_len).save_pretrained(str(out))
 
 
-def export_hf(ctx: Any, dtype: str) -> None:
+def save_hf(hf: HfModel, out: Path, tokenizer_dir: Path, dtype: str) -> None:
+    """A transformers model directory: weights in ``dtype``, config, tokenizer files and
+    generation config."""
     import torch
 
+    hf.model.to(getattr(torch, dtype)).save_pretrained(str(out), safe_serialization=True)
+    save_hf_extras(hf, out, tokenizer_dir)
+
+
+def verify_hf(
+    hf: HfModel,
+    hf_dir: Path,
+    stage_dir: Path,
+    base_dir: Path | None,
+    dtype: str,
+    label: str = "the export",
+) -> float:
+    """The largest logit difference of the saved directory from the megatron model's;
+    a ``VerificationError`` past the dtype's tolerance."""
+    diff = max_logit_difference(
+        stage_dir, hf_dir, min(hf.arch.seq_len, 32), hf.vocab, base_dir=base_dir
+    )
+    if diff > TOLERANCE[dtype]:
+        raise VerificationError(
+            f"the logits of {label} differ from the trained model's by {diff:.2e} "
+            f"(tolerance {TOLERANCE[dtype]:.0e}): the conversion is wrong"
+        )
+    return diff
+
+
+def export_hf(ctx: Any, dtype: str) -> None:
     hf = hf_model(ctx)
-    model = hf.model.to(getattr(torch, dtype))
-    out = ctx.out_dir
-    model.save_pretrained(str(out), safe_serialization=True)
-    save_hf_extras(hf, out, ctx.input("tokenizer").path)
-    diff = max_logit_difference(ctx.input("model").path, out, min(hf.arch.seq_len, 32), hf.vocab)
+    save_hf(hf, ctx.out_dir, ctx.input("tokenizer").path, dtype)
+    diff = verify_hf(hf, ctx.out_dir, *input_dirs(ctx), dtype)
     ctx.metrics.update(
         {
             "max_logit_diff": diff,
             "format": "hf",
             "dtype": dtype,
-            "architecture": type(model).__name__,
+            "architecture": type(hf.model).__name__,
         }
     )
-    if diff > TOLERANCE[dtype]:
-        raise VerificationError(
-            f"the export's logits differ from the trained model's by {diff:.2e} "
-            f"(tolerance {TOLERANCE[dtype]:.0e}): the conversion is wrong"
-        )
     ctx.log.info("hf export verified: max logit difference %.2e", diff)
 
 
@@ -136,6 +178,10 @@ def run(ctx: Any) -> None:
     export = ctx.config.export
     if export.format == "hf":
         export_hf(ctx, export.dtype)
+    elif export.format == "peft":
+        from llmbuild.backends.export.peft_export import export_peft
+
+        export_peft(ctx)
     elif export.format == "onnx":
         from llmbuild.backends.export.onnx_export import export_onnx
 

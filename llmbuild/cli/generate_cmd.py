@@ -31,14 +31,35 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _built(store: Any, planned: Any, name: str, spec: Path) -> Path:
+def _record(store: Any, planned: Any, name: str, spec: Path) -> dict[str, Any]:
     rec = store.record(name, planned.keys[name].key)
     if rec is None:
         raise UserError(
             f"{name} is not built with this spec yet: run `llmbuild build {spec}` first "
             f"(or `llmbuild plan` to see what is missing)"
         )
-    return store.local_dir(rec)
+    return rec
+
+
+def _built(store: Any, planned: Any, name: str, spec: Path) -> Path:
+    return store.local_dir(_record(store, planned, name, spec))
+
+
+def _base_dir(store: Any, rec: dict[str, Any]) -> Path | None:
+    """The artifact of the base a stage was trained from, when the stage holds only LoRA
+    adapters (its record's ``from`` input); None when it holds full weights."""
+    from llmbuild.backends.megatron.weights import adapter_only
+
+    if not adapter_only(store.local_dir(rec)):
+        return None
+    ref = store.resolve(rec).get("inputs", {}).get("from")
+    base = store.record(ref["node"], ref["key"]) if ref else None
+    if base is None:
+        raise UserError(
+            f"{rec['name']} holds only LoRA adapters and its base "
+            f"{ref['node'] if ref else '(unrecorded)'} is not in the store: build it again"
+        )
+    return store.local_dir(base)
 
 
 def _export_node(resolved: Any, wanted: str) -> str:
@@ -99,14 +120,16 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     return tok.decode(generated, skip_special_tokens=True)
 
 
-def _generate_stage(args: argparse.Namespace, stage_dir: Path, tok_dir: Path) -> str:
+def _generate_stage(
+    args: argparse.Namespace, stage_dir: Path, base_dir: Path | None, tok_dir: Path
+) -> str:
     from tokenizers import Tokenizer
 
     from llmbuild.backends.megatron.generate import load_model, sample
 
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
     info = json.loads((tok_dir / "tokenizer_info.json").read_text())
-    model, config = load_model(stage_dir)
+    model, config = load_model(stage_dir, base_dir)
     prompt = tok.encode(args.prompt, add_special_tokens=False).ids or [
         tok.token_to_id(info["bos_token"])
     ]
@@ -139,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
         name = f"stage:{args.stage}" if args.stage else stages[-1]
         if name not in planned.keys:
             raise UserError(f"no stage {args.stage!r} (stages: {', '.join(s[6:] for s in stages)})")
-        stage_dir = _built(store, planned, name, args.spec)
+        rec = _record(store, planned, name, args.spec)
         tok_dir = _built(store, planned, "tokenizer", args.spec)
-        text = _generate_stage(args, stage_dir, tok_dir)
+        text = _generate_stage(args, store.local_dir(rec), _base_dir(store, rec), tok_dir)
     sys.stdout.write(args.prompt + text + "\n")
     return 0

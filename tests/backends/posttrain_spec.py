@@ -16,15 +16,15 @@ def _generator():
     return module
 
 
-def posttrain_spec(root: Path, stages: str, extra: str = "") -> Path:
-    """Sources of every role, a char tokenizer, a 2-layer model pretrained for 20 steps,
-    then ``stages`` (TOML ``[[stage]]`` tables)."""
+def posttrain_spec(root: Path, stages: str, extra: str = "", preset: str = "gpt2-tiny") -> Path:
+    """Sources of every role, a char tokenizer, a 2-layer model (``preset``'s architecture)
+    pretrained for 20 steps, then ``stages`` (TOML ``[[stage]]`` tables)."""
     gen = _generator()
     gen.SIZES.update(equations=800, chat=300, preferences=200, prompts=100, heldout=20)
     gen.generate(root / "data", seed=1)
     spec = root / "spec.toml"
     spec.write_text(f"""\
-extends = ["@gpt2-tiny"]
+extends = ["@{preset}"]
 [model]
 name = "post"
 seed = 5

@@ -1,0 +1,134 @@
+"""``peft`` export: a LoRA stage's adapters as a PEFT adapter directory
+(``adapter_config.json``, ``adapter_model.safetensors``) over the hf export of its base,
+written to ``base/`` so the directory stands alone::
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), out)
+
+Proven by loading exactly that with PEFT and comparing its logits with the megatron model
+with the adapters applied."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.export.run import (
+    TOLERANCE,
+    VerificationError,
+    hf_model,
+    megatron_logits,
+    random_ids,
+    save_hf,
+    verify_hf,
+)
+
+ADAPTER_FILE = "adapter_model.safetensors"
+BASE_DIR = "base"
+"""The hf export of the base, inside the export directory (``base_model_name_or_path``)."""
+SEED = 1
+"""Of the random token ids the adapted logits are compared on."""
+
+
+def lora_config(adapter: dict[str, Any], targets: list[str], style: str) -> Any:
+    """PEFT's ``LoraConfig`` of the stage's ``[stage.adapter]`` table (scaling alpha / r)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=adapter["rank"],
+        lora_alpha=adapter["alpha"],
+        lora_dropout=adapter["dropout"],
+        target_modules=targets,
+        bias="none",
+        fan_in_fan_out=style == "gpt2",  # GPT-2's Conv1D stores its weight as [in, out]
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=BASE_DIR,
+    )
+
+
+def load_peft(out: Path) -> Any:
+    """The export as a user loads it: the base with the adapter on top (float32, eval)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(out / BASE_DIR), dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(out)).eval()
+
+
+def check_loaded(model: Any, state: dict[str, Any]) -> None:
+    """Every adapter tensor written is the one PEFT holds, and PEFT holds no other (a
+    misnamed key would otherwise load as a fresh zero-effect adapter, unnoticed)."""
+    from peft import get_peft_model_state_dict
+
+    loaded = get_peft_model_state_dict(model, save_embedding_layers=False)
+    if set(loaded) != set(state):
+        raise VerificationError(
+            f"PEFT loaded other adapter tensors than written: missing "
+            f"{sorted(set(state) - set(loaded))[:3]}, unexpected "
+            f"{sorted(set(loaded) - set(state))[:3]}"
+        )
+    for name, value in state.items():
+        if not bool((loaded[name].float() == value).all()):
+            raise VerificationError(f"PEFT's {name} is not the tensor written")
+
+
+def adapted_logits(out: Path, stage_dir: Path, base_dir: Path, vocab: int, seq: int) -> dict:
+    """The PEFT model's logits against the megatron model's with the adapters, and how far
+    the adapters move the base (a check on zero adapters would prove nothing)."""
+    import torch
+
+    model = load_peft(out)
+    ids = random_ids(vocab, 2, seq, SEED)
+    with torch.no_grad():
+        theirs = model(ids).logits.float()
+        with model.disable_adapter():
+            base = model(ids).logits.float()
+    ours = megatron_logits(stage_dir, ids, base_dir)
+    return {
+        "max_logit_diff": float((theirs - ours).abs().max()),
+        "adapter_effect": float((theirs - base).abs().max()),
+    }
+
+
+def export_peft(ctx: Any) -> None:
+    from llmbuild.backends.export.convert import peft_adapters
+    from safetensors.torch import load_file, save_file
+
+    from llmbuild.errors import UserError
+
+    stage_dir, base_dir = ctx.input("model").path, ctx.input("base").path
+    config = json.loads((stage_dir / "config.json").read_text())
+    adapter = config.get("adapter")
+    if adapter is None or not (stage_dir / "adapter.safetensors").exists():
+        raise UserError(f"{ctx.node}: stage {config['stage']!r} holds no LoRA adapters")
+    out: Path = ctx.out_dir
+    base = hf_model(ctx, "base")
+    save_hf(base, out / BASE_DIR, ctx.input("tokenizer").path, "float32")
+    base_diff = verify_hf(base, out / BASE_DIR, base_dir, None, "float32", "the base's hf export")
+    state, targets = peft_adapters(load_file(str(stage_dir / "adapter.safetensors")), base.arch)
+    save_file(state, str(out / ADAPTER_FILE), metadata={"format": "pt"})
+    lora_config(adapter, targets, base.arch.style).save_pretrained(str(out))
+    check_loaded(load_peft(out), state)
+    logits = adapted_logits(out, stage_dir, base_dir, base.vocab, min(base.arch.seq_len, 32))
+    ctx.metrics.update(
+        {
+            **logits,
+            "base_max_logit_diff": base_diff,
+            "format": "peft",
+            "rank": adapter["rank"],
+            "target_modules": targets,
+            "adapter_bytes": (out / ADAPTER_FILE).stat().st_size,
+        }
+    )
+    if logits["max_logit_diff"] > TOLERANCE["float32"]:
+        raise VerificationError(
+            f"the PEFT model's logits differ from the trained model's by "
+            f"{logits['max_logit_diff']:.2e} (tolerance {TOLERANCE['float32']:.0e}): "
+            f"the adapter conversion is wrong"
+        )
+    ctx.log.info(
+        "peft export verified: max logit difference %.2e (the adapters move logits by %.2e)",
+        logits["max_logit_diff"],
+        logits["adapter_effect"],
+    )
