@@ -1,6 +1,7 @@
 """Write the arithmetic example's data: additions of numbers below 50 as plain equations (for
 pretraining), as chats (SFT, LoRA), as preference pairs with a wrong answer rejected (DPO),
-as prompts with their answers (GRPO), and a held-out set no other file contains.
+as prompts with their answers (GRPO), and held-out problems no other file contains (for
+the lm-eval task in tasks/).
 
     python examples/arithmetic/generate.py [--out DIR] [--seed N]
 
@@ -66,8 +67,10 @@ def generate(out: Path, seed: int = 0) -> None:
         out / "prompts.jsonl",
         [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in pick(SIZES["prompts"])],
     )
+    tasks = out.parent / "tasks"  # the lm-eval task reads the held-out problems from here
+    tasks.mkdir(parents=True, exist_ok=True)
     _write_jsonl(
-        out / "heldout.jsonl", [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in heldout]
+        tasks / "heldout.jsonl", [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in heldout]
     )
 
 
