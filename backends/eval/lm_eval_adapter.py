@@ -70,6 +70,9 @@ class BuiltModel(TemplateLM):
     def tok_decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
 
+    def _raw(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
     def _logprobs(self, rows: list[list[int]]) -> Any:
         """Log-probabilities of the next token after every position of each row, over the
         real vocabulary (megatron pads it); rows are right-padded, which a causal model
@@ -175,12 +178,12 @@ class BuiltModel(TemplateLM):
                 if token == self.eos_id:
                     continue
                 new[i].append(token)
-                if not any(s in self.tok_decode(new[i]) for s in until):
+                if not any(s in self._raw(new[i]) for s in until):
                     still.append(i)
             live = still
         texts = []
         for ids in new:
-            text = self.tok_decode(ids)
+            text = self._raw(ids)  # special tokens kept: a stop string may be one
             for stop in until:
                 text = text.split(stop)[0]
             texts.append(text)
