@@ -5,8 +5,8 @@ registered on the layer itself (so base weight names do not change) and added to
 output by a forward hook: ``y = W x + (alpha / r) B A dropout(x)``.
 
 Under tensor parallelism the adapter is split like its layer. On a column-parallel layer
-(``linear_qkv``, ``linear_fc1``) the input is whole: ``A`` is replicated and ``B`` split
-by output rows. On a row-parallel layer (``linear_proj``, ``linear_fc2``) the input is
+(``linear_qkv``, ``linear_fc1``) the input is whole: ``A`` is replicated (its gradient
+summed over the tensor-parallel group) and ``B`` split by output rows. On a row-parallel layer (``linear_proj``, ``linear_fc2``) the input is
 split: ``A`` is split by input columns, its partial products summed over the
 tensor-parallel group, and ``B`` replicated. The split parameters carry megatron's
 ``tensor_model_parallel``/``partition_dim`` marks, so the canonical gather and load of
@@ -55,7 +55,9 @@ def _hook(kind: str, scale: float, dropout: float) -> Any:
         x = torch.nn.functional.dropout(x, dropout, module.training)
         a, b = module.lora_A, module.lora_B
         if kind == "column":
-            h = copy_to_tensor_model_parallel_region(x) @ a.t().to(x.dtype)
+            # A is replicated and each rank's B sees only its slice: summing the
+            # gradient of ``x A^T`` over the group gives every rank A's full gradient.
+            h = copy_to_tensor_model_parallel_region(x @ a.t().to(x.dtype))
         else:
             h = reduce_from_tensor_model_parallel_region(x @ a.t().to(x.dtype))
         delta = scale * (h @ b.t().to(h.dtype))

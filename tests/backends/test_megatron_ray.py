@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,43 @@ def test_a_stage_after_a_layout_change_trains_from_the_artifact(tmp_path):
     last = metrics(one, tmp_path / "s")[-1]["loss"]
     first = metrics(more, tmp_path / "s", "stage:more")[0]["loss"]
     assert first < last + 0.3  # it starts from the trained weights, not from scratch
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_lora_under_tensor_parallelism_matches_one_rank(tmp_path, preset):
+    """LoRA adapters split like their layers: at tensor = 2 the adapter stage's losses and
+    adapter weights equal those at one rank."""
+    from safetensors.torch import load_file
+
+    from tests.backends.posttrain_spec import posttrain_spec
+
+    lora = """
+[[stage]]
+name = "lora"
+kind = "lora"
+from = "pretrain"
+data = "chat"
+steps = 4
+global_batch = 8
+lr = 3e-3
+eval_batches = 1
+adapter = { rank = 4, targets = ["qkv", "proj", "fc1", "fc2"] }
+"""
+    spec = posttrain_spec(tmp_path, lora, preset=preset)
+    one = run_nodes(spec, tmp_path / "one", ("stage:lora",))
+    assert one.ok, one.log
+    # The same store: only the lora stage runs again, at tensor = 2.
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    for d in (tmp_path / "two" / "artifacts").glob("stage_lora-*"):
+        shutil.rmtree(d)
+    two = on_ray(spec, tmp_path / "two", ["parallelism.tensor=2"], until=("stage:lora",))
+    a, b = (
+        metrics(one, tmp_path / "one", "stage:lora"),
+        metrics(two, tmp_path / "two", "stage:lora"),
+    )
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]), (a, b)
+    wa = load_file(str(artifact(one, tmp_path / "one", "stage:lora") / "adapter.safetensors"))
+    wb = load_file(str(artifact(two, tmp_path / "two", "stage:lora") / "adapter.safetensors"))
+    assert wa.keys() == wb.keys() and len(wa) == 16
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
