@@ -77,6 +77,22 @@ def assert_same_training(tmp_path: Path, spec: Path, overrides: list[str]) -> Bu
     return one
 
 
+HF = """
+[[export]]
+format = "hf"
+stage = "pretrain"
+"""
+
+
+def assert_hf_export_of_the_parallel_run(tmp_path: Path, spec: Path) -> None:
+    """The hf export of the weights trained at the other layout: transformers loads it and
+    its logits equal the megatron model's (the node checks within 1e-4)."""
+    exported = run_nodes(spec, tmp_path / "two", ("export:hf@pretrain",))
+    assert exported.ok, exported.log
+    assert exported.results["stage:pretrain"].state == "cached"
+    assert exported.results["export:hf@pretrain"].record["metrics"]["max_logit_diff"] < 1e-4
+
+
 def test_data_parallel_two_ranks_match_one(tmp_path):
     spec = tiny_spec(tmp_path, steps=6)
     assert_same_training(tmp_path, spec, ["parallelism.data=2", "parallelism.micro_batch=2"])
@@ -86,14 +102,18 @@ def test_data_parallel_two_ranks_match_one(tmp_path):
 def test_tensor_parallel_two_ranks_match_one(tmp_path, style):
     """For llama, SwiGLU's fc1 is split per rank as [gate_r; up_r]: the initial and final
     weights are still the layout-independent ones."""
-    assert_same_training(tmp_path, tiny_spec(tmp_path, style, steps=4), ["parallelism.tensor=2"])
+    spec = tiny_spec(tmp_path, style, steps=4, extra=HF)
+    assert_same_training(tmp_path, spec, ["parallelism.tensor=2"])
+    assert_hf_export_of_the_parallel_run(tmp_path, spec)
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
 def test_pipeline_parallel_two_stages_match_one(tmp_path, style):
     """The 1F1B schedule over gloo; gpt2's tied embeddings stay in sync between the first
     and the last stage."""
-    assert_same_training(tmp_path, tiny_spec(tmp_path, style, steps=4), ["parallelism.pipeline=2"])
+    spec = tiny_spec(tmp_path, style, steps=4, extra=HF)
+    assert_same_training(tmp_path, spec, ["parallelism.pipeline=2"])
+    assert_hf_export_of_the_parallel_run(tmp_path, spec)
 
 
 def test_a_stage_after_a_layout_change_trains_from_the_artifact(tmp_path):
