@@ -15,6 +15,7 @@ COMMANDS = {
     "validate": ("llmbuild.cli.spec_cmds", "check a spec and report every problem in it"),
     "resolve": ("llmbuild.cli.spec_cmds", "print the resolved spec, each value with its origin"),
     "schema": ("llmbuild.cli.spec_cmds", "write the JSON Schema of specs (for editors)"),
+    "docs": ("llmbuild.cli.docs_cmd", "write the markdown reference of every spec field"),
     "plan": ("llmbuild.cli.plan_cmd", "show what a build would do, node by node, and why"),
     "build": ("llmbuild.cli.build_cmd", "build what is not already in the store"),
     "runs": ("llmbuild.cli.store_cmds", "list recorded builds"),
