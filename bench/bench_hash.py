@@ -1,6 +1,7 @@
 """Data hashing: content digests of generated files (BENCH_HASH_MB, default 384 MB) with
 an empty stat cache (every byte read and hashed with blake3) against the stat cache warm
-(one stat per file), in the digest function and in `llmbuild plan` of a spec over them."""
+(one stat per file), in the digest function and in `llmbuild plan` of a spec over them;
+each pair alternates, 5 times (3 with --quick), and medians are compared."""
 
 from __future__ import annotations
 
@@ -47,13 +48,16 @@ def _corpus(root: Path, megabytes: int) -> int:
     return files
 
 
-def _median(fn, repeat: int) -> float:
-    times = []
+def _medians(a, b, repeat: int) -> tuple[float, float]:
+    """Median times of two functions run in alternation, so that changes in the machine's
+    load affect both alike."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, out in zip((a, b), times):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -81,7 +85,7 @@ def run(quick: bool = False) -> list[dict]:
         first = StatCache(cache_file)
         digest_paths(pattern, first)
         first.save()
-        cold_s, warm_s = _median(cold, repeat), _median(warm, repeat)
+        cold_s, warm_s = _medians(cold, warm, repeat)
 
         # The same, as a user sees it: `llmbuild plan` with no stat cache, then with one.
         cache_dir = root / "cache"
@@ -90,14 +94,13 @@ def run(quick: bool = False) -> list[dict]:
         plan += ["--store", str(root / "store")]
 
         def plan_cold() -> None:
-            shutil.rmtree(cache_dir, ignore_errors=True)
+            shutil.rmtree(cache_dir, ignore_errors=True)  # then this run fills it again
             subprocess.run(plan, env=env, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
 
         def plan_warm() -> None:
             subprocess.run(plan, env=env, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
 
-        plan_cold_s = _median(plan_cold, repeat)
-        plan_warm_s = _median(plan_warm, repeat)
+        plan_cold_s, plan_warm_s = _medians(plan_cold, plan_warm, repeat)
     mb = nbytes / 1e6
     return [
         {
