@@ -167,16 +167,18 @@ def run_lm_eval(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     records each task's metrics and writes every scored example to ``samples.jsonl``."""
     _offline()
     from llmbuild.backends.eval.lm_eval_adapter import BuiltModel
+    from llmbuild.backends.megatron.weights import input_dirs
     from lm_eval import simple_evaluate
 
     manager = task_manager(suite)
     specs = task_specs(manager, suite, ctx.work_dir / "datasets")
+    stage_dir, base_dir = input_dirs(ctx)
     model = BuiltModel(
-        ctx.input("model").path,
+        stage_dir,
         ctx.input("tokenizer").path,
         batch_size=suite.batch_size,
         max_gen_toks=suite.max_gen_toks,
-        base=ctx.inputs["model_base"].path if "model_base" in ctx.inputs else None,
+        base=base_dir,
     )
     out = simple_evaluate(
         model=model,

@@ -14,10 +14,10 @@ from llmbuild.backends.export.run import (
     HfModel,
     VerificationError,
     hf_model,
-    input_dirs,
     megatron_logits,
     random_ids,
 )
+from llmbuild.backends.megatron.weights import input_dirs
 
 FILE = "model.gguf"
 VALUE_TOLERANCE = {"F32": 0.0, "F16": 1e-3, "Q8_0": 1e-2}

@@ -13,11 +13,11 @@ from typing import Any
 from llmbuild.backends.export.run import (
     VerificationError,
     hf_model,
-    input_dirs,
     megatron_logits,
     random_ids,
     save_hf_extras,
 )
+from llmbuild.backends.megatron.weights import input_dirs
 
 TOLERANCE = 1e-3
 """Largest logit difference between onnxruntime (float32) and the megatron model."""

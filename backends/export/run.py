@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmbuild.backends.megatron.weights import input_dirs
+
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
 
@@ -38,13 +40,6 @@ def special_ids(tokenizer_dir: Path) -> dict[str, int]:
     info = json.loads((tokenizer_dir / "tokenizer_info.json").read_text())
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer" / "tokenizer.json"))
     return {f"{k}_id": tok.token_to_id(info[k]) for k in ("bos_token", "eos_token", "pad_token")}
-
-
-def input_dirs(ctx: Any, slot: str = "model") -> tuple[Path, Path | None]:
-    """An input stage's artifact and, when the stage holds only LoRA adapters, its base's
-    (the ``<slot>_base`` input the compiler adds)."""
-    base = ctx.inputs.get(f"{slot}_base")
-    return ctx.input(slot).path, base.path if base else None
 
 
 def megatron_logits(stage_dir: Path, ids: Any, base_dir: Path | None = None) -> Any:

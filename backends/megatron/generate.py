@@ -46,8 +46,9 @@ def load_model(stage_dir: Path, base_dir: Path | None = None) -> tuple[Any, dict
 
 def load_input(ctx: Any, slot: str = "model") -> tuple[Any, dict[str, Any]]:
     """``load_model`` of a node input (with its ``<slot>_base`` input when it has one)."""
-    base = ctx.inputs.get(f"{slot}_base")
-    return load_model(ctx.input(slot).path, base.path if base else None)
+    from llmbuild.backends.megatron.weights import input_dirs
+
+    return load_model(*input_dirs(ctx, slot))
 
 
 def sample(

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from llmbuild.backends.megatron.objectives import _dp_reduce, _my_chunks, token_losses
+from llmbuild.backends.megatron.posttrain_data import answer_batch
 
 
 def _seeded(seed: int, *parts: int) -> torch.Generator:
@@ -107,21 +108,6 @@ class GroupPolicy:
             [(prompt, c) for c in completions],
         )
 
-    def _sequences(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
-        n = self.seq_len + 1
-        tokens = torch.full((len(pairs), n), self.pad, dtype=torch.long)
-        mask = torch.zeros(len(pairs), n)
-        for r, (prompt, completion) in enumerate(pairs):
-            seq = (prompt + completion)[:n]
-            tokens[r, : len(seq)] = torch.tensor(seq)
-            mask[r, len(prompt) : len(seq)] = 1
-        return {
-            "tokens": tokens[:, :-1].contiguous(),
-            "labels": tokens[:, 1:].contiguous(),
-            "loss_mask": mask[:, 1:].contiguous(),
-            "position_ids": torch.arange(self.seq_len).expand(len(pairs), -1),
-        }
-
     def loss(self, model: Any, indices: list[int]) -> tuple[Any, dict[str, float]]:
         st = self.stage
         g = st["num_generations"]
@@ -137,11 +123,10 @@ class GroupPolicy:
             rewards.append(r)
             pairs += [(prompt, c) for c in completions]
             lengths += [len(c) for c in completions]
-        batch = self._sequences(pairs)
+        batch = answer_batch(pairs, self.seq_len, self.pad)
         adv = torch.cat(advantages).unsqueeze(1)
         logp = -token_losses(model, batch, st["precision"])
-        with torch.no_grad():
-            ref = -token_losses_ref(self.reference, batch, st["precision"])
+        ref = -self.reference.token_losses(batch, st["precision"])
         # One update per sampled batch: the old policy is the current one (ratio = 1 in
         # value, its gradient the policy gradient); clipping bounds it all the same.
         ratio = torch.exp(logp - logp.detach())
@@ -150,16 +135,19 @@ class GroupPolicy:
         kl = torch.exp(ref - logp) - (ref - logp) - 1
         per_token = policy + st["kl_coef"] * kl
         mask = batch["loss_mask"]
-        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.mean(), {
+
+        def per_sequence(values: Any) -> Any:  # the mean over each completion's tokens
+            return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+        return per_sequence(per_token).mean(), {
             "reward": float(torch.cat(rewards).mean()),
-            "kl": float(((kl.detach() * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()),
+            "kl": float(per_sequence(kl.detach()).mean()),
             "completion_tokens": sum(lengths) / len(lengths),
         }
 
     def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
         """Mean reward of greedy completions of the validation prompts."""
-        data = self.valid if self.valid is not None and len(self.valid) else self.train
+        data = self.valid or self.train
         total, count = 0.0, 0
         for chunk in _my_chunks(min(samples, len(data)), micro):
             for i in chunk:
@@ -171,16 +159,3 @@ class GroupPolicy:
                 total += self._score(prompt, record, completion)[0]
                 count += 1
         return {"val_reward": _dp_reduce({"reward": total}, count)["reward"]}
-
-
-def token_losses_ref(reference: Any, batch: dict[str, Any], precision: str) -> Any:
-    """Per-token negative log-probabilities under the frozen reference."""
-    if reference.model is not None:
-        return token_losses(reference.model, batch, precision)
-    from llmbuild.backends.megatron.lora import set_enabled
-
-    set_enabled(reference.adapted, False)
-    try:
-        return token_losses(reference.adapted, batch, precision)
-    finally:
-        set_enabled(reference.adapted, True)

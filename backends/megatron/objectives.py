@@ -128,34 +128,61 @@ class Reference:
     def __init__(self, model: Any = None, adapted: Any = None) -> None:
         self.model, self.adapted = model, adapted
 
-    def logps(self, batch: dict[str, Any], precision: str) -> Any:
+    def token_losses(self, batch: dict[str, Any], precision: str) -> Any:
+        """Per-token negative log-probabilities under the reference (no gradient)."""
         with torch.no_grad():
             if self.model is not None:
-                return sequence_logps(self.model, batch, precision)
+                return token_losses(self.model, batch, precision)
             from llmbuild.backends.megatron.lora import set_enabled
 
             set_enabled(self.adapted, False)
             try:
-                return sequence_logps(self.adapted, batch, precision)
+                return token_losses(self.adapted, batch, precision)
             finally:
                 set_enabled(self.adapted, True)
 
+    def logps(self, batch: dict[str, Any], precision: str) -> Any:
+        return -(self.token_losses(batch, precision) * batch["loss_mask"]).sum(-1)
 
-class Preference:
+
+class _Pairs:
+    """Objectives over preference pairs (chosen answers first, then rejected ones):
+    batches by index, and validation as the pair-weighted mean of the loss and metrics."""
+
+    pipeline_ok = False
+    train: Any
+    valid: Any
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        return self.train.batch([i % len(self.train) for i in indices])
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
+        data = self.valid or self.train
+        sums: dict[str, float] = {"loss": 0.0}
+        chunks = _my_chunks(min(samples, len(data)), micro)
+        with torch.no_grad():
+            for chunk in chunks:
+                loss, metrics = self.loss(model, data.batch(chunk))
+                sums["loss"] += float(loss) * len(chunk)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(chunk)
+        reduced = _dp_reduce(sums, sum(len(c) for c in chunks))
+        return {f"val_{k}": v for k, v in reduced.items()}
+
+
+class Preference(_Pairs):
     """DPO: ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))`` (or IPO's squared loss) over
     the policy's and the reference's answer log-probabilities; the reward margin and the
     preference accuracy are ``beta * (...)`` and the share of pairs where it is positive."""
-
-    pipeline_ok = False
 
     def __init__(self, train: Any, valid: Any, reference: Reference, stage: dict[str, Any]) -> None:
         self.train, self.valid, self.reference = train, valid, reference
         self.beta, self.kind, self.precision = stage["beta"], stage["loss"], stage["precision"]
 
-    def batch(self, indices: list[int]) -> dict[str, Any]:
-        return self.train.batch([i % len(self.train) for i in indices])
-
-    def _terms(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         policy = sequence_logps(model, batch, self.precision)
         ref = self.reference.logps(batch, self.precision)
         m = policy.shape[0] // 2
@@ -171,22 +198,6 @@ class Preference:
             # The policy's own preference, whatever the reference prefers.
             "logp_accuracy": float((policy[:m] > policy[m:]).float().mean()),
         }
-
-    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
-        return self._terms(model, batch)
-
-    def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
-        data = self.valid if self.valid is not None and len(self.valid) else self.train
-        sums: dict[str, float] = {"loss": 0.0, "margin": 0.0, "accuracy": 0.0, "logp_accuracy": 0.0}
-        chunks = _my_chunks(min(samples, len(data)), micro)
-        with torch.no_grad():
-            for chunk in chunks:
-                loss, metrics = self._terms(model, data.batch(chunk))
-                sums["loss"] += float(loss) * len(chunk)
-                for k, v in metrics.items():
-                    sums[k] += v * len(chunk)
-        reduced = _dp_reduce(sums, sum(len(c) for c in chunks))
-        return {f"val_{k}": v for k, v in reduced.items()}
 
 
 class ValueHead(torch.nn.Module):
@@ -207,16 +218,11 @@ class ValueHead(torch.nn.Module):
             return self.score(last).float().squeeze(-1)
 
 
-class PairwiseReward:
+class PairwiseReward(_Pairs):
     """A reward model: ``-log sigmoid(score(chosen) - score(rejected))``."""
-
-    pipeline_ok = False
 
     def __init__(self, train: Any, valid: Any, head: ValueHead, precision: str) -> None:
         self.train, self.valid, self.head, self.precision = train, valid, head, precision
-
-    def batch(self, indices: list[int]) -> dict[str, Any]:
-        return self.train.batch([i % len(self.train) for i in indices])
 
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         scores = self.head.scores(model, batch, self.precision)
@@ -226,16 +232,3 @@ class PairwiseReward:
             "accuracy": float((diff > 0).float().mean()),
             "margin": float(diff.detach().mean()),
         }
-
-    def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
-        data = self.valid if self.valid is not None and len(self.valid) else self.train
-        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-        chunks = _my_chunks(min(samples, len(data)), micro)
-        with torch.no_grad():
-            for chunk in chunks:
-                loss, metrics = self.loss(model, data.batch(chunk))
-                sums["loss"] += float(loss) * len(chunk)
-                for k, v in metrics.items():
-                    sums[k] += v * len(chunk)
-        reduced = _dp_reduce(sums, sum(len(c) for c in chunks))
-        return {f"val_{k}": v for k, v in reduced.items()}

@@ -128,8 +128,7 @@ class ChatSamples:
 
 class PairSamples:
     """Preference pairs: each batch holds the chosen answers, then the rejected ones, after
-    their prompt; the loss mask marks the answer's tokens; ``last`` is each sequence's
-    final real position (where a reward model reads its score)."""
+    their prompt (see ``answer_batch``)."""
 
     def __init__(self, sources: dict[str, str], split: str, seq_len: int, pad: int) -> None:
         self.pairs = _documents(sources, split, (".prompt", ".chosen", ".rejected"))
@@ -139,24 +138,31 @@ class PairSamples:
         return len(self.pairs)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        n = self.seq_len + 1
         rows = [(self.pairs[i][0], self.pairs[i][1 + side]) for side in (0, 1) for i in indices]
-        tokens = np.full((len(rows), n), self.pad, dtype=np.int64)
-        learn = np.zeros((len(rows), n), dtype=np.int64)
-        last = np.zeros(len(rows), dtype=np.int64)
-        for r, (prompt, answer) in enumerate(rows):
-            seq = np.concatenate([prompt, answer])[:n]
-            tokens[r, : len(seq)] = seq
-            learn[r, len(prompt) : len(seq)] = 1
-            last[r] = min(len(seq), n - 1) - 1
-        t = torch.from_numpy(tokens)
-        return {
-            "tokens": t[:, :-1].contiguous(),
-            "labels": t[:, 1:].contiguous(),
-            "loss_mask": torch.from_numpy(learn[:, 1:]).float(),
-            "position_ids": torch.arange(self.seq_len).expand(len(rows), -1),
-            "last": torch.from_numpy(last),
-        }
+        return answer_batch(rows, self.seq_len, self.pad)
+
+
+def answer_batch(rows: list[tuple[Any, Any]], seq_len: int, pad: int) -> dict[str, torch.Tensor]:
+    """Sequences of a prompt followed by an answer, cut to ``seq_len + 1`` tokens and
+    padded: the loss mask marks the answer's tokens, ``last`` each sequence's final real
+    input position (where a reward model reads its score)."""
+    n = seq_len + 1
+    tokens = np.full((len(rows), n), pad, dtype=np.int64)
+    learn = np.zeros((len(rows), n), dtype=np.int64)
+    last = np.zeros(len(rows), dtype=np.int64)
+    for r, (prompt, answer) in enumerate(rows):
+        seq = np.concatenate([np.asarray(prompt, np.int64), np.asarray(answer, np.int64)])[:n]
+        tokens[r, : len(seq)] = seq
+        learn[r, len(prompt) : len(seq)] = 1
+        last[r] = min(len(seq), n - 1) - 1
+    t = torch.from_numpy(tokens)
+    return {
+        "tokens": t[:, :-1].contiguous(),
+        "labels": t[:, 1:].contiguous(),
+        "loss_mask": torch.from_numpy(learn[:, 1:]).float(),
+        "position_ids": torch.arange(seq_len).expand(len(rows), -1),
+        "last": torch.from_numpy(last),
+    }
 
 
 class PromptSamples:

@@ -16,15 +16,16 @@ REPORTS = ("metrics.jsonl",)
 WEIGHT_FILES = ("model.safetensors", "adapter.safetensors", "value_head.safetensors")
 
 
-def _eos_id(tokenizer_dir: Any, eos: str) -> int:
-    data = json.loads((tokenizer_dir / "tokenizer.json").read_text())
-    for tok in data.get("added_tokens", []):
-        if tok["content"] == eos:
-            return int(tok["id"])
-    vocab = data["model"].get("vocab", {})
-    if isinstance(vocab, dict) and eos in vocab:
-        return int(vocab[eos])
-    raise ValueError(f"the tokenizer has no {eos!r} token")
+def _token_ids(tokenizer_dir: Any, *tokens: str) -> list[int]:
+    """The ids of special tokens, read from the tokenizer once."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    ids = [tok.token_to_id(t) for t in tokens]
+    for t, i in zip(tokens, ids):
+        if i is None:
+            raise ValueError(f"the tokenizer has no {t!r} token")
+    return ids
 
 
 def _tensorboard(path: Any, tag: str, rows: list[dict[str, Any]]) -> None:
@@ -78,6 +79,11 @@ def run(ctx: Any) -> None:
         for slot, a in ctx.inputs.items()
         if slot.startswith("data:")
     }
+    # GRPO completions end at the chat template's end of turn as well as at eos.
+    ends = ["<|im_end|>"] if stage.kind == "grpo" else []
+    eod, pad, *stops = _token_ids(
+        tokenizer_dir, info["eos_token"], info.get("pad_token") or info["eos_token"], *ends
+    )
     rank_cfg = {
         "architecture": config.architecture.model_dump(mode="json"),
         "stage": stage.model_dump(mode="json", by_alias=True),
@@ -85,9 +91,9 @@ def run(ctx: Any) -> None:
         "mixture": config.mixture,
         "sources": sources,
         "vocab_size": info["vocab_size"],
-        "eod": _eos_id(tokenizer_dir, info["eos_token"]),
-        "pad": _eos_id(tokenizer_dir, info.get("pad_token") or info["eos_token"]),
-        "stops": [_eos_id(tokenizer_dir, "<|im_end|>")] if stage.kind == "grpo" else [],
+        "eod": eod,
+        "pad": pad,
+        "stops": stops,
         "tokenizer_json": str(tokenizer_dir / "tokenizer.json"),
         "tensor": par.tensor,
         "recompute": par.recompute,

@@ -50,12 +50,17 @@ def _weights(ref: dict[str, str | None] | None) -> dict[str, Any] | None:
     return load_stage(Path(ref["dir"]), Path(ref["base"]) if ref.get("base") else None)
 
 
-def _frozen_model(arch: Any, cfg: dict[str, Any], config: Any, state: dict[str, Any]) -> Any:
-    """A second model at this layout holding fixed weights (a reference or reward model)."""
+def _frozen_model(
+    arch: Any, cfg: dict[str, Any], config: Any, state: dict[str, Any], head: bool = False
+) -> Any:
+    """A second model at this layout holding fixed weights: a reference, or with ``head``
+    a reward model (``state`` then holds the value head's weights too)."""
     from llmbuild.backends.megatron.model import build_model
     from llmbuild.backends.megatron.shards import load_canonical
 
     model = build_model(arch, cfg["vocab_size"], config)
+    if head:
+        _value_head(model, arch, 0)
     load_canonical(model, state, arch.activation == "swiglu")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -81,30 +86,14 @@ def _value_head(model: Any, arch: Any, seed: int) -> dict[str, Any]:
 def _reward_scorer(arch: Any, cfg: dict[str, Any], config: Any, ref: dict[str, Any]) -> Any:
     """A reward stage's model as a function of token sequences -> scores."""
     import torch
-    from llmbuild.backends.megatron.model import build_model
-    from llmbuild.backends.megatron.shards import load_canonical
+    from llmbuild.backends.megatron.posttrain_data import answer_batch
     from safetensors.torch import load_file
 
-    model = build_model(arch, cfg["vocab_size"], config)
-    _value_head(model, arch, 0)
-    state = _weights(ref)
-    state.update(load_file(str(Path(ref["dir"]) / "value_head.safetensors")))
-    load_canonical(model, state, arch.activation == "swiglu")
-    model.eval()
-    seq_len, pad = arch.seq_len, cfg["pad"]
+    state = {**_weights(ref), **load_file(str(Path(ref["dir"]) / "value_head.safetensors"))}
+    model = _frozen_model(arch, cfg, config, state, head=True)
 
     def score(sequences: list[list[int]]) -> list[float]:
-        tokens = torch.full((len(sequences), seq_len), pad, dtype=torch.long)
-        last = torch.zeros(len(sequences), dtype=torch.long)
-        for r, seq in enumerate(sequences):
-            seq = seq[:seq_len]
-            tokens[r, : len(seq)] = torch.tensor(seq)
-            last[r] = len(seq) - 1
-        batch = {
-            "tokens": tokens,
-            "position_ids": torch.arange(seq_len).expand(len(sequences), -1),
-            "last": last,
-        }
+        batch = answer_batch([(seq, []) for seq in sequences], arch.seq_len, cfg["pad"])
         with torch.no_grad():
             return model.value_head.scores(model, batch, "fp32").tolist()
 
@@ -193,7 +182,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     _setup(cfg)
     from llmbuild.backends.megatron import lora
     from llmbuild.backends.megatron.model import build_model, transformer_config
-    from llmbuild.backends.megatron.objectives import autocast, masked_mean
+    from llmbuild.backends.megatron.objectives import _dp_reduce, autocast, masked_mean
     from llmbuild.backends.megatron.schedule import lr_at
     from llmbuild.backends.megatron.shards import (
         canonical_init,
@@ -223,17 +212,16 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     )
     model = build_model(arch, cfg["vocab_size"], config, first_stage, last_stage)
     gated = arch.activation == "swiglu"
+    # A pipeline stage's local parameter names -> the whole model's (seeds go by them).
+    rename = (lambda n: pipeline.canonical_name(n, arch.layers, tied)) if pp > 1 else None
     init = _weights(cfg.get("init"))
-    if init is not None:
-        if pp > 1:
-            init = pipeline.to_local(init, arch.layers, tied)
-    else:
-        rename = (lambda n: pipeline.canonical_name(n, arch.layers, tied)) if pp > 1 else None
+    if init is None:
         init = canonical_init(model, arch, seed, rename)
+    elif pp > 1:
+        init = pipeline.to_local(init, arch.layers, tied)
     adapter = _adapter_spec(stage)
     if adapter is not None:
         lora.add_adapters(model, adapter)
-        rename = (lambda n: pipeline.canonical_name(n, arch.layers, tied)) if pp > 1 else None
         init.update(lora.init_adapters(model, seed, rename))
     if stage["kind"] == "reward":
         init.update(_value_head(model, arch, seed))
@@ -302,9 +290,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
             dist.all_reduce(loss_sum, group=dp_group)
             loss_sum /= dp
             if sums:
-                from llmbuild.backends.megatron.objectives import _dp_reduce
-
-                sums = _dp_reduce({k: v for k, v in sums.items()}, 1.0)
+                sums = _dp_reduce(sums, 1.0)  # the mean over replicas
         grad_norm = grad_norm_and_clip(model, stage["grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+
+def input_dirs(ctx: Any, slot: str = "model") -> tuple[Path, Path | None]:
+    """A node input's stage artifact and, when the stage holds only LoRA adapters, its
+    base's (the ``<slot>_base`` input the compiler adds)."""
+    base = ctx.inputs.get(f"{slot}_base")
+    return ctx.input(slot).path, base.path if base else None
 
 
 def stage_config(stage_dir: Path) -> dict[str, Any]:

@@ -213,7 +213,8 @@ class Grpo(StageBase):
     lr: float = Field(1e-6, gt=0)
     """Peak learning rate."""
     num_generations: int = Field(4, ge=2)
-    """Completions sampled per prompt (the group)."""
+    """Completions sampled per prompt (the group); `global_batch` counts prompts, so a
+    step trains on `global_batch x num_generations` completions."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature."""
     max_new_tokens: PositiveInt = 32

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +17,7 @@ import pytest
 from llmbuild.run.build import BuildOptions, BuildOutcome, PlainReporter, build
 from llmbuild.spec.load import load_spec
 from llmbuild.store.store import Store
+from tests.conftest import REPO
 
 
 def run_nodes(spec: Path, store: Path, until: tuple[str, ...] = (), overrides=()) -> BuildOutcome:
@@ -32,3 +40,58 @@ def artifact(outcome: BuildOutcome, store: Path, name: str) -> Path:
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def kill_after_checkpoint(spec: Path, store: Path, node: str) -> Path:
+    """Build up to ``node`` in a subprocess and SIGKILL it once the node's first
+    checkpoint is written; the checkpoint marker's path."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmbuild", "build", str(spec), "--store", str(store),
+         "--executor", "inline", "--plain", "--until", node],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    pattern = f"work/{node.replace(':', '_')}-*/checkpoint.json"
+    deadline, marker = time.monotonic() + 300, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        marker = next(iter(store.glob(pattern)), None)
+        if marker is not None:
+            break  # kill at once, before the next checkpoint
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker is not None, "no checkpoint appeared"
+    return marker
+
+
+@dataclass
+class Built:
+    """A finished build of a test spec."""
+
+    style: str
+    spec: Path
+    store: Path
+    outcome: BuildOutcome
+
+    def dir(self, node: str) -> Path:
+        return artifact(self.outcome, self.store, node)
+
+    def metrics(self, node: str) -> dict:
+        return self.outcome.results[node].record["metrics"]
+
+
+def builds_by_style(tmp_path_factory, write_spec) -> Callable[[str], Built]:
+    """``get(style)``: the build of ``write_spec(root, style)``, made once per style."""
+    cache: dict[str, Built] = {}
+
+    def get(style: str) -> Built:
+        if style not in cache:
+            root = tmp_path_factory.mktemp(style)
+            spec = write_spec(root, style)
+            outcome = run_nodes(spec, root / "store")
+            assert outcome.ok, outcome.log
+            cache[style] = Built(style, spec, root / "store", outcome)
+        return cache[style]
+
+    return get

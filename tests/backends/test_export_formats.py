@@ -4,13 +4,12 @@ and an edit of one export's setting rebuilds that export alone."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.backends.conftest import artifact, run_nodes
+from tests.backends.conftest import Built, artifact, builds_by_style, run_nodes
 from tests.backends.test_megatron import tiny_spec
 
 EXPORTS = """
@@ -38,35 +37,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 GGUF_NODES = {"f16": "export:gguf@pretrain", "q8_0": "export:q8"}
 
 
-@dataclass(frozen=True)
-class Built:
-    style: str
-    spec: Path
-    store: Path
-    outcome: object
-
-    def dir(self, node: str) -> Path:
-        return artifact(self.outcome, self.store, node)
-
-    def metrics(self, node: str) -> dict:
-        return self.outcome.results[node].record["metrics"]
-
-
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
     """Builds of the tiny spec with every export, one per architecture, shared by the module."""
-    cache: dict[str, Built] = {}
-
-    def get(style: str) -> Built:
-        if style not in cache:
-            root = tmp_path_factory.mktemp(style)
-            spec = tiny_spec(root, style, steps=6, extra=EXPORTS)
-            outcome = run_nodes(spec, root / "store")
-            assert outcome.ok, outcome.log
-            cache[style] = Built(style, spec, root / "store", outcome)
-        return cache[style]
-
-    return get
+    return builds_by_style(
+        tmp_path_factory, lambda root, style: tiny_spec(root, style, steps=6, extra=EXPORTS)
+    )
 
 
 @pytest.fixture(params=["gpt2", "llama"])

@@ -4,16 +4,11 @@ after a real kill, and a parallelism change never rebuilds a trained stage."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.backends.conftest import artifact, run_nodes
+from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
 from tests.conftest import REPO
 
 SHAKESPEARE = REPO / "examples" / "shakespeare" / "data" / "tinyshakespeare.txt"
@@ -114,41 +109,7 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
     whole = run_nodes(spec, tmp_path / "whole", ("stage:pretrain",))
     assert whole.ok
     store = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmbuild",
-            "build",
-            str(spec),
-            "--store",
-            str(store),
-            "--executor",
-            "inline",
-            "--plain",
-            "--until",
-            "stage:pretrain",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    marker = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = (
-            list((store / "work").glob("stage_pretrain-*/checkpoint.json"))
-            if (store / "work").exists()
-            else []
-        )
-        if found:
-            marker = found[0]
-            break
-        time.sleep(0.05)
-    assert marker is not None, "no checkpoint appeared"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    marker = kill_after_checkpoint(spec, store, "stage:pretrain")
     assert json.loads(marker.read_text())["step"] == 10
     assert not list((store / "artifacts").glob("stage_pretrain-*"))
     resumed = run_nodes(spec, store, ("stage:pretrain",))

@@ -10,9 +10,8 @@ import json
 import pytest
 import torch
 
-from tests.backends.conftest import run_nodes
+from tests.backends.conftest import Built, builds_by_style
 from tests.backends.posttrain_spec import posttrain_spec
-from tests.backends.test_export_formats import Built
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
 # GPT-2 leaves fc2 (mlp.c_proj) out: its attn.c_proj must not catch it.
@@ -153,19 +152,11 @@ def test_converted_adapters_act_like_the_merged_weights(tmp_path, style, targets
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    cache: dict[str, Built] = {}
+    def write(root, style):
+        stages = STAGES.format(targets=TARGETS[style])
+        return posttrain_spec(root, stages, EXPORTS, preset=f"{style}-tiny")
 
-    def get(style: str) -> Built:
-        if style not in cache:
-            root = tmp_path_factory.mktemp(style)
-            stages = STAGES.format(targets=TARGETS[style])
-            spec = posttrain_spec(root, stages, EXPORTS, preset=f"{style}-tiny")
-            outcome = run_nodes(spec, root / "store")
-            assert outcome.ok, outcome.log
-            cache[style] = Built(style, spec, root / "store", outcome)
-        return cache[style]
-
-    return get
+    return builds_by_style(tmp_path_factory, write)
 
 
 @pytest.fixture(params=["gpt2", "llama"])

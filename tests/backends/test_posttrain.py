@@ -5,12 +5,7 @@ answers, GRPO raises its reward, every kind resumes exactly after a real kill.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +13,8 @@ import pytest
 from llmbuild.plan import plan_spec
 from llmbuild.plan.digest import StatCache
 from llmbuild.spec.load import load_spec
-from tests.backends.conftest import artifact, run_nodes
+from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
 from tests.backends.posttrain_spec import posttrain_spec
-from tests.conftest import REPO
 
 SFT = """
 [[stage]]
@@ -203,23 +197,7 @@ def test_every_kind_resumes_after_a_real_kill(chain, tmp_path, kind):
     node = f"stage:{kind}"
     for d in (store / "artifacts").glob(f"stage_{kind}-*"):
         shutil.rmtree(d)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmbuild", "build", str(spec), "--store", str(store),
-         "--executor", "inline", "--plain", "--until", node],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline, marker = time.monotonic() + 300, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = list(store.glob(f"work/stage_{kind}-*/checkpoint.json"))
-        if found:
-            marker = found[0]
-            break
-        time.sleep(0.05)
-    assert marker is not None, "no checkpoint appeared"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    marker = kill_after_checkpoint(spec, store, node)
     assert json.loads(marker.read_text())["step"] == 3
     resumed = run_nodes(spec, store, (node,))
     assert resumed.ok, resumed.log

@@ -3,22 +3,14 @@ dpo -> grpo, each stage measured on held-out additions with the example's lm-eva
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from tests.backends.conftest import run_nodes
-from tests.conftest import REPO
+from tests.examples.conftest import build_example
 
 
 @pytest.mark.slow
 def test_arithmetic_chain_builds_and_sft_learns_the_task(tmp_path):
-    example = tmp_path / "arithmetic"
-    shutil.copytree(
-        REPO / "examples" / "arithmetic", example, ignore=shutil.ignore_patterns(".llmbuild")
-    )
-    outcome = run_nodes(example / "spec.toml", tmp_path / "store")
-    assert outcome.ok, outcome.log
+    outcome = build_example("arithmetic", tmp_path)
 
     def accuracy(stage: str) -> float:
         return outcome.results[f"eval:addition@{stage}"].record["metrics"]["addition.exact_match"]

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
-from tests.backends.conftest import run_nodes
-from tests.conftest import REPO
+from tests.examples.conftest import build_example
 
 
 def test_shakespeare_reaches_validation_loss_below_2(tmp_path):
-    example = tmp_path / "shakespeare"
-    shutil.copytree(
-        REPO / "examples" / "shakespeare", example, ignore=shutil.ignore_patterns(".llmbuild")
-    )
-    outcome = run_nodes(example / "spec.toml", tmp_path / "store")
-    assert outcome.ok, outcome.log
+    outcome = build_example("shakespeare", tmp_path)
     metrics = outcome.results["stage:pretrain"].record["metrics"]
     assert metrics["steps"] == 1500
     assert metrics["val_loss"] < 2.0, metrics
