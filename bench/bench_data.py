@@ -1,5 +1,5 @@
 """Data pipeline: tokenize-node throughput against a naive per-document encode loop
-writing the same .bin (same run; BENCH_TOKENIZE_MB, default 32, 8 with --quick), and peak
+writing the same .bin (same run; BENCH_TOKENIZE_MB, default 64, 16 with --quick), and peak
 memory of cleaning + tokenizing a large generated corpus (BENCH_DATA_MB, default 1024;
 skipped with --quick or BENCH_DATA_MEMORY=0)."""
 
@@ -22,6 +22,8 @@ SPEC = """\
 extends = ["@gpt2-tiny"]
 [model]
 name = "bench-data"
+[data]
+shard_mb = {shard_mb}
 [[data.sources]]
 name = "corpus"
 path = "corpus"
@@ -41,7 +43,7 @@ lr = 1e-3
 """
 
 
-def _corpus(root: Path, megabytes: float, files: int) -> int:
+def _corpus(root: Path, megabytes: float, files: int, shard_mb: int = 64) -> int:
     """Paragraphs of Shakespeare with a random word swapped in, as jsonl files."""
     paras = [p for p in SHAKESPEARE.read_text().split("\n\n") if len(p) > 40]
     words = SHAKESPEARE.read_text().split()
@@ -62,11 +64,11 @@ def _corpus(root: Path, megabytes: float, files: int) -> int:
     with open(root / "sample.jsonl", "w") as f:
         for p in paras[:3000]:
             f.write(json.dumps({"text": p}) + "\n")
-    (root / "spec.toml").write_text(SPEC)
+    (root / "spec.toml").write_text(SPEC.format(shard_mb=shard_mb))
     return total
 
 
-def _build(spec: Path, store: Path, until: tuple[str, ...]):
+def _build(spec: Path, store: Path, until: tuple[str, ...], executor: str = "inline"):
     from llmbuild.run.build import BuildOptions, PlainReporter, build
     from llmbuild.spec.load import load_spec
     from llmbuild.store.store import Store
@@ -74,7 +76,7 @@ def _build(spec: Path, store: Path, until: tuple[str, ...]):
     outcome = build(
         load_spec(spec),
         Store(str(store)),
-        BuildOptions(executor="inline", live=False, until=until),
+        BuildOptions(executor=executor, live=False, until=until),
         PlainReporter(io.StringIO()),
     )
     assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
@@ -104,30 +106,49 @@ def _naive(source_dir: Path, tok_dir: Path, out: Path) -> tuple[float, int, int]
     return time.perf_counter() - start, tokens, nbytes
 
 
-def throughput(megabytes: float = 32) -> list[dict]:
+def throughput(megabytes: float = 64, rounds: int = 2, shard_mb: int = 4) -> list[dict]:
+    """The node under the default (Ray) executor on a corpus of several shards, as a
+    larger corpus always is, against the naive loop; the two alternate for ``rounds``
+    rounds and the best of each counts, so a burst of load on the machine hits both."""
+    import shutil
+
     from llmbuild.store.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _corpus(root, megabytes, files=8)
+        _corpus(root, megabytes, files=8, shard_mb=shard_mb)
         store = root / "store"
         outcome = _build(root / "spec.toml", store, ("tokenizer", "source:corpus"))
         s = Store(str(store))
         src = s.local_dir(outcome.results["source:corpus"].record)
         tok = s.local_dir(outcome.results["tokenizer"].record)
-        naive_s, tokens, nbytes = _naive(src, tok, root)
-        node = _build(root / "spec.toml", store, ("tokenize:corpus",))
-        rec = node.results["tokenize:corpus"].record
-        ours_s = rec["timings"]["seconds"]
-        assert rec["metrics"]["train_tokens"] + rec["metrics"]["validation_tokens"] == tokens
+        shards = len(list(src.glob("*.tar")))
+        naive, ours, digests = [], [], set()
+        for i in range(rounds):
+            naive_s, tokens, nbytes = _naive(src, tok, root)
+            naive.append(naive_s)
+            fresh = root / f"store-{i}"  # the node's inputs built, the node not yet
+            shutil.copytree(store, fresh)
+            rec = (
+                _build(root / "spec.toml", fresh, ("tokenize:corpus",), "ray")
+                .results["tokenize:corpus"]
+                .record
+            )
+            ours.append(rec["timings"]["seconds"])
+            digests.add(rec["output_digest"])
+            assert rec["metrics"]["train_tokens"] + rec["metrics"]["validation_tokens"] == tokens
+        assert len(digests) == 1, "the tokenize node is not deterministic"
+    naive_s, ours_s = min(naive), min(ours)
     cores = os.cpu_count() or 1
     mb = nbytes / 1e6
     return [
         {
-            "benchmark": f"tokenize node, {mb:.0f} MB jsonl, BPE 4096, {cores} cores",
-            "result": f"{mb / ours_s:.1f} MB/s, {tokens / ours_s / 1e3:.0f}k tok/s",
+            "benchmark": f"tokenize node, {mb:.0f} MB jsonl in {shards} shards, BPE 4096, "
+            f"Ray executor, {cores} cores (best of {rounds})",
+            "result": f"{mb / ours_s:.1f} MB/s, {tokens / ours_s / 1e3:.0f}k tok/s "
+            f"({tokens / ours_s / cores / 1e3:.0f}k per core)",
             "baseline": f"per-document `tokenizer.encode` loop (transformers), same shards: "
-            f"{mb / naive_s:.1f} MB/s",
+            f"{mb / naive_s:.1f} MB/s, {tokens / naive_s / 1e3:.0f}k tok/s",
             "ratio": naive_s / ours_s,
             "unit": "the naive loop's speed",
             "target": "3x",
@@ -175,7 +196,10 @@ def memory(megabytes: float) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    rows = throughput(float(os.environ.get("BENCH_TOKENIZE_MB", "8" if quick else "32")))
+    rows = throughput(
+        float(os.environ.get("BENCH_TOKENIZE_MB", "16" if quick else "64")),
+        rounds=1 if quick else 2,
+    )
     if os.environ.get("BENCH_DATA_MEMORY", "0" if quick else "1") != "0":
         rows += memory(float(os.environ.get("BENCH_DATA_MB", "1024")))
     return rows

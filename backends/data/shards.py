@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,14 @@ def shard_paths(artifact: Path, split: str) -> list[Path]:
 
 
 def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of one webdataset shard, in order."""
-    for sample in tar_samples(open(path, "rb"), str(path)):
-        for line in sample["jsonl"].decode("utf-8").splitlines():
-            yield json.loads(line)
+    """The records of one cleaned shard, in order. The shards are ours (one ``.jsonl``
+    member per block of documents), so the standard library reads them: webdataset,
+    needed for users' shards, imports torch, which would cost every data worker a second."""
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            if member.name.endswith(".jsonl"):
+                for line in tar.extractfile(member).read().decode("utf-8").splitlines():
+                    yield json.loads(line)
 
 
 def tar_samples(stream: Any, url: str) -> Iterator[dict[str, Any]]:

@@ -55,86 +55,72 @@ def _batches_read_ahead(shard: Path) -> Any:
         yield item
 
 
-def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str]) -> dict[str, Any]:
-    """Tokenize one shard into its datasets (runs in a worker)."""
+def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) -> dict[str, Any]:
+    """Tokenize one shard into its datasets (runs in a worker). The encoder uses threads
+    only when the shards do not already keep every core busy: separate processes scale
+    better than threads sharing one allocator."""
     import numpy as np
-    from llmbuild.backends.megatron.cpu import apply_cpu_patches
-    from llmbuild.backends.tokenize.encode import Encoder
+    from llmbuild.backends.tokenize.encode import Encoder, prompt_text
+    from llmbuild.backends.tokenize.indexed import IndexedWriter
 
-    apply_cpu_patches()
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    shard, prefix, tok_json, info, role, out_dir = job
+    shard, prefix, tok_json, info, role, out_dir, threads = job
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
     enc = Encoder(tok_json, info["eos_token"])
     dtype = _dtype(info["vocab_size"])
     base = Path(out_dir) / prefix
-    builders = {
-        form: IndexedDatasetBuilder(
-            f"{base}{form}.bin", dtype=np.uint8 if form == ".mask" else dtype
-        )
+    out = {
+        form: IndexedWriter(f"{base}{form}", np.uint8 if form == ".mask" else dtype)
         for form in FORMS[role]
     }
     answers = open(f"{base}.answers.jsonl", "w") if role == "prompts" else None
     stats = {"documents": 0, "tokens": 0, "learned_tokens": 0}
 
-    def add(form: str, ids: list[int]) -> None:
-        arr = np.asarray(ids, dtype=builders[form].dtype)
-        builders[form].add_document(arr, [arr.size])
-
     def flush(batch: list[dict[str, Any]]) -> None:
         if role == "pretrain":
-            for ids in enc.encode([r["text"] for r in batch]):
-                add("", ids + [enc.eos])
-                stats["tokens"] += len(ids) + 1
+            docs = [ids + [enc.eos] for ids in enc.encode([r["text"] for r in batch])]
+            out[""].add(docs)
         elif role == "chat":
-            for ids, mask in enc.chats([r["messages"] for r in batch]):
-                add("", ids)
-                add(".mask", mask)
-                stats["tokens"] += len(ids)
-                stats["learned_tokens"] += sum(mask)
+            chats = enc.chats([r["messages"] for r in batch])
+            docs = [ids for ids, _ in chats]
+            out[""].add(docs)
+            out[".mask"].add([mask for _, mask in chats])
+            stats["learned_tokens"] += sum(sum(mask) for _, mask in chats)
         elif role == "preferences":
-            for prompt, chosen, rejected in enc.preferences(batch):
-                add(".prompt", prompt)
-                add(".chosen", chosen)
-                add(".rejected", rejected)
-                stats["tokens"] += len(prompt) + len(chosen) + len(rejected)
+            triples = enc.preferences(batch)
+            for i, form in enumerate((".prompt", ".chosen", ".rejected")):
+                out[form].add([t[i] for t in triples])
+            docs = [ids for t in triples for ids in t]
         else:
-            from llmbuild.backends.tokenize.encode import prompt_text
-
-            for r, ids in zip(batch, enc.encode([prompt_text(r["prompt"]) for r in batch])):
-                add(".prompt", ids)
-                answers.write(json.dumps({"answer": r.get("answer")}) + "\n")
-                stats["tokens"] += len(ids)
+            docs = enc.encode([prompt_text(r["prompt"]) for r in batch])
+            out[".prompt"].add(docs)
+            answers.writelines(json.dumps({"answer": r.get("answer")}) + "\n" for r in batch)
+        stats["tokens"] += sum(len(ids) for ids in docs)
         stats["documents"] += len(batch)
 
     for batch in _batches_read_ahead(Path(shard)):
         flush(batch)
-    for form, builder in builders.items():
-        builder.finalize(f"{base}{form}.idx")
+    for writer in out.values():
+        writer.finalize()
     if answers is not None:
         answers.close()
     return {"prefix": prefix, **stats}
 
 
 def run(ctx: Any) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     role = ctx.config.role
     docs = ctx.input("documents").path
     tok = ctx.input("tokenizer").path
     info = json.loads((tok / "tokenizer_info.json").read_text())
-    jobs = []
-    for split in SPLITS:
-        for i, shard in enumerate(shard_paths(docs, split)):
-            jobs.append(
-                (
-                    str(shard),
-                    f"{split}-{i:06d}",
-                    str(tok / "tokenizer" / "tokenizer.json"),
-                    info,
-                    role,
-                    str(ctx.out_dir),
-                )
-            )
+    shards = [
+        (split, i, shard) for split in SPLITS for i, shard in enumerate(shard_paths(docs, split))
+    ]
+    # Shards run side by side only as parallel tasks; one at a time, the encoder threads.
+    threads = ctx.parallel is None or len(shards) < (os.cpu_count() or 1)
+    tok_json = str(tok / "tokenizer" / "tokenizer.json")
+    jobs = [
+        (str(shard), f"{split}-{i:06d}", tok_json, info, role, str(ctx.out_dir), threads)
+        for split, i, shard in shards
+    ]
     ctx.progress.update(completed=0, total=len(jobs), unit="shards", force=True)
     results = ctx.map(tokenize_shard, jobs)
     datasets = [

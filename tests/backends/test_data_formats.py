@@ -186,3 +186,34 @@ def test_sources_behind_fsspec_urls(tmp_path):
     fs.pipe(f"{root}/part-3.jsonl", b'{"text": "one more remote document"}\n')
     changed = run_nodes(spec, tmp_path / "store", ("tokenize:docs",))
     assert changed.results["source:docs"].state == "built"
+
+
+def test_tokenize_workers_load_neither_torch_nor_megatron(formats, tmp_path):
+    """A shard tokenized in a fresh interpreter: the data workers stay light."""
+    import subprocess
+    import sys
+
+    _root, _spec, store, outcome = formats
+    docs = artifact(outcome, store, "source:plays")
+    tok = artifact(outcome, store, "tokenizer")
+    shard = sorted(docs.glob("train-*.tar"))[0]
+    job = (
+        str(shard),
+        "train-000000",
+        str(tok / "tokenizer" / "tokenizer.json"),
+        json.loads((tok / "tokenizer_info.json").read_text()),
+        "pretrain",
+        str(tmp_path),
+        False,
+    )
+    code = (
+        "import json, sys\n"
+        "from llmbuild.backends.tokenize.run import tokenize_shard\n"
+        f"print(tokenize_shard(json.loads({json.dumps(json.dumps(job))}))['documents'])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron', 'ray'})\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    documents, heavy = out.stdout.split("\n")[:2]
+    assert int(documents) > 0
+    assert heavy == "[]"
