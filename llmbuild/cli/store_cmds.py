@@ -109,6 +109,8 @@ def _show(store, args: argparse.Namespace) -> int:
         print(f"  output {e['path']}  {e['size']} bytes  blake3 {e['blake3'][:16]}")
     if rec.get("metrics"):
         print(f"  metrics {json.dumps(rec['metrics'])}")
+    if store.fs.exists(store.log_path(rec)):
+        print(f"  log {store.url.rstrip('/')}/{store.log_path(rec)}")
     env = rec.get("environment") or {}
     if env:
         print("  environment " + ", ".join(f"{k} {v}" for k, v in env.items() if v and k != "git"))

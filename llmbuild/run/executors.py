@@ -13,6 +13,12 @@ from typing import Any
 from llmbuild.run.context import ProgressSink
 from llmbuild.run.node import NodeFailed, NodeTask, execute_node
 
+WORKER_RETRIES = 2
+"""How often Ray reruns a node (or one of its parallel tasks) whose worker process died
+(killed, out of memory, node lost). A node's own errors are never retried. A rerun starts
+from the node's last checkpoint in its work dir; a multi-rank training node's ranks are
+restarted the same way by Ray Train."""
+
 
 @dataclass
 class Handle:
@@ -87,7 +93,9 @@ def _ray_parallel(fn: Any, items: list[Any]) -> list[Any]:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    remote = ray.remote(fn).options(num_cpus=1, scheduling_strategy=here, max_retries=0)
+    remote = ray.remote(fn).options(
+        num_cpus=1, scheduling_strategy=here, max_retries=WORKER_RETRIES
+    )
     return ray.get([remote.remote(item) for item in items])
 
 
@@ -160,9 +168,9 @@ class RayExecutor:
             options = {"num_cpus": 0, "num_gpus": 0}
         else:
             options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
-        ref = self._remote.options(**options, max_retries=0, name=f"llmbuild {task.name}").remote(
-            task, self._relay
-        )
+        ref = self._remote.options(
+            **options, max_retries=WORKER_RETRIES, name=f"llmbuild {task.name}"
+        ).remote(task, self._relay)
         return Handle(task.name, ref=ref)
 
     def wait(self, handles: Sequence[Handle], timeout: float) -> list[Finished]:

@@ -94,6 +94,9 @@ def execute_node(
             parallel=parallel,
         )
         log.info("building %s (key %s) with %r", task.name, task.key, task.backend)
+        resume = store.resumable(task.name, task.key)
+        if resume:
+            log.info("%s (checkpoint in %s)", resume, work)
         task.backend.run(ctx)
         ctx.progress.update(force=True)
         entries = manifest(out, store.cache)

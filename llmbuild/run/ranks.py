@@ -62,6 +62,9 @@ def _rank_main(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     info = RankInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
     fn = config.pop("__fn__")
+    log = config.pop("__log__")
+    if info.rank == 0:  # each start of the group (Ray Train restarts it after a failure)
+        _note_start(Path(log), info.world_size)
     out = fn(config, info)
     if info.rank == 0 and out is not None:
         ray.train.report(
@@ -69,6 +72,23 @@ def _rank_main(config: dict[str, Any]) -> None:
         )
     else:
         ray.train.report({"rank0_output": False})
+
+
+def _note_start(log: Path, ranks: int) -> None:
+    """A line in the node's log (when this machine has it) saying the ranks started, and
+    from which checkpoint they resume."""
+    import json
+    import time
+
+    if not log.parent.is_dir():
+        return
+    try:
+        step = json.loads((log.parent / "checkpoint.json").read_text())["step"]
+        resume = f", resuming from step {step}"
+    except (OSError, ValueError, KeyError):
+        resume = ""
+    with open(log, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO {ranks} ranks started{resume}\n")
 
 
 def run_ray_ranks(
@@ -88,7 +108,7 @@ def run_ray_ranks(
         per_worker["GPU"] = resources.gpus
     trainer = TorchTrainer(
         _rank_main,
-        train_loop_config={**config, "__fn__": fn},
+        train_loop_config={**config, "__fn__": fn, "__log__": str(work_dir / "node.log")},
         scaling_config=ScalingConfig(
             num_workers=resources.ranks, use_gpu=resources.gpus > 0, resources_per_worker=per_worker
         ),

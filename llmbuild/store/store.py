@@ -138,6 +138,9 @@ class Store:
             pointer = {"name": record["name"], "key": record["key"]}
             self.fs.write_bytes(f"cutoff/{record['cutoff_key']}", json.dumps(pointer).encode())
         work = self.work_dir(record["name"], record["key"], create=False)
+        log = work / "node.log"  # every attempt's log, kept beside the artifact
+        if log.exists():
+            self.fs.write_bytes(self.log_path(record), log.read_bytes())
         shutil.rmtree(work, ignore_errors=True)
 
     def cutoff_target(self, cutoff_key: str) -> dict[str, Any] | None:
@@ -187,6 +190,12 @@ class Store:
 
     def remove_artifact(self, rec: dict[str, Any]) -> None:
         self.fs.remove(f"artifacts/{artifact_dirname(rec['name'], rec['key'])}")
+        self.fs.remove(self.log_path(rec))
+
+    @staticmethod
+    def log_path(rec: dict[str, Any]) -> str:
+        """Where a committed node's build log is kept, relative to the store."""
+        return f"logs/{artifact_dirname(rec['name'], rec['key'])}.log"
 
     # -- builds ----------------------------------------------------------------------
     def save_build(self, build: dict[str, Any]) -> None:

@@ -56,6 +56,8 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     shown = capsys.readouterr().out
     assert shown.startswith("stage:sft ") and "input from: stage:pretrain" in shown
     assert "output out.txt" in shown and "python 3." in shown and "llmbuild 0." in shown
+    log = shown.split("\n  log ")[1].split()[0]  # the node's build log, kept in the store
+    assert "building stage:sft" in open(log.removeprefix("file://")).read()
     assert main(["show", spec_hash]) == 0
     assert "build " in capsys.readouterr().out
     assert main(["show", "nothing-like-this"]) == 2

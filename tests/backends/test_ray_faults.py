@@ -1,0 +1,133 @@
+"""A Ray worker killed in the middle of a training node: Ray reruns the node (or Ray Train
+restarts its ranks), training resumes from the last checkpoint, and the committed weights
+equal those of a run nobody interrupted."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from llmbuild.run.build import BuildOptions, PlainReporter, build
+from llmbuild.spec.load import load_spec
+from llmbuild.store.store import Store
+from tests.backends.conftest import artifact
+from tests.backends.test_megatron import tiny_spec
+from tests.conftest import REPO
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(autouse=True)
+def _workers_import_this_checkout(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _processes(title: str) -> list[int]:
+    """Ids of this machine's processes whose command line contains ``title`` (Ray names a
+    worker's process after what it runs: ``ray::llmbuild stage:pretrain``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if title.encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+class KillAtCheckpoint(threading.Thread):
+    """SIGKILL the first process titled ``title`` once the node's first checkpoint exists."""
+
+    def __init__(self, store: Path, node: str, title: str) -> None:
+        super().__init__(daemon=True)
+        self.pattern = f"work/{node.replace(':', '_')}-*/checkpoint.json"
+        self.store, self.title, self.killed, self.step = store, title, None, None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            marker = next(iter(self.store.glob(self.pattern)), None)
+            pids = _processes(self.title) if marker is not None else []
+            if pids:
+                self.step = json.loads(marker.read_text())["step"]
+                os.kill(pids[0], signal.SIGKILL)
+                self.killed = pids[0]
+                return
+            time.sleep(0.05)
+
+
+def _on_ray(spec: Path, store: Path, overrides=()):
+    try:
+        outcome = build(
+            load_spec(spec, list(overrides)),
+            Store(str(store)),
+            BuildOptions(executor="ray", live=False, until=("stage:pretrain",)),
+            PlainReporter(io.StringIO()),
+        )
+    finally:
+        ray.shutdown()
+    assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
+    return outcome
+
+
+def _build_killing(spec: Path, store: Path, title: str, overrides=()):
+    killer = KillAtCheckpoint(store, "stage:pretrain", title)
+    killer.start()
+    outcome = _on_ray(spec, store, overrides)
+    killer.join(timeout=1)
+    assert killer.killed, "no worker was killed"
+    return outcome, killer
+
+
+def _losses(outcome, store: Path) -> list[float]:
+    path = artifact(outcome, store, "stage:pretrain") / "metrics.jsonl"
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The same training under Ray, not interrupted (Ray gives a one-CPU worker one
+    thread, so its float sums may differ in the last bits from a build inline)."""
+    root = tmp_path_factory.mktemp("whole")
+    spec = tiny_spec(root, steps=20)
+    return spec, _on_ray(spec, root / "store"), root / "store"
+
+
+def test_a_killed_node_worker_is_rerun_and_resumes(uninterrupted, tmp_path):
+    spec, whole, whole_store = uninterrupted
+    store = tmp_path / "store"
+    outcome, killer = _build_killing(spec, store, "ray::llmbuild stage:pretrain")
+    assert killer.step == 10
+    record = outcome.results["stage:pretrain"].record
+    log = (store / Store.log_path(record)).read_text()
+    assert log.count("building stage:pretrain") == 2  # the killed attempt, then the rerun
+    assert "resume from step 10" in log
+    assert _losses(outcome, store) == _losses(whole, whole_store)
+    assert record["output_digest"] == whole.results["stage:pretrain"].record["output_digest"]
+
+
+def test_a_killed_rank_is_restarted_and_training_resumes(uninterrupted, tmp_path):
+    spec, whole, whole_store = uninterrupted
+    store = tmp_path / "store"
+    outcome, killer = _build_killing(
+        spec, store, "ray::RayTrainWorker", overrides=["parallelism.data=2"]
+    )
+    assert killer.step == 10
+    log = (store / Store.log_path(outcome.results["stage:pretrain"].record)).read_text()
+    assert "2 ranks started\n" in log and "2 ranks started, resuming from step 10" in log
+    a, b = _losses(whole, whole_store), _losses(outcome, store)
+    assert len(a) == len(b) == 20
+    assert all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (a, b)
