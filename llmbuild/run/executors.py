@@ -5,6 +5,7 @@ local cluster bound to 127.0.0.1 or on an existing cluster."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,10 +153,16 @@ class RayExecutor:
                 from llmbuild.run.ranks import local_ray_env
 
                 local_ray_env()
+                # A local cluster keeps Ray's default token authentication; its notice
+                # that the default is on is not for our users.
+                logging.getLogger(
+                    "ray._private.authentication.authentication_token_setup"
+                ).setLevel(logging.ERROR)
                 ray.init(
                     include_dashboard=False,
                     num_cpus=self.num_cpus,
                     log_to_driver=False,
+                    logging_level=logging.WARNING,
                     runtime_env={"env_vars": _forwarded_env()},
                 )
                 self._started_here = True
