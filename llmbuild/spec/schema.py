@@ -22,14 +22,38 @@ _NAME_RULE = TypeAdapter(Name).json_schema()
 
 
 def spec_schema() -> dict[str, Any]:
-    schema = Spec.model_json_schema(by_alias=True, mode="validation")
+    schema = Spec.model_json_schema(by_alias=True, mode="validation", schema_generator=_SpecSchema)
     schema["$schema"] = SCHEMA_URI
     schema["title"] = "llmbuild model spec"
     return schema
 
 
+def editor_schema() -> dict[str, Any]:
+    """The schema editors check a spec file against. A file is a fragment until its
+    ``extends`` are merged (a spec that extends a preset need not repeat ``[model]``),
+    so nothing is required but the ``kind`` that picks a table's variant; ``validate``
+    reports what the composed spec lacks, with file and line."""
+
+    def relax(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {k: relax(v) for k, v in node.items()}
+            props = node.get("properties", {})
+            if "required" in node:
+                kept = [k for k in node["required"] if "const" in props.get(k, {})]
+                if kept:
+                    node["required"] = kept
+                else:
+                    del node["required"]
+            return node
+        if isinstance(node, list):
+            return [relax(v) for v in node]
+        return node
+
+    return relax(spec_schema())
+
+
 def spec_schema_text() -> str:
-    return json.dumps(spec_schema(), indent=2, sort_keys=False) + "\n"
+    return json.dumps(editor_schema(), indent=2, sort_keys=False) + "\n"
 
 
 # --- the markdown reference -------------------------------------------------------------
@@ -43,9 +67,9 @@ ROLE_NOTES = {
 }
 
 
-class _ReferenceSchema(GenerateJsonSchema):
-    """The spec schema as the reference documents it: a string-or-list field (``StrList``,
-    which takes ``path = "a.txt"`` as well as a list) shows both forms."""
+class _SpecSchema(GenerateJsonSchema):
+    """The spec's schema as specs may be written: a string-or-list field (``StrList``,
+    which takes ``path = "a.txt"`` as well as a list) accepts both forms."""
 
     def function_before_schema(self, schema: Any) -> dict[str, Any]:
         inner = super().function_before_schema(schema)
@@ -350,7 +374,4 @@ def _cell(text: str) -> str:
 
 def spec_reference() -> str:
     """The markdown reference of every spec table and field, in schema order."""
-    schema = Spec.model_json_schema(
-        by_alias=True, mode="validation", schema_generator=_ReferenceSchema
-    )
-    return _Reference(schema).render()
+    return _Reference(spec_schema()).render()
