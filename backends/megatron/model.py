@@ -39,13 +39,7 @@ def recompute_options(recompute: str) -> dict[str, Any]:
             "recompute_num_layers": 1,
         }
     if recompute == "selective":
-        try:
-            import transformer_engine  # noqa: F401
-        except ImportError:
-            raise NotImplementedError(
-                "selective recompute needs Transformer Engine; use parallelism.recompute = 'full'"
-            ) from None
-        return {"recompute_granularity": "selective"}
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
     return {}
 
 

@@ -154,13 +154,18 @@ def test_bf16_training_follows_fp32(tmp_path):
     assert a[0]["loss"] != b[0]["loss"]  # computed in another precision
 
 
-def test_full_recompute_gives_the_same_losses(tmp_path):
+@pytest.mark.parametrize("recompute", ["full", "selective"])
+def test_recompute_gives_the_same_losses(tmp_path, recompute):
     spec = tiny_spec(tmp_path, steps=6)
     plain = run_nodes(spec, tmp_path / "a", ("stage:pretrain",))
     recomputed = run_nodes(
-        spec, tmp_path / "b", ("stage:pretrain",), ["parallelism.recompute='full'"]
+        spec, tmp_path / "b", ("stage:pretrain",), [f"parallelism.recompute='{recompute}'"]
     )
     assert plain.ok and recomputed.ok, recomputed.log
+    assert (
+        recomputed.results["stage:pretrain"].record["key"]
+        == (plain.results["stage:pretrain"].record["key"])
+    )
     a, b = _metrics(plain, tmp_path / "a"), _metrics(recomputed, tmp_path / "b")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     from llmbuild.backends.megatron.cpu import apply_cpu_patches
@@ -171,5 +176,47 @@ def test_full_recompute_gives_the_same_losses(tmp_path):
     from llmbuild.spec.load import load_spec
 
     arch = load_spec(spec).spec.architecture
-    assert transformer_config(arch, recompute="full").recompute_granularity == "full"
+    assert transformer_config(arch, recompute=recompute).recompute_granularity == recompute
     assert transformer_config(arch).recompute_granularity is None
+
+
+def test_selective_recompute_reruns_only_attention_in_backward(tmp_path):
+    """With ``selective``, megatron re-runs the core attention during backward (so its
+    activations are not kept); the layer's other modules run once."""
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+    apply_cpu_patches()
+    import torch
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from llmbuild.run.ranks import join_single_rank_group
+    from llmbuild.spec.load import load_spec
+
+    arch = load_spec(tiny_spec(tmp_path)).spec.architecture
+    owned = join_single_rank_group()
+    parallel_state.initialize_model_parallel(1, 1)
+    try:
+        model_parallel_cuda_manual_seed(0)
+        calls = {}
+        for recompute in ("none", "selective"):
+            model = build_model(arch, 64, transformer_config(arch, recompute=recompute))
+            counts = calls[recompute] = {"attention": 0, "mlp": 0}
+            layer = model.decoder.layers[0]
+            for name, module in (
+                ("attention", layer.self_attention.core_attention),
+                ("mlp", layer.mlp),
+            ):
+                module.register_forward_hook(
+                    lambda *_, name=name, counts=counts: counts.update({name: counts[name] + 1})
+                )
+            tokens = torch.randint(0, 64, (2, arch.seq_len))
+            positions = torch.arange(arch.seq_len).expand(2, -1)
+            model(tokens, positions, None).sum().backward()
+    finally:
+        parallel_state.destroy_model_parallel()
+        if owned:
+            torch.distributed.destroy_process_group()
+    assert calls["none"] == {"attention": 1, "mlp": 1}
+    assert calls["selective"] == {"attention": 2, "mlp": 1}
