@@ -7,6 +7,7 @@ the few CUDA-only calls below are redirected. Each patch says why it is needed.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 _applied = False
@@ -27,6 +28,10 @@ def quiet_megatron() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"megatron(\.|$)")
     warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*not installed.*")
     warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*")
+    # torch deprecates the collectives megatron's DDP and distributed optimizer call.
+    warnings.filterwarnings(
+        "ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).*is deprecated"
+    )
 
 
 def _on_cpu(decorator: Any, fn: Any = None, **kwargs: Any) -> Any:
@@ -93,4 +98,38 @@ def apply_cpu_patches() -> None:
     schedules.torch = _CpuTorch(torch)
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()  # type: ignore[assignment]
     torch.cuda.manual_seed = lambda *a, **k: None  # type: ignore[assignment]
+    _patch_optimizer(torch)
     _applied = True
+
+
+def _cuda_type_name(type_of: Any) -> Any:
+    """``Tensor.type`` that gives the CUDA name of a CPU tensor's type (``torch.cuda.
+    FloatTensor``) to megatron's optimizer modules only; everyone else sees the truth."""
+
+    def type_name(self: Any, dtype: Any = None, *args: Any, **kwargs: Any) -> Any:
+        value = type_of(self, dtype, *args, **kwargs)
+        if dtype is None and not self.is_cuda:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("megatron.core.optimizer"):
+                return value.replace("torch.", "torch.cuda.", 1)
+        return value
+
+    return type_name
+
+
+def _patch_optimizer(torch: Any) -> None:
+    """megatron's DistributedDataParallel and optimizers (FP32, distributed, chained)."""
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    # The optimizers (megatron.core.optimizer.optimizer, the distributed one's base
+    # classes included) keep scale and overflow scalars made with device="cuda"; the
+    # grad norm, clipping and the local stand-in for Apex's multi-tensor l2 norm
+    # (megatron.core.utils) make theirs the same way. DDP's grad buffers and the
+    # distributed optimizer's state ask torch.cuda.current_device(), patched above.
+    for module in (optimizer, clip_grads, utils):
+        module.torch = _CpuTorch(torch)  # type: ignore[attr-defined]
+    # The distributed optimizer sorts parameters by ``param.type()`` against
+    # "torch.cuda.FloatTensor" (and raises on anything else), and grad clipping asserts
+    # the same of every gradient.
+    torch.Tensor.type = _cuda_type_name(torch.Tensor.type)  # type: ignore[method-assign]

@@ -100,6 +100,7 @@ def run(ctx: Any) -> None:
         # Without pipeline parallelism, the pipeline ranks become data-parallel ranks.
         "pipeline": 1 if stage.kind in NO_PIPELINE else par.pipeline,
         "micro_batch": par.micro_batch,
+        "distributed_optimizer": par.distributed_optimizer,
         "eval_every": stage.eval_every,
         "checkpoint_every": stage.checkpoint_every,
         "work_dir": str(ctx.work_dir),

@@ -1,12 +1,12 @@
-"""The training loop every rank runs, for every stage kind: megatron-core GPTModel, AdamW,
-gradient accumulation, tensor parallelism inside the model, data-parallel gradient
-averaging, validation, and resumable checkpoints. What is optimised comes from
+"""The training loop every rank runs, for every stage kind: megatron-core GPTModel,
+gradient accumulation, tensor parallelism inside the model, pipeline parallelism
+(``pipeline.py``), megatron's data parallelism and optimizer (``data_parallel.py``),
+validation, and resumable checkpoints (``checkpoint.py``). What is optimised comes from
 ``objectives.py`` (and ``grpo.py``); LoRA adapters from ``lora.py``."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,26 +20,6 @@ def _setup(cfg: dict[str, Any]) -> None:
 
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(cfg["tensor"], cfg["pipeline"])
-
-
-def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name or name.endswith("bias") else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _weights(ref: dict[str, str | None] | None) -> dict[str, Any] | None:
@@ -180,16 +160,12 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
     import torch.distributed as dist
 
     _setup(cfg)
-    from llmbuild.backends.megatron import lora
+    from llmbuild.backends.megatron import checkpoint as ck
+    from llmbuild.backends.megatron import data_parallel, lora
     from llmbuild.backends.megatron.model import build_model, transformer_config
     from llmbuild.backends.megatron.objectives import _dp_reduce, autocast, masked_mean
     from llmbuild.backends.megatron.schedule import lr_at
-    from llmbuild.backends.megatron.shards import (
-        canonical_init,
-        gather_canonical,
-        grad_norm_and_clip,
-        load_canonical,
-    )
+    from llmbuild.backends.megatron.shards import canonical_init, gather_canonical, load_canonical
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
@@ -227,45 +203,42 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         init.update(_value_head(model, arch, seed))
     load_canonical(model, init, gated)
     objective = _objective(cfg, arch, config, model, seed)
-    opt = torch.optim.AdamW(
-        _param_groups(model, stage["weight_decay"]),
-        lr=stage["lr"],
-        betas=tuple(stage["betas"]),
-        eps=stage["eps"],
-    )
+    # Trained through the wrapper; ``model`` keeps the canonical parameter names.
+    sharded = bool(cfg.get("distributed_optimizer", False))
+    ddp = data_parallel.apply_data_parallel(model, sharded)
+    opt = data_parallel.build_optimizer(ddp, stage, sharded)
     steps, gbs, micro = stage["steps"], stage["global_batch"], cfg["micro_batch"]
     rank = info.rank
     dp_rank = parallel_state.get_data_parallel_rank()
     dp = parallel_state.get_data_parallel_world_size()
     dp_group = parallel_state.get_data_parallel_group()
-    layout = {"tensor": cfg["tensor"], "pipeline": cfg["pipeline"], "data": dp}
+    layout = {
+        "tensor": cfg["tensor"],
+        "pipeline": cfg["pipeline"],
+        "data": dp,
+        "distributed_optimizer": sharded,
+    }
     accum = gbs // (micro * dp)
     eval_samples = stage["eval_batches"] * gbs
     schedule = Schedule.model_validate(stage["schedule"])
     start, history, initial = 0, [], None
-    # One checkpoint file per tensor-parallel rank (data-parallel replicas share it); a
-    # checkpoint written at another layout is not resumed.
-    ckpt = work / (
-        f"checkpoint-tp{parallel_state.get_tensor_model_parallel_rank()}"
-        f"-pp{parallel_state.get_pipeline_model_parallel_rank()}.pt"
-    )
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state.get("layout") == layout:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-            start, history, initial = state["step"], state["history"], state.get("initial")
+    ckpt = ck.checkpoint_path(work, sharded)
+    state = ck.load_checkpoint(ckpt, layout)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        data_parallel.load_optimizer_state(opt, state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start, history, initial = state["step"], state["history"], state.get("initial")
     if start == 0 and stage["kind"] != "pretrain":
-        initial = objective.evaluate(model, eval_samples, micro)  # before any update
+        initial = objective.evaluate(ddp, eval_samples, micro)  # before any update
     progress = cfg.get("progress")
     tokens_per_step = gbs * arch.seq_len
-    model.train()
+    ddp.train()
     t0 = time.perf_counter()
     for step in range(start, steps):
         lr = lr_at(step, steps, stage["lr"], schedule)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        data_parallel.set_lr(opt, lr, stage["weight_decay"])
+        data_parallel.start_step(ddp, opt)
         loss_sum = torch.zeros(1)
         sums: dict[str, float] = {}
         starts = [step * gbs + dp_rank * (gbs // dp) + m * micro for m in range(accum)]
@@ -273,27 +246,20 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
             batches = [objective.batch(list(range(i, i + micro))) for i in starts]
             with autocast(stage["precision"]):
                 loss_sum += pipeline.pipeline_loss(
-                    model, batches, arch.seq_len, micro, masked_mean, forward_only=False
+                    ddp, batches, arch.seq_len, micro, masked_mean, forward_only=False
                 )
-            pipeline.sync_tied_embedding_grads(model)
         for i in starts if pp == 1 else ():
-            loss, metrics = objective.loss(model, objective.batch(list(range(i, i + micro))))
+            loss, metrics = objective.loss(ddp, objective.batch(list(range(i, i + micro))))
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
+        grad_norm = data_parallel.finish_step(ddp, opt)
         if dp > 1:
-            for p in model.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, group=dp_group)
-                    p.grad /= dp
             dist.all_reduce(loss_sum, group=dp_group)
             loss_sum /= dp
             if sums:
                 sums = _dp_reduce(sums, 1.0)  # the mean over replicas
-        grad_norm = grad_norm_and_clip(model, stage["grad_clip"])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         row = {
             "step": step + 1,
@@ -305,7 +271,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
         }
         last = step + 1 == steps
         if (cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0) or last:
-            row.update(objective.evaluate(model, eval_samples, micro))
+            row.update(objective.evaluate(ddp, eval_samples, micro))
         history.append(row)
         if rank == 0 and progress is not None:
             shown = {k: round(row[k], 4) for k in ("val_loss", "reward", "val_reward") if k in row}
@@ -318,12 +284,12 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
                 force=last,
             )
         if (step + 1) % cfg["checkpoint_every"] == 0 and not last:
-            if dp_rank == 0:
-                _save(
+            if ck.writes_checkpoint(sharded):
+                ck.save_checkpoint(
                     ckpt,
                     {
                         "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
+                        "optimizer": data_parallel.optimizer_state(opt),
                         "rng": torch.get_rng_state(),
                         "step": step + 1,
                         "history": history,

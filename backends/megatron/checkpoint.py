@@ -1,0 +1,58 @@
+"""Resumable checkpoints of a training stage, in the node's work dir.
+
+One file per tensor- and pipeline-parallel rank, written by data-parallel rank 0 (its
+replicas hold the same state); with the distributed optimizer one per data-parallel rank
+as well, since each holds its own shard of the optimizer state. A checkpoint is resumed
+only at the layout (and optimizer) it was written at, and only when every rank found
+the same step: otherwise training starts over.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def checkpoint_path(work: Path, distributed_optimizer: bool) -> Path:
+    from megatron.core import parallel_state
+
+    name = (
+        f"checkpoint-tp{parallel_state.get_tensor_model_parallel_rank()}"
+        f"-pp{parallel_state.get_pipeline_model_parallel_rank()}"
+    )
+    if distributed_optimizer:
+        name += f"-dp{parallel_state.get_data_parallel_rank()}"
+    return work / f"{name}.pt"
+
+
+def writes_checkpoint(distributed_optimizer: bool) -> bool:
+    """Whether this rank writes a checkpoint file."""
+    from megatron.core import parallel_state
+
+    return distributed_optimizer or parallel_state.get_data_parallel_rank() == 0
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Written to a temporary file and renamed into place."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, layout: dict[str, Any]) -> dict[str, Any] | None:
+    """This rank's checkpoint when every rank has one of ``layout`` at the same step (a
+    collective call), else None."""
+    import torch
+    import torch.distributed as dist
+
+    state = torch.load(path, weights_only=False) if path.exists() else None
+    if state is not None and state.get("layout") != layout:
+        state = None
+    step = state["step"] if state is not None else 0
+    steps = torch.tensor([step, -step], dtype=torch.int64)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    agreed = int(steps[0]) == -int(steps[1])  # the largest step is the smallest
+    return state if agreed and step > 0 else None

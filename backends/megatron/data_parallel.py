@@ -1,0 +1,108 @@
+"""Data parallelism and the optimizer, both megatron-core's.
+
+The model is wrapped in megatron's ``DistributedDataParallel``: gradients of every micro
+batch accumulate in one contiguous fp32 buffer (``main_grad``) and are averaged over the
+data-parallel group once per step, by ``finalize_model_grads``, which also sums the tied
+embedding's gradient between the first and last pipeline stages. The optimizer is
+megatron's Adam (decoupled weight decay, gradient clipping, the global grad norm). With
+``distributed_optimizer`` its state is sharded over the data-parallel ranks: gradients
+are reduce-scattered, each rank updates its shard, and the parameters are all-gathered.
+
+Only trainable parameters are wrapped (LoRA's frozen base is left out); frozen reference
+and reward models are never wrapped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _no_decay(param: Any, name: str) -> bool:
+    """Biases, norms and other vectors take no weight decay (megatron's own default rule is
+    ``ndim == 1 or *.bias``; names containing ``norm`` are added, as before)."""
+    return param.ndim < 2 or "norm" in name or name.endswith("bias")
+
+
+def apply_data_parallel(model: Any, distributed_optimizer: bool) -> Any:
+    """``model`` wrapped in megatron's DistributedDataParallel. Gradients are reduced in
+    fp32, synchronously (no overlap with backward: gloo has no streams to overlap on)."""
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+    )
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        overlap_param_gather=False,
+        use_distributed_optimizer=distributed_optimizer,
+    )
+    return DistributedDataParallel(model.config, ddp_config, model)
+
+
+def build_optimizer(ddp: Any, stage: dict[str, Any], distributed_optimizer: bool) -> Any:
+    """megatron's optimizer over the wrapped model's trainable parameters, in two groups:
+    decayed (``wd_mult`` 1) and not (``wd_mult`` 0). The learning rate and weight decay
+    are set per step by ``set_lr``."""
+    from megatron.core.optimizer import (
+        OptimizerConfig,
+        ParamKey,
+        ParamWithNamePredicate,
+        get_megatron_optimizer,
+    )
+
+    beta1, beta2 = stage["betas"]
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=stage["lr"],
+        weight_decay=stage["weight_decay"],
+        adam_beta1=beta1,
+        adam_beta2=beta2,
+        adam_eps=stage["eps"],
+        clip_grad=stage["grad_clip"],
+        use_distributed_optimizer=distributed_optimizer,
+    )
+    no_decay = ParamKey(with_name_predicate=ParamWithNamePredicate("no_decay", _no_decay))
+    return get_megatron_optimizer(config, [ddp], config_overrides={no_decay: {"wd_mult": 0.0}})
+
+
+def set_lr(optimizer: Any, lr: float, weight_decay: float) -> None:
+    """This step's learning rate (from the stage's schedule) on every parameter group, and
+    the weight decay its ``wd_mult`` gives it (megatron's scheduler would do both)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
+
+
+def start_step(ddp: Any, optimizer: Any) -> None:
+    """Zero the accumulated gradients before a step's first micro batch."""
+    ddp.zero_grad_buffer()
+    optimizer.zero_grad()
+
+
+def finish_step(ddp: Any, optimizer: Any) -> float:
+    """Reduce the accumulated gradients (data-parallel mean; tied embedding summed over
+    pipeline stages), clip them and update; the global gradient norm before clipping."""
+    from megatron.core.distributed import finalize_model_grads
+
+    finalize_model_grads([ddp])
+    _, grad_norm, _ = optimizer.step()
+    return float(grad_norm)
+
+
+def optimizer_state(optimizer: Any) -> list[Any]:
+    """This rank's optimizer state, for an exact resume at the same layout: the inner Adam's
+    state dict of each of megatron's chained optimizers. With the distributed optimizer
+    that is this data-parallel rank's shard. (Its own ``state_dict`` leaves the per
+    parameter state out, and its loader gives every parameter one shared ``step`` tensor,
+    which torch's Adam would then advance once per parameter.)"""
+    return [
+        None if o.optimizer is None else o.optimizer.state_dict()
+        for o in optimizer.chained_optimizers
+    ]
+
+
+def load_optimizer_state(optimizer: Any, state: list[Any]) -> None:
+    for o, s in zip(optimizer.chained_optimizers, state, strict=True):
+        if s is not None:
+            o.optimizer.load_state_dict(s)
