@@ -154,7 +154,11 @@ class Parallelism(SpecModel):
     recompute: Literal["none", "full", "selective"] = marked("execution", "none")
     """Activation recomputation, trading compute for memory."""
     distributed_optimizer: bool = marked("execution", False)
-    """Shard optimizer state across data-parallel ranks."""
+    """Shard the optimizer state (Adam's moments) over the data-parallel ranks with
+    megatron's distributed optimizer: gradients are reduce-scattered, each rank updates
+    its shard, and the parameters are all-gathered. Less memory per rank, the same
+    training. Each data-parallel rank then checkpoints its own shard; a checkpoint
+    resumes only with the setting it was written with."""
     device: Literal["auto", "cpu", "gpu"] = marked("execution", "auto")
     """Where ranks run: `gpu` when the cluster has GPUs under `auto`."""
     cpus_per_rank: PositiveInt = marked("execution", 1)
