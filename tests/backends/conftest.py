@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -42,27 +43,52 @@ def data_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def kill_after_checkpoint(spec: Path, store: Path, node: str) -> Path:
+def kill_after_checkpoint(
+    spec: Path, store: Path, node: str, executor: str = "inline", overrides=()
+) -> Path:
     """Build up to ``node`` in a subprocess and SIGKILL it once the node's first
-    checkpoint is written; the checkpoint marker's path."""
+    checkpoint is written; the checkpoint marker's path. The subprocess leads a session of
+    its own, and every process in it is killed: under ``executor = "ray"`` that is the
+    local Ray cluster it started, the ranks included, all at once."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmbuild", "build", str(spec), "--store", str(store),
-         "--executor", "inline", "--plain", "--until", node],
+         "--executor", executor, "--plain", "--until", node, *sets],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )  # fmt: skip
     pattern = f"work/{node.replace(':', '_')}-*/checkpoint.json"
-    deadline, marker = time.monotonic() + 300, None
+    deadline, marker = time.monotonic() + 600, None
     while time.monotonic() < deadline and proc.poll() is None:
         marker = next(iter(store.glob(pattern)), None)
         if marker is not None:
             break  # kill at once, before the next checkpoint
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    for pid in _session(proc.pid):  # Ray's processes lead process groups of their own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert marker is not None, "no checkpoint appeared"
     return marker
+
+
+def _session(sid: int) -> list[int]:
+    """The processes of session ``sid`` (what a process started with
+    ``start_new_session`` started in turn), the session leader first."""
+    pids = [sid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == sid:
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
 
 
 @dataclass

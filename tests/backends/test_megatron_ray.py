@@ -1,5 +1,6 @@
-"""Parallel equivalence over TorchTrainer ranks (gloo): two data-parallel, tensor-parallel
-or pipeline-parallel ranks train the same model as one rank on the same global batch."""
+"""Parallel equivalence over TorchTrainer ranks (gloo): two data-parallel (megatron DDP,
+optionally with the distributed optimizer), tensor-parallel or pipeline-parallel ranks
+train the same model as one rank on the same global batch."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from llmbuild.run.build import BuildOptions, BuildOutcome, PlainReporter, build
 from llmbuild.spec.load import load_spec
 from llmbuild.store.store import Store
-from tests.backends.conftest import artifact, run_nodes
+from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
 from tests.backends.test_megatron import tiny_spec
 from tests.conftest import REPO
 
@@ -93,9 +94,55 @@ def assert_hf_export_of_the_parallel_run(tmp_path: Path, spec: Path) -> None:
     assert exported.results["export:hf@pretrain"].record["metrics"]["max_logit_diff"] < 1e-4
 
 
+DATA = ["parallelism.data=2", "parallelism.micro_batch=2"]
+SHARDED = [*DATA, "parallelism.distributed_optimizer=true"]
+
+
 def test_data_parallel_two_ranks_match_one(tmp_path):
     spec = tiny_spec(tmp_path, steps=6)
-    assert_same_training(tmp_path, spec, ["parallelism.data=2", "parallelism.micro_batch=2"])
+    assert_same_training(tmp_path, spec, DATA)
+
+
+def test_distributed_optimizer_two_ranks_match_one(tmp_path):
+    """Optimizer state sharded over two data-parallel ranks (gradients reduce-scattered,
+    updated parameters all-gathered) trains the same model as one rank, weight decay
+    (none for biases and norms) included."""
+    spec = tiny_spec(tmp_path, steps=6, extra="weight_decay = 0.1\n")
+    assert_same_training(tmp_path, spec, SHARDED)
+
+
+def test_distributed_optimizer_resumes_exactly_after_a_real_kill(tmp_path):
+    """Each data-parallel rank checkpoints its own shard of the optimizer state; after the
+    build (Ray cluster and ranks) is killed, the resumed run equals the uninterrupted one."""
+    spec = tiny_spec(tmp_path, steps=20)
+    whole = on_ray(spec, tmp_path / "whole", SHARDED)
+    store = tmp_path / "killed"
+    marker = kill_after_checkpoint(spec, store, "stage:pretrain", "ray", SHARDED)
+    assert json.loads(marker.read_text())["step"] == 10
+    assert sorted(p.name for p in marker.parent.glob("checkpoint-*.pt")) == [
+        "checkpoint-tp0-pp0-dp0.pt",
+        "checkpoint-tp0-pp0-dp1.pt",
+    ]
+    assert not list((store / "artifacts").glob("stage_pretrain-*"))
+    resumed = on_ray(spec, store, SHARDED)
+    record = resumed.results["stage:pretrain"].record
+    assert "resume from step 10" in (store / Store.log_path(record)).read_text()
+    a, b = metrics(whole, tmp_path / "whole"), metrics(resumed, store)
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert record["output_digest"] == whole.results["stage:pretrain"].record["output_digest"]
+
+
+def test_distributed_optimizer_change_keeps_the_trained_stage(tmp_path, capsys):
+    """``distributed_optimizer`` says how to run, not what is built: no node key changes."""
+    from llmbuild.cli import main
+
+    spec = tiny_spec(tmp_path, steps=2)
+    assert run_nodes(spec, tmp_path / "s", ("stage:pretrain",)).ok
+    capsys.readouterr()
+    plan = ["plan", str(spec), "--store", str(tmp_path / "s"), "--json"]
+    assert main([*plan, "--set", "parallelism.distributed_optimizer=true"]) == 0
+    nodes = {n["name"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
+    assert nodes["stage:pretrain"]["status"] == "cached", nodes["stage:pretrain"]
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
