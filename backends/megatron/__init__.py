@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class MegatronBackend(Backend):
     name = "megatron"
-    version = "1"
+    version = "2"
     Config = TrainConfig
     reports = ("metrics.jsonl", "tensorboard/", "loss.png")
     inputs = (

@@ -78,21 +78,6 @@ def gather_stages(local: dict[str, torch.Tensor], layers: int, tied: bool) -> di
     return {k: v for part in parts for k, v in part.items()}
 
 
-def sync_tied_embedding_grads(model: Any) -> None:
-    """The first stage's embedding and the last stage's output layer are one weight: their
-    gradients are summed over the embedding group (first and last stage)."""
-    from megatron.core import parallel_state
-
-    if not getattr(model, "share_embeddings_and_output_weights", False):
-        return
-    if not parallel_state.is_rank_in_embedding_group(ignore_virtual=True):
-        return
-    weight = model.shared_embedding_or_output_weight()
-    if weight.grad is None:
-        weight.grad = torch.zeros_like(weight)
-    dist.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
-
-
 def pipeline_loss(
     model: Any,
     batches: list[dict[str, Any]],

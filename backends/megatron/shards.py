@@ -71,38 +71,6 @@ def load_canonical(model: Any, state: dict[str, torch.Tensor], gated: bool) -> N
         )
 
 
-def grad_norm_and_clip(model: Any, max_norm: float) -> float:
-    """The global gradient norm across tensor-parallel shards (replicated parameters
-    counted once), and gradients scaled down to ``max_norm`` (0 = no clipping)."""
-    from megatron.core import parallel_state
-
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    grads = [
-        p.grad
-        for p in model.parameters()
-        if p.grad is not None
-        and not getattr(p, "shared", False)  # the last stage's copy of the embedding
-        and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0)
-    ]
-    total = torch.zeros(1, dtype=torch.float64)
-    for g in grads:
-        total += g.detach().double().pow(2).sum()
-    model_parallel = (
-        parallel_state.get_tensor_model_parallel_world_size()
-        * parallel_state.get_pipeline_model_parallel_world_size()
-    )
-    if model_parallel > 1:  # shards over tensor x pipeline ranks
-        dist.all_reduce(total, group=parallel_state.get_model_parallel_group())
-    norm = float(total.sqrt())
-    if max_norm > 0:
-        coef = max_norm / (norm + 1e-6)
-        if coef < 1.0:
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(coef)
-    return norm
-
-
 def _name_seed(seed: int, name: str) -> int:
     import hashlib
 
