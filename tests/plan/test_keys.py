@@ -160,5 +160,5 @@ def test_golden_keys(tmp_path):
 GOLDEN = {
     "source:books": "9cfd56eca3417b27",
     "tokenizer": "38068db5423e0700",
-    "stage:pretrain": "feec3b2ec2aa84b3",
+    "stage:pretrain": "e53fa479fd1faeab",
 }
