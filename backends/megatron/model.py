@@ -10,6 +10,10 @@ from llmbuild.backends.megatron.attention import SDPAttention
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from llmbuild.spec.model import Architecture
@@ -49,6 +53,7 @@ def transformer_config(
     pipeline: int = 1,
     bf16: bool = False,
     recompute: str = "none",
+    sequence_parallel: bool = False,
 ) -> TransformerConfig:
     activation, gated = ACTIVATIONS[arch.activation]
     return TransformerConfig(
@@ -67,6 +72,9 @@ def transformer_config(
         attention_dropout=arch.dropout,
         init_method_std=arch.init_std,
         tensor_model_parallel_size=tensor,
+        # Activations outside attention and MLP split along the sequence over the
+        # tensor-parallel ranks (reduce-scatter / all-gather instead of all-reduce).
+        sequence_parallel=sequence_parallel,
         pipeline_model_parallel_size=pipeline,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         # gloo sends tensors one by one; batched isend/irecv is for NCCL.
@@ -85,12 +93,32 @@ def transformer_config(
     )
 
 
-def layer_spec(arch: Architecture) -> Any:
-    spec = get_gpt_layer_local_spec(
+class Norm:
+    """torch's LayerNorm or RMSNorm, like megatron's ``WrappedTorchNorm`` (same modules,
+    same parameter names) but usable with sequence parallelism: each tensor-parallel rank
+    then normalises part of the sequence, so the weights are marked for megatron to sum
+    their gradients over the ranks."""
+
+    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: Any):
+        norm_cls = torch.nn.RMSNorm if config.normalization == "RMSNorm" else torch.nn.LayerNorm
+        norm = norm_cls(hidden_size, eps=eps)
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
+
+
+def block_spec(arch: Architecture, config: TransformerConfig) -> TransformerBlockSubmodules:
+    """megatron-core's local GPT layer with SDPA core attention and our norms, as the layers
+    of this rank's pipeline stage and the final norm."""
+    layer = get_gpt_layer_local_spec(
         normalization="RMSNorm" if arch.norm == "rmsnorm" else "LayerNorm"
     )
-    spec.submodules.self_attention.submodules.core_attention = ModuleSpec(module=SDPAttention)
-    return spec
+    layer.submodules.self_attention.submodules.core_attention = ModuleSpec(module=SDPAttention)
+    layer.submodules.input_layernorm = Norm
+    layer.submodules.pre_mlp_layernorm = Norm
+    return TransformerBlockSubmodules(
+        layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=Norm
+    )
 
 
 def build_model(
@@ -102,7 +130,7 @@ def build_model(
 ) -> GPTModel:
     return GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(arch),
+        transformer_layer_spec=block_spec(arch, config),
         vocab_size=padded_vocab(vocab_size, arch),
         max_sequence_length=arch.seq_len,
         pre_process=pre_process,

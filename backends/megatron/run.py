@@ -10,7 +10,7 @@ from typing import Any
 from llmbuild.backends.megatron.config import TrainConfig
 from llmbuild.backends.megatron.train import train_ranks
 
-from llmbuild.spec.checks import NO_PIPELINE
+from llmbuild.spec.checks import NO_PIPELINE, sequence_parallel_applies
 
 REPORTS = ("metrics.jsonl",)
 WEIGHT_FILES = ("model.safetensors", "adapter.safetensors", "value_head.safetensors")
@@ -97,6 +97,7 @@ def run(ctx: Any) -> None:
         "tokenizer_json": str(tokenizer_dir / "tokenizer.json"),
         "tensor": par.tensor,
         "recompute": par.recompute,
+        "sequence_parallel": par.sequence_parallel and sequence_parallel_applies(stage),
         # Without pipeline parallelism, the pipeline ranks become data-parallel ranks.
         "pipeline": 1 if stage.kind in NO_PIPELINE else par.pipeline,
         "micro_batch": par.micro_batch,

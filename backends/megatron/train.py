@@ -184,7 +184,11 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
 
         _, _, first_stage, last_stage = pipeline.stage_info(arch.layers)
     config = transformer_config(
-        arch, tensor=cfg["tensor"], pipeline=pp, recompute=cfg.get("recompute", "none")
+        arch,
+        tensor=cfg["tensor"],
+        pipeline=pp,
+        recompute=cfg.get("recompute", "none"),
+        sequence_parallel=cfg.get("sequence_parallel", False),
     )
     model = build_model(arch, cfg["vocab_size"], config, first_stage, last_stage)
     gated = arch.activation == "swiglu"

@@ -104,6 +104,26 @@ def check_layout(raw: dict[str, Any]) -> list[Problem]:
                     related=(("architecture", field),),
                 )
             )
+    if par.get("sequence_parallel") is True:
+        seq_len = _int(arch, "seq_len")
+        if tensor == 1:
+            out.append(
+                Problem(
+                    "sequence_parallel splits activations over tensor-parallel ranks: it "
+                    "needs parallelism.tensor > 1",
+                    ("parallelism", "sequence_parallel"),
+                    related=(("parallelism", "tensor"),),
+                )
+            )
+        elif tensor and seq_len and seq_len % tensor:
+            out.append(
+                Problem(
+                    f"with sequence_parallel, tensor ({tensor}) must divide "
+                    f"architecture.seq_len ({seq_len})",
+                    ("parallelism", "sequence_parallel"),
+                    related=(("architecture", "seq_len"),),
+                )
+            )
     if pipeline and layers and layers % pipeline:
         out.append(
             Problem(
@@ -213,6 +233,18 @@ def check_stages(raw: dict[str, Any]) -> list[Problem]:
 # Stage kinds that run without pipeline parallelism: their pipeline ranks become
 # data-parallel ranks (two models and sampling per step do not fit the 1F1B schedule).
 NO_PIPELINE = ("dpo", "reward", "grpo")
+
+
+# Stage kinds that use sequence parallelism when it is on (with tensor > 1). The others
+# read hidden states mid-model (LoRA adapters, value heads) or run the model on sequences
+# of every length while sampling (GRPO), which sequence-split activations do not allow.
+SEQUENCE_PARALLEL = ("pretrain", "sft", "dpo")
+
+
+def sequence_parallel_applies(stage: Any) -> bool:
+    """Whether a stage (a mapping or a stage model) trains with sequence parallelism."""
+    get = stage.get if isinstance(stage, dict) else lambda k: getattr(stage, k, None)
+    return get("kind") in SEQUENCE_PARALLEL and not get("adapter")
 
 
 def adapter_only(stage: dict[str, Any]) -> bool:

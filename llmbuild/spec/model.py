@@ -150,9 +150,14 @@ class Parallelism(SpecModel):
     """Sequences per rank per forward pass; the global batch is reached by gradient
     accumulation."""
     sequence_parallel: bool = marked("execution", False)
-    """Sequence parallelism (GPU, with tensor > 1)."""
+    """Sequence parallelism (with tensor > 1, which must divide seq_len): the activations
+    outside attention and MLP are split along the sequence over the tensor-parallel ranks,
+    saving their memory. Used by pretrain, sft and dpo stages without adapters; other
+    stages train without it."""
     recompute: Literal["none", "full", "selective"] = marked("execution", "none")
-    """Activation recomputation, trading compute for memory."""
+    """Activation recomputation, trading compute for memory: `full` re-runs every layer
+    in backward, `selective` only the core attention (whose activations grow with the
+    square of the sequence)."""
     distributed_optimizer: bool = marked("execution", False)
     """Shard the optimizer state (Adam's moments) over the data-parallel ranks with
     megatron's distributed optimizer: gradients are reduce-scattered, each rank updates

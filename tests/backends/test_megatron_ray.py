@@ -103,6 +103,16 @@ def test_data_parallel_two_ranks_match_one(tmp_path):
     assert_same_training(tmp_path, spec, DATA)
 
 
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_sequence_parallel_two_ranks_match_one(tmp_path, style):
+    """Tensor parallelism with the activations between layers split along the sequence
+    (reduce-scatter / all-gather over gloo; norm gradients summed over the ranks)."""
+    spec = tiny_spec(tmp_path, style=style, steps=6)
+    assert_same_training(
+        tmp_path, spec, ["parallelism.tensor=2", "parallelism.sequence_parallel=true"]
+    )
+
+
 def test_distributed_optimizer_two_ranks_match_one(tmp_path):
     """Optimizer state sharded over two data-parallel ranks (gradients reduce-scattered,
     updated parameters all-gathered) trains the same model as one rank, weight decay

@@ -175,6 +175,16 @@ micro_batch = 2
             "parallelism.pipeline: pipeline (3) must divide architecture.layers (4)",
         ),
         (
+            "[parallelism]\nsequence_parallel = true\n",
+            "parallelism.sequence_parallel: sequence_parallel splits activations over "
+            "tensor-parallel ranks: it needs parallelism.tensor > 1",
+        ),
+        (
+            "[parallelism]\ntensor = 4\nsequence_parallel = true\n[architecture]\nseq_len = 30\n",
+            "parallelism.sequence_parallel: with sequence_parallel, tensor (4) must divide "
+            "architecture.seq_len (30)",
+        ),
+        (
             "[architecture]\nkv_heads = 3\n",
             "architecture.kv_heads: kv_heads (3) must divide heads (4)",
         ),
