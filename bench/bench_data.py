@@ -88,6 +88,9 @@ def _naive(source_dir: Path, tok_dir: Path, out: Path) -> tuple[float, int, int]
     to an IndexedDatasetBuilder, reading the same shards."""
     import numpy as np
     from llmbuild.backends.data.shards import SPLITS, iter_split
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+    apply_cpu_patches()  # before megatron is imported: bench_train trains in this process
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
     from transformers import AutoTokenizer
 

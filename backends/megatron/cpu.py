@@ -66,6 +66,14 @@ def apply_cpu_patches() -> None:
     if _applied or not needs_cpu_patches():
         return
     import functools
+    import sys
+
+    if "megatron.core.tensor_parallel.layers" in sys.modules:
+        raise RuntimeError(
+            "megatron-core was imported before apply_cpu_patches(): its layers already bound "
+            "CUDA autocast, so bf16 training on the CPU would fail; call apply_cpu_patches() "
+            "before importing megatron"
+        )
 
     import torch
 

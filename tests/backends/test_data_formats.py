@@ -27,6 +27,9 @@ def formats(tmp_path_factory):
 
 
 def _indexed(path):
+    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+    apply_cpu_patches()  # before megatron is imported: later tests train in this process
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     return IndexedDataset(str(path))
