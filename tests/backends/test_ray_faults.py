@@ -4,7 +4,6 @@ equal those of a run nobody interrupted."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -14,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from llmbuild.run.build import BuildOptions, PlainReporter, build
-from llmbuild.spec.load import load_spec
 from llmbuild.store.store import Store
-from tests.backends.conftest import artifact
 from tests.backends.test_megatron import tiny_spec
+from tests.backends.test_megatron_ray import metrics, on_ray
 from tests.conftest import REPO
 
 ray = pytest.importorskip("ray")
@@ -69,32 +66,13 @@ class KillAtCheckpoint(threading.Thread):
             time.sleep(0.05)
 
 
-def _on_ray(spec: Path, store: Path, overrides=()):
-    try:
-        outcome = build(
-            load_spec(spec, list(overrides)),
-            Store(str(store)),
-            BuildOptions(executor="ray", live=False, until=("stage:pretrain",)),
-            PlainReporter(io.StringIO()),
-        )
-    finally:
-        ray.shutdown()
-    assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
-    return outcome
-
-
 def _build_killing(spec: Path, store: Path, title: str, overrides=()):
     killer = KillAtCheckpoint(store, "stage:pretrain", title)
     killer.start()
-    outcome = _on_ray(spec, store, overrides)
+    outcome = on_ray(spec, store, list(overrides))
     killer.join(timeout=1)
     assert killer.killed, "no worker was killed"
     return outcome, killer
-
-
-def _losses(outcome, store: Path) -> list[float]:
-    path = artifact(outcome, store, "stage:pretrain") / "metrics.jsonl"
-    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +81,7 @@ def uninterrupted(tmp_path_factory):
     thread, so its float sums may differ in the last bits from a build inline)."""
     root = tmp_path_factory.mktemp("whole")
     spec = tiny_spec(root, steps=20)
-    return spec, _on_ray(spec, root / "store"), root / "store"
+    return spec, on_ray(spec, root / "store", []), root / "store"
 
 
 def test_a_killed_node_worker_is_rerun_and_resumes(uninterrupted, tmp_path):
@@ -115,7 +93,9 @@ def test_a_killed_node_worker_is_rerun_and_resumes(uninterrupted, tmp_path):
     log = (store / Store.log_path(record)).read_text()
     assert log.count("building stage:pretrain") == 2  # the killed attempt, then the rerun
     assert "resume from step 10" in log
-    assert _losses(outcome, store) == _losses(whole, whole_store)
+    assert [r["loss"] for r in metrics(outcome, store)] == [
+        r["loss"] for r in metrics(whole, whole_store)
+    ]
     assert record["output_digest"] == whole.results["stage:pretrain"].record["output_digest"]
 
 
@@ -128,6 +108,9 @@ def test_a_killed_rank_is_restarted_and_training_resumes(uninterrupted, tmp_path
     assert killer.step == 10
     log = (store / Store.log_path(outcome.results["stage:pretrain"].record)).read_text()
     assert "2 ranks started\n" in log and "2 ranks started, resuming from step 10" in log
-    a, b = _losses(whole, whole_store), _losses(outcome, store)
+    a, b = (
+        [r["loss"] for r in metrics(whole, whole_store)],
+        [r["loss"] for r in metrics(outcome, store)],
+    )
     assert len(a) == len(b) == 20
     assert all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (a, b)
