@@ -77,16 +77,14 @@ def _rank_main(config: dict[str, Any]) -> None:
 def _note_start(log: Path, ranks: int) -> None:
     """A line in the node's log (when this machine has it) saying the ranks started, and
     from which checkpoint they resume."""
-    import json
     import time
+
+    from llmbuild.store.store import checkpoint_step
 
     if not log.parent.is_dir():
         return
-    try:
-        step = json.loads((log.parent / "checkpoint.json").read_text())["step"]
-        resume = f", resuming from step {step}"
-    except (OSError, ValueError, KeyError):
-        resume = ""
+    step = checkpoint_step(log.parent)
+    resume = "" if step is None else f", resuming from step {step}"
     with open(log, "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO {ranks} ranks started{resume}\n")
 

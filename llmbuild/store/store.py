@@ -88,12 +88,8 @@ class Store:
         return f"running elsewhere: {describe(holder)}" if holder else None
 
     def resumable(self, name: str, key: str) -> str | None:
-        marker = self.work_dir(name, key, create=False) / "checkpoint.json"
-        try:
-            info = json.loads(marker.read_text())
-            return f"resume from step {info['step']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        step = checkpoint_step(self.work_dir(name, key, create=False))
+        return None if step is None else f"resume from step {step}"
 
     # -- building --------------------------------------------------------------------
     def work_dir(self, name: str, key: str, create: bool = True) -> Path:
@@ -218,3 +214,11 @@ class Store:
         if len(matches) != 1:
             return None
         return self._read_json(f"builds/{matches[0]}")
+
+
+def checkpoint_step(work_dir: Path) -> int | None:
+    """The step of the resumable checkpoint a node marked in its work dir, if any."""
+    try:
+        return json.loads((work_dir / "checkpoint.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
