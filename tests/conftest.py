@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -107,6 +108,23 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never touch the user's stat cache or store."""
     os.environ["LLMBUILD_CACHE_DIR"] = str(tmp_path_factory.mktemp("llmbuild-cache"))
     os.environ.pop("LLMBUILD_STORE", None)
+
+
+def suite_store(factory: pytest.TempPathFactory) -> Path:
+    """The one store the suite's shared builds go to: ``LLMBUILD_TEST_STORE`` when set, kept
+    between runs so that a second run finds them built; else a new one for each run."""
+    kept = os.environ.get("LLMBUILD_TEST_STORE")
+    store = Path(kept).resolve() if kept else factory.getbasetemp() / "suite-store"
+    store.mkdir(parents=True, exist_ok=True)
+    return store
+
+
+def private_copy(store: Path, dest: Path) -> Path:
+    """A store of one's own to edit, holding what ``store`` holds. Committed artifacts are
+    never written in place, so their files are hard-linked; everything else is copied."""
+    shutil.copytree(store, dest, ignore=shutil.ignore_patterns("artifacts"))
+    shutil.copytree(store / "artifacts", dest / "artifacts", copy_function=os.link)
+    return dest
 
 
 @pytest.fixture

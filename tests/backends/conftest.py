@@ -18,7 +18,7 @@ import pytest
 from llmbuild.run.build import BuildOptions, BuildOutcome, PlainReporter, build
 from llmbuild.spec.load import load_spec
 from llmbuild.store.store import Store
-from tests.conftest import REPO
+from tests.conftest import REPO, suite_store
 
 
 def run_nodes(spec: Path, store: Path, until: tuple[str, ...] = (), overrides=()) -> BuildOutcome:
@@ -113,11 +113,11 @@ def builds_by_style(tmp_path_factory, write_spec) -> Callable[[str], Built]:
 
     def get(style: str) -> Built:
         if style not in cache:
-            root = tmp_path_factory.mktemp(style)
+            root, store = tmp_path_factory.mktemp(style), suite_store(tmp_path_factory)
             spec = write_spec(root, style)
-            outcome = run_nodes(spec, root / "store")
+            outcome = run_nodes(spec, store)
             assert outcome.ok, outcome.log
-            cache[style] = Built(style, spec, root / "store", outcome)
+            cache[style] = Built(style, spec, store, outcome)
         return cache[style]
 
     return get

@@ -10,6 +10,7 @@ import pytest
 
 from tests.backends.conftest import artifact, run_nodes
 from tests.backends.datafiles import TEXTS, spec_text, write_sources, write_spec
+from tests.conftest import suite_store
 
 TEXT_SOURCES = ("plays", "docs", "gz", "zst", "parquet", "tar")
 
@@ -19,7 +20,7 @@ def formats(tmp_path_factory):
     root = tmp_path_factory.mktemp("formats")
     paths = write_sources(root)
     spec = write_spec(root, spec_text({n: str(p) for n, p in paths.items()}))
-    store = root / "store"
+    store = suite_store(tmp_path_factory)
     until = tuple(f"tokenize:{n}" for n in paths)
     outcome = run_nodes(spec, store, until)
     assert outcome.ok, outcome.log

@@ -11,6 +11,7 @@ import pytest
 
 from tests.backends.conftest import Built, artifact, builds_by_style, run_nodes
 from tests.backends.test_megatron import tiny_spec
+from tests.conftest import private_copy
 
 EXPORTS = """
 [[export]]
@@ -281,15 +282,16 @@ def test_generate_from_an_hf_export_matches_the_stage(built, capsys):
     assert "no export 'nope'" in err and "hf@pretrain" in err and "Traceback" not in err
 
 
-def test_editing_one_export_rebuilds_only_that_export(build):
+def test_editing_one_export_rebuilds_only_that_export(build, tmp_path):
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
     from llmbuild.store.store import Store
 
     built = build("gpt2")
+    store = private_copy(built.store, tmp_path / "store")
 
     def to_build(overrides: list[str]) -> set[str]:
-        planned = plan_spec(load_spec(built.spec, overrides), store=Store(str(built.store)))
+        planned = plan_spec(load_spec(built.spec, overrides), store=Store(str(store)))
         return {n.name for n in planned.plan.nodes if n.status != "cached"}
 
     assert to_build([]) == set()
@@ -297,7 +299,7 @@ def test_editing_one_export_rebuilds_only_that_export(build):
     assert to_build(["export[1].opset=19"]) == {"export:onnx@pretrain"}
     edit = ["export[3].quantization='f32'"]
     assert to_build(edit) == {"export:gguf@pretrain"}
-    again = run_nodes(built.spec, built.store, overrides=edit)
+    again = run_nodes(built.spec, store, overrides=edit)
     assert again.ok, again.log
     states = {n: r.state for n, r in again.results.items()}
     assert states.pop("export:gguf@pretrain") == "built"

@@ -11,7 +11,7 @@ import pytest
 
 from tests.backends.conftest import artifact, run_nodes
 from tests.backends.test_megatron import tiny_spec
-from tests.conftest import REPO
+from tests.conftest import REPO, suite_store
 
 TASKS = REPO / "tests" / "data" / "lm_eval"
 LOCAL = ["llmbuild_mc", "llmbuild_gen", "llmbuild_rolling"]
@@ -38,9 +38,10 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
     shutil.copytree(TASKS, root / "tasks")
     spec = tiny_spec(root, steps=12, extra=SUITE.format(tasks=json.dumps(LOCAL)) + EXPORT)
-    outcome = run_nodes(spec, root / "store")
+    store = suite_store(tmp_path_factory)
+    outcome = run_nodes(spec, store)
     assert outcome.ok, outcome.log
-    return root, spec, outcome
+    return root, spec, store, outcome
 
 
 def _samples(out_dir: Path, task: str) -> list[dict]:
@@ -49,8 +50,8 @@ def _samples(out_dir: Path, task: str) -> list[dict]:
 
 
 def test_local_tasks_run_end_to_end_into_the_record(built, capsys):
-    root, spec, outcome = built
-    out = artifact(outcome, root / "store", "eval:bench@pretrain")
+    _root, spec, store, outcome = built
+    out = artifact(outcome, store, "eval:bench@pretrain")
     results = json.loads((out / "results.json").read_text())
     assert results["kind"] == "lm-eval" and set(results["results"]) == set(LOCAL)
     mc, gen = results["results"]["llmbuild_mc"], results["results"]["llmbuild_gen"]
@@ -68,7 +69,7 @@ def test_local_tasks_run_end_to_end_into_the_record(built, capsys):
 
     from llmbuild.cli import main
 
-    assert main(["status", str(spec), "--store", str(root / "store")]) == 0
+    assert main(["status", str(spec), "--store", str(store)]) == 0
     shown = capsys.readouterr().out
     assert "| bench.llmbuild_mc.acc |" in shown and "| bench.llmbuild_gen.exact_match |" in shown
 
@@ -82,9 +83,9 @@ def test_adapter_scores_as_lm_eval_hf_model_on_the_export(built, monkeypatch):
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    root, _, outcome = built
-    hf_dir = artifact(outcome, root / "store", "export:hf@pretrain")
-    ours = artifact(outcome, root / "store", "eval:bench@pretrain")
+    root, _, store, outcome = built
+    hf_dir = artifact(outcome, store, "export:hf@pretrain")
+    ours = artifact(outcome, store, "eval:bench@pretrain")
     eos = json.loads((hf_dir / "generation_config.json").read_text())["eos_token_id"]
     monkeypatch.chdir(root / "tasks")
     hf = HFLM(
@@ -116,10 +117,10 @@ def test_adapter_scores_as_lm_eval_hf_model_on_the_export(built, monkeypatch):
 
 
 def test_an_unknown_task_is_a_plain_error(built):
-    root, _, _ = built
+    root, _, store, _ = built
     shutil.copytree(TASKS, root / "typo" / "tasks")
     spec = tiny_spec(root / "typo", steps=12, extra=SUITE.format(tasks='["llmbuild_mcq"]'))
-    outcome = run_nodes(spec, root / "store")
+    outcome = run_nodes(spec, store)
     assert outcome.results["stage:pretrain"].state == "cached"
     failed = outcome.results["eval:bench@pretrain"]
     assert failed.state == "failed"

@@ -15,6 +15,7 @@ from llmbuild.plan.digest import StatCache
 from llmbuild.spec.load import load_spec
 from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
 from tests.backends.posttrain_spec import posttrain_spec
+from tests.conftest import private_copy, suite_store
 
 SFT = """
 [[stage]]
@@ -94,9 +95,10 @@ def chain(tmp_path_factory):
     """Every post-training kind built once: pretrain -> sft -> lora, dpo, rm, grpo."""
     root = tmp_path_factory.mktemp("chain")
     spec = posttrain_spec(root, ALL)
-    outcome = run_nodes(spec, root / "store")
+    store = suite_store(tmp_path_factory)
+    outcome = run_nodes(spec, store)
     assert outcome.ok, outcome.log
-    return spec, root / "store", outcome
+    return spec, store, outcome
 
 
 def test_sft_batches_learn_only_the_assistant_and_keep_documents_apart(chain):
@@ -192,8 +194,7 @@ def test_every_kind_resumes_after_a_real_kill(chain, tmp_path, kind):
     """Kill the build after the step-3 checkpoint; the resumed stage's losses and weights
     equal the uninterrupted build's."""
     spec, built, outcome = chain
-    store = tmp_path / "store"
-    shutil.copytree(built, store)
+    store = private_copy(built, tmp_path / "store")
     node = f"stage:{kind}"
     for d in (store / "artifacts").glob(f"stage_{kind}-*"):
         shutil.rmtree(d)

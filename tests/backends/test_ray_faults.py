@@ -16,7 +16,7 @@ import pytest
 from llmbuild.store.store import Store
 from tests.backends.test_megatron import tiny_spec
 from tests.backends.test_megatron_ray import metrics, on_ray
-from tests.conftest import REPO
+from tests.conftest import REPO, suite_store
 
 ray = pytest.importorskip("ray")
 
@@ -81,7 +81,8 @@ def uninterrupted(tmp_path_factory):
     thread, so its float sums may differ in the last bits from a build inline)."""
     root = tmp_path_factory.mktemp("whole")
     spec = tiny_spec(root, steps=20)
-    return spec, on_ray(spec, root / "store", []), root / "store"
+    store = suite_store(tmp_path_factory)
+    return spec, on_ray(spec, store, []), store
 
 
 def test_a_killed_node_worker_is_rerun_and_resumes(uninterrupted, tmp_path):

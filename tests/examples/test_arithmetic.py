@@ -9,8 +9,8 @@ from tests.examples.conftest import build_example
 
 
 @pytest.mark.slow
-def test_arithmetic_chain_builds_and_sft_learns_the_task(tmp_path):
-    outcome = build_example("arithmetic", tmp_path)
+def test_arithmetic_chain_builds_and_sft_learns_the_task(tmp_path, tmp_path_factory):
+    outcome = build_example("arithmetic", tmp_path, tmp_path_factory)
 
     def accuracy(stage: str) -> float:
         return outcome.results[f"eval:addition@{stage}"].record["metrics"]["addition.exact_match"]

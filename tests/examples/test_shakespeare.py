@@ -5,8 +5,8 @@ from __future__ import annotations
 from tests.examples.conftest import build_example
 
 
-def test_shakespeare_reaches_validation_loss_below_2(tmp_path):
-    outcome = build_example("shakespeare", tmp_path)
+def test_shakespeare_reaches_validation_loss_below_2(tmp_path, tmp_path_factory):
+    outcome = build_example("shakespeare", tmp_path, tmp_path_factory)
     metrics = outcome.results["stage:pretrain"].record["metrics"]
     assert metrics["steps"] == 1500
     assert metrics["val_loss"] < 2.0, metrics
