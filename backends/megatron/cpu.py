@@ -66,7 +66,6 @@ def apply_cpu_patches() -> None:
     if _applied or not needs_cpu_patches():
         return
     import functools
-    import sys
 
     if "megatron.core.tensor_parallel.layers" in sys.modules:
         raise RuntimeError(

@@ -171,6 +171,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
 
     from llmbuild.spec.model import Architecture
     from llmbuild.spec.stages import Schedule
+    from llmbuild.store.store import mark_checkpoint
 
     arch = Architecture.model_validate(cfg["architecture"])
     stage, seed = cfg["stage"], cfg["seed"]
@@ -303,7 +304,7 @@ def train_ranks(cfg: dict[str, Any], info: Any) -> Path | None:
                 )
             dist.barrier()
             if rank == 0:
-                (work / "checkpoint.json").write_text(json.dumps({"step": step + 1}))
+                mark_checkpoint(work, step + 1)
     weights = gather_canonical(model, gated)  # every tensor-parallel rank takes part
     if pp > 1:  # and every pipeline stage
         weights = pipeline.gather_stages(weights, arch.layers, tied)

@@ -3,7 +3,6 @@ report progress, metrics and checkpoints."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from llmbuild.backend import Resources
+from llmbuild.store.store import mark_checkpoint
 
 
 class ProgressSink(Protocol):
@@ -108,7 +108,4 @@ class RunContext:
 
     def mark_checkpoint(self, step: int, **info: Any) -> None:
         """Record that a resumable checkpoint at ``step`` exists in the work dir."""
-        marker = self.work_dir / "checkpoint.json"
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"step": step, **info}))
-        tmp.replace(marker)
+        mark_checkpoint(self.work_dir, step, **info)

@@ -216,9 +216,21 @@ class Store:
         return self._read_json(f"builds/{matches[0]}")
 
 
+CHECKPOINT_MARKER = "checkpoint.json"
+"""In a node's work dir: the step its resumable checkpoint reached (written last)."""
+
+
+def mark_checkpoint(work_dir: Path, step: int, **info: Any) -> None:
+    """Record, atomically, that a resumable checkpoint at ``step`` is in ``work_dir``."""
+    marker = work_dir / CHECKPOINT_MARKER
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step, **info}))
+    tmp.replace(marker)
+
+
 def checkpoint_step(work_dir: Path) -> int | None:
     """The step of the resumable checkpoint a node marked in its work dir, if any."""
     try:
-        return json.loads((work_dir / "checkpoint.json").read_text())["step"]
+        return json.loads((work_dir / CHECKPOINT_MARKER).read_text())["step"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 
 from llmbuild.run.build import BuildOptions, BuildOutcome, PlainReporter, build
 from llmbuild.spec.load import load_spec
-from llmbuild.store.store import Store
+from llmbuild.store.store import CHECKPOINT_MARKER, Store, safe_name
 from tests.conftest import REPO, suite_store
 
 
@@ -59,13 +59,15 @@ def kill_after_checkpoint(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    pattern = f"work/{node.replace(':', '_')}-*/checkpoint.json"
+    # A tiny model's next checkpoint can follow within ~50 ms: look often, kill at once.
     deadline, marker = time.monotonic() + 600, None
     while time.monotonic() < deadline and proc.poll() is None:
-        marker = next(iter(store.glob(pattern)), None)
+        marker = checkpoint_marker(store, node)
         if marker is not None:
-            break  # kill at once, before the next checkpoint
-        time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the build's own process group first
+            break
+        time.sleep(0.005)
     for pid in _session(proc.pid):  # Ray's processes lead process groups of their own
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -74,20 +76,29 @@ def kill_after_checkpoint(
     return marker
 
 
+def checkpoint_marker(store: Path, node: str) -> Path | None:
+    """The marker of ``node``'s resumable checkpoint in ``store``, once there is one."""
+    return next(iter(store.glob(f"work/{safe_name(node)}-*/{CHECKPOINT_MARKER}")), None)
+
+
+def processes(part: str) -> Iterator[tuple[int, bytes]]:
+    """(id, ``/proc/<id>/<part>``) of each process on this machine that can be read."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                yield int(entry), Path(f"/proc/{entry}/{part}").read_bytes()
+            except OSError:
+                continue
+
+
 def _session(sid: int) -> list[int]:
     """The processes of session ``sid`` (what a process started with
     ``start_new_session`` started in turn), the session leader first."""
     pids = [sid]
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == sid:
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, ...
-        if int(fields[3]) == sid:
-            pids.append(int(entry))
+    for pid, stat in processes("stat"):
+        fields = stat[stat.rindex(b")") + 2 :].split()  # state, ppid, pgrp, session, ...
+        if pid != sid and int(fields[3]) == sid:
+            pids.append(pid)
     return pids
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmbuild.store.store import Store
+from tests.backends.conftest import checkpoint_marker, processes
 from tests.backends.test_megatron import tiny_spec
 from tests.backends.test_megatron_ray import metrics, on_ray
 from tests.conftest import REPO, suite_store
@@ -32,17 +33,11 @@ def _workers_import_this_checkout(monkeypatch):
 def _processes(title: str) -> list[int]:
     """Ids of this machine's processes whose command line contains ``title`` (Ray names a
     worker's process after what it runs: ``ray::llmbuild stage:pretrain``)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if title.encode() in cmdline:
-            pids.append(int(entry))
-    return pids
+    return [
+        pid
+        for pid, cmdline in processes("cmdline")
+        if title.encode() in cmdline.replace(b"\0", b" ")
+    ]
 
 
 class KillAtCheckpoint(threading.Thread):
@@ -50,13 +45,14 @@ class KillAtCheckpoint(threading.Thread):
 
     def __init__(self, store: Path, node: str, title: str) -> None:
         super().__init__(daemon=True)
-        self.pattern = f"work/{node.replace(':', '_')}-*/checkpoint.json"
-        self.store, self.title, self.killed, self.step = store, title, None, None
+        self.store, self.node, self.title = store, node, title
+        self.killed: int | None = None
+        self.step: int | None = None
 
     def run(self) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            marker = next(iter(self.store.glob(self.pattern)), None)
+            marker = checkpoint_marker(self.store, self.node)
             pids = _processes(self.title) if marker is not None else []
             if pids:
                 self.step = json.loads(marker.read_text())["step"]
