@@ -137,9 +137,9 @@ def throughput(megabytes: float = 64, rounds: int = 2, shard_mb: int = 4) -> lis
                 .results["tokenize:corpus"]
                 .record
             )
-            ours.append(rec["timings"]["seconds"])
-            digests.add(rec["output_digest"])
-            assert rec["metrics"]["train_tokens"] + rec["metrics"]["validation_tokens"] == tokens
+            ours.append(rec.timings["seconds"])
+            digests.add(rec.output_digest)
+            assert rec.metrics["train_tokens"] + rec.metrics["validation_tokens"] == tokens
         assert len(digests) == 1, "the tokenize node is not deterministic"
     naive_s, ours_s = min(naive), min(ours)
     cores = os.cpu_count() or 1

@@ -139,3 +139,18 @@ def fixture_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d.mkdir()
     monkeypatch.setenv("LLMBUILD_FIXTURE_DIR", str(d))
     return d
+
+
+def artifact_dirs(store: Path, name: str, folder: str = "artifacts") -> list[Path]:
+    """The artifact directories (or quarantined ones, ``folder="corrupt"``) of a local
+    store whose record names the node ``name``."""
+    import json
+
+    out = []
+    for d in sorted((Path(store) / folder).glob("*")):
+        try:
+            if json.loads((d / "record.json").read_text())["name"] == name:
+                out.append(d)
+        except (OSError, ValueError, KeyError):
+            continue
+    return out

@@ -112,10 +112,13 @@ class FixtureBackend(Backend):
             ctx.metrics["allreduce_sum"] = data["sum"]
 
 
-def fixture_registry(versions: dict[str, str] | None = None) -> Registry:
+def fixture_registry(
+    versions: dict[str, str] | None = None, group: str = "llmbuild.fixture-backends"
+) -> Registry:
     """Fixture backends under the built-in names; ``versions`` overrides their versions
-    (a version bump changes keys, never the fixture's output)."""
-    registry = Registry(group="llmbuild.fixture-backends")
+    (a version bump changes keys, never the fixture's output). With ``group`` the real
+    ``llmbuild.backends``, the other backends installed stay as they are."""
+    registry = Registry(group=group)
     for name in BUILT_INS:
-        registry.register(FixtureBackend(name, (versions or {}).get(name)))
+        registry.register(FixtureBackend(name, (versions or {}).get(name)), replace=True)
     return registry

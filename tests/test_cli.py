@@ -18,7 +18,7 @@ def test_resolve_shows_origins(project, capsys):
     assert main(["resolve", str(project), "--set", "stage.sft.lr=1e-5"]) == 0
     out = capsys.readouterr().out
     lines = {ln.split(" = ")[0]: ln for ln in out.splitlines()}
-    assert lines["architecture.layers"].endswith("specs/gpt2-tiny.toml:4")
+    assert lines["architecture.layers"].endswith("presets/gpt2-tiny.toml:4")
     assert lines["stage[1].lr"].endswith("# --set stage.sft.lr=1e-5")
     assert lines["stage[0].eps"].endswith("# default")
     assert main(["resolve", str(project), "--json"]) == 0

@@ -69,12 +69,14 @@ lr = 1e-4
 """
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "specs").glob("*.toml")))
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (REPO / "llmbuild" / "presets").glob("*.toml"))
+)
 def test_every_preset_validates_and_plans(tmp_path, preset):
     from tests.conftest import write_project
 
     text = PRESET_HOST.format(preset=preset)
-    preset_text = (REPO / "specs" / f"{preset}.toml").read_text()
+    preset_text = (REPO / "llmbuild" / "presets" / f"{preset}.toml").read_text()
     if "[tokenizer]" in preset_text:  # the preset brings its own tokenizer
         text = text.replace('[tokenizer]\nkind = "byte"\n', "")
     spec = write_project(tmp_path, text)
@@ -83,7 +85,7 @@ def test_every_preset_validates_and_plans(tmp_path, preset):
 
 
 def test_presets_required_by_the_design_exist():
-    names = {p.stem for p in (REPO / "specs").glob("*.toml")}
+    names = {p.stem for p in (REPO / "llmbuild" / "presets").glob("*.toml")}
     assert {"gpt2-tiny", "llama-tiny", "gpt2-124m", "llama3-8b"} <= names
 
 

@@ -1,17 +1,5 @@
-"""Config of a ``source:<name>`` node: one source, read, cleaned and split."""
+"""Config of a ``source:<name>`` node (defined with the graph's front, which builds it)."""
 
-from llmbuild.spec.base import SpecModel
-from llmbuild.spec.data import Clean, Source, Split
+from llmbuild.plan.front import DataConfig
 
-
-class DataConfig(SpecModel):
-    """One data source with the cleaning and split applied to it."""
-
-    source: Source
-    """The source (its mixture weight belongs to the training stages, not here)."""
-    clean: Clean
-    """Normalisation, filtering and deduplication."""
-    split: Split
-    """The train/validation split."""
-    shard_mb: int
-    """Upper bound in MB of each output shard."""
+__all__ = ["DataConfig"]

@@ -39,14 +39,14 @@ class BuiltModel(TemplateLM):
     ) -> None:
         super().__init__()
         from llmbuild.backends.megatron.generate import load_model
-        from tokenizers import Tokenizer
+        from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
         self.model, config = load_model(Path(stage), Path(base) if base else None)
         self.vocab = config["vocab_size"]
         self.seq_len = config["architecture"]["seq_len"]
-        info = json.loads((Path(tokenizer) / "tokenizer_info.json").read_text())
-        self.tok = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer" / "tokenizer.json"))
-        self.eos_id = self.tok.token_to_id(info["eos_token"])
+        self.tokenizer = TokenizerArtifact.open(tokenizer)
+        self.tok = self.tokenizer.tokenizer
+        self.eos_id = self.tokenizer.eos_id
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
 

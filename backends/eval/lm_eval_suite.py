@@ -167,12 +167,12 @@ def run_lm_eval(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     records each task's metrics and writes every scored example to ``samples.jsonl``."""
     _offline()
     from llmbuild.backends.eval.lm_eval_adapter import BuiltModel
-    from llmbuild.backends.megatron.weights import input_dirs
+    from llmbuild.backends.megatron.artifact import StageArtifact
     from lm_eval import simple_evaluate
 
     manager = task_manager(suite)
     specs = task_specs(manager, suite, ctx.work_dir / "datasets")
-    stage_dir, base_dir = input_dirs(ctx)
+    stage_dir, base_dir = StageArtifact.open(ctx.input("model")).dirs
     model = BuiltModel(
         stage_dir,
         ctx.input("tokenizer").path,

@@ -59,7 +59,7 @@ def _validation_tokens(dataset_dir: Path) -> list[int]:
 
 
 def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict[str, Any]:
-    from tokenizers import Tokenizer
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     seq = config["architecture"]["seq_len"]
     limit = suite.max_batches * suite.batch_size if suite.max_batches else None
@@ -75,17 +75,12 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
                     "perplexity": math.exp(total / n),
                 }
     if suite.files:
-        tok_dir = ctx.input("tokenizer").path
-        info = json.loads((tok_dir / "tokenizer_info.json").read_text())
-        tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
+        tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
         from llmbuild.plan.digest import expand
 
         for pattern in suite.files:
             for path in expand(pattern):
-                ids = tok.encode(
-                    Path(path).read_text(encoding="utf-8"), add_special_tokens=False
-                ).ids
-                ids.append(tok.token_to_id(info["eos_token"]))
+                ids = tok.encode(Path(path).read_text(encoding="utf-8")) + [tok.eos_id]
                 total, n = _nll(model, _windows(ids, seq, limit), suite.batch_size)
                 results[Path(path).name] = {
                     "tokens": n,
@@ -101,16 +96,12 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
 
 def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[dict[str, str]]:
     from llmbuild.backends.megatron.generate import sample
-    from tokenizers import Tokenizer
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
-    tok_dir = ctx.input("tokenizer").path
-    info = json.loads((tok_dir / "tokenizer_info.json").read_text())
-    tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
+    tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     out = []
     for i, prompt in enumerate(suite.prompts):
-        ids = tok.encode(prompt, add_special_tokens=False).ids or [
-            tok.token_to_id(info["bos_token"])
-        ]
+        ids = tok.prompt_ids(prompt)
         new = sample(
             model,
             config,
@@ -120,7 +111,7 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
             suite.top_k,
             suite.top_p,
             seed=i,
-            stop=tok.token_to_id(info["eos_token"]),
+            stop=tok.eos_id,
         )
         out.append({"prompt": prompt, "completion": tok.decode(new)})
     return out

@@ -10,10 +10,8 @@ class ExportBackend(Backend):
     version = "1"
     Config = ExportConfig
     inputs = (
-        Slot("model", "the exported stage"),
+        Slot("model", "the exported stage (a LoRA stage's base is found through it)"),
         Slot("tokenizer", "the tokenizer node's directory"),
-        Slot("model_base", "the base of an exported stage that holds only LoRA adapters"),
-        Slot("base", "the base stage of a LoRA stage (peft)"),
     )
     outputs = (
         Slot(

@@ -1,11 +1,11 @@
 """Config of an ``export:<format>@<stage>`` node."""
 
+from llmbuild.kinds import item_type
 from llmbuild.spec.base import SpecModel
-from llmbuild.spec.outputs import Export
 
 
 class ExportConfig(SpecModel):
     """One export target."""
 
-    export: Export
+    export: item_type("export")  # type: ignore[valid-type]
     """The `[[export]]` table."""

@@ -14,10 +14,10 @@ from llmbuild.backends.export.run import (
     HfModel,
     VerificationError,
     hf_model,
+    inputs,
     megatron_logits,
     random_ids,
 )
-from llmbuild.backends.megatron.weights import input_dirs
 
 FILE = "model.gguf"
 VALUE_TOLERANCE = {"F32": 0.0, "F16": 1e-3, "Q8_0": 1e-2}
@@ -32,12 +32,6 @@ SPECIAL_KEYS = {
     "pad": "tokenizer.ggml.padding_token_id",
     "unk": "tokenizer.ggml.unknown_token_id",
 }
-GPT2_CONV1D = (
-    ".attn.c_attn.weight",
-    ".attn.c_proj.weight",
-    ".mlp.c_fc.weight",
-    ".mlp.c_proj.weight",
-)
 
 
 @dataclass(frozen=True)
@@ -58,17 +52,17 @@ def permute_qk(w: Any, heads: int, kv_heads: int | None = None) -> Any:
     )
 
 
-def _gguf_arch(style: str) -> Any:
+def _gguf_arch(family: Any) -> Any:
     import gguf
 
-    return gguf.MODEL_ARCH.LLAMA if style == "llama" else gguf.MODEL_ARCH.GPT2
+    return getattr(gguf.MODEL_ARCH, family.gguf.arch)
 
 
-def arch_name(style: str) -> str:
-    """``general.architecture``: ``llama`` or ``gpt2``."""
+def arch_name(family: Any) -> str:
+    """``general.architecture``: ``llama``, ``gpt2``, ``qwen2``..., by the family."""
     import gguf
 
-    return gguf.MODEL_ARCH_NAMES[_gguf_arch(style)]
+    return gguf.MODEL_ARCH_NAMES[_gguf_arch(family)]
 
 
 def tensor_type(name: str, shape: tuple[int, ...], quantization: str) -> Any:
@@ -84,35 +78,38 @@ def tensor_type(name: str, shape: tuple[int, ...], quantization: str) -> Any:
     return T.F16
 
 
-def gguf_tensors(state: dict[str, Any], arch: Any, quantization: str) -> dict[str, Tensor]:
+def gguf_tensors(
+    state: dict[str, Any], arch: Any, family: Any, quantization: str
+) -> dict[str, Tensor]:
     """Transformers weights (float32 numpy, HF names) -> GGUF names, layouts and types."""
     import gguf
 
-    names = gguf.get_tensor_name_map(_gguf_arch(arch.style), arch.layers)
+    names = gguf.get_tensor_name_map(_gguf_arch(family), arch.layers)
+    form = family.gguf
     out: dict[str, Tensor] = {}
     for hf_name, w in state.items():
-        if arch.style == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+        if form.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
             w = permute_qk(w, arch.heads, arch.heads)
-        elif arch.style == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+        elif form.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
             w = permute_qk(w, arch.heads, arch.kv_heads)
-        elif arch.style == "gpt2" and hf_name.endswith(GPT2_CONV1D):
+        elif hf_name.endswith(form.conv1d):
             w = w.T  # Conv1D stores linears transposed
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise RuntimeError(f"no GGUF name for the weight {hf_name!r}")
         w = w.copy(order="C")
         out[name] = Tensor(w, tensor_type(name, w.shape, quantization))
-    if arch.style == "gpt2" and "output.weight" not in out:
+    if form.tied_output and "output.weight" not in out:
         # llama.cpp's converter writes GPT-2's tied head as its own tensor
         out["output.weight"] = out["token_embd.weight"]
     return out
 
 
-def arch_metadata(arch: Any, vocab: int) -> dict[str, Any]:
+def arch_metadata(arch: Any, family: Any, vocab: int) -> dict[str, Any]:
     """``{arch}.*`` keys (the values as written, for the read-back check)."""
-    a = arch_name(arch.style)
+    a = arch_name(family)
     meta = {
-        f"{a}.context_length": arch.seq_len,
+        f"{a}.context_length": arch.positions,
         f"{a}.embedding_length": arch.hidden,
         f"{a}.block_count": arch.layers,
         f"{a}.feed_forward_length": arch.ffn_hidden,
@@ -124,8 +121,11 @@ def arch_metadata(arch: Any, vocab: int) -> dict[str, Any]:
             f"{a}.attention.head_count_kv": arch.kv_heads,
             f"{a}.attention.layer_norm_rms_epsilon": arch.norm_eps,
             f"{a}.rope.freq_base": arch.rope_base,
-            f"{a}.rope.dimension_count": arch.head_dim,
+            f"{a}.rope.dimension_count": arch.head_size,
         }
+        if arch.head_dim is not None:  # heads of their own size (Qwen3)
+            meta[f"{a}.attention.key_length"] = arch.head_dim
+            meta[f"{a}.attention.value_length"] = arch.head_dim
     else:
         meta[f"{a}.attention.layer_norm_epsilon"] = arch.norm_eps
     return meta
@@ -240,7 +240,7 @@ def logits_check(
 
     # transformers maps GPT-2's GGUF keys onto GPT2Config only in part (not n_positions
     # nor n_inner), so it gets the config; a llama file is read from its own metadata.
-    config = {"config": hf.model.config} if hf.arch.style == "gpt2" else {}
+    config = {"config": hf.model.config} if hf.family.name == "gpt2" else {}
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, **config
     ).eval()
@@ -255,14 +255,15 @@ def logits_check(
 
 
 def export_gguf(ctx: Any, export: Any) -> None:
-    hf = hf_model(ctx)
+    stage, tokenizer = inputs(ctx)
+    hf = hf_model(stage, tokenizer, ctx.node)
     state = {k: v.detach().float().numpy() for k, v in hf.model.state_dict().items()}
     if hf.arch.tie_embeddings:
         state.pop("lm_head.weight", None)
-    tensors = gguf_tensors(state, hf.arch, export.quantization)
-    vocab = gguf_vocab(ctx.input("tokenizer").path, hf.vocab)
-    meta = arch_metadata(hf.arch, hf.vocab)
-    arch = arch_name(hf.arch.style)
+    tensors = gguf_tensors(state, hf.arch, hf.family, export.quantization)
+    vocab = gguf_vocab(tokenizer, hf.vocab)
+    meta = arch_metadata(hf.arch, hf.family, hf.vocab)
+    arch = arch_name(hf.family)
     path = ctx.out_dir / FILE
     write_gguf(path, arch, tensors, meta, vocab, hf.name, export.quantization)
     expected = {**meta, "general.architecture": arch, "tokenizer.ggml.model": vocab.model}
@@ -277,7 +278,7 @@ def export_gguf(ctx: Any, export: Any) -> None:
         raise VerificationError(
             f"{FILE} does not hold what was written: " + "; ".join(check["problems"][:5])
         )
-    logits = logits_check(path, hf, *input_dirs(ctx))
+    logits = logits_check(path, hf, *stage.dirs)
     if export.quantization == "f32" and logits["max_logit_diff"] > F32_LOGIT_TOLERANCE:
         raise VerificationError(
             f"{FILE} read by transformers gives logits {logits['max_logit_diff']:.2e} away "

@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 from llmbuild.backends.tokenizer.build import byte_alphabet
 
 
@@ -88,11 +89,10 @@ def _merges(model: dict[str, Any]) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
 
-def gguf_vocab(tokenizer_dir: Path, vocab_size: int) -> GgufVocab:
+def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
     """The GGUF form of the tokenizer node's tokenizer, padded to ``vocab_size`` entries."""
-    hf_dir = tokenizer_dir / "tokenizer"
-    tok = json.loads((hf_dir / "tokenizer.json").read_text())
-    info = json.loads((tokenizer_dir / "tokenizer_info.json").read_text())
+    tok = json.loads(tokenizer.json_path.read_text())
+    info = asdict(tokenizer.info)
     model = tok["model"]
     added = {t["id"]: bool(t.get("special")) for t in tok.get("added_tokens", [])}
     added_text = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
@@ -110,7 +110,7 @@ def gguf_vocab(tokenizer_dir: Path, vocab_size: int) -> GgufVocab:
     unk = model.get("unk_id") if model["type"] == "Unigram" else ids.get(model.get("unk_token"))
     if unk is not None:
         special["unk"] = unk
-    common = {"special": special, "chat_template": _chat_template(hf_dir)}
+    common = {"special": special, "chat_template": _chat_template(tokenizer.files)}
 
     def listing(mapped: dict[int, str]) -> tuple[list[str], list[int]]:
         tokens = [mapped.get(i, f"[PAD{i}]") for i in range(vocab_size)]

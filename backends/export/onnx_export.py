@@ -13,11 +13,11 @@ from typing import Any
 from llmbuild.backends.export.run import (
     VerificationError,
     hf_model,
+    inputs,
     megatron_logits,
     random_ids,
     save_hf_extras,
 )
-from llmbuild.backends.megatron.weights import input_dirs
 
 TOLERANCE = 1e-3
 """Largest logit difference between onnxruntime (float32) and the megatron model."""
@@ -79,7 +79,8 @@ def _quantize_int8(src: Path, dst: Path, external: bool) -> None:
 
 
 def export_onnx(ctx: Any, export: Any) -> None:
-    hf = hf_model(ctx)
+    stage, tokenizer = inputs(ctx)
+    hf = hf_model(stage, tokenizer, ctx.node)
     out: Path = ctx.out_dir
     external = sum(p.numel() * 4 for p in hf.model.parameters()) > EXTERNAL_DATA_BYTES
     seq = hf.arch.seq_len
@@ -88,7 +89,7 @@ def export_onnx(ctx: Any, export: Any) -> None:
         _torch_export(hf.model, seq, fp32, export.opset, external)
         # Another shape than the traced example, so a lost dynamic axis shows here.
         ids = random_ids(hf.vocab, 3, min(seq, 32))
-        stage_dir, base_dir = input_dirs(ctx)
+        stage_dir, base_dir = stage.dirs
         reference = megatron_logits(stage_dir, ids, base_dir).numpy()
         fp32_logits = _logits(_session(fp32), ids)
         diff = float(abs(fp32_logits - reference).max())
@@ -118,7 +119,7 @@ def export_onnx(ctx: Any, export: Any) -> None:
             for f in Path(tmp).iterdir():
                 shutil.move(str(f), out / f.name)
     hf.model.config.save_pretrained(str(out))
-    save_hf_extras(hf, out, ctx.input("tokenizer").path)
+    save_hf_extras(hf, out, tokenizer)
     metrics["onnx_bytes"] = sum(f.stat().st_size for f in out.glob("model.onnx*"))
     ctx.metrics.update(metrics)
     ctx.log.info(

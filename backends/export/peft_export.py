@@ -9,7 +9,6 @@ with the adapters applied."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from llmbuild.backends.export.run import (
     TOLERANCE,
     VerificationError,
     hf_model,
+    inputs,
     megatron_logits,
     random_ids,
     save_hf,
@@ -30,7 +30,7 @@ SEED = 1
 """Of the random token ids the adapted logits are compared on."""
 
 
-def lora_config(adapter: dict[str, Any], targets: list[str], style: str) -> Any:
+def lora_config(adapter: dict[str, Any], targets: list[str], family: str) -> Any:
     """PEFT's ``LoraConfig`` of the stage's ``[stage.adapter]`` table (scaling alpha / r)."""
     from peft import LoraConfig
 
@@ -40,7 +40,7 @@ def lora_config(adapter: dict[str, Any], targets: list[str], style: str) -> Any:
         lora_dropout=adapter["dropout"],
         target_modules=targets,
         bias="none",
-        fan_in_fan_out=style == "gpt2",  # GPT-2's Conv1D stores its weight as [in, out]
+        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores its weight as [in, out]
         task_type="CAUSAL_LM",
         base_model_name_or_path=BASE_DIR,
     )
@@ -93,22 +93,24 @@ def adapted_logits(out: Path, stage_dir: Path, base_dir: Path, vocab: int, seq: 
 
 def export_peft(ctx: Any) -> None:
     from llmbuild.backends.export.convert import peft_adapters
-    from safetensors.torch import load_file, save_file
+    from llmbuild.backends.megatron.artifact import ADAPTER
+    from safetensors.torch import save_file
 
     from llmbuild.errors import UserError
 
-    stage_dir, base_dir = ctx.input("model").path, ctx.input("base").path
-    config = json.loads((stage_dir / "config.json").read_text())
-    adapter = config.get("adapter")
-    if adapter is None or not (stage_dir / "adapter.safetensors").exists():
-        raise UserError(f"{ctx.node}: stage {config['stage']!r} holds no LoRA adapters")
+    stage, tokenizer = inputs(ctx)
+    adapter = stage.config.get("adapter")
+    if adapter is None or not (stage.path / ADAPTER).exists() or stage.parent is None:
+        raise UserError(f"{ctx.node}: stage {stage.name!r} holds no LoRA adapters")
     out: Path = ctx.out_dir
-    base = hf_model(ctx, "base")
-    save_hf(base, out / BASE_DIR, ctx.input("tokenizer").path, "float32")
-    base_diff = verify_hf(base, out / BASE_DIR, base_dir, None, "float32", "the base's hf export")
-    state, targets = peft_adapters(load_file(str(stage_dir / "adapter.safetensors")), base.arch)
+    parent = stage.parent
+    base = hf_model(parent, tokenizer, ctx.node)
+    save_hf(base, out / BASE_DIR, tokenizer, "float32")
+    base_diff = verify_hf(base, out / BASE_DIR, parent, "float32", "the base's hf export")
+    state, targets = peft_adapters(stage.adapters(), base.arch, base.family)
     save_file(state, str(out / ADAPTER_FILE), metadata={"format": "pt"})
-    lora_config(adapter, targets, base.arch.style).save_pretrained(str(out))
+    lora_config(adapter, targets, base.family.name).save_pretrained(str(out))
+    stage_dir, base_dir = stage.path, parent.path
     check_loaded(load_peft(out), state)
     logits = adapted_logits(out, stage_dir, base_dir, base.vocab, min(base.arch.seq_len, 32))
     ctx.metrics.update(

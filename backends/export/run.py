@@ -3,16 +3,16 @@ from and dispatches on the format. ``hf``: a transformers model directory (weigh
 config, tokenizer with chat template, generation config), proven by loading it with
 ``AutoModelForCausalLM`` and comparing its logits with the megatron model's. ``peft``,
 ``onnx`` and ``gguf`` live in their own modules. A stage that holds only LoRA adapters is
-exported with its base's weights merged in (its ``model_base`` input)."""
+exported with its base's weights merged in (the base found through the stage's record)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmbuild.backends.megatron.weights import input_dirs
+from llmbuild.backends.megatron.artifact import StageArtifact
+from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
@@ -27,19 +27,13 @@ class HfModel:
 
     model: Any
     arch: Any
+    family: Any
+    """The family it is exported as (``llmbuild.backends.families``)."""
     vocab: int
     special: dict[str, int]
     """``bos_token_id``, ``eos_token_id``, ``pad_token_id``."""
     name: str
     """The stage's name."""
-
-
-def special_ids(tokenizer_dir: Path) -> dict[str, int]:
-    from tokenizers import Tokenizer
-
-    info = json.loads((tokenizer_dir / "tokenizer_info.json").read_text())
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer" / "tokenizer.json"))
-    return {f"{k}_id": tok.token_to_id(info[k]) for k in ("bos_token", "eos_token", "pad_token")}
 
 
 def megatron_logits(stage_dir: Path, ids: Any, base_dir: Path | None = None) -> Any:
@@ -78,31 +72,34 @@ def max_logit_difference(
     return float((megatron_logits(stage_dir, ids, base_dir) - b).abs().max())
 
 
-def hf_model(ctx: Any, slot: str = "model") -> HfModel:
-    """The stage input ``slot`` converted to transformers (float32), checked to load
-    completely; a stage holding only adapters has them merged into its base's weights."""
-    from llmbuild.backends.export.convert import hf_config, to_hf
-    from llmbuild.backends.megatron.weights import load_stage
+def inputs(ctx: Any, slot: str = "model") -> tuple[StageArtifact, TokenizerArtifact]:
+    """The exported stage and the tokenizer of an export node."""
+    return StageArtifact.open(ctx.input(slot)), TokenizerArtifact.open(ctx.input("tokenizer").path)
+
+
+def hf_model(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> HfModel:
+    """A stage converted to transformers (float32), checked to load completely; a stage
+    holding only adapters has them merged into its base's weights."""
+    from llmbuild.backends.families import Unsupported, family_of
     from transformers import AutoModelForCausalLM
 
     from llmbuild.errors import UserError
-    from llmbuild.spec.model import Architecture
 
-    stage = ctx.input(slot)
-    stage_dir, base_dir = input_dirs(ctx, slot)
-    config = json.loads((stage_dir / "config.json").read_text())
-    arch = Architecture.model_validate(config["architecture"])
-    vocab = config["vocab_size"]
-    special = special_ids(ctx.input("tokenizer").path)
+    arch, vocab = stage.architecture, stage.vocab_size
+    special = tokenizer.special_ids
     try:
-        weights = load_stage(stage_dir, base_dir)
+        weights = stage.weights()
     except (ValueError, FileNotFoundError) as e:
-        raise UserError(f"{ctx.node}: cannot read the weights of its {slot!r} input: {e}") from None
+        raise UserError(f"{node}: cannot read the weights of {stage.node}: {e}") from None
+    family = family_of(arch)
     try:
-        state = to_hf(weights, arch, vocab)
-    except NotImplementedError as e:
-        raise UserError(f"{ctx.node}: cannot export this architecture: {e}") from None
-    model = AutoModelForCausalLM.from_config(hf_config(arch, vocab, special))
+        config = family.hf_config(arch, vocab, special)
+    except Unsupported as e:
+        raise UserError(
+            f"{node}: cannot export this architecture as {family.hf_class}: {e}"
+        ) from None
+    state = family.to_hf(weights, arch, vocab)
+    model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (arch.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
@@ -111,38 +108,33 @@ def hf_model(ctx: Any, slot: str = "model") -> HfModel:
         )
     if arch.tie_embeddings:
         model.tie_weights()
-    name = stage.record.get("name", "model").split(":", 1)[-1]
-    return HfModel(model.eval(), arch, vocab, special, name)
+    return HfModel(model.eval(), arch, family, vocab, special, stage.name)
 
 
-def save_hf_extras(hf: HfModel, out: Path, tokenizer_dir: Path) -> None:
+def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact) -> None:
     """Tokenizer files (with the chat template) and the generation config, so ``out``
     loads with ``AutoTokenizer`` and generates with the right special tokens."""
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
-    AutoTokenizer.from_pretrained(str(tokenizer_dir / "tokenizer")).save_pretrained(str(out))
+    tokenizer.hf_tokenizer().save_pretrained(str(out))
     GenerationConfig(**hf.special, max_length=hf.arch.seq_len).save_pretrained(str(out))
 
 
-def save_hf(hf: HfModel, out: Path, tokenizer_dir: Path, dtype: str) -> None:
+def save_hf(hf: HfModel, out: Path, tokenizer: TokenizerArtifact, dtype: str) -> None:
     """A transformers model directory: weights in ``dtype``, config, tokenizer files and
     generation config."""
     import torch
 
     hf.model.to(getattr(torch, dtype)).save_pretrained(str(out), safe_serialization=True)
-    save_hf_extras(hf, out, tokenizer_dir)
+    save_hf_extras(hf, out, tokenizer)
 
 
 def verify_hf(
-    hf: HfModel,
-    hf_dir: Path,
-    stage_dir: Path,
-    base_dir: Path | None,
-    dtype: str,
-    label: str = "the export",
+    hf: HfModel, hf_dir: Path, stage: StageArtifact, dtype: str, label: str = "the export"
 ) -> float:
     """The largest logit difference of the saved directory from the megatron model's;
     a ``VerificationError`` past the dtype's tolerance."""
+    stage_dir, base_dir = stage.dirs
     diff = max_logit_difference(
         stage_dir, hf_dir, min(hf.arch.seq_len, 32), hf.vocab, base_dir=base_dir
     )
@@ -155,9 +147,10 @@ def verify_hf(
 
 
 def export_hf(ctx: Any, dtype: str) -> None:
-    hf = hf_model(ctx)
-    save_hf(hf, ctx.out_dir, ctx.input("tokenizer").path, dtype)
-    diff = verify_hf(hf, ctx.out_dir, *input_dirs(ctx), dtype)
+    stage, tokenizer = inputs(ctx)
+    hf = hf_model(stage, tokenizer, ctx.node)
+    save_hf(hf, ctx.out_dir, tokenizer, dtype)
+    diff = verify_hf(hf, ctx.out_dir, stage, dtype)
     ctx.metrics.update(
         {
             "max_logit_diff": diff,

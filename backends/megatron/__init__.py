@@ -11,12 +11,13 @@ class MegatronBackend(Backend):
     Config = TrainConfig
     reports = ("metrics.jsonl", "tensorboard/", "loss.png")
     inputs = (
-        Slot("from", "the stage whose weights this one starts from"),
+        Slot("from", "the stage whose weights this one starts from (its base, when it holds "
+             "only adapters, is found through it)"),
         Slot("tokenizer", "the tokenizer node's directory"),
         Slot("data:<source>", "tokenized datasets of each source the stage reads"),
         Slot("reference", "the frozen reference stage (dpo)"),
         Slot("reward:<i>", "reward-model stages (grpo)"),
-    )
+    )  # fmt: skip
     outputs = (
         Slot("model", "weights as one layout-independent safetensors file + config"),
         Slot("metrics", "loss curve and metrics as JSONL, TensorBoard events, PNG"),

@@ -1,14 +1,14 @@
 """Config of a ``stage:<name>`` node: one training stage on megatron-core."""
 
+from llmbuild.kinds import item_type
 from llmbuild.spec.base import SpecModel, marked
 from llmbuild.spec.model import Architecture, Parallelism
-from llmbuild.spec.stages import Stage
 
 
 class TrainConfig(SpecModel):
     """A training stage with everything it needs from the rest of the spec."""
 
-    stage: Stage
+    stage: item_type("stage")  # type: ignore[valid-type]
     """The `[[stage]]` table."""
     architecture: Architecture
     """The model's shape."""

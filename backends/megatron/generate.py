@@ -45,10 +45,10 @@ def load_model(stage_dir: Path, base_dir: Path | None = None) -> tuple[Any, dict
 
 
 def load_input(ctx: Any, slot: str = "model") -> tuple[Any, dict[str, Any]]:
-    """``load_model`` of a node input (with its ``<slot>_base`` input when it has one)."""
-    from llmbuild.backends.megatron.weights import input_dirs
+    """``load_model`` of the stage a node reads as ``slot`` (its base found through it)."""
+    from llmbuild.backends.megatron.artifact import StageArtifact
 
-    return load_model(*input_dirs(ctx, slot))
+    return StageArtifact.open(ctx.input(slot)).load_model()
 
 
 def sample(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from llmbuild.backends.megatron.attention import SDPAttention
+from llmbuild.backends.megatron.vocab import model_vocab, padded_vocab
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -18,19 +20,42 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from llmbuild.spec.model import Architecture
 
+__all__ = ["build_model", "model_vocab", "padded_vocab", "transformer_config"]
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 ACTIVATIONS = {
     "gelu": (F.gelu, False),
+    "gelu_tanh": (_gelu_tanh, False),
     "swiglu": (F.silu, True),
     "relu": (F.relu, False),
     "squared_relu": (lambda x: F.relu(x) ** 2, False),
 }
 
 
-def padded_vocab(vocab_size: int, arch: Architecture) -> int:
-    """The embedding rows: the vocabulary padded to a multiple that never depends on the
-    parallel layout (so weights are layout-independent)."""
-    m = arch.vocab_multiple
-    return -(-vocab_size // m) * m
+def rope_inv_freq(arch: Architecture) -> torch.Tensor:
+    """The rotary frequencies as transformers computes them, scaling included (megatron's
+    own truncates the base to an integer and fixes llama3 scaling's other settings)."""
+    dim = arch.head_size
+    inv = 1.0 / (arch.rope_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = arch.rope_scaling
+    if scaling is None:
+        return inv
+    if scaling.kind == "linear":
+        return inv / scaling.factor
+    low_wavelen = scaling.original_max_positions / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_positions / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+    smooth = (scaling.original_max_positions / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
 
 
 def recompute_options(recompute: str) -> dict[str, Any]:
@@ -62,12 +87,15 @@ def transformer_config(
         hidden_size=arch.hidden,
         num_attention_heads=arch.heads,
         num_query_groups=arch.kv_heads,
+        kv_channels=arch.head_size,
         ffn_hidden_size=arch.ffn_hidden,
         normalization="RMSNorm" if arch.norm == "rmsnorm" else "LayerNorm",
         layernorm_epsilon=arch.norm_eps,
         activation_func=activation,
         gated_linear_unit=gated,
         add_bias_linear=arch.bias,
+        add_qkv_bias=arch.qkv_biased,
+        qk_layernorm=arch.qk_norm,
         hidden_dropout=arch.dropout,
         attention_dropout=arch.dropout,
         init_method_std=arch.init_std,
@@ -107,13 +135,25 @@ class Norm:
         return norm
 
 
+class QkNorm:
+    """The per-head query and key norm (megatron builds it with the head size)."""
+
+    def __new__(cls, hidden_size: int, config: TransformerConfig, eps: float = 1e-5, **_: Any):
+        return torch.nn.RMSNorm(hidden_size, eps=eps)
+
+
 def block_spec(arch: Architecture, config: TransformerConfig) -> TransformerBlockSubmodules:
     """megatron-core's local GPT layer with SDPA core attention and our norms, as the layers
     of this rank's pipeline stage and the final norm."""
     layer = get_gpt_layer_local_spec(
-        normalization="RMSNorm" if arch.norm == "rmsnorm" else "LayerNorm"
+        normalization="RMSNorm" if arch.norm == "rmsnorm" else "LayerNorm",
+        qk_layernorm=arch.qk_norm,
     )
-    layer.submodules.self_attention.submodules.core_attention = ModuleSpec(module=SDPAttention)
+    attention = layer.submodules.self_attention.submodules
+    attention.core_attention = ModuleSpec(module=SDPAttention)
+    if arch.qk_norm:  # per head, over head_dim: RMSNorm as Qwen3's q_norm and k_norm
+        attention.q_layernorm = QkNorm
+        attention.k_layernorm = QkNorm
     layer.submodules.input_layernorm = Norm
     layer.submodules.pre_mlp_layernorm = Norm
     return TransformerBlockSubmodules(
@@ -128,17 +168,20 @@ def build_model(
     pre_process: bool = True,
     post_process: bool = True,
 ) -> GPTModel:
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=block_spec(arch, config),
         vocab_size=padded_vocab(vocab_size, arch),
-        max_sequence_length=arch.seq_len,
+        max_sequence_length=arch.positions,
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=arch.tie_embeddings,
         position_embedding_type="rope" if arch.position == "rope" else "learned_absolute",
         rotary_base=int(arch.rope_base),
     )
+    if arch.position == "rope" and (arch.rope_scaling or not float(arch.rope_base).is_integer()):
+        model.rotary_pos_emb.inv_freq = rope_inv_freq(arch)
+    return model
 
 
 def canonical_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 """The ``stage:<name>`` node: train on megatron-core as a group of ranks, then commit the
-weights in one layout-independent safetensors file with the model config."""
+weights in one layout-independent safetensors file with the model config
+(``artifact.py`` reads what this writes)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,17 @@ import json
 import shutil
 from typing import Any
 
+from llmbuild.backends.megatron.artifact import CONFIG, WEIGHT_FILES, StageArtifact
 from llmbuild.backends.megatron.config import TrainConfig
+from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
 from llmbuild.backends.megatron.train import train_ranks
+from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
-from llmbuild.spec.checks import NO_PIPELINE, sequence_parallel_applies
+from llmbuild.registry import default_registry
+from llmbuild.run.context import RunContext
+from llmbuild.spec.base import table_dump
 
 REPORTS = ("metrics.jsonl",)
-WEIGHT_FILES = ("model.safetensors", "adapter.safetensors", "value_head.safetensors")
-
-
-def _token_ids(tokenizer_dir: Any, *tokens: str) -> list[int]:
-    """The ids of special tokens, read from the tokenizer once."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    ids = [tok.token_to_id(t) for t in tokens]
-    for t, i in zip(tokens, ids):
-        if i is None:
-            raise ValueError(f"the tokenizer has no {t!r} token")
-    return ids
 
 
 def _tensorboard(path: Any, tag: str, rows: list[dict[str, Any]]) -> None:
@@ -59,72 +52,81 @@ def _loss_curve(path: Any, title: str, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def _model_ref(ctx: Any, slot: str) -> dict[str, str | None] | None:
-    """Where a stage input's weights lie: its artifact, and its base when it holds only
-    LoRA adapters."""
+def _weights_ref(ctx: RunContext[TrainConfig], slot: str) -> WeightsRef | None:
+    """Where the weights of the stage a node reads as ``slot`` lie (with its base when
+    it holds only adapters)."""
     if slot not in ctx.inputs:
         return None
-    base = ctx.inputs.get(f"{slot}_base")
-    return {"dir": str(ctx.inputs[slot].path), "base": str(base.path) if base else None}
+    ref = StageArtifact.open(ctx.input(slot)).rank_ref()
+    return WeightsRef(dir=str(ref["dir"]), base=ref["base"])
 
 
-def run(ctx: Any) -> None:
-    config: TrainConfig = ctx.config
+def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int) -> RankConfig:
+    """What the stage's ranks are given, from its config, kind and inputs."""
+    config = ctx.config
     stage, par = config.stage, config.parallelism
-    tok = ctx.input("tokenizer")
-    info = json.loads((tok.path / "tokenizer_info.json").read_text())
-    tokenizer_dir = tok.path / "tokenizer"
+    kind = default_registry().kind("stage", stage.kind)
     sources = {
         slot[len("data:") :]: str(a.path)
         for slot, a in ctx.inputs.items()
         if slot.startswith("data:")
     }
-    # GRPO completions end at the chat template's end of turn as well as at eos.
-    ends = ["<|im_end|>"] if stage.kind == "grpo" else []
-    eod, pad, *stops = _token_ids(
-        tokenizer_dir, info["eos_token"], info.get("pad_token") or info["eos_token"], *ends
-    )
-    rank_cfg = {
-        "architecture": config.architecture.model_dump(mode="json"),
-        "stage": stage.model_dump(mode="json", by_alias=True),
-        "seed": config.seed,
-        "mixture": config.mixture,
-        "sources": sources,
-        "vocab_size": info["vocab_size"],
-        "eod": eod,
-        "pad": pad,
-        "stops": stops,
-        "tokenizer_json": str(tokenizer_dir / "tokenizer.json"),
-        "tensor": par.tensor,
-        "recompute": par.recompute,
-        "sequence_parallel": par.sequence_parallel and sequence_parallel_applies(stage),
+    return RankConfig(
+        architecture=table_dump(config.architecture),
+        stage=stage.model_dump(mode="json", by_alias=True),
+        objective=kind.objective,
+        seed=config.seed,
+        vocab_size=vocab,
+        eod=tok.eos_id,
+        pad=tok.pad_id,
+        # GRPO completions end at the chat template's end of turn as well as at eos.
+        stops=tuple(tok.stop_ids[1:]),
+        tokenizer_json=str(tok.json_path),
+        sources=sources,
+        mixture=config.mixture,
+        work_dir=str(ctx.work_dir),
+        tensor=par.tensor,
         # Without pipeline parallelism, the pipeline ranks become data-parallel ranks.
-        "pipeline": 1 if stage.kind in NO_PIPELINE else par.pipeline,
-        "micro_batch": par.micro_batch,
-        "distributed_optimizer": par.distributed_optimizer,
-        "eval_every": stage.eval_every,
-        "checkpoint_every": stage.checkpoint_every,
-        "work_dir": str(ctx.work_dir),
-        "progress": ctx.progress,
-        "init": _model_ref(ctx, "from"),
-        "reference": _model_ref(ctx, "reference"),
-        "reward_models": {
-            slot.split(":")[1]: _model_ref(ctx, slot)
+        pipeline=par.pipeline if kind.pipeline else 1,
+        micro_batch=par.micro_batch,
+        recompute=par.recompute,
+        sequence_parallel=par.sequence_parallel and kind.uses_sequence_parallel(stage),
+        distributed_optimizer=par.distributed_optimizer,
+        eval_every=stage.eval_every,
+        checkpoint_every=stage.checkpoint_every,
+        init=_weights_ref(ctx, "from"),
+        reference=_weights_ref(ctx, "reference"),
+        reward_models={
+            int(slot.split(":")[1]): ref
             for slot in ctx.inputs
-            if slot.startswith("reward:") and not slot.endswith("_base")
+            if slot.startswith("reward:") and (ref := _weights_ref(ctx, slot)) is not None
         },
-    }
-    result = ctx.run_ranks(train_ranks, rank_cfg)
-    for name in WEIGHT_FILES + ("metrics.jsonl", "initial.json"):
+        progress=ctx.progress,
+    )
+
+
+def run(ctx: RunContext[TrainConfig]) -> None:
+    config = ctx.config
+    stage = config.stage
+    tok_input = ctx.input("tokenizer")
+    tok = TokenizerArtifact.open(tok_input.path)
+    from llmbuild.backends.megatron.vocab import model_vocab, padded_vocab
+
+    from llmbuild.errors import UserError
+
+    try:
+        vocab = model_vocab(tok.info.vocab_size, config.architecture)
+    except ValueError as e:
+        raise UserError(f"{ctx.node}: {e}") from None
+    result = ctx.run_ranks(train_ranks, rank_config(ctx, tok, vocab))
+    for name in (*WEIGHT_FILES, "metrics.jsonl", "initial.json"):
         if (result / name).exists():
             shutil.copy(result / name, ctx.out_dir / name)
-    from llmbuild.backends.megatron.model import padded_vocab
-
     meta: dict[str, Any] = {
-        "architecture": config.architecture.model_dump(mode="json"),
-        "vocab_size": info["vocab_size"],
-        "padded_vocab_size": padded_vocab(info["vocab_size"], config.architecture),
-        "tokenizer": {"node": tok.record["name"], "key": tok.record["key"]},
+        "architecture": table_dump(config.architecture),
+        "vocab_size": vocab,
+        "padded_vocab_size": padded_vocab(vocab, config.architecture),
+        "tokenizer": {"node": tok_input.record.name, "key": tok_input.record.key},
         "stage": stage.name,
         "kind": stage.kind,
     }
@@ -132,8 +134,8 @@ def run(ctx: Any) -> None:
     if adapter is not None:
         base = ctx.input("from")
         meta["adapter"] = adapter.model_dump(mode="json")
-        meta["base"] = {"node": base.record["name"], "key": base.record["key"]}
-    (ctx.out_dir / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        meta["base"] = {"node": base.record.name, "key": base.record.key}
+    (ctx.out_dir / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
     rows = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
     _tensorboard(ctx.out_dir / "tensorboard", stage.name, rows)
     _loss_curve(ctx.out_dir / "loss.png", stage.name, rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from llmbuild.spec.stages import Schedule
+from llmbuild.backends.megatron.spec import Schedule
 
 
 def lr_at(step: int, steps: int, peak: float, schedule: Schedule) -> float:

@@ -1,5 +1,7 @@
-"""A stage artifact's weights in canonical form: ``model.safetensors``, or for a stage
-that holds only LoRA adapters, its base's weights with the adapters merged in."""
+"""A stage artifact's weights in canonical form, from its directory (and its base's):
+``model.safetensors``, or for a stage that holds only LoRA adapters, its base's weights
+with the adapters merged in. Nodes open stages with ``artifact.StageArtifact``; training
+ranks, which get directories, load them here."""
 
 from __future__ import annotations
 
@@ -9,13 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-
-
-def input_dirs(ctx: Any, slot: str = "model") -> tuple[Path, Path | None]:
-    """A node input's stage artifact and, when the stage holds only LoRA adapters, its
-    base's (the ``<slot>_base`` input the compiler adds)."""
-    base = ctx.inputs.get(f"{slot}_base")
-    return ctx.input(slot).path, base.path if base else None
 
 
 def stage_config(stage_dir: Path) -> dict[str, Any]:

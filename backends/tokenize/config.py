@@ -1,14 +1,5 @@
-"""Config of a ``tokenize:<source>`` node."""
+"""Config of a ``tokenize:<source>`` node (defined with the graph's front, which builds it)."""
 
-from llmbuild.spec.base import Name, SpecModel, marked
-from llmbuild.spec.data import SourceRole
+from llmbuild.plan.front import TokenizeConfig
 
-
-class TokenizeConfig(SpecModel):
-    """How one source's documents become token ids."""
-
-    source: Name = marked("label")
-    """Name of the source."""
-    role: SourceRole
-    """The source's role, which decides the output form (packed text, chat with masks,
-    preference pairs, prompts)."""
+__all__ = ["TokenizeConfig"]

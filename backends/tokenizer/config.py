@@ -1,11 +1,5 @@
-"""Config of the ``tokenizer`` node."""
+"""Config of the ``tokenizer`` node (defined with the graph's front, which builds it)."""
 
-from llmbuild.spec.base import SpecModel
-from llmbuild.spec.model import Tokenizer
+from llmbuild.plan.front import TokenizerConfig
 
-
-class TokenizerConfig(SpecModel):
-    """The tokenizer to train or load."""
-
-    tokenizer: Tokenizer
-    """The `[tokenizer]` table."""
+__all__ = ["TokenizerConfig"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from llmbuild.backends.data.clean import record_text
 from llmbuild.backends.data.shards import iter_split
+from llmbuild.backends.tokenizer.artifact import FILES, TokenizerInfo
 from llmbuild.backends.tokenizer.build import (
     CHATML,
     IM_END,
@@ -25,7 +26,7 @@ from llmbuild.backends.tokenizer.config import TokenizerConfig
 
 from llmbuild.errors import UserError
 
-DIR = "tokenizer"
+DIR = FILES
 
 
 def _training_texts(ctx: Any) -> Iterator[str]:
@@ -82,13 +83,12 @@ def run(ctx: Any) -> None:
     vocab_size = max(
         vocab_size, max((t["id"] for t in tok_json.get("added_tokens", [])), default=-1) + 1
     )
-    info = {
-        "kind": spec.kind,
-        "vocab_size": vocab_size,
-        "eos_token": spec.eos_token,
-        "bos_token": spec.bos_token,
-        "pad_token": spec.pad_token,
-        "chat_template": spec.chat_template,
-    }
-    (ctx.out_dir / "tokenizer_info.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+    TokenizerInfo(
+        kind=spec.kind,
+        vocab_size=vocab_size,
+        eos_token=spec.eos_token,
+        bos_token=spec.bos_token,
+        pad_token=spec.pad_token,
+        chat_template=spec.chat_template,
+    ).write(ctx.out_dir)
     ctx.metrics["vocab_size"] = vocab_size

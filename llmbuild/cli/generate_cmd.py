@@ -4,7 +4,6 @@ transformers' ``generate``."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,43 +30,33 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _record(store: Any, planned: Any, name: str, spec: Path) -> dict[str, Any]:
-    rec = store.record(name, planned.keys[name].key)
-    if rec is None:
+def _built(store: Any, planned: Any, name: str, spec: Path) -> Any:
+    """The verified artifact of a node of the plan, as an input a backend reads."""
+    from llmbuild.run.context import InputArtifact
+
+    found = store.lookup(planned.keys[name].key)
+    if found.state == "corrupt":
+        raise UserError(
+            f"{name} is corrupt in the store ({found.problem}): run `llmbuild build {spec}` "
+            "to rebuild it"
+        )
+    if not found.cached:
         raise UserError(
             f"{name} is not built with this spec yet: run `llmbuild build {spec}` first "
             f"(or `llmbuild plan` to see what is missing)"
         )
-    return rec
-
-
-def _built(store: Any, planned: Any, name: str, spec: Path) -> Path:
-    return store.local_dir(_record(store, planned, name, spec))
-
-
-def _base_dir(store: Any, rec: dict[str, Any]) -> Path | None:
-    """The artifact of the base a stage was trained from, when the stage holds only LoRA
-    adapters (its record's ``from`` input); None when it holds full weights."""
-    from llmbuild.backends.megatron.weights import adapter_only
-
-    if not adapter_only(store.local_dir(rec)):
-        return None
-    ref = store.resolve(rec).get("inputs", {}).get("from")
-    base = store.record(ref["node"], ref["key"]) if ref else None
-    if base is None:
-        raise UserError(
-            f"{rec['name']} holds only LoRA adapters and its base "
-            f"{ref['node'] if ref else '(unrecorded)'} is not in the store: build it again"
-        )
-    return store.local_dir(base)
+    try:
+        return InputArtifact.of(store, found.target)
+    except OSError as e:
+        raise UserError(f"{name} cannot be read from the store: {e}") from None
 
 
 def _export_node(resolved: Any, wanted: str) -> str:
     """The graph node of the hf export ``wanted`` names (``hf@sft``, a named export's
     name, or the node name itself)."""
-    from llmbuild.spec.checks import export_node_name
+    from llmbuild.spec.tables import node_name
 
-    exports = {export_node_name(e.format, e.stage, e.name): e for e in resolved.spec.export}
+    exports = {node_name("export", e): e for e in resolved.spec.export}
     node = wanted if wanted.startswith("export:") else f"export:{wanted}"
     if node not in exports:
         names = ", ".join(n.split(":", 1)[1] for n in exports) or "none"
@@ -120,29 +109,26 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     return tok.decode(generated, skip_special_tokens=True)
 
 
-def _generate_stage(
-    args: argparse.Namespace, stage_dir: Path, base_dir: Path | None, tok_dir: Path
-) -> str:
-    from tokenizers import Tokenizer
+def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) -> str:
+    from llmbuild.backends.megatron.artifact import StageArtifact
+    from llmbuild.backends.megatron.generate import sample
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
-    from llmbuild.backends.megatron.generate import load_model, sample
-
-    tok = Tokenizer.from_file(str(tok_dir / "tokenizer" / "tokenizer.json"))
-    info = json.loads((tok_dir / "tokenizer_info.json").read_text())
-    model, config = load_model(stage_dir, base_dir)
-    prompt = tok.encode(args.prompt, add_special_tokens=False).ids or [
-        tok.token_to_id(info["bos_token"])
-    ]
+    tok = TokenizerArtifact.open(tok_input.path)
+    try:
+        model, config = StageArtifact.open(stage_input).load_model()
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
     new = sample(
         model,
         config,
-        prompt,
+        tok.prompt_ids(args.prompt),
         args.max_new_tokens,
         args.temperature,
         args.top_k,
         args.top_p,
         args.seed,
-        stop=tok.token_to_id(info["eos_token"]),
+        stop=tok.eos_id,
     )
     return tok.decode(new)
 
@@ -156,14 +142,14 @@ def run(args: argparse.Namespace) -> int:
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:
         node = _export_node(resolved, args.export)
-        text = _generate_hf(args, _built(store, planned, node, args.spec))
+        text = _generate_hf(args, _built(store, planned, node, args.spec).path)
     else:
         stages = [n for n in planned.graph.nodes if n.startswith("stage:")]
         name = f"stage:{args.stage}" if args.stage else stages[-1]
         if name not in planned.keys:
             raise UserError(f"no stage {args.stage!r} (stages: {', '.join(s[6:] for s in stages)})")
-        rec = _record(store, planned, name, args.spec)
-        tok_dir = _built(store, planned, "tokenizer", args.spec)
-        text = _generate_stage(args, store.local_dir(rec), _base_dir(store, rec), tok_dir)
+        stage = _built(store, planned, name, args.spec)
+        tokenizer = _built(store, planned, "tokenizer", args.spec)
+        text = _generate_stage(args, stage, tokenizer)
     sys.stdout.write(args.prompt + text + "\n")
     return 0

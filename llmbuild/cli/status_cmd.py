@@ -21,11 +21,11 @@ def eval_table(store: Any, planned: Any) -> dict[str, dict[str, Any]]:
     for name, k in planned.keys.items():
         if not name.startswith("eval:"):
             continue
-        rec = store.record(name, k.key)
-        if rec is None:
+        found = store.lookup(k.key)
+        if not found.cached:
             continue
         suite, stage = name[len("eval:") :].split("@", 1)
-        for metric, value in sorted(store.resolve(rec).get("metrics", {}).items()):
+        for metric, value in sorted(found.target.metrics.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 table.setdefault(f"{suite}.{metric}", {})[stage] = value
     return table

@@ -85,33 +85,35 @@ def _show(store, args: argparse.Namespace) -> int:
     records = [
         r
         for r in store.artifacts()
-        if r["name"] == what or r["key"].startswith(what) or r["name"].split(":", 1)[-1] == what
+        if r.name == what or r.key.startswith(what) or r.name.split(":", 1)[-1] == what
     ]
     if build is None and not records:
         raise UserError(f"nothing named {what!r} in {store.url} (a node name, key or spec hash)")
     if build is not None and not records:
         print(json.dumps(build, indent=2) if args.json else _build_text(build))
         return 0
-    rec = max(records, key=lambda r: r.get("timings", {}).get("finished", 0))
+    rec = max(records, key=lambda r: r.timings.get("finished", 0))
     if args.json:
-        print(json.dumps(rec, indent=2))
+        print(json.dumps(rec.model_dump(mode="json"), indent=2))
         return 0
-    print(f"{rec['name']}  {rec['key']}")
-    if rec.get("alias_of"):
-        print(f"  reuses {rec['alias_of']['name']} {rec['alias_of']['key'][:12]} (early cut-off)")
+    print(f"{rec.name}  {rec.key}")
+    print(f"  artifact {store.artifact_path(store.resolve(rec).key)}")
+    if rec.alias_of is not None:
+        print(f"  reuses {rec.alias_of.node} {rec.alias_of.key[:12]} (early cut-off)")
+    finished = time.localtime(rec.timings.get("finished", 0))
     print(
-        f"  built {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec['timings']['finished']))}"
-        f" in {rec['timings']['seconds']}s by build {rec.get('build', '?')[:8]}"
+        f"  built {time.strftime('%Y-%m-%d %H:%M:%S', finished)}"
+        f" in {rec.timings.get('seconds', 0)}s by build {(rec.build or '?')[:8]}"
     )
-    for slot, ref in rec.get("inputs", {}).items():
-        print(f"  input {slot}: {ref['node']} {ref['key'][:12]}")
-    for e in rec.get("outputs", []):
-        print(f"  output {e['path']}  {e['size']} bytes  blake3 {e['blake3'][:16]}")
-    if rec.get("metrics"):
-        print(f"  metrics {json.dumps(rec['metrics'])}")
-    if store.fs.exists(store.log_path(rec)):
-        print(f"  log {store.url.rstrip('/')}/{store.log_path(rec)}")
-    env = rec.get("environment") or {}
+    for slot, ref in rec.inputs.items():
+        print(f"  input {slot}: {ref.node} {ref.key[:12]}")
+    for e in rec.outputs:
+        print(f"  output {e.path}  {e.size} bytes  blake3 {e.blake3[:16]}")
+    if rec.metrics:
+        print(f"  metrics {json.dumps(rec.metrics)}")
+    if store.fs.exists(store.log_path(rec.key)):
+        print(f"  log {store.url.rstrip('/')}/{store.log_path(rec.key)}")
+    env = rec.environment
     if env:
         print("  environment " + ", ".join(f"{k} {v}" for k, v in env.items() if v and k != "git"))
     return 0

@@ -3,31 +3,49 @@
     source:<name> -> tokenize:<name> -> stage:<name> -> eval:<suite>@<stage>
           \\-> tokenizer ---^                      \\-> export:<format>@<stage>
 
-Each node gets the slice of the spec its backend reads, as that backend's ``Config``,
-and explicit named references to the nodes it reads.
+The front (sources, tokenizer, tokenize) comes from the fixed tables; every
+``[[stage]]``, ``[[eval]]`` and ``[[export]]`` item becomes a node of its registered
+kind. A node's inputs are its kind's implicit ones plus one edge per name its reference
+fields write, found by the same walk the checks use; its external inputs are its content
+fields. Nodes are then put in topological order over those edges, in one generic pass:
+a cycle is a located spec error, never a hang.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from llmbuild.backends.data.config import DataConfig
-from llmbuild.backends.eval.config import EvalConfig
-from llmbuild.backends.export.config import ExportConfig
-from llmbuild.backends.megatron.config import TrainConfig
-from llmbuild.backends.tokenize.config import TokenizeConfig
-from llmbuild.backends.tokenizer.config import TokenizerConfig
+from llmbuild.errors import Path, Problem, SpecError
+from llmbuild.kinds import NodeRefs
+from llmbuild.plan.front import front_nodes, pretrain_sources
 from llmbuild.plan.graph import External, Graph, Node
 from llmbuild.registry import Registry, default_registry
-from llmbuild.spec.checks import adapter_only, export_node_name
+from llmbuild.spec.base import key_mark
+from llmbuild.spec.references import TARGET_NODE, walk
 from llmbuild.spec.root import Spec
+from llmbuild.spec.tables import TABLES, TAG, node_name
+
+
+def content_inputs(item: Any, path: Path) -> tuple[External, ...]:
+    """The external inputs of an item: one per content field that is set."""
+    out = []
+    for name, f in type(item).model_fields.items():
+        mark = key_mark(type(item), name)
+        value = getattr(item, name)
+        if mark is None or mark.role != "content" or value in (None, ()):
+            continue
+        alias = f.alias or name
+        patterns = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        out.append(External(mark.slot or alias, patterns, (*path, alias)))
+    return tuple(out)
 
 
 class _Builder:
     def __init__(self, spec: Spec, registry: Registry) -> None:
-        self.spec = spec
-        self.registry = registry
+        self.spec, self.registry = spec, registry
         self.nodes: list[Node] = []
+        self.paths: dict[str, dict[str, Path]] = {}
+        """node -> slot -> the spec key that wrote the edge (for cycle messages)."""
 
     def add(
         self,
@@ -35,10 +53,12 @@ class _Builder:
         kind: str,
         backend_name: str,
         config: Any,
+        item: Any = None,
+        path: Path = (),
         inputs: dict[str, str] | None = None,
-        external: tuple[External, ...] = (),
         cutoff: bool = False,
         labels: dict[str, str] | None = None,
+        edge_paths: dict[str, Path] | None = None,
     ) -> None:
         backend = self.registry.get(backend_name)
         self.nodes.append(
@@ -49,176 +69,78 @@ class _Builder:
                 backend_version=backend.version,
                 config=config,
                 inputs=inputs or {},
-                external=external,
+                external=content_inputs(item, path) if item is not None else (),
                 resources=backend.resources(config),
                 cutoff=cutoff,
                 labels=labels or {},
             )
         )
+        self.paths[name] = edge_paths or {}
 
-    def pretrain_sources(self) -> list[str]:
-        """The sources a stage, tokenizer or perplexity suite reads when it names none."""
-        return [s.name for s in self.spec.data.sources if s.role == "pretrain"]
-
-    def sources(self) -> None:
-        data = self.spec.data
-        for i, src in enumerate(data.sources):
-            config = DataConfig(
-                source=src, clean=data.clean, split=data.split, shard_mb=data.shard_mb
-            )
-            files = External("files", src.path, ("data", "sources", i, "path"))
-            self.add(
-                f"source:{src.name}",
-                "source",
-                "data",
-                config,
-                external=(files,),
-                cutoff=True,
-                labels={
-                    "source": f"data.sources.{src.name}",
-                    "clean": "data.clean",
-                    "split": "data.split",
-                    "shard_mb": "data.shard_mb",
-                },
-            )
-
-    def tokenizer(self) -> None:
-        tok = self.spec.tokenizer
-        inputs, external = {}, ()
-        if tok.kind in ("char", "bpe", "unigram"):
-            names = tok.sources or self.pretrain_sources()
-            inputs = {f"text:{n}": f"source:{n}" for n in names}
-        if tok.kind == "pretrained" and tok.path is not None:
-            external = (External("files", (tok.path,), ("tokenizer", "path")),)
-        self.add(
-            "tokenizer",
-            "tokenizer",
-            "tokenizer",
-            TokenizerConfig(tokenizer=tok),
-            inputs=inputs,
-            external=external,
-            cutoff=True,
-        )
-        for src in self.spec.data.sources:
-            self.add(
-                f"tokenize:{src.name}",
-                "tokenize",
-                "tokenize",
-                TokenizeConfig(source=src.name, role=src.role),
-                inputs={"documents": f"source:{src.name}", "tokenizer": "tokenizer"},
-                cutoff=True,
-                labels={"role": f"data.sources.{src.name}.role"},
-            )
-
-    def stages(self) -> None:
-        # Stages may be written in any order: emit each after the stage it starts from.
-        pending = {s.name: s for s in self.spec.stage}
-        done: set[str] = set()
-        while pending:
-            ready = [s for s in pending.values() if s.from_ is None or s.from_ in done]
-            ready = [s for s in ready if getattr(s, "reference", None) in (None, *done)]
-            ready = [
-                s
-                for s in ready
-                if all(r.stage in done for r in getattr(s, "rewards", ()) if r.kind == "model")
-            ]
-            for stage in ready:
-                self.stage(stage)
-                done.add(stage.name)
-                del pending[stage.name]
-
-    def model_inputs(self, slot: str, name: str) -> dict[str, str]:
-        """A stage's weights as an input, with its base (as ``<slot>_base``) when the stage
-        holds only LoRA adapters."""
-        inputs = {slot: f"stage:{name}"}
-        stage = self.spec.stage_named(name)
-        if adapter_only(stage.model_dump(by_alias=True)):
-            inputs[f"{slot}_base"] = f"stage:{stage.from_}"
-        return inputs
-
-    def stage(self, stage: Any) -> None:
-        spec = self.spec
-        if stage.kind == "pretrain":
-            names = stage.data or self.pretrain_sources()
-            mixture = {n: spec.source_named(n).weight for n in names}
-        else:
-            names, mixture = [stage.data], {}
-        inputs = {"tokenizer": "tokenizer"}
-        inputs.update({f"data:{n}": f"tokenize:{n}" for n in names})
-        if stage.from_:
-            inputs.update(self.model_inputs("from", stage.from_))
-        if getattr(stage, "reference", None):
-            inputs.update(self.model_inputs("reference", stage.reference))
-        for i, reward in enumerate(getattr(stage, "rewards", ())):
-            if reward.kind == "model":
-                inputs.update(self.model_inputs(f"reward:{i}", reward.stage))
-        config = TrainConfig(
-            stage=stage,
-            architecture=spec.architecture,
-            seed=spec.model.seed,
-            mixture=mixture,
-            parallelism=spec.parallelism,
-        )
-        self.add(
-            f"stage:{stage.name}",
-            "stage",
-            "megatron",
-            config,
-            inputs=inputs,
-            labels={
-                "stage": f"stage.{stage.name}",
-                "architecture": "architecture",
-                "seed": "model.seed",
-                "mixture": "data.sources.{}.weight",
-            },
-        )
-
-    def evals(self) -> None:
-        for i, suite in enumerate(self.spec.eval):
-            for stage in suite.stages:
-                inputs = {**self.model_inputs("model", stage), "tokenizer": "tokenizer"}
-                if suite.kind == "perplexity":
-                    names = suite.sources or self.pretrain_sources()
-                    inputs.update({f"data:{n}": f"tokenize:{n}" for n in names})
-                external = []
-                if getattr(suite, "files", ()):
-                    external.append(External("files", suite.files, ("eval", i, "files")))
-                if getattr(suite, "include_path", None):
-                    external.append(
-                        External("tasks", (suite.include_path,), ("eval", i, "include_path"))
+    def table_items(self) -> None:
+        for table in TABLES:
+            for i, item in enumerate(getattr(self.spec, table)):
+                kind = self.registry.kind(table, getattr(item, TAG[table]))
+                refs, omitted = walk(kind.model, item.model_dump(mode="json", by_alias=True))
+                names: dict[str, list[str]] = {}
+                for r in refs:
+                    names.setdefault(r.field, []).append(r.name)
+                for o in omitted:
+                    names[o.field] = pretrain_sources(self.spec)
+                each = [r for r in refs if r.mark.each]
+                for target in [r.name for r in each] or [None]:
+                    inputs = dict(kind.inputs(item, self.spec))
+                    edge_paths: dict[str, Path] = {}
+                    for r in refs:
+                        if r.mark.each and r.name != target:
+                            continue
+                        inputs[r.slot] = r.node
+                        edge_paths[r.slot] = (table, i, *r.path)
+                    for o in omitted:
+                        for n in names[o.field]:
+                            inputs[o.slot(n)] = TARGET_NODE[o.mark.target or ""].format(n)
+                    node_refs = NodeRefs({k: tuple(v) for k, v in names.items()}, target)
+                    self.add(
+                        node_name(table, item, target),
+                        table,
+                        kind.backend,
+                        kind.config(item, self.spec, node_refs),
+                        item=item,
+                        path=(table, i),
+                        inputs=inputs,
+                        labels=kind.labels(item),
+                        edge_paths=edge_paths,
                     )
-                self.add(
-                    f"eval:{suite.name}@{stage}",
-                    "eval",
-                    "eval",
-                    EvalConfig(suite=suite, stage=stage),
-                    inputs=inputs,
-                    external=tuple(external),
-                    labels={"suite": f"eval.{suite.name}"},
-                )
 
-    def exports(self) -> None:
-        for export in self.spec.export:
-            inputs = {**self.model_inputs("model", export.stage), "tokenizer": "tokenizer"}
-            if export.format == "peft":
-                inputs["base"] = f"stage:{self.spec.stage_named(export.stage).from_}"
-            name = export_node_name(export.format, export.stage, export.name)
-            self.add(
-                name,
-                "export",
-                "export",
-                ExportConfig(export=export),
-                inputs=inputs,
-                labels={"export": name.replace("export:", "export.", 1)},
-            )
+    def ordered(self) -> list[Node]:
+        """The nodes in topological order (declaration order among equals)."""
+        by_name = {n.name: n for n in self.nodes}
+        done: dict[str, None] = {}
+        visiting: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in done:
+                return
+            if name in visiting:
+                loop = visiting[visiting.index(name) :] + [name]
+                slot = next(s for s, u in by_name[loop[-2]].inputs.items() if u == name)
+                where = self.paths[loop[-2]].get(slot, ())
+                raise SpecError([Problem(f"the graph has a cycle: {' -> '.join(loop)}", where)])
+            visiting.append(name)
+            for up in by_name[name].upstream:
+                if up in by_name:
+                    visit(up)
+            visiting.pop()
+            done[name] = None
+
+        for node in self.nodes:
+            visit(node.name)
+        return [by_name[n] for n in done]
 
 
 def compile_plan(spec: Spec, registry: Registry | None = None) -> Graph:
     """The build graph of a validated spec, in topological order."""
     builder = _Builder(spec, registry or default_registry())
-    builder.sources()
-    builder.tokenizer()
-    builder.stages()
-    builder.evals()
-    builder.exports()
-    return Graph(builder.nodes)
+    front_nodes(spec, builder.add)
+    builder.table_items()
+    return Graph(builder.ordered())

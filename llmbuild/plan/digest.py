@@ -1,7 +1,9 @@
 """Content digests of external files: blake3 over their bytes, with a stat cache.
 
-A file's digest is cached under its (device, inode, size, mtime) so an unchanged file is
-never read twice; a set of files (a glob, a directory, a list) digests as the ordered
+A file's digest is cached under its stat identity (device, inode, size, modification and
+change times) so an unchanged file is never read twice, while any write to it (even one
+that keeps its size and restores its modification time) changes its change time, which
+no user can set back; a set of files (a glob, a directory, a list) digests as the ordered
 list of its file digests, so the paths that name the files never count.
 """
 
@@ -55,7 +57,7 @@ class StatCache:
 
     def digest(self, path: str) -> str:
         st = os.stat(path)
-        ident = f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+        ident = f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
         found = self.entries.get(ident)
         if found is None:
             found = blake3_file(path)

@@ -24,9 +24,13 @@ def key_config(value: Any) -> Any:
     if isinstance(value, BaseModel):
         out = {}
         for name, f in type(value).model_fields.items():
-            if key_role(type(value), name) is not None:
+            role = key_role(type(value), name)
+            field_value = getattr(value, name)
+            if role == "added" and field_value == f.default:
                 continue
-            out[f.alias or name] = key_config(getattr(value, name))
+            if role is not None and role != "added":
+                continue
+            out[f.alias or name] = key_config(field_value)
         return out
     if isinstance(value, (list, tuple)):
         return [key_config(v) for v in value]

@@ -1,9 +1,11 @@
 """What a build would do, node by node, and why: the plan. Nothing here runs anything.
 
-A node is ``cached`` when its key is in the store, ``running elsewhere`` when another
-build holds its lease, ``resume`` when a killed build left a checkpoint under its key, and
-``build`` otherwise, with a reason: the changed fields of the root cause (diffing the key
-preimage recorded by the last build of that node name), or the upstream that changed.
+A node is ``cached`` when the store holds a verified artifact under its key (whatever
+name built it: a renamed node is cached), ``running elsewhere`` when another build holds
+its lease, ``resume`` when a killed build left a checkpoint under its key, and ``build``
+otherwise, with a reason: the changed fields of the root cause (diffing the key preimage
+recorded by the last build of that node name), the upstream that changed, or the
+corruption found in what the store held. ``build`` decides with the same ``lookup``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from llmbuild.backend import Resources
 from llmbuild.errors import format_path
@@ -19,31 +21,53 @@ from llmbuild.plan.canonical import canonical_hash
 from llmbuild.plan.graph import Graph, Node
 from llmbuild.plan.keys import NodeKey
 
+if TYPE_CHECKING:
+    from llmbuild.store.records import Record
+
 Status = Literal["cached", "build", "resume", "running elsewhere"]
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the store holds under a key."""
+
+    state: Literal["cached", "missing", "corrupt"]
+    record: Record | None = None
+    """The key's own record (for an early cut-off alias, the alias)."""
+    target: Record | None = None
+    """The record holding the outputs (the alias's target, else the record itself)."""
+    problem: str = ""
+
+    @property
+    def cached(self) -> bool:
+        return self.state == "cached"
+
+
+MISSING = Lookup("missing")
 
 
 class StoreView(Protocol):
     """What planning asks of a store."""
 
-    def has(self, name: str, key: str) -> bool: ...
+    def lookup(self, key: str, verify: bool = True) -> Lookup: ...
     def last_preimage(self, name: str) -> dict[str, Any] | None: ...
-    def running_elsewhere(self, name: str, key: str) -> str | None: ...
-    def resumable(self, name: str, key: str) -> str | None: ...
+    def running_elsewhere(self, key: str) -> str | None: ...
+    def resumable(self, key: str) -> str | None: ...
 
 
 class EmptyStore:
     """A store with nothing in it: every node builds."""
 
-    def has(self, name: str, key: str) -> bool:
-        return False
+    def lookup(self, key: str, verify: bool = True) -> Lookup:
+        return MISSING
 
     def last_preimage(self, name: str) -> dict[str, Any] | None:
         return None
 
-    def running_elsewhere(self, name: str, key: str) -> str | None:
+    def running_elsewhere(self, key: str) -> str | None:
         return None
 
-    def resumable(self, name: str, key: str) -> str | None:
+    def resumable(self, key: str) -> str | None:
         return None
 
 
@@ -176,6 +200,17 @@ class Plan:
         return ", ".join(parts)
 
 
+def renamed(name: str, found: Lookup, store: StoreView) -> str:
+    """Why a cached node's artifact carries another name: the node was renamed, or
+    another node of the same content built it."""
+    built_as = found.record.name if found.record is not None else name
+    if built_as == name:
+        return ""
+    if store.last_preimage(name) is None:
+        return f"renamed from {built_as}"
+    return f"the same artifact as {built_as}"
+
+
 def spec_hash(keys: Mapping[str, NodeKey]) -> str:
     """The hash of a build: every node name with its key (so execution-only edits, which
     change no key, change no spec hash either)."""
@@ -187,16 +222,18 @@ def make_plan(graph: Graph, keys: Mapping[str, NodeKey], store: StoreView) -> Pl
     plans: dict[str, NodePlan] = {}
     for node in graph:
         k = keys[node.name]
-        if store.has(node.name, k.key):
-            plans[node.name] = NodePlan(node.name, k, "cached", "", (), node.resources)
+        found = store.lookup(k.key)
+        if found.cached:
+            reason = renamed(node.name, found, store)
+            plans[node.name] = NodePlan(node.name, k, "cached", reason, (), node.resources)
             continue
-        holder = store.running_elsewhere(node.name, k.key)
+        holder = store.running_elsewhere(k.key)
         if holder:
             plans[node.name] = NodePlan(
                 node.name, k, "running elsewhere", holder, (), node.resources
             )
             continue
-        resume = store.resumable(node.name, k.key)
+        resume = store.resumable(k.key)
         status: Status = "resume" if resume else "build"
         changes: list[Change] = []
         old = store.last_preimage(node.name)
@@ -224,5 +261,7 @@ def make_plan(graph: Graph, keys: Mapping[str, NodeKey], store: StoreView) -> Pl
             )
         if resume:
             reason = f"{resume}; {reason}"
+        if found.state == "corrupt":
+            reason = f"the stored artifact is corrupt ({found.problem}); {reason}"
         plans[node.name] = NodePlan(node.name, k, status, reason, tuple(changes), node.resources)
     return Plan(spec_hash(keys), tuple(plans.values()))

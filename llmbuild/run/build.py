@@ -104,8 +104,8 @@ def build(
             name: {
                 "key": k.key,
                 "state": results[name].state if name in results else "not selected",
-                "output_digest": (results[name].record or {}).get("output_digest")
-                if name in results
+                "output_digest": results[name].record.output_digest
+                if name in results and results[name].record is not None
                 else None,
             }
             for name, k in planned.keys.items()

@@ -8,12 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from llmbuild.backend import Resources
-from llmbuild.store.store import mark_checkpoint
+from llmbuild.store.records import Record
+from llmbuild.store.store import Store, mark_checkpoint
 
 
 class ProgressSink(Protocol):
@@ -24,14 +25,36 @@ class ProgressSink(Protocol):
 
 @dataclass(frozen=True)
 class InputArtifact:
-    """An upstream node's committed outputs, as a local directory, with its record."""
+    """An upstream node's committed outputs, as a local directory, with its record; its
+    own inputs are found through the store (a stage holding only adapters reads its base
+    this way, with no edge of its own in the graph)."""
 
     path: Path
-    record: dict[str, Any]
+    record: Record
+    store: Store | None = None
+
+    @classmethod
+    def of(cls, store: Store, record: Record) -> InputArtifact:
+        return cls(store.local_dir(record), record, store)
 
     @property
     def node(self) -> str:
-        return self.record["name"]
+        return self.record.name
+
+    def upstream(self, slot: str) -> InputArtifact | None:
+        """The artifact this one read as ``slot``; None when it read none."""
+        ref = self.record.inputs.get(slot)
+        if ref is None:
+            return None
+        if self.store is None:
+            raise RuntimeError(f"{self.node}: its inputs cannot be found without its store")
+        rec = self.store.record(ref.key)
+        if rec is None:
+            raise FileNotFoundError(
+                f"{ref.node} {ref.key[:12]}, which {self.node} was built from, is not in "
+                f"{self.store.url}: build it again"
+            )
+        return InputArtifact.of(self.store, self.store.resolve(rec))
 
 
 class Progress:
@@ -63,16 +86,17 @@ class RankInfo:
     local_rank: int
 
 
-RankFn = Callable[[dict[str, Any], RankInfo], "Path | None"]
+RankFn = Callable[[Any, RankInfo], "Path | None"]
+C = TypeVar("C", bound=BaseModel)
 
 
 @dataclass
-class RunContext:
-    """Everything one node run may use."""
+class RunContext(Generic[C]):
+    """Everything one node run may use; ``RunContext[TrainConfig]`` types its config."""
 
     node: str
     key: str
-    config: BaseModel
+    config: C
     inputs: dict[str, InputArtifact]
     out_dir: Path
     """Write outputs here; the directory becomes the artifact when the node commits."""
@@ -84,7 +108,9 @@ class RunContext:
     spec_dir: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     """Summary metrics recorded in the node's record (and compared by reproduce)."""
-    run_ranks: Callable[[RankFn, dict[str, Any]], Path | None] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each phase of the work, recorded with the node's timings."""
+    run_ranks: Callable[[RankFn, Any], Path | None] | None = None
     """Run ``fn(config, rank_info)`` on ``resources.ranks`` torch.distributed ranks
     (TorchTrainer workers under Ray). The directory rank 0 returns comes back as a local
     directory (through Ray Train's checkpoint storage, so it works across machines)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from llmbuild.run.context import ProgressSink
 from llmbuild.run.node import NodeFailed, NodeTask, execute_node
+from llmbuild.store.records import Record
 
 WORKER_RETRIES = 2
 """How often Ray reruns a node (or one of its parallel tasks) whose worker process died
@@ -27,7 +28,7 @@ class Handle:
 
     name: str
     ref: Any = None
-    record: dict[str, Any] | None = None
+    record: Record | None = None
     error: BaseException | None = None
     done: bool = False
 
@@ -35,7 +36,7 @@ class Handle:
 @dataclass
 class Finished:
     handle: Handle
-    record: dict[str, Any] | None
+    record: Record | None
     error: BaseException | None
 
 
@@ -69,7 +70,7 @@ class InlineExecutor:
         pass
 
 
-def _inline_ranks(fn: Any, config: dict[str, Any], resources: Any) -> Any:
+def _inline_ranks(fn: Any, config: Any, resources: Any) -> Any:
     from llmbuild.run.ranks import run_inline_ranks
 
     return run_inline_ranks(fn, config, resources)
@@ -81,7 +82,7 @@ def _ray_execute(task: NodeTask, relay: Any) -> dict[str, Any]:
 
     from llmbuild.store.store import Store
 
-    work = Store(task.store_url, work_root=Path(task.work_root)).work_dir(task.name, task.key)
+    work = Store(task.store_url, work_root=Path(task.work_root)).work_dir(task.key)
     ranks = functools.partial(_ray_ranks, resources=task.resources, work_dir=work, name=task.name)
     return execute_node(
         task, _RelaySink(relay) if relay is not None else None, ranks, _ray_parallel
@@ -100,7 +101,7 @@ def _ray_parallel(fn: Any, items: list[Any]) -> list[Any]:
     return ray.get([remote.remote(item) for item in items])
 
 
-def _ray_ranks(fn: Any, config: dict[str, Any], resources: Any, work_dir: Any, name: str) -> Any:
+def _ray_ranks(fn: Any, config: Any, resources: Any, work_dir: Any, name: str) -> Any:
     from llmbuild.run.ranks import run_inline_ranks, run_ray_ranks
 
     if resources.ranks == 1:  # one rank: in this task's process, no trainer to start

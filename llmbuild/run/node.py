@@ -16,8 +16,8 @@ from typing import Any
 
 from llmbuild.backend import Backend, Resources
 from llmbuild.run.context import InputArtifact, Progress, ProgressSink, RunContext
-from llmbuild.store.records import SCHEMA_VERSION, environment, manifest, output_digest
-from llmbuild.store.store import Store
+from llmbuild.store.records import Record, environment, manifest, output_digest
+from llmbuild.store.store import Store, node_ref
 
 
 class NodeFailed(Exception):
@@ -40,8 +40,8 @@ class NodeTask:
     preimage: dict[str, Any]
     backend: Backend
     config: dict[str, Any]
-    inputs: dict[str, dict[str, Any]]
-    """Slot -> the upstream's committed record."""
+    inputs: dict[str, Record]
+    """Slot -> the upstream's committed record (the one holding its outputs)."""
     resources: Resources
     store_url: str
     work_root: str
@@ -67,18 +67,16 @@ def _logger(name: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
 
 def execute_node(
     task: NodeTask, sink: ProgressSink | None = None, run_ranks: Any = None, parallel: Any = None
-) -> dict[str, Any]:
+) -> Record:
     """Build one node and commit it; return its record. Raises NodeFailed."""
     store = Store(task.store_url, work_root=Path(task.work_root))
-    work = store.work_dir(task.name, task.key)
+    work = store.work_dir(task.key)
     log_path = work / "node.log"
     log, handler = _logger(task.name, log_path)
     out = store.scratch(task.name, task.key)
     started = time.time()
     try:
-        inputs = {
-            slot: InputArtifact(store.local_dir(rec), rec) for slot, rec in task.inputs.items()
-        }
+        inputs = {slot: InputArtifact.of(store, rec) for slot, rec in task.inputs.items()}
         ctx = RunContext(
             node=task.name,
             key=task.key,
@@ -94,34 +92,32 @@ def execute_node(
             parallel=parallel,
         )
         log.info("building %s (key %s) with %r", task.name, task.key, task.backend)
-        resume = store.resumable(task.name, task.key)
+        resume = store.resumable(task.key)
         if resume:
             log.info("%s (checkpoint in %s)", resume, work)
         task.backend.run(ctx)
         ctx.progress.update(force=True)
         entries = manifest(out, store.cache)
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "name": task.name,
-            "key": task.key,
-            "preimage": task.preimage,
-            "inputs": {
-                slot: {"node": rec["name"], "key": rec["key"]} for slot, rec in task.inputs.items()
-            },
-            "outputs": entries,
-            "output_digest": output_digest(
-                [e for e in entries if not _is_report(e["path"], task.backend.reports)]
+        record = Record(
+            name=task.name,
+            key=task.key,
+            preimage=task.preimage,
+            inputs={slot: node_ref(rec) for slot, rec in task.inputs.items()},
+            outputs=entries,
+            output_digest=output_digest(
+                [e for e in entries if not _is_report(e.path, task.backend.reports)]
             ),
-            "cutoff_key": task.cutoff_key,
-            "metrics": ctx.metrics,
-            "timings": {
+            cutoff_key=task.cutoff_key,
+            metrics=ctx.metrics,
+            timings={
+                **ctx.timings,
                 "started": started,
                 "finished": time.time(),
                 "seconds": round(time.time() - started, 3),
             },
-            "environment": environment(ctx.spec_dir),
-            "build": task.build_id,
-        }
+            environment=environment(ctx.spec_dir),
+            build=task.build_id,
+        )
         log.info("built %s in %.1fs", task.name, time.time() - started)
         return store.commit(out, record)
     except Exception as e:

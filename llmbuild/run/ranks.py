@@ -38,7 +38,7 @@ def join_single_rank_group() -> bool:
     return True
 
 
-def run_inline_ranks(fn: RankFn, config: dict[str, Any], resources: Resources) -> Path | None:
+def run_inline_ranks(fn: RankFn, config: Any, resources: Resources) -> Path | None:
     """One rank in this process, with a one-member gloo group."""
     if resources.ranks != 1:
         raise UserError(
@@ -55,17 +55,16 @@ def run_inline_ranks(fn: RankFn, config: dict[str, Any], resources: Resources) -
             dist.destroy_process_group()
 
 
-def _rank_main(config: dict[str, Any]) -> None:
-    """The TorchTrainer worker loop: run the node function, bring rank 0's dir back."""
+def _rank_main(loop: dict[str, Any]) -> None:
+    """The TorchTrainer worker loop: run the node function on the node's rank config,
+    bring rank 0's dir back."""
     import ray.train
 
     ctx = ray.train.get_context()
     info = RankInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
-    fn = config.pop("__fn__")
-    log = config.pop("__log__")
     if info.rank == 0:  # each start of the group (Ray Train restarts it after a failure)
-        _note_start(Path(log), info.world_size)
-    out = fn(config, info)
+        _note_start(Path(loop["log"]), info.world_size)
+    out = loop["fn"](loop["config"], info)
     if info.rank == 0 and out is not None:
         ray.train.report(
             {"rank0_output": True}, checkpoint=ray.train.Checkpoint.from_directory(str(out))
@@ -91,7 +90,7 @@ def _note_start(log: Path, ranks: int) -> None:
 
 def run_ray_ranks(
     fn: RankFn,
-    config: dict[str, Any],
+    config: Any,
     resources: Resources,
     work_dir: Path,
     name: str,
@@ -106,7 +105,7 @@ def run_ray_ranks(
         per_worker["GPU"] = resources.gpus
     trainer = TorchTrainer(
         _rank_main,
-        train_loop_config={**config, "__fn__": fn, "__log__": str(work_dir / "node.log")},
+        train_loop_config={"config": config, "fn": fn, "log": str(work_dir / "node.log")},
         scaling_config=ScalingConfig(
             num_workers=resources.ranks, use_gpu=resources.gpus > 0, resources_per_worker=per_worker
         ),

@@ -21,7 +21,8 @@ from llmbuild.plan.inputs import external_digests
 from llmbuild.registry import Registry
 from llmbuild.run.build import BuildOptions, run_graph
 from llmbuild.run.scheduler import Reporter
-from llmbuild.spec.root import Spec
+from llmbuild.spec.root import spec_model
+from llmbuild.store.records import Record
 from llmbuild.store.store import Store
 
 Verdict = Literal["identical", "within tolerance", "diverged", "failed", "missing"]
@@ -49,18 +50,16 @@ def _numbers(value: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def compare(
-    node: str, old: dict[str, Any] | None, new: dict[str, Any] | None, rtol: float
-) -> Comparison:
+def compare(node: str, old: Record | None, new: Record | None, rtol: float) -> Comparison:
     if new is None:
         return Comparison(node, "failed", "the rebuild did not produce it")
     if old is None:
         return Comparison(node, "missing", "the original artifact is no longer in the store")
-    if old.get("output_digest") == new.get("output_digest"):
+    if old.output_digest == new.output_digest:
         return Comparison(node, "identical")
-    a, b = _numbers(old.get("metrics", {})), _numbers(new.get("metrics", {}))
-    files = {e["path"]: e["blake3"] for e in old.get("outputs", [])}
-    differ = [e["path"] for e in new.get("outputs", []) if files.get(e["path"]) != e["blake3"]]
+    a, b = _numbers(old.metrics), _numbers(new.metrics)
+    files = {e.path: e.blake3 for e in old.outputs}
+    differ = [e.path for e in new.outputs if files.get(e.path) != e.blake3]
     where = f"{len(differ)} output file(s) differ: {', '.join(differ[:3])}"
     if not a or a.keys() != b.keys():
         return Comparison(node, "diverged", where)
@@ -91,7 +90,7 @@ def reproduce(
         raise UserError(
             f"no single build with spec hash {spec_hash!r} in {store.url} (recent: {known})"
         )
-    spec = Spec.model_validate(build["spec"])
+    spec = spec_model(registry).model_validate(build["spec"])
     graph = compile_plan(spec, registry)
     keys = node_keys(graph, external_digests(graph, store.cache))
     recorded = {n: v["key"] for n, v in build["nodes"].items()}
@@ -118,8 +117,6 @@ def reproduce(
     )
     comparisons = []
     for name in graph.nodes:
-        old = store.record(name, keys[name].key)
-        comparisons.append(
-            compare(name, store.resolve(old) if old else None, results[name].record, rtol)
-        )
+        old = store.lookup(keys[name].key).target
+        comparisons.append(compare(name, old, results[name].record, rtol))
     return build, comparisons

@@ -17,12 +17,13 @@ from typing import Any, Literal, Protocol
 
 from llmbuild.plan.graph import Graph, Node
 from llmbuild.plan.keys import NodeKey, cutoff_key
+from llmbuild.plan.status import renamed
 from llmbuild.registry import Registry, default_registry
 from llmbuild.run.executors import Handle, InlineExecutor, RayExecutor
 from llmbuild.run.node import NodeTask
 from llmbuild.store.lease import Lease, owner_info
-from llmbuild.store.records import SCHEMA_VERSION
-from llmbuild.store.store import Store
+from llmbuild.store.records import Record
+from llmbuild.store.store import Store, node_ref
 
 State = Literal["cached", "built", "reused", "failed", "skipped"]
 
@@ -40,31 +41,32 @@ class NodeResult:
     key: str
     state: State
     detail: str = ""
-    record: dict[str, Any] | None = None
+    record: Record | None = None
+    """The record holding the node's outputs."""
 
 
 def _alias_record(
     node: Node,
     k: NodeKey,
-    target: dict[str, Any],
+    target: Record,
     ck: str,
-    upstream: Mapping[str, dict[str, Any]],
+    upstream: Mapping[str, Record],
     build_id: str,
-) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": node.name,
-        "key": k.key,
-        "preimage": k.preimage,
-        "inputs": {s: {"node": r["name"], "key": r["key"]} for s, r in upstream.items()},
-        "alias_of": {"name": target["name"], "key": target["key"]},
-        "outputs": target["outputs"],
-        "output_digest": target["output_digest"],
-        "cutoff_key": ck,
-        "metrics": target.get("metrics", {}),
-        "build": build_id,
-        "timings": {"started": time.time(), "finished": time.time(), "seconds": 0.0},
-    }
+) -> Record:
+    now = time.time()
+    return Record(
+        name=node.name,
+        key=k.key,
+        preimage=k.preimage,
+        inputs={s: node_ref(r) for s, r in upstream.items()},
+        alias_of=node_ref(target),
+        outputs=target.outputs,
+        output_digest=target.output_digest,
+        cutoff_key=ck,
+        metrics=target.metrics,
+        build=build_id,
+        timings={"started": now, "finished": now, "seconds": 0.0},
+    )
 
 
 class Scheduler:
@@ -92,7 +94,7 @@ class Scheduler:
         self._started = False
 
     def _finish(
-        self, name: str, state: State, detail: str = "", record: dict[str, Any] | None = None
+        self, name: str, state: State, detail: str = "", record: Record | None = None
     ) -> None:
         self.results[name] = NodeResult(name, self.keys[name].key, state, detail, record)
         self.reporter.node(name, state, detail)
@@ -102,39 +104,41 @@ class Scheduler:
         out = {}
         for n, r in self.results.items():
             if r.record is not None:
-                held = r.record.get("alias_of", {}).get("key", r.record["key"])
-                out[n] = (r.record["output_digest"], held)
+                out[n] = (r.record.output_digest, r.record.key)
         return out
 
     def _try_cached(self, node: Node) -> bool:
         k = self.keys[node.name]
-        rec = self.store.record(node.name, k.key)
-        if rec is not None:
-            problem = self.store.verify(rec)
-            if problem is None:
-                self._finish(node.name, "cached", "", self.store.resolve(rec))
-                return True
-            moved = self.store.quarantine(rec)
-            self.reporter.node(node.name, "corrupt", f"{problem}; moved to {moved}, rebuilding")
+        found = self.store.lookup(k.key)
+        if found.cached and found.target is not None:
+            self._finish(node.name, "cached", renamed(node.name, found, self.store), found.target)
+            return True
+        if found.state == "corrupt":
+            moved = self.store.quarantine(k.key)
+            self.reporter.node(
+                node.name, "corrupt", f"{found.problem}; moved to {moved}, rebuilding"
+            )
         ck = cutoff_key(self.graph, node, self.keys, self._artifacts())
         target = self.store.cutoff_target(ck) if ck else None
         if target is not None and self.store.verify(target) is None:
             upstream = {s: self.results[u].record for s, u in node.inputs.items()}
-            alias = self.store.alias(_alias_record(node, k, target, ck, upstream, self.build_id))
+            self.store.alias(_alias_record(node, k, target, ck, upstream, self.build_id))
             self._finish(
                 node.name,
                 "reused",
-                f"outputs of {target['name']} {target['key'][:12]} (inputs' outputs unchanged)",
-                alias,
+                f"outputs of {target.name} {target.short} (inputs' outputs unchanged)",
+                target,
             )
             return True
         return False
 
     def _start(self, node: Node) -> None:
         k = self.keys[node.name]
+        if any(self.keys[n].key == k.key for n in self.running):
+            return  # another node of this build has the same content: it builds for both
         lease = self.store.lease(k.key, owner_info(self.build_id))
         if lease is None:
-            holder = self.store.running_elsewhere(node.name, k.key) or "lease held"
+            holder = self.store.running_elsewhere(k.key) or "lease held"
             if self.waiting.get(node.name) != holder:
                 self.reporter.node(node.name, "waiting", holder)
             self.waiting[node.name] = holder
@@ -161,7 +165,7 @@ class Scheduler:
             cutoff_key=ck,
             spec_dir=str(self.spec_dir) if self.spec_dir else None,
         )
-        resume = self.store.resumable(node.name, k.key)
+        resume = self.store.resumable(k.key)
         self.reporter.node(node.name, "running", resume or "")
         self.running[node.name] = (self.executor.submit(task), lease)
 

@@ -5,20 +5,30 @@ otherwise, here, in one place:
 
 - ``execution``: how a node runs, never what it builds (parallel layout, intervals).
 - ``label``: a human name; nodes are identified by name but keyed by content.
-- ``reference``: names another node; it becomes an explicit input edge instead.
-- ``content``: a path to external files; their content digest enters the key instead.
+- ``reference``: names another node; it becomes an explicit input edge instead (``ref``).
+- ``content``: a path to external files; their content digest enters the key instead
+  (``content``).
 - ``mixture``: a source's blend weight; it counts in the keys of the training stages
   that blend the source, not in the source's own.
+- ``added``: a field added after keys were first pinned; it counts only when it differs
+  from its default, so adding it changed no existing key (``added``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-KeyRole = Literal["execution", "label", "reference", "content", "mixture"]
+KeyRole = Literal["execution", "label", "reference", "content", "mixture", "added"]
 KEY_ROLE = "x-key-role"
+REFERENCES = "x-references"
+
+RefTarget = Literal["stage", "text", "tokens"]
+"""What a reference names: a `[[stage]]` (its trained artifact), a data source's cleaned
+text (``source:<name>``) or its tokenized datasets (``tokenize:<name>``)."""
+SourceRole = Literal["pretrain", "chat", "preferences", "prompts"]
 
 
 class SpecModel(BaseModel):
@@ -34,17 +44,86 @@ class SpecModel(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class KeyMark:
+    """How a marked field enters node keys; written into the field's JSON Schema."""
+
+    role: KeyRole
+    target: RefTarget | None = None
+    """References: what the field names."""
+    slot: str | None = None
+    """References and content: the input slot of the node that reads it. A list's items
+    are told apart by ``{name}`` (the item) or ``{index}`` (the enclosing table's index)."""
+    each: bool = False
+    """References: the table makes one node per name listed (an eval per stage)."""
+    source_role: SourceRole | None = None
+    """References to sources: the role the source must play."""
+    omitted: SourceRole | None = None
+    """References to sources: omitted, the field names every source of this role."""
+    stage_kinds: tuple[str, ...] = ()
+    """References to stages: the kinds the stage must be of (any when empty)."""
+
+    def __call__(self, schema: dict[str, Any]) -> None:
+        schema[KEY_ROLE] = self.role
+        if self.target is not None:
+            schema[REFERENCES] = self.target
+
+
+def table_dump(model: BaseModel) -> dict[str, Any]:
+    """A table as JSON, leaving out ``added`` fields at their default (so what was written
+    before such a field existed is written the same)."""
+    out = model.model_dump(mode="json", by_alias=True)
+    for name, f in type(model).model_fields.items():
+        if key_role(type(model), name) == "added" and getattr(model, name) == f.default:
+            out.pop(f.alias or name, None)
+    return out
+
+
 def marked(role: KeyRole, default: Any = ..., **kwargs: Any) -> Any:
-    """A pydantic Field carrying its key role in the JSON Schema."""
-    return Field(default, json_schema_extra={KEY_ROLE: role}, **kwargs)
+    """A pydantic Field carrying its key role (execution, label or mixture)."""
+    return Field(default, json_schema_extra=KeyMark(role), **kwargs)
+
+
+def added(default: Any = None, **kwargs: Any) -> Any:
+    """A field that counts in keys only when set to something other than ``default``: a
+    new field (a new architecture option, say) keeps every key built before it."""
+    return Field(default, json_schema_extra=KeyMark("added"), **kwargs)
+
+
+def ref(
+    target: RefTarget,
+    default: Any = ...,
+    *,
+    slot: str | None = None,
+    each: bool = False,
+    source_role: SourceRole | None = None,
+    omitted: SourceRole | None = None,
+    stage_kinds: tuple[str, ...] = (),
+    **kwargs: Any,
+) -> Any:
+    """A field naming other nodes. The planner makes every name an input edge of the node
+    that reads the field (so the named node's key enters this node's key), checks that it
+    exists and fits, and finds cycles through it: a name can never be a silent string."""
+    mark = KeyMark("reference", target, slot, each, source_role, omitted, stage_kinds)
+    return Field(default, json_schema_extra=mark, **kwargs)
+
+
+def content(default: Any = ..., *, slot: str | None = None, **kwargs: Any) -> Any:
+    """A field holding paths to external files, relative to the spec file that writes it;
+    their content digest enters the key of the node that reads them, never the path."""
+    return Field(default, json_schema_extra=KeyMark("content", slot=slot), **kwargs)
+
+
+def key_mark(model: type[BaseModel], field: str) -> KeyMark | None:
+    """The mark of ``model.field``, or None when the field counts in full."""
+    extra = model.model_fields[field].json_schema_extra
+    return extra if isinstance(extra, KeyMark) else None
 
 
 def key_role(model: type[BaseModel], field: str) -> KeyRole | None:
     """The key role of ``model.field``, or None when the field counts in full."""
-    extra = model.model_fields[field].json_schema_extra
-    if isinstance(extra, dict):
-        return extra.get(KEY_ROLE)  # type: ignore[return-value]
-    return None
+    mark = key_mark(model, field)
+    return mark.role if mark is not None else None
 
 
 def _as_tuple(value: Any) -> Any:

@@ -1,16 +1,25 @@
-"""Cross-field checks: the rules that span tables (shapes, layouts, references, cycles).
+"""Cross-field checks: the rules that span tables (shapes, layouts, names, references,
+cycles), then each kind's own checks.
 
-They read the raw composed data through typed getters, so a mistake in one field neither
-hides a cross-field problem elsewhere nor invents one: a value of the wrong type is
-simply not checked here (field validation reports it).
+Shapes and references are checked on the raw composed data through typed getters, so a
+mistake in one field neither hides a cross-field problem elsewhere nor invents one: a
+value of the wrong type is simply not checked here (field validation reports it). Every
+reference of every kind is checked by the same walk that turns it into an edge.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from llmbuild.errors import Path, Problem, did_you_mean
-from llmbuild.spec.stages import STAGE_DATA_ROLE
+from llmbuild.kinds import SpecView
+from llmbuild.spec.data import Source
+from llmbuild.spec.model import Parallelism, Tokenizer
+from llmbuild.spec.references import Reference, walk
+from llmbuild.spec.tables import TABLES, TAG, node_name
+from llmbuild.spec.validate import Validated
 
 
 def _table(d: Any, key: str) -> dict[str, Any]:
@@ -33,16 +42,6 @@ def _str(d: dict[str, Any], key: str, default: str | None = None) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def _strs(d: dict[str, Any], key: str) -> list[tuple[Path, str]]:
-    """The strings of a string-or-array field, each with its sub-path."""
-    v = d.get(key)
-    if isinstance(v, str):
-        return [((key,), v)]
-    if isinstance(v, list):
-        return [((key, i), s) for i, s in enumerate(v) if isinstance(s, str)]
-    return []
-
-
 def _index(
     items: list[dict[str, Any]], section: Path, what: str
 ) -> tuple[dict[str, int], list[Problem]]:
@@ -63,12 +62,6 @@ def _index(
         else:
             index[name] = i
     return index, problems
-
-
-def _ref(name: str, known: dict[str, int], what: str, path: Path) -> list[Problem]:
-    if name in known:
-        return []
-    return [Problem(f"no {what} named {name!r}{did_you_mean(name, known)}", path)]
 
 
 def check_layout(raw: dict[str, Any]) -> list[Problem]:
@@ -135,157 +128,92 @@ def check_layout(raw: dict[str, Any]) -> list[Problem]:
     return out
 
 
-def _cycles(stages: list[dict[str, Any]]) -> list[Problem]:
-    parents = {
-        _str(s, "name"): (_str(s, "from"), i)
-        for i, s in enumerate(stages)
-        if _str(s, "name") and _str(s, "from")
-    }
-    out, reported = [], set()
-    for start in parents:
-        seen, node = [], start
-        while node in parents and node not in seen:
-            seen.append(node)
-            node = parents[node][0]
-        if node in seen and node not in reported:
-            loop = seen[seen.index(node) :]
-            reported.update(loop)
-            out.append(
-                Problem(
-                    f"stages form a cycle: {' -> '.join([*loop, node])}",
-                    ("stage", parents[node][1], "from"),
-                )
-            )
+def item_references(raw: dict[str, Any], registry: Any) -> list[tuple[Path, Reference]]:
+    """Every reference written in the spec, with the path of the item that writes it."""
+    out: list[tuple[Path, Reference]] = [
+        (("tokenizer",), r) for r in walk(Tokenizer, _table(raw, "tokenizer"))[0]
+    ]
+    for table in TABLES:
+        for i, item in enumerate(_array(raw, table)):
+            kind = registry.kind_of(table, item)  # an unknown kind is a field error
+            if kind is not None:
+                out += [((table, i), r) for r in walk(kind.model, item)[0]]
     return out
 
 
-def check_stages(raw: dict[str, Any]) -> list[Problem]:
-    """Stage references exist, data roles fit the stage kind, batches divide, no cycles."""
+def _stage_cycles(refs: list[tuple[Path, Reference]], raw: dict[str, Any]) -> list[Problem]:
+    """A cycle through any stage reference (``from``, ``reference``, a reward model...)."""
+    stages = _array(raw, "stage")
+    edges: dict[str, list[tuple[str, Path]]] = {}
+    for where, r in refs:
+        if where[0] == "stage" and r.mark.target == "stage":
+            name = _str(stages[where[1]], "name")
+            if name is not None:
+                edges.setdefault(name, []).append((r.name, where + r.path))
+    out: list[Problem] = []
+    done: set[str] = set()
+    reported: set[frozenset[str]] = set()
+
+    def visit(node: str, trail: list[str], paths: list[Path]) -> None:
+        if node in trail:
+            loop = trail[trail.index(node) :]
+            if frozenset(loop) not in reported:
+                reported.add(frozenset(loop))
+                out.append(Problem(f"stages form a cycle: {' -> '.join([*loop, node])}", paths[-1]))
+            return
+        if node in done:
+            return
+        for target, path in edges.get(node, ()):
+            visit(target, [*trail, node], [*paths, path])
+        done.add(node)
+
+    for start in sorted(edges):
+        visit(start, [], [])
+    return out
+
+
+def check_references(raw: dict[str, Any], registry: Any) -> list[Problem]:
+    """Every reference names an existing stage or source that fits it; no stage cycle;
+    names are unique; export nodes are distinct."""
     stages, sources = _array(raw, "stage"), _array(_table(raw, "data"), "sources")
     stage_idx, out = _index(stages, ("stage",), "stage")
     source_idx, dup = _index(sources, ("data", "sources"), "data source")
-    out += dup + _cycles(stages)
-    valid_roles = set(STAGE_DATA_ROLE.values())
-    roles = {
-        n: r
-        for n, i in source_idx.items()
-        if (r := _str(sources[i], "role", "pretrain")) in valid_roles
-    }
-    par = _table(raw, "parallelism")
-    micro, dp = _int(par, "micro_batch", 1), _int(par, "data", 1)
-    for i, stage in enumerate(stages):
-        here: Path = ("stage", i)
-        kind = _str(stage, "kind")
-        for key in ("from", "reference"):
-            if (name := _str(stage, key)) is not None:
-                out += _ref(name, stage_idx, "stage", here + (key,))
-        need = STAGE_DATA_ROLE.get(kind or "")
-        for sub, name in _strs(stage, "data"):
-            found = _ref(name, source_idx, "data source", here + sub)
-            if not found and need and roles.get(name, need) != need:
-                found = [
-                    Problem(
-                        f"a {kind} stage needs a {need}-role source, but {name!r} "
-                        f"has role {roles[name]!r}",
-                        here + sub,
-                    )
-                ]
-            out += found
-        if (
-            kind == "pretrain"
-            and "data" not in stage
-            and len(roles) == len(source_idx) > 0
-            and "pretrain" not in roles.values()
-        ):
-            out.append(Problem("no pretrain-role data source to train on", here))
-        for j, reward in enumerate(_array(stage, "rewards")):
-            if _str(reward, "kind") == "model" and (name := _str(reward, "stage")):
-                path = here + ("rewards", j, "stage")
-                found = _ref(name, stage_idx, "stage", path)
-                if not found and _str(stages[stage_idx[name]], "kind") != "reward":
-                    found = [Problem(f"stage {name!r} is not of kind 'reward'", path)]
-                out += found
-        parent = _str(stage, "from")
-        if adapter_only(stage) and parent in stage_idx and adapter_only(stages[stage_idx[parent]]):
+    out += dup + _index(_array(raw, "eval"), ("eval",), "eval suite")[1]
+    refs = item_references(raw, registry)
+    for where, r in refs:
+        path = where + r.path
+        if r.mark.target == "stage":
+            if r.name not in stage_idx:
+                out.append(
+                    Problem(f"no stage named {r.name!r}{did_you_mean(r.name, stage_idx)}", path)
+                )
+                continue
+            kind = _str(stages[stage_idx[r.name]], "kind")
+            if r.mark.stage_kinds and kind not in r.mark.stage_kinds:
+                want = " or ".join(repr(k) for k in r.mark.stage_kinds)
+                out.append(Problem(f"stage {r.name!r} is not of kind {want}", path))
+            continue
+        if r.name not in source_idx:
+            hint = did_you_mean(r.name, source_idx)
+            out.append(Problem(f"no data source named {r.name!r}{hint}", path))
+            continue
+        role = sources[source_idx[r.name]].get("role", "pretrain")
+        if r.mark.source_role and isinstance(role, str) and role != r.mark.source_role:
+            item = _array(raw, where[0])[where[1]] if len(where) > 1 else {}
+            kind = _str(item, "kind") or where[0]
             out.append(
                 Problem(
-                    f"LoRA adapters need a base with full weights, but stage {parent!r} holds "
-                    f"only adapters; set merge = true on {parent!r}",
-                    here + ("from",),
+                    f"a {kind} {where[0]} needs a {r.mark.source_role}-role source, but "
+                    f"{r.name!r} has role {role!r}",
+                    path,
                 )
             )
-        batch = _int(stage, "global_batch")
-        replicas = dp
-        if kind in NO_PIPELINE and dp:  # pipeline ranks serve as data-parallel ranks
-            replicas = dp * (_int(par, "pipeline", 1) or 1)
-        if batch and micro and replicas and batch % (micro * replicas):
-            data = "parallelism.data" if replicas == dp else "parallelism.data x pipeline"
-            out.append(
-                Problem(
-                    f"global_batch ({batch}) must be a multiple of parallelism."
-                    f"micro_batch x {data} ({micro} x {replicas})",
-                    here + ("global_batch",),
-                )
-            )
-    return out
-
-
-# Stage kinds that run without pipeline parallelism: their pipeline ranks become
-# data-parallel ranks (two models and sampling per step do not fit the 1F1B schedule).
-NO_PIPELINE = ("dpo", "reward", "grpo")
-
-
-# Stage kinds that use sequence parallelism when it is on (with tensor > 1). The others
-# read hidden states mid-model (LoRA adapters, value heads) or run the model on sequences
-# of every length while sampling (GRPO), which sequence-split activations do not allow.
-SEQUENCE_PARALLEL = ("pretrain", "sft", "dpo")
-
-
-def sequence_parallel_applies(stage: Any) -> bool:
-    """Whether a stage (a mapping or a stage model) trains with sequence parallelism."""
-    get = stage.get if isinstance(stage, dict) else lambda k: getattr(stage, k, None)
-    return get("kind") in SEQUENCE_PARALLEL and not get("adapter")
-
-
-def adapter_only(stage: dict[str, Any]) -> bool:
-    """Whether a stage's artifact holds only LoRA adapters (no merged weights)."""
-    kind = stage.get("kind")
-    if kind == "lora":
-        return not stage.get("merge", False)
-    return kind == "dpo" and isinstance(stage.get("adapter"), dict)
-
-
-def check_outputs(raw: dict[str, Any]) -> list[Problem]:
-    """Evals and exports name existing stages and sources; export node names are unique."""
-    stages, sources = _array(raw, "stage"), _array(_table(raw, "data"), "sources")
-    stage_idx = {_str(s, "name"): i for i, s in enumerate(stages) if _str(s, "name")}
-    source_idx = {_str(s, "name"): i for i, s in enumerate(sources) if _str(s, "name")}
-    suites = _array(raw, "eval")
-    _, out = _index(suites, ("eval",), "eval suite")
-    for i, suite in enumerate(suites):
-        for sub, name in _strs(suite, "stages"):
-            out += _ref(name, stage_idx, "stage", ("eval", i) + sub)
-        for sub, name in _strs(suite, "sources"):
-            out += _ref(name, source_idx, "data source", ("eval", i) + sub)
+    out += _stage_cycles(refs, raw)
     seen: dict[str, int] = {}
     for i, export in enumerate(_array(raw, "export")):
-        name = _str(export, "stage")
-        if name is None:
+        node = node_name("export", export)
+        if node is None:
             continue
-        found = _ref(name, stage_idx, "stage", ("export", i, "stage"))
-        base = stages[stage_idx[name]] if not found else {}
-        has_adapter = base.get("kind") == "lora" or (
-            base.get("kind") == "dpo" and base.get("adapter")
-        )
-        if not found and export.get("format") == "peft" and not has_adapter:
-            found = [
-                Problem(
-                    f"a peft export needs a stage with LoRA adapters; {name!r} has none",
-                    ("export", i, "stage"),
-                )
-            ]
-        out += found
-        node = export_node_name(_str(export, "format"), name, _str(export, "name"))
         if node in seen:
             out.append(
                 Problem(
@@ -295,15 +223,41 @@ def check_outputs(raw: dict[str, Any]) -> list[Problem]:
                 )
             )
         seen.setdefault(node, i)
-    for sub, name in _strs(_table(raw, "tokenizer"), "sources"):
-        out += _ref(name, source_idx, "data source", ("tokenizer",) + sub)
     return out
 
 
-def export_node_name(fmt: str | None, stage: str, name: str | None) -> str:
-    """The graph node of an export: ``export:<format>@<stage>`` unless it has a name."""
-    return f"export:{name}" if name else f"export:{fmt}@{stage}"
+def _view(raw: dict[str, Any], validated: Validated) -> SpecView:
+    sources: dict[str, Source] = {}
+    for item in _array(_table(raw, "data"), "sources"):
+        try:
+            source = Source.model_validate(item)
+        except ValidationError:
+            continue
+        sources.setdefault(source.name, source)
+    stages: dict[str, Any] = {}
+    for item in validated.items.get("stage", {}).values():
+        stages.setdefault(item.name, item)
+    return SpecView(
+        raw,
+        stages,
+        sources,
+        validated.tables.get("architecture"),
+        validated.tables.get("parallelism", None if "parallelism" in raw else Parallelism()),
+    )
 
 
-def cross_check(raw: dict[str, Any]) -> list[Problem]:
-    return check_layout(raw) + check_stages(raw) + check_outputs(raw)
+def check_kinds(raw: dict[str, Any], validated: Validated, registry: Any) -> list[Problem]:
+    """Each validated item's own kind checks."""
+    view = _view(raw, validated)
+    out: list[Problem] = []
+    for table in TABLES:
+        for i, item in sorted(validated.items.get(table, {}).items()):
+            kind = registry.kind(table, getattr(item, TAG[table]))
+            out += kind.check(item, (table, i), view)
+    return out
+
+
+def cross_check(raw: dict[str, Any], validated: Validated, registry: Any) -> list[Problem]:
+    return (
+        check_layout(raw) + check_references(raw, registry) + check_kinds(raw, validated, registry)
+    )

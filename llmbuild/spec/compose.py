@@ -19,17 +19,19 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from llmbuild.errors import Path, Problem, SpecError, did_you_mean, format_path
+from llmbuild.spec.base import key_role
 from llmbuild.spec.positions import key_lines, line_of
+from llmbuild.spec.tables import TABLES
 
-PRESET_DIR = FsPath(__file__).resolve().parents[2] / "specs"
+PRESET_DIR = FsPath(__file__).resolve().parents[1] / "presets"
 
-# Fields holding paths to external files; a relative path is relative to the file that
-# wrote it. A test checks this list against the schema's `content` fields.
+# Fields of the fixed tables holding paths to external files; a relative path is
+# relative to the file that wrote it. The content fields of `[[stage]]`, `[[eval]]` and
+# `[[export]]` items are found from their kind's model. A test checks this list against
+# the schema's `content` fields.
 CONTENT_PATHS: tuple[Path, ...] = (
     ("data", "sources", "*", "path"),
     ("tokenizer", "path"),
-    ("eval", "*", "files"),
-    ("eval", "*", "include_path"),
 )
 # Arrays of tables whose items `--set` may address by their `name`.
 NAMED_ARRAYS = {("stage",), ("eval",), ("export",), ("data", "sources")}
@@ -76,7 +78,19 @@ def _walk(value: Any, prefix: Path = ()):
             yield from _walk(v, prefix + (i,))
 
 
-def _rebase_paths(data: dict[str, Any], base: FsPath) -> None:
+def kind_content_fields(registry: Any, table: str, item: Any) -> list[str]:
+    """The content fields (aliases) of a table item, by the model its tag registers."""
+    kind = registry.kind_of(table, item)
+    if kind is None:
+        return []
+    return [
+        f.alias or name
+        for name, f in kind.model.model_fields.items()
+        if key_role(kind.model, name) == "content"
+    ]
+
+
+def _rebase_paths(data: dict[str, Any], base: FsPath, registry: Any) -> None:
     """Make relative content paths absolute against ``base`` (the writing file's folder)."""
 
     def fix(p: Any) -> Any:
@@ -100,9 +114,14 @@ def _rebase_paths(data: dict[str, Any], base: FsPath) -> None:
 
     for pattern in CONTENT_PATHS:
         visit(data, pattern)
+    for table in TABLES:
+        items = data.get(table)
+        for item in items if isinstance(items, list) else []:
+            for alias in kind_content_fields(registry, table, item):
+                visit(item, (alias,))
 
 
-def read_layer(path: FsPath, display: str) -> Layer:
+def read_layer(path: FsPath, display: str, registry: Any) -> Layer:
     """Parse one TOML file into a layer; a syntax error becomes a located Problem."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -133,7 +152,7 @@ def read_layer(path: FsPath, display: str) -> Layer:
             ]
         ) from None
     lines = key_lines(text)
-    _rebase_paths(data, path.resolve().parent)
+    _rebase_paths(data, path.resolve().parent, registry)
     origins = {p: Origin(display, line_of(lines, p)) for p in _walk(data)}
     return Layer(data, origins, [str(path)])
 
@@ -176,13 +195,13 @@ def _resolve_extend(ref: Any, from_file: FsPath, display: str, key: Path) -> FsP
     return target
 
 
-def load_layers(path: FsPath, display: str, chain: tuple[FsPath, ...] = ()) -> Layer:
+def load_layers(path: FsPath, display: str, registry: Any, chain: tuple[FsPath, ...] = ()) -> Layer:
     """A file merged over everything it extends, recursively (cycles are an error)."""
     real = path.resolve()
     if real in chain:
         cycle = " -> ".join(str(p) for p in (*chain, real))
         raise SpecError([Problem(f"extends cycle: {cycle}", ("extends",), display)])
-    layer = read_layer(path, display)
+    layer = read_layer(path, display, registry)
     extends = layer.data.get("extends", [])
     refs = extends if isinstance(extends, list) else [extends]
     merged: Layer | None = None
@@ -190,7 +209,7 @@ def load_layers(path: FsPath, display: str, chain: tuple[FsPath, ...] = ()) -> L
         key: Path = ("extends", i) if isinstance(extends, list) else ("extends",)
         target = _resolve_extend(ref, path, display, key)
         shown = _display_path(target)
-        parent = load_layers(target, shown, (*chain, real))
+        parent = load_layers(target, shown, registry, (*chain, real))
         merged = parent if merged is None else merge(merged, parent)
     return layer if merged is None else merge(merged, layer)
 
@@ -240,7 +259,7 @@ def _override_path(data: dict[str, Any], dotted: str, flag: str) -> Path:
     return tuple(out)
 
 
-def apply_override(layer: Layer, assignment: str) -> Layer:
+def apply_override(layer: Layer, assignment: str, registry: Any) -> Layer:
     """Apply one ``--set dotted.key=value`` on top of a layer."""
     flag = f"--set {assignment}"
     key, sep, text = assignment.partition("=")
@@ -249,7 +268,7 @@ def apply_override(layer: Layer, assignment: str) -> Layer:
     path = _override_path(layer.data, key.strip(), flag)
     value = _parse_value(text.strip())
     data = _set_in(layer.data, path, value)
-    _rebase_paths(data, FsPath.cwd())
+    _rebase_paths(data, FsPath.cwd(), registry)
     origin = Origin(flag)
     origins = {p: o for p, o in layer.origins.items() if p[: len(path)] != path}
     origins[path] = origin

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmbuild.spec.base import Name, SpecModel, StrList, marked
+from llmbuild.spec.base import Name, SourceRole, SpecModel, StrList, content, marked
 
 SourceFormat = Literal["auto", "text", "jsonl", "parquet", "webdataset"]
-SourceRole = Literal["pretrain", "chat", "preferences", "prompts"]
+__all__ = ["Clean", "Data", "Source", "SourceFormat", "SourceRole", "Split"]
 
 
 class Source(SpecModel):
@@ -17,7 +17,7 @@ class Source(SpecModel):
 
     name: Name = marked("label")
     """Name of the source, used by stages and evals to refer to it."""
-    path: StrList = marked("content", min_length=1)
+    path: StrList = content(slot="files", min_length=1)
     """File, directory, glob or fsspec URL (or a list of them), relative to the spec file.
     Only the content of the matched files counts, never the path text."""
     format: SourceFormat = "auto"

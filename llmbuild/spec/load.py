@@ -11,9 +11,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from llmbuild.errors import Path, Problem, SpecError
+from llmbuild.registry import default_registry
 from llmbuild.spec.checks import cross_check
 from llmbuild.spec.compose import Layer, Origin, apply_override, load_layers
-from llmbuild.spec.root import Spec
+from llmbuild.spec.root import Spec, spec_model
 from llmbuild.spec.validate import problems_of
 
 DEFAULT = Origin("default")
@@ -59,28 +60,36 @@ def _display(path: FsPath) -> str:
     return rel if not rel.startswith("..") else str(path)
 
 
-def compose(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Layer:
+def compose(
+    path: str | os.PathLike[str], overrides: Sequence[str] = (), registry: Any = None
+) -> Layer:
     """The raw spec data with ``extends`` merged in and ``--set`` overrides applied."""
+    registry = registry or default_registry()
     fs_path = FsPath(path)
-    layer = load_layers(fs_path, _display(fs_path))
+    layer = load_layers(fs_path, _display(fs_path), registry)
     for assignment in overrides:
-        layer = apply_override(layer, assignment)
+        layer = apply_override(layer, assignment, registry)
     return layer
 
 
-def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ResolvedSpec:
+def load_spec(
+    path: str | os.PathLike[str], overrides: Sequence[str] = (), registry: Any = None
+) -> ResolvedSpec:
     """Load, compose, validate and cross-check a spec; raise SpecError with every problem."""
     from llmbuild.spec.validate import validate_sections
 
+    registry = registry or default_registry()
     fs_path = FsPath(path)
     display = _display(fs_path)
-    layer = compose(fs_path, overrides)
-    problems = validate_sections(layer.data) + cross_check(layer.data)
+    layer = compose(fs_path, overrides, registry)
+    problems, validated = validate_sections(layer.data, registry)
+    problems += cross_check(layer.data, validated, registry)
     if not problems:
+        model = spec_model(registry)
         try:
-            spec = Spec.model_validate(layer.data)
+            spec = model.model_validate(layer.data)
         except ValidationError as exc:
-            problems = problems_of(exc, Spec, ())
+            problems = problems_of(exc, model, ())
     if problems:
         located = [_locate(p, layer.origins, display) for p in problems]
         located.sort(key=lambda p: (p.file or "", p.line or 0, p.key))

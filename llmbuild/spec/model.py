@@ -6,7 +6,16 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, marked
+from llmbuild.spec.base import (
+    Name,
+    PositiveInt,
+    SpecModel,
+    StrList,
+    added,
+    content,
+    marked,
+    ref,
+)
 
 
 class ModelInfo(SpecModel):
@@ -29,9 +38,9 @@ class Tokenizer(SpecModel):
     """Target vocabulary size of a trained `bpe` or `unigram` tokenizer (required for them)."""
     min_frequency: int = Field(2, ge=1)
     """Minimum pair frequency for a BPE merge."""
-    path: str | None = marked("content", None)
+    path: str | None = content(None, slot="files")
     """For `pretrained`: a directory with tokenizer.json or a sentencepiece .model."""
-    sources: StrList | None = marked("reference", None)
+    sources: StrList | None = ref("text", None, slot="text:{name}", omitted="pretrain")
     """Sources whose training split trains the tokenizer; all pretrain-role sources when
     omitted."""
     bos_token: str = "<|bos|>"
@@ -44,6 +53,11 @@ class Tokenizer(SpecModel):
     """Chat template: `chatml` (with <|im_start|>/<|im_end|> special tokens) or a Jinja
     template string."""
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether the tokenizer is made from the training text (its `sources`)."""
+        return self.kind in ("char", "bpe", "unigram")
+
     @model_validator(mode="after")
     def _kind_fields(self) -> Tokenizer:
         trained = self.kind in ("bpe", "unigram")
@@ -53,6 +67,8 @@ class Tokenizer(SpecModel):
             raise ValueError(f"vocab_size does not apply to kind = {self.kind!r}")
         if (self.kind == "pretrained") != (self.path is not None):
             raise ValueError("path is required for kind = 'pretrained' and only for it")
+        if self.sources is not None and not self.reads_text:
+            raise ValueError(f"sources does not apply to kind = {self.kind!r}: it reads no text")
         return self
 
 
@@ -72,6 +88,26 @@ _STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
         "tie_embeddings": False,
     },
 }
+
+
+class RopeScaling(SpecModel):
+    """How rotary positions are stretched beyond the context the model was trained on."""
+
+    kind: Literal["linear", "llama3"]
+    """`linear` (positions divided by `factor`) or `llama3` (Llama 3.1's frequency-dependent
+    scaling)."""
+    factor: float = Field(gt=0)
+    """Scaling factor."""
+    low_freq_factor: float = Field(1.0, gt=0)
+    """`llama3`: wavelengths above original_max_positions / low_freq_factor are divided by
+    `factor`."""
+    high_freq_factor: float = Field(4.0, gt=0)
+    """`llama3`: wavelengths below original_max_positions / high_freq_factor are kept."""
+    original_max_positions: PositiveInt = 8192
+    """`llama3`: the context length the model was first trained with."""
+
+
+Family = Literal["gpt2", "llama", "mistral", "qwen2", "qwen3"]
 
 
 class Architecture(SpecModel):
@@ -97,8 +133,8 @@ class Architecture(SpecModel):
     """Normalisation layer."""
     norm_eps: float = Field(1e-5, gt=0)
     """Epsilon of the normalisation layers."""
-    activation: Literal["gelu", "swiglu", "relu", "squared_relu"] = "gelu"
-    """MLP activation."""
+    activation: Literal["gelu", "gelu_tanh", "swiglu", "relu", "squared_relu"] = "gelu"
+    """MLP activation (`gelu_tanh`: GELU's tanh approximation, GPT-2's `gelu_new`)."""
     position: Literal["learned", "rope"] = "learned"
     """Position embedding: learned absolute positions or rotary (RoPE)."""
     rope_base: float = Field(10000.0, gt=0)
@@ -113,6 +149,25 @@ class Architecture(SpecModel):
     """Standard deviation of the weight initialisation."""
     vocab_multiple: PositiveInt = 128
     """The embedding table is padded to a multiple of this many rows."""
+    family: Family | None = added(None)
+    """The Hugging Face model family the weights map to: exports write it, imports of a
+    checkpoint set it. The style's own (`gpt2` or `llama`) when unset."""
+    head_dim: PositiveInt | None = added(None)
+    """Size of each attention head; hidden / heads when unset."""
+    qkv_bias: bool | None = added(None)
+    """Biases on the query, key and value projections alone (Qwen2); as `bias` when unset."""
+    qk_norm: bool = added(False)
+    """RMS-normalise each head's queries and keys before the rotary embedding (Qwen3)."""
+    rope_scaling: RopeScaling | None = added(None)
+    """Rotary position scaling (Llama 3.1's `llama3`, or `linear`); none when unset."""
+    vocab_size: PositiveInt | None = added(None)
+    """Rows of the embedding table before padding (a checkpoint's); the tokenizer's
+    vocabulary when unset. A tokenizer with more tokens than this is an error."""
+    max_positions: PositiveInt | None = added(None)
+    """Positions the model supports (the size of a learned position table; exported as
+    `max_position_embeddings`); seq_len when unset. Training may use a shorter seq_len."""
+    sliding_window: PositiveInt | None = added(None)
+    """Attention window of a Mistral-style model; seq_len may not exceed it."""
 
     @model_validator(mode="before")
     @classmethod
@@ -133,8 +188,36 @@ class Architecture(SpecModel):
         return filled
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def head_size(self) -> int:
+        """The size of each attention head."""
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def positions(self) -> int:
+        """Rows of the position table (learned) or the supported context (rotary)."""
+        return self.max_positions or self.seq_len
+
+    @property
+    def model_family(self) -> str:
+        return self.family or self.style
+
+    @property
+    def qkv_biased(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @model_validator(mode="after")
+    def _positions(self) -> Architecture:
+        if self.max_positions is not None and self.seq_len > self.max_positions:
+            raise ValueError(
+                f"seq_len ({self.seq_len}) exceeds max_positions ({self.max_positions}), the "
+                "context the model supports"
+            )
+        if self.sliding_window is not None and self.seq_len > self.sliding_window:
+            raise ValueError(
+                f"seq_len ({self.seq_len}) exceeds sliding_window ({self.sliding_window}): "
+                "windowed attention is not supported, train at seq_len <= sliding_window"
+            )
+        return self
 
 
 class Parallelism(SpecModel):

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 
-from llmbuild.spec.base import KEY_ROLE, Name, _as_tuple
-from llmbuild.spec.root import Spec
+from llmbuild.spec.base import KEY_ROLE, REFERENCES, Name, _as_tuple
+from llmbuild.spec.root import spec_model
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 DOCS_COMMAND = "llmbuild docs -o docs/spec.md"
@@ -21,14 +21,17 @@ DOCS_COMMAND = "llmbuild docs -o docs/spec.md"
 _NAME_RULE = TypeAdapter(Name).json_schema()
 
 
-def spec_schema() -> dict[str, Any]:
-    schema = Spec.model_json_schema(by_alias=True, mode="validation", schema_generator=_SpecSchema)
+def spec_schema(registry: Any = None) -> dict[str, Any]:
+    """The JSON Schema of specs with the registry's kinds (the default registry's)."""
+    schema = spec_model(registry).model_json_schema(
+        by_alias=True, mode="validation", schema_generator=_SpecSchema
+    )
     schema["$schema"] = SCHEMA_URI
     schema["title"] = "llmbuild model spec"
     return schema
 
 
-def editor_schema() -> dict[str, Any]:
+def editor_schema(registry: Any = None) -> dict[str, Any]:
     """The schema editors check a spec file against. A file is a fragment until its
     ``extends`` are merged (a spec that extends a preset need not repeat ``[model]``),
     so nothing is required but the ``kind`` that picks a table's variant; ``validate``
@@ -49,21 +52,27 @@ def editor_schema() -> dict[str, Any]:
             return [relax(v) for v in node]
         return node
 
-    return relax(spec_schema())
+    return relax(spec_schema(registry))
 
 
-def spec_schema_text() -> str:
-    return json.dumps(editor_schema(), indent=2, sort_keys=False) + "\n"
+def spec_schema_text(registry: Any = None) -> str:
+    return json.dumps(editor_schema(registry), indent=2, sort_keys=False) + "\n"
 
 
 # --- the markdown reference -------------------------------------------------------------
 
+REFERENCE_NOTES = {
+    "stage": "stages",
+    "text": "data sources (their cleaned text)",
+    "tokens": "data sources (their tokenized datasets)",
+}
 ROLE_NOTES = {
     "execution": "Execution only: never part of a node key.",
     "label": "A label: not part of node keys.",
     "reference": "Names other nodes: an input edge, not a key field.",
     "content": "Files: their content digest enters the key, never the path text.",
     "mixture": "Counts in the keys of the stages that blend the source, not the source's.",
+    "added": "Counts in node keys only when set (a field added after keys were pinned).",
 }
 
 
@@ -311,7 +320,10 @@ class _Reference:
                 desc = self.defs[_ref_name(prop["$ref"])].get("description", "")
             desc = " ".join(desc.split())
             role = prop.get(KEY_ROLE)
-            if role:
+            if role == "reference":
+                what = REFERENCE_NOTES[prop.get(REFERENCES, "stage")]
+                desc = f"{desc} *Names {what}: an input edge, whose key enters this node's.*"
+            elif role:
                 desc = f"{desc} *{ROLE_NOTES[role]}*"
             cells = [
                 f"`{name}`",
@@ -372,6 +384,6 @@ def _cell(text: str) -> str:
     return re.sub(r"(?<!\\)\|", r"\\|", text)
 
 
-def spec_reference() -> str:
+def spec_reference(registry: Any = None) -> str:
     """The markdown reference of every spec table and field, in schema order."""
-    return _Reference(spec_schema()).render()
+    return _Reference(spec_schema(registry)).render()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 import types
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 from llmbuild.errors import Path, Problem, did_you_mean
-from llmbuild.spec.root import REQUIRED_SECTIONS, SECTIONS, section_adapter
+from llmbuild.spec.root import REQUIRED_SECTIONS, section_adapter, sections
 
 _TOML_TYPES = {
     bool: "boolean",
@@ -174,31 +175,46 @@ def problems_of(exc: ValidationError, tp: Any, prefix: Path) -> list[Problem]:
     return out
 
 
-def _validate(section: str, value: Any, prefix: Path) -> list[Problem]:
+@dataclass
+class Validated:
+    """What validated on its own: each top-level table, and each item of an array of
+    tables (by index), for the cross-field checks to look at."""
+
+    tables: dict[str, Any] = field(default_factory=dict)
+    items: dict[str, dict[int, Any]] = field(default_factory=dict)
+
+
+def _validate(section: str, value: Any, prefix: Path, registry: Any) -> tuple[Any, list[Problem]]:
     try:
-        section_adapter(section).validate_python(value)
+        return section_adapter(section, registry).validate_python(value), []
     except ValidationError as exc:
-        return problems_of(exc, SECTIONS[section][0], prefix)
-    return []
+        return None, problems_of(exc, sections(registry)[section][0], prefix)
 
 
-def validate_sections(data: dict[str, Any]) -> list[Problem]:
+def validate_sections(
+    data: dict[str, Any], registry: Any = None
+) -> tuple[list[Problem], Validated]:
     """Validate each top-level table, and each item of an array of tables, on its own;
-    return every problem found."""
+    return every problem found, and what validated."""
     problems: list[Problem] = []
+    known = sections(registry)
+    done = Validated()
     for key in data:
-        if key not in SECTIONS:
-            problems.append(Problem(f"unknown table{did_you_mean(key, SECTIONS)}", (key,)))
+        if key not in known:
+            problems.append(Problem(f"unknown table{did_you_mean(key, known)}", (key,)))
     for section in REQUIRED_SECTIONS:
         if section not in data:
             kind = "[[stage]] tables" if section == "stage" else f"[{section}] table"
             problems.append(Problem(f"required: the spec has no {kind}", (section,)))
-    for section, (_, is_array) in SECTIONS.items():
+    for section, (_, is_array) in known.items():
         if section not in data:
             continue
         value = data[section]
         if not is_array:
-            problems += _validate(section, value, (section,))
+            valid, found = _validate(section, value, (section,), registry)
+            problems += found
+            if not found:
+                done.tables[section] = valid
         elif not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             problems.append(
                 Problem(
@@ -207,6 +223,10 @@ def validate_sections(data: dict[str, Any]) -> list[Problem]:
                 )
             )
         else:
+            items = done.items.setdefault(section, {})
             for i, item in enumerate(value):
-                problems += _validate(section, item, (section, i))
-    return problems
+                valid, found = _validate(section, item, (section, i), registry)
+                problems += found
+                if not found:
+                    items[i] = valid
+    return problems, done

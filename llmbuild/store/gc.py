@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from llmbuild.store.lease import live_holder
-from llmbuild.store.store import Store, artifact_dirname
+from llmbuild.store.store import Store
 
 
 @dataclass
@@ -21,23 +21,22 @@ def collect(
 ) -> GcReport:
     """Remove artifacts no kept build references (and abandoned temp dirs)."""
     builds = store.builds()[-keep_builds:] if keep_builds > 0 else []
-    wanted = {(name, node["key"]) for b in builds for name, node in b.get("nodes", {}).items()}
+    wanted = {node["key"] for b in builds for node in b.get("nodes", {}).values()}
     records = store.artifacts()
-    by_id = {(r["name"], r["key"]): r for r in records}
-    for name, key in list(wanted):  # an alias keeps the artifact it reuses
-        rec = by_id.get((name, key))
-        if rec and rec.get("alias_of"):
-            wanted.add((rec["alias_of"]["name"], rec["alias_of"]["key"]))
+    by_key = {r.key: r for r in records}
+    for key in list(wanted):  # an alias keeps the artifact it reuses
+        rec = by_key.get(key)
+        if rec is not None and rec.alias_of is not None:
+            wanted.add(rec.alias_of.key)
     report = GcReport()
     for rec in records:
-        ident = (rec["name"], rec["key"])
-        label = artifact_dirname(*ident)
-        if ident in wanted or live_holder(store.fs, f"leases/{rec['key']}"):
+        label = f"{rec.name} {rec.short}"
+        if rec.key in wanted or live_holder(store.fs, f"leases/{rec.key}"):
             report.kept.append(label)
             continue
         report.removed.append(label)
         if not dry_run:
-            store.remove_artifact(rec)
+            store.remove_artifact(rec.key)
     now = time.time()
     for name in store.fs.listdir("tmp"):
         try:

@@ -1,7 +1,10 @@
-"""Artifact records: the output manifest, its verification, and the environment of a build."""
+"""Artifact records: the one typed record of a committed node (written by the node runner
+and the early cut-off, read by the store), its output manifest and their verification,
+and the environment of a build."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -11,14 +14,99 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from llmbuild.plan.canonical import canonical_hash
-from llmbuild.plan.digest import StatCache
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-SCHEMA_VERSION = 1
+from llmbuild.plan.canonical import canonical_hash
+from llmbuild.plan.digest import StatCache, blake3_bytes
+
+SCHEMA_VERSION = 2
 RECORD = "record.json"
 
 
-def manifest(out_dir: Path, cache: StatCache | None = None) -> list[dict[str, Any]]:
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ManifestEntry(_Frozen):
+    """One output file."""
+
+    path: str
+    size: int
+    blake3: str
+
+
+class NodeRef(_Frozen):
+    """A committed node: the name it was built as and its key."""
+
+    node: str
+    key: str
+
+
+class CorruptRecord(Exception):
+    """A record that cannot be read, does not validate, or does not match its digest."""
+
+
+class Record(_Frozen):
+    """What a committed node is: its key and preimage, the artifacts it read, its outputs
+    (a manifest), metrics, timings and environment. ``digest`` seals the rest: a record
+    edited or cut short by anyone but its writer no longer verifies."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    """The node name it was built as (a renamed node finds it by key all the same)."""
+    key: str
+    preimage: dict[str, Any]
+    inputs: dict[str, NodeRef] = {}
+    """Slot -> the upstream artifact it read."""
+    outputs: list[ManifestEntry] = []
+    output_digest: str
+    cutoff_key: str | None = None
+    alias_of: NodeRef | None = None
+    """Early cut-off: the artifact whose outputs this node reuses (no files of its own)."""
+    metrics: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    environment: dict[str, Any] = {}
+    build: str = ""
+    digest: str = ""
+
+    def sealed(self) -> Record:
+        return self.model_copy(update={"digest": self._content_digest()})
+
+    def _content_digest(self) -> str:
+        body = self.model_dump(mode="json", exclude={"digest"})
+        return blake3_bytes(json.dumps(body, sort_keys=True).encode())
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.sealed().model_dump(mode="json"), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Record:
+        """Parse and verify a record; ``CorruptRecord`` says what is wrong."""
+        try:
+            raw = json.loads(data)
+        except ValueError as e:
+            raise CorruptRecord(f"record.json is not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise CorruptRecord("record.json is not a JSON object")
+        if raw.get("schema_version") != SCHEMA_VERSION:
+            raise CorruptRecord(
+                f"record.json has schema version {raw.get('schema_version')!r}, "
+                f"this llmbuild reads {SCHEMA_VERSION}"
+            )
+        try:
+            rec = cls.model_validate(raw)
+        except ValidationError as e:
+            raise CorruptRecord(f"record.json does not validate: {e.errors()[0]['msg']}") from None
+        if rec.digest != rec._content_digest():
+            raise CorruptRecord("record.json does not match its digest (it was edited)")
+        return rec
+
+    @property
+    def short(self) -> str:
+        return self.key[:12]
+
+
+def manifest(out_dir: Path, cache: StatCache | None = None) -> list[ManifestEntry]:
     """Path, size and blake3 of every file under ``out_dir`` (the record excluded)."""
     cache = cache or StatCache()
     entries = []
@@ -30,29 +118,30 @@ def manifest(out_dir: Path, cache: StatCache | None = None) -> list[dict[str, An
             if rel == RECORD:
                 continue
             entries.append(
-                {"path": rel, "size": path.stat().st_size, "blake3": cache.digest(str(path))}
+                ManifestEntry(path=rel, size=path.stat().st_size, blake3=cache.digest(str(path)))
             )
     return entries
 
 
-def output_digest(entries: list[dict[str, Any]]) -> str:
+def output_digest(entries: list[ManifestEntry]) -> str:
     """One digest of all outputs: equal digests mean byte-identical outputs."""
-    return canonical_hash([[e["path"], e["blake3"]] for e in entries])
+    return canonical_hash([[e.path, e.blake3] for e in entries])
 
 
-def verify_manifest(out_dir: Path, entries: list[dict[str, Any]], cache: StatCache) -> str | None:
+def verify_manifest(out_dir: Path, entries: list[ManifestEntry], cache: StatCache) -> str | None:
     """None if every file matches its manifest entry, else what is wrong with the first
-    file that does not. Unchanged files are checked by stat identity, not re-read."""
+    file that does not. Files unchanged since they were last hashed are vouched for by
+    their stat identity (which any write changes), others are read again."""
     for e in entries:
-        path = out_dir / e["path"]
+        path = out_dir / e.path
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            return f"{e['path']} is missing"
-        if size != e["size"]:
-            return f"{e['path']} has {size} bytes, the record says {e['size']}"
-        if cache.digest(str(path)) != e["blake3"]:
-            return f"{e['path']} does not match its recorded blake3 digest"
+            return f"{e.path} is missing"
+        if size != e.size:
+            return f"{e.path} has {size} bytes, the record says {e.size}"
+        if cache.digest(str(path)) != e.blake3:
+            return f"{e.path} does not match its recorded blake3 digest"
     return None
 
 

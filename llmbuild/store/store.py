@@ -1,12 +1,18 @@
-"""The content-addressed artifact store.
+"""The content-addressed artifact store: artifacts are found by key, never by name.
 
-artifacts/<name>-<key12>/   outputs + record.json (present = committed)
+artifacts/<key>/            outputs + record.json (present = committed)
 leases/<key>                who is building a key right now
-work/<name>-<key12>/        resumable work (checkpoints) until the node commits
+work/<key>/                 resumable work (checkpoints) until the node commits
 nodes/<name>.json           the last committed key and preimage of each node name
 cutoff/<cutoff key>         early cut-off: which artifact an output-identical build made
 builds/<spec hash>.json     build records: resolved spec, node keys, environment
-corrupt/                    artifacts whose files no longer match their manifest
+logs/<key>.log              the build log of each committed node
+corrupt/<key>-<time>/       artifacts whose record or files no longer verify
+
+A node renamed in the spec keeps its key, so it finds its artifact and rebuilds nothing.
+``lookup`` is the one notion of "cached", used by ``plan``, ``build`` and every command
+that reads an artifact: the record must parse and match its digest, and (local stores)
+every output file must match the manifest.
 """
 
 from __future__ import annotations
@@ -21,19 +27,15 @@ from typing import Any
 
 from llmbuild.locations import cache_dir
 from llmbuild.plan.digest import StatCache
+from llmbuild.plan.status import MISSING, Lookup
 from llmbuild.store.fs import FsspecFS, LocalFS, open_fs
 from llmbuild.store.lease import Lease, describe, live_holder, try_acquire
-from llmbuild.store.records import RECORD, verify_manifest
+from llmbuild.store.records import RECORD, CorruptRecord, NodeRef, Record, verify_manifest
 
 
 def safe_name(name: str) -> str:
     """A node name as a file name: ``eval:ppl@pretrain`` -> ``eval_ppl_pretrain``."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def artifact_dirname(name: str, key: str) -> str:
-    """``stage:pretrain`` + key -> ``stage_pretrain-3f2a9c1e4b7d``."""
-    return f"{safe_name(name)}-{key[:12]}"
 
 
 class Store:
@@ -56,142 +58,180 @@ class Store:
     def _read_json(self, rel: str) -> dict[str, Any] | None:
         try:
             data = json.loads(self.fs.read_bytes(rel))
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
         return data if isinstance(data, dict) else None
 
-    def record(self, name: str, key: str) -> dict[str, Any] | None:
-        """The committed record of a node key, following early cut-off aliases."""
-        rec = self._read_json(f"artifacts/{artifact_dirname(name, key)}/{RECORD}")
-        if rec is not None and rec.get("key") != key:
-            return None  # a 12-character prefix collision: not ours
+    def _record(self, key: str) -> Record | None:
+        """The record committed under ``key``; None if there is none. Raises
+        ``CorruptRecord`` for one that does not verify."""
+        try:
+            data = self.fs.read_bytes(f"artifacts/{key}/{RECORD}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        rec = Record.from_json(data)
+        if rec.key != key:
+            raise CorruptRecord(f"record.json holds key {rec.key[:12]}, not {key[:12]}")
         return rec
 
-    def resolve(self, rec: dict[str, Any]) -> dict[str, Any]:
+    def lookup(self, key: str, verify: bool = True) -> Lookup:
+        """Whether ``key`` is cached: its record verifies, an alias's target exists, and
+        (``verify``, on local stores) every output file matches the manifest."""
+        try:
+            rec = self._record(key)
+            if rec is None:
+                return MISSING
+            target = rec
+            if rec.alias_of is not None:
+                target = self._record(rec.alias_of.key)
+                if target is None:
+                    return Lookup("corrupt", rec, None, f"it reuses {rec.alias_of.node}, gone")
+        except CorruptRecord as e:
+            return Lookup("corrupt", problem=str(e))
+        except OSError as e:
+            return Lookup("corrupt", problem=f"cannot be read: {e}")
+        if verify and isinstance(self.fs, LocalFS):
+            problem = self.verify(target)
+            if problem is not None:
+                return Lookup("corrupt", rec, target, problem)
+        return Lookup("cached", rec, target)
+
+    def record(self, key: str) -> Record | None:
+        """The verified record of a committed key (an alias's own record), or None."""
+        found = self.lookup(key, verify=False)
+        return found.record if found.cached else None
+
+    def resolve(self, rec: Record) -> Record:
         """The record holding the outputs (an alias points at the artifact it reuses)."""
-        if rec.get("alias_of"):
-            target = self.record(rec["alias_of"]["name"], rec["alias_of"]["key"])
+        if rec.alias_of is not None:
+            target = self.record(rec.alias_of.key)
             if target is not None:
                 return target
         return rec
-
-    def has(self, name: str, key: str) -> bool:
-        rec = self.record(name, key)
-        return rec is not None and (not rec.get("alias_of") or self.resolve(rec) is not rec)
 
     def last_preimage(self, name: str) -> dict[str, Any] | None:
         ref = self._read_json(f"nodes/{safe_name(name)}.json")
         return ref.get("preimage") if ref else None
 
-    def running_elsewhere(self, name: str, key: str) -> str | None:
+    def running_elsewhere(self, key: str) -> str | None:
         holder = live_holder(self.fs, f"leases/{key}")
         return f"running elsewhere: {describe(holder)}" if holder else None
 
-    def resumable(self, name: str, key: str) -> str | None:
-        step = checkpoint_step(self.work_dir(name, key, create=False))
+    def resumable(self, key: str) -> str | None:
+        step = checkpoint_step(self.work_dir(key, create=False))
         return None if step is None else f"resume from step {step}"
 
     # -- building --------------------------------------------------------------------
-    def work_dir(self, name: str, key: str, create: bool = True) -> Path:
-        path = self.work_root / "work" / artifact_dirname(name, key)
+    def work_dir(self, key: str, create: bool = True) -> Path:
+        path = self.work_root / "work" / key
         if create:
             path.mkdir(parents=True, exist_ok=True)
         return path
 
     def scratch(self, name: str, key: str) -> Path:
         """A temp dir to build a node into; committing it is one rename (local stores)."""
-        return self.fs.scratch_dir(f"{artifact_dirname(name, key)}-")
+        return self.fs.scratch_dir(f"{safe_name(name)}-{key[:12]}-")
 
     def lease(self, key: str, owner: dict[str, Any]) -> Lease | None:
         return try_acquire(self.fs, f"leases/{key}", owner)
 
-    def commit(self, out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    def commit(self, out_dir: Path, record: Record) -> Record:
         """Commit a built node: its record is written into ``out_dir`` last, then the dir
-        becomes ``artifacts/<name>-<key12>``. The first committed result for a key is
-        canonical: if one exists already, it is kept and returned."""
-        name, key = record["name"], record["key"]
-        existing = self.record(name, key)
-        if existing is not None:
+        becomes ``artifacts/<key>``. The first committed result for a key is canonical:
+        if one exists already, it is kept and returned."""
+        existing = self.lookup(record.key, verify=False)
+        if existing.cached and existing.record is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
-            return existing
-        (out_dir / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
-        target = f"artifacts/{artifact_dirname(name, key)}"
+            return existing.record
+        if existing.state == "corrupt":
+            self.quarantine(record.key)
+        record = record.sealed()
+        (out_dir / RECORD).write_bytes(record.to_json())
+        target = f"artifacts/{record.key}"
         if self.fs.exists(target):  # a half-uploaded remote attempt without a record
             self.fs.remove(target)
         self.fs.put_dir(out_dir, target)
         self._after_commit(record)
         return record
 
-    def alias(self, record: dict[str, Any]) -> dict[str, Any]:
+    def alias(self, record: Record) -> Record:
         """Commit a node that reuses another artifact (early cut-off): a record only."""
-        tmp = self.scratch(record["name"], record["key"])
-        return self.commit(tmp, record)
+        return self.commit(self.scratch(record.name, record.key), record)
 
-    def _after_commit(self, record: dict[str, Any]) -> None:
-        ref = {"key": record["key"], "preimage": record["preimage"], "committed": time.time()}
-        self.fs.write_bytes(f"nodes/{safe_name(record['name'])}.json", json.dumps(ref).encode())
-        if record.get("cutoff_key") and not record.get("alias_of"):
-            pointer = {"name": record["name"], "key": record["key"]}
-            self.fs.write_bytes(f"cutoff/{record['cutoff_key']}", json.dumps(pointer).encode())
-        work = self.work_dir(record["name"], record["key"], create=False)
+    def _after_commit(self, record: Record) -> None:
+        ref = {"key": record.key, "preimage": record.preimage, "committed": time.time()}
+        self.fs.write_bytes(f"nodes/{safe_name(record.name)}.json", json.dumps(ref).encode())
+        if record.cutoff_key and record.alias_of is None:
+            pointer = {"name": record.name, "key": record.key}
+            self.fs.write_bytes(f"cutoff/{record.cutoff_key}", json.dumps(pointer).encode())
+        work = self.work_dir(record.key, create=False)
         log = work / "node.log"  # every attempt's log, kept beside the artifact
         if log.exists():
-            self.fs.write_bytes(self.log_path(record), log.read_bytes())
+            self.fs.write_bytes(self.log_path(record.key), log.read_bytes())
         shutil.rmtree(work, ignore_errors=True)
 
-    def cutoff_target(self, cutoff_key: str) -> dict[str, Any] | None:
+    def cutoff_target(self, cutoff_key: str) -> Record | None:
         """The committed record an earlier build made with this cut-off key."""
         ptr = self._read_json(f"cutoff/{cutoff_key}")
-        return self.record(ptr["name"], ptr["key"]) if ptr else None
+        return self.record(ptr["key"]) if ptr and isinstance(ptr.get("key"), str) else None
 
     # -- reading ---------------------------------------------------------------------
-    def local_dir(self, rec: dict[str, Any]) -> Path:
-        """A local directory holding the artifact's outputs (remote stores are fetched)."""
+    def artifact_path(self, key: str) -> str:
+        """Where a key's artifact lies, as a path or URL a user can open."""
+        return f"{self.url.rstrip('/')}/artifacts/{key}"
+
+    def local_dir(self, rec: Record) -> Path:
+        """A local directory holding the artifact's outputs (remote stores are fetched,
+        and what is fetched is verified)."""
         rec = self.resolve(rec)
-        rel = f"artifacts/{artifact_dirname(rec['name'], rec['key'])}"
+        rel = f"artifacts/{rec.key}"
         if isinstance(self.fs, LocalFS):
             return self.fs.path(rel)
-        local = cache_dir("artifacts") / artifact_dirname(rec["name"], rec["key"])
-        if verify_manifest(local, rec["outputs"], self.cache) is not None:
+        local = cache_dir("artifacts") / rec.key
+        if verify_manifest(local, rec.outputs, self.cache) is not None:
             shutil.rmtree(local, ignore_errors=True)
             staging = local.with_name(f".{local.name}.{uuid.uuid4().hex}")
             self.fs.get_dir(rel, staging)
+            problem = verify_manifest(staging, rec.outputs, self.cache)
+            if problem is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise OSError(f"{rec.name} {rec.short} in {self.url} is corrupt: {problem}")
             staging.rename(local)
         return local
 
-    def verify(self, rec: dict[str, Any]) -> str | None:
+    def verify(self, rec: Record) -> str | None:
         """None if the artifact's files match its manifest, else the problem."""
-        target = self.resolve(rec)
-        if target.get("alias_of"):
-            return f"it reuses {target['alias_of']['name']}, which is gone"
         try:
-            return verify_manifest(self.local_dir(target), target["outputs"], self.cache)
-        except (OSError, KeyError) as e:
+            return verify_manifest(self.local_dir(rec), rec.outputs, self.cache)
+        except OSError as e:
             return f"cannot be read: {e}"
 
-    def quarantine(self, rec: dict[str, Any]) -> str:
+    def quarantine(self, key: str) -> str:
         """Move a corrupt artifact aside (never deleted silently, never used again)."""
-        rel = f"artifacts/{artifact_dirname(rec['name'], rec['key'])}"
-        dest = f"corrupt/{artifact_dirname(rec['name'], rec['key'])}-{int(time.time())}"
-        self.fs.rename(rel, dest)
+        dest = f"corrupt/{key}-{int(time.time())}"
+        self.fs.rename(f"artifacts/{key}", dest)
         return dest
 
-    def artifacts(self) -> list[dict[str, Any]]:
+    def artifacts(self) -> list[Record]:
+        """Every committed record that verifies."""
         out = []
-        for d in self.fs.listdir("artifacts"):
-            rec = self._read_json(f"artifacts/{d}/{RECORD}")
+        for key in self.fs.listdir("artifacts"):
+            try:
+                rec = self._record(key)
+            except (CorruptRecord, OSError):
+                continue
             if rec is not None:
                 out.append(rec)
         return out
 
-    def remove_artifact(self, rec: dict[str, Any]) -> None:
-        self.fs.remove(f"artifacts/{artifact_dirname(rec['name'], rec['key'])}")
-        self.fs.remove(self.log_path(rec))
+    def remove_artifact(self, key: str) -> None:
+        self.fs.remove(f"artifacts/{key}")
+        self.fs.remove(self.log_path(key))
 
     @staticmethod
-    def log_path(rec: dict[str, Any]) -> str:
+    def log_path(key: str) -> str:
         """Where a committed node's build log is kept, relative to the store."""
-        return f"logs/{artifact_dirname(rec['name'], rec['key'])}.log"
+        return f"logs/{key}.log"
 
     # -- builds ----------------------------------------------------------------------
     def save_build(self, build: dict[str, Any]) -> None:
@@ -214,6 +254,10 @@ class Store:
         if len(matches) != 1:
             return None
         return self._read_json(f"builds/{matches[0]}")
+
+
+def node_ref(rec: Record) -> NodeRef:
+    return NodeRef(node=rec.name, key=rec.key)
 
 
 CHECKPOINT_MARKER = "checkpoint.json"

@@ -17,7 +17,7 @@ import pytest
 
 from llmbuild.run.build import BuildOptions, BuildOutcome, PlainReporter, build
 from llmbuild.spec.load import load_spec
-from llmbuild.store.store import CHECKPOINT_MARKER, Store, safe_name
+from llmbuild.store.store import CHECKPOINT_MARKER, Store
 from tests.conftest import REPO, suite_store
 
 
@@ -77,8 +77,16 @@ def kill_after_checkpoint(
 
 
 def checkpoint_marker(store: Path, node: str) -> Path | None:
-    """The marker of ``node``'s resumable checkpoint in ``store``, once there is one."""
-    return next(iter(store.glob(f"work/{safe_name(node)}-*/{CHECKPOINT_MARKER}")), None)
+    """The marker of ``node``'s resumable checkpoint in ``store``, once there is one (a
+    work dir is named by key; its log names the node it builds)."""
+    for marker in store.glob(f"work/*/{CHECKPOINT_MARKER}"):
+        try:
+            log = (marker.parent / "node.log").read_text()
+        except OSError:
+            continue
+        if f"building {node} (" in log:
+            return marker
+    return None
 
 
 def processes(part: str) -> Iterator[tuple[int, bytes]]:
@@ -115,7 +123,7 @@ class Built:
         return artifact(self.outcome, self.store, node)
 
     def metrics(self, node: str) -> dict:
-        return self.outcome.results[node].record["metrics"]
+        return self.outcome.results[node].record.metrics
 
 
 def builds_by_style(tmp_path_factory, write_spec) -> Callable[[str], Built]:

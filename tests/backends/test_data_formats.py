@@ -137,7 +137,7 @@ def test_bpe_round_trips_and_is_deterministic(tmp_path):
     b = run_nodes(spec, tmp_path / "b", ("tokenize:docs", "tokenize:plays"))
     assert a.ok and b.ok
     for name in ("source:plays", "source:docs", "tokenizer", "tokenize:docs", "tokenize:plays"):
-        assert a.results[name].record["output_digest"] == b.results[name].record["output_digest"]
+        assert a.results[name].record.output_digest == b.results[name].record.output_digest
     tok = _tokenizer(a, tmp_path / "a")
     assert 100 < len(tok) <= 300
     for t in TEXTS:
@@ -150,7 +150,7 @@ def test_two_builds_are_byte_identical(formats, tmp_path):
         spec, tmp_path / "other", tuple(n for n in outcome.results if n.startswith("tokenize:"))
     )
     for name, result in outcome.results.items():
-        assert again.results[name].record["output_digest"] == result.record["output_digest"], name
+        assert again.results[name].record.output_digest == result.record.output_digest, name
 
 
 def test_a_duplicate_added_rebuilds_nothing_after_the_source(tmp_path):

@@ -38,4 +38,4 @@ def test_ray_matches_inline(tmp_path):
             ray.shutdown()
     assert on_ray.ok
     for name, result in inline.results.items():
-        assert on_ray.results[name].record["output_digest"] == result.record["output_digest"]
+        assert on_ray.results[name].record.output_digest == result.record.output_digest

@@ -40,7 +40,7 @@ def test_evals_and_hf_export(tmp_path, style):
     ppl = json.loads((artifact(outcome, store, "eval:ppl@pretrain") / "results.json").read_text())
     text, data = ppl["results"]["text.txt"], ppl["results"]["text"]
     assert text["tokens"] == 2 * 4 * 32 and abs(text["perplexity"] - math.exp(text["loss"])) < 1e-6
-    val_loss = outcome.results["stage:pretrain"].record["metrics"]["val_loss"]
+    val_loss = outcome.results["stage:pretrain"].record.metrics["val_loss"]
     assert abs(data["loss"] - val_loss) < 0.5  # the same model on the same split
     md = (artifact(outcome, store, "eval:ppl@pretrain") / "results.md").read_text()
     assert md.startswith("| data | tokens | loss | perplexity |")
@@ -53,7 +53,7 @@ def test_evals_and_hf_export(tmp_path, style):
 
     hf_dir = artifact(outcome, store, "export:hf@pretrain")
     record = outcome.results["export:hf@pretrain"].record
-    assert record["metrics"]["max_logit_diff"] < 1e-4
+    assert record.metrics["max_logit_diff"] < 1e-4
     hf = AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
     assert type(hf).__name__ == ("GPT2LMHeadModel" if style == "gpt2" else "LlamaForCausalLM")
     tok = AutoTokenizer.from_pretrained(str(hf_dir))

@@ -58,7 +58,7 @@ def test_local_tasks_run_end_to_end_into_the_record(built, capsys):
     assert mc["samples"] == gen["samples"] == 20
     assert 0 <= mc["acc"] <= 1 and mc["acc_stderr"] > 0 and 0 <= gen["exact_match"] <= 1
     assert results["results"]["llmbuild_rolling"]["bits_per_byte"] > 0
-    metrics = outcome.results["eval:bench@pretrain"].record["metrics"]
+    metrics = outcome.results["eval:bench@pretrain"].record.metrics
     assert metrics["llmbuild_mc.acc"] == mc["acc"] and "llmbuild_gen.exact_match" in metrics
     md = (out / "results.md").read_text()
     assert md.startswith("| task | metric | value | stderr |") and "| llmbuild_mc | acc |" in md
@@ -130,8 +130,7 @@ def test_an_unknown_task_is_a_plain_error(built):
 
 def test_task_data_outside_include_path_is_refused(tmp_path):
     from llmbuild.backends.eval.lm_eval_suite import TaskError, task_manager, task_specs
-
-    from llmbuild.spec.outputs import LmEval
+    from llmbuild.backends.eval.spec import LmEval
 
     (tmp_path / "tasks").mkdir()
     (tmp_path / "outside.jsonl").write_text('{"text": "hi"}\n')

@@ -5,9 +5,9 @@ adapted model's logits."""
 from __future__ import annotations
 
 import pytest
+from llmbuild.backends.megatron.spec import LoraAdapter
 
 from llmbuild.spec.model import Architecture
-from llmbuild.spec.stages import LoraAdapter
 
 
 def _arch(style: str) -> Architecture:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
-from tests.conftest import REPO
+from tests.conftest import REPO, artifact_dirs
 
 SHAKESPEARE = REPO / "examples" / "shakespeare" / "data" / "tinyshakespeare.txt"
 
@@ -75,7 +75,7 @@ def test_pretraining_learns_and_commits_weights(tmp_path, style):
     assert config["padded_vocab_size"] % 128 == 0
     assert weights["embedding.word_embeddings.weight"].shape == (config["padded_vocab_size"], 64)
     record = outcome.results["stage:pretrain"].record
-    assert record["metrics"]["steps"] == 30 and record["metrics"]["val_loss"] > 0
+    assert record.metrics["steps"] == 30 and record.metrics["val_loss"] > 0
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -87,8 +87,8 @@ def test_two_builds_commit_identical_weights(tmp_path):
     b = run_nodes(spec, tmp_path / "b", ("stage:pretrain",))
     assert a.ok and b.ok
     assert (
-        a.results["stage:pretrain"].record["output_digest"]
-        == b.results["stage:pretrain"].record["output_digest"]
+        a.results["stage:pretrain"].record.output_digest
+        == b.results["stage:pretrain"].record.output_digest
     )
 
 
@@ -111,15 +111,15 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
     store = tmp_path / "killed"
     marker = kill_after_checkpoint(spec, store, "stage:pretrain")
     assert json.loads(marker.read_text())["step"] == 10
-    assert not list((store / "artifacts").glob("stage_pretrain-*"))
+    assert not artifact_dirs(store, "stage:pretrain")
     resumed = run_nodes(spec, store, ("stage:pretrain",))
     assert resumed.ok, resumed.log
     assert "resume from step 10" in resumed.log
     a, b = _metrics(whole, tmp_path / "whole"), _metrics(resumed, store)
     assert [r["loss"] for r in a[10:]] == [r["loss"] for r in b[10:]]
     assert (
-        whole.results["stage:pretrain"].record["output_digest"]
-        == resumed.results["stage:pretrain"].record["output_digest"]
+        whole.results["stage:pretrain"].record.output_digest
+        == resumed.results["stage:pretrain"].record.output_digest
     )
 
 
@@ -162,9 +162,8 @@ def test_recompute_gives_the_same_losses(tmp_path, recompute):
         spec, tmp_path / "b", ("stage:pretrain",), [f"parallelism.recompute='{recompute}'"]
     )
     assert plain.ok and recomputed.ok, recomputed.log
-    assert (
-        recomputed.results["stage:pretrain"].record["key"]
-        == (plain.results["stage:pretrain"].record["key"])
+    assert recomputed.results["stage:pretrain"].record.key == (
+        plain.results["stage:pretrain"].record.key
     )
     a, b = _metrics(plain, tmp_path / "a"), _metrics(recomputed, tmp_path / "b")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]

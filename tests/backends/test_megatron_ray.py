@@ -16,7 +16,7 @@ from llmbuild.spec.load import load_spec
 from llmbuild.store.store import Store
 from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
 from tests.backends.test_megatron import tiny_spec
-from tests.conftest import REPO
+from tests.conftest import REPO, artifact_dirs
 
 ray = pytest.importorskip("ray")
 
@@ -91,7 +91,7 @@ def assert_hf_export_of_the_parallel_run(tmp_path: Path, spec: Path) -> None:
     exported = run_nodes(spec, tmp_path / "two", ("export:hf@pretrain",))
     assert exported.ok, exported.log
     assert exported.results["stage:pretrain"].state == "cached"
-    assert exported.results["export:hf@pretrain"].record["metrics"]["max_logit_diff"] < 1e-4
+    assert exported.results["export:hf@pretrain"].record.metrics["max_logit_diff"] < 1e-4
 
 
 DATA = ["parallelism.data=2", "parallelism.micro_batch=2"]
@@ -133,13 +133,13 @@ def test_distributed_optimizer_resumes_exactly_after_a_real_kill(tmp_path):
         "checkpoint-tp0-pp0-dp0.pt",
         "checkpoint-tp0-pp0-dp1.pt",
     ]
-    assert not list((store / "artifacts").glob("stage_pretrain-*"))
+    assert not artifact_dirs(store, "stage:pretrain")
     resumed = on_ray(spec, store, SHARDED)
     record = resumed.results["stage:pretrain"].record
-    assert "resume from step 10" in (store / Store.log_path(record)).read_text()
+    assert "resume from step 10" in (store / Store.log_path(record.key)).read_text()
     a, b = metrics(whole, tmp_path / "whole"), metrics(resumed, store)
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
-    assert record["output_digest"] == whole.results["stage:pretrain"].record["output_digest"]
+    assert record.output_digest == whole.results["stage:pretrain"].record.output_digest
 
 
 def test_distributed_optimizer_change_keeps_the_trained_stage(tmp_path, capsys):
@@ -211,7 +211,7 @@ adapter = { rank = 4, targets = ["qkv", "proj", "fc1", "fc2"] }
     assert one.ok, one.log
     # The same store: only the lora stage runs again, at tensor = 2.
     shutil.copytree(tmp_path / "one", tmp_path / "two")
-    for d in (tmp_path / "two" / "artifacts").glob("stage_lora-*"):
+    for d in artifact_dirs(tmp_path / "two", "stage:lora"):
         shutil.rmtree(d)
     two = on_ray(spec, tmp_path / "two", ["parallelism.tensor=2"], until=("stage:lora",))
     a, b = (

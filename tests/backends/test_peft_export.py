@@ -66,7 +66,7 @@ def _arch(style: str):
 
 def _canonical(arch, vocab: int, gen) -> dict[str, torch.Tensor]:
     """Random megatron-canonical weights of ``arch``."""
-    h, d, f = arch.hidden, arch.head_dim, arch.ffn_hidden
+    h, d, f = arch.hidden, arch.head_size, arch.ffn_hidden
     gated = arch.activation == "swiglu"
     shapes = {
         "embedding.word_embeddings.weight": (vocab, h),
@@ -105,11 +105,12 @@ def _adapters(base, targets, rank: int, gen) -> dict[str, torch.Tensor]:
 
 
 def _hf(arch, state, vocab: int):
-    from llmbuild.backends.export.convert import hf_config, to_hf
+    from llmbuild.backends.families import family_of
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(hf_config(arch, vocab, SPECIAL))
-    model.load_state_dict(to_hf(state, arch, vocab), strict=False)
+    family = family_of(arch)
+    model = AutoModelForCausalLM.from_config(family.hf_config(arch, vocab, SPECIAL))
+    model.load_state_dict(family.to_hf(state, arch, vocab), strict=False)
     model.tie_weights()
     return model.eval()
 
@@ -130,7 +131,9 @@ def test_converted_adapters_act_like_the_merged_weights(tmp_path, style, targets
     base = _canonical(arch, vocab, gen)
     adapters = _adapters(base, targets, rank, gen)
     _hf(arch, base, vocab).save_pretrained(str(tmp_path / BASE_DIR))
-    state, modules = peft_adapters(adapters, arch)
+    from llmbuild.backends.families import family_of
+
+    state, modules = peft_adapters(adapters, arch, family_of(arch))
     save_file(state, str(tmp_path / "adapter_model.safetensors"))
     adapter = {"rank": rank, "alpha": alpha, "dropout": 0.0}
     lora_config(adapter, modules, style).save_pretrained(str(tmp_path))

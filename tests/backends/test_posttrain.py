@@ -15,7 +15,7 @@ from llmbuild.plan.digest import StatCache
 from llmbuild.spec.load import load_spec
 from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
 from tests.backends.posttrain_spec import posttrain_spec
-from tests.conftest import private_copy, suite_store
+from tests.conftest import artifact_dirs, private_copy, suite_store
 
 SFT = """
 [[stage]]
@@ -128,7 +128,7 @@ def test_sft_batches_learn_only_the_assistant_and_keep_documents_apart(chain):
 
 def test_sft_lowers_the_answer_loss(chain):
     _, _store, outcome = chain
-    metrics = outcome.results["stage:sft"].record["metrics"]
+    metrics = outcome.results["stage:sft"].record.metrics
     assert metrics["val_loss"] < metrics["initial_val_loss"] - 1.0
 
 
@@ -153,7 +153,7 @@ def test_lora_artifact_holds_only_small_adapters_over_its_base(chain):
 
 def test_dpo_raises_preference_accuracy_and_margin(chain):
     _, _store, outcome = chain
-    m = outcome.results["stage:dpo"].record["metrics"]
+    m = outcome.results["stage:dpo"].record.metrics
     assert m["initial_val_margin"] == pytest.approx(0.0, abs=1e-6)  # the policy is the reference
     assert m["val_margin"] > 0.05
     assert m["val_accuracy"] >= 0.6
@@ -162,7 +162,7 @@ def test_dpo_raises_preference_accuracy_and_margin(chain):
 
 def test_reward_model_learns_to_rank_the_chosen_answer(chain):
     _, store, outcome = chain
-    m = outcome.results["stage:rm"].record["metrics"]
+    m = outcome.results["stage:rm"].record.metrics
     assert m["val_loss"] < m["initial_val_loss"]
     assert m["val_margin"] > m["initial_val_margin"]
     assert m["val_accuracy"] >= 0.7
@@ -174,7 +174,7 @@ def test_grpo_raises_the_mean_reward(chain):
     rows = _metrics(store, outcome, "stage:grpo")
     first, last = rows[0]["reward"], sum(r["reward"] for r in rows[-2:]) / 2
     assert last > first, [r["reward"] for r in rows]
-    m = outcome.results["stage:grpo"].record["metrics"]
+    m = outcome.results["stage:grpo"].record.metrics
     assert m["val_reward"] > m["initial_val_reward"]
 
 
@@ -196,7 +196,7 @@ def test_every_kind_resumes_after_a_real_kill(chain, tmp_path, kind):
     spec, built, outcome = chain
     store = private_copy(built, tmp_path / "store")
     node = f"stage:{kind}"
-    for d in (store / "artifacts").glob(f"stage_{kind}-*"):
+    for d in artifact_dirs(store, node):
         shutil.rmtree(d)
     marker = kill_after_checkpoint(spec, store, node)
     assert json.loads(marker.read_text())["step"] == 3
@@ -205,7 +205,4 @@ def test_every_kind_resumes_after_a_real_kill(chain, tmp_path, kind):
     assert "resume from step 3" in resumed.log
     a, b = _metrics(built, outcome, node), _metrics(store, resumed, node)
     assert [r["loss"] for r in a[3:]] == [r["loss"] for r in b[3:]]
-    assert (
-        outcome.results[node].record["output_digest"]
-        == resumed.results[node].record["output_digest"]
-    )
+    assert outcome.results[node].record.output_digest == resumed.results[node].record.output_digest

@@ -87,13 +87,13 @@ def test_a_killed_node_worker_is_rerun_and_resumes(uninterrupted, tmp_path):
     outcome, killer = _build_killing(spec, store, "ray::llmbuild stage:pretrain")
     assert killer.step == 10
     record = outcome.results["stage:pretrain"].record
-    log = (store / Store.log_path(record)).read_text()
+    log = (store / Store.log_path(record.key)).read_text()
     assert log.count("building stage:pretrain") == 2  # the killed attempt, then the rerun
     assert "resume from step 10" in log
     assert [r["loss"] for r in metrics(outcome, store)] == [
         r["loss"] for r in metrics(whole, whole_store)
     ]
-    assert record["output_digest"] == whole.results["stage:pretrain"].record["output_digest"]
+    assert record.output_digest == whole.results["stage:pretrain"].record.output_digest
 
 
 def test_a_killed_rank_is_restarted_and_training_resumes(uninterrupted, tmp_path):
@@ -103,7 +103,7 @@ def test_a_killed_rank_is_restarted_and_training_resumes(uninterrupted, tmp_path
         spec, store, "ray::RayTrainWorker", overrides=["parallelism.data=2"]
     )
     assert killer.step == 10
-    log = (store / Store.log_path(outcome.results["stage:pretrain"].record)).read_text()
+    log = (store / Store.log_path(outcome.results["stage:pretrain"].record.key)).read_text()
     assert "2 ranks started\n" in log and "2 ranks started, resuming from step 10" in log
     a, b = (
         [r["loss"] for r in metrics(whole, whole_store)],

@@ -98,10 +98,8 @@ def test_cluster_sample_data_goes_through_the_data_nodes(tmp_path):
     outcome = run_nodes(SPEC, tmp_path / "store", until=data_nodes)
     assert outcome.ok, outcome.log
     documents = {
-        n: outcome.results[n].record["metrics"]["documents"]
-        for n in NODES
-        if n.startswith("source:")
+        n: outcome.results[n].record.metrics["documents"] for n in NODES if n.startswith("source:")
     }
     assert documents == {"source:web": 6, "source:code": 4, "source:chat": 4, "source:prefs": 4}
     for n in data_nodes:
-        assert outcome.results[n].record["metrics"]["train_tokens"] > 0, n
+        assert outcome.results[n].record.metrics["train_tokens"] > 0, n

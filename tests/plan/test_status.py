@@ -6,6 +6,7 @@ from typing import Any
 
 from llmbuild.cli.plan_cmd import plan_json, render_plan
 from llmbuild.plan import StatCache, plan_spec
+from llmbuild.plan.status import MISSING, Lookup
 from llmbuild.spec.load import load_spec
 
 
@@ -23,16 +24,16 @@ class MemoryStore:
             self.keys.add(k.key)
             self.last[name] = k.preimage
 
-    def has(self, name: str, key: str) -> bool:
-        return key in self.keys
+    def lookup(self, key: str, verify: bool = True) -> Lookup:
+        return Lookup("cached") if key in self.keys else MISSING
 
     def last_preimage(self, name: str):
         return self.last.get(name)
 
-    def running_elsewhere(self, name: str, key: str):
+    def running_elsewhere(self, key: str):
         return self.leases.get(key)
 
-    def resumable(self, name: str, key: str):
+    def resumable(self, key: str):
         return self.checkpoints.get(key)
 
 

@@ -7,13 +7,15 @@ import io
 from llmbuild.run.build import BuildOptions
 from llmbuild.run.progress import PlainReporter
 from llmbuild.run.reproduce import compare, reproduce
+from llmbuild.store.records import ManifestEntry, Record
 from llmbuild.store.store import Store
+from tests.conftest import artifact_dirs
 from tests.fixture_backend import fixture_registry, reset, set_control
 from tests.run.helpers import counts, fixture_build
 
 
 def _artifact(store, name):
-    (d,) = [p for p in (store / "artifacts").iterdir() if p.name.startswith(name)]
+    (d,) = artifact_dirs(store, name)
     return d
 
 
@@ -21,7 +23,7 @@ def test_flipped_byte_is_reported_and_rebuilt(project, fixture_env, tmp_path):
     store = tmp_path / "store"
     fixture_build(project, store)
     reset()
-    out = _artifact(store, "stage_sft-") / "out.txt"
+    out = _artifact(store, "stage:sft") / "out.txt"
     data = bytearray(out.read_bytes())
     data[3] ^= 0x01
     out.write_bytes(bytes(data))
@@ -39,15 +41,15 @@ def test_flipped_byte_is_reported_and_rebuilt(project, fixture_env, tmp_path):
     assert "corrupt  stage:sft  out.txt does not match its recorded blake3 digest" in log.getvalue()
     assert counts() == {"stage:sft": 1}  # rebuilt; the same bytes, so downstream is cached
     assert outcome.ok
-    assert any(p.name.startswith("stage_sft-") for p in (store / "corrupt").iterdir())
-    assert (_artifact(store, "stage_sft-") / "out.txt").read_bytes() != bytes(data)
+    assert artifact_dirs(store, "stage:sft", "corrupt")
+    assert (_artifact(store, "stage:sft") / "out.txt").read_bytes() != bytes(data)
 
 
 def test_missing_file_is_corruption_too(project, fixture_env, tmp_path):
     store = tmp_path / "store"
     fixture_build(project, store)
     reset()
-    (_artifact(store, "tokenizer-") / "out.txt").unlink()
+    (_artifact(store, "tokenizer") / "out.txt").unlink()
     assert fixture_build(project, store).ok
     assert counts() == {"tokenizer": 1}
 
@@ -83,20 +85,19 @@ def test_reproduce_reports_the_nondeterministic_node(project, fixture_env, tmp_p
     assert set(verdicts.values()) == {"identical"}
 
 
+def _rec(digest: str, blake3: str, loss: float) -> Record:
+    return Record(
+        name="stage:x",
+        key="k",
+        preimage={},
+        output_digest=digest,
+        metrics={"loss": loss, "n": 10},
+        outputs=[ManifestEntry(path="w", size=1, blake3=blake3)],
+    )
+
+
 def test_compare_within_tolerance():
-    old = {
-        "output_digest": "a",
-        "metrics": {"loss": 2.0, "n": 10},
-        "outputs": [{"path": "w", "blake3": "x"}],
-    }
-    new = {
-        "output_digest": "b",
-        "metrics": {"loss": 2.0000001, "n": 10},
-        "outputs": [{"path": "w", "blake3": "y"}],
-    }
+    old, new = _rec("a", "x", 2.0), _rec("b", "y", 2.0000001)
     c = compare("stage:x", old, new, rtol=1e-6)
     assert c.verdict == "within tolerance" and "loss" in c.detail
-    assert (
-        compare("stage:x", old, {**new, "metrics": {"loss": 2.1, "n": 10}}, 1e-6).verdict
-        == "diverged"
-    )
+    assert compare("stage:x", old, _rec("b", "y", 2.1), 1e-6).verdict == "diverged"

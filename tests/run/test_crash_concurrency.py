@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, artifact_dirs
 from tests.fixture_backend import invocations, reset, set_control
 from tests.run.helpers import counts, fixture_build
 
@@ -50,9 +50,8 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    artifacts = {p.name.split("-")[0] for p in (store / "artifacts").iterdir()}
-    assert "stage_pretrain" not in artifacts  # no partial artifact
-    assert "tokenizer" in artifacts  # what finished before the kill is kept
+    assert not artifact_dirs(store, "stage:pretrain")  # no partial artifact
+    assert artifact_dirs(store, "tokenizer")  # what finished before the kill is kept
     leases = list((store / "leases").iterdir())
     assert len(leases) == 1  # the dead build's lease, left behind
     monkeypatch.setenv("LLMBUILD_LEASE_TTL", "2")

@@ -108,3 +108,37 @@ def test_only_and_until_select_with_dependencies(project, fixture_env, tmp_path)
     reset()
     outcome = fixture_build(project, tmp_path / "store", until=("eval:ppl@pretrain",))
     assert set(counts()) == {"eval:ppl@pretrain"}
+
+
+def _renamed(spec: str) -> str:
+    """The fixture spec with a stage, an eval suite and an export renamed."""
+    return (
+        spec.replace('name = "sft"', 'name = "chat-tuned"')
+        .replace('from = "sft"', 'from = "chat-tuned"')
+        .replace('stages = ["pretrain", "sft"]', 'stages = ["pretrain", "chat-tuned"]')
+        .replace('stages = ["sft"]', 'stages = ["chat-tuned"]')
+        .replace('name = "ppl"', 'name = "perplexity"')
+        .replace('format = "hf"\nstage = "dpo"', 'format = "hf"\nstage = "dpo"\nname = "release"')
+    )
+
+
+def test_renaming_rebuilds_and_copies_nothing(built, tmp_path):
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+    from tests.conftest import FULL_SPEC, write_project
+
+    _, store = built
+    renamed = write_project(tmp_path / "renamed", _renamed(FULL_SPEC))
+    plan = plan_spec(load_spec(renamed), store=Store(str(store)), cache=StatCache()).plan
+    nodes = {n.name: n for n in plan.nodes}
+    assert "stage:chat-tuned" in nodes and "export:release" in nodes
+    assert {n.status for n in plan.nodes} == {"cached"}, plan.summary
+    assert nodes["stage:chat-tuned"].reason == "renamed from stage:sft"
+    assert nodes["eval:perplexity@chat-tuned"].reason == "renamed from eval:ppl@sft"
+    assert nodes["export:release"].reason == "renamed from export:hf@dpo"
+    artifacts = sorted((store / "artifacts").iterdir())
+    outcome = fixture_build(renamed, store)
+    assert outcome.summary == "14 nodes, 14 cached"
+    assert counts() == {}
+    assert sorted((store / "artifacts").iterdir()) == artifacts  # nothing copied

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, artifact_dirs
 from tests.fixture_backend import set_control, timings
 from tests.run.helpers import counts, fixture_build
 
@@ -54,9 +54,8 @@ def test_two_rank_torchtrainer_node_all_reduces(project, ray_env, tmp_path):
     )
     assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
     record = outcome.results["stage:pretrain"].record
-    assert record["metrics"]["allreduce_sum"] == 3.0  # ranks 0 and 1 contributed 1 + 2
-    out = tmp_path / "store" / "artifacts"
-    (art,) = [p for p in out.iterdir() if p.name.startswith("stage_pretrain-")]
+    assert record.metrics["allreduce_sum"] == 3.0  # ranks 0 and 1 contributed 1 + 2
+    (art,) = artifact_dirs(tmp_path / "store", "stage:pretrain")
     assert json.loads((art / "allreduce.json").read_text()) == {"sum": 3.0, "world_size": 2}
 
 

@@ -13,7 +13,7 @@ from tests.conftest import FULL_SPEC, write_project
 def test_preset_values_and_their_origins(project):
     r = load_spec(project)
     assert r.spec.architecture.layers == 4 and r.spec.architecture.hidden == 128
-    assert r.origin(("architecture", "layers")).source.endswith("specs/gpt2-tiny.toml")
+    assert r.origin(("architecture", "layers")).source.endswith("presets/gpt2-tiny.toml")
     assert r.origin(("architecture", "layers")).line == 4
     assert r.origin(("model", "seed")) == Origin(r.display, 5)
     assert r.origin(("stage", 0, "eps")) == Origin("default")

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from llmbuild.errors import UserError
 from llmbuild.plan import plan_spec
 from llmbuild.spec.load import load_spec
-from llmbuild.spec.root import SECTIONS
+from llmbuild.spec.root import sections
 from tests.conftest import FULL_SPEC, write_project
 
 KEYS = sorted(
     {
-        *SECTIONS,
+        *sections(),
         "name",
         "kind",
         "steps",

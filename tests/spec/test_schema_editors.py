@@ -11,7 +11,9 @@ from tests.conftest import REPO
 
 jsonschema = pytest.importorskip("jsonschema")
 
-SPECS = sorted((REPO / "examples").glob("*/spec.toml")) + sorted((REPO / "specs").glob("*.toml"))
+SPECS = sorted((REPO / "examples").glob("*/spec.toml")) + sorted(
+    (REPO / "llmbuild" / "presets").glob("*.toml")
+)
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: str(p.relative_to(REPO)))

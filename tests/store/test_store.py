@@ -11,23 +11,22 @@ import pytest
 from llmbuild.store.fs import FsspecFS, LocalFS, open_fs
 from llmbuild.store.gc import collect
 from llmbuild.store.lease import try_acquire
-from llmbuild.store.records import manifest, output_digest
+from llmbuild.store.records import Record, manifest, output_digest
 from llmbuild.store.store import Store
 from tests.fixture_backend import reset
 from tests.run.helpers import counts, fixture_build
 
 
-def _record(name: str, key: str, out) -> dict:
+def _record(name: str, key: str, out) -> Record:
     entries = manifest(out)
-    return {
-        "schema_version": 1,
-        "name": name,
-        "key": key,
-        "preimage": {"k": 1},
-        "outputs": entries,
-        "output_digest": output_digest(entries),
-        "timings": {"finished": time.time(), "seconds": 0},
-    }
+    return Record(
+        name=name,
+        key=key,
+        preimage={"k": 1},
+        outputs=entries,
+        output_digest=output_digest(entries),
+        timings={"finished": time.time(), "seconds": 0},
+    )
 
 
 @pytest.fixture(params=["path", "file-url", "fsspec-file", "memory"])
@@ -49,10 +48,10 @@ def test_commit_read_verify(store):
     (out / "sub").mkdir()
     (out / "sub" / "w.bin").write_bytes(b"weights")
     (out / "a.txt").write_text("hello")
-    assert not store.has("stage:x", key)
+    assert not store.lookup(key).cached
     rec = store.commit(out, _record("stage:x", key, out))
-    assert store.has("stage:x", key)
-    assert store.record("stage:x", key)["output_digest"] == rec["output_digest"]
+    assert store.lookup(key).cached
+    assert store.record(key).output_digest == rec.output_digest
     assert store.verify(rec) is None
     local = store.local_dir(rec)
     assert (local / "sub" / "w.bin").read_bytes() == b"weights"
@@ -60,16 +59,14 @@ def test_commit_read_verify(store):
     # The first committed result is canonical: a second commit keeps the first.
     again = store.scratch("stage:x", key)
     (again / "a.txt").write_text("different")
-    assert (
-        store.commit(again, _record("stage:x", key, again))["output_digest"] == rec["output_digest"]
-    )
+    assert store.commit(again, _record("stage:x", key, again)).output_digest == rec.output_digest
 
 
 def test_an_uncommitted_artifact_is_invisible(store):
     key = "cd" * 32
     out = store.scratch("stage:y", key)
     (out / "x").write_text("partial")
-    assert not store.has("stage:y", key)
+    assert not store.lookup(key).cached
     assert store.artifacts() == []
 
 
@@ -126,8 +123,8 @@ def test_gc_keeps_what_recent_builds_reference(project, fixture_env, tmp_path):
     before = len(s.artifacts())
     report = collect(s, keep_builds=1, dry_run=True)
     assert len(s.artifacts()) == before
-    assert sorted(r.split("-")[0] for r in report.removed) == sorted(
-        ["stage_sft", "stage_dpo", "eval_ppl_sft", "eval_gen_sft", "export_hf_dpo"]
+    assert sorted(r.split()[0] for r in report.removed) == sorted(
+        ["stage:sft", "stage:dpo", "eval:ppl@sft", "eval:gen@sft", "export:hf@dpo"]
     )
     collect(s, keep_builds=1)
     assert len(s.artifacts()) == before - 5

@@ -1,4 +1,5 @@
-"""The ``[[stage]]`` tables: a discriminated union on ``kind``, one model per kind."""
+"""The spec models of the stage kinds trained on megatron-core: pretrain, sft, lora, dpo,
+grpo and reward (registered in ``kinds.py``). Torch-free: the planner imports them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, marked
+from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, marked, ref
+from llmbuild.spec.tables import StageTable
 
 LoraTarget = Literal["qkv", "proj", "fc1", "fc2"]
 
@@ -37,11 +39,9 @@ class LoraAdapter(SpecModel):
     """Layers that get adapters: qkv, proj (attention output), fc1, fc2."""
 
 
-class StageBase(SpecModel):
+class StageBase(StageTable):
     """Fields every training stage has."""
 
-    name: Name = marked("label")
-    """Name of the stage, used by `from`, evals and exports."""
     steps: PositiveInt
     """Number of optimizer steps."""
     global_batch: PositiveInt
@@ -86,9 +86,11 @@ class Pretrain(StageBase):
 
     kind: Literal["pretrain"]
     """Stage kind."""
-    from_: Name | None = marked("reference", None, alias="from")
+    from_: Name | None = ref("stage", None, alias="from")
     """Stage whose weights to continue from; from scratch when omitted."""
-    data: StrList | None = marked("reference", None)
+    data: StrList | None = ref(
+        "tokens", None, slot="data:{name}", source_role="pretrain", omitted="pretrain"
+    )
     """Pretrain-role sources blended by their weights; all of them when omitted."""
 
 
@@ -97,9 +99,9 @@ class Sft(StageBase):
 
     kind: Literal["sft"]
     """Stage kind."""
-    from_: Name = marked("reference", alias="from")
+    from_: Name = ref("stage", alias="from")
     """Stage whose weights to fine-tune."""
-    data: Name = marked("reference")
+    data: Name = ref("tokens", slot="data:{name}", source_role="chat")
     """A chat-role source."""
     lr: float = Field(2e-5, gt=0)
     """Peak learning rate."""
@@ -119,17 +121,25 @@ class Lora(Sft):
     merge: bool = False
     """Also produce weights with the adapters merged into the base."""
 
+    @property
+    def adapters_only(self) -> bool:
+        return not self.merge
+
+    @property
+    def has_adapters(self) -> bool:
+        return True
+
 
 class Dpo(StageBase):
     """Direct preference optimisation on (prompt, chosen, rejected) pairs."""
 
     kind: Literal["dpo"]
     """Stage kind."""
-    from_: Name = marked("reference", alias="from")
+    from_: Name = ref("stage", alias="from")
     """Stage whose weights to optimise; also the frozen reference unless `reference` is set."""
-    data: Name = marked("reference")
+    data: Name = ref("tokens", slot="data:{name}", source_role="preferences")
     """A preferences-role source."""
-    reference: Name | None = marked("reference", None)
+    reference: Name | None = ref("stage", None)
     """Stage used as the frozen reference model; the `from` stage when omitted."""
     lr: float = Field(5e-6, gt=0)
     """Peak learning rate."""
@@ -140,6 +150,14 @@ class Dpo(StageBase):
     adapter: LoraAdapter | None = None
     """Train LoRA adapters instead of all weights; the reference is then the base with
     adapters off."""
+
+    @property
+    def adapters_only(self) -> bool:
+        return self.adapter is not None
+
+    @property
+    def has_adapters(self) -> bool:
+        return self.adapter is not None
 
 
 class ExactMatchReward(SpecModel):
@@ -178,7 +196,7 @@ class ModelReward(SpecModel):
 
     kind: Literal["model"]
     """Reward kind."""
-    stage: Name = marked("reference")
+    stage: Name = ref("stage", slot="reward:{index}", stage_kinds=("reward",))
     """A stage of kind `reward`."""
     weight: float = 1.0
     """Weight of this reward in the sum."""
@@ -206,9 +224,9 @@ class Grpo(StageBase):
 
     kind: Literal["grpo"]
     """Stage kind."""
-    from_: Name = marked("reference", alias="from")
+    from_: Name = ref("stage", alias="from")
     """Stage whose policy to optimise; also the KL reference."""
-    data: Name = marked("reference")
+    data: Name = ref("tokens", slot="data:{name}", source_role="prompts")
     """A prompts-role source."""
     lr: float = Field(1e-6, gt=0)
     """Peak learning rate."""
@@ -232,21 +250,12 @@ class RewardModel(StageBase):
 
     kind: Literal["reward"]
     """Stage kind."""
-    from_: Name = marked("reference", alias="from")
+    from_: Name = ref("stage", alias="from")
     """Stage whose weights initialise the reward model."""
-    data: Name = marked("reference")
+    data: Name = ref("tokens", slot="data:{name}", source_role="preferences")
     """A preferences-role source."""
     lr: float = Field(1e-5, gt=0)
     """Peak learning rate."""
 
 
-Stage = Annotated[Union[Pretrain, Sft, Lora, Dpo, Grpo, RewardModel], Field(discriminator="kind")]
-
-STAGE_DATA_ROLE = {
-    "pretrain": "pretrain",
-    "sft": "chat",
-    "lora": "chat",
-    "dpo": "preferences",
-    "reward": "preferences",
-    "grpo": "prompts",
-}
+STAGES = (Pretrain, Sft, Lora, Dpo, Grpo, RewardModel)

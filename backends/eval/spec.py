@@ -1,0 +1,65 @@
+"""The spec models of the eval kinds: perplexity, lm-eval and samples (registered in
+``kinds.py``). Torch-free: the planner imports them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmbuild.spec.base import PositiveInt, StrList, content, marked, ref
+from llmbuild.spec.tables import EvalTable
+
+
+class Perplexity(EvalTable):
+    """Perplexity on the validation split of sources and on extra text files."""
+
+    kind: Literal["perplexity"]
+    """Suite kind."""
+    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="pretrain")
+    """Sources whose validation split is measured; all pretrain-role sources when omitted."""
+    files: StrList = content(())
+    """Extra text files to measure, relative to the spec file."""
+    max_batches: PositiveInt | None = None
+    """Cap on the batches measured per source; all when omitted."""
+    batch_size: PositiveInt = marked("execution", 8)
+    """Sequences per forward pass."""
+
+
+class LmEval(EvalTable):
+    """Tasks run by lm-eval through an adapter over the built model."""
+
+    kind: Literal["lm-eval"]
+    """Suite kind."""
+    tasks: StrList = Field(min_length=1)
+    """lm-eval task names."""
+    include_path: str | None = content(None, slot="tasks")
+    """Directory of local task YAMLs (and their data), relative to the spec file."""
+    num_fewshot: int = Field(0, ge=0)
+    """Few-shot examples per prompt."""
+    limit: PositiveInt | None = None
+    """Examples per task; all when omitted."""
+    max_gen_toks: PositiveInt = 64
+    """Token limit for generation tasks."""
+    batch_size: PositiveInt = marked("execution", 8)
+    """Requests per forward pass."""
+
+
+class Samples(EvalTable):
+    """Generations from fixed prompts, stored with the record."""
+
+    kind: Literal["samples"]
+    """Suite kind."""
+    prompts: StrList = Field(min_length=1)
+    """Prompts to complete."""
+    max_new_tokens: PositiveInt = 64
+    """Tokens generated per prompt."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature; 0 is greedy."""
+    top_k: PositiveInt | None = None
+    """Sample from the k most likely tokens only."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold."""
+
+
+SUITES = (Perplexity, LmEval, Samples)

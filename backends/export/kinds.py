@@ -1,0 +1,40 @@
+"""The export formats: hf, peft, onnx and gguf, each run by the ``export`` backend.
+Registered through the ``llmbuild.kinds`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmbuild.backends.export.config import ExportConfig
+from llmbuild.backends.export.spec import FORMATS, PeftExport
+
+from llmbuild.errors import Path, Problem
+from llmbuild.kinds import Kind, NodeRefs, SpecView
+from llmbuild.spec.tables import node_name
+
+
+class ExportKind(Kind):
+    def __init__(self, model: Any) -> None:
+        super().__init__(model, "export")
+
+    def config(self, item: Any, spec: Any, refs: NodeRefs) -> ExportConfig:
+        return ExportConfig(export=item)
+
+    def labels(self, item: Any) -> dict[str, str]:
+        return {"export": node_name("export", item).replace("export:", "export.", 1)}
+
+
+class PeftKind(ExportKind):
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        stage = view.stages.get(item.stage)
+        if stage is not None and not stage.has_adapters:
+            return [
+                Problem(
+                    f"a peft export needs a stage with LoRA adapters; {item.stage!r} has none",
+                    (*where, "stage"),
+                )
+            ]
+        return []
+
+
+KINDS = tuple(PeftKind(m) if m is PeftExport else ExportKind(m) for m in FORMATS)

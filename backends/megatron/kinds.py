@@ -1,0 +1,109 @@
+"""The stage kinds megatron-core trains, each declared once: its spec model, what it
+optimises (an objective builder, imported only in the ranks), and whether it runs with
+pipeline and sequence parallelism. Registered through the ``llmbuild.kinds`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmbuild.backends.megatron.config import TrainConfig
+from llmbuild.backends.megatron.spec import Dpo, Grpo, Lora, Pretrain, RewardModel, Sft
+
+from llmbuild.errors import Path, Problem
+from llmbuild.kinds import Kind, NodeRefs, SpecView
+from llmbuild.spec.base import SpecModel
+
+OBJECTIVES = "llmbuild.backends.megatron.objective_builders"
+
+
+class TrainedStage(Kind):
+    """A stage trained by the megatron backend's rank loop."""
+
+    def __init__(
+        self,
+        model: type[SpecModel],
+        objective: str,
+        pipeline: bool = True,
+        sequence_parallel: bool = True,
+    ) -> None:
+        super().__init__(model, "megatron")
+        self.objective = objective
+        """``module:function`` building the objective in a rank (see ``train.py``)."""
+        self.pipeline = pipeline
+        """Whether it trains with pipeline parallelism; without, the pipeline ranks become
+        data-parallel ranks (two models and sampling per step do not fit 1F1B)."""
+        self.sequence_parallel = sequence_parallel
+        """Whether it uses sequence parallelism when it is on (stages that read hidden
+        states mid-model or sample sequences of every length cannot)."""
+
+    def uses_sequence_parallel(self, stage: Any) -> bool:
+        return self.sequence_parallel and not stage.has_adapters
+
+    def config(self, item: Any, spec: Any, refs: NodeRefs) -> TrainConfig:
+        mixture = (
+            {n: spec.source_named(n).weight for n in refs.names("data")}
+            if self.tag == "pretrain"
+            else {}
+        )
+        return TrainConfig(
+            stage=item,
+            architecture=spec.architecture,
+            seed=spec.model.seed,
+            mixture=mixture,
+            parallelism=spec.parallelism,
+        )
+
+    def labels(self, item: Any) -> dict[str, str]:
+        return {
+            "stage": f"stage.{item.name}",
+            "architecture": "architecture",
+            "seed": "model.seed",
+            "mixture": "data.sources.{}.weight",
+        }
+
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        out = []
+        parent = view.stages.get(getattr(item, "from_", None) or "")
+        if item.has_adapters and parent is not None and parent.adapters_only:
+            out.append(
+                Problem(
+                    f"LoRA adapters need a base with full weights, but stage {parent.name!r} "
+                    f"holds only adapters; set merge = true on {parent.name!r}",
+                    (*where, "from"),
+                )
+            )
+        par = view.parallelism
+        if par is not None:
+            replicas = par.data * (1 if self.pipeline else par.pipeline)
+            if item.global_batch % (par.micro_batch * replicas):
+                data = "parallelism.data" if self.pipeline else "parallelism.data x pipeline"
+                out.append(
+                    Problem(
+                        f"global_batch ({item.global_batch}) must be a multiple of parallelism."
+                        f"micro_batch x {data} ({par.micro_batch} x {replicas})",
+                        (*where, "global_batch"),
+                    )
+                )
+        return out
+
+
+class PretrainStage(TrainedStage):
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        out = super().check(item, where, view)
+        roles = [s.role for s in view.sources.values()]
+        complete = len(roles) == len(view.raw_items(("data", "sources")))
+        if item.data is None and roles and complete and "pretrain" not in roles:
+            out.append(Problem("no pretrain-role data source to train on", where))
+        return out
+
+
+KINDS = (
+    PretrainStage(Pretrain, f"{OBJECTIVES}:language_model"),
+    TrainedStage(Sft, f"{OBJECTIVES}:chat_model"),
+    TrainedStage(Lora, f"{OBJECTIVES}:chat_model", sequence_parallel=False),
+    TrainedStage(Dpo, f"{OBJECTIVES}:preference", pipeline=False),
+    TrainedStage(Grpo, f"{OBJECTIVES}:group_policy", pipeline=False, sequence_parallel=False),
+    TrainedStage(
+        RewardModel, f"{OBJECTIVES}:pairwise_reward", pipeline=False, sequence_parallel=False
+    ),
+)

@@ -1,0 +1,176 @@
+"""Builders of what each stage kind optimises, named by the kind's declaration
+(``kinds.py``) and called in every rank by ``train.py``: ``builder(cfg, arch, config,
+model)`` -> an objective of ``objectives.py`` (or ``grpo.py``). Also the frozen models
+some objectives hold: references and reward models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
+
+
+def weights_of(ref: WeightsRef | None) -> dict[str, Any] | None:
+    """Full canonical weights of a stage, or None."""
+    from llmbuild.backends.megatron.weights import load_stage
+
+    if ref is None:
+        return None
+    return load_stage(Path(ref.dir), Path(ref.base) if ref.base else None)
+
+
+def value_head(model: Any, arch: Any, seed: int) -> dict[str, Any]:
+    """Attach a scalar head to ``model``; its initial weights by canonical name."""
+    import torch
+    from llmbuild.backends.megatron.objectives import ValueHead
+    from llmbuild.backends.megatron.shards import _name_seed
+
+    model.value_head = ValueHead(model, arch.hidden)
+    gen = torch.Generator().manual_seed(_name_seed(seed, "value_head.score.weight"))
+    return {
+        "value_head.score.weight": torch.empty(1, arch.hidden).normal_(
+            0.0, arch.init_std, generator=gen
+        ),
+        "value_head.score.bias": torch.zeros(1),
+    }
+
+
+def frozen_model(
+    arch: Any, cfg: RankConfig, config: Any, state: dict[str, Any], head: bool = False
+) -> Any:
+    """A second model at this layout holding fixed weights: a reference, or with ``head``
+    a reward model (``state`` then holds the value head's weights too)."""
+    from llmbuild.backends.megatron.model import build_model
+    from llmbuild.backends.megatron.shards import load_canonical
+
+    model = build_model(arch, cfg.vocab_size, config)
+    if head:
+        value_head(model, arch, 0)
+    load_canonical(model, state, arch.activation == "swiglu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def reward_scorer(arch: Any, cfg: RankConfig, config: Any, ref: WeightsRef) -> Any:
+    """A reward stage's model as a function of token sequences -> scores."""
+    import torch
+    from llmbuild.backends.megatron.artifact import VALUE_HEAD
+    from llmbuild.backends.megatron.posttrain_data import answer_batch
+    from safetensors.torch import load_file
+
+    state = {**weights_of(ref), **load_file(str(Path(ref.dir) / VALUE_HEAD))}  # type: ignore[dict-item]
+    model = frozen_model(arch, cfg, config, state, head=True)
+
+    def score(sequences: list[list[int]]) -> list[float]:
+        batch = answer_batch([(seq, []) for seq in sequences], arch.seq_len, cfg.pad)
+        with torch.no_grad():
+            return model.value_head.scores(model, batch, "fp32").tolist()
+
+    return score
+
+
+def _splits(cfg: RankConfig, make: Any, what: str) -> tuple[Any, Any]:
+    """Train and validation samples of a post-training stage's one source."""
+    train, valid = (make(split) for split in ("train", "validation"))
+    if not len(train):
+        raise ValueError(f"source {next(iter(cfg.sources))!r} has no training {what}")
+    return train, (valid if len(valid) else None)
+
+
+def _reference(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    from llmbuild.backends.megatron.objectives import Reference
+
+    if cfg.stage.get("adapter") and cfg.reference is None:
+        return Reference(adapted=model)  # the base: the adapted model, adapters off
+    state = weights_of(cfg.reference or cfg.init)
+    return Reference(model=frozen_model(arch, cfg, config, state))  # type: ignore[arg-type]
+
+
+def language_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """Pretraining: next-token loss over the blend of pretrain-role sources."""
+    from llmbuild.backends.megatron import objectives as obj
+    from llmbuild.backends.megatron.data import build_datasets
+
+    stage = cfg.stage
+    train, valid = build_datasets(
+        cfg.sources,
+        cfg.mixture,
+        arch.seq_len,
+        cfg.seed,
+        cfg.eod,
+        cfg.vocab_size,
+        stage["steps"] * stage["global_batch"],
+        stage["eval_batches"] * stage["global_batch"],
+        Path(cfg.work_dir) / "index_cache",
+    )
+    return obj.LanguageModel(
+        obj.GptSamples(train), valid and obj.GptSamples(valid), stage["precision"], arch.seq_len
+    )
+
+
+def chat_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """Supervised fine-tuning (full or LoRA): next-token loss on the assistant's tokens."""
+    from llmbuild.backends.megatron import objectives as obj
+    from llmbuild.backends.megatron.posttrain_data import ChatSamples
+
+    stage = cfg.stage
+    train, valid = _splits(
+        cfg,
+        lambda split: ChatSamples(
+            cfg.sources, split, arch.seq_len, cfg.seed, cfg.pad, stage["packing"]
+        ),
+        "conversations",
+    )
+    return obj.LanguageModel(train, valid, stage["precision"], arch.seq_len)
+
+
+def _pairs(cfg: RankConfig, arch: Any) -> tuple[Any, Any]:
+    from llmbuild.backends.megatron.posttrain_data import PairSamples
+
+    return _splits(
+        cfg,
+        lambda split: PairSamples(cfg.sources, split, arch.seq_len, cfg.pad),
+        "preference pairs",
+    )
+
+
+def preference(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """DPO against a frozen reference."""
+    from llmbuild.backends.megatron.objectives import Preference
+
+    train, valid = _pairs(cfg, arch)
+    return Preference(train, valid, _reference(cfg, arch, config, model), cfg.stage)
+
+
+def pairwise_reward(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """A reward model's pairwise loss on its value head."""
+    from llmbuild.backends.megatron.objectives import PairwiseReward
+
+    train, valid = _pairs(cfg, arch)
+    return PairwiseReward(train, valid, model.value_head, cfg.stage["precision"])
+
+
+def group_policy(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """GRPO: sampled groups, rewards, and a clipped policy loss with a KL penalty."""
+    from llmbuild.backends.megatron.grpo import GroupPolicy
+    from llmbuild.backends.megatron.posttrain_data import PromptSamples
+    from llmbuild.backends.megatron.rewards import Rewards
+    from tokenizers import Tokenizer
+
+    train, valid = _splits(cfg, lambda split: PromptSamples(cfg.sources, split), "prompts")
+    models = {i: reward_scorer(arch, cfg, config, ref) for i, ref in cfg.reward_models.items()}
+    return GroupPolicy(
+        train,
+        valid,
+        _reference(cfg, arch, config, model),
+        Rewards(cfg.stage["rewards"], models),
+        Tokenizer.from_file(cfg.tokenizer_json),
+        cfg.stage,
+        arch.seq_len,
+        cfg.vocab_size,
+        {cfg.eod, *cfg.stops},
+        cfg.pad,
+        cfg.seed,
+    )

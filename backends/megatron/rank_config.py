@@ -1,0 +1,57 @@
+"""What every rank of a training stage is given: one frozen, picklable object, built by
+``run.py`` from the node's config and inputs, read by ``train.py`` and the objective
+builders. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """Where a stage's weights lie: its directory and, when it holds only adapters, its
+    base's (``weights.load_stage`` merges them)."""
+
+    dir: str
+    base: str | None = None
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """One training stage, as its ranks see it."""
+
+    architecture: dict[str, Any]
+    """The architecture table, as JSON."""
+    stage: dict[str, Any]
+    """The stage table, as JSON (by alias: ``from``)."""
+    objective: str
+    """``module:function`` that builds what the stage optimises (from its kind)."""
+    seed: int
+    vocab_size: int
+    eod: int
+    """End of document (the tokenizer's end-of-sequence id)."""
+    pad: int
+    stops: tuple[int, ...]
+    """Tokens that end a sampled completion besides ``eod`` (GRPO)."""
+    tokenizer_json: str
+    sources: dict[str, str]
+    """Source name -> its tokenized datasets' directory."""
+    mixture: dict[str, float]
+    work_dir: str
+    tensor: int = 1
+    pipeline: int = 1
+    micro_batch: int = 1
+    recompute: str = "none"
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = False
+    eval_every: int | None = None
+    checkpoint_every: int = 100
+    init: WeightsRef | None = None
+    """The stage to start from; from scratch when None."""
+    reference: WeightsRef | None = None
+    """The frozen reference (DPO, GRPO): ``init`` when None."""
+    reward_models: dict[int, WeightsRef] = field(default_factory=dict)
+    """GRPO: reward-model stages by their index in ``rewards``."""
+    progress: Any = None
+    """Rank 0 reports steps and losses here (the node's progress feed)."""

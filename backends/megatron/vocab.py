@@ -1,0 +1,26 @@
+"""How many embedding rows a model has, and which of them stand for tokens. Torch-free:
+a stage decides it before any rank imports megatron."""
+
+from __future__ import annotations
+
+from llmbuild.spec.model import Architecture
+
+
+def model_vocab(tokenizer_vocab: int, arch: Architecture) -> int:
+    """The vocabulary the model's rows stand for: a checkpoint's (``arch.vocab_size``),
+    else the tokenizer's. A tokenizer with more tokens than the embedding is an error."""
+    if arch.vocab_size is None:
+        return tokenizer_vocab
+    if tokenizer_vocab > arch.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer_vocab} tokens but the model's embedding only "
+            f"{arch.vocab_size} rows: use the checkpoint's own tokenizer, or one that fits"
+        )
+    return arch.vocab_size
+
+
+def padded_vocab(vocab_size: int, arch: Architecture) -> int:
+    """The embedding rows: the vocabulary padded to a multiple that never depends on the
+    parallel layout (so weights are layout-independent)."""
+    m = arch.vocab_multiple
+    return -(-vocab_size // m) * m

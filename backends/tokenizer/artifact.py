@@ -1,0 +1,125 @@
+"""The tokenizer node's artifact, written and read only here: ``tokenizer/`` (files
+``transformers.AutoTokenizer`` loads, with the chat template) and ``tokenizer_info.json``
+(the special tokens and the vocabulary size). Every node that reads a tokenizer opens
+it with ``TokenizerArtifact.open``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.tokenizer.build import IM_END
+
+INFO = "tokenizer_info.json"
+FILES = "tokenizer"
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What a tokenizer artifact records beside the tokenizer files."""
+
+    kind: str
+    vocab_size: int
+    eos_token: str
+    bos_token: str
+    pad_token: str
+    chat_template: str
+    end_of_turn: list[str] | None = None
+    """Tokens that end an assistant turn, which stop a chat model's generation as the
+    end-of-sequence token does; for the chatml template, ``<|im_end|>``."""
+
+    def write(self, out_dir: Path) -> None:
+        info = {k: v for k, v in asdict(self).items() if v is not None}
+        (out_dir / INFO).write_text(json.dumps(info, indent=1, sort_keys=True))
+
+    @property
+    def turn_ends(self) -> list[str]:
+        if self.end_of_turn is not None:
+            return list(self.end_of_turn)
+        return [IM_END] if self.chat_template == "chatml" else []
+
+
+@dataclass(frozen=True)
+class TokenizerArtifact:
+    """A built tokenizer, by its artifact directory."""
+
+    path: Path
+    info: TokenizerInfo
+
+    @classmethod
+    def open(cls, path: Path | str) -> TokenizerArtifact:
+        path = Path(path)
+        raw: dict[str, Any] = json.loads((path / INFO).read_text())
+        return cls(path, TokenizerInfo(**raw))
+
+    @property
+    def files(self) -> Path:
+        """The directory ``AutoTokenizer.from_pretrained`` loads."""
+        return self.path / FILES
+
+    @property
+    def json_path(self) -> Path:
+        return self.files / "tokenizer.json"
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The HF ``tokenizers.Tokenizer``."""
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.json_path))
+
+    def hf_tokenizer(self) -> Any:
+        """The ``transformers`` tokenizer (with the chat template)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.files))
+
+    def token_id(self, token: str) -> int:
+        found = self.tokenizer.token_to_id(token)
+        if found is None:
+            raise ValueError(f"the tokenizer has no {token!r} token")
+        return int(found)
+
+    @property
+    def eos_id(self) -> int:
+        return self.token_id(self.info.eos_token)
+
+    @property
+    def bos_id(self) -> int:
+        return self.token_id(self.info.bos_token)
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_id(self.info.pad_token or self.info.eos_token)
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """``bos_token_id``, ``eos_token_id`` and ``pad_token_id``."""
+        return {
+            "bos_token_id": self.bos_id,
+            "eos_token_id": self.eos_id,
+            "pad_token_id": self.pad_id,
+        }
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end generation: end of sequence, then end of turn."""
+        ids = [self.eos_id]
+        for token in self.info.turn_ends:
+            found = self.tokenizer.token_to_id(token)
+            if found is not None and found not in ids:
+                ids.append(int(found))
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """A prompt's ids; an empty prompt starts from the beginning-of-sequence token."""
+        return self.encode(text) or [self.bos_id]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
