@@ -60,6 +60,28 @@ class NodeRefs:
         return self.names_by_field.get(field, ())
 
 
+@dataclass
+class Completion:
+    """What a kind adds to a spec from the files its item names (a checkpoint's
+    ``config.json``, say), before the spec is validated."""
+
+    origin: str
+    """Where the values come from, as ``resolve`` and error messages show it."""
+    item: dict[str, Any] = field(default_factory=dict)
+    """Values replacing the item's own (a Hub id resolved to a local snapshot, say)."""
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per top-level table, values under the spec's own; a spec that sets one of them to
+    something else is an error, unless the field is listed in ``free``."""
+    free: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per table, the fields a spec may set to other values (a training context, say)."""
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Whole tables, used only when the spec has none of its own (a tokenizer, say)."""
+    problems: list[Problem] = field(default_factory=list)
+    fills: tuple[str, ...] = ()
+    """Tables this kind fills when its files can be read: a spec without them is not
+    reported as lacking them while the files' problems stand."""
+
+
 class Kind:
     """One kind of table item. Subclasses override what differs from the defaults."""
 
@@ -97,6 +119,11 @@ class Kind:
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
         """Problems of this item that span tables (its own fields are validated already)."""
         return []
+
+    def complete(self, raw: dict[str, Any], where: Path) -> Completion | None:
+        """What the item adds to the spec, from the raw composed item (paths made absolute).
+        Cheap: ``validate`` and ``plan`` run it."""
+        return None
 
     def __repr__(self) -> str:
         return f"<kind {self.table}.{self.tag} on {self.backend}>"

@@ -239,8 +239,10 @@ def logits_check(
     from transformers import AutoModelForCausalLM
 
     # transformers maps GPT-2's GGUF keys onto GPT2Config only in part (not n_positions
-    # nor n_inner), so it gets the config; a llama file is read from its own metadata.
-    config = {"config": hf.model.config} if hf.family.name == "gpt2" else {}
+    # nor n_inner), and a head size of its own (key_length) not at all, so those get the
+    # config (read_back checks the metadata); others are read from their own metadata.
+    own = hf.family.name == "gpt2" or hf.arch.head_dim is not None
+    config = {"config": hf.model.config} if own else {}
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, **config
     ).eval()
@@ -255,7 +257,14 @@ def logits_check(
 
 
 def export_gguf(ctx: Any, export: Any) -> None:
+    from llmbuild.errors import UserError
+
     stage, tokenizer = inputs(ctx)
+    if stage.architecture.rope_scaling is not None:
+        raise UserError(
+            f"{ctx.node}: GGUF export of a model with rope scaling "
+            f"({stage.architecture.rope_scaling.kind}) is not supported yet; export hf instead"
+        )
     hf = hf_model(stage, tokenizer, ctx.node)
     state = {k: v.detach().float().numpy() for k, v in hf.model.state_dict().items()}
     if hf.arch.tie_embeddings:

@@ -1,8 +1,11 @@
 """Token sequences for each role: packed text, chats with the assistant's tokens marked,
-preference pairs, and GRPO prompts. Special tokens (ChatML) are matched by the tokenizer."""
+preference pairs, and GRPO prompts. Chats are written in the tokenizer's template:
+ChatML for the tokenizers llmbuild builds, a pretrained tokenizer's own template (Llama 3's
+headers, say) as transformers renders it. Special tokens are matched by the tokenizer."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -22,16 +25,62 @@ def prompt_text(prompt: str) -> str:
     return f"{IM_START}user\n{prompt}{IM_END}\n{IM_START}assistant\n"
 
 
+class ChatML:
+    """The ChatML template of the tokenizers llmbuild builds."""
+
+    segments = staticmethod(chat_segments)
+    prompt = staticmethod(prompt_text)
+
+
+class OwnTemplate:
+    """A pretrained tokenizer's own chat template, rendered by transformers. The learned
+    part of an assistant turn is what rendering the turn adds after the template's
+    generation prompt (its header), end-of-turn included."""
+
+    def __init__(self, tokenizer_dir: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    def render(self, messages: list[dict[str, str]], generation: bool = False) -> str:
+        return self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation
+        )
+
+    def segments(self, messages: list[dict[str, str]]) -> list[tuple[str, int]]:
+        out, done = [], ""
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            head, full = self.render(messages[:k], True), self.render(messages[: k + 1])
+            if not (head.startswith(done) and full.startswith(head)):
+                raise ValueError(
+                    "the tokenizer's chat template does not render a conversation as its "
+                    "prefix followed by the next turn, so the assistant's tokens cannot be "
+                    "told apart: set [tokenizer] chat_template"
+                )
+            out += [(head[len(done) :], 0), (full[len(head) :], 1)]
+            done = full
+        rest = self.render(messages)[len(done) :]
+        return [*out, (rest, 0)] if rest else out
+
+    def prompt(self, prompt: str) -> str:
+        return self.render([{"role": "user", "content": prompt}], generation=True)
+
+
 class Encoder:
     """Batch encoding with a HF ``tokenizers`` tokenizer (Rust, multi-threaded)."""
 
-    def __init__(self, tokenizer_json: str, eos_token: str) -> None:
+    def __init__(self, tokenizer_json: str, eos_token: str, own_template: bool = False) -> None:
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(tokenizer_json)
         self.eos = self.tok.token_to_id(eos_token)
         if self.eos is None:
             raise ValueError(f"the tokenizer has no {eos_token!r} token")
+        self.template: Any = (
+            OwnTemplate(str(Path(tokenizer_json).parent)) if own_template else ChatML
+        )
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -41,7 +90,7 @@ class Encoder:
 
     def chats(self, conversations: list[list[dict[str, str]]]) -> list[tuple[list[int], list[int]]]:
         """(tokens, loss mask) per conversation, ending with eos (not learned)."""
-        segments = [chat_segments(c) for c in conversations]
+        segments = [self.template.segments(c) for c in conversations]
         flat = self.encode([text for segs in segments for text, _ in segs])
         out, k = [], 0
         for segs in segments:
@@ -54,13 +103,25 @@ class Encoder:
             out.append((ids + [self.eos], mask + [0]))
         return out
 
+    def answer(self, prompt: str, answer: str) -> str:
+        """An assistant answer as the template ends it (ChatML: with <|im_end|>)."""
+        if self.template is ChatML:
+            return answer + IM_END
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        return "".join(text for text, learn in self.template.segments(messages) if learn)
+
     def preferences(self, records: list[dict[str, Any]]) -> list[tuple[list[int], ...]]:
-        """(prompt, chosen, rejected) token ids; answers end with <|im_end|> and eos."""
+        """(prompt, chosen, rejected) token ids; answers end with the template's end of
+        turn and eos."""
         flat = self.encode(
             [
                 t
                 for r in records
-                for t in (prompt_text(r["prompt"]), r["chosen"] + IM_END, r["rejected"] + IM_END)
+                for t in (
+                    self.template.prompt(r["prompt"]),
+                    self.answer(r["prompt"], r["chosen"]),
+                    self.answer(r["prompt"], r["rejected"]),
+                )
             ]
         )
         return [

@@ -4,12 +4,14 @@ split, form and token count, for training to blend by weight."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from llmbuild.backends.data.shards import SPLITS, iter_shard, shard_paths
+from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
 BATCH = 1024
 FORMS = {
@@ -60,12 +62,13 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
     only when the shards do not already keep every core busy: separate processes scale
     better than threads sharing one allocator."""
     import numpy as np
-    from llmbuild.backends.tokenize.encode import Encoder, prompt_text
+    from llmbuild.backends.tokenize.encode import Encoder
     from llmbuild.backends.tokenize.indexed import IndexedWriter
 
     shard, prefix, tok_json, info, role, out_dir, threads = job
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
-    enc = Encoder(tok_json, info["eos_token"])
+    own = info.get("chat_template") == "own" and role != "pretrain"
+    enc = Encoder(tok_json, info["eos_token"], own_template=own)
     dtype = _dtype(info["vocab_size"])
     base = Path(out_dir) / prefix
     out = {
@@ -91,7 +94,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
                 out[form].add([t[i] for t in triples])
             docs = [ids for t in triples for ids in t]
         else:
-            docs = enc.encode([prompt_text(r["prompt"]) for r in batch])
+            docs = enc.encode([enc.template.prompt(r["prompt"]) for r in batch])
             out[".prompt"].add(docs)
             answers.writelines(json.dumps({"answer": r.get("answer")}) + "\n" for r in batch)
         stats["tokens"] += sum(len(ids) for ids in docs)
@@ -109,14 +112,14 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
 def run(ctx: Any) -> None:
     role = ctx.config.role
     docs = ctx.input("documents").path
-    tok = ctx.input("tokenizer").path
-    info = json.loads((tok / "tokenizer_info.json").read_text())
+    tokenizer = TokenizerArtifact.open(ctx.input("tokenizer").path)
+    info = dataclasses.asdict(tokenizer.info)
     shards = [
         (split, i, shard) for split in SPLITS for i, shard in enumerate(shard_paths(docs, split))
     ]
     # Shards run side by side only as parallel tasks; one at a time, the encoder threads.
     threads = ctx.parallel is None or len(shards) < (os.cpu_count() or 1)
-    tok_json = str(tok / "tokenizer" / "tokenizer.json")
+    tok_json = str(tokenizer.json_path)
     jobs = [
         (str(shard), f"{split}-{i:06d}", tok_json, info, role, str(ctx.out_dir), threads)
         for split, i, shard in shards

@@ -24,9 +24,11 @@ class TokenizerInfo:
     kind: str
     vocab_size: int
     eos_token: str
-    bos_token: str
     pad_token: str
     chat_template: str
+    """`chatml`, a template string of the spec, or `own` (a pretrained tokenizer's)."""
+    bos_token: str | None = None
+    """None for a pretrained tokenizer that has none (Qwen's)."""
     end_of_turn: list[str] | None = None
     """Tokens that end an assistant turn, which stop a chat model's generation as the
     end-of-sequence token does; for the chatml template, ``<|im_end|>``."""
@@ -88,8 +90,8 @@ class TokenizerArtifact:
         return self.token_id(self.info.eos_token)
 
     @property
-    def bos_id(self) -> int:
-        return self.token_id(self.info.bos_token)
+    def bos_id(self) -> int | None:
+        return self.token_id(self.info.bos_token) if self.info.bos_token else None
 
     @property
     def pad_id(self) -> int:
@@ -118,8 +120,9 @@ class TokenizerArtifact:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def prompt_ids(self, text: str) -> list[int]:
-        """A prompt's ids; an empty prompt starts from the beginning-of-sequence token."""
-        return self.encode(text) or [self.bos_id]
+        """A prompt's ids; an empty prompt starts from the beginning-of-sequence token (or
+        the end of one, for a tokenizer without one: documents are separated by it)."""
+        return self.encode(text) or [self.eos_id if self.bos_id is None else self.bos_id]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -36,22 +37,55 @@ def _training_texts(ctx: Any) -> Iterator[str]:
                 yield record_text(record)
 
 
-def _pretrained(path: str, out: Path) -> None:
+def _end_of_turn(path: Path, tok: Any) -> list[str]:
+    """The tokens beyond eos that end generation: a checkpoint's ``generation_config.json``
+    lists them (``eos_token_id``, e.g. Llama 3's ``<|eot_id|>``), and a ChatML template
+    ends each turn with ``<|im_end|>``."""
+    ends: list[str] = []
+    config = path / "generation_config.json"
+    if config.is_file():
+        ids = json.loads(config.read_text()).get("eos_token_id")
+        for i in ids if isinstance(ids, list) else [ids] if ids is not None else []:
+            token = tok.convert_ids_to_tokens(int(i))
+            if token is not None and token != tok.eos_token:
+                ends.append(token)
+    if IM_END in (tok.chat_template or "") and IM_END in tok.get_vocab():
+        ends.append(IM_END)
+    return list(dict.fromkeys(ends))
+
+
+def _pretrained(spec: Any, own_template: bool, out: Path) -> TokenizerInfo:
+    """A tokenizer directory as it is (its own special tokens and chat template; a
+    template set in the spec replaces its own)."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
     except Exception as e:  # transformers raises many kinds here
-        raise UserError(f"cannot load a tokenizer from {path}: {e}") from None
+        raise UserError(f"cannot load a tokenizer from {spec.path}: {e}") from None
+    if tok.eos_token is None:
+        raise UserError(f"the tokenizer in {spec.path} has no end-of-sequence token")
+    if not own_template:
+        tok.chat_template = CHATML if spec.chat_template == "chatml" else spec.chat_template
     tok.save_pretrained(str(out))
+    return TokenizerInfo(
+        kind=spec.kind,
+        vocab_size=0,
+        eos_token=tok.eos_token,
+        bos_token=tok.bos_token,
+        pad_token=tok.pad_token or tok.eos_token,
+        chat_template="chatml" if tok.chat_template == CHATML else "own",
+        end_of_turn=_end_of_turn(Path(spec.path), tok),
+    )
 
 
 def run(ctx: Any) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    spec = TokenizerConfig.model_validate(ctx.config).tokenizer
+    config = TokenizerConfig.model_validate(ctx.config)
+    spec = config.tokenizer
     out = ctx.out_dir / DIR
     if spec.kind == "pretrained":
-        _pretrained(spec.path, out)
+        info = _pretrained(spec, config.own_template, out)
     else:
         from transformers import PreTrainedTokenizerFast
 
@@ -74,6 +108,14 @@ def run(ctx: Any) -> None:
         )
         fast.chat_template = CHATML if spec.chat_template == "chatml" else spec.chat_template
         fast.save_pretrained(str(out))
+        info = TokenizerInfo(
+            kind=spec.kind,
+            vocab_size=0,
+            eos_token=spec.eos_token,
+            bos_token=spec.bos_token,
+            pad_token=spec.pad_token,
+            chat_template=spec.chat_template,
+        )
     tok_json = json.loads((out / "tokenizer.json").read_text())
     vocab_size = (
         len(tok_json["model"]["vocab"])
@@ -83,12 +125,5 @@ def run(ctx: Any) -> None:
     vocab_size = max(
         vocab_size, max((t["id"] for t in tok_json.get("added_tokens", [])), default=-1) + 1
     )
-    TokenizerInfo(
-        kind=spec.kind,
-        vocab_size=vocab_size,
-        eos_token=spec.eos_token,
-        bos_token=spec.bos_token,
-        pad_token=spec.pad_token,
-        chat_template=spec.chat_template,
-    ).write(ctx.out_dir)
+    dataclasses.replace(info, vocab_size=vocab_size).write(ctx.out_dir)
     ctx.metrics["vocab_size"] = vocab_size

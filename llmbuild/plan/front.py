@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmbuild.spec.base import Name, SourceRole, SpecModel, marked
+from llmbuild.spec.base import Name, SourceRole, SpecModel, added, marked
 from llmbuild.spec.data import Clean, Source, Split
 from llmbuild.spec.model import Tokenizer
 from llmbuild.spec.references import walk
@@ -30,6 +30,8 @@ class TokenizerConfig(SpecModel):
 
     tokenizer: Tokenizer
     """The `[tokenizer]` table."""
+    own_template: bool = added(False)
+    """A pretrained tokenizer keeps its own chat template (the spec sets none)."""
 
 
 class TokenizeConfig(SpecModel):
@@ -77,7 +79,10 @@ def front_nodes(spec: Any, add: Any) -> None:
         "tokenizer",
         "tokenizer",
         "tokenizer",
-        TokenizerConfig(tokenizer=tok),
+        TokenizerConfig(
+            tokenizer=tok,
+            own_template=tok.kind == "pretrained" and "chat_template" not in tok.model_fields_set,
+        ),
         item=tok,
         path=("tokenizer",),
         inputs=inputs,

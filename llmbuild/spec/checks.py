@@ -128,6 +128,22 @@ def check_layout(raw: dict[str, Any]) -> list[Problem]:
     return out
 
 
+def check_tokenizer(raw: dict[str, Any]) -> list[Problem]:
+    """A pretrained tokenizer's special tokens are its own: the spec cannot set them."""
+    tok = _table(raw, "tokenizer")
+    if tok.get("kind") != "pretrained":
+        return []
+    return [
+        Problem(
+            f"{key} does not apply to kind = 'pretrained': a pretrained tokenizer's special "
+            "tokens are its own",
+            ("tokenizer", key),
+        )
+        for key in ("bos_token", "eos_token", "pad_token")
+        if key in tok
+    ]
+
+
 def item_references(raw: dict[str, Any], registry: Any) -> list[tuple[Path, Reference]]:
     """Every reference written in the spec, with the path of the item that writes it."""
     out: list[tuple[Path, Reference]] = [

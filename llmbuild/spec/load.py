@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from llmbuild.errors import Path, Problem, SpecError
 from llmbuild.registry import default_registry
 from llmbuild.spec.checks import cross_check
+from llmbuild.spec.complete import complete
 from llmbuild.spec.compose import Layer, Origin, apply_override, load_layers
 from llmbuild.spec.root import Spec, spec_model
 from llmbuild.spec.validate import problems_of
@@ -82,7 +83,9 @@ def load_spec(
     fs_path = FsPath(path)
     display = _display(fs_path)
     layer = compose(fs_path, overrides, registry)
-    problems, validated = validate_sections(layer.data, registry)
+    problems, unfilled = complete(layer, registry)
+    found, validated = validate_sections(layer.data, registry, unfilled)
+    problems += found
     problems += cross_check(layer.data, validated, registry)
     if not problems:
         model = spec_model(registry)

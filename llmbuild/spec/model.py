@@ -44,14 +44,15 @@ class Tokenizer(SpecModel):
     """Sources whose training split trains the tokenizer; all pretrain-role sources when
     omitted."""
     bos_token: str = "<|bos|>"
-    """Beginning-of-sequence special token."""
+    """Beginning-of-sequence special token (a pretrained tokenizer's own is used)."""
     eos_token: str = "<|eos|>"
-    """End-of-sequence special token, placed between documents."""
+    """End-of-sequence special token, placed between documents (a pretrained tokenizer's
+    own is used)."""
     pad_token: str = "<|pad|>"
-    """Padding special token."""
+    """Padding special token (a pretrained tokenizer's own, or its eos, is used)."""
     chat_template: str = "chatml"
     """Chat template: `chatml` (with <|im_start|>/<|im_end|> special tokens) or a Jinja
-    template string."""
+    template string. A pretrained tokenizer keeps its own unless this is set."""
 
     @property
     def reads_text(self) -> bool:
@@ -69,6 +70,7 @@ class Tokenizer(SpecModel):
             raise ValueError("path is required for kind = 'pretrained' and only for it")
         if self.sources is not None and not self.reads_text:
             raise ValueError(f"sources does not apply to kind = {self.kind!r}: it reads no text")
+
         return self
 
 

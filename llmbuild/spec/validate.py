@@ -192,10 +192,13 @@ def _validate(section: str, value: Any, prefix: Path, registry: Any) -> tuple[An
 
 
 def validate_sections(
-    data: dict[str, Any], registry: Any = None
+    data: dict[str, Any],
+    registry: Any = None,
+    unfilled: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[list[Problem], Validated]:
     """Validate each top-level table, and each item of an array of tables, on its own;
-    return every problem found, and what validated."""
+    return every problem found, and what validated. Missing tables in ``unfilled`` (a
+    kind would fill them, but its files have problems of their own) are not reported."""
     problems: list[Problem] = []
     known = sections(registry)
     done = Validated()
@@ -203,7 +206,7 @@ def validate_sections(
         if key not in known:
             problems.append(Problem(f"unknown table{did_you_mean(key, known)}", (key,)))
     for section in REQUIRED_SECTIONS:
-        if section not in data:
+        if section not in data and section not in unfilled:
             kind = "[[stage]] tables" if section == "stage" else f"[{section}] table"
             problems.append(Problem(f"required: the spec has no {kind}", (section,)))
     for section, (_, is_array) in known.items():

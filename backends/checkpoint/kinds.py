@@ -1,0 +1,80 @@
+"""The ``import`` stage kind: a Hugging Face checkpoint, its weights converted to ours by
+its family, run by the ``checkpoint`` backend. It completes the spec: the checkpoint's
+``config.json`` fills ``[architecture]`` (the spec may set only what training chooses:
+``seq_len``, ``dropout``...) and its tokenizer becomes the spec's unless the spec has a
+``[tokenizer]`` table of its own. Registered through the ``llmbuild.kinds`` entry point."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from llmbuild.backends.checkpoint.config import ImportConfig
+from llmbuild.backends.checkpoint.source import CheckpointError, open_checkpoint
+from llmbuild.backends.checkpoint.spec import Import
+from llmbuild.backends.families import Unsupported
+from llmbuild.backends.families.llama.config import TRAIN_CONTEXT
+
+from llmbuild.errors import Path, Problem
+from llmbuild.kinds import Completion, Kind, NodeRefs
+
+FILLS = ("architecture", "tokenizer")
+FREE = ("seq_len",)
+"""Architecture fields a spec may set to its own values over a checkpoint's."""
+
+
+def _shown(path: Any) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+class ImportKind(Kind):
+    def __init__(self) -> None:
+        super().__init__(Import, "checkpoint")
+
+    def config(self, item: Any, spec: Any, refs: NodeRefs) -> ImportConfig:
+        arch = spec.architecture
+        return ImportConfig(stage=item, seq_len=arch.seq_len, vocab_multiple=arch.vocab_multiple)
+
+    def inputs(self, item: Any, spec: Any) -> dict[str, str]:
+        return {}
+
+    def labels(self, item: Any) -> dict[str, str]:
+        return {"stage": f"stage.{item.name}", "seq_len": "architecture.seq_len"}
+
+    def complete(self, raw: dict[str, Any], where: Path) -> Completion | None:
+        ref = raw.get("checkpoint")
+        if not isinstance(ref, str):
+            return None  # field validation reports it
+        at = (*where, "checkpoint")
+        try:
+            ck = open_checkpoint(ref, raw.get("allow_pickle") is True)
+            arch = ck.architecture()
+        except (CheckpointError, Unsupported) as e:
+            return Completion(origin=ref, problems=[Problem(str(e), at)], fills=FILLS)
+        origin = f"{_shown(ck.path)}/config.json"
+        arch["seq_len"] = min(arch["max_positions"], TRAIN_CONTEXT)
+        done = Completion(
+            origin=origin,
+            fields={"architecture": arch},
+            free={"architecture": FREE},
+            tables={"tokenizer": {"kind": "pretrained", "path": str(ck.path)}},
+        )
+        if ck.hub is not None:
+            done.item = {"checkpoint": str(ck.path), "hub": ck.hub}
+        tokens = ck.tokenizer_vocab()
+        if tokens is not None and tokens > arch["vocab_size"]:
+            done.problems.append(
+                Problem(
+                    f"the checkpoint's tokenizer has {tokens} tokens but its embedding only "
+                    f"{arch['vocab_size']} rows (vocab_size in {origin})",
+                    at,
+                )
+            )
+        return done
+
+
+KINDS = (ImportKind(),)

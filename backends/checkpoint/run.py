@@ -1,0 +1,130 @@
+"""The import node: a Hugging Face checkpoint's weights, read shard by shard, converted by
+its family's rules into our canonical weights and written as a stage artifact
+(``megatron/artifact.py`` reads it like any trained stage); then proven: our model's
+logits against transformers' own on fixed inputs, the difference recorded, a difference
+past the tolerance an error (nothing is committed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.checkpoint.config import ImportConfig
+from llmbuild.backends.checkpoint.source import Checkpoint, open_checkpoint
+from llmbuild.backends.megatron.artifact import CONFIG, MODEL
+
+from llmbuild.errors import UserError
+from llmbuild.run.context import RunContext
+from llmbuild.spec.base import table_dump
+from llmbuild.spec.model import Architecture
+
+CHECK_TOKENS = 32
+"""Length of the fixed inputs the logits are compared on (and there are two)."""
+
+
+class VerificationError(RuntimeError):
+    """The imported weights do not give transformers' logits: the conversion is wrong."""
+
+
+def _shard(ck: Checkpoint, path: Path) -> dict[str, Any]:
+    """One weight file's tensors, in float32."""
+    import torch
+
+    if path.suffix == ".bin":
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+    return {k: v.float() for k, v in tensors.items() if not ck.family.is_ignored(k)}
+
+
+def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[str, Any]:
+    """The checkpoint's weights as our canonical weights."""
+    from llmbuild.backends.megatron.vocab import padded_vocab
+
+    vocab = arch.vocab_size or 0
+    converter = ck.family.converter(arch, vocab, padded_vocab(vocab, arch))
+    for i, path in enumerate(ck.weights):
+        tensors = _shard(ck, path)
+        if arch.tie_embeddings:  # some writers save the tied head too
+            tensors.pop("lm_head.weight", None)
+        try:
+            converter.feed(tensors)
+        except ValueError as e:
+            raise UserError(f"{path}: {e}") from None
+        if progress is not None:
+            progress.update(completed=i + 1, total=len(ck.weights), unit="shards")
+    try:
+        return converter.result()
+    except ValueError as e:
+        raise UserError(f"{ck.path}: {e}") from None
+
+
+def logit_difference(ck: Checkpoint, stage_dir: Path, arch: Architecture) -> float:
+    """The largest difference of our model's logits from transformers' on the checkpoint,
+    both in float32, on two fixed random sequences."""
+    import torch
+    from llmbuild.backends.export.run import megatron_logits, random_ids
+    from transformers import AutoModelForCausalLM
+
+    theirs = AutoModelForCausalLM.from_pretrained(str(ck.path), dtype=torch.float32).eval()
+    ids = random_ids(arch.vocab_size or 2, 2, min(arch.seq_len, CHECK_TOKENS))
+    with torch.no_grad():
+        reference = theirs(ids).logits.float()
+    ours = megatron_logits(stage_dir, ids)
+    return float((ours - reference).abs().max())
+
+
+def run(ctx: RunContext[ImportConfig]) -> None:
+    from llmbuild.backends.megatron.vocab import padded_vocab
+    from safetensors.torch import save_file
+
+    config = ctx.config
+    stage = config.stage
+    started = time.perf_counter()
+    ck = open_checkpoint(stage.checkpoint, stage.allow_pickle)
+    table = {
+        **ck.architecture(),
+        "seq_len": config.seq_len,
+        "vocab_multiple": config.vocab_multiple,
+    }
+    arch = Architecture.model_validate(table)
+    weights = convert(ck, arch, ctx.progress)
+    save_file(weights, str(ctx.out_dir / MODEL))
+    vocab = arch.vocab_size or 0
+    meta = {
+        "architecture": table_dump(arch),
+        "vocab_size": vocab,
+        "padded_vocab_size": padded_vocab(vocab, arch),
+        "stage": stage.name,
+        "kind": "import",
+        "family": ck.family.name,
+        "checkpoint": {"hub": stage.hub or ck.hub, "hf_class": ck.family.hf_class},
+    }
+    (ctx.out_dir / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    converted = time.perf_counter()
+    diff = logit_difference(ck, ctx.out_dir, arch)
+    ctx.timings.update(
+        {
+            "convert": round(converted - started, 3),
+            "verify": round(time.perf_counter() - converted, 3),
+        }
+    )
+    ctx.metrics.update(
+        {
+            "max_logit_diff": diff,
+            "family": ck.family.name,
+            "hf_class": ck.family.hf_class,
+            "parameters": sum(t.numel() for t in weights.values()),
+            "weight_files": len(ck.weights),
+        }
+    )
+    ctx.log.info("imported %s: max logit difference %.2e", ck.path, diff)
+    if diff > stage.tolerance:
+        raise VerificationError(
+            f"the imported weights give logits {diff:.2e} away from transformers' on the same "
+            f"checkpoint (tolerance {stage.tolerance:.0e}): the conversion is wrong"
+        )

@@ -1,0 +1,158 @@
+"""A Hugging Face checkpoint on disk: where it is (a local directory, or a Hub model
+resolved to its commit in the Hugging Face cache), its ``config.json``, family and weight
+files, each checked without reading the weights: a pickle refused unless allowed, an
+index naming a missing shard, a truncated safetensors file. Torch-free: ``validate`` and
+``plan`` open checkpoints with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.families import Unsupported, family_of_config
+
+from llmbuild.errors import UserError
+
+HUB = re.compile(r"^hf://(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<revision>[\w.\-/]+))?$")
+FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+"""What a Hub download fetches: configs, safetensors weights, tokenizer files."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used as it is; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+    family: Any
+    weights: tuple[Path, ...]
+    """Weight files in order (safetensors, or .bin when pickles are allowed)."""
+    hub: str | None = None
+    """``org/name@commit`` for a Hub checkpoint."""
+
+    @property
+    def pickled(self) -> bool:
+        return bool(self.weights) and self.weights[0].suffix == ".bin"
+
+    def architecture(self) -> dict[str, Any]:
+        return self.family.architecture(self.config, f"{self.path}/config.json")
+
+    def tokenizer_vocab(self) -> int | None:
+        """The number of tokens of its ``tokenizer.json``, when it has one."""
+        path = self.path / "tokenizer.json"
+        if not path.is_file():
+            return None
+        tok = json.loads(path.read_text())
+        vocab = tok.get("model", {}).get("vocab") or {}
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+        ids += [t["id"] for t in tok.get("added_tokens", [])]
+        return max(ids, default=-1) + 1
+
+
+def resolve_hub(repo: str, revision: str | None) -> tuple[Path, str]:
+    """A Hub model's local snapshot (downloaded when missing and the machine is online)
+    and ``repo@commit``."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        path = Path(
+            snapshot_download(
+                repo, revision=revision, allow_patterns=list(FILES), local_files_only=offline
+            )
+        )
+    except Exception as e:  # huggingface_hub raises many kinds (offline, 404, network)
+        rev = revision or "main"
+        how = (
+            "the machine is offline (HF_HUB_OFFLINE is set) and it is not in the Hugging Face cache"
+            if offline
+            else f"it could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0]})"
+        )
+        raise CheckpointError(
+            f"cannot get the Hub model {repo!r} at revision {rev!r}: {how}; download it "
+            f"where the Hub is reachable (huggingface-cli download {repo} --revision {rev}) "
+            "and point checkpoint at that local directory"
+        ) from None
+    return path, f"{repo}@{path.name}"
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (its header is read, not its data)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size:
+                return f"its header claims {n} bytes but the file has {size}"
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        return f"it is not a safetensors file ({e})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"it is truncated: {size} bytes where its header needs {expected}"
+    return None
+
+
+def _weight_files(path: Path, allow_pickle: bool) -> tuple[Path, ...]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} names shards that are not there: {', '.join(missing)}")
+        files = tuple(path / n for n in names)
+    elif (path / "model.safetensors").is_file():
+        files = (path / "model.safetensors",)
+    else:
+        pickles = sorted(path.glob("*.bin"))
+        if not pickles:
+            raise CheckpointError(f"{path}: no weights (model.safetensors or an index of shards)")
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{path}: its weights are pickle files ({pickles[0].name}), which can run code "
+                "when loaded; convert them to safetensors, or set allow_pickle = true on the "
+                "import stage to read them with torch.load(weights_only=True)"
+            )
+        return tuple(p for p in pickles if not p.name.startswith("training_args"))
+    for f in files:
+        problem = _safetensors_problem(f)
+        if problem is not None:
+            raise CheckpointError(f"{f}: {problem}")
+    return files
+
+
+def open_checkpoint(ref: str, allow_pickle: bool = False) -> Checkpoint:
+    """The checkpoint ``ref`` names (a directory, or ``hf://org/name[@revision]``)."""
+    hub = None
+    match = HUB.match(ref)
+    if match:
+        path, hub = resolve_hub(match["repo"], match["revision"])
+    elif "://" in ref:
+        raise CheckpointError(f"{ref}: a checkpoint is a local directory or hf://<org>/<name>")
+    else:
+        path = Path(ref)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_path}: missing (a Hugging Face model has one)") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: cannot be read ({e})") from None
+    try:
+        family = family_of_config(config, str(config_path))
+    except Unsupported as e:
+        raise CheckpointError(str(e)) from None
+    return Checkpoint(path, config, family, _weight_files(path, allow_pickle), hub)

@@ -1,0 +1,270 @@
+"""Hugging Face checkpoints in: every family imported from a tiny checkpoint written by
+transformers, its logits proven against transformers', exported back bit for bit, and
+generating as the original does; bad checkpoints are clear errors naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmbuild.errors import SpecError
+from llmbuild.spec.load import load_spec
+from tests.backends.conftest import artifact, run_nodes
+from tests.checkpoints import import_spec, write_checkpoint
+
+HF_EXPORT = '[[export]]\nformat = "hf"\nstage = "base"\n'
+GGUF_EXPORT = '[[export]]\nformat = "gguf"\nstage = "base"\nquantization = "f32"\n'
+WITH_GGUF = ("mistral", "qwen2-tied", "qwen3", "gpt2-untied")
+
+LLAMA31 = {
+    "max_position_embeddings": 131072,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+    "tie_word_embeddings": True,
+}
+CASES = {
+    "gpt2": ("gpt2", {}),
+    "gpt2-untied": ("gpt2", {"tie_word_embeddings": False}),
+    "llama": ("llama", {}),
+    "llama3.1-scaled-tied": ("llama", LLAMA31),
+    "llama-linear-rope": ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
+    "mistral": ("mistral", {"sliding_window": 512}),
+    "qwen2-tied": ("qwen2", {"tie_word_embeddings": True}),
+    "qwen3": ("qwen3", {"head_dim": 32}),
+}
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """name -> (checkpoint dir, build outcome, store) of each case, built once."""
+    done = {}
+
+    def get(case: str):
+        if case not in done:
+            family, over = CASES[case]
+            root = tmp_path_factory.mktemp(case)
+            ck = write_checkpoint(root / "ck", family, **over)
+            spec = import_spec(root, ck, HF_EXPORT + (GGUF_EXPORT if case in WITH_GGUF else ""))
+            outcome = run_nodes(spec, root / "store")
+            assert outcome.ok, outcome.log
+            done[case] = (ck, outcome, root / "store", spec)
+        return done[case]
+
+    return get
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_import_matches_transformers_and_exports_back_bit_for_bit(imported, case):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    ck, outcome, store, _ = imported(case)
+    metrics = outcome.results["stage:base"].record.metrics
+    assert metrics["max_logit_diff"] < 1e-4 and metrics["family"] == CASES[case][0]
+    exported = artifact(outcome, store, "export:hf@base")
+    original = load_file(str(ck / "model.safetensors"))
+    back = load_file(str(exported / "model.safetensors"))
+    assert sorted(back) == sorted(original)
+    for name, tensor in original.items():
+        assert torch.equal(back[name], tensor.float()), name
+    config = json.loads((exported / "config.json").read_text())
+    assert config["architectures"] == json.loads((ck / "config.json").read_text())["architectures"]
+
+    def greedy(path):
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        ids = torch.tensor([[5, 17, 42, 9]])
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+        return out[0].tolist()
+
+    assert greedy(exported) == greedy(ck)
+    if case in WITH_GGUF:  # read back by transformers' GGUF loader, logits checked
+        gguf = outcome.results["export:gguf@base"].record.metrics
+        assert gguf["max_logit_diff"] < 1e-3, gguf
+
+
+def test_rope_settings_are_carried_over(imported):
+    _ck, _outcome, _store, spec = imported("llama3.1-scaled-tied")
+    arch = load_spec(spec).spec.architecture
+    assert arch.rope_base == 500000.0 and arch.tie_embeddings
+    assert arch.rope_scaling.kind == "llama3" and arch.rope_scaling.original_max_positions == 64
+    assert arch.max_positions == 131072 and arch.seq_len == 4096  # the training context
+
+
+def test_the_check_catches_a_wrong_conversion(imported, tmp_path):
+    """Swapping two tensors of the same shape (a classic mistake) fails the comparison."""
+    from llmbuild.backends.checkpoint.run import logit_difference
+    from llmbuild.backends.checkpoint.source import open_checkpoint
+    from safetensors.torch import load_file, save_file
+
+    ck, outcome, store, spec = imported("llama")
+    stage = artifact(outcome, store, "stage:base")
+    bad = tmp_path / "bad"
+    shutil.copytree(stage, bad)
+    weights = load_file(str(bad / "model.safetensors"))
+    a, b = "decoder.layers.0.input_layernorm.weight", "decoder.layers.0.pre_mlp_layernorm.weight"
+    weights[a], weights[b] = weights[b], weights[a]
+    save_file(weights, str(bad / "model.safetensors"))
+    arch = load_spec(spec).spec.architecture
+    assert logit_difference(open_checkpoint(str(ck)), bad, arch) > 1e-2
+
+
+def test_a_conflicting_architecture_field_is_located(tmp_path):
+    ck = write_checkpoint(tmp_path / "ck", "llama")
+    spec = import_spec(tmp_path, ck, "[architecture]\nhidden = 128\nseq_len = 64\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (problem,) = info.value.problems
+    assert problem.key == "architecture.hidden" and problem.line == 13
+    assert "128 contradicts" in problem.message and "config.json, which has 64" in problem.message
+    spec.write_text(spec.read_text().replace("hidden = 128\n", ""))
+    assert load_spec(spec).spec.architecture.seq_len == 64  # the training context is free
+
+
+def _error(spec: Path) -> str:
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (problem,) = info.value.problems
+    assert problem.key == "stage[0].checkpoint"
+    return problem.message
+
+
+def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ck = write_checkpoint(tmp_path / "ck", "qwen2")
+    spec = import_spec(tmp_path, ck)
+    weights = ck / "model.safetensors"
+    # A pickle checkpoint is refused unless allowed.
+    torch.save(load_file(str(weights)), ck / "pytorch_model.bin")
+    weights.rename(tmp_path / "keep.safetensors")
+    assert "pickle files (pytorch_model.bin)" in _error(spec)
+    assert "allow_pickle = true" in _error(spec)
+    # A sharded index naming a missing shard.
+    state = load_file(str(tmp_path / "keep.safetensors"))
+    (ck / "pytorch_model.bin").unlink()
+    names = sorted(state)
+    half = len(names) // 2
+    save_file({n: state[n] for n in names[:half]}, str(ck / "model-00001-of-00002.safetensors"))
+    index = {
+        "weight_map": {
+            n: f"model-0000{1 + (i >= half)}-of-00002.safetensors" for i, n in enumerate(names)
+        }
+    }
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert "names shards that are not there: model-00002-of-00002.safetensors" in _error(spec)
+    # A truncated shard.
+    save_file({n: state[n] for n in names[half:]}, str(ck / "model-00002-of-00002.safetensors"))
+    shard = ck / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    assert f"{shard}: it is truncated" in _error(spec)
+    # An architecture no family maps.
+    for f in ck.glob("model*"):
+        f.unlink()
+    shutil.copy(tmp_path / "keep.safetensors", weights)
+    config = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+    message = _error(spec)
+    assert "model_type 'falcon'" in message and "Qwen2ForCausalLM (qwen2)" in message
+    # A tokenizer with more tokens than the embedding has rows.
+    (ck / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))
+    assert "tokenizer has 320 tokens but its embedding only 64 rows" in _error(spec)
+
+
+def test_sharded_checkpoints_are_read_shard_by_shard(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ck = write_checkpoint(tmp_path / "one", "llama")
+    model = AutoModelForCausalLM.from_pretrained(str(ck))
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(str(sharded), max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(ck / name, sharded / name)
+    assert len(list(sharded.glob("model-*.safetensors"))) > 2
+    outcome = run_nodes(import_spec(tmp_path, sharded), tmp_path / "store")
+    assert outcome.ok, outcome.log
+    metrics = outcome.results["stage:base"].record.metrics
+    assert metrics["weight_files"] > 2 and metrics["max_logit_diff"] < 1e-4
+
+
+def _hub_cache(root: Path, repo: str, checkpoint: Path) -> str:
+    """The Hugging Face cache layout of ``repo`` at one commit, holding ``checkpoint``."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    entry = root / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(checkpoint, entry / "snapshots" / commit)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_a_hub_model_resolves_to_its_commit_in_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = import_spec(tmp_path, "hf://acme/tiny-qwen")  # type: ignore[arg-type]
+    message = _error(spec)
+    assert "'acme/tiny-qwen' at revision 'main'" in message and "offline" in message
+    assert "point checkpoint at that local directory" in message
+    commit = _hub_cache(
+        tmp_path / "hub", "acme/tiny-qwen", write_checkpoint(tmp_path / "ck", "qwen2")
+    )
+    stage = load_spec(spec).spec.stage[0]
+    assert stage.hub == f"acme/tiny-qwen@{commit}"
+    assert stage.checkpoint.endswith(f"snapshots/{commit}")
+    (tmp_path / "local").mkdir()
+    local = load_spec(import_spec(tmp_path / "local", tmp_path / "ck"))
+    from llmbuild.plan import StatCache, plan_spec
+
+    keys = [
+        plan_spec(r, cache=StatCache()).keys["stage:base"].key for r in (load_spec(spec), local)
+    ]
+    assert keys[0] == keys[1]  # the same files: the id text never counts
+
+
+LLAMA3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+
+def test_chats_are_written_in_a_pretrained_tokenizers_own_template(tmp_path):
+    """A Llama-3-style template: the model learns the answer and its <|eot_id|>, not the
+    headers, and prompts end with the assistant's header."""
+    from llmbuild.backends.tokenize.encode import Encoder
+
+    from tests.checkpoints import tokenizer
+
+    tok = tokenizer(320)
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
+    tok.chat_template = LLAMA3_TEMPLATE
+    tok.save_pretrained(str(tmp_path))
+    enc = Encoder(str(tmp_path / "tokenizer.json"), tok.eos_token, own_template=True)
+    chat = [
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "Four."},
+        {"role": "user", "content": "And three?"},
+        {"role": "assistant", "content": "Five."},
+    ]
+    ((ids, mask),) = enc.chats([chat])
+    learned = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert learned == "Four.<|eot_id|>Five.<|eot_id|>"
+    assert tok.decode(ids[:-1]) == tok.apply_chat_template(chat, tokenize=False)
+    assert enc.template.prompt("Hi").endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    ((_prompt, chosen, _rejected),) = enc.preferences(
+        [{"prompt": "Hi", "chosen": "Yes", "rejected": "No"}]
+    )
+    assert tok.decode(chosen[:-1]) == "Yes<|eot_id|>" and chosen[-1] == enc.eos
