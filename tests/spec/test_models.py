@@ -87,12 +87,19 @@ FIXED = ("Source", "Tokenizer")
 
 def test_content_paths_match_the_schema():
     content = _roles("content")
-    assert content == ["LmEval.include_path", "Perplexity.files", "Source.path", "Tokenizer.path"]
+    assert content == [
+        "Import.checkpoint",
+        "LmEval.include_path",
+        "Perplexity.files",
+        "Source.path",
+        "Tokenizer.path",
+    ]
     fixed = sorted(p[-1] for p in CONTENT_PATHS)  # the kinds' are found from their models
     assert fixed == sorted(c.split(".")[1] for c in content if c.split(".")[0] in FIXED)
     registry = default_registry()
     assert kind_content_fields(registry, "eval", {"kind": "lm-eval"}) == ["include_path"]
     assert kind_content_fields(registry, "eval", {"kind": "perplexity"}) == ["files"]
+    assert kind_content_fields(registry, "stage", {"kind": "import"}) == ["checkpoint"]
 
 
 def test_committed_json_schema_is_current():
