@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Slot
 
 class EvalBackend(Backend):
     name = "eval"
-    version = "1"
+    version = "2"
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

@@ -4,7 +4,8 @@ with lm-eval as ``llmbuild`` (``--model llmbuild --model_args stage=DIR,tokenize
 Text is tokenized as in training: no special tokens, and documents follow an EOS (the
 only separator the model has seen), so an empty context is scored after EOS. Windows
 hold ``seq_len`` tokens; longer inputs keep their right end, as lm-eval's ``hf`` model
-does. Generation is greedy and stops at EOS, at a stop string or after ``max_gen_toks``.
+does. Generation is greedy and stops at EOS or the end of a chat turn, at a stop string
+or after ``max_gen_toks``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class BuiltModel(TemplateLM):
         self.tokenizer = TokenizerArtifact.open(tokenizer)
         self.tok = self.tokenizer.tokenizer
         self.eos_id = self.tokenizer.eos_id
+        self.stop_ids = set(self.tokenizer.stop_ids)
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
 
@@ -175,7 +177,7 @@ class BuiltModel(TemplateLM):
             still = []
             for i, window, lp in zip(live, windows, logprobs):
                 token = int(lp[len(window) - 1].argmax())
-                if token == self.eos_id:
+                if token in self.stop_ids:
                     continue
                 new[i].append(token)
                 if not any(s in self._raw(new[i]) for s in until):

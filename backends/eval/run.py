@@ -101,7 +101,7 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     out = []
     for i, prompt in enumerate(suite.prompts):
-        ids = tok.prompt_ids(prompt)
+        ids = tok.prompt_ids(tok.chat_prompt(prompt) if suite.chat else prompt)
         new = sample(
             model,
             config,
@@ -111,7 +111,7 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
             suite.top_k,
             suite.top_p,
             seed=i,
-            stop=tok.eos_id,
+            stop=tok.stop_ids,
         )
         out.append({"prompt": prompt, "completion": tok.decode(new)})
     return out

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from llmbuild.spec.base import PositiveInt, StrList, content, marked, ref
+from llmbuild.spec.base import PositiveInt, StrList, added, content, marked, ref
 from llmbuild.spec.tables import EvalTable
 
 
@@ -60,6 +60,9 @@ class Samples(EvalTable):
     """Sample from the k most likely tokens only."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling threshold."""
+    chat: bool = added(False)
+    """Prompts are a user's turn, written in the tokenizer's chat template; the answer ends
+    at the end-of-turn token."""
 
 
 SUITES = (Perplexity, LmEval, Samples)

@@ -31,6 +31,7 @@ SPECIAL_KEYS = {
     "eos": "tokenizer.ggml.eos_token_id",
     "pad": "tokenizer.ggml.padding_token_id",
     "unk": "tokenizer.ggml.unknown_token_id",
+    "eot": "tokenizer.ggml.eot_token_id",
 }
 
 

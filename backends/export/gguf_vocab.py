@@ -110,6 +110,9 @@ def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
     unk = model.get("unk_id") if model["type"] == "Unigram" else ids.get(model.get("unk_token"))
     if unk is not None:
         special["unk"] = unk
+    ends = [ids[t] for t in tokenizer.info.turn_ends if t in ids]
+    if ends:  # llama.cpp stops a chat reply at its end-of-turn token
+        special["eot"] = ends[0]
     common = {"special": special, "chat_template": _chat_template(tokenizer.files)}
 
     def listing(mapped: dict[int, str]) -> tuple[list[str], list[int]]:
@@ -163,6 +166,7 @@ def write_vocab(writer: Any, vocab: GgufVocab) -> None:
         "eos": writer.add_eos_token_id,
         "pad": writer.add_pad_token_id,
         "unk": writer.add_unk_token_id,
+        "eot": writer.add_eot_token_id,
     }
     for key, token_id in vocab.special.items():
         adders[key](token_id)

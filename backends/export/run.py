@@ -117,7 +117,11 @@ def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact) -> None
     from transformers import GenerationConfig
 
     tokenizer.hf_tokenizer().save_pretrained(str(out))
-    GenerationConfig(**hf.special, max_length=hf.arch.seq_len).save_pretrained(str(out))
+    # A chat model's reply ends at its end-of-turn token as well as at eos: generate()
+    # with these defaults stops there.
+    stops = tokenizer.stop_ids
+    eos = stops[0] if len(stops) == 1 else stops
+    GenerationConfig(**{**hf.special, "eos_token_id": eos}).save_pretrained(str(out))
 
 
 def save_hf(hf: HfModel, out: Path, tokenizer: TokenizerArtifact, dtype: str) -> None:

@@ -4,6 +4,7 @@ optional top-k and top-p (nucleus) filtering."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,17 @@ def sample(
     top_k: int | None = None,
     top_p: float = 1.0,
     seed: int = 0,
-    stop: int | None = None,
+    stop: int | Iterable[int] | None = None,
 ) -> list[int]:
-    """New token ids after the prompt (no KV cache: each step reruns the window)."""
+    """New token ids after the prompt, up to (not including) a ``stop`` token: the end
+    of sequence, and for a chat model its end of turn (no KV cache: each step reruns the
+    window)."""
     import torch
 
     seq_len = config["architecture"]["seq_len"]
     vocab = config["vocab_size"]
     gen = torch.Generator().manual_seed(seed)
+    stops = {stop} if isinstance(stop, int) else set(stop or ())
     ids = list(prompt_ids)
     out: list[int] = []
     with torch.no_grad():
@@ -89,7 +93,7 @@ def sample(
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
                     probs /= probs.sum()
                 nxt = int(torch.multinomial(probs, 1, generator=gen))
-            if stop is not None and nxt == stop:
+            if nxt in stops:
                 break
             ids.append(nxt)
             out.append(nxt)

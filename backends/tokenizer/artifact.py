@@ -124,5 +124,12 @@ class TokenizerArtifact:
         the end of one, for a tokenizer without one: documents are separated by it)."""
         return self.encode(text) or [self.eos_id if self.bos_id is None else self.bos_id]
 
+    def chat_prompt(self, text: str) -> str:
+        """``text`` as a user's turn in the chat template, followed by the start of the
+        assistant's answer."""
+        return self.hf_tokenizer().apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

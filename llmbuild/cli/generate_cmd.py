@@ -22,9 +22,20 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="hf export to generate from with transformers, e.g. hf@pretrain",
     )
-    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--prompt", default="", help="text to continue (with --chat: the user's turn)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="write the prompt as a user's turn in the model's chat template; the answer "
+        "ends at the end-of-turn token",
+    )
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="sampling temperature (default 0.8); 0 is greedy",
+    )
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -78,7 +89,13 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     tok = AutoTokenizer.from_pretrained(str(export_dir))
     model = AutoModelForCausalLM.from_pretrained(str(export_dir)).eval()
     limit = model.config.max_position_embeddings
-    prompt = tok.encode(args.prompt, add_special_tokens=False) or [tok.bos_token_id]
+    text = args.prompt
+    if args.chat:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    prompt = tok.encode(text, add_special_tokens=False) or [start]
     prompt = prompt[-(limit - 1) :]
     new = min(args.max_new_tokens, limit - len(prompt))
     if new < args.max_new_tokens:
@@ -98,13 +115,12 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new,
-            max_length=None,
-            eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
             **sampling,
         )
     generated = out[0, len(prompt) :].tolist()
-    if generated and generated[-1] == tok.eos_token_id:
+    stops = model.generation_config.eos_token_id  # eos, and a chat model's end of turn
+    if generated and generated[-1] in (stops if isinstance(stops, list) else [stops]):
         generated = generated[:-1]
     return tok.decode(generated, skip_special_tokens=True)
 
@@ -119,16 +135,17 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
         model, config = StageArtifact.open(stage_input).load_model()
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
+    text = tok.chat_prompt(args.prompt) if args.chat else args.prompt
     new = sample(
         model,
         config,
-        tok.prompt_ids(args.prompt),
+        tok.prompt_ids(text),
         args.max_new_tokens,
         args.temperature,
         args.top_k,
         args.top_p,
         args.seed,
-        stop=tok.eos_id,
+        stop=tok.stop_ids,
     )
     return tok.decode(new)
 
@@ -151,5 +168,5 @@ def run(args: argparse.Namespace) -> int:
         stage = _built(store, planned, name, args.spec)
         tokenizer = _built(store, planned, "tokenizer", args.spec)
         text = _generate_stage(args, stage, tokenizer)
-    sys.stdout.write(args.prompt + text + "\n")
+    sys.stdout.write(text + "\n" if args.chat else args.prompt + text + "\n")
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 from llmbuild.backend import Backend, Resources
 from llmbuild.run.context import InputArtifact, Progress, ProgressSink, RunContext
+from llmbuild.run.ranks import leave_process_groups
 from llmbuild.store.records import Record, environment, manifest, output_digest
 from llmbuild.store.store import Store, node_ref
 
@@ -126,5 +127,6 @@ def execute_node(
         message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         raise NodeFailed(task.name, message, str(log_path)) from None
     finally:
+        leave_process_groups()  # a node's groups die with it: the process hosts others
         log.removeHandler(handler)
         handler.close()

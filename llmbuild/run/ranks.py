@@ -38,6 +38,20 @@ def join_single_rank_group() -> bool:
     return True
 
 
+def leave_process_groups() -> None:
+    """Destroy every process group of this process (megatron's model-parallel groups
+    first): a process that hosts node after node (inline, or a reused Ray worker) would
+    otherwise keep each node's gloo groups, and their threads, forever."""
+    import sys
+
+    parallel_state = sys.modules.get("megatron.core.parallel_state")
+    if parallel_state is not None and parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_inline_ranks(fn: RankFn, config: Any, resources: Resources) -> Path | None:
     """One rank in this process, with a one-member gloo group."""
     if resources.ranks != 1:
@@ -45,14 +59,12 @@ def run_inline_ranks(fn: RankFn, config: Any, resources: Resources) -> Path | No
             f"this node needs {resources.ranks} ranks; the inline executor runs "
             "one: use --executor ray, or set the parallelism sizes to 1"
         )
-    import torch.distributed as dist
 
-    owned = join_single_rank_group()
+    join_single_rank_group()
     try:
         return fn(config, RankInfo(rank=0, world_size=1, local_rank=0))
     finally:
-        if owned:
-            dist.destroy_process_group()
+        leave_process_groups()
 
 
 def _rank_main(loop: dict[str, Any]) -> None:

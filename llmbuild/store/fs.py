@@ -15,6 +15,22 @@ from pathlib import Path
 from typing import Any
 
 
+def umask() -> int:
+    """The process's umask. What the store creates is as readable as any file the user
+    makes (a team store stays shared), though temp files and dirs start private. Read
+    from /proc where it can be (setting it to read it races other threads' files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class LocalFS:
     """A store root on the local filesystem."""
 
@@ -38,6 +54,7 @@ class LocalFS:
         target = self.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, target)
@@ -91,7 +108,9 @@ class LocalFS:
         """A fresh directory on the store's filesystem, so committing it is a rename."""
         base = self.root / "tmp"
         base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=base, prefix=prefix))
+        path = Path(tempfile.mkdtemp(dir=base, prefix=prefix))
+        path.chmod(0o777 & ~umask())
+        return path
 
 
 class FsspecFS:

@@ -86,7 +86,7 @@ def test_adapter_scores_as_lm_eval_hf_model_on_the_export(built, monkeypatch):
     root, _, store, outcome = built
     hf_dir = artifact(outcome, store, "export:hf@pretrain")
     ours = artifact(outcome, store, "eval:bench@pretrain")
-    eos = json.loads((hf_dir / "generation_config.json").read_text())["eos_token_id"]
+    eos = json.loads((hf_dir / "config.json").read_text())["eos_token_id"]
     monkeypatch.chdir(root / "tasks")
     hf = HFLM(
         pretrained=str(hf_dir), device="cpu", batch_size=8, add_bos_token=False, prefix_token_id=eos

@@ -265,3 +265,25 @@ def test_generate_from_an_adapter_only_stage(build, capsys):
     assert capsys.readouterr().out == from_stage  # the adapters applied over the base
     assert main([*greedy, "--stage", "sft"]) == 0
     assert capsys.readouterr().out.startswith("12+3=")
+
+
+def test_an_exported_adapter_loads_from_anywhere_offline(built, tmp_path, monkeypatch):
+    """``llmbuild export`` copies the adapter out with its base path made absolute, so
+    AutoPeftModelForCausalLM loads it from another directory, with no Hub access."""
+    from peft import AutoPeftModelForCausalLM
+
+    from llmbuild.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "shipped"
+    args = ["export", str(built.spec), "--store", str(built.store), "--to", str(out), "peft@lora"]
+    assert main(args) == 0
+    assert main(args) == 2  # it will not overwrite what is there without --force
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out / "peft@lora"), dtype=torch.float32)
+    ids = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = model.eval()(ids).logits
+    assert (theirs - _megatron_logits(built, ids)).abs().max() < 1e-4

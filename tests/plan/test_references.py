@@ -13,8 +13,8 @@ import pytest
 from llmbuild.errors import SpecError
 from llmbuild.plan import StatCache, plan_spec
 from llmbuild.registry import default_registry
-from llmbuild.spec.load import load_spec
 from llmbuild.spec.base import key_mark
+from llmbuild.spec.load import load_spec
 from llmbuild.spec.references import walk
 from llmbuild.spec.tables import TABLES, node_name
 from tests.conftest import FULL_SPEC, REPO, write_project

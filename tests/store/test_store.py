@@ -136,3 +136,24 @@ def test_open_fs_kinds(tmp_path):
     assert isinstance(open_fs(tmp_path), LocalFS)
     assert isinstance(open_fs(f"file://{tmp_path}"), LocalFS)
     assert isinstance(open_fs("memory://x"), FsspecFS)
+
+
+def test_what_the_store_creates_follows_the_umask(project, fixture_env, tmp_path):
+    """A team store stays readable: with umask 022, directories are 755 and files 644."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = tmp_path / "store"
+        assert fixture_build(project, store).ok
+    finally:
+        os.umask(old)
+    modes = {
+        p.relative_to(store).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in store.rglob("*")
+        if not p.name.startswith(".")
+    }
+    dirs = {m for p, m in modes.items() if (store / p).is_dir()}
+    files = {m for p, m in modes.items() if (store / p).is_file()}
+    assert dirs == {0o755} and files == {0o644}, modes

@@ -1,0 +1,86 @@
+"""``llmbuild export``: copy built exports out of the store, each into a folder named
+after it, as they are used: a PEFT adapter's base path made absolute, so that
+``AutoPeftModelForCausalLM.from_pretrained(folder)`` works from anywhere, offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.errors import UserError
+
+PEFT_CONFIG = "adapter_config.json"
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    add_spec_arguments(p)
+    add_store_argument(p)
+    p.add_argument("--to", required=True, metavar="DIR", help="where to write the exports")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="EXPORT",
+        help="exports to copy, e.g. hf@sft or gguf@sft (default: every export of the spec)",
+    )
+    p.add_argument("--force", action="store_true", help="replace folders that exist in DIR")
+
+
+def _rebase_peft(folder: Path) -> None:
+    config = folder / PEFT_CONFIG
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    base = data.get("base_model_name_or_path")
+    if isinstance(base, str) and (folder / base).is_dir():
+        data["base_model_name_or_path"] = str((folder / base).resolve())
+        config.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def copy_out(
+    store: Any, planned: Any, names: list[str], to: Path, force: bool, spec: Path
+) -> list[Path]:
+    exports = [n for n in planned.graph.nodes if n.startswith("export:")]
+    wanted = [f"export:{n}" if not n.startswith("export:") else n for n in names] or exports
+    unknown = [n for n in wanted if n not in exports]
+    if unknown:
+        listed = ", ".join(n.split(":", 1)[1] for n in exports) or "none"
+        raise UserError(f"no export {unknown[0]!r} in this spec (exports: {listed})")
+    missing = [n for n in wanted if not store.lookup(planned.keys[n].key).cached]
+    if missing:
+        raise UserError(f"not built yet: {', '.join(missing)}; run `llmbuild build {spec}` first")
+    written = []
+    for node in wanted:
+        target = to / node.split(":", 1)[1]
+        if target.exists():
+            if not force:
+                raise UserError(f"{target} exists; pass --force to replace it")
+            shutil.rmtree(target)
+        found = store.lookup(planned.keys[node].key)
+        shutil.copytree(
+            store.local_dir(found.target), target, ignore=shutil.ignore_patterns("record.json")
+        )
+        _rebase_peft(target)
+        written.append(target)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmbuild.plan import plan_spec
+    from llmbuild.spec.load import load_spec
+
+    resolved = load_spec(args.spec, args.overrides)
+    store = open_store(args, resolved.path)
+    planned = plan_spec(resolved, store=store, cache=store.cache)
+    to = Path(args.to)
+    try:
+        to.mkdir(parents=True, exist_ok=True)
+        written = copy_out(store, planned, args.names, to, args.force, resolved.path)
+    except OSError as e:
+        raise UserError(f"cannot write to {to}: {e}") from None
+    for path in written:
+        print(path)
+    return 0
