@@ -42,7 +42,10 @@ def installed(tmp_path_factory) -> Path:
             python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"
         ).stdout.strip()
     )
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    ours = [p for p in sys.path if p.endswith("site-packages")] or [
+        sysconfig.get_paths()["purelib"]
+    ]
+    (site / "dependencies.pth").write_text("".join(p + "\n" for p in ours))
     _run(python, "-m", "pip", "install", "--no-deps", "--no-index", wheel, cwd=root)
     return python
 
