@@ -12,10 +12,17 @@ from tests.backends.conftest import run_nodes
 from tests.conftest import REPO, suite_store
 
 
+def copy_example(name: str, tmp_path: Path) -> Path:
+    """A copy of ``examples/<name>`` (without its store or generated checkpoints)."""
+    example = tmp_path / name
+    skip = shutil.ignore_patterns(".llmbuild", "checkpoints")
+    shutil.copytree(REPO / "examples" / name, example, ignore=skip)
+    return example
+
+
 def build_example(name: str, tmp_path: Path, factory: pytest.TempPathFactory) -> BuildOutcome:
     """Every node of ``examples/<name>/spec.toml``, built from a copy into the suite's store."""
-    example = tmp_path / name
-    shutil.copytree(REPO / "examples" / name, example, ignore=shutil.ignore_patterns(".llmbuild"))
+    example = copy_example(name, tmp_path)
     outcome = run_nodes(example / "spec.toml", suite_store(factory))
     assert outcome.ok, outcome.log
     return outcome
