@@ -77,6 +77,10 @@ class Completion:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Whole tables, used only when the spec has none of its own (a tokenizer, say)."""
     problems: list[Problem] = field(default_factory=list)
+    add: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Items to append to arrays of tables (a sweep's stages and its fit, say)."""
+    replace: bool = False
+    """The item stands for what ``add`` appends and leaves the spec (a macro)."""
     fills: tuple[str, ...] = ()
     """Tables this kind fills when its files can be read: a spec without them is not
     reported as lacking them while the files' problems stand."""
@@ -120,9 +124,9 @@ class Kind:
         """Problems of this item that span tables (its own fields are validated already)."""
         return []
 
-    def complete(self, raw: dict[str, Any], where: Path) -> Completion | None:
-        """What the item adds to the spec, from the raw composed item (paths made absolute).
-        Cheap: ``validate`` and ``plan`` run it."""
+    def complete(self, raw: dict[str, Any], where: Path, spec: dict[str, Any]) -> Completion | None:
+        """What the item adds to the spec, from the raw composed item (paths made absolute)
+        and the raw spec around it. Cheap: ``validate`` and ``plan`` run it."""
         return None
 
     def __repr__(self) -> str:

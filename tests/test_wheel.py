@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.examples.conftest import copy_example
 
 EXAMPLES = sorted(p.parent.name for p in (REPO / "examples").glob("*/spec.toml"))
 
@@ -58,8 +59,7 @@ def test_the_wheel_is_what_runs(installed, tmp_path):
 
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_example_validates_and_plans_from_the_wheel(installed, tmp_path, example):
-    shutil.copytree(REPO / "examples" / example, tmp_path / example)
-    spec = tmp_path / example / "spec.toml"
+    spec = copy_example(example, tmp_path) / "spec.toml"
     _run(installed, "-m", "llmbuild", "validate", spec, cwd=tmp_path)
     plan = _run(installed, "-m", "llmbuild", "plan", spec, cwd=tmp_path)
     assert "to build" in plan.stdout and "stage:" in plan.stdout

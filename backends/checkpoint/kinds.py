@@ -45,7 +45,7 @@ class ImportKind(Kind):
     def labels(self, item: Any) -> dict[str, str]:
         return {"stage": f"stage.{item.name}", "seq_len": "architecture.seq_len"}
 
-    def complete(self, raw: dict[str, Any], where: Path) -> Completion | None:
+    def complete(self, raw: dict[str, Any], where: Path, spec: dict[str, Any]) -> Completion | None:
         ref = raw.get("checkpoint")
         if not isinstance(ref, str):
             return None  # field validation reports it

@@ -167,6 +167,10 @@ class BlockWriter:
         self.lines, self.size = [], 0
 
 
+NOTABLE = 0.1
+"""The share of a source's documents whose removal by cleaning the build says out loud."""
+
+
 def run(ctx: Any) -> None:
     import webdataset as wds
 
@@ -261,6 +265,11 @@ def run(ctx: Any) -> None:
             f"source {config.source.name!r}: no document is left after cleaning "
             f"(removed: {report['removed']})"
         )
+    read = report["documents_read"]
+    removed = sum(report["removed"].values())
+    if read and removed / read >= NOTABLE:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(report["removed"].items()) if v)
+        ctx.note(f"cleaning removed {removed} of {read} documents ({removed / read:.0%}): {why}")
     (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     ctx.metrics.update(
         {

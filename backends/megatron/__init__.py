@@ -26,7 +26,7 @@ class MegatronBackend(Backend):
     def resources(self, config: TrainConfig) -> Resources:
         par = config.parallelism
         gpus = 1.0 if par.device == "gpu" else 0.0
-        return Resources(cpus=par.cpus_per_rank, gpus=gpus, ranks=par.world_size)
+        return Resources(cpus=par.rank_cpus(), gpus=gpus, ranks=par.world_size)
 
 
 backend = MegatronBackend()

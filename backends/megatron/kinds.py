@@ -12,8 +12,46 @@ from llmbuild.backends.megatron.spec import Dpo, Grpo, Lora, Pretrain, RewardMod
 from llmbuild.errors import Path, Problem
 from llmbuild.kinds import Kind, NodeRefs, SpecView
 from llmbuild.spec.base import SpecModel
+from llmbuild.spec.model import patched
 
 OBJECTIVES = "llmbuild.backends.megatron.objective_builders"
+
+
+def stage_architecture(spec: Any, stage: Any) -> Any:
+    """The architecture a stage trains: the spec's, with the changes of the first stage
+    up its ``from`` chain that has its own (a model's shape follows its weights)."""
+    seen: set[str] = set()
+    while stage is not None and stage.name not in seen:
+        seen.add(stage.name)
+        patch = getattr(stage, "architecture", None)
+        if patch is not None:
+            return patched(spec.architecture, patch)
+        parent = getattr(stage, "from_", None)
+        stage = next((s for s in spec.stage if s.name == parent), None)
+    return spec.architecture
+
+
+def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Problem]:
+    from pydantic import ValidationError
+
+    try:
+        own = patched(arch, patch)
+    except ValidationError as e:
+        return [
+            Problem(f"with its changes, the architecture is invalid: {e.errors()[0]['msg']}", where)
+        ]
+    out = []
+    if own.hidden % own.heads or own.heads % own.kv_heads:
+        out.append(
+            Problem(
+                f"heads ({own.heads}) must divide hidden ({own.hidden}), and kv_heads heads", where
+            )
+        )
+    if par is not None and (own.heads % par.tensor or own.kv_heads % par.tensor):
+        out.append(Problem(f"tensor ({par.tensor}) must divide heads and kv_heads", where))
+    if par is not None and own.layers % par.pipeline:
+        out.append(Problem(f"pipeline ({par.pipeline}) must divide layers ({own.layers})", where))
+    return out
 
 
 class TrainedStage(Kind):
@@ -47,7 +85,7 @@ class TrainedStage(Kind):
         )
         return TrainConfig(
             stage=item,
-            architecture=spec.architecture,
+            architecture=stage_architecture(spec, item),
             seed=spec.model.seed,
             mixture=mixture,
             parallelism=spec.parallelism,
@@ -73,6 +111,9 @@ class TrainedStage(Kind):
                 )
             )
         par = view.parallelism
+        patch = getattr(item, "architecture", None)
+        if patch is not None and view.architecture is not None:
+            out += _patch_problems(view.architecture, patch, par, (*where, "architecture"))
         if par is not None:
             replicas = par.data * (1 if self.pipeline else par.pipeline)
             if item.global_batch % (par.micro_batch * replicas):

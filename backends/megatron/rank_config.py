@@ -53,5 +53,7 @@ class RankConfig:
     """The frozen reference (DPO, GRPO): ``init`` when None."""
     reward_models: dict[int, WeightsRef] = field(default_factory=dict)
     """GRPO: reward-model stages by their index in ``rewards``."""
+    threads: int = 1
+    """torch intra-op threads of each rank: the CPUs it holds."""
     progress: Any = None
     """Rank 0 reports steps and losses here (the node's progress feed)."""

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from typing import Any
 
 from llmbuild.backends.megatron.artifact import CONFIG, WEIGHT_FILES, StageArtifact
 from llmbuild.backends.megatron.config import TrainConfig
 from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
-from llmbuild.backends.megatron.train import train_ranks
+from llmbuild.backends.megatron.train import TIMINGS, train_ranks
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
 from llmbuild.registry import default_registry
@@ -101,6 +102,7 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
             for slot in ctx.inputs
             if slot.startswith("reward:") and (ref := _weights_ref(ctx, slot)) is not None
         },
+        threads=int(ctx.resources.cpus) if not ctx.resources.gpus else par.rank_cpus(),
         progress=ctx.progress,
     )
 
@@ -118,7 +120,13 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         vocab = model_vocab(tok.info.vocab_size, config.architecture)
     except ValueError as e:
         raise UserError(f"{ctx.node}: {e}") from None
+    mark = time.perf_counter()
     result = ctx.run_ranks(train_ranks, rank_config(ctx, tok, vocab))
+    ctx.timings["ranks"] = round(time.perf_counter() - mark, 3)
+    if (result / TIMINGS).exists():  # where the ranks' time went
+        ctx.timings.update(
+            {f"rank0.{k}": v for k, v in json.loads((result / TIMINGS).read_text()).items()}
+        )
     for name in (*WEIGHT_FILES, "metrics.jsonl", "initial.json"):
         if (result / name).exists():
             shutil.copy(result / name, ctx.out_dir / name)

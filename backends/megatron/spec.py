@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, marked, ref
+from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, added, marked, ref
+from llmbuild.spec.model import ArchitecturePatch
 from llmbuild.spec.tables import StageTable
 
 LoraTarget = Literal["qkv", "proj", "fc1", "fc2"]
@@ -92,6 +93,9 @@ class Pretrain(StageBase):
         "tokens", None, slot="data:{name}", source_role="pretrain", omitted="pretrain"
     )
     """Pretrain-role sources blended by their weights; all of them when omitted."""
+    architecture: ArchitecturePatch | None = added(None)  # type: ignore[valid-type]
+    """This stage's own changes to `[architecture]` (a model of another size, trained from
+    scratch: a sweep's points, say); stages trained from it share its architecture."""
 
 
 class Sft(StageBase):

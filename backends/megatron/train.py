@@ -14,6 +14,10 @@ from typing import Any
 
 from llmbuild.backends.megatron.rank_config import RankConfig
 
+TIMINGS = "timings.json"
+"""Rank 0's seconds per phase: setup (megatron's import, the model), data, the first
+step, steps, validation, checkpoints, save; and its torch threads."""
+
 
 def _setup(cfg: RankConfig) -> None:
     from llmbuild.backends.megatron.cpu import apply_cpu_patches
@@ -32,10 +36,14 @@ def _adapter_spec(stage: dict[str, Any]) -> Any:
 
 
 def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
-    """One rank of a training stage. Rank 0 returns the directory with the weights."""
+    """One rank of a training stage. Rank 0 returns the directory with the weights, with
+    the seconds each phase took (``timings.json``)."""
+    began = time.perf_counter()
     import torch
     import torch.distributed as dist
 
+    if not torch.cuda.is_available():  # the CPUs this rank holds, whoever started it
+        torch.set_num_threads(cfg.threads)
     _setup(cfg)
     from llmbuild.backends.megatron import checkpoint as ck
     from llmbuild.backends.megatron import data_parallel, lora
@@ -86,7 +94,10 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     if stage["kind"] == "reward":
         init.update(value_head(model, arch, seed))
     load_canonical(model, init, gated)
+    timings = {"setup": time.perf_counter() - began}
+    mark = time.perf_counter()
     objective = import_object(cfg.objective)(cfg, arch, config, model)
+    timings["data"] = time.perf_counter() - mark
     # Trained through the wrapper; ``model`` keeps the canonical parameter names.
     sharded = cfg.distributed_optimizer
     ddp = data_parallel.apply_data_parallel(model, sharded)
@@ -114,7 +125,9 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         torch.set_rng_state(state["rng"])
         start, history, initial = state["step"], state["history"], state.get("initial")
     if start == 0 and stage["kind"] != "pretrain":
+        mark = time.perf_counter()
         initial = objective.evaluate(ddp, eval_samples, micro)  # before any update
+        timings["validation"] = time.perf_counter() - mark
     progress = cfg.progress
     tokens_per_step = gbs * arch.seq_len
     ddp.train()
@@ -145,6 +158,8 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
             if sums:
                 sums = _dp_reduce(sums, 1.0)  # the mean over replicas
         elapsed = time.perf_counter() - t0
+        if step == start:
+            timings["first_step"] = elapsed
         row = {
             "step": step + 1,
             "loss": float(loss_sum),
@@ -155,7 +170,9 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         }
         last = step + 1 == steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
+            mark = time.perf_counter()
             row.update(objective.evaluate(ddp, eval_samples, micro))
+            timings["validation"] = timings.get("validation", 0.0) + time.perf_counter() - mark
         history.append(row)
         if rank == 0 and progress is not None:
             shown = {k: round(row[k], 4) for k in ("val_loss", "reward", "val_reward") if k in row}
@@ -169,6 +186,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
             )
         if (step + 1) % cfg.checkpoint_every == 0 and not last:
             if ck.writes_checkpoint(sharded):
+                mark = time.perf_counter()
                 ck.save_checkpoint(
                     ckpt,
                     {
@@ -181,9 +199,16 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
                         "layout": layout,
                     },
                 )
+                timings["checkpoints"] = (
+                    timings.get("checkpoints", 0.0) + time.perf_counter() - mark
+                )
             dist.barrier()
             if rank == 0:
                 mark_checkpoint(work, step + 1)
+    timings["steps"] = (
+        time.perf_counter() - t0 - timings.get("validation", 0.0) - timings.get("checkpoints", 0.0)
+    )
+    mark = time.perf_counter()
     weights = gather_canonical(model, gated)  # every tensor-parallel rank takes part
     if pp > 1:  # and every pipeline stage
         weights = pipeline.gather_stages(weights, arch.layers, tied)
@@ -198,6 +223,9 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
             f.write(json.dumps(row) + "\n")
     if initial is not None:
         (out / "initial.json").write_text(json.dumps(initial, sort_keys=True))
+    timings["save"] = time.perf_counter() - mark
+    timings["threads"] = torch.get_num_threads()
+    (out / TIMINGS).write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}))
     return out
 
 

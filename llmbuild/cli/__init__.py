@@ -27,7 +27,13 @@ COMMANDS = {
     "gc": ("llmbuild.cli.store_cmds", "remove artifacts no recent build references"),
     "generate": ("llmbuild.cli.generate_cmd", "sample text from a built stage"),
     "export": ("llmbuild.cli.export_cmd", "copy built exports out of the store into a folder"),
+    "scaling": ("llmbuild.cli.scaling_cmd", "fitted scaling laws, and the optimum for a budget"),
     "status": ("llmbuild.cli.status_cmd", "what is built for a spec, and its eval results"),
+    "serve": (
+        "llmbuild.cli.serve_cmd",
+        "serve a built stage or hf export over an OpenAI-compatible HTTP API",
+    ),
+    "chat": ("llmbuild.cli.chat_cmd", "chat with a built stage or hf export in the terminal"),
 }
 
 

@@ -111,6 +111,8 @@ def _show(store, args: argparse.Namespace) -> int:
         print(f"  output {e.path}  {e.size} bytes  blake3 {e.blake3[:16]}")
     if rec.metrics:
         print(f"  metrics {json.dumps(rec.metrics)}")
+    for note in rec.notes:
+        print(f"  note {note}")
     if store.fs.exists(store.log_path(rec.key)):
         print(f"  log {store.url.rstrip('/')}/{store.log_path(rec.key)}")
     env = rec.environment

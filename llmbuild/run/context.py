@@ -110,6 +110,9 @@ class RunContext(Generic[C]):
     """Summary metrics recorded in the node's record (and compared by reproduce)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in each phase of the work, recorded with the node's timings."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know about the result (cleaning removed a third of the
+    documents, say): shown when the node is built, kept in its record."""
     run_ranks: Callable[[RankFn, Any], Path | None] | None = None
     """Run ``fn(config, rank_info)`` on ``resources.ranks`` torch.distributed ranks
     (TorchTrainer workers under Ray). The directory rank 0 returns comes back as a local
@@ -131,6 +134,11 @@ class RunContext(Generic[C]):
             raise KeyError(
                 f"{self.node} has no input {slot!r} (inputs: {sorted(self.inputs)})"
             ) from None
+
+    def note(self, text: str) -> None:
+        """Tell the user something notable about this node's result."""
+        self.notes.append(text)
+        self.log.info("note: %s", text)
 
     def mark_checkpoint(self, step: int, **info: Any) -> None:
         """Record that a resumable checkpoint at ``step`` exists in the work dir."""

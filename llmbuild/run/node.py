@@ -110,6 +110,7 @@ def execute_node(
             ),
             cutoff_key=task.cutoff_key,
             metrics=ctx.metrics,
+            notes=ctx.notes,
             timings={
                 **ctx.timings,
                 "started": started,

@@ -214,7 +214,8 @@ class Scheduler:
                             detail += f" (log: {err.log})"
                         self._finish(done.handle.name, "failed", detail)
                     else:
-                        self._finish(done.handle.name, "built", "", done.record)
+                        notes = "; ".join(done.record.notes) if done.record else ""
+                        self._finish(done.handle.name, "built", notes, done.record)
             elif self.waiting and pending:
                 time.sleep(self.poll)
         if self._started:

@@ -144,6 +144,40 @@ def check_tokenizer(raw: dict[str, Any]) -> list[Problem]:
     ]
 
 
+def _missing(value: Any) -> list[tuple[Path, str]]:
+    """The local patterns of a content field's value that match no file."""
+    from llmbuild.plan.digest import expand
+
+    values = value if isinstance(value, list) else [value]
+    return [
+        ((i,) if isinstance(value, list) else (), v)
+        for i, v in enumerate(values)
+        if isinstance(v, str) and "://" not in v and not expand(v)
+    ]
+
+
+def check_paths(raw: dict[str, Any], registry: Any) -> list[Problem]:
+    """Every local file a content field names exists (cheap: a glob, nothing read)."""
+    from llmbuild.spec.compose import kind_content_fields
+
+    fields: list[tuple[Path, Any]] = []
+    for i, source in enumerate(_array(_table(raw, "data"), "sources")):
+        fields.append((("data", "sources", i, "path"), source.get("path")))
+    tok = _table(raw, "tokenizer")
+    if "path" in tok:
+        fields.append((("tokenizer", "path"), tok["path"]))
+    for table in TABLES:
+        for i, item in enumerate(_array(raw, table)):
+            for alias in kind_content_fields(registry, table, item):
+                if alias in item:
+                    fields.append(((table, i, alias), item[alias]))
+    out = []
+    for where, value in fields:
+        for sub, pattern in _missing(value):
+            out.append(Problem(f"{pattern}: matches no file", (*where, *sub)))
+    return out
+
+
 def item_references(raw: dict[str, Any], registry: Any) -> list[tuple[Path, Reference]]:
     """Every reference written in the spec, with the path of the item that writes it."""
     out: list[tuple[Path, Reference]] = [

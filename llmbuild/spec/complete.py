@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmbuild.errors import Path, Problem
-from llmbuild.spec.compose import Layer, Origin
+from llmbuild.spec.compose import Layer, Origin, _walk
 from llmbuild.spec.tables import TABLES
 
 
@@ -26,12 +26,20 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
     data, problems, unfilled = layer.data, [], set()
     for table in TABLES:
         items = data.get(table)
-        for i, item in enumerate(items if isinstance(items, list) else []):
+        dropped: list[int] = []
+        for i, item in enumerate(list(items) if isinstance(items, list) else []):
             kind = registry.kind_of(table, item)
-            done = kind.complete(item, (table, i)) if kind is not None else None
+            try:
+                done = kind.complete(item, (table, i), data) if kind is not None else None
+            except Exception as e:  # a kind's bug must not become a user's traceback
+                problems.append(Problem(f"{kind} cannot read this item: {e}", (table, i)))
+                continue
             if done is None:
                 continue
             problems += done.problems
+            if done.replace and not done.problems:  # kept to locate its problems
+                dropped.append(i)
+            _append(layer, done.add, Origin(done.origin))
             if done.problems:
                 unfilled.update(done.fills)
             origin = Origin(done.origin)
@@ -60,4 +68,37 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
                                 path,
                             )
                         )
+        if dropped and isinstance(items, list):
+            _drop(layer, table, dropped)
     return problems, unfilled
+
+
+def _append(layer: Layer, add: dict[str, list[dict[str, Any]]], origin: Origin) -> None:
+    """Append generated items to arrays of tables (after the spec's own)."""
+    for name, new in add.items():
+        items = layer.data.setdefault(name, [])
+        if not isinstance(items, list):
+            continue  # not an array: field validation reports it
+        for item in new:
+            path: Path = (name, len(items))
+            items.append(item)
+            layer.origins[path] = origin
+            for sub in _walk(item, path):
+                layer.origins[sub] = origin
+
+
+def _drop(layer: Layer, table: str, dropped: list[int]) -> None:
+    """Remove macro items, renumbering the origins of the items after them."""
+    items = layer.data[table]
+    keep = [i for i in range(len(items)) if i not in dropped]
+    layer.data[table] = [items[i] for i in keep]
+    moved = {old: new for new, old in enumerate(keep)}
+    origins = {}
+    for path, origin in layer.origins.items():
+        if len(path) > 1 and path[0] == table and isinstance(path[1], int):
+            if path[1] in moved:
+                origins[(table, moved[path[1]], *path[2:])] = origin
+        else:
+            origins[path] = origin
+    layer.origins.clear()
+    layer.origins.update(origins)

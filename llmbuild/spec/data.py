@@ -6,10 +6,37 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmbuild.spec.base import Name, SourceRole, SpecModel, StrList, content, marked
+from llmbuild.spec.base import Name, SourceRole, SpecModel, StrList, added, content, marked
 
 SourceFormat = Literal["auto", "text", "jsonl", "parquet", "webdataset"]
 __all__ = ["Clean", "Data", "Source", "SourceFormat", "SourceRole", "Split"]
+
+
+class Clean(SpecModel):
+    """Normalisation, filtering and deduplication applied to every source."""
+
+    normalize: Literal["nfc", "none"] = "nfc"
+    """Unicode normalisation form applied to every document, with whitespace and
+    control characters normalised."""
+    min_chars: int = Field(1, ge=0)
+    """Documents shorter than this many characters are dropped."""
+    max_chars: int | None = Field(None, gt=0)
+    """Documents longer than this many characters are dropped; no limit when omitted."""
+    dedup: Literal["none", "exact", "minhash"] = "exact"
+    """Deduplication: none, exact (content hash) or near-duplicates with MinHash-LSH
+    (which also removes exact duplicates)."""
+    minhash_threshold: float = Field(0.8, gt=0, le=1)
+    """Estimated Jaccard similarity above which two documents are near-duplicates."""
+    minhash_perms: int = Field(128, ge=16, le=1024)
+    """Number of MinHash permutations."""
+    shingle_size: int = Field(5, ge=1)
+    """Length in characters of the shingles compared by MinHash."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Clean:
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) is below min_chars ({self.min_chars})")
+        return self
 
 
 class Source(SpecModel):
@@ -48,33 +75,9 @@ class Source(SpecModel):
     on_error: Literal["error", "skip"] = "error"
     """What a malformed record does: stop with an error naming file and line, or be
     skipped, counted and reported."""
-
-
-class Clean(SpecModel):
-    """Normalisation, filtering and deduplication applied to every source."""
-
-    normalize: Literal["nfc", "none"] = "nfc"
-    """Unicode normalisation form applied to every document, with whitespace and
-    control characters normalised."""
-    min_chars: int = Field(1, ge=0)
-    """Documents shorter than this many characters are dropped."""
-    max_chars: int | None = Field(None, gt=0)
-    """Documents longer than this many characters are dropped; no limit when omitted."""
-    dedup: Literal["none", "exact", "minhash"] = "exact"
-    """Deduplication: none, exact (content hash) or near-duplicates with MinHash-LSH
-    (which also removes exact duplicates)."""
-    minhash_threshold: float = Field(0.8, gt=0, le=1)
-    """Estimated Jaccard similarity above which two documents are near-duplicates."""
-    minhash_perms: int = Field(128, ge=16, le=1024)
-    """Number of MinHash permutations."""
-    shingle_size: int = Field(5, ge=1)
-    """Length in characters of the shingles compared by MinHash."""
-
-    @model_validator(mode="after")
-    def _lengths(self) -> Clean:
-        if self.max_chars is not None and self.max_chars < self.min_chars:
-            raise ValueError(f"max_chars ({self.max_chars}) is below min_chars ({self.min_chars})")
-        return self
+    clean: Clean | None = added(None)
+    """This source's cleaning, in place of `[data.clean]` (a chat source and a web corpus
+    want different filters)."""
 
 
 class Split(SpecModel):
@@ -87,10 +90,10 @@ class Split(SpecModel):
 class Data(SpecModel):
     """All the data the build reads."""
 
+    clean: Clean = Clean()
+    """Cleaning applied to every source (unless a source has its own)."""
     sources: tuple[Source, ...] = Field(min_length=1)
     """The data sources, as an array of tables `[[data.sources]]`."""
-    clean: Clean = Clean()
-    """Cleaning applied to every source."""
     split: Split = Split()
     """The train/validation split."""
     shard_mb: int = Field(64, gt=0)

@@ -251,9 +251,53 @@ class Parallelism(SpecModel):
     resumes only with the setting it was written with."""
     device: Literal["auto", "cpu", "gpu"] = marked("execution", "auto")
     """Where ranks run: `gpu` when the cluster has GPUs under `auto`."""
-    cpus_per_rank: PositiveInt = marked("execution", 1)
-    """CPUs requested for each rank."""
+    cpus_per_rank: PositiveInt | None = marked("execution", None)
+    """CPUs requested for each rank, and the torch threads it computes with. Unset: this
+    machine's cores shared by the ranks (a lone rank takes them all). Results are
+    bit-identical for the same layout and thread count; other thread counts agree to
+    float rounding."""
+
+    def rank_cpus(self, cores: int | None = None) -> int:
+        """The CPUs (and threads) of each rank."""
+        if self.cpus_per_rank is not None:
+            return self.cpus_per_rank
+        import os
+
+        return max(1, (cores or os.cpu_count() or 1) // self.world_size)
 
     @property
     def world_size(self) -> int:
         return self.tensor * self.pipeline * self.data
+
+
+def _patch_model() -> type[SpecModel]:
+    """``Architecture`` with every field optional: a stage's changes to the spec's."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for name, f in Architecture.model_fields.items():
+        fields[name] = (f.annotation | None, Field(None, description=f.description))
+    return create_model(  # type: ignore[call-overload]
+        "ArchitecturePatch",
+        __base__=SpecModel,
+        __doc__="Fields of `[architecture]` this stage sets to its own values.",
+        **fields,
+    )
+
+
+ArchitecturePatch = _patch_model()
+
+
+def patched(arch: Architecture, patch: Any) -> Architecture:
+    """``arch`` with a stage's changes (fields a style implies follow the new style)."""
+    if patch is None:
+        return arch
+    changes = {k: v for k, v in patch.model_dump(mode="json").items() if v is not None}
+    if not changes:
+        return arch
+    base = arch.model_dump(mode="json")
+    if "hidden" in changes or "style" in changes:
+        base.pop("ffn_hidden", None)  # derived from hidden unless set
+    if "heads" in changes:
+        base.pop("kv_heads", None)
+    return Architecture.model_validate({**base, **changes})

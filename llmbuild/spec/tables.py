@@ -59,13 +59,17 @@ BASES: dict[Table, type[SpecModel]] = {
 def node_name(table: Table, item: dict | SpecModel, target: str | None = None) -> str | None:
     """The graph node a table item makes (an eval makes one per stage, ``target``):
     ``stage:<name>``, ``eval:<suite>@<stage>``, ``export:<format>@<stage>`` or, for an
-    export with a name, ``export:<name>``. None when the item lacks what names it."""
+    export with a name, ``export:<name>``; an eval reading all of its stages at once (its
+    ``stages`` not marked ``each``), ``eval:<suite>``. None when the item lacks what names
+    it."""
     get = item.get if isinstance(item, dict) else lambda k: getattr(item, k, None)
     name = get("name")
     if table == "stage":
         return f"stage:{name}" if isinstance(name, str) else None
-    if table == "eval":
-        return f"eval:{name}@{target}" if isinstance(name, str) and target else None
+    if table == "eval":  # a suite over many stages at once makes one node
+        if not isinstance(name, str):
+            return None
+        return f"eval:{name}@{target}" if target else f"eval:{name}"
     if isinstance(name, str):
         return f"export:{name}"
     fmt, stage = get("format"), get("stage")

@@ -210,7 +210,7 @@ def validate_sections(
             kind = "[[stage]] tables" if section == "stage" else f"[{section}] table"
             problems.append(Problem(f"required: the spec has no {kind}", (section,)))
     for section, (_, is_array) in known.items():
-        if section not in data:
+        if section not in data or section in unfilled:  # what the kind would fill is missing
             continue
         value = data[section]
         if not is_array:

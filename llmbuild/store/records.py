@@ -64,17 +64,15 @@ class Record(_Frozen):
     alias_of: NodeRef | None = None
     """Early cut-off: the artifact whose outputs this node reuses (no files of its own)."""
     metrics: dict[str, Any] = {}
+    notes: list[str] = []
+    """What the user should know about the result, said when it was built."""
     timings: dict[str, float] = {}
     environment: dict[str, Any] = {}
     build: str = ""
     digest: str = ""
 
     def sealed(self) -> Record:
-        return self.model_copy(update={"digest": self._content_digest()})
-
-    def _content_digest(self) -> str:
-        body = self.model_dump(mode="json", exclude={"digest"})
-        return blake3_bytes(json.dumps(body, sort_keys=True).encode())
+        return self.model_copy(update={"digest": _digest(self.model_dump(mode="json"))})
 
     def to_json(self) -> bytes:
         return json.dumps(self.sealed().model_dump(mode="json"), indent=1, sort_keys=True).encode()
@@ -97,13 +95,19 @@ class Record(_Frozen):
             rec = cls.model_validate(raw)
         except ValidationError as e:
             raise CorruptRecord(f"record.json does not validate: {e.errors()[0]['msg']}") from None
-        if rec.digest != rec._content_digest():
+        if raw.get("digest") != _digest(raw):  # of what was written, so fields added later
             raise CorruptRecord("record.json does not match its digest (it was edited)")
         return rec
 
     @property
     def short(self) -> str:
         return self.key[:12]
+
+
+def _digest(body: dict[str, Any]) -> str:
+    """blake3 of a record's JSON without its digest."""
+    rest = {k: v for k, v in body.items() if k != "digest"}
+    return blake3_bytes(json.dumps(rest, sort_keys=True).encode())
 
 
 def manifest(out_dir: Path, cache: StatCache | None = None) -> list[ManifestEntry]:

@@ -99,8 +99,13 @@ SHARDED = [*DATA, "parallelism.distributed_optimizer=true"]
 
 
 def test_data_parallel_two_ranks_match_one(tmp_path):
+    import os
+
     spec = tiny_spec(tmp_path, steps=6)
     assert_same_training(tmp_path, spec, DATA)
+    two = Store(str(tmp_path / "two"))
+    (record,) = [r for r in two.artifacts() if r.name == "stage:pretrain"]
+    assert record.timings["rank0.threads"] == max(1, os.cpu_count() // 2)  # the cores shared
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])

@@ -73,12 +73,26 @@ def _build_killing(spec: Path, store: Path, title: str, overrides=()):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The same training under Ray, not interrupted (Ray gives a one-CPU worker one
-    thread, so its float sums may differ in the last bits from a build inline)."""
+    """The same training under Ray, not interrupted."""
     root = tmp_path_factory.mktemp("whole")
     spec = tiny_spec(root, steps=20)
     store = suite_store(tmp_path_factory)
     return spec, on_ray(spec, store, []), store
+
+
+def test_a_lone_rank_takes_the_cores_and_trains_as_inline_does(uninterrupted, tmp_path):
+    """Under Ray, a one-rank stage computes with as many threads as the machine's cores
+    (the CPUs it holds), like the inline executor: the same key, the same bytes."""
+    import os
+
+    from tests.backends.conftest import run_nodes
+
+    spec, on_ray_build, _ = uninterrupted
+    record = on_ray_build.results["stage:pretrain"].record
+    assert record.timings["rank0.threads"] == os.cpu_count()
+    inline = run_nodes(spec, tmp_path / "inline", ("stage:pretrain",)).results["stage:pretrain"]
+    assert inline.record.timings["rank0.threads"] == os.cpu_count()
+    assert inline.record.output_digest == record.output_digest
 
 
 def test_a_killed_node_worker_is_rerun_and_resumes(uninterrupted, tmp_path):

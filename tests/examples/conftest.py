@@ -13,10 +13,17 @@ from tests.conftest import REPO, suite_store
 
 
 def copy_example(name: str, tmp_path: Path) -> Path:
-    """A copy of ``examples/<name>`` (without its store or generated checkpoints)."""
+    """A copy of ``examples/<name>`` (without its store or generated checkpoints), with
+    what the example's README says to run first (``make_checkpoint.py``) done."""
+    import subprocess
+    import sys
+
     example = tmp_path / name
     skip = shutil.ignore_patterns(".llmbuild", "checkpoints")
     shutil.copytree(REPO / "examples" / name, example, ignore=skip)
+    if (example / "make_checkpoint.py").is_file():
+        subprocess.run([sys.executable, str(example / "make_checkpoint.py")], check=True,
+                       capture_output=True)  # fmt: skip
     return example
 
 

@@ -4,9 +4,6 @@ chat answers stop at the end of the turn, and the exports load in their librarie
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
 
 from tests.backends.conftest import artifact, run_nodes
@@ -16,7 +13,6 @@ from tests.examples.conftest import copy_example
 
 def test_finetune_example(tmp_path, tmp_path_factory):
     example = copy_example("finetune", tmp_path)
-    subprocess.run([sys.executable, str(example / "make_checkpoint.py")], check=True)
     store = suite_store(tmp_path_factory)
     outcome = run_nodes(example / "spec.toml", store)
     assert outcome.ok, outcome.log

@@ -80,6 +80,11 @@ format = "onnx"
 stage = "dpo-ref"
 
 [[eval]]
+name = "fit"
+kind = "scaling"
+stages = ["pretrain", "sft", "dpo"]
+
+[[eval]]
 name = "ppl\"""",
 )
 EVERY_KIND = EVERY_KIND.replace(
@@ -115,25 +120,21 @@ def test_every_reference_is_an_edge_whose_key_enters_the_node_key(tmp_path):
         for item in getattr(spec, table):
             kind = registry.kind(table, getattr(item, "format" if table == "export" else "kind"))
             refs, omitted = walk(kind.model, item.model_dump(mode="json", by_alias=True))
+            each = [r.name for r in refs if r.mark.each]
             for r in refs:
-                node = node_name(table, item, r.name if r.mark.each else _first_target(item))
+                node = node_name(table, item, r.name if r.mark.each else (each or [None])[0])
                 inputs = planned.graph[node].inputs
                 assert inputs.get(r.slot) == r.node, (node, r)
                 preimage = planned.keys[node].preimage["inputs"]
                 assert preimage[r.slot] == planned.keys[r.node].key, (node, r.slot)
                 checked += 1
             for o in omitted:
-                node = node_name(table, item, _first_target(item))
+                node = node_name(table, item, (each or [None])[0])
                 inputs = planned.graph[node].inputs
                 assert inputs[o.slot("books")] == "tokenize:books", (node, o.field)
     tok = planned.graph["tokenizer"]
     assert tok.inputs == {"text:books": "source:books"}
     assert checked >= 20
-
-
-def _first_target(item):
-    stages = getattr(item, "stages", None)
-    return stages[0] if stages else None
 
 
 @pytest.mark.parametrize(

@@ -96,5 +96,5 @@ def test_reference_order_is_stable():
     first = spec_reference()
     assert first == spec_reference()
     anchors = list(_sections(first))
-    assert anchors[:4] == ["top-level", "model", "data", "data-sources"]
+    assert anchors[:5] == ["top-level", "model", "data", "data-clean", "data-sources"]
     assert anchors.index("stage") < anchors.index("eval") < anchors.index("export")

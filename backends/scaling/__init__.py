@@ -1,0 +1,19 @@
+"""The scaling backend: sweeps of models and the scaling-law fit over them."""
+
+from llmbuild.backends.scaling.config import ScalingConfig
+
+from llmbuild.backend import Backend, Slot
+
+
+class ScalingBackend(Backend):
+    name = "scaling"
+    version = "1"
+    Config = ScalingConfig
+    inputs = (Slot("point:<stage>", "each sweep point's trained stage"),)
+    outputs = (
+        Slot("fit", "fitted laws with intervals, the points, compute-optimal N and D (JSON)"),
+        Slot("plot", "loss against training compute with the fits (PNG)"),
+    )
+
+
+backend = ScalingBackend()

@@ -1,0 +1,149 @@
+"""The scaling kinds. ``sweep`` is a macro: before validation it becomes one ``pretrain``
+stage per point (a copy of its base stage with the point's architecture and steps) and
+one ``scaling`` eval over them, and leaves the spec. ``scaling`` is an eval of the
+``scaling`` backend that reads every point at once. Registered through the
+``llmbuild.kinds`` entry point."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from llmbuild.backends.scaling.config import ScalingConfig
+from llmbuild.backends.scaling.spec import Scaling, Sweep
+from pydantic import ValidationError
+
+from llmbuild.errors import Path, Problem
+from llmbuild.kinds import Completion, Kind, NodeRefs
+from llmbuild.spec.model import Architecture
+
+STAGE_AXES = ("steps",)
+
+
+def budget_name(budget: float) -> str:
+    """``3e13`` for 3e13 FLOPs (a name part: no ``+``)."""
+    mantissa, exponent = (
+        f"{budget:.3g}".split("e") if "e" in f"{budget:.3g}" else (f"{budget:.3g}", "0")
+    )
+    return f"{mantissa}e{int(exponent)}"
+
+
+def point_name(sweep: str, values: dict[str, Any], budget: float | None) -> str:
+    parts = [f"c{budget_name(budget)}"] if budget is not None else []
+    parts += [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in values.items()]
+    return "-".join([sweep, *parts])
+
+
+def non_embedding_params(arch: Architecture) -> int:
+    from llmbuild.backends.scaling.fit import count_params
+
+    counts = count_params(
+        arch.layers, arch.hidden, arch.heads, arch.kv_heads, arch.ffn_hidden, 1, arch.seq_len,
+        arch.activation == "swiglu", True, arch.position,
+    )  # fmt: skip
+    return int(counts["non_embedding_params"])
+
+
+class SweepKind(Kind):
+    def __init__(self) -> None:
+        super().__init__(Sweep, "scaling")
+
+    def complete(self, raw: dict[str, Any], where: Path, spec: dict[str, Any]) -> Completion:
+        from llmbuild.spec.validate import problems_of
+
+        done = Completion(origin=f"sweep {raw.get('name')!r}", replace=True)
+        try:
+            sweep = Sweep.model_validate(raw)
+        except ValidationError as e:
+            done.problems = problems_of(e, Sweep, where)
+            return done
+        stages = [s for s in spec.get("stage", []) if isinstance(s, dict)]
+        base = next((s for s in stages if s.get("name") == sweep.base), None)
+        if base is None or base.get("kind") != "pretrain" or base.get("from"):
+            done.problems.append(
+                Problem(f"no pretrain stage from scratch named {sweep.base!r}", (*where, "base"))
+            )
+            return done
+        fields = set(Architecture.model_fields)
+        unknown = [k for k in sweep.axes if k not in fields and k not in STAGE_AXES]
+        if unknown or (sweep.budgets and "steps" in sweep.axes):
+            why = (
+                f"unknown axis {unknown[0]!r}: axes are [architecture] fields and steps"
+                if unknown
+                else "with budgets, the steps follow from each budget: steps is not an axis"
+            )
+            done.problems.append(Problem(why, (*where, "axes")))
+            return done
+        arch_raw = spec.get("architecture") if isinstance(spec.get("architecture"), dict) else {}
+        try:
+            Architecture.model_validate(arch_raw)
+        except ValidationError:
+            return done  # [architecture]'s own problems are reported where it is
+        names = list(sweep.axes)
+        points, tokens, budgets = [], {}, {}
+        for combo in itertools.product(*(sweep.axes[k] for k in names)):
+            values = dict(zip(names, combo))
+            patch = {k: v for k, v in values.items() if k in fields}
+            try:
+                own = Architecture.model_validate({**arch_raw, **patch})
+            except ValidationError as e:
+                done.problems.append(
+                    Problem(
+                        f"the point {values} is not a valid architecture: {e.errors()[0]['msg']}",
+                        (*where, "axes"),
+                    )
+                )
+                continue
+            if patch:  # what the new shape derives, written out: the stage trains this
+                patch = {**patch, "ffn_hidden": own.ffn_hidden, "kv_heads": own.kv_heads}
+            per_step = int(base.get("global_batch", 1)) * own.seq_len
+            for budget in sweep.budgets or [None]:
+                steps = int(values.get("steps", base.get("steps", 1)))
+                if budget is not None:
+                    from llmbuild.backends.scaling.fit import flops_per_token
+
+                    fpt = flops_per_token(
+                        non_embedding_params(own), own.layers, own.hidden, own.seq_len
+                    )
+                    steps = max(1, round(budget / (fpt * per_step)))
+                name = point_name(sweep.name, values, budget)
+                stage = {k: v for k, v in base.items() if k != "name"}
+                stage.update({"name": name, "steps": steps})
+                if patch:
+                    stage["architecture"] = patch
+                warmup = (stage.get("schedule") or {}).get("warmup", 0)
+                if isinstance(warmup, int) and warmup > steps:
+                    stage["schedule"] = {**stage["schedule"], "warmup": steps // 10}
+                points.append(stage)
+                tokens[name] = float(steps * per_step)
+                if budget is not None:
+                    budgets[name] = float(budget)
+        fit = {
+            "name": sweep.name,
+            "kind": "scaling",
+            "stages": [p["name"] for p in points],
+            "tokens": tokens,
+            "budgets": budgets,
+            "bootstrap": sweep.bootstrap,
+        }
+        if sweep.fit_budget is not None:
+            fit["fit_budget"] = sweep.fit_budget
+        done.add = {"stage": points, "eval": [fit]}
+        return done
+
+
+class ScalingKind(Kind):
+    def __init__(self) -> None:
+        super().__init__(Scaling, "scaling")
+
+    def config(self, item: Any, spec: Any, refs: NodeRefs) -> ScalingConfig:
+        return ScalingConfig(suite=item)
+
+    def inputs(self, item: Any, spec: Any) -> dict[str, str]:
+        return {}
+
+    def labels(self, item: Any) -> dict[str, str]:
+        return {"suite": f"eval.{item.name}"}
+
+
+KINDS = (SweepKind(), ScalingKind())

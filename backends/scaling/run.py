@@ -1,0 +1,112 @@
+"""The ``scaling`` node: each point's held-out loss (its stage's ``val_loss``), parameter
+count N (with and without embeddings, from its architecture) and training tokens D; the
+fits of ``fit.py`` over them; ``fit.json``, ``results.md`` and ``scaling.png``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmbuild.backends.scaling.config import ScalingConfig
+from llmbuild.backends.scaling.fit import count_params, flops_per_token
+
+from llmbuild.run.context import RunContext
+
+FIT = "fit.json"
+
+
+def point(name: str, artifact: Any, suite: Any) -> dict[str, Any]:
+    from llmbuild.backends.megatron.artifact import StageArtifact
+
+    stage = StageArtifact.open(artifact)
+    arch = stage.architecture
+    counts = count_params(
+        arch.layers, arch.hidden, arch.heads, arch.kv_heads, arch.ffn_hidden, stage.vocab_size,
+        arch.seq_len, arch.activation == "swiglu", arch.tie_embeddings, arch.position,
+    )  # fmt: skip
+    loss = artifact.record.metrics.get("val_loss")
+    if loss is None:
+        raise ValueError(f"{name} recorded no val_loss: its data has no validation split")
+    tokens = suite.tokens[name]
+    n = counts["non_embedding_params"]
+    return {
+        "stage": name,
+        "params": counts["params"],
+        "non_embedding_params": n,
+        "tokens": tokens,
+        "flops": flops_per_token(n, arch.layers, arch.hidden, arch.seq_len) * tokens,
+        "budget": suite.budgets.get(name),
+        "loss": float(loss),
+    }
+
+
+def run(ctx: RunContext[ScalingConfig]) -> None:
+    import numpy as np
+    from llmbuild.backends.scaling import fit
+
+    suite = ctx.config.suite
+    points = [point(slot.split(":", 1)[1], a, suite) for slot, a in sorted(ctx.inputs.items())]
+    N = np.array([p["non_embedding_params"] for p in points], dtype=float)
+    D = np.array([p["tokens"] for p in points], dtype=float)
+    L = np.array([p["loss"] for p in points], dtype=float)
+    out: dict[str, Any] = {"points": points}
+    fit3 = fit2 = None
+    if len(points) >= len(fit.PARAMETERS):
+        fit3 = fit.fit_approach3(N, D, L, bootstrap=suite.bootstrap, seed=0)
+        out["approach3"] = {
+            **{k: getattr(fit3, k) for k in fit.PARAMETERS},
+            "loss": fit3.loss,
+            "intervals": fit3.intervals,
+        }
+        ctx.metrics.update({f"approach3.{k}": getattr(fit3, k) for k in fit.PARAMETERS})
+    if suite.budgets:
+        rows = [
+            fit.ScalingPoint(p["budget"], p["non_embedding_params"], p["tokens"], p["loss"])
+            for p in points
+        ]
+        try:
+            fit2 = fit.fit_approach2(rows)
+        except ValueError as e:  # a budget whose sizes do not straddle its optimum
+            out["approach2_error"] = str(e)
+            ctx.log.warning("approach 2 not fitted: %s", e)
+    if fit2 is not None:
+        out["approach2"] = {
+            "a": fit2.a,
+            "b": fit2.b,
+            "k_n": fit2.k_n,
+            "k_d": fit2.k_d,
+            "minima": [
+                {"budget": m.budget, "params": m.params, "tokens": m.tokens, "loss": m.loss}
+                for m in fit2.minima
+            ],
+        }
+        ctx.metrics.update({"approach2.a": fit2.a, "approach2.b": fit2.b})
+    if suite.fit_budget is not None:
+        optimum: dict[str, Any] = {"budget": suite.fit_budget}
+        if fit3 is not None:
+            n, d = fit.compute_optimal_approach3(fit3, suite.fit_budget)
+            optimum["approach3"] = {"params": n, "tokens": d}
+        if fit2 is not None:
+            n, d = fit2.predict(suite.fit_budget)
+            optimum["approach2"] = {"params": n, "tokens": d}
+        out["optimum"] = optimum
+    (ctx.out_dir / FIT).write_text(json.dumps(out, indent=1, sort_keys=True, default=float))
+    fit.plot([(p["budget"] or p["flops"], p["non_embedding_params"], p["tokens"], p["loss"]) for p in points],
+             fit3, fit2, ctx.out_dir / "scaling.png")  # fmt: skip
+    ctx.metrics["points"] = len(points)
+    lines = [
+        "| stage | N (non-embedding) | D (tokens) | FLOPs | val loss |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {p['stage']} | {p['non_embedding_params']:,} | {p['tokens']:.3g} | {p['flops']:.3g} | {p['loss']:.4f} |"
+        for p in points
+    ]
+    if fit3 is not None:
+        lines += [
+            "",
+            f"approach 3: L = {fit3.E:.3f} + {fit3.A:.4g} / N^{fit3.alpha:.3f} + {fit3.B:.4g} / D^{fit3.beta:.3f}",
+        ]
+    if fit2 is not None:
+        lines += [f"approach 2: N_opt ∝ C^{fit2.a:.3f}, D_opt ∝ C^{fit2.b:.3f}"]
+    (ctx.out_dir / "results.md").write_text("\n".join(lines) + "\n")

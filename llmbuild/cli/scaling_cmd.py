@@ -1,0 +1,83 @@
+"""``llmbuild scaling``: the fitted scaling laws of a spec's built sweeps, and the
+compute-optimal model size and tokens for a compute budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.errors import UserError
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    add_spec_arguments(p)
+    add_store_argument(p)
+    p.add_argument(
+        "--budget", type=float, default=None, help="a training compute budget in FLOPs, e.g. 1e18"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmbuild.backends.scaling.fit import Approach3Fit, compute_optimal_approach3
+    from llmbuild.backends.scaling.run import FIT
+    from llmbuild.plan import plan_spec
+    from llmbuild.spec.load import load_spec
+
+    resolved = load_spec(args.spec, args.overrides)
+    store = open_store(args, resolved.path)
+    planned = plan_spec(resolved, store=store, cache=store.cache)
+    fits = [s for s in resolved.spec.eval if s.kind == "scaling"]
+    if not fits:
+        raise UserError(f"{resolved.display} has no sweep (a [[stage]] of kind 'sweep')")
+    report = {}
+    for suite in fits:
+        node = f"eval:{suite.name}"
+        found = store.lookup(planned.keys[node].key)
+        if not found.cached:
+            raise UserError(f"{node} is not built yet: run `llmbuild build {args.spec}` first")
+        data = json.loads((store.local_dir(found.target) / FIT).read_text())
+        entry: dict = {"points": len(data["points"])}
+        a3 = data.get("approach3")
+        if a3:
+            entry["approach3"] = {k: a3[k] for k in ("E", "A", "B", "alpha", "beta")}
+        if data.get("approach2"):
+            entry["approach2"] = {k: data["approach2"][k] for k in ("a", "b", "k_n", "k_d")}
+        if args.budget is not None:
+            if a3:
+                fit = Approach3Fit(**{k: a3[k] for k in ("E", "A", "B", "alpha", "beta")},
+                                   loss=a3["loss"], n_points=len(data["points"]), intervals=None)  # fmt: skip
+                n, d = compute_optimal_approach3(fit, args.budget)
+                entry["optimum_approach3"] = {"params": n, "tokens": d}
+            a2 = data.get("approach2")
+            if a2:
+                entry["optimum_approach2"] = {
+                    "params": a2["k_n"] * args.budget ** a2["a"],
+                    "tokens": a2["k_d"] * args.budget ** a2["b"],
+                }
+        report[suite.name] = entry
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for name, entry in report.items():
+        print(f"sweep {name}: {entry['points']} points")
+        if "approach3" in entry:
+            p = entry["approach3"]
+            print(
+                f"  approach 3: L(N, D) = {p['E']:.3f} + {p['A']:.4g} / N^{p['alpha']:.3f}"
+                f" + {p['B']:.4g} / D^{p['beta']:.3f}"
+            )
+        if "approach2" in entry:
+            p = entry["approach2"]
+            print(
+                f"  approach 2: N_opt = {p['k_n']:.3g} C^{p['a']:.3f}, D_opt = {p['k_d']:.3g} C^{p['b']:.3f}"
+            )
+        for how in ("approach3", "approach2"):
+            opt = entry.get(f"optimum_{how}")
+            if opt:
+                print(
+                    f"  compute-optimal at {args.budget:.3g} FLOPs ({how[:-1]} {how[-1]}): "
+                    f"N = {opt['params']:.3g} parameters (non-embedding), D = {opt['tokens']:.3g} tokens"
+                )
+    return 0

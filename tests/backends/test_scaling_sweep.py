@@ -1,0 +1,106 @@
+"""A sweep declared once expands into its points and a fit over them, sharing one set of
+data, tokenizer and tokenize nodes; a new point rebuilds only itself and the fit, a
+removed one keeps the others cached; bad sweeps are located errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmbuild.errors import SpecError
+from llmbuild.plan import StatCache, plan_spec
+from llmbuild.spec.load import load_spec
+from tests.conftest import write_project
+
+SWEEP = """\
+extends = ["@gpt2-tiny"]
+
+[model]
+name = "sweep"
+
+[[data.sources]]
+name = "books"
+path = "data/books/*.txt"
+format = "text"
+
+[tokenizer]
+kind = "char"
+
+[parallelism]
+micro_batch = 2
+
+[[stage]]
+name = "pretrain"
+kind = "pretrain"
+steps = 20
+global_batch = 4
+lr = 1e-3
+
+[[stage]]
+name = "grid"
+kind = "sweep"
+base = "pretrain"
+axes = {{ hidden = {hidden}, layers = [2] }}
+budgets = [1e9, 3e9]
+fit_budget = 1e12
+"""
+
+
+def _plan(tmp_path, hidden="[16, 32, 64]"):
+    spec = write_project(tmp_path, SWEEP.format(hidden=hidden))
+    return load_spec(spec), plan_spec(load_spec(spec), cache=StatCache())
+
+
+def test_a_sweep_expands_into_its_points_and_a_fit(tmp_path):
+    resolved, planned = _plan(tmp_path)
+    stages = {s.name: s for s in resolved.spec.stage}
+    points = [n for n in stages if n.startswith("grid-")]
+    assert len(points) == 6 and "grid" not in stages  # the sweep itself makes no node
+    assert "grid-c1e9-hidden16-layers2" in points and "grid-c3e9-hidden64-layers2" in points
+    small, large = stages["grid-c1e9-hidden16-layers2"], stages["grid-c1e9-hidden64-layers2"]
+    assert small.architecture.hidden == 16 and small.architecture.ffn_hidden == 64
+    assert small.steps > large.steps  # one budget: the smaller model sees more tokens
+    assert stages["grid-c3e9-hidden16-layers2"].steps == pytest.approx(3 * small.steps, rel=0.01)
+    fit = planned.graph["eval:grid"]
+    assert fit.backend == "scaling"
+    assert sorted(fit.inputs.values()) == sorted(f"stage:{p}" for p in points)
+    suite = resolved.spec.eval[0]
+    assert suite.budgets["grid-c1e9-hidden16-layers2"] == 1e9 and suite.fit_budget == 1e12
+    # Every point shares the data, tokenizer and tokenize nodes.
+    for p in points:
+        assert planned.graph[f"stage:{p}"].inputs["tokenizer"] == "tokenizer"
+        assert planned.graph[f"stage:{p}"].inputs["data:books"] == "tokenize:books"
+    arch = planned.keys["stage:grid-c1e9-hidden32-layers2"].preimage["config"]["architecture"]
+    assert arch["hidden"] == 32 and arch["layers"] == 2
+    assert resolved.origin(("stage", 1, "steps")).source == "sweep 'grid'"
+
+
+def test_a_new_point_rebuilds_only_itself_and_the_fit(tmp_path):
+    before = {n: k.key for n, k in _plan(tmp_path)[1].keys.items()}
+    after = {n: k.key for n, k in _plan(tmp_path, "[16, 32, 64, 128]")[1].keys.items()}
+    new = set(after) - set(before)
+    assert new == {"stage:grid-c1e9-hidden128-layers2", "stage:grid-c3e9-hidden128-layers2"}
+    changed = {n for n in before if n in after and before[n] != after[n]}
+    assert changed == {"eval:grid"}
+    fewer = {n: k.key for n, k in _plan(tmp_path, "[16, 32]")[1].keys.items()}
+    assert all(before[n] == fewer[n] for n in fewer if n != "eval:grid")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message", "key"),
+    [
+        ('base = "pretrain"', "no pretrain stage from scratch named 'pretrian'", "stage[1].base"),
+        ("layers = [2]", "unknown axis 'depth'", "stage[1].axes"),
+        ("fit_budget = 1e12", "steps is not an axis", "stage[1].axes"),
+    ],
+)
+def test_bad_sweeps_are_located(tmp_path, edit, message, key):
+    text = SWEEP.format(hidden="[16, 32]")
+    text = {
+        'base = "pretrain"': text.replace('base = "pretrain"', 'base = "pretrian"'),
+        "layers = [2]": text.replace("layers = [2]", "depth = [2]"),
+        "fit_budget = 1e12": text.replace("layers = [2] }", "layers = [2], steps = [5] }"),
+    }[edit]
+    with pytest.raises(SpecError) as info:
+        load_spec(write_project(tmp_path, text))
+    (problem,) = info.value.problems
+    assert message in problem.message and problem.key == key and problem.line is not None

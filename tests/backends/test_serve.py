@@ -1,0 +1,381 @@
+"""``llmbuild serve`` and ``llmbuild chat`` on a tiny imported Qwen2 checkpoint: the
+server runs as a subprocess on 127.0.0.1 and is spoken to with the real ``openai``
+client; the chat runs in a real terminal (pexpect)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.backends.conftest import run_nodes
+from tests.checkpoints import import_spec, write_checkpoint
+from tests.conftest import REPO
+
+openai = pytest.importorskip("openai")
+
+HF_EXPORT = '[[export]]\nformat = "hf"\nstage = "base"\n'
+KEY = "sk-test-serve"
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(REPO),
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+PROMPTS = [
+    "The quick brown",
+    "Hello, how",
+    "Two plus two is",
+    "A model reads text and writes",
+    "x",
+    "The lazy dog jumps over the quick brown fox and",
+    "Hi",
+    "seven",
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """The spec (an imported stage ``base`` and its hf export) and its store, built."""
+    root = tmp_path_factory.mktemp("serve")
+    spec = import_spec(root, write_checkpoint(root / "ck", "qwen2"), HF_EXPORT)
+    outcome = run_nodes(spec, root / "store")
+    assert outcome.ok, outcome.log
+    return spec, root / "store"
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, api_key: str = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0)
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
+            return json.loads(r.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(server: Server, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            pytest.fail(f"the server exited: {server.log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            server.health()
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the server did not answer /health: {server.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def servers(built, tmp_path_factory):
+    """Two servers started side by side: ``stage`` (``--stage base``, no key) and
+    ``export`` (``--export hf@base --api-key KEY``); stopped by their pids at the end."""
+    spec, store = built
+    logs = tmp_path_factory.mktemp("serve-logs")
+    started = {}
+    for name, extra in (
+        ("stage", ["--stage", "base"]),
+        ("export", ["--export", "hf@base", "--api-key", KEY]),
+    ):
+        port, log = _free_port(), logs / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmbuild", "serve", str(spec), "--store", str(store),
+                 "--port", str(port), *extra],
+                env=ENV, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        started[name] = Server(port, proc, log)
+    try:
+        deadline = time.monotonic() + 120
+        for server in started.values():
+            _wait_healthy(server, deadline)
+        yield started
+    finally:
+        for server in started.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.proc.pid, signal.SIGTERM)
+        for server in started.values():
+            try:
+                server.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
+
+
+def _greedy(client, prompt: str, tokens: int, model: str = "hf@base") -> str:
+    out = client.completions.create(model=model, prompt=prompt, max_tokens=tokens, temperature=0)
+    return out.choices[0].text
+
+
+def _streamed(client, prompt: str, tokens: int, model: str = "hf@base") -> str:
+    stream = client.completions.create(
+        model=model, prompt=prompt, max_tokens=tokens, temperature=0, stream=True
+    )
+    return "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+
+
+def test_models_are_named_after_the_stage_and_the_export(servers):
+    assert [m.id for m in servers["stage"].client().models.list()] == ["base"]
+    assert [m.id for m in servers["export"].client().models.list()] == ["hf@base"]
+    assert servers["stage"].health()["status"] == "ok"
+
+
+def test_greedy_completion_equals_llmbuild_generate(built, servers):
+    spec, store = built
+    prompt, tokens = "The quick brown", 16
+    generated = subprocess.run(
+        [sys.executable, "-m", "llmbuild", "generate", str(spec), "--store", str(store),
+         "--stage", "base", "--prompt", prompt, "--temperature", "0",
+         "--max-new-tokens", str(tokens)],
+        env=ENV, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    client = servers["stage"].client()
+    whole = client.completions.create(model="base", prompt=prompt, max_tokens=tokens, temperature=0)
+    assert generated == prompt + whole.choices[0].text + "\n"
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == tokens
+    assert _streamed(client, prompt, tokens, model="base") == whole.choices[0].text
+    # the export holds the same weights: the same answer
+    assert _greedy(servers["export"].client(), prompt, tokens) == whole.choices[0].text
+
+
+def test_chat_whole_and_streamed(servers):
+    client = servers["export"].client()
+    messages = [{"role": "user", "content": "Hello, how are you today?"}]
+    whole = client.chat.completions.create(
+        model="hf@base", messages=messages, max_tokens=12, temperature=0
+    )
+    answer = whole.choices[0].message.content
+    assert whole.choices[0].message.role == "assistant" and answer
+    assert whole.usage.completion_tokens <= 12
+    chunks = list(
+        client.chat.completions.create(
+            model="hf@base",
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[
+        0
+    ].finish_reason
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    # a stop string ends the answer before it
+    stop = answer[len(answer) // 2 :][:2]
+    cut = client.chat.completions.create(
+        model="hf@base", messages=messages, max_tokens=12, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].message.content == answer[: answer.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    # seeded sampling repeats itself
+    sampled = [
+        client.chat.completions.create(
+            model="hf@base", messages=messages, max_tokens=12, temperature=1.0, top_p=0.9, seed=3
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+
+
+def _raw(server: Server, path: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(server.url + path, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_concurrent_streams_share_the_batch_and_a_disconnect_stalls_nobody(servers):
+    server = servers["export"]
+    client = server.client()
+    tokens = 24
+    expected = [_greedy(client, p, tokens) for p in PROMPTS]
+    before = server.health()
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+    gone = threading.Event()
+
+    def stream(i: int) -> None:
+        try:
+            results[i] = _streamed(server.client(), PROMPTS[i], tokens)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    def leave() -> None:  # reads a few chunks of a long answer, then hangs up
+        with server.client().completions.create(
+            model="hf@base", prompt="Hello", max_tokens=200, temperature=0.8, stream=True
+        ) as s:
+            for n, _ in enumerate(s):
+                if n == 3:
+                    break
+        gone.set()
+
+    threads = [threading.Thread(target=leave)]
+    threads += [threading.Thread(target=stream, args=(i,)) for i in range(len(PROMPTS))]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert gone.is_set() and time.monotonic() - start < 60
+    assert [results[i] for i in range(len(PROMPTS))] == expected
+    deadline = time.monotonic() + 10
+    while (after := server.health())["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert after["running"] == 0 and after["cancelled"] == before["cancelled"] + 1
+    # one forward pass served many streams: far fewer decode steps than tokens streamed
+    assert after["steps"] - before["steps"] < len(PROMPTS) * tokens / 2
+
+
+def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
+    server = servers["export"]
+    client = server.client()
+    ok = {"model": "hf@base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+    def succeeds() -> None:
+        status, body = _raw(server, "/v1/chat/completions", json.dumps(ok).encode())
+        assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"
+
+    def shaped(body: dict) -> dict:
+        assert set(body) == {"error"}
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert body["error"]["message"]
+        return body["error"]
+
+    cases = [
+        ("/v1/chat/completions", b'{"model": "hf@base", "messages": [', KEY, 400, None),
+        ("/v1/chat/completions", b'{"model": "hf@base"}', KEY, 400, "messages"),
+        ("/v1/completions", b'{"prompt": "Hi"}', KEY, 400, "model"),
+        ("/v1/chat/completions", json.dumps(ok).encode(), None, 401, None),
+        ("/v1/chat/completions", json.dumps(ok).encode(), "wrong", 401, None),
+    ]
+    for path, body, key, status, param in cases:
+        got, answer = _raw(server, path, body, key)
+        assert got == status, (path, body, answer)
+        assert shaped(answer)["param"] == param
+        succeeds()
+
+    with pytest.raises(openai.AuthenticationError) as e:
+        server.client(api_key="wrong").models.list()
+    assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
+    succeeds()
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-nope", messages=ok["messages"])
+    assert e.value.code == "model_not_found" and e.value.param == "model"
+    succeeds()
+    for bad in ({"max_tokens": 0}, {"max_tokens": -3}, {"n": 2}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="hf@base", messages=ok["messages"], **bad)
+        assert e.value.status_code == 400 and e.value.param == next(iter(bad)), e.value.body
+        succeeds()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="hf@base", prompt="fox jumps " * 200, max_tokens=4)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
+    succeeds()
+    with pytest.raises(openai.BadRequestError) as e:  # also when streaming
+        client.chat.completions.create(
+            model="hf@base", messages=[{"role": "user", "content": "fox " * 300}], stream=True
+        )
+    assert e.value.code == "context_length_exceeded"
+    succeeds()
+    assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("source", [["--stage", "base"], ["--export", "hf@base"]])
+def test_an_unbuilt_model_says_to_build_it(built, tmp_path, source):
+    spec, _ = built
+    r = subprocess.run(
+        [sys.executable, "-m", "llmbuild", "serve", str(spec), "--store", str(tmp_path / "empty"),
+         "--port", str(_free_port()), *source],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert f"llmbuild build {spec}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chat_in_a_terminal_remembers_the_conversation(built):
+    pexpect = pytest.importorskip("pexpect")
+    spec, store = built
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "llmbuild", "chat", str(spec), "--store", str(store), "--stage", "base",
+         "--temperature", "0", "--max-tokens", "8", "--verbose"],
+        env={**ENV, "TERM": "dumb"}, encoding="utf-8", timeout=90,
+    )  # fmt: skip
+    try:
+
+        def logged(rid: int, what: str) -> str:
+            child.expect(rf"request {rid} {what} (\".*\")\r\n")
+            return json.loads(child.match.group(1))
+
+        child.expect("/exit quits")
+        child.expect_exact("> ")
+        child.sendline("Hello there")
+        first_prompt = logged(1, "prompt")
+        first_answer = logged(1, "answer")
+        assert first_prompt.endswith("Hello there<|im_end|>\n<|im_start|>assistant\n")
+        child.expect_exact("> ")
+        child.sendline("And then?")
+        second = logged(2, "prompt")
+        assert second.startswith(first_prompt + first_answer)
+        assert second.endswith("And then?<|im_end|>\n<|im_start|>assistant\n")
+        logged(2, "answer")
+        child.expect_exact("> ")
+        child.sendline("/reset")
+        child.expect("forgotten")
+        child.expect_exact("> ")
+        child.sendline("Fresh start")
+        third = logged(3, "prompt")
+        assert "Hello there" not in third and "Fresh start" in third
+        child.expect_exact("> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_chat_exits_on_exit_command(built):
+    spec, store = built
+    r = subprocess.run(
+        [sys.executable, "-m", "llmbuild", "chat", str(spec), "--store", str(store),
+         "--export", "hf@base", "--temperature", "0", "--max-tokens", "4"],
+        input="Hi\n/exit\nnever read\n", env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("chatting with hf@base") and r.stdout.count("> ") == 2
