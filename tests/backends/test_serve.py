@@ -340,7 +340,8 @@ def test_chat_in_a_terminal_remembers_the_conversation(built):
     try:
 
         def logged(rid: int, what: str) -> str:
-            child.expect(rf"request {rid} {what} (\".*\")\r\n")
+            # pexpect's patterns are DOTALL: keep the match on one line.
+            child.expect(rf"request {rid} {what} (\"[^\r\n]*\")\r\n")
             return json.loads(child.match.group(1))
 
         child.expect("/exit quits")
