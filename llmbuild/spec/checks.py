@@ -309,5 +309,9 @@ def check_kinds(raw: dict[str, Any], validated: Validated, registry: Any) -> lis
 
 def cross_check(raw: dict[str, Any], validated: Validated, registry: Any) -> list[Problem]:
     return (
-        check_layout(raw) + check_references(raw, registry) + check_kinds(raw, validated, registry)
+        check_layout(raw)
+        + check_tokenizer(raw)
+        + check_paths(raw, registry)
+        + check_references(raw, registry)
+        + check_kinds(raw, validated, registry)
     )

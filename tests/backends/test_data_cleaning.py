@@ -8,7 +8,6 @@ import json
 import pytest
 
 from llmbuild.errors import SpecError
-from llmbuild.plan import StatCache, plan_spec
 from llmbuild.spec.load import load_spec
 from tests.backends.conftest import artifact, run_nodes
 from tests.backends.datafiles import spec_text, write_spec
@@ -136,9 +135,29 @@ def test_an_empty_file_among_others_can_be_skipped(tmp_path):
 
 
 def test_a_path_matching_nothing_is_located_before_anything_runs(tmp_path):
+    """``validate`` (loading the spec) finds it: no data is read, nothing is planned."""
     spec = write_spec(tmp_path, spec_text({"docs": str(tmp_path / "nothing" / "*.jsonl")}))
     with pytest.raises(SpecError) as info:
-        plan_spec(load_spec(spec), cache=StatCache())
+        load_spec(spec)
     (problem,) = info.value.problems
     assert problem.key == "data.sources[0].path" and problem.line == 6
     assert "matches no file" in problem.message
+
+
+def test_cleaning_that_removes_much_says_so_and_a_source_may_clean_its_own_way(tmp_path):
+    rows = [BASE, OTHER] + [f"short {i}" for i in range(6)]
+    spec_dir = tmp_path / "p"
+    spec_dir.mkdir()
+    path = spec_dir / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    text = spec_text({"docs": str(path)}, clean="min_chars = 20")
+    outcome = run_nodes(write_spec(spec_dir, text), spec_dir / "store", ("source:docs",))
+    assert outcome.ok, outcome.log
+    record = outcome.results["source:docs"].record
+    assert record.notes == ["cleaning removed 6 of 8 documents (75%): too_short 6"]
+    assert "built    source:docs" in outcome.log and "cleaning removed 6 of 8" in outcome.log
+    # The source's own cleaning replaces [data.clean] for it alone.
+    own = text.replace(f'path = "{path}"\n', f'path = "{path}"\nclean = {{ min_chars = 1 }}\n')
+    assert own != text
+    outcome = run_nodes(write_spec(spec_dir, own), spec_dir / "store", ("source:docs",))
+    assert outcome.results["source:docs"].record.notes == []

@@ -101,3 +101,72 @@ def test_compare_within_tolerance():
     c = compare("stage:x", old, new, rtol=1e-6)
     assert c.verdict == "within tolerance" and "loss" in c.detail
     assert compare("stage:x", old, _rec("b", "y", 2.1), 1e-6).verdict == "diverged"
+
+
+def _plan_status(project, store, name):
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+
+    planned = plan_spec(load_spec(project), store=Store(str(store)), cache=StatCache())
+    return {n.name: n for n in planned.plan.nodes}[name]
+
+
+def test_a_same_size_edit_with_its_time_restored_is_found(project, fixture_env, tmp_path):
+    """The stat cache vouches for a file only while its change time stands: an edit that
+    keeps the size and puts the modification time back is read again and caught."""
+    import os
+
+    store = tmp_path / "store"
+    fixture_build(project, store)
+    out = _artifact(store, "stage:sft") / "out.txt"
+    st = out.stat()
+    data = bytearray(out.read_bytes())
+    data[0] = ord("0") if data[0] != ord("0") else ord("1")
+    out.write_bytes(bytes(data))
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert out.stat().st_size == st.st_size and out.stat().st_mtime_ns == st.st_mtime_ns
+    node = _plan_status(project, store, "stage:sft")
+    assert node.status == "build" and "corrupt" in node.reason and "out.txt" in node.reason
+
+
+def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env, tmp_path):
+    import json
+
+    from llmbuild.cli import main
+
+    store = tmp_path / "store"
+    fixture_build(project, store)
+    record = _artifact(store, "eval:ppl@sft") / "record.json"
+    edited = json.loads(record.read_text())
+    edited["metrics"]["value"] = 0.999
+    record.write_text(json.dumps(edited))
+    node = _plan_status(project, store, "eval:ppl@sft")
+    assert node.status == "build" and "edited" in node.reason
+    cut = _artifact(store, "tokenizer") / "record.json"
+    cut.write_bytes(cut.read_bytes()[:100])
+    assert "not valid JSON" in _plan_status(project, store, "tokenizer").reason
+    reset()
+    log = io.StringIO()
+    from llmbuild.run.build import build
+    from llmbuild.spec.load import load_spec
+
+    build(load_spec(project), Store(str(store)), BuildOptions(executor="inline", live=False),
+          PlainReporter(log, interval=0), registry=fixture_registry())  # fmt: skip
+    assert "corrupt  eval:ppl@sft  record.json does not match its digest" in log.getvalue()
+    assert "corrupt  tokenizer  record.json is not valid JSON" in log.getvalue()
+    assert len(list((store / "corrupt").iterdir())) == 2
+    assert counts()["eval:ppl@sft"] == 1 and counts()["tokenizer"] == 1
+    assert main(["status", str(project), "--store", str(store), "--json"]) == 0
+
+
+def test_generate_refuses_a_corrupt_stage(project, fixture_env, tmp_path, capsys):
+    from llmbuild.cli import main
+
+    store = tmp_path / "store"
+    fixture_build(project, store)
+    out = _artifact(store, "stage:dpo") / "out.txt"
+    out.write_bytes(b"x" + out.read_bytes()[1:])
+    code = main(["generate", str(project), "--store", str(store), "--stage", "dpo"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "stage:dpo is corrupt in the store" in err and "out.txt" in err

@@ -85,6 +85,9 @@ def test_paths_are_relative_to_the_file_that_wrote_them(tmp_path):
     (tmp_path / "sub" / "base.toml").write_text(
         spec.read_text().replace('path = "data/books/*.txt"', 'path = "../data/books"')
     )
+    (tmp_path / "sub" / "data").mkdir()
+    for name in ("chat.jsonl", "prefs.jsonl"):  # where base.toml's relative paths lead
+        (tmp_path / "sub" / "data" / name).write_text((tmp_path / "data" / name).read_text())
     child = tmp_path / "child.toml"
     child.write_text('extends = ["sub/base.toml"]\n[model]\nname = "child"\n')
     r = load_spec(child)

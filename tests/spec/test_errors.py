@@ -55,6 +55,7 @@ def problems(path: Path) -> list[str]:
 def test_five_mistakes_all_reported_with_file_line_and_key(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text(FIVE_MISTAKES)
+    (spec.parent / "x.txt").write_text("some text")  # the one file it names is there
     found = problems(spec)
     expected = [
         "spec.toml:5: model.sed: unknown key; did you mean 'seed'?",
@@ -71,6 +72,7 @@ def test_five_mistakes_all_reported_with_file_line_and_key(tmp_path):
 def test_cli_exit_code_2_and_no_traceback(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text(FIVE_MISTAKES)
+    (spec.parent / "x.txt").write_text("some text")  # the one file it names is there
     for command in ("validate", "plan", "resolve"):
         r = subprocess.run(
             [sys.executable, "-m", "llmbuild", command, str(spec)], capture_output=True, text=True
