@@ -528,6 +528,10 @@ def plot(
             right.plot(np.exp(x), np.polyval(m.parabola, x), color=color, lw=1)
             right.scatter([m.params], [m.loss], marker="*", s=120, color=color, zorder=4)
     right.set(xscale="log", xlabel="parameters N", ylabel="loss", title="isoFLOP profiles")
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (left, right):  # less than a decade of range: minor labels would overlap
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

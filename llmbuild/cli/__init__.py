@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if hasattr(signal, "SIGPIPE"):  # `llmbuild resolve spec.toml | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    from llmbuild.run.signals import on_sigterm_interrupt
+
+    on_sigterm_interrupt()
     args = _parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:

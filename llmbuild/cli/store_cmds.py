@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(b.get("finished") or 0))
             states = [n.get("state") for n in b.get("nodes", {}).values()]
             built = sum(s == "built" for s in states)
+            state = "ok" if b.get("ok") else "INTERRUPTED" if b.get("interrupted") else "FAILED"
             print(
-                f"{b['spec_hash'][:12]}  {when}  {'ok    ' if b.get('ok') else 'FAILED'}  "
+                f"{b['spec_hash'][:12]}  {when}  {state:<11}  "
                 f"{len(states)} nodes, {built} built  {b.get('spec_path')}"
             )
         return 0

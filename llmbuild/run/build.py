@@ -15,6 +15,7 @@ from llmbuild.run.executors import make_executor
 from llmbuild.run.progress import PlainReporter, make_reporter
 from llmbuild.run.scheduler import NodeResult, Reporter, Scheduler
 from llmbuild.spec.load import ResolvedSpec
+from llmbuild.store.lease import owner_info
 from llmbuild.store.records import SCHEMA_VERSION, environment
 from llmbuild.store.store import Store
 
@@ -64,15 +65,20 @@ def run_graph(
     build_id: str,
     spec_dir: Any = None,
     registry: Registry | None = None,
+    results: dict[str, NodeResult] | None = None,
 ) -> dict[str, NodeResult]:
-    """Build a keyed graph into a store; the executor starts only if a node must run."""
+    """Build a keyed graph into a store; the executor starts only if a node must run.
+    ``results`` is filled as nodes finish (what an interrupted build had done)."""
     own = reporter is None
     rep = reporter or make_reporter(list(graph.nodes), options.live)
     try:
         executor = make_executor(options.executor, rep, options.ray_address)
-        return Scheduler(
+        scheduler = Scheduler(
             graph, keys, store, executor, rep, build_id, spec_dir, registry=registry
-        ).run()
+        )
+        if results is not None:
+            scheduler.results = results
+        return scheduler.run()
     finally:
         if own:
             rep.close()
@@ -90,14 +96,46 @@ def build(
     build_id = uuid.uuid4().hex
     planned = plan_spec(resolved, store=store, cache=store.cache, registry=registry)
     graph = planned.graph.select(options.only, options.until)
-    results = run_graph(
-        graph, planned.keys, store, options, reporter, build_id, resolved.path.parent, registry
+    running = store.announce(
+        build_id, [planned.keys[n].key for n in graph.nodes], owner_info(build_id)
     )
+    results: dict[str, NodeResult] = {}
+    try:
+        run_graph(
+            graph, planned.keys, store, options, reporter, build_id, resolved.path.parent,
+            registry, results,
+        )  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the build is recorded as interrupted
+        outcome = BuildOutcome(planned.plan.spec_hash, build_id, results, planned)
+        outcome.record = _build_record(resolved, planned, outcome, options, started)
+        outcome.record.update(interrupted=True, ok=False)
+        for name in graph.nodes:
+            if name not in results:
+                outcome.record["nodes"][name]["state"] = "interrupted"
+        store.save_build(outcome.record)
+        raise
+    finally:
+        if running is not None:
+            running.release()
     outcome = BuildOutcome(planned.plan.spec_hash, build_id, results, planned)
-    outcome.record = {
+    outcome.record = _build_record(resolved, planned, outcome, options, started)
+    store.save_build(outcome.record)
+    store.cache.save()
+    return outcome
+
+
+def _build_record(
+    resolved: ResolvedSpec,
+    planned: Any,
+    outcome: BuildOutcome,
+    options: BuildOptions,
+    started: float,
+) -> dict[str, Any]:
+    results = outcome.results
+    return {
         "schema_version": SCHEMA_VERSION,
         "spec_hash": planned.plan.spec_hash,
-        "build": build_id,
+        "build": outcome.build_id,
         "spec_path": str(resolved.path),
         "spec": resolved.spec.model_dump(mode="json", by_alias=True),
         "nodes": {
@@ -116,9 +154,6 @@ def build(
         "finished": time.time(),
         "ok": outcome.ok,
     }
-    store.save_build(outcome.record)
-    store.cache.save()
-    return outcome
 
 
 __all__ = ["BuildOptions", "BuildOutcome", "PlainReporter", "build", "run_graph"]

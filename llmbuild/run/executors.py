@@ -167,6 +167,9 @@ class RayExecutor:
                     runtime_env={"env_vars": _forwarded_env()},
                 )
                 self._started_here = True
+        from llmbuild.run.signals import on_sigterm_interrupt
+
+        on_sigterm_interrupt()  # ray.init put its own SIGTERM handler (a raw dump) in place
         self._relay = ray.remote(num_cpus=0)(_Relay).remote()
         self._remote = ray.remote(_ray_execute)
 

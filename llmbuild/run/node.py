@@ -122,6 +122,10 @@ def execute_node(
         )
         log.info("built %s in %.1fs", task.name, time.time() - started)
         return store.commit(out, record)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        shutil.rmtree(out, ignore_errors=True)  # never a half-built temp dir left behind
+        raise
     except Exception as e:
         log.error("failed:\n%s", traceback.format_exc())
         shutil.rmtree(out, ignore_errors=True)

@@ -90,7 +90,7 @@ class Scheduler:
         self.spec_dir, self.poll = spec_dir, poll
         self.results: dict[str, NodeResult] = {}
         self.running: dict[str, tuple[Handle, Lease]] = {}
-        self.waiting: dict[str, str] = {}  # name -> holder description
+        self.waiting: dict[str, str] = {}  # name -> the token of the lease it waits for
         self._started = False
 
     def _finish(
@@ -138,10 +138,13 @@ class Scheduler:
             return  # another node of this build has the same content: it builds for both
         lease = self.store.lease(k.key, owner_info(self.build_id))
         if lease is None:
-            holder = self.store.running_elsewhere(k.key) or "lease held"
-            if self.waiting.get(node.name) != holder:
-                self.reporter.node(node.name, "waiting", holder)
-            self.waiting[node.name] = holder
+            holder = self.store.lease_holder(k.key) or {}
+            who = str(holder.get("token"))
+            if self.waiting.get(node.name) != who:  # said once per holder
+                self.reporter.node(
+                    node.name, "waiting", self.store.running_elsewhere(k.key) or "lease held"
+                )
+            self.waiting[node.name] = who
             return
         self.waiting.pop(node.name, None)
         if self._try_cached(node):  # committed by another build while we waited
@@ -167,7 +170,12 @@ class Scheduler:
         )
         resume = self.store.resumable(k.key)
         self.reporter.node(node.name, "running", resume or "")
-        self.running[node.name] = (self.executor.submit(task), lease)
+        try:  # an inline executor builds the node inside submit
+            handle = self.executor.submit(task)
+        except BaseException:
+            lease.release()
+            raise
+        self.running[node.name] = (handle, lease)
 
     def _failed_roots(self, name: str) -> list[str]:
         result = self.results.get(name)
@@ -185,6 +193,17 @@ class Scheduler:
         return all(s is not None for s in states)
 
     def run(self) -> dict[str, NodeResult]:
+        try:
+            return self._run()
+        except BaseException:  # Ctrl-C, SIGTERM, a failing executor: let others take over
+            for _, lease in self.running.values():
+                lease.release()
+            self.running.clear()
+            if self._started:
+                self.executor.shutdown()
+            raise
+
+    def _run(self) -> dict[str, NodeResult]:
         pending = list(self.graph.nodes)
         while pending or self.running:
             for name in list(pending):

@@ -22,6 +22,7 @@ def collect(
     """Remove artifacts no kept build references (and abandoned temp dirs)."""
     builds = store.builds()[-keep_builds:] if keep_builds > 0 else []
     wanted = {node["key"] for b in builds for node in b.get("nodes", {}).values()}
+    wanted |= store.running_keys()  # a live build's nodes, committed before it is recorded
     records = store.artifacts()
     by_key = {r.key: r for r in records}
     for key in list(wanted):  # an alias keeps the artifact it reuses

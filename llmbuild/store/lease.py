@@ -45,9 +45,23 @@ def _read(fs: LocalFS | FsspecFS, rel: str) -> dict[str, Any] | None:
         return {}  # unreadable: treated as stale
 
 
+def _gone(holder: dict[str, Any]) -> bool:
+    """Whether the holder was a process of this host that has ended (a build that was
+    killed or interrupted): its lease need not wait out the TTL."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (KeyError, TypeError, ValueError, PermissionError, OSError):
+        return False
+    return False
+
+
 def _stale(holder: dict[str, Any], ttl: float) -> bool:
     try:
-        return time.time() - float(holder["heartbeat"]) > ttl
+        return time.time() - float(holder["heartbeat"]) > ttl or _gone(holder)
     except (KeyError, TypeError, ValueError):
         return True
 

@@ -113,8 +113,12 @@ class Store:
         ref = self._read_json(f"nodes/{safe_name(name)}.json")
         return ref.get("preimage") if ref else None
 
+    def lease_holder(self, key: str) -> dict[str, Any] | None:
+        """Who holds the live lease of ``key``, if anyone."""
+        return live_holder(self.fs, f"leases/{key}")
+
     def running_elsewhere(self, key: str) -> str | None:
-        holder = live_holder(self.fs, f"leases/{key}")
+        holder = self.lease_holder(key)
         return f"running elsewhere: {describe(holder)}" if holder else None
 
     def resumable(self, key: str) -> str | None:
@@ -134,6 +138,20 @@ class Store:
 
     def lease(self, key: str, owner: dict[str, Any]) -> Lease | None:
         return try_acquire(self.fs, f"leases/{key}", owner)
+
+    def announce(self, build_id: str, keys: list[str], owner: dict[str, Any]) -> Lease | None:
+        """Say, while the build runs, which keys it makes (``running/<build>``, kept alive
+        by a heartbeat): gc keeps their artifacts before the build is recorded."""
+        return try_acquire(self.fs, f"running/{build_id}", {**owner, "keys": keys})
+
+    def running_keys(self) -> set[str]:
+        """Keys the builds running now make."""
+        keys: set[str] = set()
+        for name in self.fs.listdir("running"):
+            holder = live_holder(self.fs, f"running/{name}")
+            if holder is not None:
+                keys.update(k for k in holder.get("keys", []) if isinstance(k, str))
+        return keys
 
     def commit(self, out_dir: Path, record: Record) -> Record:
         """Commit a built node: its record is written into ``out_dir`` last, then the dir

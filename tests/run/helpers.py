@@ -38,11 +38,18 @@ def counts() -> Counter:
 
 
 if __name__ == "__main__":  # python -m tests.run.helpers SPEC STORE [executor]
-    outcome = fixture_build(
-        Path(sys.argv[1]),
-        sys.argv[2],
-        executor=sys.argv[3] if len(sys.argv) > 3 else "inline",
-        quiet=False,
-    )
+    from llmbuild.run.signals import on_sigterm_interrupt
+
+    on_sigterm_interrupt()  # as the command line does
+    try:
+        outcome = fixture_build(
+            Path(sys.argv[1]),
+            sys.argv[2],
+            executor=sys.argv[3] if len(sys.argv) > 3 else "inline",
+            quiet=False,
+        )
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
     print(f"summary: {outcome.summary}", flush=True)
     sys.exit(0 if outcome.ok else 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,8 +56,14 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     leases = list((store / "leases").iterdir())
     assert len(leases) == 1  # the dead build's lease, left behind
     monkeypatch.setenv("LLMBUILD_LEASE_TTL", "2")
+    # Its holder was a process of this host, and it is gone: the lease is free at once.
     nodes = _plan(project, store)
-    assert nodes["stage:pretrain"].status == "running elsewhere"
+    assert nodes["stage:pretrain"].status == "resume"
+    # Held from another host, it waits for the heartbeat to go stale.
+    (lease,) = leases
+    holder = json.loads(lease.read_text())
+    lease.write_text(json.dumps({**holder, "host": "elsewhere", "heartbeat": time.time()}))
+    assert _plan(project, store)["stage:pretrain"].status == "running elsewhere"
     time.sleep(2.2)
     nodes = _plan(project, store)
     assert nodes["stage:pretrain"].status == "resume"
@@ -80,3 +87,38 @@ def test_two_concurrent_builds_build_each_node_once(project, fixture_env, tmp_pa
     assert sorted(counts().values()) == [1] * 14, counts()
     assert all("summary: 14 nodes" in out for out in outputs)
     assert any("waiting" in out for out in outputs)  # one build waited on the other's lease
+
+
+def test_sigterm_ends_a_build_as_ctrl_c_does(project, fixture_env, tmp_path):
+    """A scheduler's SIGTERM: the lease is released, no temp dir is left, the checkpoint
+    stays for a resume, and the build is recorded as interrupted."""
+    store = tmp_path / "store"
+    set_control(sleep={"stage:pretrain": 60})
+    proc = _spawn(project, store, {})
+    _wait_for(lambda: "stage:pretrain" in invocations())
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert not list((store / "leases").iterdir())
+    assert not list((store / "tmp").iterdir())
+    (build,) = [json.loads(p.read_text()) for p in (store / "builds").glob("*.json")]
+    assert build["interrupted"] and not build["ok"]
+    assert build["nodes"]["tokenizer"]["state"] == "built"
+    assert build["nodes"]["stage:pretrain"]["state"] == "interrupted"
+    assert _plan(project, store)["stage:pretrain"].status == "resume"
+
+
+def test_gc_keeps_what_a_running_build_has_made(project, fixture_env, tmp_path):
+    from llmbuild.store.gc import collect
+    from llmbuild.store.store import Store
+
+    store = tmp_path / "store"
+    set_control(sleep={"stage:pretrain": 3})
+    proc = _spawn(project, store, {})
+    _wait_for(lambda: "stage:pretrain" in invocations())
+    report = collect(Store(str(store)), keep_builds=0)
+    assert report.removed == [] and any("tokenizer" in k for k in report.kept)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "14 nodes, 14 built" in out
