@@ -3,7 +3,8 @@
 Pass 1 runs one task per input file (Ray tasks under the Ray executor): records are read
 and normalised, length-filtered and hashed, and the candidates streamed to a temp file.
 The decisions that need the whole source (exact and near duplicates) are then taken in
-file order, so the result is deterministic. Pass 2 streams the kept documents into
+content order (the files sorted by their blake3 and format suffix, as their key counts
+them), so the result is deterministic and renaming or reordering files changes nothing. Pass 2 streams the kept documents into
 size-bounded webdataset shards, ``train-NNNNNN.tar`` and ``validation-NNNNNN.tar``.
 """
 
@@ -28,7 +29,7 @@ from llmbuild.backends.data.config import DataConfig
 from llmbuild.backends.data.readers import BadRecord, normalise, read_records
 
 from llmbuild.errors import UserError
-from llmbuild.plan.digest import expand, expand_url
+from llmbuild.plan.digest import expand, expand_url, file_digest, format_suffix
 
 HASH_BYTES = 16
 BLOCK_DOCS = 1024
@@ -102,6 +103,7 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
         skipped.append(f"{path}: empty file")
     result = {
         "path": path,
+        "order": (file_digest(path), format_suffix(path), path),
         "tmp": str(tmp),
         "stats": dict(stats),
         "removed_bytes": dict(removed_bytes),
@@ -118,7 +120,8 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
 
 
 def _decide(results: list[dict[str, Any]], config: DataConfig) -> list[list[bool]]:
-    """Which candidates survive deduplication, in file order (first occurrence wins)."""
+    """Which candidates survive deduplication, in the order of ``results`` (the first
+    occurrence wins)."""
     import numpy as np
 
     seen: set[bytes] = set()
@@ -182,6 +185,7 @@ def run(ctx: Any) -> None:
     ctx.progress.update(completed=0, total=len(files), unit="files", force=True)
     results = ctx.map(read_file, [(i, f, config_json, str(tmp_dir)) for i, f in enumerate(files)])
     errors = [r["error"] for r in results if "error" in r]
+    results.sort(key=lambda r: r.get("order", ()))  # content order: names never count
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise DataError(

@@ -11,7 +11,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from megatron.core.transformer.module import MegatronModule
+from llmbuild.backends.megatron.cpu import apply_cpu_patches
+
+apply_cpu_patches()  # before megatron is first imported here (a no-op with CUDA)
+
+from megatron.core.transformer.module import MegatronModule  # noqa: E402
 
 
 class SDPAttention(MegatronModule):

@@ -1,34 +1,169 @@
-"""``llmbuild status``: what is built for a spec, and its eval results across stages."""
+"""``llmbuild status``: what is built for a spec: each stage's losses, its eval results
+side by side, sample texts and fitted scaling laws; ``--compare`` puts a second spec or a
+recorded build next to it, metric by metric."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.errors import UserError
+
+# the stage metrics shown as columns, in this order, with their headers
+STAGE_COLUMNS = {
+    "steps": "steps",
+    "loss": "train loss",
+    "val_loss": "val loss",
+    "reward": "reward",
+    "accuracy": "accuracy",
+    "tokens_per_s": "tokens/s",
+}
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     add_store_argument(p)
+    p.add_argument(
+        "--compare",
+        metavar="SPEC|HASH",
+        help="another spec file, or the spec hash (prefix) of a recorded build: "
+        "both side by side, metric by metric",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def eval_table(store: Any, planned: Any) -> dict[str, dict[str, Any]]:
-    """``{suite metric: {stage: value}}`` from the built eval nodes of a plan."""
+def built_records(store: Any, keys: dict[str, str]) -> dict[str, Any]:
+    """``{node: Record}`` for the nodes of ``keys`` (name -> key) built in the store."""
+    out = {}
+    for name, key in keys.items():
+        found = store.lookup(key)
+        if found.cached and found.target is not None:
+            out[name] = found.target
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def eval_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{suite.metric: {stage: value}}`` from the built ``eval:<suite>@<stage>`` nodes; a
+    perplexity suite's losses get their perplexity beside them."""
     table: dict[str, dict[str, Any]] = {}
-    for name, k in planned.keys.items():
-        if not name.startswith("eval:"):
-            continue
-        found = store.lookup(k.key)
-        if not found.cached:
+    for name, rec in records.items():
+        if not name.startswith("eval:") or "@" not in name:
             continue
         suite, stage = name[len("eval:") :].split("@", 1)
-        for metric, value in sorted(found.target.metrics.items()):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                table.setdefault(f"{suite}.{metric}", {})[stage] = value
+        for metric, value in sorted(rec.metrics.items()):
+            if metric == "samples" or not _number(value):
+                continue  # a count of samples says nothing: their texts are shown instead
+            table.setdefault(f"{suite}.{metric}", {})[stage] = value
+            if metric.endswith(".loss") and f"{metric[:-5]}.perplexity" not in rec.metrics:
+                table.setdefault(f"{suite}.{metric[:-5]}.perplexity", {})[stage] = math.exp(value)
     return table
+
+
+def stage_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{stage: {metric: value}}`` for the built stages: their training measures."""
+    return {
+        name.split(":", 1)[1]: {k: rec.metrics[k] for k in STAGE_COLUMNS if k in rec.metrics}
+        for name, rec in records.items()
+        if name.startswith("stage:")
+    }
+
+
+def sample_texts(store: Any, records: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """``{node: [{prompt, completion}]}`` for the built samples evals."""
+    out = {}
+    for name, rec in records.items():
+        path = store.local_dir(rec) / "results.json"
+        if name.startswith("eval:") and "samples" in rec.metrics and path.exists():
+            results = json.loads(path.read_text()).get("results")
+            if isinstance(results, list):
+                out[name] = results
+    return out
+
+
+def scaling_laws(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{suite: {points, E, A, B, alpha, beta}}`` for the built scaling fits."""
+    out = {}
+    for name, rec in records.items():
+        if name.startswith("eval:") and "@" not in name and "points" in rec.metrics:
+            fit = {
+                k.split(".", 1)[1]: v for k, v in rec.metrics.items() if k.startswith("approach3.")
+            }
+            out[name[len("eval:") :]] = {"points": rec.metrics["points"], **fit}
+    return out
+
+
+def flat_metrics(records: dict[str, Any]) -> dict[str, float]:
+    """``{node.metric: value}``: every number a build recorded, for comparing two."""
+    return {
+        f"{name}.{metric}": value
+        for name, rec in sorted(records.items())
+        for metric, value in sorted(rec.metrics.items())
+        if _number(value)
+    }
+
+
+def _cell(value: Any) -> str:
+    if not _number(value):
+        return ""
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _clip(text: str, width: int = 72) -> str:
+    text = json.dumps(text)[1:-1]
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _other(args: argparse.Namespace, store: Any) -> tuple[str, dict[str, str]]:
+    """The thing ``--compare`` names, as (label, {node: key})."""
+    what = args.compare
+    if Path(what).is_file():
+        from llmbuild.plan import plan_spec
+        from llmbuild.spec.load import load_spec
+
+        resolved = load_spec(what, [])
+        planned = plan_spec(resolved, store=store, cache=store.cache)
+        return resolved.display, {n: k.key for n, k in planned.keys.items()}
+    build = store.find_build(what) if len(what) >= 4 else None
+    if build is None:
+        raise UserError(
+            f"--compare {what!r} is neither a spec file nor the spec hash of a build in "
+            f"{store.url} (see `llmbuild runs`)"
+        )
+    nodes = build.get("nodes", {})
+    return f"build {build['spec_hash'][:12]}", {n: v["key"] for n, v in nodes.items()}
+
+
+def _compare(
+    label: str, mine: dict[str, float], other_label: str, theirs: dict[str, float]
+) -> None:
+    names = sorted(set(mine) | set(theirs))
+    if not names:
+        print("nothing built in either to compare")
+        return
+    rows = []
+    for name in names:
+        a, b = mine.get(name), theirs.get(name)
+        change = ""
+        if a is not None and b is not None and a != b:
+            change = f"{b - a:+.4g}" + (f" ({(b - a) / abs(a):+.1%})" if a else "")
+        rows.append(
+            [name, _cell(a) if a is not None else "-", _cell(b) if b is not None else "-", change]
+        )
+    print()
+    print("\n".join(_markdown(["metric", label, other_label, "change"], rows)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,29 +173,60 @@ def run(args: argparse.Namespace) -> int:
     resolved = load_spec(args.spec, args.overrides)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
-    table = eval_table(store, planned)
-    stages = [s.name for s in resolved.spec.stage]
+    records = built_records(store, {n: k.key for n, k in planned.keys.items()})
+    evals, stages = eval_table(records), stage_table(records)
+    samples, laws = sample_texts(store, records), scaling_laws(records)
+    compared = None
+    if args.compare:
+        label, keys = _other(args, store)
+        compared = (label, flat_metrics(built_records(store, keys)))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "spec_hash": planned.plan.spec_hash,
-                    "summary": planned.plan.summary,
-                    "nodes": {n.name: n.status for n in planned.plan.nodes},
-                    "evals": table,
-                },
-                indent=2,
-            )
-        )
+        data = {
+            "spec_hash": planned.plan.spec_hash,
+            "summary": planned.plan.summary,
+            "nodes": {n.name: n.status for n in planned.plan.nodes},
+            "stages": stages,
+            "evals": evals,
+            "samples": samples,
+            "scaling": laws,
+            "artifacts": {n: str(store.artifact_path(r.key)) for n, r in records.items()},
+        }
+        if compared:
+            data["compare"] = {"with": compared[0], "metrics": flat_metrics(records),
+                               "other": compared[1]}  # fmt: skip
+        print(json.dumps(data, indent=2))
         return 0
     print(f"spec {planned.plan.spec_hash[:12]}  {resolved.display}: {planned.plan.summary}")
-    if not table:
-        print("no eval results yet")
+    if compared:
+        _compare(resolved.display, flat_metrics(records), *compared)
         return 0
-    shown = [s for s in stages if any(s in row for row in table.values())]
-    print("\n| metric | " + " | ".join(shown) + " |")
-    print("| --- |" + " --- |" * len(shown))
-    for metric, row in table.items():
-        cells = [f"{row[s]:.4g}" if s in row else "" for s in shown]
-        print(f"| {metric} | " + " | ".join(cells) + " |")
+    if not records:
+        print("nothing built yet")
+        return 0
+    order = [s.name for s in resolved.spec.stage]
+    if stages:
+        shown = [c for c in STAGE_COLUMNS if any(c in m for m in stages.values())]
+        rows = [[s] + [_cell(stages[s].get(c)) for c in shown] for s in order if s in stages]
+        print()
+        print("\n".join(_markdown(["stage"] + [STAGE_COLUMNS[c] for c in shown], rows)))
+    if evals:
+        cols = [s for s in order if any(s in row for row in evals.values())]
+        rows = [[m] + [_cell(row.get(s)) for s in cols] for m, row in evals.items()]
+        print()
+        print("\n".join(_markdown(["metric"] + cols, rows)))
+    elif not stages:
+        print("no eval results yet")
+    for node, results in samples.items():
+        print(f"\n{node}:")
+        for r in results:
+            print(f"  {_clip(r.get('prompt', ''), 30)} -> {_clip(r.get('completion', ''))}")
+    for suite, law in laws.items():
+        line = f"\nscaling {suite}: {law['points']} points"
+        if "E" in law:
+            line += (
+                f"; L(N, D) = {law['E']:.3f} + {law['A']:.4g} / N^{law['alpha']:.3f}"
+                f" + {law['B']:.4g} / D^{law['beta']:.3f}  (llmbuild scaling for optima)"
+            )
+        print(line)
+    print("\nartifacts: llmbuild show NODE; loss curves: loss.png and tensorboard/ in each stage")
     return 0

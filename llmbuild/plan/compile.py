@@ -36,7 +36,9 @@ def content_inputs(item: Any, path: Path) -> tuple[External, ...]:
             continue
         alias = f.alias or name
         patterns = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        out.append(External(mark.slot or alias, patterns, (*path, alias)))
+        out.append(
+            External(mark.slot or alias, patterns, (*path, alias), mark.unordered, mark.suffixes)
+        )
     return tuple(out)
 
 

@@ -133,13 +133,54 @@ def digest_url(url: str, cache: StatCache) -> str:
     return found
 
 
-def digest_paths(patterns: Iterable[str], cache: StatCache) -> dict[str, object]:
-    """The content digest of every file the patterns name, in order, and their count."""
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".lz4")
+
+
+def format_suffix(path: str) -> str:
+    """The suffix a reader tells a file's format by, with its compression: ``.jsonl.gz``
+    for ``a.b.jsonl.gz``, ``.txt`` for ``notes.txt``, ``""`` for ``README``."""
+    name = path.rsplit("/", 1)[-1].lower()
+    out = ""
+    for comp in COMPRESSION_SUFFIXES:
+        if name.endswith(comp) and len(name) > len(comp):
+            name, out = name[: -len(comp)], comp
+            break
+    dot = name.rfind(".")
+    return (name[dot:] if dot > 0 else "") + out
+
+
+def file_digest(path: str) -> str:
+    """blake3 of a local file or an fsspec URL, read in full."""
+    return digest_url(path, StatCache()) if "://" in path else blake3_file(path)
+
+
+def digest_paths(
+    patterns: Iterable[str], cache: StatCache, *, unordered: bool = False, suffixes: bool = False
+) -> dict[str, object]:
+    """The content digest of every file the patterns name, and their count.
+
+    The files count in the order the patterns name them, or with ``unordered`` as a sorted
+    list (for a node that reads them in content order); with ``suffixes`` each counts with
+    its format suffix, and ``contents`` digests the bytes alone, so a plan can tell a
+    changed suffix from changed bytes."""
     digests: list[str] = []
+    suffix: list[str] = []
     for pattern in patterns:
         remote = "://" in pattern
         found = expand_url(pattern) if remote else expand(pattern)
         if not found:
             raise MissingInput(f"{pattern}: matches no file")
         digests += [digest_url(f, cache) if remote else cache.digest(f) for f in found]
-    return {"files": len(digests), "blake3": blake3_bytes("\n".join(digests).encode())}
+        suffix += [format_suffix(f) for f in found]
+    entries = [d + s for d, s in zip(digests, suffix)] if suffixes else list(digests)
+    if unordered:
+        entries.sort()
+    out: dict[str, object] = {
+        "files": len(digests),
+        "blake3": blake3_bytes("\n".join(entries).encode()),
+    }
+    if suffixes:
+        out["contents"] = blake3_bytes(
+            "\n".join(sorted(digests) if unordered else digests).encode()
+        )
+    return out

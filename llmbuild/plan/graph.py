@@ -20,6 +20,10 @@ class External:
     patterns: tuple[str, ...]
     spec_path: Path
     """The spec key that names the files, for messages."""
+    unordered: bool = False
+    """Their order does not count (see ``spec.base.content``)."""
+    suffixes: bool = False
+    """Each file's suffix counts (see ``spec.base.content``)."""
 
 
 @dataclass(frozen=True)

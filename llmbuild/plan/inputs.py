@@ -23,7 +23,9 @@ def external_digests(
     for node in graph:
         for ext in node.external:
             try:
-                out.setdefault(node.name, {})[ext.slot] = digest_paths(ext.patterns, cache)
+                out.setdefault(node.name, {})[ext.slot] = digest_paths(
+                    ext.patterns, cache, unordered=ext.unordered, suffixes=ext.suffixes
+                )
             except MissingInput as e:
                 if ext.spec_path not in seen:
                     seen.add(ext.spec_path)

@@ -155,7 +155,11 @@ def explain(
             ext = ext_paths.get(slot)
             where = format_path(ext.spec_path) if ext else slot
             na, nb = (a or {}).get("files"), (b or {}).get("files")
-            note = "content changed" + (f" ({na} -> {nb} files)" if na != nb else "")
+            same_bytes = a and b and a.get("contents") and a.get("contents") == b.get("contents")
+            if same_bytes:  # renamed to other suffixes: read in other formats
+                note = "file suffixes changed (a file's suffix tells its format)"
+            else:
+                note = "content changed" + (f" ({na} -> {nb} files)" if na != nb else "")
             changes.append(Change(where, a, b, note))
         elif a is None or b is None:
             changes.append(Change(f"input {slot}", a, b, "added" if a is None else "removed"))

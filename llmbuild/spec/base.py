@@ -62,6 +62,12 @@ class KeyMark:
     """References to sources: omitted, the field names every source of this role."""
     stage_kinds: tuple[str, ...] = ()
     """References to stages: the kinds the stage must be of (any when empty)."""
+    unordered: bool = False
+    """Content: the order of the files does not count; the node reads them in content
+    order, so renames that reorder them rebuild nothing."""
+    suffixes: bool = False
+    """Content: each file's suffix counts, for the node reads its format and compression
+    from it (``x.jsonl`` and ``x.txt`` of the same bytes are different inputs)."""
 
     def __call__(self, schema: dict[str, Any]) -> None:
         schema[KEY_ROLE] = self.role
@@ -108,10 +114,19 @@ def ref(
     return Field(default, json_schema_extra=mark, **kwargs)
 
 
-def content(default: Any = ..., *, slot: str | None = None, **kwargs: Any) -> Any:
+def content(
+    default: Any = ...,
+    *,
+    slot: str | None = None,
+    unordered: bool = False,
+    suffixes: bool = False,
+    **kwargs: Any,
+) -> Any:
     """A field holding paths to external files, relative to the spec file that writes it;
-    their content digest enters the key of the node that reads them, never the path."""
-    return Field(default, json_schema_extra=KeyMark("content", slot=slot), **kwargs)
+    their content digest enters the key of the node that reads them, never the path (with
+    ``suffixes``, the suffix of each file too; with ``unordered``, not their order)."""
+    mark = KeyMark("content", slot=slot, unordered=unordered, suffixes=suffixes)
+    return Field(default, json_schema_extra=mark, **kwargs)
 
 
 def key_mark(model: type[BaseModel], field: str) -> KeyMark | None:

@@ -44,9 +44,10 @@ class Source(SpecModel):
 
     name: Name = marked("label")
     """Name of the source, used by stages and evals to refer to it."""
-    path: StrList = content(slot="files", min_length=1)
+    path: StrList = content(slot="files", unordered=True, suffixes=True, min_length=1)
     """File, directory, glob or fsspec URL (or a list of them), relative to the spec file.
-    Only the content of the matched files counts, never the path text."""
+    Only the content of the matched files and their suffixes (which tell their format and
+    compression) count, never their names or order: files are read in content order."""
     format: SourceFormat = "auto"
     """File format; `auto` infers it from the extension (.txt, .jsonl, .parquet, .tar),
     looking through .gz and .zst compression."""

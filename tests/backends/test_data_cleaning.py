@@ -161,3 +161,35 @@ def test_cleaning_that_removes_much_says_so_and_a_source_may_clean_its_own_way(t
     assert own != text
     outcome = run_nodes(write_spec(spec_dir, own), spec_dir / "store", ("source:docs",))
     assert outcome.results["source:docs"].record.notes == []
+
+
+def test_renaming_files_into_another_order_rebuilds_nothing_but_a_new_suffix_does(tmp_path):
+    """Files are read in content order, so a rename that reorders them keeps the key and
+    the documents; a suffix tells the format, so renaming x.jsonl to x.txt is new input."""
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.store.store import Store
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text(
+        json.dumps({"text": BASE}) + "\n" + json.dumps({"text": OTHER}) + "\n"
+    )
+    (data / "b.jsonl").write_text(
+        json.dumps({"text": BASE}) + "\n" + json.dumps({"text": NEAR}) + "\n"
+    )
+    spec = write_spec(tmp_path, spec_text({"docs": str(data)}))
+    store = tmp_path / "store"
+    first = run_nodes(spec, store, ("source:docs",))
+    assert first.ok, first.log
+    built = first.results["source:docs"].record
+
+    (data / "a.jsonl").rename(data / "z.jsonl")  # now b.jsonl sorts first
+    plan = plan_spec(load_spec(spec), store=Store(str(store)), cache=StatCache()).plan
+    assert {n.name: n.status for n in plan.nodes}["source:docs"] == "cached"
+    fresh = run_nodes(spec, tmp_path / "fresh", ("source:docs",))  # built anew in this order
+    assert fresh.results["source:docs"].record.output_digest == built.output_digest
+
+    (data / "z.jsonl").rename(data / "z.txt")  # the same bytes, now read as text
+    plan = plan_spec(load_spec(spec), store=Store(str(store)), cache=StatCache()).plan
+    (node,) = [n for n in plan.nodes if n.name == "source:docs"]
+    assert node.status == "build" and "file suffixes changed" in node.reason, node.reason

@@ -69,18 +69,41 @@ def test_evals_and_hf_export(tmp_path, style):
     assert (a - b).abs().max() < 1e-4
 
 
-def test_status_shows_the_eval_table(tmp_path, capsys):
+def test_status_shows_losses_evals_samples_and_compares(tmp_path, capsys):
     from llmbuild.cli import main
 
     spec = tiny_spec(tmp_path, steps=6, extra=OUTPUTS.split("[[export]]")[0])
     store = str(tmp_path / "store")
     assert main(["status", str(spec), "--store", store]) == 0
-    assert "no eval results yet" in capsys.readouterr().out
+    assert "nothing built yet" in capsys.readouterr().out
     assert run_nodes(spec, tmp_path / "store").ok
-    assert main(["status", str(spec), "--store", store]) == 0
-    out = capsys.readouterr().out
-    assert "| metric | pretrain |" in out and "| ppl.text.loss |" in out
     assert main(["status", str(spec), "--store", store, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data["evals"]["ppl.text.loss"]) == {"pretrain"}
     assert data["nodes"]["eval:ppl@pretrain"] == "cached"
+    stage, evals = data["stages"]["pretrain"], data["evals"]
+    assert stage["steps"] == 6 and stage["loss"] > 0 and stage["val_loss"] > 0
+    loss = evals["ppl.text.loss"]["pretrain"]
+    assert abs(evals["ppl.text.perplexity"]["pretrain"] - math.exp(loss)) < 1e-9
+    assert "gen.samples" not in evals  # a count says nothing: the texts are shown
+    (romeo, juliet) = data["samples"]["eval:gen@pretrain"]
+    assert romeo["prompt"] == "ROMEO:" and juliet["prompt"] == "JULIET:"
+
+    assert main(["status", str(spec), "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "| stage | steps | train loss | val loss | tokens/s |" in out
+    assert "| metric | pretrain |" in out and "| ppl.text.perplexity |" in out
+    assert f"ROMEO: -> {json.dumps(romeo['completion'])[1:-1][:20]}" in out
+
+    longer = tiny_spec(tmp_path / "longer", steps=8, extra=OUTPUTS.split("[[export]]")[0])
+    assert run_nodes(longer, tmp_path / "store").ok
+    assert main(["status", str(spec), "--store", store, "--compare", str(longer)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| stage:pretrain.steps |"))
+    assert row.split("|")[2:5] == [" 6 ", " 8 ", " +2 (+33.3%) "], row
+    assert main(["runs", "--store", store, "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    (spec_hash,) = {b["spec_hash"] for b in runs if b["spec_path"] == str(longer)}
+    assert main(["status", str(spec), "--store", store, "--compare", spec_hash[:8]]) == 0
+    assert row in capsys.readouterr().out  # a recorded build compares as its spec does
+    assert main(["status", str(spec), "--store", store, "--compare", "nosuchbuild"]) == 2
+    assert "neither a spec file nor the spec hash" in capsys.readouterr().err

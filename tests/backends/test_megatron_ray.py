@@ -169,6 +169,52 @@ def test_tensor_parallel_two_ranks_match_one(tmp_path, style):
     assert_hf_export_of_the_parallel_run(tmp_path, spec)
 
 
+EVAL_AND_EXPORTS = """
+[[eval]]
+name = "ppl"
+kind = "perplexity"
+stages = ["pretrain"]
+max_batches = 2
+[[eval]]
+name = "gen"
+kind = "samples"
+stages = ["pretrain"]
+prompts = ["ROMEO:"]
+max_new_tokens = 4
+[[export]]
+format = "hf"
+stage = "pretrain"
+[[export]]
+format = "gguf"
+stage = "pretrain"
+"""
+
+
+def test_a_tensor_parallel_stage_then_its_evals_and_exports_in_one_ray_build(tmp_path):
+    """The nodes after a stage trained at tensor = 2 run in the same Ray build, in workers
+    that may have run its ranks."""
+    spec = tiny_spec(tmp_path, "llama", steps=3, extra=EVAL_AND_EXPORTS)
+    outcome = on_ray(spec, tmp_path / "s", ["parallelism.tensor=2"], until=())
+    assert {r.state for r in outcome.results.values()} == {"built"}
+    assert outcome.results["export:hf@pretrain"].record.metrics["max_logit_diff"] < 1e-4
+    assert outcome.results["eval:ppl@pretrain"].record.metrics["text.loss"] > 0
+
+
+def test_a_worker_that_imported_the_model_module_first_can_still_run_any_node():
+    """A Ray worker is reused across nodes: one that imported our model module (merging a
+    tensor-parallel stage's shards does) must still be able to apply the CPU patches."""
+    import subprocess
+    import sys
+
+    code = (
+        "import llmbuild.backends.megatron.model\n"
+        "from llmbuild.backends.megatron.cpu import apply_cpu_patches\n"
+        "apply_cpu_patches()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
 def test_pipeline_parallel_two_stages_match_one(tmp_path, style):
     """The 1F1B schedule over gloo; gpt2's tied embeddings stay in sync between the first

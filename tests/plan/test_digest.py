@@ -72,3 +72,41 @@ def test_missing_data_is_located_in_the_spec(project):
     (p,) = info.value.problems
     assert p.line == 19 and p.key == "data.sources[2].path"
     assert "prefs.jsonl: matches no file" in p.message
+
+
+def test_unordered_and_suffixed_digests(tmp_path):
+    for name, text in (("a.jsonl", "one"), ("b.jsonl", "two")):
+        (tmp_path / name).write_text(text)
+    cache = StatCache()
+
+    def digest(**how):
+        return digest_paths([str(tmp_path / "*")], cache, **how)
+
+    ordered, unordered, suffixed = (
+        digest(),
+        digest(unordered=True),
+        digest(unordered=True, suffixes=True),
+    )
+    (tmp_path / "a.jsonl").rename(tmp_path / "c.jsonl")  # the order of the two files flips
+    assert digest() != ordered and digest(unordered=True) == unordered
+    assert digest(unordered=True, suffixes=True) == suffixed
+    (tmp_path / "c.jsonl").rename(tmp_path / "c.txt")
+    assert digest(unordered=True) == unordered  # suffixes do not count unless asked
+    renamed = digest(unordered=True, suffixes=True)
+    assert renamed["blake3"] != suffixed["blake3"] and renamed["contents"] == suffixed["contents"]
+
+
+@pytest.mark.parametrize(
+    "name, suffix",
+    [
+        ("a.b.jsonl.gz", ".jsonl.gz"),
+        ("notes.TXT", ".txt"),
+        ("README", ""),
+        (".gz", ""),
+        ("x.zst", ".zst"),
+    ],
+)
+def test_format_suffix(name, suffix):
+    from llmbuild.plan.digest import format_suffix
+
+    assert format_suffix(f"dir.v2/{name}") == suffix

@@ -159,7 +159,7 @@ def test_golden_keys(tmp_path):
 
 
 GOLDEN = {
-    "source:books": "9cfd56eca3417b27",
-    "tokenizer": "38068db5423e0700",
-    "stage:pretrain": "e53fa479fd1faeab",
+    "source:books": "9fef265d39fd49be",
+    "tokenizer": "84ba8d5dd5731a26",
+    "stage:pretrain": "d349eaadd9120e04",
 }
