@@ -37,18 +37,35 @@ COMMANDS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="llmbuild", description="A declarative build system for language models."
     )
     parser.add_argument("--version", action="version", version=f"llmbuild {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = {}
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(
             name, help=help_text, description=help_text[:1].upper() + help_text[1:] + "."
         )
         importlib.import_module(module).add_arguments(name, p)
-    return parser
+        commands[name] = p
+    return parser, commands
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options and positionals in any order: a command's list of names may follow its
+    options (`export SPEC --to DIR hf@sft`), which plain argparse would refuse, since it
+    matches a trailing `nargs="*"` positional together with the first one."""
+    parser, commands = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    rest = argv[argv.index(args.command) + 1 :]
+    return commands[args.command].parse_intermixed_args(
+        rest, argparse.Namespace(command=args.command)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from llmbuild.run.signals import on_sigterm_interrupt
 
     on_sigterm_interrupt()
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)

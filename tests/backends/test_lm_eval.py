@@ -164,6 +164,7 @@ def test_generation_stops_at_stop_strings_eos_and_the_token_limit():
     lm = BuiltModel.__new__(BuiltModel)
     LM.__init__(lm)
     lm.model, lm.tok, lm.vocab, lm.seq_len, lm.eos_id = model, tok, 8, 2, 0
+    lm.stop_ids = {0}  # the end-of-text id, and a chat model's end of turn beside it
     lm.batch_size, lm.max_gen_toks = 2, 16
 
     def gen(prompt, **kwargs):
@@ -177,3 +178,5 @@ def test_generation_stops_at_stop_strings_eos_and_the_token_limit():
         gen("c", until="d"),
     ]
     assert lm.generate_until(requests) == ["bc", "bc\nd", "b", "b", "\n"]
+    lm.stop_ids = {0, ids["d"]}  # an end-of-turn token stops as EOS does, unprinted
+    assert lm.generate_until([gen("a", until=[])]) == ["bc\n"]

@@ -283,7 +283,8 @@ def test_an_exported_adapter_loads_from_anywhere_offline(built, tmp_path, monkey
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     model = AutoPeftModelForCausalLM.from_pretrained(str(out / "peft@lora"), dtype=torch.float32)
-    ids = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(3))
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         theirs = model.eval()(ids).logits
     assert (theirs - _megatron_logits(built, ids)).abs().max() < 1e-4
