@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Slot
 
 class ExportBackend(Backend):
     name = "export"
-    version = "2"
+    version = "3"
     Config = ExportConfig
     inputs = (
         Slot("model", "the exported stage (a LoRA stage's base is found through it)"),

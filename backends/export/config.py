@@ -9,3 +9,5 @@ class ExportConfig(SpecModel):
 
     export: item_type("export")  # type: ignore[valid-type]
     """The `[[export]]` table."""
+    model_name: str = ""
+    """The model's name (`[model] name`), which GGUF files carry as `general.name`."""

@@ -157,12 +157,15 @@ def write_gguf(
     vocab: Any,
     name: str,
     quantization: str,
+    finetune: str | None = None,
 ) -> None:
     import gguf
 
     F = gguf.LlamaFileType
     writer = gguf_writer(path, arch)
     writer.add_name(name)
+    if finetune and finetune != name:
+        writer.add_finetune(finetune)  # the stage the weights come from
     writer.add_file_type(
         {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "q8_0": F.MOSTLY_Q8_0}[quantization]
     )
@@ -275,8 +278,14 @@ def export_gguf(ctx: Any, export: Any) -> None:
     meta = arch_metadata(hf.arch, hf.family, hf.vocab)
     arch = arch_name(hf.family)
     path = ctx.out_dir / FILE
-    write_gguf(path, arch, tensors, meta, vocab, hf.name, export.quantization)
-    expected = {**meta, "general.architecture": arch, "tokenizer.ggml.model": vocab.model}
+    name = ctx.config.model_name or hf.name
+    write_gguf(path, arch, tensors, meta, vocab, name, export.quantization, finetune=hf.name)
+    expected = {
+        **meta,
+        "general.architecture": arch,
+        "general.name": name,
+        "tokenizer.ggml.model": vocab.model,
+    }
     for key, token_id in vocab.special.items():
         expected[SPECIAL_KEYS[key]] = token_id
     if vocab.tokens:

@@ -18,7 +18,7 @@ class ExportKind(Kind):
         super().__init__(model, "export")
 
     def config(self, item: Any, spec: Any, refs: NodeRefs) -> ExportConfig:
-        return ExportConfig(export=item)
+        return ExportConfig(export=item, model_name=spec.model.name)
 
     def labels(self, item: Any) -> dict[str, str]:
         return {"export": node_name("export", item).replace("export:", "export.", 1)}

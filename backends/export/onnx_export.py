@@ -1,12 +1,14 @@
 """``onnx`` export: the transformers model through ``torch.onnx`` (the dynamo exporter,
-``input_ids [batch, sequence] -> logits``), proven with onnxruntime against the megatron
-model; ``quantize = "int8"`` then applies onnxruntime dynamic quantization and proves the
+``input_ids, attention_mask [batch, sequence] -> logits``; positions count the unmasked
+tokens, so a left-padded batch scores each prompt as it scores alone), proven with
+onnxruntime against the megatron model and on a padded batch against transformers; ``quantize = "int8"`` then applies onnxruntime dynamic quantization and proves the
 int8 model picks the same top-1 token as the float32 one at most positions."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,40 +36,91 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _logits(session: Any, ids: Any) -> Any:
+def _logits(session: Any, ids: Any, mask: Any = None) -> Any:
     import numpy as np
 
-    return session.run(["logits"], {"input_ids": np.asarray(ids, dtype=np.int64)})[0]
+    ids = np.asarray(ids, dtype=np.int64)
+    mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int64)
+    return session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def positions(mask: Any) -> Any:
+    """Position ids of a (left- or right-) padded batch: the count of unmasked tokens
+    before each one, as transformers' ``generate`` makes them."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def padded_batch(vocab: int, lengths: tuple[int, ...], seed: int = 7) -> tuple[Any, Any]:
+    """Random prompts of ``lengths``, left-padded with token 0 into one batch, and its mask."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros((len(lengths), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = torch.randint(0, vocab, (n,), generator=g)
+        mask[row, width - n :] = 1
+    return ids, mask
 
 
 def _torch_export(model: Any, seq_len: int, path: Path, opset: int, external: bool) -> None:
     import torch
 
     class Logits(torch.nn.Module):
-        """``input_ids -> logits`` alone: no cache, no attention mask, one output."""
+        """``input_ids, attention_mask -> logits``: positions from the mask, no cache."""
 
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: Any) -> Any:
-            return self.inner(input_ids=input_ids, use_cache=False).logits
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions(attention_mask),
+                use_cache=False,
+            ).logits
 
     # A size-1 example dimension would be specialised away by torch.export.
     example = torch.zeros((2, max(2, min(8, seq_len))), dtype=torch.long)
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=max(seq_len, example.shape[1]))
+    axes = {0: batch, 1: sequence}  # the mask shares the ids' axes (hence their names)
+    warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same")
     program = torch.onnx.export(
         Logits(model).eval(),
-        (example,),
+        (example, torch.ones_like(example)),
         dynamo=True,
-        input_names=["input_ids"],
+        input_names=["input_ids", "attention_mask"],
         output_names=["logits"],
-        dynamic_shapes={"input_ids": {0: batch, 1: sequence}},
+        dynamic_shapes={"input_ids": axes, "attention_mask": axes},
         opset_version=opset,
         verbose=False,
     )
     program.save(str(path), external_data=external)
+
+
+def _padded_check(hf: Any, session: Any, seq_len: int) -> float:
+    """A left-padded batch of two prompts: onnxruntime against transformers given the same
+    mask and positions, on the real tokens (each also as scored alone)."""
+    import torch
+
+    lengths = (min(seq_len, 12), min(seq_len, 5))
+    ids, mask = padded_batch(hf.vocab, lengths)
+    ours = _logits(session, ids, mask)
+    with torch.no_grad():
+        theirs = hf.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+        alone = hf.model(input_ids=ids[1:, -lengths[1] :]).logits[0]
+    real = mask.bool().numpy()
+    diff = float(abs(ours[real] - theirs.numpy()[real]).max())
+    diff = max(diff, float(abs(ours[1, -lengths[1] :] - alone.numpy()).max()))
+    if diff > TOLERANCE:
+        raise VerificationError(
+            f"on a padded batch onnxruntime's logits differ from transformers' by {diff:.2e} "
+            f"(tolerance {TOLERANCE:.0e}): the exported attention mask is wrong"
+        )
+    return diff
 
 
 def _quantize_int8(src: Path, dst: Path, external: bool) -> None:
@@ -104,6 +157,7 @@ def export_onnx(ctx: Any, export: Any) -> None:
                 f"onnxruntime's logits differ from the trained model's by {diff:.2e} "
                 f"(tolerance {TOLERANCE:.0e}): the onnx export is wrong"
             )
+        metrics["padded_max_logit_diff"] = _padded_check(hf, _session(fp32), seq)
         if export.quantize == "int8":
             _quantize_int8(fp32, out / "model.onnx", external)
             int8_logits = _logits(_session(out / "model.onnx"), ids)

@@ -58,11 +58,12 @@ def _megatron_logits(built: Built, ids: np.ndarray) -> np.ndarray:
     return megatron_logits(built.dir("stage:pretrain"), torch.from_numpy(ids)).numpy()
 
 
-def _onnx_logits(path: Path, ids: np.ndarray) -> np.ndarray:
+def _onnx_logits(path: Path, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"input_ids": ids})[0]
+    mask = np.ones_like(ids) if mask is None else mask
+    return session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def test_onnx_matches_the_trained_model_at_any_shape(built):
@@ -72,7 +73,7 @@ def test_onnx_matches_the_trained_model_at_any_shape(built):
     out = built.dir("export:onnx@pretrain")
     assert built.metrics("export:onnx@pretrain")["max_logit_diff"] < 1e-3
     model = onnx.load(str(out / "model.onnx"))
-    assert [i.name for i in model.graph.input] == ["input_ids"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18
     rng = np.random.default_rng(1)
     for shape in [(1, 5), (4, 32)]:  # the export traced (2, 8): both axes are dynamic
@@ -83,6 +84,33 @@ def test_onnx_matches_the_trained_model_at_any_shape(built):
     tok = AutoTokenizer.from_pretrained(str(out))  # the directory is usable as it is
     assert tok.decode(tok.encode("ROMEO:", add_special_tokens=False)) == "ROMEO:"
     assert (out / "config.json").exists() and not list(out.glob("*.data"))
+
+
+def test_onnx_runs_a_padded_batch_as_transformers_does(built):
+    """Two prompts of different lengths, left-padded into one batch with an attention
+    mask: onnxruntime's logits on the real tokens are transformers' (given the same mask
+    and the positions its generate makes), and each prompt's are its logits alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert built.metrics("export:onnx@pretrain")["padded_max_logit_diff"] < 1e-3
+    hf = AutoModelForCausalLM.from_pretrained(str(built.dir("export:hf@pretrain"))).eval()
+    rng = np.random.default_rng(3)
+    long, short = rng.integers(1, 60, 9), rng.integers(1, 60, 4)
+    ids = np.zeros((2, 9), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    ids[0], mask[0] = long, 1
+    ids[1, 5:], mask[1, 5:] = short, 1
+    ours = _onnx_logits(built.dir("export:onnx@pretrain") / "model.onnx", ids, mask)
+    t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+    with torch.no_grad():
+        positions = (t_mask.cumsum(-1) - 1).clamp(min=0)
+        theirs = hf(input_ids=t_ids, attention_mask=t_mask, position_ids=positions).logits.numpy()
+        alone = hf(input_ids=torch.from_numpy(short[None])).logits.numpy()[0]
+    real = mask.astype(bool)
+    assert np.abs(ours[real] - theirs[real]).max() < 1e-3
+    assert np.abs(ours[1, 5:] - alone).max() < 1e-3
+    assert np.abs(ours[0] - _megatron_logits(built, long[None])[0]).max() < 1e-3
 
 
 def test_int8_onnx_is_quantized_and_agrees_on_the_top_token(built):
@@ -124,6 +152,7 @@ def test_gguf_reads_back_with_names_types_and_metadata(built, quantization):
     field = {k: f.contents() for k, f in reader.fields.items()}
     arch = built.style
     assert field["general.architecture"] == arch
+    assert field["general.name"] == "tiny" and field["general.finetune"] == "pretrain"
     tensors = {t.name: t for t in reader.tensors}
     assert set(tensors) == _expected_tensors(arch, 2, untied_llama=True)
     T = gguf.GGMLQuantizationType

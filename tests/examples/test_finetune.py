@@ -39,3 +39,38 @@ def test_finetune_example(tmp_path, tmp_path_factory):
     assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == 512
     gguf = outcome.results["export:gguf@sft"].record.metrics
     assert gguf["quantization"] == "q8_0" and gguf["top1_agreement"] > 0.9
+
+
+def test_chat_answers_stop_at_the_end_of_the_turn_everywhere(tmp_path, tmp_path_factory, capsys):
+    """transformers' generate() with the hf export's own defaults, `llmbuild generate
+    --chat` from a stage and from the export, and the GGUF file's end-of-turn id."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmbuild.cli import main
+
+    example = copy_example("finetune", tmp_path)
+    store = suite_store(tmp_path_factory)
+    outcome = run_nodes(example / "spec.toml", store)  # built by the test above
+    hf_dir = artifact(outcome, store, "export:hf@lora")
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end in model.generation_config.eos_token_id
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
+    ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    new = model.generate(ids, max_new_tokens=40)[0, ids.shape[1] :].tolist()
+    assert new[-1] == end and end not in new[:-1] and len(new) < 40, tok.decode(new)
+    assert "Paris" in tok.decode(new)
+
+    for source in (["--stage", "lora"], ["--export", "hf@lora"]):
+        argv = ["generate", str(example / "spec.toml"), "--store", str(store), *source,
+                "--chat", "--temperature", "0", "--max-new-tokens", "40",
+                "--prompt", "What is the capital of France?"]  # fmt: skip
+        assert main(argv) == 0
+        answer = capsys.readouterr().out.strip()
+        assert "Paris" in answer and "<|im_end|>" not in answer and len(answer) < 60, answer
+
+    reader = gguf.GGUFReader(str(artifact(outcome, store, "export:gguf@sft") / "model.gguf"))
+    assert reader.fields["tokenizer.ggml.eot_token_id"].contents() == end
