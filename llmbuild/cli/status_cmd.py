@@ -36,13 +36,18 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def built_records(store: Any, keys: dict[str, str]) -> dict[str, Any]:
-    """``{node: Record}`` for the nodes of ``keys`` (name -> key) built in the store."""
+def built_records(
+    store: Any, keys: dict[str, str], corrupt: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``{node: Record}`` for the nodes of ``keys`` (name -> key) built in the store;
+    nodes whose record or files no longer verify go into ``corrupt`` with the problem."""
     out = {}
     for name, key in keys.items():
         found = store.lookup(key)
         if found.cached and found.target is not None:
             out[name] = found.target
+        elif found.state == "corrupt" and corrupt is not None:
+            corrupt[name] = found.problem
     return out
 
 
@@ -173,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
     resolved = load_spec(args.spec, args.overrides)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
-    records = built_records(store, {n: k.key for n, k in planned.keys.items()})
+    corrupt: dict[str, str] = {}
+    records = built_records(store, {n: k.key for n, k in planned.keys.items()}, corrupt)
+    notes = {n: list(r.notes) for n, r in records.items() if r.notes}
     evals, stages = eval_table(records), stage_table(records)
     samples, laws = sample_texts(store, records), scaling_laws(records)
     compared = None
@@ -189,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
             "evals": evals,
             "samples": samples,
             "scaling": laws,
+            "notes": notes,
+            "corrupt": corrupt,
             "artifacts": {n: str(store.artifact_path(r.key)) for n, r in records.items()},
         }
         if compared:
@@ -200,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     if compared:
         _compare(resolved.display, flat_metrics(records), *compared)
         return 0
+    for node, problem in corrupt.items():
+        print(f"corrupt  {node}: {problem} (the next build moves it aside and rebuilds it)")
     if not records:
         print("nothing built yet")
         return 0
@@ -228,5 +239,8 @@ def run(args: argparse.Namespace) -> int:
                 f" + {law['B']:.4g} / D^{law['beta']:.3f}  (llmbuild scaling for optima)"
             )
         print(line)
+    for node, said in notes.items():
+        for note in said:
+            print(f"\nnote {node}: {note}")
     print("\nartifacts: llmbuild show NODE; loss curves: loss.png and tensorboard/ in each stage")
     return 0

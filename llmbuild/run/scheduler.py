@@ -196,11 +196,14 @@ class Scheduler:
         try:
             return self._run()
         except BaseException:  # Ctrl-C, SIGTERM, a failing executor: let others take over
-            for _, lease in self.running.values():
-                lease.release()
-            self.running.clear()
-            if self._started:
-                self.executor.shutdown()
+            try:
+                if self._started:
+                    self.executor.shutdown()  # Ray's workers end with it, mid-node
+            finally:
+                for name, (_, lease) in self.running.items():
+                    self.store.drop_scratch(name, self.keys[name].key)
+                    lease.release()
+                self.running.clear()
             raise
 
     def _run(self) -> dict[str, NodeResult]:

@@ -136,6 +136,13 @@ class Store:
         """A temp dir to build a node into; committing it is one rename (local stores)."""
         return self.fs.scratch_dir(f"{safe_name(name)}-{key[:12]}-")
 
+    def drop_scratch(self, name: str, key: str) -> None:
+        """Remove the temp dirs of a node whose process was ended before it could (a
+        worker killed with its Ray cluster); only its lease holder may call this."""
+        if isinstance(self.fs, LocalFS):
+            for path in (self.fs.root / "tmp").glob(f"{safe_name(name)}-{key[:12]}-*"):
+                shutil.rmtree(path, ignore_errors=True)
+
     def lease(self, key: str, owner: dict[str, Any]) -> Lease | None:
         return try_acquire(self.fs, f"leases/{key}", owner)
 

@@ -3,7 +3,10 @@ file and line, or with on_error = "skip" a counted skip."""
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stdout
+from pathlib import Path
 
 import pytest
 
@@ -156,6 +159,18 @@ def test_cleaning_that_removes_much_says_so_and_a_source_may_clean_its_own_way(t
     record = outcome.results["source:docs"].record
     assert record.notes == ["cleaning removed 6 of 8 documents (75%): too_short 6"]
     assert "built    source:docs" in outcome.log and "cleaning removed 6 of 8" in outcome.log
+    # `show` and `status` say it too, and `show` prints where the artifact is.
+    from llmbuild.cli import main
+
+    spec, store = str(spec_dir / "spec.toml"), str(spec_dir / "store")
+    with redirect_stdout(io.StringIO()) as shown:
+        assert main(["show", "source:docs", "--store", store]) == 0
+    assert "note cleaning removed 6 of 8 documents" in shown.getvalue()
+    folder = next(line.split()[1] for line in shown.getvalue().splitlines() if "artifact" in line)
+    assert (Path(folder) / "record.json").is_file()
+    with redirect_stdout(io.StringIO()) as status:
+        assert main(["status", spec, "--store", store]) == 0
+    assert "note source:docs: cleaning removed 6 of 8 documents" in status.getvalue()
     # The source's own cleaning replaces [data.clean] for it alone.
     own = text.replace(f'path = "{path}"\n', f'path = "{path}"\nclean = {{ min_chars = 1 }}\n')
     assert own != text

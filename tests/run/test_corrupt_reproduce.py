@@ -129,7 +129,7 @@ def test_a_same_size_edit_with_its_time_restored_is_found(project, fixture_env, 
     assert node.status == "build" and "corrupt" in node.reason and "out.txt" in node.reason
 
 
-def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env, tmp_path):
+def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env, tmp_path, capsys):
     import json
 
     from llmbuild.cli import main
@@ -142,6 +142,10 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
     record.write_text(json.dumps(edited))
     node = _plan_status(project, store, "eval:ppl@sft")
     assert node.status == "build" and "edited" in node.reason
+    assert main(["status", str(project), "--store", str(store), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert "does not match its digest" in shown["corrupt"]["eval:ppl@sft"]
+    assert "0.999" not in json.dumps(shown["evals"])  # an edited metric is never shown
     cut = _artifact(store, "tokenizer") / "record.json"
     cut.write_bytes(cut.read_bytes()[:100])
     assert "not valid JSON" in _plan_status(project, store, "tokenizer").reason
@@ -166,6 +170,8 @@ def test_generate_refuses_a_corrupt_stage(project, fixture_env, tmp_path, capsys
     fixture_build(project, store)
     out = _artifact(store, "stage:dpo") / "out.txt"
     out.write_bytes(b"x" + out.read_bytes()[1:])
+    assert main(["status", str(project), "--store", str(store)]) == 0
+    assert "corrupt  stage:dpo: out.txt" in capsys.readouterr().out
     code = main(["generate", str(project), "--store", str(store), "--stage", "dpo"])
     assert code == 2
     err = capsys.readouterr().err

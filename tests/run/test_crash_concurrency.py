@@ -10,15 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, artifact_dirs
 from tests.fixture_backend import invocations, reset, set_control
 from tests.run.helpers import counts, fixture_build
 
 
-def _spawn(spec: Path, store: Path, env_extra: dict[str, str]) -> subprocess.Popen:
+def _spawn(
+    spec: Path, store: Path, env_extra: dict[str, str], executor: str = "inline"
+) -> subprocess.Popen:
     env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.run.helpers", str(spec), str(store)],
+        [sys.executable, "-m", "tests.run.helpers", str(spec), str(store), executor],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -89,17 +93,24 @@ def test_two_concurrent_builds_build_each_node_once(project, fixture_env, tmp_pa
     assert any("waiting" in out for out in outputs)  # one build waited on the other's lease
 
 
-def test_sigterm_ends_a_build_as_ctrl_c_does(project, fixture_env, tmp_path):
+@pytest.mark.parametrize("executor", ["inline", "ray"])
+def test_sigterm_ends_a_build_as_ctrl_c_does(project, fixture_env, tmp_path, executor, capsys):
     """A scheduler's SIGTERM: the lease is released, no temp dir is left, the checkpoint
-    stays for a resume, and the build is recorded as interrupted."""
+    stays for a resume, and the build is recorded as interrupted and listed by `runs`;
+    under Ray too, with no signal dump from Ray's workers."""
+    from llmbuild.cli import main
+
     store = tmp_path / "store"
     set_control(sleep={"stage:pretrain": 60})
-    proc = _spawn(project, store, {})
-    _wait_for(lambda: "stage:pretrain" in invocations())
+    proc = _spawn(project, store, {}, executor)
+    _wait_for(lambda: "stage:pretrain" in invocations(), timeout=120)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in out, out
+    assert "SIGTERM received" not in out and "*** " not in out, out
+    assert main(["runs", "--store", str(store)]) == 0
+    assert "INTERRUPTED" in capsys.readouterr().out
     assert not list((store / "leases").iterdir())
     assert not list((store / "tmp").iterdir())
     (build,) = [json.loads(p.read_text()) for p in (store / "builds").glob("*.json")]
