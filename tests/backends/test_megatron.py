@@ -78,6 +78,12 @@ def test_pretraining_learns_and_commits_weights(tmp_path, style):
     assert record.metrics["steps"] == 30 and record.metrics["val_loss"] > 0
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(out / "tensorboard")).Reload()  # as `tensorboard` reads it
+    losses = board.Scalars("pretrain/loss")
+    assert [e.step for e in losses] == [r["step"] for r in rows]
+    assert losses[-1].value == pytest.approx(rows[-1]["loss"], rel=1e-6)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
