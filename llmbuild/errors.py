@@ -13,6 +13,26 @@ class UserError(Exception):
     """A mistake in the user's input; the CLI prints it and exits with code 2."""
 
 
+OS_HINTS = {
+    "ENOSPC": "the disk is full: free some space, or build into another store with --store",
+    "EDQUOT": "the disk quota is used up: free some space, or use another store (--store)",
+    "EROFS": "the filesystem is read-only: build into a writable store with --store",
+    "EACCES": "no permission: check the owner and mode of that path, or use --store",
+    "ENOTDIR": "a path on the way is a file, not a directory",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """An operating-system failure (a full disk, a read-only store) said plainly, with
+    the path and what to do, instead of a traceback."""
+    import errno
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    where = f" ({e.filename})" if e.filename else ""
+    hint = f"; {OS_HINTS[name]}" if name in OS_HINTS else ""
+    return f"{e.strerror or e}{where}{hint}"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One mistake in a spec, located at a file line and a dotted TOML key."""

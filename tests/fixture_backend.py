@@ -3,7 +3,8 @@
 It stands in for every built-in backend under the same names and configs. A node's
 output is a hash of its config and its inputs' output files; each run appends the node
 name to ``invocations.log``. ``control.json`` (both in $LLMBUILD_FIXTURE_DIR) can make
-named nodes fail, sleep (reporting progress), or produce random output.
+named nodes fail, sleep (reporting progress), write a large file (``fill``), or produce
+random output.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class FixtureBackend(Backend):
             time.sleep(0.1)
         if ctx.node in ctl.get("fail", []):
             raise RuntimeError(f"{ctx.node} was told to fail")
+        if ctx.node in ctl.get("fill", {}):  # a large output, to fill a small disk
+            with open(ctx.out_dir / "fill.bin", "wb") as f:
+                for _ in range(ctl["fill"][ctx.node] >> 20):
+                    f.write(b"\0" * (1 << 20))
         h = hashlib.sha256(json.dumps(ctx.config.model_dump(mode="json"), sort_keys=True).encode())
         for slot in sorted(ctx.inputs):
             for f in sorted(ctx.inputs[slot].path.rglob("*")):

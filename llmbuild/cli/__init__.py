@@ -69,7 +69,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from llmbuild.errors import UserError
+    from llmbuild.errors import UserError, describe_os_error
 
     if hasattr(signal, "SIGPIPE"):  # `llmbuild resolve spec.toml | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's, not the spec's: a full disk, a read-only store
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

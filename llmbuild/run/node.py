@@ -6,6 +6,7 @@ machine; everything it needs travels in a picklable ``NodeTask``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -64,6 +65,23 @@ def _logger(name: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log, handler
+
+
+LOW_DISK = 64 << 20
+"""Free bytes below which a failure is put down to a full disk: libraries rarely say so
+(torch's save reports "unexpected pos")."""
+
+
+def _disk_full(out: Path, e: BaseException) -> str:
+    """A note for a failure that a full disk explains, before the temp dir is freed."""
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        free = shutil.disk_usage(out if out.exists() else out.parent).free
+    except OSError:
+        return ""
+    if not full and free >= LOW_DISK:
+        return ""
+    return f" (the disk is full: {free >> 20} MiB free where {out.parent} is)"
 
 
 def execute_node(
@@ -128,8 +146,9 @@ def execute_node(
         raise
     except Exception as e:
         log.error("failed:\n%s", traceback.format_exc())
-        shutil.rmtree(out, ignore_errors=True)
         message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        message += _disk_full(out, e)
+        shutil.rmtree(out, ignore_errors=True)
         raise NodeFailed(task.name, message, str(log_path)) from None
     finally:
         leave_process_groups()  # a node's groups die with it: the process hosts others

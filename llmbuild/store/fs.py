@@ -7,12 +7,15 @@ are uploaded first and its ``record.json`` last, so a record's presence means co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+from llmbuild.errors import UserError
 
 
 def umask() -> int:
@@ -39,6 +42,8 @@ class LocalFS:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"the store {self.root} is a file, not a directory")
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -54,24 +59,29 @@ class LocalFS:
         target = self.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        try:
+            os.fchmod(fd, 0o666 & ~umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:  # a full disk, say: no part of a file is left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Create a file only if it does not exist; True if this call created it."""
         target = self.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
         try:
+            tmp.write_bytes(data)
             os.link(tmp, target)  # atomic, fails if the target exists
             return True
         except FileExistsError:
             return False
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
 
     def listdir(self, rel: str) -> list[str]:
         p = self.path(rel)
