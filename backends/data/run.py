@@ -274,6 +274,18 @@ def run(ctx: Any) -> None:
     if read and removed / read >= NOTABLE:
         why = ", ".join(f"{k} {v}" for k, v in sorted(report["removed"].items()) if v)
         ctx.note(f"cleaning removed {removed} of {read} documents ({removed / read:.0%}): {why}")
+    if config.split.validation > 0 and not kept["validation"]["documents"]:
+        docs = kept["train"]["documents"]
+        ctx.note(
+            f"no validation documents: the split put all {docs} document(s) in training, so "
+            "nothing trained on this source is measured held out"
+            + (
+                "; a text source without a separator is one document per file: set "
+                '`separator` (e.g. "\\n\\n") to split it'
+                if config.source.format in ("text", "auto") and docs <= 2
+                else ""
+            )
+        )
     (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     ctx.metrics.update(
         {

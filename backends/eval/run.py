@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llmbuild.errors import UserError
+
 
 def _windows(tokens: list[int], seq: int, limit: int | None) -> list[list[int]]:
     out = [tokens[i : i + seq + 1] for i in range(0, len(tokens) - 1, seq)]
@@ -67,7 +69,9 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
     for slot, artifact in sorted(ctx.inputs.items()):
         if slot.startswith("data:"):
             tokens = _validation_tokens(artifact.path)
-            if tokens:
+            if not tokens:
+                ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
+            else:
                 total, n = _nll(model, _windows(tokens, seq, limit), suite.batch_size)
                 results[slot[5:]] = {
                     "tokens": n,
@@ -88,8 +92,10 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
                     "perplexity": math.exp(total / n),
                 }
     if not results:
-        raise ValueError(
-            "nothing to measure: the sources have no validation split and no files are listed"
+        raise UserError(
+            "nothing to measure: the sources have no validation documents and no files are "
+            "listed; set [data.split] validation, give a text source a separator so that it "
+            "holds more than one document, or list text files in `files`"
         )
     return results
 

@@ -146,8 +146,10 @@ class GroupPolicy:
         }
 
     def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
-        """Mean reward of greedy completions of the validation prompts."""
-        data = self.valid or self.train
+        """Mean reward of greedy completions of the validation prompts (none without)."""
+        if not self.valid:
+            return {}
+        data = self.valid
         total, count = 0.0, 0
         for chunk in _my_chunks(min(samples, len(data)), micro):
             for i in chunk:

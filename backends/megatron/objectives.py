@@ -99,7 +99,9 @@ class LanguageModel:
         one replica see the same chunks)."""
         from megatron.core import parallel_state
 
-        data = self.valid or self.train
+        if not self.valid:  # never the training data in its place: no measure at all
+            return {}
+        data = self.valid
         mine = [data.batch(chunk) for chunk in _my_chunks(samples, micro)]
         total = 0.0
         with torch.no_grad():
@@ -160,7 +162,9 @@ class _Pairs:
         raise NotImplementedError
 
     def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:
-        data = self.valid or self.train
+        if not self.valid:
+            return {}
+        data = self.valid
         sums: dict[str, float] = {"loss": 0.0}
         chunks = _my_chunks(min(samples, len(data)), micro)
         with torch.no_grad():

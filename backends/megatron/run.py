@@ -164,3 +164,9 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     if (result / "initial.json").exists():  # the measurement before any update
         initial = json.loads((result / "initial.json").read_text())
         ctx.metrics.update({f"initial_{k}": v for k, v in initial.items()})
+    if not any(k.startswith("val_") for k in final):
+        ctx.note(
+            "no validation data: nothing was measured held out (val_loss), since the "
+            "stage's sources have no validation documents; set [data.split] validation, "
+            "and give a text source a separator so that it holds more than one document"
+        )

@@ -87,6 +87,24 @@ def test_pretraining_learns_and_commits_weights(tmp_path, style):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_source_of_one_document_is_said_to_have_no_validation_split(tmp_path):
+    """A text file without a separator is one document, which the split can put on one
+    side only: the data node says so, the stage measures nothing held out (never its
+    training data in place of validation data), and the perplexity eval names the fix."""
+    ppl = '[[eval]]\nname = "ppl"\nkind = "perplexity"\nstages = ["pretrain"]\n'
+    spec = tiny_spec(tmp_path, steps=4, extra=ppl)
+    spec.write_text(spec.read_text().replace('separator = "\\n\\n"\n', ""))
+    outcome = run_nodes(spec, tmp_path / "store")
+    source = outcome.results["source:text"].record
+    assert source.metrics["validation_documents"] == 0, source.metrics
+    assert any("set `separator`" in n for n in source.notes), source.notes
+    stage = outcome.results["stage:pretrain"].record
+    assert not [k for k in stage.metrics if "val_" in k], stage.metrics
+    assert any("no validation data" in n for n in stage.notes), stage.notes
+    failed = outcome.results["eval:ppl@pretrain"]
+    assert failed.state == "failed" and "no validation documents" in failed.detail
+
+
 def test_two_builds_commit_identical_weights(tmp_path):
     spec = tiny_spec(tmp_path, steps=12)
     a = run_nodes(spec, tmp_path / "a", ("stage:pretrain",))
