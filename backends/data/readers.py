@@ -153,15 +153,20 @@ def _jsonl_docs(path: str) -> Iterator[Record | BadRecord]:
 
 
 def _parquet_docs(path: str) -> Iterator[Record]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with open_binary(path) as f:
-        table = pq.ParquetFile(f)
-        row = 0
-        for batch in table.iter_batches(batch_size=1024):
-            for value in batch.to_pylist():
-                yield Record(f"{path}: row {row}", value)
-                row += 1
+        try:
+            table = pq.ParquetFile(f)
+            batches = table.iter_batches(batch_size=1024)
+            row = 0
+            for batch in batches:
+                for value in batch.to_pylist():
+                    yield Record(f"{path}: row {row}", value)
+                    row += 1
+        except (pa.ArrowException, OSError) as e:  # an empty or cut file, say
+            raise BadRecord(path, f"not a readable parquet file: {e}", "format") from None
 
 
 def _webdataset_docs(path: str, source: Source) -> Iterator[Record]:

@@ -107,6 +107,22 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
     )
 
 
+def _note_short_data(ctx: RunContext[TrainConfig], seq_len: int) -> None:
+    """Token data shorter than one sequence trains on that data repeated within every
+    sample: allowed, but never silently."""
+    counts = [
+        a.record.metrics.get("train_tokens")
+        for a in ctx.inputs.values()
+        if a.record.name.startswith("tokenize:")
+    ]
+    tokens = sum(c for c in counts if isinstance(c, int))
+    if counts and tokens <= seq_len:
+        ctx.note(
+            f"the training data holds {tokens} tokens, no more than one sequence "
+            f"(seq_len = {seq_len}): every sample repeats it"
+        )
+
+
 def run(ctx: RunContext[TrainConfig]) -> None:
     config = ctx.config
     stage = config.stage
@@ -120,6 +136,7 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         vocab = model_vocab(tok.info.vocab_size, config.architecture)
     except ValueError as e:
         raise UserError(f"{ctx.node}: {e}") from None
+    _note_short_data(ctx, config.architecture.seq_len)
     mark = time.perf_counter()
     result = ctx.run_ranks(train_ranks, rank_config(ctx, tok, vocab))
     ctx.timings["ranks"] = round(time.perf_counter() - mark, 3)

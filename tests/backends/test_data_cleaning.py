@@ -93,6 +93,8 @@ GOOD = b'{"text": "a fine document"}\n'
         ("type.jsonl", b'{"text": 42}\n', "", "type.jsonl:1: field 'text' must be a string"),
         ("empty.jsonl", b"", "", "empty.jsonl: empty file (no documents)"),
         ("notar.tar", b"this is not a tar file", "", "notar.tar: not a readable tar file"),
+        ("zero.parquet", b"", "", "zero.parquet: not a readable parquet file"),
+        ("cut.parquet", b"PAR1 and then nothing", "", "cut.parquet: not a readable parquet file"),
     ],
 )
 def test_bad_data_is_a_located_error(tmp_path, name, content, fmt, message):

@@ -105,6 +105,15 @@ def test_a_source_of_one_document_is_said_to_have_no_validation_split(tmp_path):
     assert failed.state == "failed" and "no validation documents" in failed.detail
 
 
+def test_data_shorter_than_a_sequence_is_said(tmp_path):
+    spec = tiny_spec(tmp_path, steps=2, extra="[data.split]\nvalidation = 0.0\n")
+    (tmp_path / "data" / "text.txt").write_text("To be, or not to be.")
+    outcome = run_nodes(spec, tmp_path / "store", ("stage:pretrain",))
+    assert outcome.ok, outcome.log
+    notes = outcome.results["stage:pretrain"].record.notes
+    assert any("no more than one sequence (seq_len = 32)" in n for n in notes), notes
+
+
 def test_two_builds_commit_identical_weights(tmp_path):
     spec = tiny_spec(tmp_path, steps=12)
     a = run_nodes(spec, tmp_path / "a", ("stage:pretrain",))
