@@ -54,6 +54,39 @@ def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Proble
     return out
 
 
+def _memory_problems(item: Any, where: Path, view: SpecView, patch: Any) -> list[Problem]:
+    """A model and batch that cannot fit where they would run, before anything runs."""
+    from llmbuild.backends.megatron.sizes import human_bytes, memory_limit, rank_memory
+    from pydantic import ValidationError
+
+    par = view.parallelism
+    try:
+        arch = patched(view.architecture, patch) if patch is not None else view.architecture
+        tok = view.raw.get("tokenizer") if isinstance(view.raw.get("tokenizer"), dict) else {}
+        vocab = int(arch.vocab_size or tok.get("vocab_size") or 0)
+        need = rank_memory(arch, par, vocab, par.micro_batch, item.precision)
+    except (ValidationError, ValueError, TypeError):
+        return []  # a shape problem, reported on its own
+    limit, what, shared = memory_limit(par)
+    per_rank = need["weights"] + need["activations"]
+    ranks = par.tensor * par.pipeline * par.data
+    total = per_rank * ranks if shared else per_rank
+    if total <= limit:
+        return []
+    return [
+        Problem(
+            f"the model and batch need at least {human_bytes(total)} ({need['params']:.3g} "
+            f"parameters: {human_bytes(need['weights'])} of weights and gradients and "
+            f"{human_bytes(need['activations'])} of activations per rank at micro_batch "
+            f"{par.micro_batch} and seq_len {arch.seq_len}"
+            + (f", {ranks} ranks" if ranks > 1 and shared else "")
+            + f"), more than {what} ({human_bytes(limit)}): shrink the model, seq_len or "
+            "micro_batch, or split it over more tensor or pipeline ranks",
+            where,
+        )
+    ]
+
+
 class TrainedStage(Kind):
     """A stage trained by the megatron backend's rank loop."""
 
@@ -114,6 +147,8 @@ class TrainedStage(Kind):
         patch = getattr(item, "architecture", None)
         if patch is not None and view.architecture is not None:
             out += _patch_problems(view.architecture, patch, par, (*where, "architecture"))
+        if par is not None and view.architecture is not None:
+            out += _memory_problems(item, where, view, patch)
         if par is not None:
             replicas = par.data * (1 if self.pipeline else par.pipeline)
             if item.global_batch % (par.micro_batch * replicas):

@@ -43,8 +43,8 @@ class LoraAdapter(SpecModel):
 class StageBase(StageTable):
     """Fields every training stage has."""
 
-    steps: PositiveInt
-    """Number of optimizer steps."""
+    steps: PositiveInt = Field(le=1_000_000_000)
+    """Number of optimizer steps (at most a billion)."""
     global_batch: PositiveInt
     """Sequences per optimizer step, across all data-parallel ranks."""
     lr: float = Field(gt=0)

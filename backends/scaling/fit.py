@@ -30,66 +30,6 @@ from numpy.typing import ArrayLike
 # ---------------------------------------------------------------- parameters and FLOPs
 
 
-def count_params(
-    layers: int,
-    hidden: int,
-    heads: int,
-    kv_heads: int,
-    ffn_hidden: int,
-    vocab: int,
-    seq_len: int,
-    gated: bool,
-    tied: bool,
-    position: str,
-) -> dict[str, int]:
-    """Weights of a decoder-only transformer, biases ignored.
-
-    Per layer: attention q and o are hidden x hidden, k and v hidden x (kv_heads * head_dim)
-    (grouped-query attention); the MLP is 3 matrices hidden x ffn_hidden when `gated`
-    (SwiGLU) and 2 otherwise; two norm weights of size hidden. Plus a final norm. The
-    embeddings are vocab x hidden, a second vocab x hidden output matrix when not `tied`,
-    and a seq_len x hidden table when `position` is "learned" ("rope" has no weights).
-
-    Returns "params" (N with embeddings), "non_embedding_params" (Kaplan's N) and the
-    totals "attention", "mlp", "norms" and "embeddings".
-    """
-    sizes = {
-        "layers": layers,
-        "hidden": hidden,
-        "heads": heads,
-        "kv_heads": kv_heads,
-        "ffn_hidden": ffn_hidden,
-        "vocab": vocab,
-        "seq_len": seq_len,
-    }
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer (got {value!r})")
-    layers, hidden, heads, kv_heads, ffn_hidden, vocab, seq_len = map(int, sizes.values())
-    if hidden % heads:
-        raise ValueError(f"heads ({heads}) must divide hidden ({hidden})")
-    if heads % kv_heads:
-        raise ValueError(f"kv_heads ({kv_heads}) must divide heads ({heads})")
-    if position not in ("learned", "rope"):
-        raise ValueError(f"position must be 'learned' or 'rope' (got {position!r})")
-    kv_dim = kv_heads * (hidden // heads)
-    attention = 2 * hidden * hidden + 2 * hidden * kv_dim
-    mlp = (3 if gated else 2) * hidden * ffn_hidden
-    norms = layers * 2 * hidden + hidden
-    non_embedding = layers * (attention + mlp) + norms
-    embeddings = vocab * hidden * (1 if tied else 2)
-    if position == "learned":
-        embeddings += seq_len * hidden
-    return {
-        "params": non_embedding + embeddings,
-        "non_embedding_params": non_embedding,
-        "attention": layers * attention,
-        "mlp": layers * mlp,
-        "norms": norms,
-        "embeddings": embeddings,
-    }
-
-
 def flops_per_token(non_embedding_params: float, layers: int, hidden: int, seq_len: int) -> float:
     """Training FLOPs per token, Kaplan et al. 2020 (table 1) times 3 for forward+backward:
 

@@ -35,7 +35,7 @@ def point_name(sweep: str, values: dict[str, Any], budget: float | None) -> str:
 
 
 def non_embedding_params(arch: Architecture) -> int:
-    from llmbuild.backends.scaling.fit import count_params
+    from llmbuild.backends.megatron.sizes import count_params
 
     counts = count_params(
         arch.layers, arch.hidden, arch.heads, arch.kv_heads, arch.ffn_hidden, 1, arch.seq_len,

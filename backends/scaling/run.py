@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from llmbuild.backends.megatron.sizes import count_params
 from llmbuild.backends.scaling.config import ScalingConfig
-from llmbuild.backends.scaling.fit import count_params, flops_per_token
+from llmbuild.backends.scaling.fit import flops_per_token
 
 from llmbuild.run.context import RunContext
 

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from llmbuild.backends.megatron.sizes import count_params
 from llmbuild.backends.scaling.fit import (
     PARAMETERS,
     Approach3Fit,
     ScalingPoint,
     compute_optimal_approach3,
-    count_params,
     fit_approach2,
     fit_approach3,
     flops_per_token,

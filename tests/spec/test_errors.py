@@ -129,6 +129,7 @@ def test_missing_file_is_a_user_error(tmp_path):
         ('schedule = { kind = "cosin" }', "stage[0].schedule.kind: must be one of"),
         ("global_batch = 3", "stage[0].global_batch: global_batch (3) must be a multiple of"),
         ("steps = 1.5", "stage[0].steps: must be an integer"),
+        ("steps = 99999999999999999999", "stage[0].steps: must be <= 1000000000"),
     ],
 )
 def test_stage_mistakes(tmp_path, edit, want):
@@ -235,3 +236,43 @@ def test_missing_tables_are_named(tmp_path):
     found = problems(spec)
     for table in ("[data] table", "[tokenizer] table", "[architecture] table", "[[stage]] tables"):
         assert any(table in f for f in found), found
+
+
+@pytest.mark.parametrize(
+    ("override", "want"),
+    [
+        ("architecture.hidden=1000000000000", "of weights and gradients"),
+        ("architecture.seq_len=300000", "of activations per rank at micro_batch 4 and seq_len"),
+    ],
+)
+def test_a_model_that_cannot_fit_is_located_with_its_memory_estimate(
+    tmp_path, monkeypatch, override, want
+):
+    """Before anything runs: the estimate against this machine's memory (the ranks run
+    here on CPUs), and against the largest accelerator's on a GPU layout."""
+    from tests.conftest import write_project
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = write_project(tmp_path, _single_stage('kind = "pretrain"'))
+    load_spec(spec)  # the tiny model fits
+    found = problems_of(spec, [override, "parallelism.device=cpu", "parallelism.micro_batch=4"])
+    assert any(
+        f.startswith(f"{spec}:")
+        and "stage[0]: the model and batch need at least" in f
+        and want in f
+        and "more than this machine's memory" in f
+        for f in found
+    ), found
+    on_gpus = [override, "parallelism.device=gpu", "parallelism.micro_batch=4"]
+    if override.startswith("architecture.hidden"):  # too big for any accelerator
+        found = problems_of(spec, on_gpus)
+        assert any("more than the memory of the largest accelerator (192.0 GiB)" in f
+                   for f in found), found  # fmt: skip
+    else:  # 39 GiB of activations: more than this machine has, not more than a GPU's
+        load_spec(spec, on_gpus)
+
+
+def problems_of(path: Path, overrides: list[str]) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    return [str(p) for p in info.value.problems]
