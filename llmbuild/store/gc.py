@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
 from llmbuild.store.lease import live_holder
 from llmbuild.store.store import Store
+
+SCRATCH_KEY = re.compile(r"-([0-9a-f]{12})-[a-z0-9_]+$")
+"""A node's temp dir name: ``<node>-<key12>-<random>`` (``Store.scratch``)."""
+SCRATCH_GRACE = 5.0
+"""Seconds a fresh temp dir is left alone, whatever its lease says."""
 
 
 @dataclass
@@ -39,12 +45,17 @@ def collect(
         if not dry_run:
             store.remove_artifact(rec.key)
     now = time.time()
+    held = {k[:12] for k in store.fs.listdir("leases") if live_holder(store.fs, f"leases/{k}")}
     for name in store.fs.listdir("tmp"):
         try:
-            old = now - store.fs.mtime(f"tmp/{name}") > scratch_age
+            age = now - store.fs.mtime(f"tmp/{name}")
         except OSError:
             continue
-        if old:
+        key = SCRATCH_KEY.search(name)
+        # A node builds into its temp dir only while it holds its key's lease: with no
+        # live holder (a killed build), the dir is abandoned now, not in an hour.
+        abandoned = key is not None and key.group(1) not in held and age > SCRATCH_GRACE
+        if abandoned or age > scratch_age:
             report.scratch_removed += 1
             if not dry_run:
                 store.fs.remove(f"tmp/{name}")

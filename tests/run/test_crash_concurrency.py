@@ -59,6 +59,7 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     assert artifact_dirs(store, "tokenizer")  # what finished before the kill is kept
     leases = list((store / "leases").iterdir())
     assert len(leases) == 1  # the dead build's lease, left behind
+    (scratch,) = (store / "tmp").iterdir()  # and the temp dir it was building into
     monkeypatch.setenv("LLMBUILD_LEASE_TTL", "2")
     # Its holder was a process of this host, and it is gone: the lease is free at once.
     nodes = _plan(project, store)
@@ -80,6 +81,13 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     assert outcome.ok
     assert counts()["stage:pretrain"] == 1 and "tokenizer" not in counts()
     assert not any((store / "leases").iterdir())
+    # gc removes the killed build's temp dir at once (no live lease), not in an hour.
+    from llmbuild.store.gc import SCRATCH_GRACE, collect
+    from llmbuild.store.store import Store
+
+    os.utime(scratch, (time.time() - SCRATCH_GRACE - 1,) * 2)
+    report = collect(Store(str(store)))
+    assert report.scratch_removed == 1 and not scratch.exists() and not report.removed
 
 
 def test_two_concurrent_builds_build_each_node_once(project, fixture_env, tmp_path):
