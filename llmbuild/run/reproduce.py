@@ -74,6 +74,25 @@ def compare(node: str, old: Record | None, new: Record | None, rtol: float) -> C
     return Comparison(node, "diverged", f"{where}; metric {worst} {a[worst]:.6g} -> {b[worst]:.6g}")
 
 
+def _recorded_threads(store: Store, build: dict[str, Any], spec: Any) -> Any:
+    """The spec with the threads per rank its training stages were built with: a CPU's
+    sums depend on how they are split over threads, and an unset ``cpus_per_rank``
+    follows the cores of the machine that builds."""
+    par = getattr(spec, "parallelism", None)
+    if par is None or par.cpus_per_rank is not None:
+        return spec
+    threads = set()
+    for node in build["nodes"].values():
+        target = store.lookup(node["key"], verify=False).target
+        if target is not None and "rank0.threads" in target.timings:
+            threads.add(int(target.timings["rank0.threads"]))
+    if len(threads) != 1:
+        return spec
+    return spec.model_copy(
+        update={"parallelism": par.model_copy(update={"cpus_per_rank": threads.pop()})}
+    )
+
+
 def reproduce(
     store: Store,
     spec_hash: str,
@@ -90,7 +109,7 @@ def reproduce(
         raise UserError(
             f"no single build with spec hash {spec_hash!r} in {store.url} (recent: {known})"
         )
-    spec = spec_model(registry).model_validate(build["spec"])
+    spec = _recorded_threads(store, build, spec_model(registry).model_validate(build["spec"]))
     graph = compile_plan(spec, registry)
     keys = node_keys(graph, external_digests(graph, store.cache))
     recorded = {n: v["key"] for n, v in build["nodes"].items()}

@@ -114,6 +114,30 @@ def test_data_shorter_than_a_sequence_is_said(tmp_path):
     assert any("no more than one sequence (seq_len = 32)" in n for n in notes), notes
 
 
+def test_reproduce_trains_with_the_recorded_threads(tmp_path, monkeypatch):
+    """On a machine with more cores, an unset cpus_per_rank would mean more threads and
+    other sums: reproduce trains with the threads the build recorded, bit for bit."""
+    import io
+    import os
+
+    from llmbuild.run.build import BuildOptions, PlainReporter
+    from llmbuild.run.reproduce import reproduce
+    from llmbuild.store.store import Store
+
+    spec = tiny_spec(tmp_path, steps=4)
+    outcome = run_nodes(spec, tmp_path / "store", ("stage:pretrain",))
+    threads = outcome.results["stage:pretrain"].record.timings["rank0.threads"]
+    monkeypatch.setattr(os, "cpu_count", lambda: 4 * threads)
+    _, comparisons = reproduce(
+        Store(str(tmp_path / "store")), outcome.spec_hash,
+        BuildOptions(executor="inline", live=False), scratch=tmp_path / "again",
+        reporter=PlainReporter(io.StringIO()),
+    )  # fmt: skip
+    assert {c.node: c.verdict for c in comparisons}["stage:pretrain"] == "identical"
+    (again,) = [r for r in Store(str(tmp_path / "again")).artifacts() if r.name == "stage:pretrain"]
+    assert again.timings["rank0.threads"] == threads
+
+
 def test_two_builds_commit_identical_weights(tmp_path):
     spec = tiny_spec(tmp_path, steps=12)
     a = run_nodes(spec, tmp_path / "a", ("stage:pretrain",))
