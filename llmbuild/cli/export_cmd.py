@@ -49,7 +49,13 @@ def copy_out(
     if unknown:
         listed = ", ".join(n.split(":", 1)[1] for n in exports) or "none"
         raise UserError(f"no export {unknown[0]!r} in this spec (exports: {listed})")
-    missing = [n for n in wanted if not store.lookup(planned.keys[n].key).cached]
+    found = {n: store.lookup(planned.keys[n].key) for n in wanted}
+    corrupt = [f"{n} ({f.problem})" for n, f in found.items() if f.state == "corrupt"]
+    if corrupt:
+        raise UserError(
+            f"corrupt in the store: {', '.join(corrupt)}; run `llmbuild build {spec}` to rebuild it"
+        )
+    missing = [n for n, f in found.items() if not f.cached]
     if missing:
         raise UserError(f"not built yet: {', '.join(missing)}; run `llmbuild build {spec}` first")
     written = []
@@ -59,9 +65,10 @@ def copy_out(
             if not force:
                 raise UserError(f"{target} exists; pass --force to replace it")
             shutil.rmtree(target)
-        found = store.lookup(planned.keys[node].key)
         shutil.copytree(
-            store.local_dir(found.target), target, ignore=shutil.ignore_patterns("record.json")
+            store.local_dir(found[node].target),
+            target,
+            ignore=shutil.ignore_patterns("record.json"),
         )
         _rebase_peft(target)
         written.append(target)

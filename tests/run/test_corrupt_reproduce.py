@@ -176,3 +176,9 @@ def test_generate_refuses_a_corrupt_stage(project, fixture_env, tmp_path, capsys
     assert code == 2
     err = capsys.readouterr().err
     assert "stage:dpo is corrupt in the store" in err and "out.txt" in err
+    (export,) = artifact_dirs(store, "export:hf@dpo")
+    (export / "out.txt").write_bytes(b"x" + (export / "out.txt").read_bytes()[1:])
+    assert main(["export", str(project), "--store", str(store), "--to", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt in the store: export:hf@dpo" in err and "out.txt" in err
+    assert not (tmp_path / "out" / "hf@dpo").exists()
