@@ -69,8 +69,10 @@ def test_chat_answers_stop_at_the_end_of_the_turn_everywhere(tmp_path, tmp_path_
                 "--chat", "--temperature", "0", "--max-new-tokens", "40",
                 "--prompt", "What is the capital of France?"]  # fmt: skip
         assert main(argv) == 0
-        answer = capsys.readouterr().out.strip()
+        said = capsys.readouterr()
+        answer = said.out.strip()
         assert "Paris" in answer and "<|im_end|>" not in answer and len(answer) < 60, answer
+        assert "max_length" not in said.err, said.err  # no warning of two length limits
 
     reader = gguf.GGUFReader(str(artifact(outcome, store, "export:gguf@sft") / "model.gguf"))
     assert reader.fields["tokenizer.ggml.eot_token_id"].contents() == end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -141,3 +142,26 @@ def test_gc_keeps_what_a_running_build_has_made(project, fixture_env, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "14 nodes, 14 built" in out
+
+
+def test_a_build_waiting_for_a_lease_says_so_once(project, fixture_env, tmp_path, monkeypatch):
+    """Another host's build holds a node: this one says it waits, once, and takes the
+    node over when that holder's heartbeat goes stale."""
+    from llmbuild.plan import plan_spec
+    from llmbuild.run.build import BuildOptions, PlainReporter, build
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+    from tests.fixture_backend import fixture_registry
+
+    monkeypatch.setenv("LLMBUILD_LEASE_TTL", "1.5")
+    store = tmp_path / "store"
+    key = plan_spec(load_spec(project), registry=fixture_registry()).keys["stage:pretrain"].key
+    (store / "leases").mkdir(parents=True)
+    holder = {"build": "f" * 32, "host": "elsewhere", "pid": 1, "token": "t"}
+    (store / "leases" / key).write_text(json.dumps({**holder, "heartbeat": time.time()}))
+    log = io.StringIO()
+    outcome = build(load_spec(project), Store(str(store)), BuildOptions(executor="inline",
+                    live=False), PlainReporter(log, interval=0), registry=fixture_registry())  # fmt: skip
+    assert outcome.ok
+    waits = [line for line in log.getvalue().splitlines() if "waiting" in line]
+    assert len(waits) == 1 and "stage:pretrain" in waits[0] and "elsewhere" in waits[0], waits
