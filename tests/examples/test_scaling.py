@@ -36,7 +36,12 @@ def test_scaling_sweep_builds_fits_and_plots(tmp_path, tmp_path_factory, capsys)
     a3 = fit["approach3"]
     assert a3["E"] > 0 and a3["alpha"] > 0 and a3["beta"] > 0, a3
     assert set(a3["intervals"]) >= {"E", "alpha", "beta"}
-    assert fit["approach2"]["a"] > 0 and fit["approach2"]["b"] > 0, fit["approach2"]
+    # Approach 2 needs each budget's sizes to straddle its optimum; where they do not, the
+    # node says why rather than report a minimum that is not there.
+    if "approach2" in fit:
+        assert fit["approach2"]["a"] > 0 and fit["approach2"]["b"] > 0, fit["approach2"]
+    else:
+        assert "not convex" in fit["approach2_error"], fit
     assert (report / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "approach 3: L = " in (report / "results.md").read_text()
 
