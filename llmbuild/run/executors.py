@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbuild.errors import UserError
 from llmbuild.run.context import ProgressSink
 from llmbuild.run.node import NodeFailed, NodeTask, execute_node
 from llmbuild.store.records import Record
@@ -147,6 +148,21 @@ class RayExecutor:
         import ray
 
         address = self.address or os.environ.get("RAY_ADDRESS")
+        try:
+            self._init(ray, address)
+        except Exception as e:  # a machine too loaded for Ray, a cluster that is not there
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise UserError(
+                f"could not start {where}: {type(e).__name__}: {e}; check the address and "
+                "that Ray runs here, or build without Ray: --executor inline"
+            ) from None
+        from llmbuild.run.signals import on_sigterm_interrupt
+
+        on_sigterm_interrupt()  # ray.init put its own SIGTERM handler (a raw dump) in place
+        self._relay = ray.remote(num_cpus=0)(_Relay).remote()
+        self._remote = ray.remote(_ray_execute)
+
+    def _init(self, ray: Any, address: str | None) -> None:
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -167,11 +183,6 @@ class RayExecutor:
                     runtime_env={"env_vars": _forwarded_env()},
                 )
                 self._started_here = True
-        from llmbuild.run.signals import on_sigterm_interrupt
-
-        on_sigterm_interrupt()  # ray.init put its own SIGTERM handler (a raw dump) in place
-        self._relay = ray.remote(num_cpus=0)(_Relay).remote()
-        self._remote = ray.remote(_ray_execute)
 
     def submit(self, task: NodeTask) -> Handle:
         res = task.resources

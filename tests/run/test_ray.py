@@ -68,3 +68,25 @@ def test_local_ray_binds_loopback(ray_env):
         assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
     finally:
         executor.shutdown()
+
+
+def test_ray_that_cannot_start_is_a_plain_error(project, ray_env, tmp_path, monkeypatch, capsys):
+    """Ray failing to start (a machine under heavy load, a cluster that is not there) is
+    said in one line with what to do, by build and reproduce alike, and builds nothing."""
+    from llmbuild.cli import main
+
+    store = tmp_path / "store"
+    assert fixture_build(project, store).ok  # recorded, to reproduce
+    (spec_hash,) = [p.stem for p in (store / "builds").glob("*.json")]
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Failed to start the GCS server")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    for argv in (["build", str(project), "--store", str(tmp_path / "other")],
+                 ["reproduce", spec_hash, "--store", str(store)]):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "could not start a local Ray cluster: RuntimeError: Failed to start the GCS" in err
+        assert "--executor inline" in err and "Traceback" not in err
+    assert not list((tmp_path / "other" / "artifacts").glob("*"))
