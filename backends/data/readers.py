@@ -269,6 +269,29 @@ def normalise(rec: Record, source: Source) -> dict[str, Any]:
 def read_records(path: str, source: Source) -> Iterator[Record | BadRecord]:
     """Raw records of one file, in file order. A bad record is yielded (so reading can go
     on past it); a file that cannot be read at all raises BadRecord."""
+    return _readable(path, _records(path, source))
+
+
+def _readable(path: str, records: Iterator[Record | BadRecord]) -> Iterator[Record | BadRecord]:
+    """A file that cannot be read or decompressed (a cut gzip, random bytes named .zst)
+    raises BadRecord naming it, not the decompressor's bare message."""
+    import zlib
+
+    try:
+        yield from records
+    except BadRecord:
+        raise
+    except Exception as e:
+        if not isinstance(e, (OSError, EOFError, zlib.error)) and not type(e).__module__.startswith(
+            "zstandard"
+        ):
+            raise
+        _, compression = split_ext(path)
+        what = f"a readable {compression} file" if compression else "readable"
+        raise BadRecord(path, f"not {what}: {type(e).__name__}: {e}", "format") from None
+
+
+def _records(path: str, source: Source) -> Iterator[Record | BadRecord]:
     fmt = file_format(path, source.format)
     if fmt == "text":
         if source.role != "pretrain":

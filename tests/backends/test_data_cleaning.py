@@ -3,6 +3,7 @@ file and line, or with on_error = "skip" a counted skip."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from contextlib import redirect_stdout
@@ -95,6 +96,8 @@ GOOD = b'{"text": "a fine document"}\n'
         ("notar.tar", b"this is not a tar file", "", "notar.tar: not a readable tar file"),
         ("zero.parquet", b"", "", "zero.parquet: not a readable parquet file"),
         ("cut.parquet", b"PAR1 and then nothing", "", "cut.parquet: not a readable parquet file"),
+        ("cut.jsonl.gz", gzip.compress(GOOD * 9)[:20], "", "cut.jsonl.gz: not a readable gzip"),
+        ("plain.txt.zst", b"not zstd at all", "", "plain.txt.zst: not a readable zstd file"),
     ],
 )
 def test_bad_data_is_a_located_error(tmp_path, name, content, fmt, message):
