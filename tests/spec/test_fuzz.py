@@ -121,13 +121,8 @@ BASE = tomllib.loads(FULL_SPEC)
 BASE_PATHS = _paths(BASE)
 
 
-@fuzz_settings
-@given(
-    where=st.lists(st.sampled_from(BASE_PATHS), min_size=1, max_size=3),
-    new=st.lists(values, min_size=3, max_size=3),
-    add_key=st.sampled_from(KEYS),
-)
-def test_valid_spec_with_planted_values(tmp_path_factory, where, new, add_key):
+def _planted(where: list, new: list, add_key: str) -> dict:
+    """The full spec with ``new`` values planted at ``where`` (or under ``add_key``)."""
     doc = tomllib.loads(FULL_SPEC)
     for path, value in zip(where, new):
         node = doc
@@ -145,7 +140,52 @@ def test_valid_spec_with_planted_values(tmp_path_factory, where, new, add_key):
             node[path[-1]] = value
         elif isinstance(node, dict):
             node[add_key] = value
+    return doc
+
+
+@fuzz_settings
+@given(
+    where=st.lists(st.sampled_from(BASE_PATHS), min_size=1, max_size=3),
+    new=st.lists(values, min_size=3, max_size=3),
+    add_key=st.sampled_from(KEYS),
+)
+def test_valid_spec_with_planted_values(tmp_path_factory, where, new, add_key):
+    doc = _planted(where, new, add_key)
     root = tmp_path_factory.mktemp("planted")
     spec = write_project(root)
     spec.write_text(tomli_w.dumps(_tomlable(doc)))
     _check(spec)
+
+
+def _in_process(path: Path) -> bool:
+    """Whether the spec is good: it loads and plans."""
+    try:
+        plan_spec(load_spec(path))
+    except UserError:
+        return False
+    return True
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    where=st.lists(st.sampled_from(BASE_PATHS), min_size=1, max_size=2),
+    new=st.lists(values, min_size=2, max_size=2),
+)
+def test_the_command_line_on_planted_specs(tmp_path_factory, where, new):
+    """The real command, in its own process, under a timeout: a bad spec exits 2 with
+    its problems and no traceback, a good one exits 0; nothing hangs."""
+    import subprocess
+    import sys
+
+    doc = _planted(where, new, "x")
+    root = tmp_path_factory.mktemp("cli")
+    spec = write_project(root)
+    spec.write_text(tomli_w.dumps(_tomlable(doc)))
+    done = subprocess.run(
+        [sys.executable, "-m", "llmbuild", "plan", str(spec), "--store", str(root / "store")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == (0 if _in_process(spec) else 2), (done.returncode, done.stderr)
