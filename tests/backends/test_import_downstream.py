@@ -10,6 +10,7 @@ import pytest
 
 from tests.backends.conftest import run_nodes
 from tests.checkpoints import import_spec, write_checkpoint
+from tests.conftest import suite_store
 
 LINES = [
     f"{w} {n} is a number and {n} plus one is {n + 1}." for n in range(40) for w in ("Say", "Note")
@@ -101,7 +102,7 @@ def built(tmp_path_factory):
     (root / "prefs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     prompts = [{"prompt": f"What is {n} plus one?", "answer": str(n + 1)} for n in range(40)]
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    outcome = run_nodes(import_spec(root, ck, STAGES), root / "store")
+    outcome = run_nodes(import_spec(root, ck, STAGES), suite_store(tmp_path_factory))
     assert outcome.ok, outcome.log
     return outcome
 
