@@ -27,7 +27,10 @@ CONTENT = st.one_of(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same cases on every run: a CI run finds what a local one did
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     suffix=st.sampled_from([".txt", ".jsonl", ".parquet", ".tar", ".jsonl.gz", ".txt.zst"]),

@@ -167,7 +167,10 @@ def _in_process(path: Path) -> bool:
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     where=st.lists(st.sampled_from(BASE_PATHS), min_size=1, max_size=2),
