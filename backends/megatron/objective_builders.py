@@ -12,12 +12,12 @@ from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
 
 
 def weights_of(ref: WeightsRef | None) -> dict[str, Any] | None:
-    """Full canonical weights of a stage, or None."""
-    from llmbuild.backends.megatron.weights import load_stage
+    """A stage's canonical weights, read lazily (``weights.rank_weights``), or None."""
+    from llmbuild.backends.megatron.weights import rank_weights
 
     if ref is None:
         return None
-    return load_stage(Path(ref.dir), Path(ref.base) if ref.base else None)
+    return rank_weights(Path(ref.dir), Path(ref.base) if ref.base else None)
 
 
 def value_head(model: Any, arch: Any, seed: int) -> dict[str, Any]:

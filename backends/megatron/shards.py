@@ -47,23 +47,32 @@ def gather_canonical(model: Any, gated: bool) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_canonical(model: Any, state: dict[str, torch.Tensor], gated: bool) -> None:
-    """Load full weights into a (possibly tensor-parallel) model: each rank takes its shard."""
+def _part(value: Any, dim: int, parts: int, index: int) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.chunk(parts, dim=dim)[index]
+    return value.part(dim, parts, index)  # a ``weights.Stored``: only this slice is read
+
+
+def load_canonical(model: Any, state: dict[str, Any], gated: bool) -> None:
+    """Load full weights into a (possibly tensor-parallel) model: each rank takes its shard.
+    Values are tensors or ``weights.Stored`` references, of which a rank reads only the
+    slice it holds."""
     from megatron.core import parallel_state
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
-    local = dict(state)
-    if tp > 1:
-        for name, p in _split_params(model).items():
-            full, dim = state[name], p.partition_dim
-            if gated and name.endswith(GATED):
-                gate, up = full.chunk(2, dim=dim)
-                local[name] = torch.cat(
-                    [gate.chunk(tp, dim=dim)[rank], up.chunk(tp, dim=dim)[rank]], dim=dim
-                )
-            else:
-                local[name] = full.chunk(tp, dim=dim)[rank]
+    split = _split_params(model) if tp > 1 else {}
+    local = {}
+    for name, value in state.items():
+        p = split.get(name)
+        if p is None:
+            local[name] = value if isinstance(value, torch.Tensor) else value.full()
+        elif gated and name.endswith(GATED):  # [gate; up] -> [gate_r; up_r]
+            dim = p.partition_dim
+            gate, up = _part(value, dim, 2 * tp, rank), _part(value, dim, 2 * tp, tp + rank)
+            local[name] = torch.cat([gate, up], dim=dim)
+        else:
+            local[name] = _part(value, p.partition_dim, tp, rank)
     missing, unexpected = model.load_state_dict(local, strict=False)
     if unexpected or [m for m in missing if not m.endswith("_extra_state")]:
         raise RuntimeError(
