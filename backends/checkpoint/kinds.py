@@ -65,6 +65,19 @@ class ImportKind(Kind):
         )
         if ck.hub is not None:
             done.item = {"checkpoint": str(ck.path), "hub": ck.hub}
+        own = spec.get("tokenizer")
+        if isinstance(own, dict):  # the spec's own tokenizer replaces the checkpoint's
+            tokens = own.get("vocab_size")
+            if isinstance(tokens, int) and tokens > arch["vocab_size"]:
+                done.problems.append(
+                    Problem(
+                        f"this tokenizer would have {tokens} tokens but the imported "
+                        f"embedding only {arch['vocab_size']} rows (vocab_size in {origin}): "
+                        "use the checkpoint's own tokenizer, or one that fits",
+                        ("tokenizer", "vocab_size"),
+                    )
+                )
+            return done
         tokens = ck.tokenizer_vocab()
         if tokens is not None and tokens > arch["vocab_size"]:
             done.problems.append(

@@ -45,15 +45,32 @@ class Checkpoint:
         return self.family.architecture(self.config, f"{self.path}/config.json")
 
     def tokenizer_vocab(self) -> int | None:
-        """The number of tokens of its ``tokenizer.json``, when it has one."""
+        """The number of token ids of its tokenizer: ``tokenizer.json``'s, else a
+        sentencepiece ``tokenizer.model``'s pieces and the ids ``tokenizer_config.json``
+        adds; None when it has neither (or a model sentencepiece cannot read)."""
         path = self.path / "tokenizer.json"
+        if path.is_file():
+            tok = json.loads(path.read_text())
+            vocab = tok.get("model", {}).get("vocab") or {}
+            ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+            ids += [t["id"] for t in tok.get("added_tokens", [])]
+            return max(ids, default=-1) + 1
+        path = self.path / "tokenizer.model"
         if not path.is_file():
             return None
-        tok = json.loads(path.read_text())
-        vocab = tok.get("model", {}).get("vocab") or {}
-        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-        ids += [t["id"] for t in tok.get("added_tokens", [])]
-        return max(ids, default=-1) + 1
+        import sentencepiece
+
+        try:
+            pieces = sentencepiece.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+        except (OSError, RuntimeError):  # not a sentencepiece model (tiktoken's use the name)
+            return None
+        config = self.path / "tokenizer_config.json"
+        added = (
+            json.loads(config.read_text()).get("added_tokens_decoder", {})
+            if config.is_file()
+            else {}
+        )
+        return max([pieces - 1, *(int(i) for i in added)]) + 1
 
 
 def resolve_hub(repo: str, revision: str | None) -> tuple[Path, str]:
