@@ -51,9 +51,11 @@ def render_plan(plan: Plan, spec: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from llmbuild.plan import plan_spec
+    from llmbuild.spec.advice import warn
     from llmbuild.spec.load import load_spec
 
     resolved = load_spec(args.spec, args.overrides)
+    warn(resolved)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.json:

@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     resolved = load_spec(args.spec, args.overrides)
     spec = resolved.spec
     if args.command == "validate":
+        from llmbuild.spec.advice import warn
+
+        warn(resolved)
         print(
             f"{resolved.display}: ok ({len(spec.data.sources)} sources, {len(spec.stage)} "
             f"stages, {len(spec.eval)} evals, {len(spec.export)} exports)"

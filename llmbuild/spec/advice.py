@@ -1,0 +1,52 @@
+"""What a valid spec will do that its author most likely does not mean: said by
+``validate`` and ``plan`` as located warnings, never refused (the build notes it again
+in the node's record). Cheap: globs, nothing read."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from llmbuild.errors import Problem
+
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst", ".md")
+
+
+def _text(source: Any, files: list[str]) -> bool:
+    if source.format == "text":
+        return True
+    return source.format == "auto" and all(f.endswith(TEXT_SUFFIXES) for f in files)
+
+
+def empty_validation(spec: Any) -> list[Problem]:
+    """Text sources without a separator are one document per file: with fewer files than
+    the validation fraction needs for one, the split holds out nothing."""
+    from llmbuild.plan.digest import expand
+
+    share = spec.data.split.validation
+    out = []
+    for i, source in enumerate(spec.data.sources):
+        if share == 0 or source.separator is not None or source.role != "pretrain":
+            continue
+        if any("://" in p for p in source.path):
+            continue
+        files = [f for p in source.path for f in expand(p)]
+        if files and _text(source, files) and len(files) * share < 1:
+            out.append(
+                Problem(
+                    f"source {source.name!r}: {len(files)} text file(s) without a separator "
+                    f"are {len(files)} document(s), and [data.split] validation = {share} "
+                    "holds out none of them: nothing trained on it is measured held out. "
+                    'Set separator (e.g. "\\n\\n") to split the text into documents',
+                    ("data", "sources", i, "path"),
+                )
+            )
+    return out
+
+
+def warn(resolved: Any) -> None:
+    """Print the spec's warnings to stderr, located."""
+    from llmbuild.spec.load import locate
+
+    for problem in empty_validation(resolved.spec):
+        print(f"warning: {locate(problem, resolved)}", file=sys.stderr)
