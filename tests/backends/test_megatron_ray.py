@@ -1,6 +1,10 @@
 """Parallel equivalence over TorchTrainer ranks (gloo): two data-parallel (megatron DDP,
 optionally with the distributed optimizer), tensor-parallel or pipeline-parallel ranks
-train the same model as one rank on the same global batch."""
+train the same model as one rank on the same global batch.
+
+A layout is execution only, so a stage has one key at every layout: the one-rank builds
+go to the suite's store, and each layout's builds to a store of that layout's own beside
+it (kept between runs like the suite's store)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from llmbuild.spec.load import load_spec
 from llmbuild.store.store import Store
 from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
 from tests.backends.test_megatron import tiny_spec
-from tests.conftest import REPO, artifact_dirs
+from tests.conftest import REPO, artifact_dirs, private_copy, suite_store
 
 ray = pytest.importorskip("ray")
 
@@ -53,26 +57,39 @@ def on_ray(
     return outcome
 
 
+@pytest.fixture
+def stores(tmp_path_factory):
+    """(the one-rank store, the store of a layout given as its overrides)."""
+    root = suite_store(tmp_path_factory)
+
+    def layout(overrides: list[str]) -> Path:
+        name = "-".join(o.replace("parallelism.", "").replace("=", "") for o in overrides)
+        return root / "layouts" / name
+
+    return root, layout
+
+
 def metrics(outcome: BuildOutcome, store: Path, node: str = "stage:pretrain") -> list[dict]:
     path = artifact(outcome, store, node) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def assert_same_training(tmp_path: Path, spec: Path, overrides: list[str]) -> BuildOutcome:
+def assert_same_training(stores, spec: Path, overrides: list[str]) -> BuildOutcome:
     """Build at one rank (inline) and at the layout of ``overrides`` (Ray); the losses
     agree within 1e-5 relative and the committed weights within 1e-4."""
-    one = run_nodes(spec, tmp_path / "one", ("stage:pretrain",))
-    two = on_ray(spec, tmp_path / "two", overrides)
+    from safetensors.torch import load_file
+
+    at_one, at = stores[0], stores[1](overrides)
+    one = run_nodes(spec, at_one, ("stage:pretrain",))
+    two = on_ray(spec, at, overrides)
     assert two.planned.keys["stage:pretrain"].key == one.planned.keys["stage:pretrain"].key
-    a, b = metrics(one, tmp_path / "one"), metrics(two, tmp_path / "two")
+    a, b = metrics(one, at_one), metrics(two, at)
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]), (a, b)
     assert abs(a[-1]["val_loss"] - b[-1]["val_loss"]) <= 1e-5 * a[-1]["val_loss"]
-    from safetensors.torch import load_file
-
-    wa = load_file(str(artifact(one, tmp_path / "one", "stage:pretrain") / "model.safetensors"))
-    wb = load_file(str(artifact(two, tmp_path / "two", "stage:pretrain") / "model.safetensors"))
+    wa = load_file(str(artifact(one, at_one, "stage:pretrain") / "model.safetensors"))
+    wb = load_file(str(artifact(two, at, "stage:pretrain") / "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
     return one
@@ -85,10 +102,10 @@ stage = "pretrain"
 """
 
 
-def assert_hf_export_of_the_parallel_run(tmp_path: Path, spec: Path) -> None:
+def assert_hf_export_of_the_parallel_run(store: Path, spec: Path) -> None:
     """The hf export of the weights trained at the other layout: transformers loads it and
     its logits equal the megatron model's (the node checks within 1e-4)."""
-    exported = run_nodes(spec, tmp_path / "two", ("export:hf@pretrain",))
+    exported = run_nodes(spec, store, ("export:hf@pretrain",))
     assert exported.ok, exported.log
     assert exported.results["stage:pretrain"].state == "cached"
     assert exported.results["export:hf@pretrain"].record.metrics["max_logit_diff"] < 1e-4
@@ -98,39 +115,41 @@ DATA = ["parallelism.data=2", "parallelism.micro_batch=2"]
 SHARDED = [*DATA, "parallelism.distributed_optimizer=true"]
 
 
-def test_data_parallel_two_ranks_match_one(tmp_path):
+def test_data_parallel_two_ranks_match_one(tmp_path, stores):
     import os
 
     spec = tiny_spec(tmp_path, steps=6)
-    assert_same_training(tmp_path, spec, DATA)
-    two = Store(str(tmp_path / "two"))
-    (record,) = [r for r in two.artifacts() if r.name == "stage:pretrain"]
+    one = assert_same_training(stores, spec, DATA)
+    key = one.planned.keys["stage:pretrain"].key
+    two = Store(str(stores[1](DATA)))
+    (record,) = [r for r in two.artifacts() if r.key == key]
     assert record.timings["rank0.threads"] == max(1, os.cpu_count() // 2)  # the cores shared
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_sequence_parallel_two_ranks_match_one(tmp_path, style):
+def test_sequence_parallel_two_ranks_match_one(tmp_path, stores, style):
     """Tensor parallelism with the activations between layers split along the sequence
     (reduce-scatter / all-gather over gloo; norm gradients summed over the ranks)."""
     spec = tiny_spec(tmp_path, style=style, steps=6)
     assert_same_training(
-        tmp_path, spec, ["parallelism.tensor=2", "parallelism.sequence_parallel=true"]
+        stores, spec, ["parallelism.tensor=2", "parallelism.sequence_parallel=true"]
     )
 
 
-def test_distributed_optimizer_two_ranks_match_one(tmp_path):
+def test_distributed_optimizer_two_ranks_match_one(tmp_path, stores):
     """Optimizer state sharded over two data-parallel ranks (gradients reduce-scattered,
     updated parameters all-gathered) trains the same model as one rank, weight decay
     (none for biases and norms) included."""
     spec = tiny_spec(tmp_path, steps=6, extra="weight_decay = 0.1\n")
-    assert_same_training(tmp_path, spec, SHARDED)
+    assert_same_training(stores, spec, SHARDED)
 
 
-def test_distributed_optimizer_resumes_exactly_after_a_real_kill(tmp_path):
+def test_distributed_optimizer_resumes_exactly_after_a_real_kill(tmp_path, stores):
     """Each data-parallel rank checkpoints its own shard of the optimizer state; after the
     build (Ray cluster and ranks) is killed, the resumed run equals the uninterrupted one."""
     spec = tiny_spec(tmp_path, steps=20)
-    whole = on_ray(spec, tmp_path / "whole", SHARDED)
+    at = stores[1](SHARDED)
+    whole = on_ray(spec, at, SHARDED)
     store = tmp_path / "killed"
     marker = kill_after_checkpoint(spec, store, "stage:pretrain", "ray", SHARDED)
     assert json.loads(marker.read_text())["step"] == 10
@@ -142,7 +161,7 @@ def test_distributed_optimizer_resumes_exactly_after_a_real_kill(tmp_path):
     resumed = on_ray(spec, store, SHARDED)
     record = resumed.results["stage:pretrain"].record
     assert "resume from step 10" in (store / Store.log_path(record.key)).read_text()
-    a, b = metrics(whole, tmp_path / "whole"), metrics(resumed, store)
+    a, b = metrics(whole, at), metrics(resumed, store)
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert record.output_digest == whole.results["stage:pretrain"].record.output_digest
 
@@ -161,12 +180,12 @@ def test_distributed_optimizer_change_keeps_the_trained_stage(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_tensor_parallel_two_ranks_match_one(tmp_path, style):
+def test_tensor_parallel_two_ranks_match_one(tmp_path, stores, style):
     """For llama, SwiGLU's fc1 is split per rank as [gate_r; up_r]: the initial and final
     weights are still the layout-independent ones."""
     spec = tiny_spec(tmp_path, style, steps=4, extra=HF)
-    assert_same_training(tmp_path, spec, ["parallelism.tensor=2"])
-    assert_hf_export_of_the_parallel_run(tmp_path, spec)
+    assert_same_training(stores, spec, ["parallelism.tensor=2"])
+    assert_hf_export_of_the_parallel_run(stores[1](["parallelism.tensor=2"]), spec)
 
 
 EVAL_AND_EXPORTS = """
@@ -216,12 +235,12 @@ def test_a_worker_that_imported_the_model_module_first_can_still_run_any_node():
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_pipeline_parallel_two_stages_match_one(tmp_path, style):
+def test_pipeline_parallel_two_stages_match_one(tmp_path, stores, style):
     """The 1F1B schedule over gloo; gpt2's tied embeddings stay in sync between the first
     and the last stage."""
     spec = tiny_spec(tmp_path, style, steps=4, extra=HF)
-    assert_same_training(tmp_path, spec, ["parallelism.pipeline=2"])
-    assert_hf_export_of_the_parallel_run(tmp_path, spec)
+    assert_same_training(stores, spec, ["parallelism.pipeline=2"])
+    assert_hf_export_of_the_parallel_run(stores[1](["parallelism.pipeline=2"]), spec)
 
 
 def test_a_stage_after_a_layout_change_trains_from_the_artifact(tmp_path):
@@ -238,7 +257,7 @@ def test_a_stage_after_a_layout_change_trains_from_the_artifact(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
-def test_lora_under_tensor_parallelism_matches_one_rank(tmp_path, preset):
+def test_lora_under_tensor_parallelism_matches_one_rank(tmp_path, stores, preset):
     """LoRA adapters split like their layers: at tensor = 2 the adapter stage's losses and
     adapter weights equal those at one rank."""
     from safetensors.torch import load_file
@@ -258,20 +277,18 @@ eval_batches = 1
 adapter = { rank = 4, targets = ["qkv", "proj", "fc1", "fc2"] }
 """
     spec = posttrain_spec(tmp_path, lora, preset=preset)
-    one = run_nodes(spec, tmp_path / "one", ("stage:lora",))
+    at_one, at = stores[1]([f"lora-{preset}"]), stores[1]([f"lora-{preset}", "tensor=2"])
+    one = run_nodes(spec, at_one, ("stage:lora",))
     assert one.ok, one.log
-    # The same store: only the lora stage runs again, at tensor = 2.
-    shutil.copytree(tmp_path / "one", tmp_path / "two")
-    for d in artifact_dirs(tmp_path / "two", "stage:lora"):
-        shutil.rmtree(d)
-    two = on_ray(spec, tmp_path / "two", ["parallelism.tensor=2"], until=("stage:lora",))
-    a, b = (
-        metrics(one, tmp_path / "one", "stage:lora"),
-        metrics(two, tmp_path / "two", "stage:lora"),
-    )
+    if not at.exists():  # the same store: only the lora stage runs again, at tensor = 2
+        private_copy(at_one, at)
+        for d in artifact_dirs(at, "stage:lora"):
+            shutil.rmtree(d)
+    two = on_ray(spec, at, ["parallelism.tensor=2"], until=("stage:lora",))
+    a, b = metrics(one, at_one, "stage:lora"), metrics(two, at, "stage:lora")
     for x, y in zip(a, b, strict=True):
         assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]), (a, b)
-    wa = load_file(str(artifact(one, tmp_path / "one", "stage:lora") / "adapter.safetensors"))
-    wb = load_file(str(artifact(two, tmp_path / "two", "stage:lora") / "adapter.safetensors"))
+    wa = load_file(str(artifact(one, at_one, "stage:lora") / "adapter.safetensors"))
+    wb = load_file(str(artifact(two, at, "stage:lora") / "adapter.safetensors"))
     assert wa.keys() == wb.keys() and len(wa) == 16
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
