@@ -20,12 +20,19 @@ from llmbuild.backends.export.run import (
 )
 
 FILE = "model.gguf"
-VALUE_TOLERANCE = {"F32": 0.0, "F16": 1e-3, "Q8_0": 1e-2}
-"""Largest dequantized error per tensor, relative to the tensor's largest magnitude."""
+VALUE_TOLERANCE = {"F32": 0.0, "F16": 1e-3, "Q8_0": 1e-2, "Q5_1": 0.035, "Q4_0": 0.13}
+"""Largest dequantized error per tensor, relative to the tensor's largest magnitude: half
+a step of 1/127 (q8_0) and of 1/31 of a block's range (q5_1); q4_0 scales a block by its
+largest value over -8, so the far end of the other sign is clipped by a whole step, 1/8."""
 F32_LOGIT_TOLERANCE = 1e-3
 """Largest logit difference of an f32 file, as transformers reads it, from the megatron
-model's; f16 and q8_0 files are held to ``MIN_TOP1_AGREEMENT`` instead."""
-MIN_TOP1_AGREEMENT = 0.9
+model's; other files are held to ``MIN_TOP1_AGREEMENT`` instead."""
+MIN_TOP1_AGREEMENT = {"f32": 0.9, "f16": 0.9, "q8_0": 0.9, "q5_1": 0.8, "q4_0": 0.6}
+"""Share of positions where the file's top-1 token must be the trained model's; the
+held-out perplexity beside the unquantized model's says how much the lower bits cost."""
+QUANTIZED = ("q8_0", "q5_1", "q4_0")
+BATCH = 8
+"""Sequences per forward pass of the held-out perplexity."""
 SPECIAL_KEYS = {
     "bos": "tokenizer.ggml.bos_token_id",
     "eos": "tokenizer.ggml.eos_token_id",
@@ -68,14 +75,16 @@ def arch_name(family: Any) -> str:
 
 def tensor_type(name: str, shape: tuple[int, ...], quantization: str) -> Any:
     """As llama.cpp's converter chooses: vectors and position embeddings stay F32; rows that
-    do not fill whole Q8_0 blocks fall back to F16."""
+    do not fill whole quantization blocks fall back to F16."""
     from gguf import GGML_QUANT_SIZES
     from gguf import GGMLQuantizationType as T
 
     if len(shape) == 1 or quantization == "f32" or name == "position_embd.weight":
         return T.F32
-    if quantization == "q8_0" and shape[-1] % GGML_QUANT_SIZES[T.Q8_0][0] == 0:
-        return T.Q8_0
+    if quantization in QUANTIZED:
+        qtype = T[quantization.upper()]
+        if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0:
+            return qtype
     return T.F16
 
 
@@ -167,7 +176,7 @@ def write_gguf(
     if finetune and finetune != name:
         writer.add_finetune(finetune)  # the stage the weights come from
     writer.add_file_type(
-        {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "q8_0": F.MOSTLY_Q8_0}[quantization]
+        F.ALL_F32 if quantization == "f32" else F[f"MOSTLY_{quantization.upper()}"]
     )
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in meta.items():
@@ -178,8 +187,8 @@ def write_gguf(
     write_vocab(writer, vocab)
     T = gguf.GGMLQuantizationType
     for tname, t in tensors.items():
-        if t.qtype == T.Q8_0:
-            writer.add_tensor(tname, gguf.quants.quantize(t.values, T.Q8_0), raw_dtype=T.Q8_0)
+        if t.qtype not in (T.F16, T.F32):
+            writer.add_tensor(tname, gguf.quants.quantize(t.values, t.qtype), raw_dtype=t.qtype)
         else:
             writer.add_tensor(tname, t.values.astype("float16" if t.qtype == T.F16 else "float32"))
     writer.write_header_to_file()
@@ -234,11 +243,9 @@ def read_back(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> d
     return {"problems": problems, "max_relative_error": worst, "tensors": len(got)}
 
 
-def logits_check(
-    path: Path, hf: HfModel, stage_dir: Path, base_dir: Path | None = None
-) -> dict[str, float]:
-    """The file's logits as transformers reads GGUF (its own dequantization and reversal of
-    llama.cpp's layout, q/k permutation included) against the megatron model's."""
+def gguf_model(path: Path, hf: HfModel) -> Any:
+    """The file as transformers reads GGUF: its own dequantization and reversal of
+    llama.cpp's layout, q/k permutation included."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -247,9 +254,17 @@ def logits_check(
     # config (read_back checks the metadata); others are read from their own metadata.
     own = hf.family.name == "gpt2" or hf.arch.head_dim is not None
     config = {"config": hf.model.config} if own else {}
-    model = AutoModelForCausalLM.from_pretrained(
+    return AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, **config
     ).eval()
+
+
+def logits_check(
+    model: Any, hf: HfModel, stage_dir: Path, base_dir: Path | None = None
+) -> dict[str, float]:
+    """The file's logits (``gguf_model``) against the megatron model's."""
+    import torch
+
     ids = random_ids(hf.vocab, 2, min(hf.arch.seq_len, 32))
     with torch.no_grad():
         logits = model(ids).logits.float()
@@ -257,6 +272,37 @@ def logits_check(
     return {
         "max_logit_diff": float((logits - reference).abs().max()),
         "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
+    }
+
+
+def heldout_perplexity(ctx: Any, model: Any, hf: HfModel, max_batches: int) -> dict[str, Any]:
+    """Perplexity of the file's model and of the unquantized one on the validation split of
+    the sources the export reads, over the same windows; {} when they hold none."""
+    import math
+
+    from llmbuild.backends.eval.run import _nll, _validation_tokens, _windows
+
+    def forward(m: Any) -> Any:
+        return lambda ids, pos, mask: m(ids).logits
+
+    tokens: list[int] = []
+    for slot, artifact in sorted(ctx.inputs.items()):
+        if slot.startswith("data:"):
+            found = _validation_tokens(artifact.path)
+            if not found:
+                ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
+            tokens += found
+    windows = _windows(tokens, hf.arch.seq_len, max_batches * BATCH)
+    if not windows:
+        return {}
+    ours, n = _nll(forward(model), windows, BATCH)
+    theirs, _ = _nll(forward(hf.model), windows, BATCH)
+    ppl, reference = math.exp(ours / n), math.exp(theirs / n)
+    return {
+        "heldout_tokens": n,
+        "perplexity": ppl,
+        "unquantized_perplexity": reference,
+        "perplexity_ratio": ppl / reference,
     }
 
 
@@ -297,20 +343,26 @@ def export_gguf(ctx: Any, export: Any) -> None:
         raise VerificationError(
             f"{FILE} does not hold what was written: " + "; ".join(check["problems"][:5])
         )
-    logits = logits_check(path, hf, *stage.dirs)
+    model = gguf_model(path, hf)
+    logits = logits_check(model, hf, *stage.dirs)
     if export.quantization == "f32" and logits["max_logit_diff"] > F32_LOGIT_TOLERANCE:
         raise VerificationError(
             f"{FILE} read by transformers gives logits {logits['max_logit_diff']:.2e} away "
             f"from the trained model's (tolerance {F32_LOGIT_TOLERANCE:.0e})"
         )
-    if logits["top1_agreement"] < MIN_TOP1_AGREEMENT:
+    needed = MIN_TOP1_AGREEMENT[export.quantization]
+    if logits["top1_agreement"] < needed:
         raise VerificationError(
             f"{FILE} read by transformers picks the trained model's top-1 token at only "
-            f"{logits['top1_agreement']:.0%} of positions (needed {MIN_TOP1_AGREEMENT:.0%})"
+            f"{logits['top1_agreement']:.0%} of positions (needed {needed:.0%})"
         )
+    heldout = heldout_perplexity(ctx, model, hf, export.max_batches)
+    if not heldout:
+        ctx.note("no validation data to measure the file's held-out perplexity on")
     ctx.metrics.update(
         {
             **logits,
+            **heldout,
             "format": "gguf",
             "quantization": export.quantization,
             "architecture": arch,
@@ -330,3 +382,11 @@ def export_gguf(ctx: Any, export: Any) -> None:
         logits["max_logit_diff"],
         100 * logits["top1_agreement"],
     )
+    if heldout:
+        ctx.log.info(
+            "held-out perplexity %.3f, unquantized %.3f (%.3fx) over %d tokens",
+            heldout["perplexity"],
+            heldout["unquantized_perplexity"],
+            heldout["perplexity_ratio"],
+            heldout["heldout_tokens"],
+        )

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from llmbuild.spec.base import PositiveInt, StrList, ref
 from llmbuild.spec.tables import ExportTable
 
 
@@ -43,8 +44,14 @@ class GgufExport(ExportTable):
 
     format: Literal["gguf"]
     """Export format."""
-    quantization: Literal["f32", "f16", "q8_0"] = "f16"
-    """Tensor type of the weights."""
+    quantization: Literal["f32", "f16", "q8_0", "q5_1", "q4_0"] = "f16"
+    """Tensor type of the weights: float32, float16, or llama.cpp's 8-, 5- and 4-bit
+    block quantizations (matrices whose rows do not fill whole blocks stay f16)."""
+    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="pretrain")
+    """Sources whose validation split measures the file's held-out perplexity beside the
+    unquantized model's; all pretrain sources when omitted."""
+    max_batches: PositiveInt = 8
+    """Cap on the batches of 8 sequences measured per source."""
 
 
 FORMATS = (HfExport, PeftExport, OnnxExport, GgufExport)

@@ -81,6 +81,28 @@ def stage_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+EXPORT_COLUMNS = {
+    "quantization": "quantization",
+    "gguf_bytes": "size (MB)",
+    "perplexity": "held-out perplexity",
+    "unquantized_perplexity": "unquantized",
+    "perplexity_ratio": "ratio",
+}
+
+
+def export_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{export: {column: value}}`` for the built exports whose quality was measured
+    against the unquantized model (GGUF files): size on disk and held-out perplexity."""
+    out = {}
+    for name, rec in sorted(records.items()):
+        if name.startswith("export:") and "perplexity_ratio" in rec.metrics:
+            row = {k: rec.metrics[k] for k in EXPORT_COLUMNS if k in rec.metrics}
+            if "gguf_bytes" in row:
+                row["gguf_bytes"] = round(row["gguf_bytes"] / 1e6, 3)
+            out[name[len("export:") :]] = row
+    return out
+
+
 def sample_texts(store: Any, records: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
     """``{node: [{prompt, completion}]}`` for the built samples evals."""
     out = {}
@@ -116,6 +138,8 @@ def flat_metrics(records: dict[str, Any]) -> dict[str, float]:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, str):
+        return value
     if not _number(value):
         return ""
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
@@ -182,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     records = built_records(store, {n: k.key for n, k in planned.keys.items()}, corrupt)
     notes = {n: list(r.notes) for n, r in records.items() if r.notes}
     evals, stages = eval_table(records), stage_table(records)
+    exports = export_table(records)
     samples, laws = sample_texts(store, records), scaling_laws(records)
     compared = None
     if args.compare:
@@ -194,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
             "nodes": {n.name: n.status for n in planned.plan.nodes},
             "stages": stages,
             "evals": evals,
+            "exports": exports,
             "samples": samples,
             "scaling": laws,
             "notes": notes,
@@ -227,6 +253,10 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(_markdown(["metric"] + cols, rows)))
     elif not stages:
         print("no eval results yet")
+    if exports:
+        rows = [[e] + [_cell(row.get(c)) for c in EXPORT_COLUMNS] for e, row in exports.items()]
+        print()
+        print("\n".join(_markdown(["export"] + list(EXPORT_COLUMNS.values()), rows)))
     for node, results in samples.items():
         print(f"\n{node}:")
         for r in results:

@@ -148,6 +148,9 @@ def test_gguf_reads_back_with_names_types_and_metadata(built, quantization):
     node = GGUF_NODES[quantization]
     metrics = built.metrics(node)
     assert metrics["top1_agreement"] >= 0.9 and metrics["tokenizer_model"] == "gpt2"
+    # Its held-out perplexity, as transformers reads the file, beside the unquantized model's.
+    assert metrics["heldout_tokens"] > 0
+    assert abs(metrics["perplexity"] / metrics["unquantized_perplexity"] - 1) < 0.01
     reader = gguf.GGUFReader(str(built.dir(node) / "model.gguf"))
     field = {k: f.contents() for k, f in reader.fields.items()}
     arch = built.style
