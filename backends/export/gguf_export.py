@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild.backends.export.gguf_vocab import gguf_vocab, write_vocab
+from llmbuild.backends.export.heldout import heldout_perplexity
 from llmbuild.backends.export.run import (
     HfModel,
     VerificationError,
@@ -31,8 +32,6 @@ MIN_TOP1_AGREEMENT = {"f32": 0.9, "f16": 0.9, "q8_0": 0.9, "q5_1": 0.8, "q4_0": 
 """Share of positions where the file's top-1 token must be the trained model's; the
 held-out perplexity beside the unquantized model's says how much the lower bits cost."""
 QUANTIZED = ("q8_0", "q5_1", "q4_0")
-BATCH = 8
-"""Sequences per forward pass of the held-out perplexity."""
 SPECIAL_KEYS = {
     "bos": "tokenizer.ggml.bos_token_id",
     "eos": "tokenizer.ggml.eos_token_id",
@@ -275,37 +274,6 @@ def logits_check(
     }
 
 
-def heldout_perplexity(ctx: Any, model: Any, hf: HfModel, max_batches: int) -> dict[str, Any]:
-    """Perplexity of the file's model and of the unquantized one on the validation split of
-    the sources the export reads, over the same windows; {} when they hold none."""
-    import math
-
-    from llmbuild.backends.eval.run import _nll, _validation_tokens, _windows
-
-    def forward(m: Any) -> Any:
-        return lambda ids, pos, mask: m(ids).logits
-
-    tokens: list[int] = []
-    for slot, artifact in sorted(ctx.inputs.items()):
-        if slot.startswith("data:"):
-            found = _validation_tokens(artifact.path)
-            if not found:
-                ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
-            tokens += found
-    windows = _windows(tokens, hf.arch.seq_len, max_batches * BATCH)
-    if not windows:
-        return {}
-    ours, n = _nll(forward(model), windows, BATCH)
-    theirs, _ = _nll(forward(hf.model), windows, BATCH)
-    ppl, reference = math.exp(ours / n), math.exp(theirs / n)
-    return {
-        "heldout_tokens": n,
-        "perplexity": ppl,
-        "unquantized_perplexity": reference,
-        "perplexity_ratio": ppl / reference,
-    }
-
-
 def export_gguf(ctx: Any, export: Any) -> None:
     from llmbuild.errors import UserError
 
@@ -356,9 +324,7 @@ def export_gguf(ctx: Any, export: Any) -> None:
             f"{FILE} read by transformers picks the trained model's top-1 token at only "
             f"{logits['top1_agreement']:.0%} of positions (needed {needed:.0%})"
         )
-    heldout = heldout_perplexity(ctx, model, hf, export.max_batches)
-    if not heldout:
-        ctx.note("no validation data to measure the file's held-out perplexity on")
+    heldout = heldout_perplexity(ctx, lambda ids: model(ids).logits, hf, export.max_batches)
     ctx.metrics.update(
         {
             **logits,
@@ -382,11 +348,3 @@ def export_gguf(ctx: Any, export: Any) -> None:
         logits["max_logit_diff"],
         100 * logits["top1_agreement"],
     )
-    if heldout:
-        ctx.log.info(
-            "held-out perplexity %.3f, unquantized %.3f (%.3fx) over %d tokens",
-            heldout["perplexity"],
-            heldout["unquantized_perplexity"],
-            heldout["perplexity_ratio"],
-            heldout["heldout_tokens"],
-        )

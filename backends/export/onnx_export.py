@@ -2,7 +2,8 @@
 ``input_ids, attention_mask [batch, sequence] -> logits``; positions count the unmasked
 tokens, so a left-padded batch scores each prompt as it scores alone), proven with
 onnxruntime against the megatron model and on a padded batch against transformers; ``quantize = "int8"`` then applies onnxruntime dynamic quantization and proves the
-int8 model picks the same top-1 token as the float32 one at most positions."""
+int8 model picks the same top-1 token as the float32 one at most positions. The file's
+held-out perplexity is measured beside the unquantized model's (``heldout.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from llmbuild.backends.export.heldout import heldout_perplexity
 from llmbuild.backends.export.run import (
     VerificationError,
     hf_model,
@@ -172,6 +174,12 @@ def export_onnx(ctx: Any, export: Any) -> None:
         else:
             for f in Path(tmp).iterdir():
                 shutil.move(str(f), out / f.name)
+    import torch
+
+    session = _session(out / "model.onnx")
+    metrics |= heldout_perplexity(
+        ctx, lambda ids: torch.from_numpy(_logits(session, ids)), hf, export.max_batches
+    )
     hf.model.config.save_pretrained(str(out))
     save_hf_extras(hf, out, tokenizer)
     metrics["onnx_bytes"] = sum(f.stat().st_size for f in out.glob("model.onnx*"))

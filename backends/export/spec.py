@@ -27,7 +27,18 @@ class PeftExport(ExportTable):
     """Export format."""
 
 
-class OnnxExport(ExportTable):
+class MeasuredExport(ExportTable):
+    """An export whose file's held-out perplexity is measured beside the unquantized
+    model's."""
+
+    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="pretrain")
+    """Sources whose validation split measures the file's held-out perplexity beside the
+    unquantized model's; all pretrain sources when omitted."""
+    max_batches: PositiveInt = 8
+    """Cap on the batches of 8 sequences measured per source."""
+
+
+class OnnxExport(MeasuredExport):
     """ONNX from the HF model, optionally int8 with onnxruntime dynamic quantization."""
 
     format: Literal["onnx"]
@@ -39,7 +50,7 @@ class OnnxExport(ExportTable):
     down (which breaks GPT-2-style graphs)."""
 
 
-class GgufExport(ExportTable):
+class GgufExport(MeasuredExport):
     """GGUF for llama.cpp-style runtimes, with architecture and tokenizer metadata."""
 
     format: Literal["gguf"]
@@ -47,11 +58,6 @@ class GgufExport(ExportTable):
     quantization: Literal["f32", "f16", "q8_0", "q5_1", "q4_0"] = "f16"
     """Tensor type of the weights: float32, float16, or llama.cpp's 8-, 5- and 4-bit
     block quantizations (matrices whose rows do not fill whole blocks stay f16)."""
-    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="pretrain")
-    """Sources whose validation split measures the file's held-out perplexity beside the
-    unquantized model's; all pretrain sources when omitted."""
-    max_batches: PositiveInt = 8
-    """Cap on the batches of 8 sequences measured per source."""
 
 
 FORMATS = (HfExport, PeftExport, OnnxExport, GgufExport)

@@ -83,7 +83,7 @@ def stage_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 EXPORT_COLUMNS = {
     "quantization": "quantization",
-    "gguf_bytes": "size (MB)",
+    "size": "size (MB)",
     "perplexity": "held-out perplexity",
     "unquantized_perplexity": "unquantized",
     "perplexity_ratio": "ratio",
@@ -91,14 +91,18 @@ EXPORT_COLUMNS = {
 
 
 def export_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{export: {column: value}}`` for the built exports whose quality was measured
-    against the unquantized model (GGUF files): size on disk and held-out perplexity."""
+    """``{export: {column: value}}`` for the built exports whose file was measured against
+    the unquantized model (GGUF and ONNX): size on disk and held-out perplexity."""
     out = {}
     for name, rec in sorted(records.items()):
-        if name.startswith("export:") and "perplexity_ratio" in rec.metrics:
-            row = {k: rec.metrics[k] for k in EXPORT_COLUMNS if k in rec.metrics}
-            if "gguf_bytes" in row:
-                row["gguf_bytes"] = round(row["gguf_bytes"] / 1e6, 3)
+        m = rec.metrics
+        if name.startswith("export:") and "perplexity_ratio" in m:
+            row = {k: m[k] for k in EXPORT_COLUMNS if k in m}
+            kind = m.get("quantization") or m.get("quantize")
+            row["quantization"] = "float32" if kind == "none" else kind
+            size = m.get("gguf_bytes", m.get("onnx_bytes"))
+            if size is not None:
+                row["size"] = round(size / 1e6, 3)
             out[name[len("export:") :]] = row
     return out
 

@@ -125,6 +125,13 @@ def test_int8_onnx_is_quantized_and_agrees_on_the_top_token(built):
     ids = np.random.default_rng(2).integers(0, 60, (2, 32))
     a, b = _onnx_logits(int8, ids), _onnx_logits(fp32 / "model.onnx", ids)
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
+    # Each file's held-out perplexity, as onnxruntime scores it, beside the unquantized
+    # model's: float32 the same, int8 close.
+    plain = built.metrics("export:onnx@pretrain")
+    assert plain["heldout_tokens"] == metrics["heldout_tokens"] > 0
+    assert abs(plain["perplexity_ratio"] - 1) < 1e-4
+    assert plain["unquantized_perplexity"] == metrics["unquantized_perplexity"]
+    assert abs(metrics["perplexity_ratio"] - 1) < 0.05
 
 
 def _expected_tensors(style: str, layers: int, untied_llama: bool) -> set[str]:
