@@ -18,43 +18,13 @@ WARMUP = 10
 
 
 def _plain_model():
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
+    """The plain-PyTorch decoder of ``bench/nanogpt.py`` (the end-to-end baseline)."""
+    from bench import nanogpt
 
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(HIDDEN, bias=False), nn.LayerNorm(HIDDEN, bias=False)
-            self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
-            self.proj = nn.Linear(HIDDEN, HIDDEN, bias=False)
-            self.fc1 = nn.Linear(HIDDEN, 4 * HIDDEN, bias=False)
-            self.fc2 = nn.Linear(4 * HIDDEN, HIDDEN, bias=False)
-
-        def forward(self, x):
-            b, s, _ = x.shape
-            q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, HEADS, HIDDEN // HEADS).unbind(2)
-            a = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-            )
-            x = x + self.proj(a.transpose(1, 2).reshape(b, s, HIDDEN))
-            return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
-
-    class Decoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tok, self.pos = nn.Embedding(VOCAB, HIDDEN), nn.Embedding(SEQ, HIDDEN)
-            self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
-            self.ln = nn.LayerNorm(HIDDEN, bias=False)
-
-        def forward(self, tokens, labels):
-            x = self.tok(tokens) + self.pos(torch.arange(tokens.shape[1]))
-            for block in self.blocks:
-                x = block(x)
-            logits = self.ln(x) @ self.tok.weight.T
-            return F.cross_entropy(logits.view(-1, VOCAB), labels.view(-1))
-
-    return Decoder()
+    assert (nanogpt.LAYERS, nanogpt.HIDDEN, nanogpt.HEADS, nanogpt.BLOCK) == (
+        LAYERS, HIDDEN, HEADS, SEQ,
+    )  # fmt: skip
+    return nanogpt.GPT(VOCAB)
 
 
 def _megatron_model():
