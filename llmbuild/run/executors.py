@@ -159,8 +159,18 @@ class RayExecutor:
         from llmbuild.run.signals import on_sigterm_interrupt
 
         on_sigterm_interrupt()  # ray.init put its own SIGTERM handler (a raw dump) in place
-        self._relay = ray.remote(num_cpus=0)(_Relay).remote()
+        self._relay = self._new_relay()
         self._remote = ray.remote(_ray_execute)
+
+    @staticmethod
+    def _new_relay() -> Any:
+        """The progress relay, on this process's own node: a cluster node that goes away
+        must not take the build's progress with it."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        return ray.remote(num_cpus=0)(_Relay).options(scheduling_strategy=here).remote()
 
     def _init(self, ray: Any, address: str | None) -> None:
         if not ray.is_initialized():
@@ -176,6 +186,7 @@ class RayExecutor:
                     "ray._private.authentication.authentication_token_setup"
                 ).setLevel(logging.ERROR)
                 ray.init(
+                    address="local",  # a cluster of its own, never one `ray start` left here
                     include_dashboard=False,
                     num_cpus=self.num_cpus,
                     log_to_driver=False,
@@ -225,7 +236,12 @@ class RayExecutor:
             return
         import ray
 
-        for node, fields in ray.get(self._relay.drain.remote()).items():
+        try:
+            pending = ray.get(self._relay.drain.remote())
+        except ray.exceptions.RayError:  # its node is gone: progress since is lost, not the build
+            self._relay = self._new_relay()
+            return
+        for node, fields in pending.items():
             self.sink.update(node, fields)
 
     def shutdown(self) -> None:

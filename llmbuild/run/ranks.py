@@ -109,8 +109,12 @@ def run_ray_ranks(
     max_failures: int = 2,
 ) -> Path | None:
     """``resources.ranks`` TorchTrainer workers; retried up to ``max_failures`` times."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    problem = _unplaceable(resources)
+    if problem:
+        raise UserError(problem)
 
     per_worker = {"CPU": resources.cpus}
     if resources.gpus:
@@ -125,18 +129,67 @@ def run_ray_ranks(
         run_config=RunConfig(
             name=name.replace(":", "_").replace("@", "_"),
             storage_path=str(work_dir / "ray_train"),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=_failure_config(max_failures),
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    except Exception as e:
+        problem = _unplaceable(resources)
+        if problem:  # a node holding ranks went away, and the rest cannot hold them all
+            cause = " ".join(str(e).split())[:300]
+            raise UserError(f"{problem} (the ranks stopped: {cause})") from None
+        raise
     if result.checkpoint is None:
         return None
     local = Path(tempfile.mkdtemp(prefix="ranks-", dir=work_dir))
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, local, dirs_exist_ok=True)
     return local
+
+
+def _unplaceable(resources: Resources) -> str | None:
+    """Why the cluster's live nodes cannot hold the ranks (each on one node); None when
+    they can. Ray would otherwise wait for nodes that may never come."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    def fits(node: dict[str, float]) -> int:
+        n = int(node.get("CPU", 0.0) // resources.cpus) if resources.cpus else resources.ranks
+        if resources.gpus:
+            n = min(n, int(node.get("GPU", 0.0) // resources.gpus))
+        return n
+
+    if sum(fits(node) for node in nodes) >= resources.ranks:
+        return None
+    cpus = sum(node.get("CPU", 0.0) for node in nodes)
+    gpus = sum(node.get("GPU", 0.0) for node in nodes)
+    has = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if resources.gpus else "")
+    return (
+        f"the Ray cluster cannot hold this node's ranks, {resources}: its {len(nodes)} live "
+        f"node(s) have {has} in all. Add nodes, or lower parallelism (data, tensor, "
+        "pipeline) or cpus_per_rank; a checkpoint the stage wrote is kept, and the next "
+        "build resumes from it"
+    )
+
+
+def _failure_config(max_failures: int) -> Any:
+    """Ranks that fail are restarted from the last checkpoint up to ``max_failures`` times;
+    a node that goes away counts as such a failure, and ranks that cannot be placed again
+    (the cluster lost the nodes) fail the node after one more try instead of waiting for
+    nodes forever (Ray Train's defaults for both are unlimited)."""
+    import inspect
+
+    from ray.train import FailureConfig
+
+    known = inspect.signature(FailureConfig).parameters
+    limits = {"max_preemption_failures": 0, "controller_failure_limit": 1}
+    return FailureConfig(
+        max_failures=max_failures, **{k: v for k, v in limits.items() if k in known}
+    )
 
 
 def local_ray_env() -> None:
