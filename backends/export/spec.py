@@ -35,7 +35,7 @@ class MeasuredExport(ExportTable):
     """Sources whose validation split measures the file's held-out perplexity beside the
     unquantized model's; all pretrain sources when omitted."""
     max_batches: PositiveInt = 8
-    """Cap on the batches of 8 sequences measured per source."""
+    """Cap on the batches of 8 sequences measured, over all the sources together."""
 
 
 class OnnxExport(MeasuredExport):
