@@ -1,6 +1,8 @@
 """GRPO: for each prompt, sample a group of completions from the current policy, reward
 them, normalise the rewards within the group into advantages, and take a clipped policy
-gradient step with a KL penalty (``k3`` estimator) towards the frozen reference.
+gradient step with a KL penalty (``k3`` estimator) towards the frozen reference. Groups
+whose rewards are all equal carry no advantage; by default they leave the policy loss's
+mean rather than dilute it.
 
 Sampling draws from generators seeded by the model seed and the sample's index, so every
 tensor-parallel rank draws the same completions and a resumed run draws what the
@@ -68,6 +70,16 @@ def generate(
     return out
 
 
+def group_loss(policy: Any, kl: Any, informative: Any, kl_coef: float, uniform: str) -> Any:
+    """The step's loss from per-completion policy and KL terms. ``informative`` is 1 for
+    a completion whose group's rewards differ: with ``uniform = "skip"`` the policy term
+    averages over those completions only (a group of equal rewards has zero advantage
+    and would only shrink the step); with ``"keep"`` over all of them. The KL penalty
+    always averages over every completion."""
+    weights = informative if uniform == "skip" else torch.ones_like(informative)
+    return (policy * weights).sum() / weights.sum().clamp(min=1) + kl_coef * kl.mean()
+
+
 class GroupPolicy:
     """The GRPO objective over a prompts-role source."""
 
@@ -111,7 +123,7 @@ class GroupPolicy:
     def loss(self, model: Any, indices: list[int]) -> tuple[Any, dict[str, float]]:
         st = self.stage
         g = st["num_generations"]
-        pairs, advantages, rewards, lengths = [], [], [], []
+        pairs, advantages, rewards, lengths, informative = [], [], [], [], []
         for i in indices:
             prompt, record = self.train[i]
             completions = generate(
@@ -121,6 +133,7 @@ class GroupPolicy:
             r = torch.tensor(self._score(prompt, record, completions))
             advantages.append((r - r.mean()) / (r.std() + 1e-4))
             rewards.append(r)
+            informative.append(torch.full_like(r, float(r.max() > r.min())))
             pairs += [(prompt, c) for c in completions]
             lengths += [len(c) for c in completions]
         batch = answer_batch(pairs, self.seq_len, self.pad)
@@ -133,16 +146,21 @@ class GroupPolicy:
         clipped = torch.clamp(ratio, 1 - st["clip"], 1 + st["clip"])
         policy = -torch.min(ratio * adv, clipped * adv)
         kl = torch.exp(ref - logp) - (ref - logp) - 1
-        per_token = policy + st["kl_coef"] * kl
         mask = batch["loss_mask"]
 
         def per_sequence(values: Any) -> Any:  # the mean over each completion's tokens
             return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
-        return per_sequence(per_token).mean(), {
+        kl_seq = per_sequence(kl)
+        loss = group_loss(
+            per_sequence(policy), kl_seq, torch.cat(informative), st["kl_coef"],
+            st["uniform_groups"],
+        )  # fmt: skip
+        return loss, {
             "reward": float(torch.cat(rewards).mean()),
-            "kl": float(per_sequence(kl.detach()).mean()),
+            "kl": float(kl_seq.detach().mean()),
             "completion_tokens": sum(lengths) / len(lengths),
+            "informative": float(torch.cat(informative).mean()),
         }
 
     def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:

@@ -1,6 +1,7 @@
-"""GRPO rewards: built-ins (exact match against the prompt record's ``answer``, a regular
-expression, a length penalty), a trained reward model's score, and a user function
-``module:function(prompt, completion, record) -> float`` (it runs user code)."""
+"""GRPO rewards: built-ins (exact match against the prompt record's ``answer``, with or
+without partial credit, a regular expression, a length penalty), a trained reward
+model's score, and a user function ``module:function(prompt, completion, record) ->
+float`` (it runs user code)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ def _user_function(path: str) -> Callable[..., float]:
     return fn
 
 
+def _exact_match(completion: str, answer: str) -> float:
+    return float(completion == answer)
+
+
+def _partial_match(completion: str, answer: str) -> float:
+    """The share of characters equal at their positions, over the longer of the two."""
+    if completion == answer:
+        return 1.0
+    same = sum(a == b for a, b in zip(completion, answer))
+    return same / max(len(completion), len(answer), 1)
+
+
 class Rewards:
     """The weighted sum of the stage's rewards for each (prompt, completion, record)."""
 
@@ -33,8 +46,9 @@ class Rewards:
     def _term(spec: dict[str, Any], model: Any) -> Callable[..., list[float]]:
         kind = spec["kind"]
         if kind == "exact_match":
+            score = _partial_match if spec.get("partial") else _exact_match
             return lambda prompts, outs, recs, ids: [
-                float(o.strip() == str(r.get("answer", "")).strip()) for o, r in zip(outs, recs)
+                score(o.strip(), str(r.get("answer", "")).strip()) for o, r in zip(outs, recs)
             ]
         if kind == "regex":
             pattern = re.compile(spec["pattern"])

@@ -1,4 +1,5 @@
-"""Write the arithmetic example's data: additions of numbers below 50 as plain equations (for
+"""Write the arithmetic example's data: additions of numbers below 50, written at a fixed
+width of two digits (``07+38=45``) so that each digit keeps its place, as plain equations (for
 pretraining), as chats (SFT, LoRA), as preference pairs with a wrong answer rejected (DPO),
 as prompts with their answers (GRPO), and held-out problems no other file contains (for
 the lm-eval task in tasks/).
@@ -18,6 +19,15 @@ LIMIT = 50  # operands below this
 SIZES = {"equations": 6000, "chat": 2000, "preferences": 1000, "prompts": 600, "heldout": 150}
 
 
+def _problem(a: int, b: int) -> str:
+    """Both operands at two digits, as the answer is: each digit has a fixed place."""
+    return f"{a:02d}+{b:02d}"
+
+
+def _answer(n: int) -> str:
+    return f"{n:02d}"
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w") as f:
         for row in rows:
@@ -35,15 +45,15 @@ def generate(out: Path, seed: int = 0) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "equations.txt").write_text(
-        "".join(f"{a}+{b}={a + b}\n" for a, b in pick(SIZES["equations"]))
+        "".join(f"{_problem(a, b)}={_answer(a + b)}\n" for a, b in pick(SIZES["equations"]))
     )
     _write_jsonl(
         out / "chat.jsonl",
         [
             {
                 "messages": [
-                    {"role": "user", "content": f"{a}+{b}"},
-                    {"role": "assistant", "content": str(a + b)},
+                    {"role": "user", "content": _problem(a, b)},
+                    {"role": "assistant", "content": _answer(a + b)},
                 ]
             }
             for a, b in pick(SIZES["chat"])
@@ -61,16 +71,19 @@ def generate(out: Path, seed: int = 0) -> None:
         )
         if wrong == a + b:
             wrong += 1
-        prefs.append({"prompt": f"{a}+{b}", "chosen": str(a + b), "rejected": str(wrong)})
+        prefs.append(
+            {"prompt": _problem(a, b), "chosen": _answer(a + b), "rejected": _answer(wrong)}
+        )
     _write_jsonl(out / "preferences.jsonl", prefs)
     _write_jsonl(
         out / "prompts.jsonl",
-        [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in pick(SIZES["prompts"])],
+        [{"prompt": _problem(a, b), "answer": _answer(a + b)} for a, b in pick(SIZES["prompts"])],
     )
     tasks = out.parent / "tasks"  # the lm-eval task reads the held-out problems from here
     tasks.mkdir(parents=True, exist_ok=True)
     _write_jsonl(
-        tasks / "heldout.jsonl", [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in heldout]
+        tasks / "heldout.jsonl",
+        [{"prompt": _problem(a, b), "answer": _answer(a + b)} for a, b in heldout],
     )
 
 
