@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmbuild.backends.megatron.config import TrainConfig
-from llmbuild.backends.megatron.spec import Dpo, Grpo, Lora, Pretrain, RewardModel, Sft
+from llmbuild.backends.megatron.spec import Distill, Dpo, Grpo, Lora, Pretrain, RewardModel, Sft
 
 from llmbuild.errors import Path, Problem
 from llmbuild.kinds import Kind, NodeRefs, SpecView
@@ -20,15 +20,18 @@ OBJECTIVES = "llmbuild.backends.megatron.objective_builders"
 def stage_architecture(spec: Any, stage: Any) -> Any:
     """The architecture a stage trains: the spec's, with the changes of the first stage
     up its ``from`` chain that has its own (a model's shape follows its weights)."""
+    return _chain_architecture(spec.architecture, {s.name: s for s in spec.stage}, stage)
+
+
+def _chain_architecture(base: Any, stages: dict[str, Any], stage: Any) -> Any:
     seen: set[str] = set()
     while stage is not None and stage.name not in seen:
         seen.add(stage.name)
         patch = getattr(stage, "architecture", None)
         if patch is not None:
-            return patched(spec.architecture, patch)
-        parent = getattr(stage, "from_", None)
-        stage = next((s for s in spec.stage if s.name == parent), None)
-    return spec.architecture
+            return patched(base, patch)
+        stage = stages.get(getattr(stage, "from_", None) or "")
+    return base
 
 
 def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Problem]:
@@ -90,6 +93,9 @@ def _memory_problems(item: Any, where: Path, view: SpecView, patch: Any) -> list
 class TrainedStage(Kind):
     """A stage trained by the megatron backend's rank loop."""
 
+    blends = False
+    """Whether it reads a blend of pretrain-role sources (by their weights)."""
+
     def __init__(
         self,
         model: type[SpecModel],
@@ -112,9 +118,7 @@ class TrainedStage(Kind):
 
     def config(self, item: Any, spec: Any, refs: NodeRefs) -> TrainConfig:
         mixture = (
-            {n: spec.source_named(n).weight for n in refs.names("data")}
-            if self.tag == "pretrain"
-            else {}
+            {n: spec.source_named(n).weight for n in refs.names("data")} if self.blends else {}
         )
         return TrainConfig(
             stage=item,
@@ -164,6 +168,8 @@ class TrainedStage(Kind):
 
 
 class PretrainStage(TrainedStage):
+    blends = True
+
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
         out = super().check(item, where, view)
         roles = [s.role for s in view.sources.values()]
@@ -173,8 +179,38 @@ class PretrainStage(TrainedStage):
         return out
 
 
+class DistillStage(PretrainStage):
+    """A student and its teacher: their vocabularies must be one."""
+
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        from pydantic import ValidationError
+
+        out = super().check(item, where, view)
+        teacher = view.stages.get(item.teacher)
+        if teacher is None or view.architecture is None:
+            return out
+        try:
+            ours, theirs = (
+                _chain_architecture(view.architecture, view.stages, s) for s in (item, teacher)
+            )
+        except ValidationError:
+            return out  # a shape problem, reported on its own
+        for field in ("vocab_size", "vocab_multiple"):
+            if getattr(ours, field) != getattr(theirs, field):
+                out.append(
+                    Problem(
+                        f"the student's {field} ({getattr(ours, field)}) differs from its "
+                        f"teacher {teacher.name!r}'s ({getattr(theirs, field)}): a student "
+                        "learns the teacher's distribution over one shared vocabulary",
+                        (*where, "architecture", field),
+                    )
+                )
+        return out
+
+
 KINDS = (
     PretrainStage(Pretrain, f"{OBJECTIVES}:language_model"),
+    DistillStage(Distill, f"{OBJECTIVES}:distillation", pipeline=False, sequence_parallel=False),
     TrainedStage(Sft, f"{OBJECTIVES}:chat_model"),
     TrainedStage(Lora, f"{OBJECTIVES}:chat_model", sequence_parallel=False),
     TrainedStage(Dpo, f"{OBJECTIVES}:preference", pipeline=False),

@@ -88,8 +88,8 @@ def _reference(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     return Reference(model=frozen_model(arch, cfg, config, state))  # type: ignore[arg-type]
 
 
-def language_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
-    """Pretraining: next-token loss over the blend of pretrain-role sources."""
+def _text(cfg: RankConfig, arch: Any) -> tuple[Any, Any]:
+    """Train and validation samples of the blend of pretrain-role sources."""
     from llmbuild.backends.megatron import objectives as obj
     from llmbuild.backends.megatron.data import build_datasets
 
@@ -105,9 +105,29 @@ def language_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
         stage["eval_batches"] * stage["global_batch"],
         Path(cfg.work_dir) / "index_cache",
     )
-    return obj.LanguageModel(
-        obj.GptSamples(train), valid and obj.GptSamples(valid), stage["precision"], arch.seq_len
-    )
+    return obj.GptSamples(train), valid and obj.GptSamples(valid)
+
+
+def language_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """Pretraining: next-token loss over the blend of pretrain-role sources."""
+    from llmbuild.backends.megatron.objectives import LanguageModel
+
+    return LanguageModel(*_text(cfg, arch), cfg.stage["precision"], arch.seq_len)
+
+
+def distillation(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """Distillation: the student's loss against a frozen teacher of its own architecture,
+    at the student's tensor-parallel layout."""
+    from llmbuild.backends.megatron.model import transformer_config
+    from llmbuild.backends.megatron.objectives import Distillation
+
+    from llmbuild.spec.model import Architecture
+
+    teacher_arch = Architecture.model_validate(cfg.teacher_architecture)
+    teacher_config = transformer_config(teacher_arch, tensor=cfg.tensor)
+    state = weights_of(cfg.teacher)
+    teacher = frozen_model(teacher_arch, cfg, teacher_config, state)  # type: ignore[arg-type]
+    return Distillation(*_text(cfg, arch), teacher, cfg.stage, arch.seq_len)
 
 
 def chat_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:

@@ -1,5 +1,5 @@
-"""What a training stage optimises, per kind: next-token loss (pretrain, sft, lora), the
-DPO preference loss against a frozen reference, the pairwise loss of a scalar-head reward
+"""What a training stage optimises, per kind: next-token loss (pretrain, sft, lora), a
+student's loss against a frozen teacher (distill), the DPO preference loss against a frozen reference, the pairwise loss of a scalar-head reward
 model, and GRPO's clipped policy loss over sampled groups with a KL penalty.
 
 Each objective gives the loop the loss of one micro batch (plus metrics to average) and a
@@ -116,6 +116,61 @@ class LanguageModel:
                 for batch in mine:
                     total += float(masked_mean(token_losses(model, batch), batch))
         return {"val_loss": _dp_reduce({"val_loss": total}, len(mine))["val_loss"]}
+
+
+def full_vocab_logits(model: Any, batch: dict[str, Any], precision: str) -> Any:
+    """Logits ``[b, s, v]`` over the whole vocabulary (gathered across tensor-parallel
+    ranks, each rank's gradient flowing back to its own shard), in fp32."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    with autocast(precision):
+        logits = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        logits = gather_from_tensor_model_parallel_region(logits)
+    return logits.float()
+
+
+def distillation_kl(student: Any, teacher: Any, temperature: float, kind: str, top_k: Any) -> Any:
+    """Per-token KL ``[b, s]`` between the temperature-softened distributions: forward
+    KL(teacher || student) or reverse KL(student || teacher), over the whole vocabulary
+    or the teacher's ``top_k`` tokens (both renormalised there)."""
+    if top_k is not None:
+        teacher, index = teacher.topk(min(top_k, teacher.shape[-1]), dim=-1)
+        student = student.gather(-1, index)
+    s = F.log_softmax(student / temperature, dim=-1)
+    t = F.log_softmax(teacher / temperature, dim=-1)
+    if kind == "reverse":
+        return (s.exp() * (s - t)).sum(-1)
+    return (t.exp() * (t - s)).sum(-1)
+
+
+class Distillation(LanguageModel):
+    """A student's ``(1 - alpha) * CE + alpha * T^2 * KL`` against a frozen teacher on the
+    marked tokens; validation measures the student's own next-token loss (``val_loss``),
+    comparable with a model trained without a teacher."""
+
+    pipeline_ok = False
+
+    def __init__(self, train: Any, valid: Any, teacher: Any, stage: dict[str, Any], seq_len: int):
+        super().__init__(train, valid, stage["precision"], seq_len)
+        self.teacher, self.stage = teacher, stage
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        st = self.stage
+        student = full_vocab_logits(model, batch, self.precision)
+        with torch.no_grad():
+            teacher = full_vocab_logits(self.teacher, batch, self.precision)
+        vocab = min(student.shape[-1], teacher.shape[-1])
+        student, teacher = student[..., :vocab], teacher[..., :vocab]
+        ce = F.cross_entropy(
+            student.flatten(0, 1), batch["labels"].flatten(), reduction="none"
+        ).view_as(batch["labels"])
+        kl = distillation_kl(student, teacher, st["temperature"], st["kl"], st["top_k"])
+        alpha, t = st["alpha"], st["temperature"]
+        loss = masked_mean((1 - alpha) * ce + alpha * t * t * kl, batch)
+        return loss, {"ce": float(masked_mean(ce.detach(), batch)),
+                      "kl": float(masked_mean(kl.detach(), batch))}  # fmt: skip
 
 
 def sequence_logps(model: Any, batch: dict[str, Any], precision: str) -> Any:

@@ -51,6 +51,10 @@ class RankConfig:
     """The stage to start from; from scratch when None."""
     reference: WeightsRef | None = None
     """The frozen reference (DPO, GRPO): ``init`` when None."""
+    teacher: WeightsRef | None = None
+    """Distillation: the frozen teacher's weights."""
+    teacher_architecture: dict[str, Any] | None = None
+    """Distillation: the teacher's architecture table, as JSON (its artifact's)."""
     reward_models: dict[int, WeightsRef] = field(default_factory=dict)
     """GRPO: reward-model stages by their index in ``rewards``."""
     threads: int = 1

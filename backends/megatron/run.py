@@ -62,6 +62,22 @@ def _weights_ref(ctx: RunContext[TrainConfig], slot: str) -> WeightsRef | None:
     return WeightsRef(dir=str(ref["dir"]), base=ref["base"])
 
 
+def _teacher_architecture(ctx: RunContext[TrainConfig], vocab: int) -> dict[str, Any] | None:
+    """A distillation teacher's architecture, from its artifact; its vocabulary must be the
+    student's."""
+    from llmbuild.errors import UserError
+
+    if "teacher" not in ctx.inputs:
+        return None
+    teacher = StageArtifact.open(ctx.input("teacher"))
+    if teacher.vocab_size != vocab:
+        raise UserError(
+            f"{ctx.node}: the teacher {teacher.node} has a vocabulary of "
+            f"{teacher.vocab_size}, the student {vocab}; they must be one"
+        )
+    return table_dump(teacher.architecture)
+
+
 def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int) -> RankConfig:
     """What the stage's ranks are given, from its config, kind and inputs."""
     config = ctx.config
@@ -97,6 +113,8 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
         checkpoint_every=stage.checkpoint_every,
         init=_weights_ref(ctx, "from"),
         reference=_weights_ref(ctx, "reference"),
+        teacher=_weights_ref(ctx, "teacher"),
+        teacher_architecture=_teacher_architecture(ctx, vocab),
         reward_models={
             int(slot.split(":")[1]): ref
             for slot in ctx.inputs

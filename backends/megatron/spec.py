@@ -1,5 +1,5 @@
-"""The spec models of the stage kinds trained on megatron-core: pretrain, sft, lora, dpo,
-grpo and reward (registered in ``kinds.py``). Torch-free: the planner imports them."""
+"""The spec models of the stage kinds trained on megatron-core: pretrain, distill, sft,
+lora, dpo, grpo and reward (registered in ``kinds.py``). Torch-free: the planner imports them."""
 
 from __future__ import annotations
 
@@ -98,6 +98,48 @@ class Pretrain(StageBase):
     scratch: a sweep's points, say); stages trained from it share its architecture."""
 
 
+class Distill(StageBase):
+    """Knowledge distillation on pretrain-role text: a student (its own architecture, or
+    `from` a stage) learns the next-token distribution of a frozen teacher stage."""
+
+    kind: Literal["distill"]
+    """Stage kind."""
+    teacher: Name = ref("stage")
+    """The stage whose next-token distribution the student learns; it shares the spec's
+    tokenizer, so its vocabulary must be the student's."""
+    from_: Name | None = ref("stage", None, alias="from")
+    """Stage whose weights start the student (a pruned teacher, say); from scratch when
+    omitted."""
+    data: StrList | None = ref(
+        "tokens", None, slot="data:{name}", source_role="pretrain", omitted="pretrain"
+    )
+    """Pretrain-role sources blended by their weights; all of them when omitted."""
+    architecture: ArchitecturePatch | None = None  # type: ignore[valid-type]
+    """The student's changes to `[architecture]` (fewer layers, a smaller hidden size);
+    with `from`, the shape of the stage it starts from instead."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of the distillation term: the loss is `(1 - alpha) * CE + alpha * T^2 *
+    KL`, CE against the data's next tokens."""
+    temperature: float = Field(2.0, gt=0)
+    """Temperature `T` that softens both distributions in the KL term."""
+    kl: Literal["forward", "reverse"] = "forward"
+    """`forward`: KL(teacher || student), which spreads the student over what the teacher
+    allows; `reverse`: KL(student || teacher), which seeks the teacher's modes."""
+    top_k: PositiveInt | None = None
+    """Compare the two distributions over the teacher's `top_k` most likely tokens only
+    (both renormalised there), as with stored teacher logits; the whole vocabulary when
+    omitted."""
+
+    @model_validator(mode="after")
+    def _shape(self) -> Distill:
+        if self.from_ is not None and self.architecture is not None:
+            raise ValueError(
+                "a student `from` a stage has that stage's architecture: set `from` or "
+                "`architecture`, not both"
+            )
+        return self
+
+
 class Sft(StageBase):
     """Supervised fine-tuning on chat or prompt/completion data, loss on the answer only."""
 
@@ -171,6 +213,10 @@ class ExactMatchReward(SpecModel):
     """Reward kind."""
     weight: float = 1.0
     """Weight of this reward in the sum."""
+    partial: bool = added(False)
+    """Partial credit: the share of the answer's characters the completion has right,
+    position by position (an exact match still scores 1). A group that is all wrong
+    then still tells nearer answers from farther ones."""
 
 
 class RegexReward(SpecModel):
@@ -247,6 +293,13 @@ class Grpo(StageBase):
     """PPO-style ratio clipping."""
     rewards: tuple[Reward, ...] = Field(min_length=1)
     """Rewards summed by weight, e.g. `[{kind = "exact_match"}]`."""
+    # Not `added`: a stage built before this field averaged over every completion, and
+    # "skip" changes what it trains to, so every GRPO stage's key changes with it.
+    uniform_groups: Literal["skip", "keep"] = "skip"
+    """A group whose completions all earn the same reward has no advantage to learn
+    from. `skip`: the policy loss averages over the other groups' completions only, so
+    such groups do not shrink the step (the share of groups that count is the
+    `informative` metric). `keep`: average over every completion, as GRPO's paper does."""
 
 
 class RewardModel(StageBase):
@@ -262,4 +315,4 @@ class RewardModel(StageBase):
     """Peak learning rate."""
 
 
-STAGES = (Pretrain, Sft, Lora, Dpo, Grpo, RewardModel)
+STAGES = (Pretrain, Distill, Sft, Lora, Dpo, Grpo, RewardModel)

@@ -37,6 +37,16 @@ global_batch = 4
 lr = 1e-3
 
 [[stage]]
+name = "student"
+kind = "distill"
+teacher = "more"
+from = "pretrain"
+data = "books"
+steps = 2
+global_batch = 4
+lr = 1e-3
+
+[[stage]]
 name = "lora"
 kind = "lora"
 from = "sft"
@@ -166,6 +176,7 @@ def test_every_reference_is_an_edge_whose_key_enters_the_node_key(tmp_path):
     ("override", "changed"),
     [
         ("stage.dpo-ref.reference=sft", {"stage:dpo-ref", "export:onnx@dpo-ref"}),
+        ("stage.student.teacher=sft", {"stage:student"}),
         ("stage.rl.rewards[1].stage=rm2", None),
         ("export.gguf@rl.stage=dpo", None),
         ("stage.pretrain.data=books", set()),  # the same as leaving it out
