@@ -124,6 +124,13 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
 
 
 def run(ctx: Any) -> None:
+    from llmbuild.backends.megatron.cpu import node_threads
+
+    with node_threads(ctx):
+        _run(ctx)
+
+
+def _run(ctx: Any) -> None:
     from llmbuild.backends.megatron.generate import load_input
 
     suite = ctx.config.suite

@@ -33,9 +33,14 @@ EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def _session(path: Path) -> Any:
+    """An onnxruntime session on as many threads as torch has (the node's CPUs)."""
     import onnxruntime as ort
+    import torch
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _logits(session: Any, ids: Any, mask: Any = None) -> Any:

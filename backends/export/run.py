@@ -167,6 +167,13 @@ def export_hf(ctx: Any, dtype: str) -> None:
 
 
 def run(ctx: Any) -> None:
+    from llmbuild.backends.megatron.cpu import node_threads
+
+    with node_threads(ctx):
+        _run(ctx)
+
+
+def _run(ctx: Any) -> None:
     export = ctx.config.export
     if export.format == "hf":
         export_hf(ctx, export.dtype)

@@ -8,9 +8,29 @@ the few CUDA-only calls below are redirected. Each patch says why it is needed.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _applied = False
+
+
+@contextmanager
+def node_threads(ctx: Any) -> Iterator[int]:
+    """torch's intra-op threads for the work of one eval or export node: the CPUs the node
+    holds, whichever executor runs it (a Ray worker would otherwise take one thread and an
+    inline build all the cores, and a CPU's sums depend on how they are split over
+    threads). Recorded in the node's timings; restored afterwards."""
+    import torch
+
+    threads = max(1, int(ctx.resources.cpus))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    ctx.timings["threads"] = threads
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def needs_cpu_patches() -> bool:

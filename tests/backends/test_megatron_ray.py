@@ -74,22 +74,24 @@ def metrics(outcome: BuildOutcome, store: Path, node: str = "stage:pretrain") ->
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def assert_same_training(stores, spec: Path, overrides: list[str]) -> BuildOutcome:
+def assert_same_training(
+    stores, spec: Path, overrides: list[str], node: str = "stage:pretrain"
+) -> BuildOutcome:
     """Build at one rank (inline) and at the layout of ``overrides`` (Ray); the losses
     agree within 1e-5 relative and the committed weights within 1e-4."""
     from safetensors.torch import load_file
 
     at_one, at = stores[0], stores[1](overrides)
-    one = run_nodes(spec, at_one, ("stage:pretrain",))
-    two = on_ray(spec, at, overrides)
-    assert two.planned.keys["stage:pretrain"].key == one.planned.keys["stage:pretrain"].key
-    a, b = metrics(one, at_one), metrics(two, at)
+    one = run_nodes(spec, at_one, (node,))
+    two = on_ray(spec, at, overrides, until=(node,))
+    assert two.planned.keys[node].key == one.planned.keys[node].key
+    a, b = metrics(one, at_one, node), metrics(two, at, node)
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]), (a, b)
     assert abs(a[-1]["val_loss"] - b[-1]["val_loss"]) <= 1e-5 * a[-1]["val_loss"]
-    wa = load_file(str(artifact(one, at_one, "stage:pretrain") / "model.safetensors"))
-    wb = load_file(str(artifact(two, at, "stage:pretrain") / "model.safetensors"))
+    wa = load_file(str(artifact(one, at_one, node) / "model.safetensors"))
+    wb = load_file(str(artifact(two, at, node) / "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
     return one
@@ -292,3 +294,61 @@ adapter = { rank = 4, targets = ["qkv", "proj", "fc1", "fc2"] }
     wb = load_file(str(artifact(two, at, "stage:lora") / "adapter.safetensors"))
     assert wa.keys() == wb.keys() and len(wa) == 16
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+EXECUTOR_OUTPUTS = """
+[[eval]]
+name = "ppl"
+kind = "perplexity"
+stages = ["pretrain"]
+files = ["data/text.txt"]
+max_batches = 2
+batch_size = 4
+[[export]]
+format = "hf"
+stage = "pretrain"
+[[export]]
+format = "onnx"
+stage = "pretrain"
+sources = ["text"]
+max_batches = 2
+"""
+
+
+def test_evals_and_exports_record_the_same_figures_under_either_executor(tmp_path):
+    """A node's key does not name its executor, so neither may its result: an eval or an
+    export takes the threads of the CPUs it holds, inline as under Ray."""
+    spec = tiny_spec(tmp_path, "llama", steps=3, extra=EXECUTOR_OUTPUTS)
+    inline = run_nodes(spec, tmp_path / "inline")
+    assert inline.ok, inline.log
+    ray_built = on_ray(spec, tmp_path / "ray", [], until=())
+    for name in ("stage:pretrain", "eval:ppl@pretrain", "export:hf@pretrain",
+                 "export:onnx@pretrain"):  # fmt: skip
+        a, b = inline.results[name].record, ray_built.results[name].record
+        assert ray_built.results[name].state == "built"
+        speed = ("tokens_per_s",)  # how fast, not what was built
+        assert {k: v for k, v in a.metrics.items() if k not in speed} == {
+            k: v for k, v in b.metrics.items() if k not in speed
+        }, name
+        if not name.startswith("stage:"):
+            assert a.timings["threads"] == b.timings["threads"] == 1, name
+    assert "perplexity" in inline.results["export:onnx@pretrain"].record.metrics
+
+
+DISTILL = """
+[[stage]]
+name = "student"
+kind = "distill"
+teacher = "pretrain"
+architecture = { layers = 1 }
+steps = 4
+global_batch = 8
+lr = 1e-3
+"""
+
+
+def test_distill_at_two_tensor_ranks_matches_one(tmp_path, stores):
+    """Student and teacher both split over two ranks: the KL over the vocabulary shards,
+    gathered, is the one rank's."""
+    spec = tiny_spec(tmp_path, "llama", steps=4, extra=DISTILL)
+    assert_same_training(stores, spec, ["parallelism.tensor=2"], node="stage:student")
