@@ -19,6 +19,7 @@ from llmbuild.run.build import BuildOptions, BuildOutcome, PlainReporter, build
 from llmbuild.spec.load import load_spec
 from llmbuild.store.store import Store
 from tests.backends.conftest import artifact, kill_after_checkpoint, run_nodes
+from tests.backends.test_eval_export import OUTPUTS
 from tests.backends.test_megatron import tiny_spec
 from tests.conftest import REPO, artifact_dirs, private_copy, suite_store
 
@@ -296,23 +297,16 @@ adapter = { rank = 4, targets = ["qkv", "proj", "fc1", "fc2"] }
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
 
 
-EXECUTOR_OUTPUTS = """
-[[eval]]
-name = "ppl"
-kind = "perplexity"
-stages = ["pretrain"]
-files = ["data/text.txt"]
-max_batches = 2
-batch_size = 4
-[[export]]
-format = "hf"
-stage = "pretrain"
+EXECUTOR_OUTPUTS = (
+    OUTPUTS
+    + """
 [[export]]
 format = "onnx"
 stage = "pretrain"
 sources = ["text"]
 max_batches = 2
 """
+)
 
 
 def test_evals_and_exports_record_the_same_figures_under_either_executor(tmp_path):
