@@ -1,6 +1,7 @@
 """What a training stage optimises, per kind: next-token loss (pretrain, sft, lora), a
-student's loss against a frozen teacher (distill), the DPO preference loss against a frozen reference, the pairwise loss of a scalar-head reward
-model, and GRPO's clipped policy loss over sampled groups with a KL penalty.
+student's loss against a frozen teacher (distill), the DPO preference loss against a
+frozen reference, the pairwise loss of a scalar-head reward model, and GRPO's clipped
+policy loss over sampled groups with a KL penalty.
 
 Each objective gives the loop the loss of one micro batch (plus metrics to average) and a
 validation measurement; data order depends only on the step, so resumes are exact."""
@@ -161,8 +162,6 @@ class Distillation(LanguageModel):
         student = full_vocab_logits(model, batch, self.precision)
         with torch.no_grad():
             teacher = full_vocab_logits(self.teacher, batch, self.precision)
-        vocab = min(student.shape[-1], teacher.shape[-1])
-        student, teacher = student[..., :vocab], teacher[..., :vocab]
         ce = F.cross_entropy(
             student.flatten(0, 1), batch["labels"].flatten(), reduction="none"
         ).view_as(batch["labels"])
