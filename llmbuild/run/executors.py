@@ -177,22 +177,7 @@ class RayExecutor:
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
-                from llmbuild.run.ranks import local_ray_env
-
-                local_ray_env()
-                # A local cluster keeps Ray's default token authentication; its notice
-                # that the default is on is not for our users.
-                logging.getLogger(
-                    "ray._private.authentication.authentication_token_setup"
-                ).setLevel(logging.ERROR)
-                ray.init(
-                    address="local",  # a cluster of its own, never one `ray start` left here
-                    include_dashboard=False,
-                    num_cpus=self.num_cpus,
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                    runtime_env={"env_vars": _forwarded_env()},
-                )
+                start_local_ray(self.num_cpus)
                 self._started_here = True
 
     def submit(self, task: NodeTask) -> Handle:
@@ -249,6 +234,28 @@ class RayExecutor:
 
         if self._started_here and ray.is_initialized():
             ray.shutdown()
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """Start a Ray cluster of this process's own on this machine, bound to 127.0.0.1."""
+    import ray
+
+    from llmbuild.run.ranks import local_ray_env
+
+    local_ray_env()
+    # A local cluster keeps Ray's default token authentication; its notice that the
+    # default is on is not for our users.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
+    ray.init(
+        address="local",  # a cluster of its own, never one `ray start` left here
+        include_dashboard=False,
+        num_cpus=num_cpus,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": _forwarded_env()},
+    )
 
 
 def _forwarded_env() -> dict[str, str]:

@@ -18,6 +18,8 @@ from llmbuild.backend import Resources
 from llmbuild.errors import UserError
 from llmbuild.run.context import RankFn, RankInfo
 
+HEALTH_CHECK_S = 0.25  # how often Ray Train asks the ranks whether they are done or failed
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -116,6 +118,9 @@ def run_ray_ranks(
     if problem:
         raise UserError(problem)
 
+    # Ray Train polls its ranks every 2 s by default: each stage would end up to 2 s after
+    # its ranks, and a failed rank be noticed as late. A user's own setting wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_S))
     per_worker = {"CPU": resources.cpus}
     if resources.gpus:
         per_worker["GPU"] = resources.gpus

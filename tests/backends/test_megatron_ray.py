@@ -36,24 +36,30 @@ lr = 1e-3
 """
 
 
-@pytest.fixture(autouse=True)
-def _workers_import_this_checkout(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+@pytest.fixture(scope="module", autouse=True)
+def _one_local_ray():
+    """One local Ray cluster for the module's builds (each would otherwise start and stop
+    its own), its workers importing this checkout."""
+    from llmbuild.run.executors import start_local_ray
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", str(REPO))
+        start_local_ray()
+        yield
+        ray.shutdown()
 
 
 def on_ray(
     spec: Path, store: Path, overrides: list[str], until=("stage:pretrain",)
 ) -> BuildOutcome:
-    try:
-        outcome = build(
-            load_spec(spec, overrides),
-            Store(str(store)),
-            BuildOptions(executor="ray", live=False, until=until),
-            PlainReporter(io.StringIO()),
-        )
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    """A build under the Ray executor: on the module's cluster if one is running, else on
+    a local one of its own that it stops when done."""
+    outcome = build(
+        load_spec(spec, overrides),
+        Store(str(store)),
+        BuildOptions(executor="ray", live=False, until=until),
+        PlainReporter(io.StringIO()),
+    )
     assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
     return outcome
 
@@ -212,12 +218,13 @@ stage = "pretrain"
 """
 
 
-def test_a_tensor_parallel_stage_then_its_evals_and_exports_in_one_ray_build(tmp_path):
+def test_a_tensor_parallel_stage_then_its_evals_and_exports_in_one_ray_build(tmp_path, stores):
     """The nodes after a stage trained at tensor = 2 run in the same Ray build, in workers
-    that may have run its ranks."""
+    that may have run its ranks (on a kept store: read back from it)."""
     spec = tiny_spec(tmp_path, "llama", steps=3, extra=EVAL_AND_EXPORTS)
-    outcome = on_ray(spec, tmp_path / "s", ["parallelism.tensor=2"], until=())
-    assert {r.state for r in outcome.results.values()} == {"built"}
+    store = stores[1](["evals-exports", "tensor=2"])
+    outcome = on_ray(spec, store, ["parallelism.tensor=2"], until=())
+    assert len({r.state for r in outcome.results.values()}) == 1  # all built, or all kept
     assert outcome.results["export:hf@pretrain"].record.metrics["max_logit_diff"] < 1e-4
     assert outcome.results["eval:ppl@pretrain"].record.metrics["text.loss"] > 0
 
@@ -246,16 +253,18 @@ def test_pipeline_parallel_two_stages_match_one(tmp_path, stores, style):
     assert_hf_export_of_the_parallel_run(stores[1](["parallelism.pipeline=2"]), spec)
 
 
-def test_a_stage_after_a_layout_change_trains_from_the_artifact(tmp_path):
+def test_a_stage_after_a_layout_change_trains_from_the_artifact(tmp_path, stores):
     """The same spec at another layout: the trained stage is cached, and the stage after
     it trains at tensor = 2 from the layout-independent artifact made at tensor = 1."""
     spec = tiny_spec(tmp_path, steps=6, extra=MORE)
-    one = run_nodes(spec, tmp_path / "s", ("stage:pretrain",))
-    more = on_ray(spec, tmp_path / "s", ["parallelism.tensor=2"], until=())
+    store = stores[1](["layout-change"])
+    kept = bool(artifact_dirs(store, "stage:more"))  # a kept store has both stages already
+    one = run_nodes(spec, store, ("stage:pretrain",))
+    more = on_ray(spec, store, ["parallelism.tensor=2"], until=())
     assert more.results["stage:pretrain"].state == "cached"
-    assert more.results["stage:more"].state == "built"
-    last = metrics(one, tmp_path / "s")[-1]["loss"]
-    first = metrics(more, tmp_path / "s", "stage:more")[0]["loss"]
+    assert more.results["stage:more"].state == ("cached" if kept else "built")
+    last = metrics(one, store)[-1]["loss"]
+    first = metrics(more, store, "stage:more")[0]["loss"]
     assert first < last + 0.3  # it starts from the trained weights, not from scratch
 
 
@@ -309,17 +318,17 @@ max_batches = 2
 )
 
 
-def test_evals_and_exports_record_the_same_figures_under_either_executor(tmp_path):
+def test_evals_and_exports_record_the_same_figures_under_either_executor(tmp_path, stores):
     """A node's key does not name its executor, so neither may its result: an eval or an
     export takes the threads of the CPUs it holds, inline as under Ray."""
     spec = tiny_spec(tmp_path, "llama", steps=3, extra=EXECUTOR_OUTPUTS)
-    inline = run_nodes(spec, tmp_path / "inline")
+    inline = run_nodes(spec, stores[1](["executor-inline"]))
     assert inline.ok, inline.log
-    ray_built = on_ray(spec, tmp_path / "ray", [], until=())
+    ray_built = on_ray(spec, stores[1](["executor-ray"]), [], until=())
     for name in ("stage:pretrain", "eval:ppl@pretrain", "export:hf@pretrain",
                  "export:onnx@pretrain"):  # fmt: skip
         a, b = inline.results[name].record, ray_built.results[name].record
-        assert ray_built.results[name].state == "built"
+        assert a.key == b.key and a.build != b.build  # one node, built twice
         speed = ("tokens_per_s",)  # how fast, not what was built
         assert {k: v for k, v in a.metrics.items() if k not in speed} == {
             k: v for k, v in b.metrics.items() if k not in speed

@@ -31,12 +31,24 @@ def _workers_import_this_checkout(monkeypatch):
 
 
 def _processes(title: str) -> list[int]:
-    """Ids of this machine's processes whose command line contains ``title`` (Ray names a
-    worker's process after what it runs: ``ray::llmbuild stage:pretrain``)."""
+    """Ids of the processes this test started (its local Ray cluster's among them) whose
+    command line contains ``title`` (Ray names a worker's process after what it runs:
+    ``ray::llmbuild stage:pretrain``); never another test's, run beside this one."""
+    parents = {
+        pid: int(stat[stat.rindex(b")") + 2 :].split()[1]) for pid, stat in processes("stat")
+    }
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
     return [
         pid
         for pid, cmdline in processes("cmdline")
-        if title.encode() in cmdline.replace(b"\0", b" ")
+        if title.encode() in cmdline.replace(b"\0", b" ") and ours(pid)
     ]
 
 

@@ -6,7 +6,7 @@ from tests.examples.conftest import build_example
 
 
 def test_shakespeare_reaches_validation_loss_below_2(tmp_path, tmp_path_factory):
-    outcome = build_example("shakespeare", tmp_path, tmp_path_factory)
+    outcome = build_example("shakespeare", tmp_path, tmp_path_factory, seed="shakespeare")
     metrics = outcome.results["stage:pretrain"].record.metrics
     assert metrics["steps"] == 1500
     assert metrics["val_loss"] < 2.0, metrics
@@ -30,13 +30,12 @@ def test_quantized_gguf_exports_of_the_trained_model_keep_its_perplexity(
 
     from llmbuild.cli import main
     from tests.backends.conftest import artifact, run_nodes
-    from tests.conftest import suite_store
-    from tests.examples.conftest import copy_example
+    from tests.examples.conftest import copy_example, example_store
 
+    store = example_store("shakespeare", tmp_path_factory, seed="shakespeare")
     example = copy_example("shakespeare", tmp_path)
     spec = example / "spec.toml"
     spec.write_text(spec.read_text() + QUANTIZED)
-    store = suite_store(tmp_path_factory)
     outcome = run_nodes(spec, store)
     assert outcome.ok, outcome.log
     m = {q: outcome.results[f"export:{q}"].record.metrics for q in ("f16", "q8_0", "q5_1", "q4_0")}
