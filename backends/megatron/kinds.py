@@ -29,6 +29,9 @@ def _chain_architecture(base: Any, stages: dict[str, Any], stage: Any) -> Any:
         seen.add(stage.name)
         patch = getattr(stage, "architecture", None)
         if patch is not None:
+            shape_from = getattr(stage, "shape_from", None)
+            if shape_from is not None:  # a pruned stage: its parent's shape, made smaller
+                return shape_from(_chain_architecture(base, stages, stages.get(stage.from_)))
             return patched(base, patch)
         stage = stages.get(getattr(stage, "from_", None) or "")
     return base

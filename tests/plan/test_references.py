@@ -47,6 +47,13 @@ global_batch = 4
 lr = 1e-3
 
 [[stage]]
+name = "pruned"
+kind = "prune"
+from = "pretrain"
+data = "books"
+architecture = { layers = 1 }
+
+[[stage]]
 name = "lora"
 kind = "lora"
 from = "sft"

@@ -1,0 +1,84 @@
+"""The ``prune`` stage kind, run by the ``prune`` backend. Registered through the
+``llmbuild.kinds`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmbuild.backends.prune.config import PruneConfig
+from llmbuild.backends.prune.spec import NARROWED, Prune
+
+from llmbuild.errors import Path, Problem
+from llmbuild.kinds import Kind, NodeRefs, SpecView
+
+
+def _parent_architecture(view_or_spec: Any, stages: dict[str, Any], item: Any) -> Any:
+    from llmbuild.backends.megatron.kinds import _chain_architecture
+
+    return _chain_architecture(view_or_spec, stages, stages.get(item.from_))
+
+
+class PruneKind(Kind):
+    def __init__(self) -> None:
+        super().__init__(Prune, "prune")
+
+    def config(self, item: Any, spec: Any, refs: NodeRefs) -> PruneConfig:
+        from llmbuild.backends.megatron.kinds import stage_architecture
+
+        return PruneConfig(
+            stage=item,
+            architecture=stage_architecture(spec, item),
+            mixture={n: spec.source_named(n).weight for n in refs.names("data")},
+        )
+
+    def labels(self, item: Any) -> dict[str, str]:
+        return {
+            "stage": f"stage.{item.name}",
+            "architecture": "architecture",
+            "mixture": "data.sources.{}.weight",
+        }
+
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        from pydantic import ValidationError
+
+        at = (*where, "architecture")
+        changes = item.architecture.model_dump(exclude_none=True)
+        others = sorted(set(changes) - set(NARROWED))
+        if others:
+            return [
+                Problem(
+                    f"pruning changes only {', '.join(NARROWED)}; not {', '.join(others)}",
+                    (*at, others[0]),
+                )
+            ]
+        if not changes:
+            return [
+                Problem("says nothing to prune: set fewer layers, heads, ffn_hidden or hidden", at)
+            ]
+        if view.architecture is None or item.from_ not in view.stages:
+            return []
+        try:
+            parent = _parent_architecture(view.architecture, view.stages, item)
+            pruned = item.shape_from(parent)
+        except (ValidationError, ValueError) as e:
+            detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+            return [Problem(f"the pruned architecture is invalid: {detail}", at)]
+        out = []
+        for field in NARROWED:
+            new, old = getattr(pruned, field), getattr(parent, field)
+            if new > old:
+                out.append(
+                    Problem(f"{field} ({new}) exceeds the pruned stage's ({old})", (*at, field))
+                )
+        if pruned.heads * parent.kv_heads != pruned.kv_heads * parent.heads:
+            out.append(
+                Problem(
+                    f"heads and kv_heads ({pruned.heads}, {pruned.kv_heads}) must keep the pruned "
+                    f"stage's ratio ({parent.heads}, {parent.kv_heads}): whole query groups go",
+                    (*at, "heads"),
+                )
+            )
+        return out
+
+
+KINDS = (PruneKind(),)
