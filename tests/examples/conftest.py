@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,11 @@ def copy_example(name: str, tmp_path: Path) -> Path:
     example = tmp_path / name
     skip = shutil.ignore_patterns(".llmbuild", "checkpoints")
     shutil.copytree(REPO / "examples" / name, example, ignore=skip)
+    # An example may read a sibling's files ("../shakespeare/data/..."): copied beside it.
+    for spec in example.glob("spec*.toml"):
+        for sibling in re.findall(r"\.\./([\w-]+)/", spec.read_text()):
+            if not (tmp_path / sibling).exists() and (REPO / "examples" / sibling).is_dir():
+                shutil.copytree(REPO / "examples" / sibling, tmp_path / sibling, ignore=skip)
     if (example / "make_checkpoint.py").is_file():
         subprocess.run([sys.executable, str(example / "make_checkpoint.py")], check=True,
                        capture_output=True)  # fmt: skip
