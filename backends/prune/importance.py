@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from llmbuild.backends.prune.slicing import Keep, Shape
 
 
+@torch.no_grad()
 def _loss(model: Any, batches: Iterable[torch.Tensor]) -> float:
     total, count = 0.0, 0
     for tokens in batches:
