@@ -22,7 +22,8 @@ from llmbuild.backends.prune.slicing import Keep, Shape
 
 
 @torch.no_grad()
-def _loss(model: Any, batches: Iterable[torch.Tensor]) -> float:
+def calibration_loss(model: Any, batches: Iterable[torch.Tensor]) -> float:
+    """The model's mean next-token loss over the calibration batches."""
     total, count = 0.0, 0
     for tokens in batches:
         pos = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
@@ -72,7 +73,7 @@ def widths(model: Any, shape: Shape, batches: list[torch.Tensor]) -> dict[str, A
     hooks.append(model.decoder.final_layernorm.register_forward_hook(on_norm))
     try:
         with torch.no_grad():
-            _loss(model, batches)
+            calibration_loss(model, batches)
     finally:
         for h in hooks:
             h.remove()
@@ -84,12 +85,12 @@ def widths(model: Any, shape: Shape, batches: list[torch.Tensor]) -> dict[str, A
 def layer_costs(model: Any, batches: list[torch.Tensor]) -> tuple[float, list[float]]:
     """The calibration loss of the whole model, and how much skipping each layer adds."""
     with torch.no_grad():
-        base = _loss(model, batches)
+        base = calibration_loss(model, batches)
         costs = []
         for layer in model.decoder.layers:
             hook = layer.register_forward_hook(_skip, with_kwargs=True)
             try:
-                costs.append(_loss(model, batches) - base)
+                costs.append(calibration_loss(model, batches) - base)
             finally:
                 hook.remove()
     return base, costs

@@ -18,20 +18,6 @@ from llmbuild.spec.base import table_dump
 SEQUENCES_PER_BATCH = 8
 
 
-def _shape(arch: Any) -> Any:
-    from llmbuild.backends.prune.slicing import Shape
-
-    return Shape(
-        layers=arch.layers,
-        hidden=arch.hidden,
-        heads=arch.heads,
-        kv_heads=arch.kv_heads,
-        head_dim=arch.head_size,
-        ffn_hidden=arch.ffn_hidden,
-        gated=arch.activation == "swiglu",
-    )
-
-
 def _calibration(ctx: RunContext[PruneConfig], arch: Any, eod: int, vocab: int) -> list[Any]:
     """Batches ``[8, seq_len + 1]`` of the calibration sources' training text."""
     import torch
@@ -66,8 +52,8 @@ def run(ctx: RunContext[PruneConfig]) -> None:
 def _run(ctx: RunContext[PruneConfig]) -> None:
     from llmbuild.backends.megatron.generate import load_model
     from llmbuild.backends.megatron.model import canonical_state
-    from llmbuild.backends.prune.importance import _loss, choose
-    from llmbuild.backends.prune.slicing import prune_state
+    from llmbuild.backends.prune.importance import calibration_loss, choose
+    from llmbuild.backends.prune.slicing import Shape, prune_state
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
     from safetensors.torch import save_file
 
@@ -86,10 +72,10 @@ def _run(ctx: RunContext[PruneConfig]) -> None:
     ctx.timings["load"] = round(time.perf_counter() - began, 3)
     mark = time.perf_counter()
     ctx.progress.update(phase="measuring importance")
-    keep, report = choose(model, _shape(before), _shape(after), batches)
+    keep, report = choose(model, Shape.of(before), Shape.of(after), batches)
     ctx.timings["importance"] = round(time.perf_counter() - mark, 3)
     full = canonical_state(model)
-    state = prune_state(full, _shape(before), keep)
+    state = prune_state(full, Shape.of(before), keep)
     save_file(state, str(ctx.out_dir / MODEL))
     meta = {
         **meta,
@@ -101,7 +87,7 @@ def _run(ctx: RunContext[PruneConfig]) -> None:
     (ctx.out_dir / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
     mark = time.perf_counter()
     pruned, _ = load_model(ctx.out_dir)  # strict: the weights fit the smaller shape
-    pruned_loss = _loss(pruned, batches)
+    pruned_loss = calibration_loss(pruned, batches)
     ctx.timings["verify"] = round(time.perf_counter() - mark, 3)
     report = {
         **report,

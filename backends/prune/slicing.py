@@ -39,6 +39,19 @@ class Shape:
     ffn_hidden: int
     gated: bool
 
+    @classmethod
+    def of(cls, arch: Any) -> Shape:
+        """The shape of an ``[architecture]``."""
+        return cls(
+            layers=arch.layers,
+            hidden=arch.hidden,
+            heads=arch.heads,
+            kv_heads=arch.kv_heads,
+            head_dim=arch.head_size,
+            ffn_hidden=arch.ffn_hidden,
+            gated=arch.activation == "swiglu",
+        )
+
 
 @dataclass(frozen=True)
 class Keep:

@@ -31,18 +31,6 @@ def logits(model, tokens):
         return model(tokens, pos, None).float()
 
 
-def shape_of(arch) -> Shape:
-    return Shape(
-        layers=arch.layers,
-        hidden=arch.hidden,
-        heads=arch.heads,
-        kv_heads=arch.kv_heads,
-        head_dim=arch.head_size,
-        ffn_hidden=arch.ffn_hidden,
-        gated=arch.activation == "swiglu",
-    )
-
-
 STYLES = {
     "gpt2": {"style": "gpt2", "layers": 3, "hidden": 32, "heads": 4, "ffn_hidden": 64,
              "seq_len": 16, "tie_embeddings": True},
@@ -54,7 +42,7 @@ STYLES = {
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_dead_parts_are_dropped_and_the_logits_stay(style):
     arch, model, state = build(STYLES[style])
-    before = shape_of(arch)
+    before = Shape.of(arch)
     # Layer 1 adds nothing: its attention and MLP outputs are zero.
     for name in list(state):
         if name.startswith("decoder.layers.1.") and ("linear_proj" in name or "linear_fc2" in name):
@@ -117,7 +105,7 @@ def test_dead_parts_are_dropped_and_the_logits_stay(style):
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_hidden_pruning_gives_the_smaller_shape(style):
     arch, model, state = build(STYLES[style])
-    before = shape_of(arch)
+    before = Shape.of(arch)
     after = Shape(
         layers=before.layers, hidden=24, heads=before.heads, kv_heads=before.kv_heads,
         head_dim=before.head_dim, ffn_hidden=before.ffn_hidden, gated=before.gated,
