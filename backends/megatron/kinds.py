@@ -23,15 +23,18 @@ def stage_architecture(spec: Any, stage: Any) -> Any:
     return _chain_architecture(spec.architecture, {s.name: s for s in spec.stage}, stage)
 
 
-def _chain_architecture(base: Any, stages: dict[str, Any], stage: Any) -> Any:
-    seen: set[str] = set()
+def _chain_architecture(
+    base: Any, stages: dict[str, Any], stage: Any, seen: set[str] | None = None
+) -> Any:
+    seen = set() if seen is None else seen  # a cycle (reported elsewhere) ends the walk
     while stage is not None and stage.name not in seen:
         seen.add(stage.name)
         patch = getattr(stage, "architecture", None)
         if patch is not None:
             shape_from = getattr(stage, "shape_from", None)
             if shape_from is not None:  # a pruned stage: its parent's shape, made smaller
-                return shape_from(_chain_architecture(base, stages, stages.get(stage.from_)))
+                parent = stages.get(stage.from_)
+                return shape_from(_chain_architecture(base, stages, parent, seen))
             return patched(base, patch)
         stage = stages.get(getattr(stage, "from_", None) or "")
     return base
@@ -53,10 +56,16 @@ def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Proble
                 f"heads ({own.heads}) must divide hidden ({own.hidden}), and kv_heads heads", where
             )
         )
-    if par is not None and (own.heads % par.tensor or own.kv_heads % par.tensor):
+    return out + layout_problems(own, par, where)
+
+
+def layout_problems(arch: Any, par: Any, where: Path) -> list[Problem]:
+    """Where the parallel layout cannot split an architecture."""
+    out = []
+    if par is not None and (arch.heads % par.tensor or arch.kv_heads % par.tensor):
         out.append(Problem(f"tensor ({par.tensor}) must divide heads and kv_heads", where))
-    if par is not None and own.layers % par.pipeline:
-        out.append(Problem(f"pipeline ({par.pipeline}) must divide layers ({own.layers})", where))
+    if par is not None and arch.layers % par.pipeline:
+        out.append(Problem(f"pipeline ({par.pipeline}) must divide layers ({arch.layers})", where))
     return out
 
 

@@ -39,6 +39,7 @@ class PruneKind(Kind):
         }
 
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        from llmbuild.backends.megatron.kinds import layout_problems
         from pydantic import ValidationError
 
         at = (*where, "architecture")
@@ -78,7 +79,21 @@ class PruneKind(Kind):
                     (*at, "heads"),
                 )
             )
-        return out
+        whole = parent.heads * parent.head_size == parent.hidden
+        if (
+            parent.position == "learned"
+            and whole
+            and pruned.heads * pruned.head_size != pruned.hidden
+        ):
+            out.append(
+                Problem(
+                    f"a gpt2-style model keeps heads x head size = hidden (GPT2LMHeadModel has "
+                    f"no head size of its own): prune heads and hidden together, "
+                    f"{parent.head_size} hidden channels per head",
+                    (*at, "heads" if "heads" in changes else "hidden"),
+                )
+            )
+        return out + layout_problems(pruned, view.parallelism, at)
 
 
 KINDS = (PruneKind(),)

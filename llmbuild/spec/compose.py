@@ -181,6 +181,8 @@ def merge(base: Layer, over: Layer) -> Layer:
 def _resolve_extend(ref: Any, from_file: FsPath, display: str, key: Path) -> FsPath:
     if not isinstance(ref, str):
         raise SpecError([Problem(f"must be a string (got {ref!r})", key, display)])
+    if "\0" in ref:
+        raise SpecError([Problem(f"not a file name (it holds a NUL byte): {ref!r}", key, display)])
     if ref.startswith("@"):
         name = ref[1:]
         for d in preset_dirs():

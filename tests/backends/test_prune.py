@@ -41,8 +41,8 @@ stage = "healed"
 SHAPE = "layers = 1, heads = 2, ffn_hidden = 96, hidden = 48"
 
 
-def spec_with(root, shape=SHAPE):
-    return tiny_spec(root, "llama", steps=60, extra=PRUNED.format(shape=shape))
+def spec_with(root, shape=SHAPE, style="llama"):
+    return tiny_spec(root, style, steps=60, extra=PRUNED.format(shape=shape))
 
 
 @pytest.fixture(scope="module")
@@ -89,19 +89,35 @@ def test_the_pruned_model_trains_and_exports_with_matching_logits(built):
 
 
 @pytest.mark.parametrize(
-    ("shape", "message", "field"),
+    ("shape", "message", "field", "style", "overrides"),
     [
-        ("layers = 3", "layers (3) exceeds the pruned stage's (2)", "layers"),
-        ("heads = 2, kv_heads = 2", "must keep the pruned stage's ratio", "heads"),
-        ("seq_len = 16", "pruning changes only", "seq_len"),
+        ("layers = 3", "layers (3) exceeds the pruned stage's (2)", "layers", "llama", []),
+        ("heads = 2, kv_heads = 2", "must keep the pruned stage's ratio", "heads", "llama", []),
+        ("seq_len = 16", "pruning changes only", "seq_len", "llama", []),
+        # GPT2LMHeadModel's head size is hidden / heads: the export would fail at the end.
+        ("hidden = 48", "prune heads and hidden together, 16", "hidden", "gpt2", []),
+        ("heads = 2", "tensor (2) must divide heads and kv_heads", "", "llama",
+         ["parallelism.tensor=2"]),
     ],
-)
-def test_a_bad_pruning_target_is_a_located_error(tmp_path, shape, message, field):
+)  # fmt: skip
+def test_a_bad_pruning_target_is_a_located_error(tmp_path, shape, message, field, style, overrides):
     from llmbuild.errors import SpecError
     from llmbuild.plan import StatCache, plan_spec
     from llmbuild.spec.load import load_spec
 
     with pytest.raises(SpecError) as e:
-        plan_spec(load_spec(spec_with(tmp_path, shape)), cache=StatCache())
+        plan_spec(load_spec(spec_with(tmp_path, shape, style), overrides), cache=StatCache())
     assert message in str(e.value)
-    assert f"stage[1].architecture.{field}" in str(e.value)
+    assert f"stage[1].architecture{'.' if field else ''}{field}" in str(e.value)
+
+
+def test_a_cycle_through_a_pruned_stage_is_a_plain_error(tmp_path):
+    from llmbuild.errors import SpecError
+    from llmbuild.spec.load import load_spec
+
+    spec = spec_with(tmp_path)
+    spec.write_text(
+        spec.read_text().replace('kind = "pretrain"\n', 'kind = "pretrain"\nfrom = "pruned"\n', 1)
+    )
+    with pytest.raises(SpecError, match="cycle"):
+        load_spec(spec)

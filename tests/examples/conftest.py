@@ -34,23 +34,23 @@ def copy_example(name: str, tmp_path: Path) -> Path:
 
 
 def example_store(name: str, factory: pytest.TempPathFactory, seed: str | None = None) -> Path:
-    """Where a test builds ``examples/<name>``: the suite's store; or, given ``seed``, a
-    store of the example's own beside it (kept between runs like it), begun as a copy of
-    ``examples/<seed>/.llmbuild`` when the README's build made every node of that example
-    there: what the two share (the main example's model) is then read, not trained again,
-    and the checkout's store is never written."""
+    """Where a test builds ``examples/<name>``: the suite's store; or, given ``seed``, the
+    store of the examples that share ``examples/<seed>``'s nodes, beside it (kept between
+    runs like it), begun as a copy of ``examples/<seed>/.llmbuild`` when the README's build
+    made every node of that example there: what they share (the main example's model) is
+    then read, not trained again, and the checkout's store is never written."""
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
     from llmbuild.store.store import Store
 
     if seed is None:
         return suite_store(factory)
-    store = suite_store(factory) / "examples" / name
+    store = suite_store(factory) / "examples" / seed
     own = REPO / "examples" / seed / ".llmbuild"
     if not store.exists() and own.is_dir():
         planned = plan_spec(load_spec(REPO / "examples" / seed / "spec.toml"), Store(str(own)))
-        if planned.plan.count("build") == 0:
-            partial = store.with_name(f".{name}.copying")
+        if planned.plan.count("cached") == len(planned.plan.nodes):  # finished, not running
+            partial = store.with_name(f".{seed}.copying")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(own, partial, ignore=shutil.ignore_patterns("leases", "running"))
             partial.rename(store)
