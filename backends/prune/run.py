@@ -72,13 +72,14 @@ def _run(ctx: RunContext[PruneConfig]) -> None:
     ctx.timings["load"] = round(time.perf_counter() - began, 3)
     mark = time.perf_counter()
     ctx.progress.update(phase="measuring importance")
-    keep, report = choose(model, Shape.of(before), Shape.of(after), batches)
+    shape = Shape.of(before)
+    keep, report = choose(model, shape, Shape.of(after), batches)
     ctx.timings["importance"] = round(time.perf_counter() - mark, 3)
     full = canonical_state(model)
-    state = prune_state(full, Shape.of(before), keep)
+    state = prune_state(full, shape, keep)
     save_file(state, str(ctx.out_dir / MODEL))
     meta = {
-        **meta,
+        **{k: v for k, v in meta.items() if k != "adapter"},  # a merged LoRA's: not this one's
         "architecture": table_dump(after),
         "stage": config.stage.name,
         "kind": "prune",
