@@ -44,13 +44,17 @@ PROMPTS = [
     "Hi",
     "seven",
 ]
+CONTEXT = 2048
+"""Long enough that an answer of ``LONG`` tokens cannot end before its client hangs up."""
+LONG = 2000
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
     """The spec (an imported stage ``base`` and its hf export) and its store, built."""
     root = tmp_path_factory.mktemp("serve")
-    spec = import_spec(root, write_checkpoint(root / "ck", "qwen2"), HF_EXPORT)
+    checkpoint = write_checkpoint(root / "ck", "qwen2", max_position_embeddings=CONTEXT)
+    spec = import_spec(root, checkpoint, HF_EXPORT)
     outcome = run_nodes(spec, root / "store")
     assert outcome.ok, outcome.log
     return spec, root / "store"
@@ -224,14 +228,8 @@ def test_concurrent_streams_share_the_batch_and_a_disconnect_stalls_nobody(serve
     client = server.client()
     tokens = 24
     expected = [_greedy(client, p, tokens) for p in PROMPTS]
-    # The stream that hangs up asks for an answer that only its length ends (greedy: the
-    # same one as here), so that the server must cancel it rather than see it finish.
-    long = client.completions.create(model="hf@base", prompt="Hello", max_tokens=200, temperature=0)
-    assert long.choices[0].finish_reason == "length"
-    before = server.health()
     results: dict[int, str] = {}
     errors: list[BaseException] = []
-    gone = threading.Event()
 
     def stream(i: int) -> None:
         try:
@@ -239,31 +237,53 @@ def test_concurrent_streams_share_the_batch_and_a_disconnect_stalls_nobody(serve
         except BaseException as e:  # reported below, in the test's thread
             errors.append(e)
 
+    def together(*extra: threading.Thread) -> None:
+        """Runs the streams of every prompt at once, beside ``extra``."""
+        results.clear()
+        threads = [
+            *extra,
+            *(threading.Thread(target=stream, args=(i,)) for i in range(len(PROMPTS))),
+        ]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+        assert time.monotonic() - start < 60
+        assert [results.get(i) for i in range(len(PROMPTS))] == expected
+
+    # one forward pass serves many streams: far fewer decode steps than tokens streamed
+    before = server.health()
+    together()
+    assert server.health()["steps"] - before["steps"] < len(PROMPTS) * tokens / 2
+
+    # The stream that hangs up asks for an answer that only its length ends (greedy: the
+    # same one as here), far longer than the time its client takes to leave, so that the
+    # server must cancel it rather than see it finish.
+    long = client.completions.create(
+        model="hf@base", prompt="Hello", max_tokens=LONG, temperature=0
+    )
+    assert long.choices[0].finish_reason == "length"
+    before = server.health()
+    gone = threading.Event()
+
     def leave() -> None:  # reads a few chunks of a long answer, then hangs up
         with server.client().completions.create(
-            model="hf@base", prompt="Hello", max_tokens=200, temperature=0, stream=True
+            model="hf@base", prompt="Hello", max_tokens=LONG, temperature=0, stream=True
         ) as s:
             for n, _ in enumerate(s):
                 if n == 3:
                     break
         gone.set()
 
-    threads = [threading.Thread(target=leave)]
-    threads += [threading.Thread(target=stream, args=(i,)) for i in range(len(PROMPTS))]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
-    assert gone.is_set() and time.monotonic() - start < 60
-    assert [results[i] for i in range(len(PROMPTS))] == expected
+    together(threading.Thread(target=leave))
+    assert gone.is_set()
     deadline = time.monotonic() + 10
     while (after := server.health())["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert after["running"] == 0 and after["cancelled"] == before["cancelled"] + 1
-    # one forward pass served many streams: far fewer decode steps than tokens streamed
-    assert after["steps"] - before["steps"] < len(PROMPTS) * tokens / 2
+    assert after["finished"] == before["finished"] + len(PROMPTS)
 
 
 def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
@@ -308,12 +328,12 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
         assert e.value.status_code == 400 and e.value.param == next(iter(bad)), e.value.body
         succeeds()
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="hf@base", prompt="fox jumps " * 200, max_tokens=4)
+        client.completions.create(model="hf@base", prompt="fox jumps " * CONTEXT, max_tokens=4)
     assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
     succeeds()
     with pytest.raises(openai.BadRequestError) as e:  # also when streaming
         client.chat.completions.create(
-            model="hf@base", messages=[{"role": "user", "content": "fox " * 300}], stream=True
+            model="hf@base", messages=[{"role": "user", "content": "fox " * CONTEXT}], stream=True
         )
     assert e.value.code == "context_length_exceeded"
     succeeds()
