@@ -44,6 +44,8 @@ def normalise_record(record: dict[str, Any], clean: Clean) -> dict[str, Any]:
 
 def record_text(record: dict[str, Any]) -> str:
     """The text a record is filtered and deduplicated on."""
+    if "label" in record:  # a labeled text (and its pair): deduplicated on the texts
+        return "\n".join(record[k] for k in ("text", "pair") if k in record)
     if "text" in record:
         return record["text"]
     if "messages" in record:

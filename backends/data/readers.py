@@ -243,6 +243,20 @@ def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
     )
 
 
+def _labeled(rec: Record, source: Source) -> dict[str, Any]:
+    label = _field(rec, source.label_field, (str, int))
+    if isinstance(label, bool) or not str(label).strip():
+        raise BadRecord(
+            rec.where,
+            f"field {source.label_field!r} must be a non-empty string or an integer",
+            "field",
+        )
+    out = {"text": _field(rec, source.text_field), "label": str(label).strip()}
+    if source.pair_field is not None:
+        out["pair"] = _field(rec, source.pair_field)
+    return out
+
+
 def normalise(rec: Record, source: Source) -> dict[str, Any]:
     """The record in the standard form of the source's role."""
     if source.role == "pretrain":
@@ -255,6 +269,8 @@ def normalise(rec: Record, source: Source) -> dict[str, Any]:
             "chosen": _field(rec, source.chosen_field),
             "rejected": _field(rec, source.rejected_field),
         }
+    if source.role == "labeled":
+        return _labeled(rec, source)
     answer = rec.data.get(source.answer_field)
     if answer is not None and not isinstance(answer, (str, int, float)):
         raise BadRecord(

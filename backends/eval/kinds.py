@@ -1,4 +1,4 @@
-"""The eval kinds: perplexity, lm-eval tasks and samples, each run by the ``eval`` backend
+"""The eval kinds: perplexity, lm-eval tasks, samples and classification, each run by the ``eval`` backend
 on one stage at a time. Registered through the ``llmbuild.kinds`` entry point."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The ``eval:<suite>@<stage>`` node: perplexity on validation splits and text files,
-samples from fixed prompts, and lm-eval tasks (``lm_eval_suite.py``). Results go to
+samples from fixed prompts, lm-eval tasks (``lm_eval_suite.py``) and a classifier's
+scores (``classification.py``). Results go to
 ``results.json`` and a markdown table."""
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ def _run(ctx: Any) -> None:
         from llmbuild.backends.eval.lm_eval_suite import run_lm_eval
 
         results, table = run_lm_eval(ctx, suite)
+    elif suite.kind == "classification":
+        from llmbuild.backends.eval.classification import classification
+
+        results, table = classification(ctx, suite)
     elif suite.kind == "perplexity":
         model, config = load_input(ctx)
         results = perplexity(ctx, suite, model, config)

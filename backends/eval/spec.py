@@ -1,5 +1,5 @@
-"""The spec models of the eval kinds: perplexity, lm-eval and samples (registered in
-``kinds.py``). Torch-free: the planner imports them."""
+"""The spec models of the eval kinds: perplexity, lm-eval, samples and classification
+(registered in ``kinds.py``). Torch-free: the planner imports them."""
 
 from __future__ import annotations
 
@@ -65,4 +65,22 @@ class Samples(EvalTable):
     at the end-of-turn token."""
 
 
-SUITES = (Perplexity, LmEval, Samples)
+class Classification(EvalTable):
+    """A classifier's labels against the true ones: accuracy, macro and micro F1, each
+    label's precision and recall, and the confusion matrix (a table, and a PNG beside it)."""
+
+    kind: Literal["classification"]
+    """Suite kind."""
+    stages: StrList = ref("stage", slot="model", each=True, min_length=1, stage_kinds=("classify",))
+    """Classifier stages (kind `classify`) to evaluate."""
+    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="labeled")
+    """Labeled sources whose validation split is measured; all labeled-role sources when
+    omitted."""
+    files: StrList = content(())
+    """Extra jsonl files of labeled texts (`text`, `label`, and `pair` for pairs) to
+    measure, relative to the spec file."""
+    batch_size: PositiveInt = marked("execution", 32)
+    """Texts per forward pass."""
+
+
+SUITES = (Perplexity, LmEval, Samples, Classification)

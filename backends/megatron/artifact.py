@@ -1,7 +1,8 @@
 """A training stage's artifact, written by ``run.py`` and read only through this module:
 ``config.json`` (architecture, vocabulary, what the stage holds), ``model.safetensors``
 (full canonical weights), ``adapter.safetensors`` (LoRA stages) and
-``value_head.safetensors`` (reward models).
+``value_head.safetensors`` (reward models) and ``classifier.safetensors`` with the label
+names in ``config.json`` (classifiers).
 
 A stage that holds only adapters knows its base: the artifact it was trained from, found
 through its record, so nodes that read such a stage need no second input for the base."""
@@ -23,7 +24,8 @@ CONFIG = "config.json"
 MODEL = "model.safetensors"
 ADAPTER = "adapter.safetensors"
 VALUE_HEAD = "value_head.safetensors"
-WEIGHT_FILES = (MODEL, ADAPTER, VALUE_HEAD)
+CLASSIFIER = "classifier.safetensors"
+WEIGHT_FILES = (MODEL, ADAPTER, VALUE_HEAD, CLASSIFIER)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,19 @@ class StageArtifact:
         from safetensors.torch import load_file
 
         return load_file(str(self.path / VALUE_HEAD))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A classifier's label names, in the order of its outputs; empty for other stages."""
+        return tuple(self.config.get("labels", ()))
+
+    def classifier(self) -> dict[str, Any]:
+        """A classifier's head, by canonical name."""
+        from safetensors.torch import load_file
+
+        if not self.labels:
+            raise UserError(f"{self.node} is not a classifier (a stage of kind classify)")
+        return load_file(str(self.path / CLASSIFIER))
 
     def load_model(self) -> tuple[Any, dict[str, Any]]:
         """The stage's GPTModel on this machine (one rank), in eval mode, and its config."""

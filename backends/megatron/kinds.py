@@ -7,7 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from llmbuild.backends.megatron.config import TrainConfig
-from llmbuild.backends.megatron.spec import Distill, Dpo, Grpo, Lora, Pretrain, RewardModel, Sft
+from llmbuild.backends.megatron.spec import (
+    Classify,
+    Distill,
+    Dpo,
+    Grpo,
+    Lora,
+    Pretrain,
+    RewardModel,
+    Sft,
+)
 
 from llmbuild.errors import Path, Problem
 from llmbuild.kinds import Kind, NodeRefs, SpecView
@@ -230,4 +239,5 @@ KINDS = (
     TrainedStage(
         RewardModel, f"{OBJECTIVES}:pairwise_reward", pipeline=False, sequence_parallel=False
     ),
+    TrainedStage(Classify, f"{OBJECTIVES}:classification", pipeline=False, sequence_parallel=False),
 )

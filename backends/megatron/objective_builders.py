@@ -36,6 +36,22 @@ def value_head(model: Any, arch: Any, seed: int) -> dict[str, Any]:
     }
 
 
+def classifier_head(model: Any, arch: Any, classes: int, seed: int) -> dict[str, Any]:
+    """Attach a classification head of ``classes`` outputs (no bias, as transformers'
+    sequence classifiers have) to ``model``; its initial weights by canonical name."""
+    import torch
+    from llmbuild.backends.megatron.objectives import ValueHead
+    from llmbuild.backends.megatron.shards import _name_seed
+
+    model.classifier = ValueHead(model, arch.hidden, classes, bias=False)
+    gen = torch.Generator().manual_seed(_name_seed(seed, "classifier.score.weight"))
+    return {
+        "classifier.score.weight": torch.empty(classes, arch.hidden).normal_(
+            0.0, arch.init_std, generator=gen
+        )
+    }
+
+
 def frozen_model(
     arch: Any, cfg: RankConfig, config: Any, state: dict[str, Any], head: bool = False
 ) -> Any:
@@ -170,6 +186,21 @@ def pairwise_reward(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
 
     train, valid = _pairs(cfg, arch)
     return PairwiseReward(train, valid, model.value_head, cfg.stage["precision"])
+
+
+def classification(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """Cross-entropy of the classification head over each labeled text."""
+    from llmbuild.backends.megatron.objectives import Classification
+    from llmbuild.backends.megatron.posttrain_data import LabeledSamples
+
+    train, valid = _splits(
+        cfg,
+        lambda split: LabeledSamples(
+            cfg.sources, split, arch.seq_len, cfg.pad, cfg.eod, cfg.labels, cfg.seed
+        ),
+        "labeled texts",
+    )
+    return Classification(train, valid, model.classifier, cfg.class_weights, cfg.stage["precision"])
 
 
 def group_policy(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:

@@ -1,7 +1,7 @@
 """What a training stage optimises, per kind: next-token loss (pretrain, sft, lora), a
 student's loss against a frozen teacher (distill), the DPO preference loss against a
-frozen reference, the pairwise loss of a scalar-head reward model, and GRPO's clipped
-policy loss over sampled groups with a KL penalty.
+frozen reference, the pairwise loss of a scalar-head reward model, a classifier's
+cross-entropy, and GRPO's clipped policy loss over sampled groups with a KL penalty.
 
 Each objective gives the loop the loss of one micro batch (plus metrics to average) and a
 validation measurement; data order depends only on the step, so resumes are exact."""
@@ -259,11 +259,13 @@ class Preference(_Pairs):
 
 
 class ValueHead(torch.nn.Module):
-    """A scalar score read from the final hidden state of the last real token."""
+    """A score read from the final hidden state of the last real token: one (a reward) or
+    one per class (a classifier's logits)."""
 
-    def __init__(self, model: Any, hidden: int) -> None:
+    def __init__(self, model: Any, hidden: int, outputs: int = 1, bias: bool = True) -> None:
         super().__init__()
-        self.score = torch.nn.Linear(hidden, 1)
+        self.outputs = outputs
+        self.score = torch.nn.Linear(hidden, outputs, bias=bias)
         self._hidden: list[Any] = []
         model.decoder.register_forward_hook(lambda _m, _a, out: self._hidden.append(out))
 
@@ -273,7 +275,8 @@ class ValueHead(torch.nn.Module):
             model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
             hidden = self._hidden.pop()  # [s, b, h]
             last = hidden[batch["last"], torch.arange(hidden.shape[1])]
-            return self.score(last).float().squeeze(-1)
+            scores = self.score(last).float()
+            return scores.squeeze(-1) if self.outputs == 1 else scores
 
 
 class PairwiseReward(_Pairs):
@@ -290,3 +293,27 @@ class PairwiseReward(_Pairs):
             "accuracy": float((diff > 0).float().mean()),
             "margin": float(diff.detach().mean()),
         }
+
+
+class Classification(_Pairs):
+    """A classifier: cross-entropy of the head's logits against each text's label (weighted
+    by class when asked), and the share of texts whose most likely label is right."""
+
+    def __init__(
+        self, train: Any, valid: Any, head: ValueHead, weights: tuple[float, ...], precision: str
+    ) -> None:
+        self.train, self.valid, self.head, self.precision = train, valid, head, precision
+        self.weights = torch.tensor(weights) if weights else None
+        self.facts = {
+            "classes": head.outputs,
+            "truncated": train.truncated + (valid.truncated if valid else 0),
+        }
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        return self.train.batch(indices)
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        logits = self.head.scores(model, batch, self.precision)
+        loss = F.cross_entropy(logits, batch["label"], weight=self.weights)
+        right = (logits.detach().argmax(-1) == batch["label"]).float().mean()
+        return loss, {"accuracy": float(right)}

@@ -1,6 +1,6 @@
 """Post-training data from the tokenize nodes' indexed datasets: chats (tokens and the
 mask of the assistant's tokens) packed with document masks or padded, preference pairs,
-and GRPO prompts with their answers. Batches have fixed shapes ``[b, seq_len]``."""
+GRPO prompts with their answers, and labeled texts. Batches have fixed shapes ``[b, seq_len]``."""
 
 from __future__ import annotations
 
@@ -177,3 +177,81 @@ class PromptSamples:
     def __getitem__(self, i: int) -> tuple[list[int], dict[str, Any]]:
         ids, record = self.prompts[i % len(self.prompts)]
         return ids.tolist(), record
+
+
+def fit_text(text: Any, pair: Any, seq_len: int, sep: int) -> tuple[np.ndarray, bool]:
+    """A labeled text's tokens (then ``sep`` and its pair's, for pairs) cut to ``seq_len``,
+    the longer of the two giving way first; and whether anything was cut."""
+    text = np.asarray(text, dtype=np.int64)
+    if pair is None:
+        return text[:seq_len], len(text) > seq_len
+    pair = np.asarray(pair, dtype=np.int64)
+    room = seq_len - 1
+    cut = len(text) + len(pair) > room
+    if cut:
+        pair = pair[: min(len(pair), max(room // 2, room - len(text)))]
+        text = text[: room - len(pair)]
+    return np.concatenate([text, [sep], pair]), cut
+
+
+def labeled_batch(docs: list[tuple[Any, int]], seq_len: int, pad: int) -> dict[str, torch.Tensor]:
+    """Texts padded to ``seq_len``, ``last`` marking each one's final token (where the
+    classifier reads), and their label ids."""
+    tokens = np.full((len(docs), seq_len), pad, dtype=np.int64)
+    last = np.zeros(len(docs), dtype=np.int64)
+    for r, (ids, _) in enumerate(docs):
+        tokens[r, : len(ids)] = ids
+        last[r] = max(len(ids), 1) - 1
+    return {
+        "tokens": torch.from_numpy(tokens),
+        "position_ids": torch.arange(seq_len).expand(len(docs), -1),
+        "last": torch.from_numpy(last),
+        "label": torch.tensor([label for _, label in docs], dtype=torch.int64),
+    }
+
+
+class LabeledSamples:
+    """Labeled texts of a split (``fit_text``: a pair follows its text after an
+    end-of-sequence token), one per sequence, cut to ``seq_len`` tokens (counted in
+    ``truncated``). The training split is reshuffled every epoch; the others are read in
+    order."""
+
+    def __init__(
+        self,
+        sources: dict[str, str],
+        split: str,
+        seq_len: int,
+        pad: int,
+        sep: int,
+        labels: tuple[str, ...],
+        seed: int,
+    ) -> None:
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        ids = {name: i for i, name in enumerate(labels)}
+        self.docs: list[tuple[np.ndarray, int]] = []
+        self.truncated = 0
+        for _, path in sorted(sources.items()):
+            index = json.loads((Path(path) / "datasets.json").read_text())
+            for d in index["datasets"]:
+                if d["split"] != split or not d["documents"]:
+                    continue
+                prefix = str(Path(path) / d["prefix"])
+                texts = IndexedDataset(prefix, mmap=False)
+                pairs = IndexedDataset(prefix + ".pair", mmap=False) if d.get("pairs") else None
+                with open(prefix + ".labels.jsonl") as f:
+                    names = [json.loads(line)["label"] for line in f]
+                for i, name in enumerate(names):
+                    pair = None if pairs is None else pairs[i]
+                    tokens, cut = fit_text(texts[i], pair, seq_len, sep)
+                    self.truncated += cut
+                    self.docs.append((tokens, ids[name]))
+        self.seq_len, self.pad = seq_len, pad
+        self.order = _Epochs(len(self.docs), seed) if split == "train" and self.docs else None
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        at = [self.order[i] if self.order else i % len(self.docs) for i in indices]
+        return labeled_batch([self.docs[i] for i in at], self.seq_len, self.pad)

@@ -57,6 +57,10 @@ class RankConfig:
     """Distillation: the teacher's architecture table, as JSON (its artifact's)."""
     reward_models: dict[int, WeightsRef] = field(default_factory=dict)
     """GRPO: reward-model stages by their index in ``rewards``."""
+    labels: tuple[str, ...] = ()
+    """Classification: the label names, in the order of the head's outputs."""
+    class_weights: tuple[float, ...] = ()
+    """Classification: the loss weight of each label id; equal when empty."""
     threads: int = 1
     """torch intra-op threads of each rank: the CPUs it holds."""
     progress: Any = None

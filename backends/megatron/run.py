@@ -12,7 +12,7 @@ from typing import Any
 from llmbuild.backends.megatron.artifact import CONFIG, WEIGHT_FILES, StageArtifact
 from llmbuild.backends.megatron.config import TrainConfig
 from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
-from llmbuild.backends.megatron.train import TIMINGS, train_ranks
+from llmbuild.backends.megatron.train import FACTS, TIMINGS, train_ranks
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
 from llmbuild.registry import default_registry
@@ -78,6 +78,18 @@ def _teacher_architecture(ctx: RunContext[TrainConfig], vocab: int) -> dict[str,
     return table_dump(teacher.architecture)
 
 
+def _labels(ctx: RunContext[TrainConfig]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """A classifier's label names in id order and their loss weights."""
+    from llmbuild.backends.megatron import labels
+
+    stage = ctx.config.stage
+    if stage.kind != "classify":
+        return (), ()
+    data = [a.path for slot, a in sorted(ctx.inputs.items()) if slot.startswith("data:")]
+    names = labels.label_names(ctx.node, stage, labels.label_counts(data))
+    return names, labels.class_weights(stage, names)
+
+
 def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int) -> RankConfig:
     """What the stage's ranks are given, from its config, kind and inputs."""
     config = ctx.config
@@ -88,6 +100,7 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
         for slot, a in ctx.inputs.items()
         if slot.startswith("data:")
     }
+    names, weights = _labels(ctx)
     return RankConfig(
         architecture=table_dump(config.architecture),
         stage=stage.model_dump(mode="json", by_alias=True),
@@ -120,6 +133,8 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
             for slot in ctx.inputs
             if slot.startswith("reward:") and (ref := _weights_ref(ctx, slot)) is not None
         },
+        labels=names,
+        class_weights=weights,
         threads=int(ctx.resources.cpus) if not ctx.resources.gpus else par.rank_cpus(),
         progress=ctx.progress,
     )
@@ -156,13 +171,14 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         raise UserError(f"{ctx.node}: {e}") from None
     _note_short_data(ctx, config.architecture.seq_len)
     mark = time.perf_counter()
-    result = ctx.run_ranks(train_ranks, rank_config(ctx, tok, vocab))
+    ranks = rank_config(ctx, tok, vocab)
+    result = ctx.run_ranks(train_ranks, ranks)
     ctx.timings["ranks"] = round(time.perf_counter() - mark, 3)
     if (result / TIMINGS).exists():  # where the ranks' time went
         ctx.timings.update(
             {f"rank0.{k}": v for k, v in json.loads((result / TIMINGS).read_text()).items()}
         )
-    for name in (*WEIGHT_FILES, "metrics.jsonl", "initial.json"):
+    for name in (*WEIGHT_FILES, "metrics.jsonl", "initial.json", FACTS):
         if (result / name).exists():
             shutil.copy(result / name, ctx.out_dir / name)
     meta: dict[str, Any] = {
@@ -173,6 +189,8 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         "stage": stage.name,
         "kind": stage.kind,
     }
+    if ranks.labels:
+        meta["labels"] = list(ranks.labels)
     adapter = getattr(stage, "adapter", None)
     if adapter is not None:
         base = ctx.input("from")
@@ -196,6 +214,8 @@ def run(ctx: RunContext[TrainConfig]) -> None:
             },
         }
     )
+    if (result / FACTS).exists():  # what the objective found in the data
+        ctx.metrics.update(json.loads((result / FACTS).read_text()))
     if (result / "initial.json").exists():  # the measurement before any update
         initial = json.loads((result / "initial.json").read_text())
         ctx.metrics.update({f"initial_{k}": v for k, v in initial.items()})

@@ -1,5 +1,5 @@
 """The spec models of the stage kinds trained on megatron-core: pretrain, distill, sft,
-lora, dpo, grpo and reward (registered in ``kinds.py``). Torch-free: the planner imports them."""
+lora, dpo, grpo, reward and classify (registered in ``kinds.py``). Torch-free: the planner imports them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from llmbuild.spec.model import ArchitecturePatch
 from llmbuild.spec.tables import StageTable
 
 LoraTarget = Literal["qkv", "proj", "fc1", "fc2"]
+Label = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Schedule(SpecModel):
@@ -315,4 +316,38 @@ class RewardModel(StageBase):
     """Peak learning rate."""
 
 
-STAGES = (Pretrain, Distill, Sft, Lora, Dpo, Grpo, RewardModel)
+class Classify(StageBase):
+    """Sequence classification on labeled texts: a linear head reads the final hidden
+    state of each text's last token (where a decoder has read the whole text) and is
+    trained with the model under cross-entropy."""
+
+    kind: Literal["classify"]
+    """Stage kind."""
+    from_: Name = ref("stage", alias="from")
+    """Stage whose weights the classifier starts from (pretrained here or imported)."""
+    data: Name = ref("tokens", slot="data:{name}", source_role="labeled")
+    """A labeled-role source; its validation split measures the classifier."""
+    labels: tuple[Label, ...] | None = Field(None, min_length=2)
+    """The label names in the order of their ids (the head's outputs); the training
+    split's labels, sorted, when omitted. A label of the data that is not listed is an
+    error, and so is a listed label without training texts."""
+    class_weights: dict[Label, float] | None = None
+    """Weight of each label in the loss, by name (the inverse of its frequency, say, for
+    imbalanced classes); 1 for a label not listed."""
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate."""
+
+    @model_validator(mode="after")
+    def _labels(self) -> Classify:
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be distinct (got {list(self.labels)})")
+        weights = self.class_weights or {}
+        if any(w <= 0 for w in weights.values()):
+            raise ValueError("class_weights must be positive")
+        unknown = sorted(set(weights) - set(self.labels or weights))
+        if unknown:
+            raise ValueError(f"class_weights names labels not in labels: {unknown}")
+        return self
+
+
+STAGES = (Pretrain, Distill, Sft, Lora, Dpo, Grpo, RewardModel, Classify)

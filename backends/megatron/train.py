@@ -17,6 +17,9 @@ from llmbuild.backends.megatron.rank_config import RankConfig
 TIMINGS = "timings.json"
 """Rank 0's seconds per phase: setup (megatron's import, the model), data, the first
 step, steps, validation, checkpoints, save; and its torch threads."""
+FACTS = "facts.json"
+"""What the objective found in its data (``objective.facts``: texts cut to fit, say),
+recorded with the stage's metrics."""
 
 
 def _setup(cfg: RankConfig) -> None:
@@ -48,7 +51,11 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     from llmbuild.backends.megatron import checkpoint as ck
     from llmbuild.backends.megatron import data_parallel, lora
     from llmbuild.backends.megatron.model import build_model, transformer_config
-    from llmbuild.backends.megatron.objective_builders import value_head, weights_of
+    from llmbuild.backends.megatron.objective_builders import (
+        classifier_head,
+        value_head,
+        weights_of,
+    )
     from llmbuild.backends.megatron.objectives import _dp_reduce, autocast, masked_mean
     from llmbuild.backends.megatron.schedule import lr_at
     from llmbuild.backends.megatron.shards import canonical_init, gather_canonical, load_canonical
@@ -93,6 +100,8 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         init.update(lora.init_adapters(model, seed, rename))
     if stage["kind"] == "reward":
         init.update(value_head(model, arch, seed))
+    if stage["kind"] == "classify":
+        init.update(classifier_head(model, arch, len(cfg.labels), seed))
     load_canonical(model, init, gated)
     timings = {"setup": time.perf_counter() - began}
     mark = time.perf_counter()
@@ -175,7 +184,11 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
             timings["validation"] = timings.get("validation", 0.0) + time.perf_counter() - mark
         history.append(row)
         if rank == 0 and progress is not None:
-            shown = {k: round(row[k], 4) for k in ("val_loss", "reward", "val_reward") if k in row}
+            shown = {
+                k: round(row[k], 4)
+                for k in ("val_loss", "reward", "val_reward", "val_accuracy")
+                if k in row
+            }
             progress.update(
                 completed=step + 1,
                 total=steps,
@@ -223,6 +236,9 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
             f.write(json.dumps(row) + "\n")
     if initial is not None:
         (out / "initial.json").write_text(json.dumps(initial, sort_keys=True))
+    facts = getattr(objective, "facts", None)
+    if facts:
+        (out / FACTS).write_text(json.dumps(facts, sort_keys=True))
     timings["save"] = time.perf_counter() - mark
     timings["threads"] = torch.get_num_threads()
     (out / TIMINGS).write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}))
@@ -231,16 +247,20 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
 
 def _write_weights(out: Path, weights: dict[str, Any], adapter: Any, stage: dict[str, Any]) -> None:
     """``model.safetensors`` (full weights), ``adapter.safetensors`` (LoRA only; the full
-    weights then only when merged) and ``value_head.safetensors`` (reward models)."""
+    weights then only when merged), ``value_head.safetensors`` (reward models) and
+    ``classifier.safetensors`` (classifiers)."""
     from llmbuild.backends.megatron import lora
-    from llmbuild.backends.megatron.artifact import ADAPTER, MODEL, VALUE_HEAD
+    from llmbuild.backends.megatron.artifact import ADAPTER, CLASSIFIER, MODEL, VALUE_HEAD
     from safetensors.torch import save_file
 
-    head = {k: v for k, v in weights.items() if k.startswith("value_head.")}
+    heads = {"value_head.": VALUE_HEAD, "classifier.": CLASSIFIER}
+    head = {k: v for k, v in weights.items() if k.startswith(tuple(heads))}
     adapters = {k: v for k, v in weights.items() if lora.is_adapter(k)}
     base = {k: v for k, v in weights.items() if k not in head and k not in adapters}
-    if head:
-        save_file(head, str(out / VALUE_HEAD))
+    for prefix, name in heads.items():
+        own = {k: v for k, v in head.items() if k.startswith(prefix)}
+        if own:
+            save_file(own, str(out / name))
     if adapter is None:
         save_file(base, str(out / MODEL))
         return

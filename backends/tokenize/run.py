@@ -19,7 +19,9 @@ FORMS = {
     "chat": ("", ".mask"),
     "preferences": (".prompt", ".chosen", ".rejected"),
     "prompts": (".prompt",),
+    "labeled": ("",),
 }
+"""The datasets each role writes (a labeled source with pairs also writes ``.pair``)."""
 
 
 def _dtype(vocab_size: int) -> Any:
@@ -76,7 +78,10 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
         for form in FORMS[role]
     }
     answers = open(f"{base}.answers.jsonl", "w") if role == "prompts" else None
-    stats = {"documents": 0, "tokens": 0, "learned_tokens": 0}
+    labels = open(f"{base}.labels.jsonl", "w") if role == "labeled" else None
+    stats: dict[str, Any] = {"documents": 0, "tokens": 0, "learned_tokens": 0}
+    if labels is not None:
+        stats["labels"] = {}
 
     def flush(batch: list[dict[str, Any]]) -> None:
         if role == "pretrain":
@@ -93,6 +98,18 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
             for i, form in enumerate((".prompt", ".chosen", ".rejected")):
                 out[form].add([t[i] for t in triples])
             docs = [ids for t in triples for ids in t]
+        elif role == "labeled":
+            docs = enc.encode([r["text"] for r in batch])
+            out[""].add(docs)
+            if batch and "pair" in batch[0]:
+                if ".pair" not in out:
+                    out[".pair"] = IndexedWriter(f"{base}.pair", dtype)
+                pairs = enc.encode([r["pair"] for r in batch])
+                out[".pair"].add(pairs)
+                docs = docs + pairs
+            labels.writelines(json.dumps({"label": r["label"]}) + "\n" for r in batch)
+            for r in batch:
+                stats["labels"][r["label"]] = stats["labels"].get(r["label"], 0) + 1
         else:
             docs = enc.encode([enc.template.prompt(r["prompt"]) for r in batch])
             out[".prompt"].add(docs)
@@ -104,9 +121,19 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
         flush(batch)
     for writer in out.values():
         writer.finalize()
-    if answers is not None:
-        answers.close()
-    return {"prefix": prefix, **stats}
+    for extra in (answers, labels):
+        if extra is not None:
+            extra.close()
+    return {"prefix": prefix, "pairs": ".pair" in out, **stats}
+
+
+def _label_counts(datasets: list[dict[str, Any]], split: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in datasets:
+        if d["split"] == split:
+            for label, n in d["labels"].items():
+                counts[label] = counts.get(label, 0) + n
+    return dict(sorted(counts.items()))
 
 
 def run(ctx: Any) -> None:
@@ -131,6 +158,7 @@ def run(ctx: Any) -> None:
             "prefix": r["prefix"],
             "split": r["prefix"].split("-")[0],
             **{k: r[k] for k in ("documents", "tokens", "learned_tokens")},
+            **({"labels": r["labels"], "pairs": r["pairs"]} if role == "labeled" else {}),
         }
         for r in results
     ]
@@ -143,6 +171,8 @@ def run(ctx: Any) -> None:
         "datasets": datasets,
         "tokens": totals,
     }
+    if role == "labeled":  # documents per label and split, for the stages to map labels
+        index["labels"] = {split: _label_counts(datasets, split) for split in SPLITS}
     (ctx.out_dir / "datasets.json").write_text(json.dumps(index, indent=1, sort_keys=True))
     ctx.progress.update(
         completed=len(jobs), total=len(jobs), unit="shards", tokens=sum(totals.values()), force=True

@@ -20,6 +20,7 @@ STAGE_COLUMNS = {
     "val_loss": "val loss",
     "reward": "reward",
     "accuracy": "accuracy",
+    "val_accuracy": "val accuracy",
     "tokens_per_s": "tokens/s",
 }
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from llmbuild.errors import Path, Problem, SpecError
 from llmbuild.kinds import NodeRefs
-from llmbuild.plan.front import front_nodes, pretrain_sources
+from llmbuild.plan.front import front_nodes, role_sources
 from llmbuild.plan.graph import External, Graph, Node
 from llmbuild.registry import Registry, default_registry
 from llmbuild.spec.base import key_mark
@@ -88,7 +88,7 @@ class _Builder:
                 for r in refs:
                     names.setdefault(r.field, []).append(r.name)
                 for o in omitted:
-                    names[o.field] = pretrain_sources(self.spec)
+                    names[o.field] = role_sources(self.spec, o.mark.omitted)
                 each = [r for r in refs if r.mark.each]
                 for target in [r.name for r in each] or [None]:
                     inputs = dict(kind.inputs(item, self.spec))

@@ -44,9 +44,9 @@ class TokenizeConfig(SpecModel):
     preference pairs, prompts)."""
 
 
-def pretrain_sources(spec: Any) -> list[str]:
-    """The sources a reference left out stands for: every pretrain-role source."""
-    return [s.name for s in spec.data.sources if s.role == "pretrain"]
+def role_sources(spec: Any, role: str = "pretrain") -> list[str]:
+    """The sources a reference left out stands for: every source of its ``omitted`` role."""
+    return [s.name for s in spec.data.sources if s.role == role]
 
 
 def front_nodes(spec: Any, add: Any) -> None:
@@ -79,7 +79,7 @@ def front_nodes(spec: Any, add: Any) -> None:
         refs, omitted = walk(Tokenizer, tok.model_dump(mode="json", by_alias=True))
         inputs = {r.slot: r.node for r in refs}
         for o in omitted:
-            inputs.update({o.slot(n): f"source:{n}" for n in pretrain_sources(spec)})
+            inputs.update({o.slot(n): f"source:{n}" for n in role_sources(spec, o.mark.omitted)})
     add(
         "tokenizer",
         "tokenizer",

@@ -28,7 +28,7 @@ REFERENCES = "x-references"
 RefTarget = Literal["stage", "text", "tokens"]
 """What a reference names: a `[[stage]]` (its trained artifact), a data source's cleaned
 text (``source:<name>``) or its tokenized datasets (``tokenize:<name>``)."""
-SourceRole = Literal["pretrain", "chat", "preferences", "prompts"]
+SourceRole = Literal["pretrain", "chat", "preferences", "prompts", "labeled"]
 
 
 class SpecModel(BaseModel):

@@ -53,7 +53,8 @@ class Source(SpecModel):
     looking through .gz and .zst compression."""
     role: SourceRole = "pretrain"
     """What the documents are for: `pretrain` text, `chat` conversations or
-    prompt/completion pairs, `preferences` (prompt, chosen, rejected) or `prompts` for GRPO."""
+    prompt/completion pairs, `preferences` (prompt, chosen, rejected), `prompts` for GRPO,
+    or `labeled` texts (a text, optionally a second text, and a label) for classifiers."""
     weight: float = marked("mixture", 1.0, gt=0)
     """Mixture weight of this source in the pretraining blend (relative to other sources)."""
     separator: str | None = None
@@ -73,6 +74,12 @@ class Source(SpecModel):
     """Field holding the dispreferred answer of a preference record."""
     answer_field: str = "answer"
     """Field holding the reference answer of a GRPO prompt record."""
+    label_field: str = added("label")
+    """Field holding the label of a labeled record: a string, or an integer taken as its
+    name."""
+    pair_field: str | None = added(None)
+    """Field holding a labeled record's second text (the hypothesis of an entailment pair,
+    say); single texts when omitted."""
     on_error: Literal["error", "skip"] = "error"
     """What a malformed record does: stop with an error naming file and line, or be
     skipped, counted and reported."""

@@ -78,6 +78,19 @@ data = "prefs"
 steps = 2
 global_batch = 4
 
+[[data.sources]]
+name = "labeled"
+path = "data/prefs.jsonl"
+role = "labeled"
+
+[[stage]]
+name = "cls"
+kind = "classify"
+from = "sft"
+data = "labeled"
+steps = 2
+global_batch = 4
+
 [[stage]]
 name = "rl"
 kind = "grpo"
@@ -104,6 +117,11 @@ stage = "rl"
 [[export]]
 format = "onnx"
 stage = "dpo-ref"
+
+[[eval]]
+name = "labels"
+kind = "classification"
+stages = ["cls"]
 
 [[eval]]
 name = "fit"
@@ -173,7 +191,9 @@ def test_every_reference_is_an_edge_whose_key_enters_the_node_key(tmp_path):
             for o in omitted:
                 node = node_name(table, item, (each or [None])[0])
                 inputs = planned.graph[node].inputs
-                assert inputs[o.slot("books")] == "tokenize:books", (node, o.field)
+                # an omitted reference stands for every source of its role
+                named = {"pretrain": "books", "labeled": "labeled"}[o.mark.omitted]
+                assert inputs[o.slot(named)] == f"tokenize:{named}", (node, o.field)
     tok = planned.graph["tokenizer"]
     assert tok.inputs == {"text:books": "source:books"}
     assert checked >= 20

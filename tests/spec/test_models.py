@@ -61,6 +61,7 @@ def test_execution_only_fields_are_pinned():
     # Changing this list changes which edits rebuild nodes: review it deliberately.
     assert _roles("execution") == sorted(
         [
+            "Classification.batch_size",
             "LmEval.batch_size",
             "Parallelism.cpus_per_rank",
             "Parallelism.data",
@@ -74,7 +75,7 @@ def test_execution_only_fields_are_pinned():
             "Perplexity.batch_size",
             *[
                 f"{k}.{f}"
-                for k in ("Distill", "Dpo", "Grpo", "Lora", "Pretrain", "RewardModel", "Sft")
+                for k in ("Classify", "Distill", "Dpo", "Grpo", "Lora", "Pretrain", "RewardModel", "Sft")
                 for f in ("checkpoint_every", "eval_every", "log_every")
             ],
             "TrainConfig.parallelism",
@@ -88,6 +89,7 @@ FIXED = ("Source", "Tokenizer")
 def test_content_paths_match_the_schema():
     content = _roles("content")
     assert content == [
+        "Classification.files",
         "Import.checkpoint",
         "LmEval.include_path",
         "Perplexity.files",

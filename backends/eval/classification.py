@@ -1,0 +1,229 @@
+"""The ``classification`` eval: a classifier stage's predictions on the validation split
+of labeled sources and on listed files, scored by scikit-learn (accuracy, macro and micro
+F1, each label's precision and recall, the confusion matrix), with the confusion matrix
+drawn as a PNG beside the results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmbuild.errors import UserError
+
+
+def load_classifier(artifact: Any) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
+    """A classify stage's model with its head attached (``model.classifier``), its config
+    and its label names."""
+    from llmbuild.backends.megatron.artifact import StageArtifact
+    from llmbuild.backends.megatron.objectives import ValueHead
+
+    stage = StageArtifact.open(artifact)
+    labels = stage.labels
+    model, config = stage.load_model()
+    hidden = config["architecture"]["hidden"]
+    model.classifier = ValueHead(model, hidden, len(labels), bias=False)
+    head = {k.removeprefix("classifier."): v for k, v in stage.classifier().items()}
+    model.classifier.load_state_dict(head)
+    model.classifier.eval()
+    return model, config, labels
+
+
+def logits(model: Any, samples: Any, batch_size: int) -> Any:
+    """The head's logits ``[n, labels]`` for every text of ``samples`` (in order)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            batch = samples.batch(list(range(start, min(start + batch_size, len(samples)))))
+            out.append(model.classifier.scores(model, batch, "fp32"))
+    return torch.cat(out) if out else torch.zeros(0, model.classifier.outputs)
+
+
+class Texts:
+    """Labeled texts of a jsonl file (``text``, ``label``, and ``pair`` for pairs),
+    tokenized as a classify stage reads its source's."""
+
+    def __init__(self, path: Path, tok: Any, labels: tuple[str, ...], seq_len: int) -> None:
+        from llmbuild.backends.megatron.posttrain_data import fit_text
+
+        ids = {name: i for i, name in enumerate(labels)}
+        self.docs: list[tuple[Any, int]] = []
+        self.truncated = 0
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                text, label, pair = rec["text"], str(rec["label"]), rec.get("pair")
+                tokens, cut = fit_text(
+                    tok.encode(text),
+                    None if pair is None else tok.encode(pair),
+                    seq_len,
+                    tok.eos_id,
+                )
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(
+                    f"{path}:{n}: a labeled text needs string fields 'text' and 'label' "
+                    f"({type(e).__name__}: {e})"
+                ) from None
+            if label not in ids:
+                raise UserError(
+                    f"{path}:{n}: label {label!r} is not one the classifier knows "
+                    f"({', '.join(labels)})"
+                )
+            self.docs.append((tokens, ids[label]))
+            self.truncated += cut
+        self.seq_len, self.pad = seq_len, tok.pad_id
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        from llmbuild.backends.megatron.posttrain_data import labeled_batch
+
+        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad)
+
+
+def scores(truth: list[int], predicted: list[int], labels: tuple[str, ...]) -> dict[str, Any]:
+    """scikit-learn's measures of ``predicted`` against ``truth`` (label ids)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=ids, zero_division=0
+    )
+    return {
+        "texts": len(truth),
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=ids, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(truth, predicted, labels=ids, average="micro", zero_division=0)),
+        "per_label": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(labels)
+        },
+        "confusion": confusion_matrix(truth, predicted, labels=ids).tolist(),
+    }
+
+
+def confusion_png(
+    path: Path, title: str, confusion: list[list[int]], labels: tuple[str, ...]
+) -> None:
+    """The confusion matrix (rows: true labels, columns: predicted) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    size = min(2.5 + 0.45 * n, 14)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    top = max((max(row) for row in confusion), default=0)
+    for i, row in enumerate(confusion):
+        for j, v in enumerate(row):
+            color = "white" if top and v > top / 2 else "black"
+            ax.text(j, i, str(v), ha="center", va="center", color=color, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
+    """The results as markdown: one row per data set, then each one's matrix."""
+    out = ["| data | texts | accuracy | macro F1 | micro F1 |", "| --- | --- | --- | --- | --- |"]
+    out += [
+        f"| {name} | {r['texts']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+        f"{r['micro_f1']:.4f} |"
+        for name, r in results.items()
+    ]
+    for name, r in results.items():
+        out += ["", f"{name}: precision and recall by label, then true label by predicted", ""]
+        out += ["| label | precision | recall | support |", "| --- | --- | --- | --- |"]
+        out += [
+            f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['support']} |"
+            for label, m in r["per_label"].items()
+        ]
+        out += ["", "| true \\ predicted | " + " | ".join(labels) + " |"]
+        out += ["| --- " * (len(labels) + 1) + "|"]
+        out += [
+            f"| {label} | " + " | ".join(str(v) for v in row) + " |"
+            for label, row in zip(labels, r["confusion"])
+        ]
+    return out
+
+
+def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
+    """Scores on every labeled source's validation split and every listed file; writes
+    each one's predictions (``predictions.jsonl``) and confusion matrix
+    (``confusion-<data>.png``)."""
+    from llmbuild.backends.megatron.posttrain_data import LabeledSamples
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+
+    from llmbuild.plan.digest import expand
+
+    model, config, labels = load_classifier(ctx.input("model"))
+    seq_len = config["architecture"]["seq_len"]
+    tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
+    sets: dict[str, Any] = {}
+    for slot, artifact in sorted(ctx.inputs.items()):
+        if slot.startswith("data:"):
+            source = {slot[5:]: str(artifact.path)}
+            samples = LabeledSamples(
+                source, "validation", seq_len, tok.pad_id, tok.eos_id, labels, 0
+            )
+            if len(samples):
+                sets[slot[5:]] = samples
+            else:
+                ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
+    for pattern in suite.files:
+        for path in expand(pattern):
+            sets[Path(path).name] = Texts(Path(path), tok, labels, seq_len)
+    if not sets:
+        raise UserError(
+            "nothing to measure: the labeled sources have no validation texts and no files "
+            "are listed; set [data.split] validation, or list jsonl files in `files`"
+        )
+    results = {}
+    with open(ctx.out_dir / "predictions.jsonl", "w") as f:
+        for name, samples in sets.items():
+            probs = logits(model, samples, suite.batch_size).softmax(-1)
+            predicted = probs.argmax(-1).tolist()
+            truth = [label for _, label in samples.docs]
+            results[name] = scores(truth, predicted, labels)
+            results[name]["truncated"] = samples.truncated
+            for t, p, row in zip(truth, predicted, probs.tolist()):
+                f.write(
+                    json.dumps(
+                        {
+                            "data": name,
+                            "label": labels[t],
+                            "predicted": labels[p],
+                            "probabilities": [round(x, 6) for x in row],
+                        }
+                    )
+                    + "\n"
+                )
+            title = f"{ctx.config.stage} on {name}"
+            confusion_png(
+                ctx.out_dir / f"confusion-{name}.png", title, results[name]["confusion"], labels
+            )
+    for name, r in results.items():
+        for k in ("accuracy", "macro_f1", "micro_f1"):
+            ctx.metrics[f"{name}.{k}"] = r[k]
+    ctx.metrics["labels"] = list(labels)
+    return results, table(results, labels)

@@ -1,0 +1,238 @@
+"""The classify stage on megatron-core (CPU): a decoder with a linear head over each
+text's last token learns labels from a labeled-role source; the label mapping is made once
+from the data (or the spec) and checked before any rank starts."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmbuild.plan import plan_spec
+from llmbuild.plan.digest import StatCache
+from llmbuild.spec.load import load_spec
+from tests.backends.conftest import artifact, run_nodes
+from tests.backends.posttrain_spec import posttrain_spec
+from tests.conftest import suite_store
+
+SUMS = """
+[[data.sources]]
+name = "sums"
+path = "data/sums.jsonl"
+role = "labeled"
+"""
+CLASSIFY = """
+[[stage]]
+name = "cls"
+kind = "classify"
+from = "pretrain"
+data = "sums"
+steps = 80
+global_batch = 16
+lr = 2e-3
+eval_batches = 4
+checkpoint_every = 20
+"""
+
+
+def write_sums(path: Path, n: int = 600, seed: int = 3) -> None:
+    """Sums of two numbers below 50, labeled by whether the sum reaches 50."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for _ in range(n):
+            a, b = rng.randrange(50), rng.randrange(50)
+            label = "big" if a + b >= 50 else "small"
+            f.write(json.dumps({"text": f"{a:02d}+{b:02d}={a + b:02d}", "label": label}) + "\n")
+
+
+def classify_spec(root: Path, stages: str = CLASSIFY) -> Path:
+    spec = posttrain_spec(root, stages, SUMS)
+    write_sums(root / "data" / "sums.jsonl")
+    return spec
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classify")
+    spec = classify_spec(root)
+    store = suite_store(tmp_path_factory)
+    outcome = run_nodes(spec, store, ("stage:cls",))
+    assert outcome.ok, outcome.log
+    return spec, store, outcome
+
+
+def test_the_classifier_learns_the_labels(built):
+    _, store, outcome = built
+    m = outcome.results["stage:cls"].record.metrics
+    counts = json.loads((artifact(outcome, store, "tokenize:sums") / "datasets.json").read_text())
+    valid = counts["labels"]["validation"]
+    majority = max(valid.values()) / sum(valid.values())
+    print(f"val accuracy {m['initial_val_accuracy']:.3f} -> {m['val_accuracy']:.3f}, "
+          f"majority {majority:.3f}")  # fmt: skip
+    assert m["val_accuracy"] > majority + 0.2, (m, majority)
+    assert m["val_loss"] < m["initial_val_loss"]
+    assert m["classes"] == 2 and m["truncated"] == 0
+    out = artifact(outcome, store, "stage:cls")
+    config = json.loads((out / "config.json").read_text())
+    assert config["labels"] == ["big", "small"]  # the training split's labels, sorted
+    from safetensors.torch import load_file
+
+    head = load_file(str(out / "classifier.safetensors"))
+    assert (
+        list(head) == ["classifier.score.weight"] and head["classifier.score.weight"].shape[0] == 2
+    )
+
+
+def _metrics(store: Path, outcome, name: str) -> list[dict]:
+    path = artifact(outcome, store, name) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_classifier_resumes_exactly_after_a_kill(built, tmp_path):
+    from tests.backends.conftest import kill_after_checkpoint
+    from tests.conftest import artifact_dirs, private_copy
+
+    spec, kept, outcome = built
+    store = private_copy(kept, tmp_path / "store")
+    for d in artifact_dirs(store, "stage:cls"):
+        shutil.rmtree(d)
+    marker = kill_after_checkpoint(spec, store, "stage:cls")
+    assert json.loads(marker.read_text())["step"] == 20
+    resumed = run_nodes(spec, store, ("stage:cls",))
+    assert resumed.ok, resumed.log
+    assert "resume from step 20" in resumed.log
+    a, b = _metrics(kept, outcome, "stage:cls"), _metrics(store, resumed, "stage:cls")
+    assert [r["loss"] for r in a[20:]] == [r["loss"] for r in b[20:]]
+    done = outcome.results["stage:cls"].record.output_digest
+    assert done == resumed.results["stage:cls"].record.output_digest
+
+
+def test_editing_the_labels_rebuilds_the_classifier_only(built):
+    spec, _, _ = built
+
+    def keys(overrides=()):
+        planned = plan_spec(load_spec(spec, overrides), cache=StatCache())
+        return {name: k.key for name, k in planned.keys.items()}
+
+    before = keys()
+    for edit in ('stage.cls.labels=["small", "big"]', "stage.cls.class_weights={big = 2.0}"):
+        after = keys([edit])
+        assert {n for n in before if before[n] != after[n]} == {"stage:cls"}, edit
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ('["big", "small", "huge"]', "no training text has the label 'huge'"),
+        ('["big", "medium"]', "the data has labels the stage does not list: 'small'"),
+    ],
+)
+def test_a_label_mapping_that_does_not_fit_the_data_is_a_plain_error(
+    built, tmp_path, labels, message
+):
+    from tests.conftest import private_copy
+
+    spec, kept, _ = built
+    store = private_copy(kept, tmp_path / "store")
+    outcome = run_nodes(spec, store, ("stage:cls",), [f"stage.cls.labels={labels}"])
+    assert not outcome.ok
+    result = outcome.results["stage:cls"]
+    assert message in result.detail and "Traceback" not in result.detail, result.detail
+
+
+def test_labels_only_in_validation_or_of_one_kind_are_refused():
+    from llmbuild.backends.megatron.labels import label_names
+    from llmbuild.backends.megatron.spec import Classify
+
+    from llmbuild.errors import UserError
+
+    stage = Classify.model_validate(
+        {"name": "c", "kind": "classify", "from": "p", "data": "d", "steps": 1, "global_batch": 1}
+    )
+    both = {"train": {"a": 3, "b": 2}, "validation": {"a": 1}}
+    assert label_names("stage:c", stage, both) == ("a", "b")
+    with pytest.raises(UserError, match=r"validation split has labels no training text has: 'c'"):
+        label_names("stage:c", stage, {"train": {"a": 3, "b": 1}, "validation": {"c": 2}})
+    with pytest.raises(UserError, match="needs at least two labels"):
+        label_names("stage:c", stage, {"train": {"a": 3}, "validation": {}})
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text": "01+02=03"}', "missing field 'label'"),
+        ('{"text": "01+02=03", "label": ""}', "must be a non-empty string or an integer"),
+        ('{"text": "01+02=03", "label": [1]}', "field 'label' must be"),
+        ('{"label": "big"}', "missing field 'text'"),
+    ],
+)
+def test_a_bad_labeled_record_is_located(tmp_path, line, message):
+    spec = classify_spec(tmp_path)
+    with (tmp_path / "data" / "sums.jsonl").open("a") as f:
+        f.write(line + "\n")
+    outcome = run_nodes(spec, tmp_path / "store", ("source:sums",))
+    assert not outcome.ok
+    error = outcome.results["source:sums"].detail
+    assert message in error and "sums.jsonl:601" in error, error
+
+
+CLASSIFICATION = """
+[[eval]]
+name = "labels"
+kind = "classification"
+stages = ["cls"]
+files = ["data/more.jsonl"]
+"""
+
+
+def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+    from tests.conftest import private_copy
+
+    _, kept, _ = built
+    spec = classify_spec(tmp_path, CLASSIFY + CLASSIFICATION)  # the same data, so the same keys
+    write_sums(tmp_path / "data" / "more.jsonl", n=60, seed=11)
+    store = private_copy(kept, tmp_path / "store")
+    outcome = run_nodes(spec, store, ("eval:labels@cls",))
+    assert outcome.ok, outcome.log
+    assert outcome.results["stage:cls"].state == "cached"
+    out = artifact(outcome, store, "eval:labels@cls")
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert set(results) == {"sums", "more.jsonl"}
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    labels = ["big", "small"]
+    for name, r in results.items():
+        truth = [x["label"] for x in rows if x["data"] == name]
+        predicted = [x["predicted"] for x in rows if x["data"] == name]
+        assert r["texts"] == len(truth) > 0
+        assert r["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+        assert r["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+        assert r["micro_f1"] == pytest.approx(f1_score(truth, predicted, average="micro"))
+        recall = recall_score(truth, predicted, average=None, labels=labels)
+        assert [r["per_label"][n]["recall"] for n in labels] == pytest.approx(list(recall))
+        assert r["confusion"] == confusion_matrix(truth, predicted, labels=labels).tolist()
+        assert r["accuracy"] > 0.8, r
+        assert (out / f"confusion-{name}.png").read_bytes()[:4] == b"\x89PNG"
+    # the file's true labels are the file's, in order
+    more = [json.loads(line)["label"] for line in (tmp_path / "data" / "more.jsonl").open()]
+    assert [x["label"] for x in rows if x["data"] == "more.jsonl"] == more
+    record = outcome.results["eval:labels@cls"].record
+    assert record.metrics["more.jsonl.accuracy"] == results["more.jsonl"]["accuracy"]
+    assert "| true \\ predicted | big | small |" in (out / "results.md").read_text()
+
+
+def test_a_classification_eval_of_a_stage_that_is_no_classifier_is_located(tmp_path):
+    from llmbuild.errors import SpecError
+
+    suite = CLASSIFICATION.replace('["cls"]', '["pretrain"]').replace(
+        'files = ["data/more.jsonl"]\n', ""
+    )
+    spec = classify_spec(tmp_path, CLASSIFY + suite)
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    assert "eval[0].stages[0]: stage 'pretrain' is not of kind 'classify'" in str(e.value)
