@@ -75,7 +75,16 @@ def test_execution_only_fields_are_pinned():
             "Perplexity.batch_size",
             *[
                 f"{k}.{f}"
-                for k in ("Classify", "Distill", "Dpo", "Grpo", "Lora", "Pretrain", "RewardModel", "Sft")
+                for k in (
+                    "Classify",
+                    "Distill",
+                    "Dpo",
+                    "Grpo",
+                    "Lora",
+                    "Pretrain",
+                    "RewardModel",
+                    "Sft",
+                )
                 for f in ("checkpoint_every", "eval_every", "log_every")
             ],
             "TrainConfig.parallelism",
