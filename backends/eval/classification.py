@@ -12,35 +12,6 @@ from typing import Any
 from llmbuild.errors import UserError
 
 
-def load_classifier(artifact: Any) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
-    """A classify stage's model with its head attached (``model.classifier``), its config
-    and its label names."""
-    from llmbuild.backends.megatron.artifact import StageArtifact
-    from llmbuild.backends.megatron.objectives import ValueHead
-
-    stage = StageArtifact.open(artifact)
-    labels = stage.labels
-    model, config = stage.load_model()
-    hidden = config["architecture"]["hidden"]
-    model.classifier = ValueHead(model, hidden, len(labels), bias=False)
-    head = {k.removeprefix("classifier."): v for k, v in stage.classifier().items()}
-    model.classifier.load_state_dict(head)
-    model.classifier.eval()
-    return model, config, labels
-
-
-def logits(model: Any, samples: Any, batch_size: int) -> Any:
-    """The head's logits ``[n, labels]`` for every text of ``samples`` (in order)."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(samples), batch_size):
-            batch = samples.batch(list(range(start, min(start + batch_size, len(samples)))))
-            out.append(model.classifier.scores(model, batch, "fp32"))
-    return torch.cat(out) if out else torch.zeros(0, model.classifier.outputs)
-
-
 class Texts:
     """Labeled texts of a jsonl file (``text``, ``label``, and ``pair`` for pairs),
     tokenized as a classify stage reads its source's."""
@@ -171,12 +142,14 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     """Scores on every labeled source's validation split and every listed file; writes
     each one's predictions (``predictions.jsonl``) and confusion matrix
     (``confusion-<data>.png``)."""
+    from llmbuild.backends.megatron.artifact import StageArtifact
+    from llmbuild.backends.megatron.classifier import class_logits, load_classifier
     from llmbuild.backends.megatron.posttrain_data import LabeledSamples
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     from llmbuild.plan.digest import expand
 
-    model, config, labels = load_classifier(ctx.input("model"))
+    model, config, labels = load_classifier(StageArtifact.open(ctx.input("model")))
     seq_len = config["architecture"]["seq_len"]
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     sets: dict[str, Any] = {}
@@ -201,7 +174,7 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     results = {}
     with open(ctx.out_dir / "predictions.jsonl", "w") as f:
         for name, samples in sets.items():
-            probs = logits(model, samples, suite.batch_size).softmax(-1)
+            probs = class_logits(model, samples, suite.batch_size).softmax(-1)
             predicted = probs.argmax(-1).tolist()
             truth = [label for _, label in samples.docs]
             results[name] = scores(truth, predicted, labels)

@@ -25,10 +25,29 @@ class ExportKind(Kind):
     def labels(self, item: Any) -> dict[str, str]:
         return {"export": node_name("export", item).replace("export:", "export.", 1)}
 
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        stage = view.stages.get(item.stage)
+        if item.format in CLASSIFIER_FORMATS or getattr(stage, "kind", None) != "classify":
+            return []
+        return [
+            Problem(
+                f"{item.stage!r} is a classifier, which exports as "
+                f"{' or '.join(CLASSIFIER_FORMATS)} (its class head), not as {item.format}",
+                (*where, "format"),
+            )
+        ]
+
+
+CLASSIFIER_FORMATS = ("hf", "onnx")
+"""The formats a classify stage exports to: transformers' sequence classifier, and ONNX
+of it."""
+
 
 class PeftKind(ExportKind):
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
         stage = view.stages.get(item.stage)
+        if getattr(stage, "kind", None) == "classify":
+            return super().check(item, where, view)
         if stage is not None and not stage.has_adapters:
             return [
                 Problem(

@@ -140,6 +140,10 @@ def _quantize_int8(src: Path, dst: Path, external: bool) -> None:
 
 def export_onnx(ctx: Any, export: Any) -> None:
     stage, tokenizer = inputs(ctx)
+    if stage.labels:  # a classifier: class logits, no perplexity to measure
+        from llmbuild.backends.export.classifier import export_onnx_classifier
+
+        return export_onnx_classifier(ctx, export, stage, tokenizer)
     hf = hf_model(stage, tokenizer, ctx.node)
     out: Path = ctx.out_dir
     external = sum(p.numel() * 4 for p in hf.model.parameters()) > EXTERNAL_DATA_BYTES

@@ -152,6 +152,10 @@ def verify_hf(
 
 def export_hf(ctx: Any, dtype: str) -> None:
     stage, tokenizer = inputs(ctx)
+    if stage.labels:  # a classifier: <Family>ForSequenceClassification
+        from llmbuild.backends.export.classifier import export_hf_classifier
+
+        return export_hf_classifier(ctx, stage, tokenizer, dtype)
     hf = hf_model(stage, tokenizer, ctx.node)
     save_hf(hf, ctx.out_dir, tokenizer, dtype)
     diff = verify_hf(hf, ctx.out_dir, stage, dtype)

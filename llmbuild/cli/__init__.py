@@ -26,6 +26,7 @@ COMMANDS = {
     "show": ("llmbuild.cli.store_cmds", "print the record of a node or a build"),
     "gc": ("llmbuild.cli.store_cmds", "remove artifacts no recent build references"),
     "generate": ("llmbuild.cli.generate_cmd", "sample text from a built stage"),
+    "predict": ("llmbuild.cli.predict_cmd", "a built classifier's labels for texts"),
     "export": ("llmbuild.cli.export_cmd", "copy built exports out of the store into a folder"),
     "scaling": ("llmbuild.cli.scaling_cmd", "fitted scaling laws, and the optimum for a budget"),
     "status": ("llmbuild.cli.status_cmd", "what is built for a spec, and its eval results"),

@@ -5,8 +5,11 @@ from the data (or the spec) and checked before any rank starts."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from llmbuild.plan.digest import StatCache
 from llmbuild.spec.load import load_spec
 from tests.backends.conftest import artifact, run_nodes
 from tests.backends.posttrain_spec import posttrain_spec
-from tests.conftest import suite_store
+from tests.conftest import REPO, suite_store
 
 SUMS = """
 [[data.sources]]
@@ -236,3 +239,108 @@ def test_a_classification_eval_of_a_stage_that_is_no_classifier_is_located(tmp_p
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     assert "eval[0].stages[0]: stage 'pretrain' is not of kind 'classify'" in str(e.value)
+
+
+EXPORTS = """
+[[export]]
+format = "hf"
+stage = "cls"
+
+[[export]]
+format = "onnx"
+stage = "cls"
+
+[[export]]
+format = "onnx"
+stage = "cls"
+name = "cls-int8"
+quantize = "int8"
+"""
+
+
+def test_the_classifier_exports_to_transformers_and_onnx_with_its_logits(built, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tests.conftest import private_copy
+
+    _, kept, _ = built
+    spec = classify_spec(tmp_path, CLASSIFY + EXPORTS)
+    store = private_copy(kept, tmp_path / "store")
+    outcome = run_nodes(spec, store, ("export:hf@cls", "export:onnx@cls", "export:cls-int8"))
+    assert outcome.ok, outcome.log
+    hf_dir = artifact(outcome, store, "export:hf@cls")
+    m = outcome.results["export:hf@cls"].record.metrics
+    assert m["architecture"] == "GPT2ForSequenceClassification" and m["max_logit_diff"] < 1e-4
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    assert model.config.id2label == {0: "big", 1: "small"}
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    texts = ["07+48=55", "12+03=15", "30+29=59", "01+01=02"]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        predicted = model(**batch).logits.argmax(-1).tolist()
+    assert [model.config.id2label[p] for p in predicted] == ["big", "small", "big", "small"]
+    onnx = outcome.results["export:onnx@cls"].record.metrics
+    assert onnx["max_logit_diff"] < 1e-3 and onnx["labels"] == ["big", "small"]
+    session = ort.InferenceSession(str(artifact(outcome, store, "export:onnx@cls") / "model.onnx"))
+    feed = {k: batch[k].numpy().astype(np.int64) for k in ("input_ids", "attention_mask")}
+    assert session.run(["logits"], feed)[0].argmax(-1).tolist() == predicted
+    assert outcome.results["export:cls-int8"].record.metrics["int8_label_agreement"] >= 0.9
+
+
+def test_a_classifier_exported_as_gguf_is_a_located_error(tmp_path):
+    from llmbuild.errors import SpecError
+
+    spec = classify_spec(tmp_path, CLASSIFY + '[[export]]\nformat = "gguf"\nstage = "cls"\n')
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    assert "export[0].format: 'cls' is a classifier, which exports as hf or onnx" in str(e.value)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "llmbuild", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
+    spec, store, _ = built
+    texts = ["07+48=55", "12+03=15"]
+    r = _cli(
+        "predict",
+        str(spec),
+        "--store",
+        str(store),
+        "--text",
+        texts[0],
+        "--text",
+        texts[1],
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["label"] for row in rows] == ["big", "small"]
+    assert [row["text"] for row in rows] == texts
+    for row in rows:
+        assert set(row["probabilities"]) == {"big", "small"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["probabilities"][row["label"]] > 0.5
+    listed = tmp_path / "texts.txt"
+    listed.write_text("\n".join(texts) + "\n")
+    r = _cli("predict", str(spec), "--store", str(store), "--stage", "cls", "--file", str(listed))
+    assert r.returncode == 0, r.stderr
+    assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["big", "small"]
+    r = _cli("predict", str(spec), "--store", str(store), "--stage", "pretrain", "--text", "x")
+    assert r.returncode == 2 and "'pretrain' is not a classify stage" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "01+02=03"}\n{"txt": 1}\n')
+    r = _cli("predict", str(spec), "--store", str(store), "--file", str(bad))
+    assert r.returncode == 2 and "bad.jsonl:2" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -1,0 +1,207 @@
+"""A classify stage as a transformers ``<Family>ForSequenceClassification`` directory: the
+family's weights without the language-model head, the classifier as ``score``, and the
+label names as ``id2label``. Proven by loading it with
+``AutoModelForSequenceClassification`` and comparing its logits with the megatron
+classifier's, on a right-padded batch whose texts end at different positions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmbuild.backends.export.run import TOLERANCE, HfModel, VerificationError, save_hf_extras
+from llmbuild.backends.megatron.artifact import StageArtifact
+from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+
+
+def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> HfModel:
+    """The classifier converted to transformers (float32), checked to load completely."""
+    from llmbuild.backends.families import Unsupported, family_of
+    from transformers import AutoModelForSequenceClassification
+
+    from llmbuild.errors import UserError
+
+    arch, vocab, labels = stage.architecture, stage.vocab_size, stage.labels
+    special = tokenizer.special_ids
+    family = family_of(arch)
+    try:
+        config = family.hf_config(arch, vocab, special)
+    except Unsupported as e:
+        raise UserError(f"{node}: cannot export this architecture: {e}") from None
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    state = {
+        k: v
+        for k, v in family.to_hf(stage.weights(), arch, vocab).items()
+        if not k.startswith("lm_head.")
+    }
+    state["score.weight"] = stage.classifier()["classifier.score.weight"].float()
+    model = AutoModelForSequenceClassification.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"weight conversion mismatch: missing {missing}, unexpected {unexpected}"
+        )
+    return HfModel(model.eval(), arch, family, vocab, special, stage.name)
+
+
+def verification_batch(vocab: int, pad: int, seq: int, seed: int = 0) -> list[list[int]]:
+    """Random texts of different lengths (no pad token inside, so transformers finds each
+    one's last token as we do)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = [seq, max(1, seq // 2), max(1, seq // 3), 1]
+    out = []
+    for n in lengths:
+        ids = torch.randint(0, vocab, (n,), generator=g)
+        ids[ids == pad] = (pad + 1) % vocab
+        out.append(ids.tolist())
+    return out
+
+
+def reference(stage: StageArtifact, pad: int) -> tuple[Any, Any, Any]:
+    """A right-padded verification batch (ids, mask) and our classifier's logits on it."""
+    import torch
+    from llmbuild.backends.megatron.classifier import Encoded, class_logits, load_classifier
+
+    model, config, _ = load_classifier(stage)
+    seq = min(config["architecture"]["seq_len"], 32)
+    texts = verification_batch(config["vocab_size"], pad, seq)
+    ours = class_logits(model, Encoded(texts, seq, pad), len(texts))
+    ids = torch.full((len(texts), seq), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, t in enumerate(texts):
+        ids[r, : len(t)] = torch.tensor(t)
+        mask[r, : len(t)] = 1
+    return ids, mask, ours
+
+
+def max_class_logit_difference(stage: StageArtifact, hf_dir: Path, pad: int) -> float:
+    """Our classifier's logits against the saved directory's, on a right-padded batch."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    ids, mask, ours = reference(stage, pad)
+    theirs_model = AutoModelForSequenceClassification.from_pretrained(
+        str(hf_dir), dtype=torch.float32
+    ).eval()
+    with torch.no_grad():
+        theirs = theirs_model(input_ids=ids, attention_mask=mask).logits.float()
+    return float((ours - theirs).abs().max())
+
+
+def export_hf_classifier(
+    ctx: Any, stage: StageArtifact, tokenizer: TokenizerArtifact, dtype: str
+) -> None:
+    import torch
+
+    hf = hf_classifier(stage, tokenizer, ctx.node)
+    hf.model.to(getattr(torch, dtype)).save_pretrained(str(ctx.out_dir), safe_serialization=True)
+    save_hf_extras(hf, ctx.out_dir, tokenizer)
+    diff = max_class_logit_difference(stage, ctx.out_dir, hf.special["pad_token_id"])
+    if diff > TOLERANCE[dtype]:
+        raise VerificationError(
+            f"the class logits of the export differ from the trained classifier's by "
+            f"{diff:.2e} (tolerance {TOLERANCE[dtype]:.0e}): the conversion is wrong"
+        )
+    ctx.metrics.update(
+        {
+            "max_logit_diff": diff,
+            "format": "hf",
+            "dtype": dtype,
+            "architecture": type(hf.model).__name__,
+            "labels": list(stage.labels),
+        }
+    )
+    ctx.log.info("hf classifier export verified: max logit difference %.2e", diff)
+
+
+def _onnx_export(model: Any, seq_len: int, path: Path, opset: int) -> None:
+    import warnings
+
+    import torch
+
+    class Logits(torch.nn.Module):
+        """``input_ids, attention_mask -> logits [batch, labels]`` (right padding)."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    example = torch.ones((2, max(2, min(8, seq_len))), dtype=torch.long)
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence", max=max(seq_len, example.shape[1]))
+    axes = {0: batch, 1: sequence}
+    warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same")
+    program = torch.onnx.export(
+        Logits(model).eval(),
+        (example, torch.ones_like(example)),
+        dynamo=True,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+        opset_version=opset,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+def export_onnx_classifier(
+    ctx: Any, export: Any, stage: StageArtifact, tokenizer: TokenizerArtifact
+) -> None:
+    """The classifier as ONNX (``input_ids, attention_mask -> logits``), proven with
+    onnxruntime against our classifier on a right-padded batch; ``int8`` then quantizes
+    it and proves it picks the float32 model's label on that batch."""
+    import tempfile
+
+    from llmbuild.backends.export.onnx_export import (
+        MIN_INT8_AGREEMENT,
+        _quantize_int8,
+        _session,
+    )
+    from llmbuild.backends.export.onnx_export import TOLERANCE as ONNX_TOLERANCE
+
+    hf = hf_classifier(stage, tokenizer, ctx.node)
+    pad = hf.special["pad_token_id"]
+    ids, mask, ours = reference(stage, pad)
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    out: Path = ctx.out_dir
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        _onnx_export(hf.model, hf.arch.seq_len, fp32, export.opset)
+        fp32_logits = _session(fp32).run(["logits"], feed)[0]
+        diff = float(abs(fp32_logits - ours.numpy()).max())
+        if diff > ONNX_TOLERANCE:
+            raise VerificationError(
+                f"onnxruntime's class logits differ from the trained classifier's by "
+                f"{diff:.2e} (tolerance {ONNX_TOLERANCE:.0e}): the onnx export is wrong"
+            )
+        metrics: dict[str, Any] = {
+            "format": "onnx",
+            "opset": export.opset,
+            "quantize": export.quantize,
+            "max_logit_diff": diff,
+            "labels": list(stage.labels),
+        }
+        if export.quantize == "int8":
+            _quantize_int8(fp32, out / "model.onnx", False)
+            int8 = _session(out / "model.onnx").run(["logits"], feed)[0]
+            agreement = float((int8.argmax(-1) == fp32_logits.argmax(-1)).mean())
+            metrics["int8_label_agreement"] = agreement
+            if agreement < MIN_INT8_AGREEMENT:
+                raise VerificationError(
+                    f"the int8 classifier picks the float32 one's label for only "
+                    f"{agreement:.0%} of the texts (needed {MIN_INT8_AGREEMENT:.0%})"
+                )
+        else:
+            fp32.replace(out / "model.onnx")
+    hf.model.config.save_pretrained(str(out))
+    save_hf_extras(hf, out, tokenizer)
+    metrics["onnx_bytes"] = (out / "model.onnx").stat().st_size
+    ctx.metrics.update(metrics)
+    ctx.log.info("onnx classifier export verified: max logit difference %.2e", diff)

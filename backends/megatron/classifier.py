@@ -1,0 +1,51 @@
+"""A classify stage's model on this machine: the megatron model with its head attached,
+and its logits over labeled texts (evals, exports, ``llmbuild predict``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmbuild.backends.megatron.artifact import StageArtifact
+
+
+def load_classifier(stage: StageArtifact) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
+    """The stage's model (one rank, eval mode) with its head as ``model.classifier``, its
+    config and its label names."""
+    from llmbuild.backends.megatron.objectives import ValueHead
+
+    labels = stage.labels
+    head = stage.classifier()  # a UserError when the stage is no classifier
+    model, config = stage.load_model()
+    model.classifier = ValueHead(model, config["architecture"]["hidden"], len(labels), bias=False)
+    model.classifier.load_state_dict({k.removeprefix("classifier."): v for k, v in head.items()})
+    model.classifier.eval()
+    return model, config, labels
+
+
+def class_logits(model: Any, samples: Any, batch_size: int) -> Any:
+    """The head's float32 logits ``[n, labels]`` for every text of ``samples`` (anything
+    with ``len`` and ``batch(indices)`` giving ``labeled_batch``'s batches), in order."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            batch = samples.batch(list(range(start, min(start + batch_size, len(samples)))))
+            out.append(model.classifier.scores(model, batch, "fp32"))
+    return torch.cat(out) if out else torch.zeros(0, model.classifier.outputs)
+
+
+class Encoded:
+    """Token sequences (already cut to fit) as ``class_logits`` reads them; no labels."""
+
+    def __init__(self, sequences: list[Any], seq_len: int, pad: int) -> None:
+        self.docs = [(ids, 0) for ids in sequences]
+        self.seq_len, self.pad = seq_len, pad
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        from llmbuild.backends.megatron.posttrain_data import labeled_batch
+
+        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad)

@@ -1,0 +1,124 @@
+"""``llmbuild predict``: a built classifier's labels, with their probabilities, for texts
+given on the command line or in a file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.errors import UserError
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    add_spec_arguments(p)
+    add_store_argument(p)
+    p.add_argument("--stage", help="classifier stage (default: the last classify stage)")
+    texts = p.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    texts.add_argument(
+        "--file",
+        type=Path,
+        help="texts to classify: a .jsonl file of records with `text` (and `pair`), or one "
+        "text per line",
+    )
+    p.add_argument("--pair", help="the second text of a pair, with one --text")
+    p.add_argument("--top", type=int, default=3, help="labels shown per text (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text")
+
+
+def _texts(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    if args.text:
+        if args.pair is not None and len(args.text) != 1:
+            raise UserError("--pair goes with exactly one --text")
+        return [(t, args.pair) for t in args.text]
+    try:
+        lines = args.file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {args.file}: {e}") from None
+    if args.file.suffix != ".jsonl":
+        return [(line, None) for line in lines if line.strip()]
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            text, pair = rec["text"], rec.get("pair")
+            if not isinstance(text, str) or not isinstance(pair, (str, type(None))):
+                raise TypeError("`text` and `pair` must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(
+                f"{args.file}:{n}: a record needs a string field `text` ({e})"
+            ) from None
+        out.append((text, pair))
+    if not out:
+        raise UserError(f"{args.file} holds no texts")
+    return out
+
+
+def _stage_node(resolved: Any, wanted: str | None) -> str:
+    classifiers = [s.name for s in resolved.spec.stage if s.kind == "classify"]
+    if wanted is None:
+        if not classifiers:
+            raise UserError(f"{resolved.path} has no classifier (a stage of kind classify)")
+        return f"stage:{classifiers[-1]}"
+    if wanted not in classifiers:
+        names = ", ".join(classifiers) or "none"
+        raise UserError(
+            f"{wanted!r} is not a classify stage of {resolved.path} (classifiers: {names})"
+        )
+    return f"stage:{wanted}"
+
+
+def predict(
+    stage_input: Any, tok_input: Any, texts: list[tuple[str, str | None]]
+) -> tuple[tuple[str, ...], Any]:
+    """The label names and each text's probabilities ``[n, labels]``."""
+    from llmbuild.backends.megatron.artifact import StageArtifact
+    from llmbuild.backends.megatron.classifier import Encoded, class_logits, load_classifier
+    from llmbuild.backends.megatron.posttrain_data import fit_text
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+
+    tok = TokenizerArtifact.open(tok_input.path)
+    model, config, labels = load_classifier(StageArtifact.open(stage_input))
+    seq = config["architecture"]["seq_len"]
+    encoded = []
+    for text, pair in texts:
+        ids, _ = fit_text(
+            tok.encode(text), None if pair is None else tok.encode(pair), seq, tok.eos_id
+        )
+        encoded.append(ids if len(ids) else [tok.eos_id])
+    probs = class_logits(model, Encoded(encoded, seq, tok.pad_id), 32).softmax(-1)
+    return labels, probs
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmbuild.cli.generate_cmd import _built
+    from llmbuild.plan import plan_spec
+    from llmbuild.spec.load import load_spec
+
+    texts = _texts(args)
+    resolved = load_spec(args.spec, args.overrides)
+    store = open_store(args, resolved.path)
+    planned = plan_spec(resolved, store=store, cache=store.cache)
+    node = _stage_node(resolved, args.stage)
+    labels, probs = predict(
+        _built(store, planned, node, args.spec),
+        _built(store, planned, "tokenizer", args.spec),
+        texts,
+    )
+    top = max(1, min(args.top, len(labels)))
+    for (text, pair), row in zip(texts, probs.tolist()):
+        ranked = sorted(zip(labels, row), key=lambda lp: -lp[1])
+        if args.json:
+            out = {"text": text, **({"pair": pair} if pair is not None else {})}
+            out |= {"label": ranked[0][0], "probabilities": dict(zip(labels, row))}
+            sys.stdout.write(json.dumps(out) + "\n")
+        else:
+            shown = "  ".join(f"{name} {p:.3f}" for name, p in ranked[:top])
+            sys.stdout.write(f"{ranked[0][0]}\t{shown}\t{text}\n")
+    return 0
