@@ -344,3 +344,90 @@ def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
     bad.write_text('{"text": "01+02=03"}\n{"txt": 1}\n')
     r = _cli("predict", str(spec), "--store", str(store), "--file", str(bad))
     assert r.returncode == 2 and "bad.jsonl:2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+IMPORTED = """
+[[data.sources]]
+name = "sums"
+path = "sums.jsonl"
+role = "labeled"
+
+[data.split]
+validation = 0.1
+
+[[stage]]
+name = "cls"
+kind = "classify"
+from = "base"
+data = "sums"
+steps = 60
+global_batch = 16
+lr = 2e-3
+eval_batches = 4
+
+[[export]]
+format = "hf"
+stage = "cls"
+"""
+
+
+def test_a_classifier_from_an_imported_checkpoint_learns_and_exports(tmp_path_factory):
+    from tests.checkpoints import import_spec, write_checkpoint
+
+    root = tmp_path_factory.mktemp("classify-import")
+    ck = write_checkpoint(root / "ck", "llama", max_position_embeddings=32)
+    write_sums(root / "sums.jsonl")
+    spec = import_spec(root, ck, IMPORTED)
+    store = suite_store(tmp_path_factory)
+    outcome = run_nodes(spec, store, ("export:hf@cls",))
+    assert outcome.ok, outcome.log
+    m = outcome.results["stage:cls"].record.metrics
+    counts = json.loads((artifact(outcome, store, "tokenize:sums") / "datasets.json").read_text())
+    valid = counts["labels"]["validation"]
+    majority = max(valid.values()) / sum(valid.values())
+    assert m["val_accuracy"] > majority + 0.15, (m, majority)
+    hf = outcome.results["export:hf@cls"].record.metrics
+    assert hf["architecture"] == "LlamaForSequenceClassification"
+    assert hf["max_logit_diff"] < 1e-4
+
+
+def test_a_pair_follows_its_text_after_a_separator_and_the_longer_gives_way():
+    from llmbuild.backends.megatron.posttrain_data import fit_text
+
+    ids, cut = fit_text([1, 2, 3], [4, 5], 8, 0)
+    assert ids.tolist() == [1, 2, 3, 0, 4, 5] and not cut
+    ids, cut = fit_text(list(range(10, 30)), [4, 5], 8, 0)
+    assert ids.tolist() == [10, 11, 12, 13, 14, 0, 4, 5] and cut
+    ids, cut = fit_text([1, 2], list(range(10, 30)), 8, 0)
+    assert ids.tolist() == [1, 2, 0, 10, 11, 12, 13, 14] and cut
+    ids, cut = fit_text(list(range(10, 30)), None, 8, 0)
+    assert ids.tolist() == list(range(10, 18)) and cut
+
+
+def test_pairs_are_tokenized_beside_their_texts(tmp_path):
+    from llmbuild.backends.megatron.posttrain_data import LabeledSamples
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+
+    spec = classify_spec(tmp_path)
+    records = [{"q": f"{a:02d}+{a:02d}", "a": f"{2 * a:02d}", "label": a % 2} for a in range(40)]
+    (tmp_path / "data" / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec.write_text(
+        spec.read_text().replace(
+            'role = "labeled"', 'role = "labeled"\ntext_field = "q"\npair_field = "a"'
+        )
+    )
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenize:sums",))
+    assert outcome.ok, outcome.log
+    data = artifact(outcome, tmp_path / "store", "tokenize:sums")
+    tok = TokenizerArtifact.open(artifact(outcome, tmp_path / "store", "tokenizer"))
+    train = LabeledSamples({"sums": str(data)}, "train", 16, tok.pad_id, tok.eos_id, ("0", "1"), 0)
+    valid = LabeledSamples(
+        {"sums": str(data)}, "validation", 16, tok.pad_id, tok.eos_id, ("0", "1"), 0
+    )
+    assert len(train) + len(valid) == 40
+    for ids, label in train.docs + valid.docs:
+        text, pair = tok.decode(ids.tolist(), skip_special_tokens=False).split(
+            tok.decode([tok.eos_id], skip_special_tokens=False)
+        )
+        a = int(text.split("+")[0])
+        assert pair == f"{2 * a:02d}" and label == a % 2
