@@ -119,9 +119,8 @@ def export_hf_classifier(
 
 
 def _onnx_export(model: Any, seq_len: int, path: Path, opset: int) -> None:
-    import warnings
-
     import torch
+    from llmbuild.backends.export.onnx_export import export_program
 
     class Logits(torch.nn.Module):
         """``input_ids, attention_mask -> logits [batch, labels]`` (right padding)."""
@@ -133,22 +132,7 @@ def _onnx_export(model: Any, seq_len: int, path: Path, opset: int) -> None:
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    example = torch.ones((2, max(2, min(8, seq_len))), dtype=torch.long)
-    batch = torch.export.Dim("batch")
-    sequence = torch.export.Dim("sequence", max=max(seq_len, example.shape[1]))
-    axes = {0: batch, 1: sequence}
-    warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same")
-    program = torch.onnx.export(
-        Logits(model).eval(),
-        (example, torch.ones_like(example)),
-        dynamo=True,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_shapes={"input_ids": axes, "attention_mask": axes},
-        opset_version=opset,
-        verbose=False,
-    )
-    program.save(str(path))
+    export_program(Logits(model), seq_len, path, opset)
 
 
 def export_onnx_classifier(

@@ -89,6 +89,16 @@ def _torch_export(model: Any, seq_len: int, path: Path, opset: int, external: bo
                 use_cache=False,
             ).logits
 
+    export_program(Logits(model), seq_len, path, opset, external)
+
+
+def export_program(
+    module: Any, seq_len: int, path: Path, opset: int, external: bool = False
+) -> None:
+    """``module(input_ids, attention_mask)`` through the dynamo exporter, batch and sequence
+    dynamic (up to ``seq_len``)."""
+    import torch
+
     # A size-1 example dimension would be specialised away by torch.export.
     example = torch.zeros((2, max(2, min(8, seq_len))), dtype=torch.long)
     batch = torch.export.Dim("batch")
@@ -96,7 +106,7 @@ def _torch_export(model: Any, seq_len: int, path: Path, opset: int, external: bo
     axes = {0: batch, 1: sequence}  # the mask shares the ids' axes (hence their names)
     warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same")
     program = torch.onnx.export(
-        Logits(model).eval(),
+        module.eval(),
         (example, torch.ones_like(example)),
         dynamo=True,
         input_names=["input_ids", "attention_mask"],

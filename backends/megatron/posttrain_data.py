@@ -5,6 +5,7 @@ GRPO prompts with their answers, and labeled texts. Batches have fixed shapes ``
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +13,33 @@ import numpy as np
 import torch
 
 
+def _datasets(sources: dict[str, str], split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The path prefix and index entry of every non-empty dataset of the split, in a
+    stable order."""
+    for _, path in sorted(sources.items()):
+        index = json.loads((Path(path) / "datasets.json").read_text())
+        for d in index["datasets"]:
+            if d["split"] == split and d["documents"]:
+                yield str(Path(path) / d["prefix"]), d
+
+
+def _records(prefix: str, name: str) -> list[dict[str, Any]]:
+    """The jsonl records a dataset keeps beside its tokens (answers, labels)."""
+    with open(f"{prefix}.{name}.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
 def _documents(sources: dict[str, str], split: str, forms: tuple[str, ...]) -> list[tuple]:
     """Every document of the split, as one array per form, in a stable order."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     docs: list[tuple] = []
-    for _, path in sorted(sources.items()):
-        index = json.loads((Path(path) / "datasets.json").read_text())
-        for d in index["datasets"]:
-            if d["split"] != split or not d["documents"]:
-                continue
-            prefix = str(Path(path) / d["prefix"])
-            parts = [IndexedDataset(prefix + form, mmap=False) for form in forms]
-            extra = []
-            if forms == (".prompt",):
-                with open(prefix + ".answers.jsonl") as f:
-                    extra = [json.loads(line) for line in f]
-            for i in range(len(parts[0])):
-                row = tuple(np.asarray(p[i], dtype=np.int64) for p in parts)
-                docs.append(row + ((extra[i],) if extra else ()))
+    for prefix, _ in _datasets(sources, split):
+        parts = [IndexedDataset(prefix + form, mmap=False) for form in forms]
+        extra = _records(prefix, "answers") if forms == (".prompt",) else []
+        for i in range(len(parts[0])):
+            row = tuple(np.asarray(p[i], dtype=np.int64) for p in parts)
+            docs.append(row + ((extra[i],) if extra else ()))
     return docs
 
 
@@ -231,21 +240,14 @@ class LabeledSamples:
         ids = {name: i for i, name in enumerate(labels)}
         self.docs: list[tuple[np.ndarray, int]] = []
         self.truncated = 0
-        for _, path in sorted(sources.items()):
-            index = json.loads((Path(path) / "datasets.json").read_text())
-            for d in index["datasets"]:
-                if d["split"] != split or not d["documents"]:
-                    continue
-                prefix = str(Path(path) / d["prefix"])
-                texts = IndexedDataset(prefix, mmap=False)
-                pairs = IndexedDataset(prefix + ".pair", mmap=False) if d.get("pairs") else None
-                with open(prefix + ".labels.jsonl") as f:
-                    names = [json.loads(line)["label"] for line in f]
-                for i, name in enumerate(names):
-                    pair = None if pairs is None else pairs[i]
-                    tokens, cut = fit_text(texts[i], pair, seq_len, sep)
-                    self.truncated += cut
-                    self.docs.append((tokens, ids[name]))
+        for prefix, d in _datasets(sources, split):
+            texts = IndexedDataset(prefix, mmap=False)
+            pairs = IndexedDataset(prefix + ".pair", mmap=False) if d.get("pairs") else None
+            for i, record in enumerate(_records(prefix, "labels")):
+                pair = None if pairs is None else pairs[i]
+                tokens, cut = fit_text(texts[i], pair, seq_len, sep)
+                self.truncated += cut
+                self.docs.append((tokens, ids[record["label"]]))
         self.seq_len, self.pad = seq_len, pad
         self.order = _Epochs(len(self.docs), seed) if split == "train" and self.docs else None
 

@@ -195,12 +195,10 @@ files = ["data/more.jsonl"]
 def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-    from tests.conftest import private_copy
-
     _, kept, _ = built
     spec = classify_spec(tmp_path, CLASSIFY + CLASSIFICATION)  # the same data, so the same keys
     write_sums(tmp_path / "data" / "more.jsonl", n=60, seed=11)
-    store = private_copy(kept, tmp_path / "store")
+    store = kept  # its outputs are kept for the next run too
     outcome = run_nodes(spec, store, ("eval:labels@cls",))
     assert outcome.ok, outcome.log
     assert outcome.results["stage:cls"].state == "cached"
@@ -264,11 +262,9 @@ def test_the_classifier_exports_to_transformers_and_onnx_with_its_logits(built, 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tests.conftest import private_copy
-
     _, kept, _ = built
     spec = classify_spec(tmp_path, CLASSIFY + EXPORTS)
-    store = private_copy(kept, tmp_path / "store")
+    store = kept  # its outputs are kept for the next run too
     outcome = run_nodes(spec, store, ("export:hf@cls", "export:onnx@cls", "export:cls-int8"))
     assert outcome.ok, outcome.log
     hf_dir = artifact(outcome, store, "export:hf@cls")
