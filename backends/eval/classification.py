@@ -12,49 +12,37 @@ from typing import Any
 from llmbuild.errors import UserError
 
 
-class Texts:
-    """Labeled texts of a jsonl file (``text``, ``label``, and ``pair`` for pairs),
-    tokenized as a classify stage reads its source's."""
+def labeled_file(path: Path, tok: Any, labels: tuple[str, ...], seq_len: int) -> Any:
+    """The labeled texts of a listed file (records with ``text``, ``label``, and ``pair``
+    for pairs), read as a labeled source's are and cut to fit as a classify stage's."""
+    from llmbuild.backends.data.readers import BadRecord, normalise, read_records
+    from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text
 
-    def __init__(self, path: Path, tok: Any, labels: tuple[str, ...], seq_len: int) -> None:
-        from llmbuild.backends.megatron.posttrain_data import fit_text
+    from llmbuild.spec.data import Source
 
-        ids = {name: i for i, name in enumerate(labels)}
-        self.docs: list[tuple[Any, int]] = []
-        self.truncated = 0
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                text, label, pair = rec["text"], str(rec["label"]), rec.get("pair")
-                tokens, cut = fit_text(
-                    tok.encode(text),
-                    None if pair is None else tok.encode(pair),
-                    seq_len,
-                    tok.eos_id,
+    source = Source(name="file", path=str(path), role="labeled")
+    ids = {name: i for i, name in enumerate(labels)}
+    docs, truncated = [], 0
+    try:
+        for rec in read_records(str(path), source):
+            if isinstance(rec, BadRecord):
+                raise rec
+            r, pair = normalise(rec, source), rec.data.get("pair")
+            if pair is not None and not isinstance(pair, str):
+                raise BadRecord(rec.where, "field 'pair' must be a string", "field")
+            if r["label"] not in ids:
+                raise BadRecord(
+                    rec.where,
+                    f"label {r['label']!r} is not one the classifier knows ({', '.join(labels)})",
+                    "field",
                 )
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise UserError(
-                    f"{path}:{n}: a labeled text needs string fields 'text' and 'label' "
-                    f"({type(e).__name__}: {e})"
-                ) from None
-            if label not in ids:
-                raise UserError(
-                    f"{path}:{n}: label {label!r} is not one the classifier knows "
-                    f"({', '.join(labels)})"
-                )
-            self.docs.append((tokens, ids[label]))
-            self.truncated += cut
-        self.seq_len, self.pad = seq_len, tok.pad_id
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    def batch(self, indices: list[int]) -> dict[str, Any]:
-        from llmbuild.backends.megatron.posttrain_data import labeled_batch
-
-        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad)
+            pair = None if pair is None else tok.encode(pair)
+            tokens, cut = fit_text(tok.encode(r["text"]), pair, seq_len, tok.eos_id)
+            docs.append((tokens, ids[r["label"]]))
+            truncated += cut
+    except BadRecord as e:
+        raise UserError(str(e)) from None
+    return LabeledTexts(docs, seq_len, tok.pad_id, truncated)
 
 
 def scores(truth: list[int], predicted: list[int], labels: tuple[str, ...]) -> dict[str, Any]:
@@ -165,7 +153,7 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
     for pattern in suite.files:
         for path in expand(pattern):
-            sets[Path(path).name] = Texts(Path(path), tok, labels, seq_len)
+            sets[Path(path).name] = labeled_file(Path(path), tok, labels, seq_len)
     if not sets:
         raise UserError(
             "nothing to measure: the labeled sources have no validation texts and no files "

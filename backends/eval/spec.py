@@ -77,8 +77,8 @@ class Classification(EvalTable):
     """Labeled sources whose validation split is measured; all labeled-role sources when
     omitted."""
     files: StrList = content(())
-    """Extra jsonl files of labeled texts (`text`, `label`, and `pair` for pairs) to
-    measure, relative to the spec file."""
+    """Extra files of labeled texts to measure (jsonl or parquet records with `text`,
+    `label`, and `pair` for pairs), relative to the spec file."""
     batch_size: PositiveInt = marked("execution", 32)
     """Texts per forward pass."""
 

@@ -9,33 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmbuild.backends.export.run import TOLERANCE, HfModel, VerificationError, save_hf_extras
+from llmbuild.backends.export.run import (
+    TOLERANCE,
+    HfModel,
+    VerificationError,
+    hf_parts,
+    save_hf_extras,
+)
 from llmbuild.backends.megatron.artifact import StageArtifact
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
 
 def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> HfModel:
     """The classifier converted to transformers (float32), checked to load completely."""
-    from llmbuild.backends.families import Unsupported, family_of
     from transformers import AutoModelForSequenceClassification
 
-    from llmbuild.errors import UserError
-
-    arch, vocab, labels = stage.architecture, stage.vocab_size, stage.labels
-    special = tokenizer.special_ids
-    family = family_of(arch)
-    try:
-        config = family.hf_config(arch, vocab, special)
-    except Unsupported as e:
-        raise UserError(f"{node}: cannot export this architecture: {e}") from None
+    labels = stage.labels
+    family, config, weights = hf_parts(stage, tokenizer, node)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
-    state = {
-        k: v
-        for k, v in family.to_hf(stage.weights(), arch, vocab).items()
-        if not k.startswith("lm_head.")
-    }
+    state = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
     state["score.weight"] = stage.classifier()["classifier.score.weight"].float()
     model = AutoModelForSequenceClassification.from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -43,7 +37,14 @@ def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str)
         raise RuntimeError(
             f"weight conversion mismatch: missing {missing}, unexpected {unexpected}"
         )
-    return HfModel(model.eval(), arch, family, vocab, special, stage.name)
+    return HfModel(
+        model.eval(),
+        stage.architecture,
+        family,
+        stage.vocab_size,
+        tokenizer.special_ids,
+        stage.name,
+    )
 
 
 def verification_batch(vocab: int, pad: int, seq: int, seed: int = 0) -> list[list[int]]:
@@ -64,12 +65,13 @@ def verification_batch(vocab: int, pad: int, seq: int, seed: int = 0) -> list[li
 def reference(stage: StageArtifact, pad: int) -> tuple[Any, Any, Any]:
     """A right-padded verification batch (ids, mask) and our classifier's logits on it."""
     import torch
-    from llmbuild.backends.megatron.classifier import Encoded, class_logits, load_classifier
+    from llmbuild.backends.megatron.classifier import class_logits, load_classifier
+    from llmbuild.backends.megatron.posttrain_data import LabeledTexts
 
     model, config, _ = load_classifier(stage)
     seq = min(config["architecture"]["seq_len"], 32)
     texts = verification_batch(config["vocab_size"], pad, seq)
-    ours = class_logits(model, Encoded(texts, seq, pad), len(texts))
+    ours = class_logits(model, LabeledTexts([(t, 0) for t in texts], seq, pad), len(texts))
     ids = torch.full((len(texts), seq), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, t in enumerate(texts):

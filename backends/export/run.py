@@ -77,28 +77,36 @@ def inputs(ctx: Any, slot: str = "model") -> tuple[StageArtifact, TokenizerArtif
     return StageArtifact.open(ctx.input(slot)), TokenizerArtifact.open(ctx.input("tokenizer").path)
 
 
-def hf_model(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> HfModel:
-    """A stage converted to transformers (float32), checked to load completely; a stage
+def hf_parts(
+    stage: StageArtifact, tokenizer: TokenizerArtifact, node: str
+) -> tuple[Any, Any, dict[str, Any]]:
+    """A stage's family, transformers config and weights by transformers' names; a stage
     holding only adapters has them merged into its base's weights."""
     from llmbuild.backends.families import Unsupported, family_of
-    from transformers import AutoModelForCausalLM
 
     from llmbuild.errors import UserError
 
     arch, vocab = stage.architecture, stage.vocab_size
-    special = tokenizer.special_ids
     try:
         weights = stage.weights()
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"{node}: cannot read the weights of {stage.node}: {e}") from None
     family = family_of(arch)
     try:
-        config = family.hf_config(arch, vocab, special)
+        config = family.hf_config(arch, vocab, tokenizer.special_ids)
     except Unsupported as e:
         raise UserError(
             f"{node}: cannot export this architecture as {family.hf_class}: {e}"
         ) from None
-    state = family.to_hf(weights, arch, vocab)
+    return family, config, family.to_hf(weights, arch, vocab)
+
+
+def hf_model(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> HfModel:
+    """A stage converted to transformers (float32), checked to load completely."""
+    from transformers import AutoModelForCausalLM
+
+    arch, vocab, special = stage.architecture, stage.vocab_size, tokenizer.special_ids
+    family, config, state = hf_parts(stage, tokenizer, node)
     model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (arch.tie_embeddings and m == "lm_head.weight")]

@@ -23,8 +23,8 @@ def load_classifier(stage: StageArtifact) -> tuple[Any, dict[str, Any], tuple[st
 
 
 def class_logits(model: Any, samples: Any, batch_size: int) -> Any:
-    """The head's float32 logits ``[n, labels]`` for every text of ``samples`` (anything
-    with ``len`` and ``batch(indices)`` giving ``labeled_batch``'s batches), in order."""
+    """The head's float32 logits ``[n, labels]`` for every text of ``samples``
+    (``posttrain_data.LabeledTexts``), in order."""
     import torch
 
     out = []
@@ -33,19 +33,3 @@ def class_logits(model: Any, samples: Any, batch_size: int) -> Any:
             batch = samples.batch(list(range(start, min(start + batch_size, len(samples)))))
             out.append(model.classifier.scores(model, batch, "fp32"))
     return torch.cat(out) if out else torch.zeros(0, model.classifier.outputs)
-
-
-class Encoded:
-    """Token sequences (already cut to fit) as ``class_logits`` reads them; no labels."""
-
-    def __init__(self, sequences: list[Any], seq_len: int, pad: int) -> None:
-        self.docs = [(ids, 0) for ids in sequences]
-        self.seq_len, self.pad = seq_len, pad
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    def batch(self, indices: list[int]) -> dict[str, Any]:
-        from llmbuild.backends.megatron.posttrain_data import labeled_batch
-
-        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad)

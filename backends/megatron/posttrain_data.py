@@ -219,7 +219,23 @@ def labeled_batch(docs: list[tuple[Any, int]], seq_len: int, pad: int) -> dict[s
     }
 
 
-class LabeledSamples:
+class LabeledTexts:
+    """Labeled texts already cut to fit (``fit_text``), ``truncated`` of them cut, read
+    in order in ``labeled_batch``'s batches."""
+
+    def __init__(
+        self, docs: list[tuple[Any, int]], seq_len: int, pad: int, truncated: int = 0
+    ) -> None:
+        self.docs, self.seq_len, self.pad, self.truncated = docs, seq_len, pad, truncated
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad)
+
+
+class LabeledSamples(LabeledTexts):
     """Labeled texts of a split (``fit_text``: a pair follows its text after an
     end-of-sequence token), one per sequence, cut to ``seq_len`` tokens (counted in
     ``truncated``). The training split is reshuffled every epoch; the others are read in
@@ -238,22 +254,18 @@ class LabeledSamples:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
         ids = {name: i for i, name in enumerate(labels)}
-        self.docs: list[tuple[np.ndarray, int]] = []
-        self.truncated = 0
+        docs: list[tuple[Any, int]] = []
+        truncated = 0
         for prefix, d in _datasets(sources, split):
             texts = IndexedDataset(prefix, mmap=False)
             pairs = IndexedDataset(prefix + ".pair", mmap=False) if d.get("pairs") else None
             for i, record in enumerate(_records(prefix, "labels")):
                 pair = None if pairs is None else pairs[i]
                 tokens, cut = fit_text(texts[i], pair, seq_len, sep)
-                self.truncated += cut
-                self.docs.append((tokens, ids[record["label"]]))
-        self.seq_len, self.pad = seq_len, pad
-        self.order = _Epochs(len(self.docs), seed) if split == "train" and self.docs else None
-
-    def __len__(self) -> int:
-        return len(self.docs)
+                truncated += cut
+                docs.append((tokens, ids[record["label"]]))
+        super().__init__(docs, seq_len, pad, truncated)
+        self.order = _Epochs(len(docs), seed) if split == "train" and docs else None
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        at = [self.order[i] if self.order else i % len(self.docs) for i in indices]
-        return labeled_batch([self.docs[i] for i in at], self.seq_len, self.pad)
+        return super().batch([self.order[i] if self.order else i % len(self) for i in indices])

@@ -22,8 +22,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     texts.add_argument(
         "--file",
         type=Path,
-        help="texts to classify: a .jsonl file of records with `text` (and `pair`), or one "
-        "text per line",
+        help="texts to classify: a .jsonl or .parquet file of records with `text` (and "
+        "`pair`), or one text per line",
     )
     p.add_argument("--pair", help="the second text of a pair, with one --text")
     p.add_argument("--top", type=int, default=3, help="labels shown per text (default 3)")
@@ -35,26 +35,27 @@ def _texts(args: argparse.Namespace) -> list[tuple[str, str | None]]:
         if args.pair is not None and len(args.text) != 1:
             raise UserError("--pair goes with exactly one --text")
         return [(t, args.pair) for t in args.text]
-    try:
-        lines = args.file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {args.file}: {e}") from None
-    if args.file.suffix != ".jsonl":
-        return [(line, None) for line in lines if line.strip()]
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    if args.file.suffix not in (".jsonl", ".parquet"):
         try:
-            rec = json.loads(line)
-            text, pair = rec["text"], rec.get("pair")
-            if not isinstance(text, str) or not isinstance(pair, (str, type(None))):
-                raise TypeError("`text` and `pair` must be strings")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(
-                f"{args.file}:{n}: a record needs a string field `text` ({e})"
-            ) from None
-        out.append((text, pair))
+            lines = args.file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {args.file}: {e}") from None
+        return [(line, None) for line in lines if line.strip()]
+    from llmbuild.backends.data.readers import BadRecord, normalise, read_records
+    from llmbuild.spec.data import Source
+
+    source = Source(name="texts", path=str(args.file))
+    out = []
+    try:
+        for rec in read_records(str(args.file), source):
+            if isinstance(rec, BadRecord):
+                raise rec
+            pair = rec.data.get("pair")
+            if pair is not None and not isinstance(pair, str):
+                raise BadRecord(rec.where, "field 'pair' must be a string", "field")
+            out.append((normalise(rec, source)["text"], pair))
+    except BadRecord as e:
+        raise UserError(str(e)) from None
     if not out:
         raise UserError(f"{args.file} holds no texts")
     return out
@@ -79,8 +80,8 @@ def predict(
 ) -> tuple[tuple[str, ...], Any]:
     """The label names and each text's probabilities ``[n, labels]``."""
     from llmbuild.backends.megatron.artifact import StageArtifact
-    from llmbuild.backends.megatron.classifier import Encoded, class_logits, load_classifier
-    from llmbuild.backends.megatron.posttrain_data import fit_text
+    from llmbuild.backends.megatron.classifier import class_logits, load_classifier
+    from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     tok = TokenizerArtifact.open(tok_input.path)
@@ -91,8 +92,8 @@ def predict(
         ids, _ = fit_text(
             tok.encode(text), None if pair is None else tok.encode(pair), seq, tok.eos_id
         )
-        encoded.append(ids if len(ids) else [tok.eos_id])
-    probs = class_logits(model, Encoded(encoded, seq, tok.pad_id), 32).softmax(-1)
+        encoded.append((ids if len(ids) else [tok.eos_id], 0))
+    probs = class_logits(model, LabeledTexts(encoded, seq, tok.pad_id), 32).softmax(-1)
     return labels, probs
 
 
