@@ -28,6 +28,11 @@ def config(family: str, **over: Any) -> Any:
 
     s = {**SMALL, **{k: v for k, v in over.items() if k in SMALL}}
     rest = {k: v for k, v in over.items() if k not in SMALL}
+    if family == "bert":
+        return transformers.BertConfig(
+            hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+            intermediate_size=s["ffn"], vocab_size=s["vocab"], max_position_embeddings=128, **rest,
+        )  # fmt: skip
     if family == "gpt2":
         return transformers.GPT2Config(
             n_embd=s["hidden"], n_layer=s["layers"], n_head=s["heads"], n_inner=s["ffn"],
@@ -77,6 +82,25 @@ def tokenizer(vocab: int) -> Any:
     return fast
 
 
+def wordpiece_tokenizer(vocab: int) -> Any:
+    """A BERT-style WordPiece tokenizer (``[CLS]``, ``[SEP]``, ``[MASK]``, ``[PAD]``)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    # Few enough merges that numbers stay digits ("4", "##5") and sums are spelt out.
+    numbers = " ".join(f"{i:02d}+{i:02d}=" for i in range(100))
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab, special_tokens=specials, limit_alphabet=200
+    )
+    tok.train_from_iterator([TEXT, numbers], trainer)
+    return BertTokenizerFast(tokenizer_object=tok)
+
+
 def perturb(model: Any, seed: int = 0) -> None:
     """Every weight random and away from its initial value (norms not all ones, biases
     not zero), so that a tensor mapped wrong changes the logits."""
@@ -96,6 +120,17 @@ def write_checkpoint(root: Path, family: str, seed: int = 0, **over: Any) -> Pat
 
     root.mkdir(parents=True, exist_ok=True)
     cfg = config(family, **over)
+    if family == "bert":  # BertForPreTraining: the masked-LM head, a pooler, next-sentence
+        from transformers import BertForPreTraining
+
+        tok = wordpiece_tokenizer(min(cfg.vocab_size, 120))
+        cfg.pad_token_id = tok.pad_token_id
+        torch.manual_seed(seed)
+        model = BertForPreTraining(cfg)
+        perturb(model, seed)
+        model.save_pretrained(str(root))
+        tok.save_pretrained(str(root))
+        return root
     tok = tokenizer(min(cfg.vocab_size, 320))
     cfg.eos_token_id = tok.eos_token_id
     cfg.pad_token_id = tok.pad_token_id

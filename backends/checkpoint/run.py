@@ -50,7 +50,8 @@ def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[st
     for i, path in enumerate(ck.weights):
         tensors = _shard(ck, path)
         if arch.tie_embeddings:  # some writers save the tied head too
-            tensors.pop("lm_head.weight", None)
+            for name in ck.family.tied:
+                tensors.pop(name, None)
         try:
             converter.feed(tensors)
         except ValueError as e:
@@ -68,9 +69,9 @@ def logit_difference(ck: Checkpoint, stage_dir: Path, arch: Architecture) -> flo
     both in float32, on two fixed random sequences."""
     import torch
     from llmbuild.backends.export.run import megatron_logits, random_ids
-    from transformers import AutoModelForCausalLM
 
-    theirs = AutoModelForCausalLM.from_pretrained(str(ck.path), dtype=torch.float32).eval()
+    auto = ck.family.auto_model()
+    theirs = auto.from_pretrained(str(ck.path), dtype=torch.float32).eval()
     ids = random_ids(arch.vocab_size or 2, 2, min(arch.seq_len, CHECK_TOKENS))
     with torch.no_grad():
         reference = theirs(ids).logits.float()

@@ -12,7 +12,9 @@ from typing import Any
 from llmbuild.errors import UserError
 
 
-def labeled_file(path: Path, tok: Any, labels: tuple[str, ...], seq_len: int) -> Any:
+def labeled_file(
+    path: Path, tok: Any, labels: tuple[str, ...], seq_len: int, start: int | None
+) -> Any:
     """The labeled texts of a listed file (records with ``text``, ``label``, and ``pair``
     for pairs), read as a labeled source's are and cut to fit as a classify stage's."""
     from llmbuild.backends.data.readers import BadRecord, normalise, read_records
@@ -37,12 +39,49 @@ def labeled_file(path: Path, tok: Any, labels: tuple[str, ...], seq_len: int) ->
                     "field",
                 )
             pair = None if pair is None else tok.encode(pair)
-            tokens, cut = fit_text(tok.encode(r["text"]), pair, seq_len, tok.eos_id)
-            docs.append((tokens, ids[r["label"]]))
+            tokens, cut, types = fit_text(tok.encode(r["text"]), pair, seq_len, tok.eos_id, start)
+            docs.append((tokens, ids[r["label"]], types))
             truncated += cut
     except BadRecord as e:
         raise UserError(str(e)) from None
-    return LabeledTexts(docs, seq_len, tok.pad_id, truncated)
+    return LabeledTexts(docs, seq_len, tok.pad_id, truncated, encoder=start is not None)
+
+
+def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[str], list[str]]:
+    """The texts (a pair after its text) and label names of a split of labeled sources,
+    decoded whole from their tokens (not cut to a context)."""
+    from llmbuild.backends.megatron.posttrain_data import _datasets, _records
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    texts, labels = [], []
+    for prefix, d in _datasets(sources, split):
+        ids = IndexedDataset(prefix, mmap=False)
+        pairs = IndexedDataset(prefix + ".pair", mmap=False) if d.get("pairs") else None
+        for i, record in enumerate(_records(prefix, "labels")):
+            text = tok.tokenizer.decode(ids[i].tolist(), skip_special_tokens=False)
+            if pairs is not None:
+                text += " " + tok.tokenizer.decode(pairs[i].tolist(), skip_special_tokens=False)
+            texts.append(text)
+            labels.append(record["label"])
+    return texts, labels
+
+
+def baseline_predictions(
+    train: tuple[list[str], list[str]], texts: list[str], labels: tuple[str, ...]
+) -> list[int]:
+    """TF-IDF over words and word pairs, then logistic regression, fitted on ``train``;
+    the label id predicted for each of ``texts``."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        LogisticRegression(max_iter=2000),
+    )
+    model.fit(*train)
+    ids = {name: i for i, name in enumerate(labels)}
+    return [ids[str(p)] for p in model.predict(texts)]
 
 
 def scores(truth: list[int], predicted: list[int], labels: tuple[str, ...]) -> dict[str, Any]:
@@ -105,11 +144,13 @@ def confusion_png(
 def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
     """The results as markdown: one row per data set, then each one's matrix."""
     out = ["| data | texts | accuracy | macro F1 | micro F1 |", "| --- | --- | --- | --- | --- |"]
-    out += [
-        f"| {name} | {r['texts']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-        f"{r['micro_f1']:.4f} |"
-        for name, r in results.items()
-    ]
+    for name, r in results.items():
+        for label, m in [(name, r), (f"{name}, TF-IDF + logistic regression", r.get("baseline"))]:
+            if m is not None:
+                out.append(
+                    f"| {label} | {m['texts']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
+                    f"{m['micro_f1']:.4f} |"
+                )
     for name, r in results.items():
         out += ["", f"{name}: precision and recall by label, then true label by predicted", ""]
         out += ["| label | precision | recall | support |", "| --- | --- | --- | --- |"]
@@ -126,12 +167,26 @@ def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _baseline(ctx: Any, results: dict[str, Any], labels: tuple[str, ...], tok: Any) -> None:
+    """TF-IDF and logistic regression, fitted on the training split of the labeled
+    sources, on the validation split of each (listed files are not measured)."""
+    sources = {s[5:]: str(a.path) for s, a in sorted(ctx.inputs.items()) if s.startswith("data:")}
+    train = source_texts(sources, "train", tok)
+    ids = {name: i for i, name in enumerate(labels)}
+    for name in results:
+        if name not in sources:
+            continue
+        texts, truth = source_texts({name: sources[name]}, "validation", tok)
+        predicted = baseline_predictions(train, texts, labels)
+        results[name]["baseline"] = scores([ids[t] for t in truth], predicted, labels)
+
+
 def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     """Scores on every labeled source's validation split and every listed file; writes
     each one's predictions (``predictions.jsonl``) and confusion matrix
     (``confusion-<data>.png``)."""
     from llmbuild.backends.megatron.artifact import StageArtifact
-    from llmbuild.backends.megatron.classifier import class_logits, load_classifier
+    from llmbuild.backends.megatron.classifier import class_logits, load_classifier, text_start
     from llmbuild.backends.megatron.posttrain_data import LabeledSamples
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
@@ -140,12 +195,13 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     model, config, labels = load_classifier(StageArtifact.open(ctx.input("model")))
     seq_len = config["architecture"]["seq_len"]
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
+    start = text_start(config, tok)
     sets: dict[str, Any] = {}
     for slot, artifact in sorted(ctx.inputs.items()):
         if slot.startswith("data:"):
             source = {slot[5:]: str(artifact.path)}
             samples = LabeledSamples(
-                source, "validation", seq_len, tok.pad_id, tok.eos_id, labels, 0
+                source, "validation", seq_len, tok.pad_id, tok.eos_id, labels, 0, start
             )
             if len(samples):
                 sets[slot[5:]] = samples
@@ -153,7 +209,7 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
     for pattern in suite.files:
         for path in expand(pattern):
-            sets[Path(path).name] = labeled_file(Path(path), tok, labels, seq_len)
+            sets[Path(path).name] = labeled_file(Path(path), tok, labels, seq_len, start)
     if not sets:
         raise UserError(
             "nothing to measure: the labeled sources have no validation texts and no files "
@@ -164,7 +220,7 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
         for name, samples in sets.items():
             probs = class_logits(model, samples, suite.batch_size).softmax(-1)
             predicted = probs.argmax(-1).tolist()
-            truth = [label for _, label in samples.docs]
+            truth = [doc[1] for doc in samples.docs]
             results[name] = scores(truth, predicted, labels)
             results[name]["truncated"] = samples.truncated
             for t, p, row in zip(truth, predicted, probs.tolist()):
@@ -183,8 +239,12 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
             confusion_png(
                 ctx.out_dir / f"confusion-{name}.png", title, results[name]["confusion"], labels
             )
+    if suite.baseline:
+        _baseline(ctx, results, labels, tok)
     for name, r in results.items():
         for k in ("accuracy", "macro_f1", "micro_f1"):
             ctx.metrics[f"{name}.{k}"] = r[k]
+            if "baseline" in r:
+                ctx.metrics[f"{name}.baseline_{k}"] = r["baseline"][k]
     ctx.metrics["labels"] = list(labels)
     return results, table(results, labels)

@@ -8,7 +8,8 @@ from typing import Any
 from llmbuild.backends.eval.config import EvalConfig
 from llmbuild.backends.eval.spec import SUITES
 
-from llmbuild.kinds import Kind, NodeRefs
+from llmbuild.errors import Path, Problem
+from llmbuild.kinds import Kind, NodeRefs, SpecView
 
 
 class EvalKind(Kind):
@@ -20,6 +21,21 @@ class EvalKind(Kind):
 
     def labels(self, item: Any) -> dict[str, str]:
         return {"suite": f"eval.{item.name}"}
+
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        from llmbuild.backends.megatron.kinds import is_encoder
+
+        if item.kind == "classification":
+            return []
+        return [
+            Problem(
+                f"{name!r} is a bert-style encoder: a {item.kind} eval measures a model that "
+                "predicts the next token (an encoder's classifier has classification evals)",
+                (*where, "stages", i),
+            )
+            for i, name in enumerate(item.stages)
+            if is_encoder(view, name)
+        ]
 
 
 KINDS = tuple(EvalKind(model) for model in SUITES)

@@ -81,6 +81,10 @@ class Classification(EvalTable):
     `label`, and `pair` for pairs), relative to the spec file."""
     batch_size: PositiveInt = marked("execution", 32)
     """Texts per forward pass."""
+    baseline: bool = added(False)
+    """Also measure the baseline a practitioner tries first on the same texts: TF-IDF
+    (words and word pairs) and logistic regression from scikit-learn, fitted on the
+    training split of the same labeled sources."""
 
 
 SUITES = (Perplexity, LmEval, Samples, Classification)

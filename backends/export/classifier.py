@@ -29,8 +29,11 @@ def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
-    state = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-    state["score.weight"] = stage.classifier()["classifier.score.weight"].float()
+    state = {k: v for k, v in weights.items() if not k.startswith(family.lm_head)}
+    head = stage.classifier()
+    for ours, theirs in family.classifier_names.items():
+        if ours in head:
+            state[theirs] = head[ours].float()
     model = AutoModelForSequenceClassification.from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -71,7 +74,9 @@ def reference(stage: StageArtifact, pad: int) -> tuple[Any, Any, Any]:
     model, config, _ = load_classifier(stage)
     seq = min(config["architecture"]["seq_len"], 32)
     texts = verification_batch(config["vocab_size"], pad, seq)
-    ours = class_logits(model, LabeledTexts([(t, 0) for t in texts], seq, pad), len(texts))
+    encoder = stage.architecture.encoder  # padding hidden by the mask, as transformers does
+    samples = LabeledTexts([(t, 0) for t in texts], seq, pad, encoder=encoder)
+    ours = class_logits(model, samples, len(texts))
     ids = torch.full((len(texts), seq), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, t in enumerate(texts):

@@ -26,8 +26,19 @@ class ExportKind(Kind):
         return {"export": node_name("export", item).replace("export:", "export.", 1)}
 
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        from llmbuild.backends.megatron.kinds import is_encoder
+
         stage = view.stages.get(item.stage)
-        if item.format in CLASSIFIER_FORMATS or getattr(stage, "kind", None) != "classify":
+        classifier = getattr(stage, "kind", None) == "classify"
+        if not classifier and item.format != "hf" and is_encoder(view, item.stage):
+            return [
+                Problem(
+                    f"{item.stage!r} is a bert-style encoder, which exports as hf "
+                    f"(BertForMaskedLM), or once classified as hf or onnx; not as {item.format}",
+                    (*where, "format"),
+                )
+            ]
+        if item.format in CLASSIFIER_FORMATS or not classifier:
             return []
         return [
             Problem(
@@ -45,8 +56,10 @@ of it."""
 
 class PeftKind(ExportKind):
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        from llmbuild.backends.megatron.kinds import is_encoder
+
         stage = view.stages.get(item.stage)
-        if getattr(stage, "kind", None) == "classify":
+        if getattr(stage, "kind", None) == "classify" or is_encoder(view, item.stage):
             return super().check(item, where, view)
         if stage is not None and not stage.has_adapters:
             return [

@@ -1,7 +1,8 @@
 """The ``export:<format>@<stage>`` node: builds the Hugging Face model every format starts
 from and dispatches on the format. ``hf``: a transformers model directory (weights,
 config, tokenizer with chat template, generation config), proven by loading it with
-``AutoModelForCausalLM`` and comparing its logits with the megatron model's. ``peft``,
+its family's auto class (``AutoModelForCausalLM``, ``AutoModelForMaskedLM`` for an encoder)
+and comparing its logits with the megatron model's. ``peft``,
 ``onnx`` and ``gguf`` live in their own modules. A stage that holds only LoRA adapters is
 exported with its base's weights merged in (the base found through the stage's record)."""
 
@@ -61,11 +62,13 @@ def max_logit_difference(
     vocab: int,
     seed: int = 0,
     base_dir: Path | None = None,
+    family: Any = None,
 ) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    theirs = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    auto = AutoModelForCausalLM if family is None else family.auto_model()
+    theirs = auto.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     ids = random_ids(vocab, 2, seq, seed)
     with torch.no_grad():
         b = theirs(ids).logits.float()
@@ -103,13 +106,11 @@ def hf_parts(
 
 def hf_model(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> HfModel:
     """A stage converted to transformers (float32), checked to load completely."""
-    from transformers import AutoModelForCausalLM
-
     arch, vocab, special = stage.architecture, stage.vocab_size, tokenizer.special_ids
     family, config, state = hf_parts(stage, tokenizer, node)
-    model = AutoModelForCausalLM.from_config(config)
+    model = family.auto_model().from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (arch.tie_embeddings and m == "lm_head.weight")]
+    missing = [m for m in missing if not (arch.tie_embeddings and m in family.tied)]
     if missing or unexpected:
         raise RuntimeError(
             f"weight conversion mismatch: missing {missing}, unexpected {unexpected}"
@@ -124,12 +125,33 @@ def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact) -> None
     loads with ``AutoTokenizer`` and generates with the right special tokens."""
     from transformers import GenerationConfig
 
-    tokenizer.hf_tokenizer().save_pretrained(str(out))
+    tok = tokenizer.hf_tokenizer()
+    if hf.arch.encoder:
+        encoder_template(tok, tokenizer)
+    tok.save_pretrained(str(out))
     # A chat model's reply ends at its end-of-turn token as well as at eos: generate()
     # with these defaults stops there.
     stops = tokenizer.stop_ids
     eos = stops[0] if len(stops) == 1 else stops
     GenerationConfig(**{**hf.special, "eos_token_id": eos}).save_pretrained(str(out))
+
+
+def encoder_template(tok: Any, tokenizer: TokenizerArtifact) -> None:
+    """An encoder's texts as it was trained on them, ``[CLS] text [SEP]`` and ``[CLS] text
+    [SEP] pair [SEP]`` with token types 0 then 1, added by the exported tokenizer itself
+    (a pretrained BERT tokenizer already does this)."""
+    from tokenizers.processors import TemplateProcessing
+
+    backend = tok.backend_tokenizer
+    adds = backend.encode("a").ids != backend.encode("a", add_special_tokens=False).ids
+    if adds or tokenizer.bos_id is None:
+        return
+    start, sep = tokenizer.info.bos_token, tokenizer.info.eos_token
+    backend.post_processor = TemplateProcessing(
+        single=f"{start} $A {sep}",
+        pair=f"{start} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(start, tokenizer.bos_id), (sep, tokenizer.eos_id)],
+    )
 
 
 def save_hf(hf: HfModel, out: Path, tokenizer: TokenizerArtifact, dtype: str) -> None:
@@ -148,7 +170,7 @@ def verify_hf(
     a ``VerificationError`` past the dtype's tolerance."""
     stage_dir, base_dir = stage.dirs
     diff = max_logit_difference(
-        stage_dir, hf_dir, min(hf.arch.seq_len, 32), hf.vocab, base_dir=base_dir
+        stage_dir, hf_dir, min(hf.arch.seq_len, 32), hf.vocab, base_dir=base_dir, family=hf.family
     )
     if diff > TOLERANCE[dtype]:
         raise VerificationError(

@@ -17,7 +17,7 @@ from typing import Any
 
 from llmbuild.errors import UserError
 
-NAMES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+NAMES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "bert")
 
 
 class Unsupported(UserError):

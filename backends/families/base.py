@@ -41,13 +41,31 @@ class Family:
     """(architecture, vocabulary, special ids) -> the ``transformers`` config."""
     rules: Callable[[Any], list[Rule]]
     """The tensor rules for an architecture."""
-    gguf: Gguf
+    gguf: Gguf | None
+    """None for a family llama.cpp does not run (an encoder)."""
     adapter_modules: dict[str, tuple[str, ...]]
     """LoRA target (qkv, proj, fc1, fc2) -> the HF modules it becomes (PEFT)."""
     layer_prefix: str
     """HF name prefix of layer ``{}``."""
     ignored: tuple[str, ...] = field(default=())
     """Patterns of checkpoint tensors that are not weights (buffers some writers save)."""
+    auto_class: str = "AutoModelForCausalLM"
+    """The ``transformers`` auto class that loads ``hf_class`` (and gives the logits the
+    conversions are proven against)."""
+    tied: tuple[str, ...] = ("lm_head.weight",)
+    """transformers' names of tensors tied to another when embeddings are tied."""
+    lm_head: tuple[str, ...] = ("lm_head.",)
+    """Prefixes of the language-model head, which a sequence classifier lacks."""
+    classifier_names: dict[str, str] = field(
+        default_factory=lambda: {"classifier.score.weight": "score.weight"}
+    )
+    """Our classifier head's tensors -> ``<Family>ForSequenceClassification``'s."""
+
+    def auto_model(self) -> Any:
+        """The ``transformers`` auto class of the family's checkpoints."""
+        import transformers
+
+        return getattr(transformers, self.auto_class)
 
     def to_hf(self, state: dict[str, Any], arch: Any, vocab: int) -> dict[str, Any]:
         """Our canonical weights -> the family's HF state dict (vocabulary rows only)."""

@@ -111,7 +111,8 @@ def join_qkv(q: Any, k: Any, v: Any, s: Shapes) -> Any:
 
 
 class Qkv(Rule):
-    """The fused, grouped ``linear_qkv`` <-> separate q, k and v projections."""
+    """The fused, grouped ``linear_qkv`` <-> separate q, k and v projections (weights or
+    biases)."""
 
     def __init__(self, ours: str, q: str, k: str, v: str) -> None:
         self.ours, self.theirs = (ours,), (q, k, v)

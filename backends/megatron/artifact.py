@@ -131,6 +131,16 @@ class StageArtifact:
             raise UserError(f"{self.node} is not a classifier (a stage of kind classify)")
         return load_file(str(self.path / CLASSIFIER))
 
+    def require_decoder(self, what: str) -> None:
+        """A ``UserError`` when the stage is an encoder, which ``what`` cannot use."""
+        from llmbuild.errors import UserError
+
+        if self.architecture.encoder:
+            raise UserError(
+                f"{self.node} is a bert-style encoder: it fills in masked tokens and "
+                f"classifies, but does not {what}"
+            )
+
     def load_model(self) -> tuple[Any, dict[str, Any]]:
         """The stage's GPTModel on this machine (one rank), in eval mode, and its config."""
         from llmbuild.backends.megatron.generate import load_model

@@ -19,7 +19,8 @@ from megatron.core.transformer.module import MegatronModule  # noqa: E402
 
 
 class SDPAttention(MegatronModule):
-    """Causal self-attention core with grouped-query support."""
+    """Self-attention core with grouped-query support: causal, or bidirectional (an
+    encoder's, ``causal=False``) where no mask is given."""
 
     def __init__(
         self,
@@ -29,9 +30,11 @@ class SDPAttention(MegatronModule):
         attention_type: Any,
         attention_dropout: float | None = None,
         softmax_scale: float | None = None,
+        causal: bool = True,
         **_: Any,
     ) -> None:
         super().__init__(config=config)
+        self.causal = causal
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.softmax_scale = softmax_scale
 
@@ -51,15 +54,16 @@ class SDPAttention(MegatronModule):
             key = key.repeat_interleave(repeat, dim=2)
             value = value.repeat_interleave(repeat, dim=2)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
-        # A given mask (``[b, 1, s, s]``, True = hidden, megatron's convention) already
-        # holds causality, e.g. packed documents that must not see each other.
+        # A given mask (``[b, 1, s, s]`` or an encoder's padding ``[b, 1, 1, s]``, True =
+        # hidden, megatron's convention) already holds causality, e.g. packed documents
+        # that must not see each other.
         mask = None if attention_mask is None else ~attention_mask
         out = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=mask is None and self.causal,
             dropout_p=self.dropout if self.training else 0.0,
             scale=self.softmax_scale,
         )

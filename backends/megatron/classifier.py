@@ -16,10 +16,26 @@ def load_classifier(stage: StageArtifact) -> tuple[Any, dict[str, Any], tuple[st
     labels = stage.labels
     head = stage.classifier()  # a UserError when the stage is no classifier
     model, config = stage.load_model()
-    model.classifier = ValueHead(model, config["architecture"]["hidden"], len(labels), bias=False)
+    pooled = "classifier.pooler.weight" in head  # an encoder's
+    hidden = config["architecture"]["hidden"]
+    model.classifier = ValueHead(model, hidden, len(labels), bias=pooled, pooled=pooled)
     model.classifier.load_state_dict({k.removeprefix("classifier."): v for k, v in head.items()})
     model.classifier.eval()
     return model, config, labels
+
+
+def text_start(config: dict[str, Any], tok: Any) -> int | None:
+    """The token an encoder classifier's texts begin with (``fit_text``'s ``start``):
+    the tokenizer's beginning of sequence; None for a decoder's."""
+    from llmbuild.backends.megatron.objective_builders import encoder_start
+
+    from llmbuild.errors import UserError
+    from llmbuild.spec.model import Architecture
+
+    try:
+        return encoder_start(tok.bos_id, Architecture.model_validate(config["architecture"]))
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def class_logits(model: Any, samples: Any, batch_size: int) -> Any:

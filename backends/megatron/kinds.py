@@ -13,6 +13,7 @@ from llmbuild.backends.megatron.spec import (
     Dpo,
     Grpo,
     Lora,
+    Mlm,
     Pretrain,
     RewardModel,
     Sft,
@@ -47,6 +48,19 @@ def _chain_architecture(
             return patched(base, patch)
         stage = stages.get(getattr(stage, "from_", None) or "")
     return base
+
+
+def is_encoder(view: SpecView, stage_name: str) -> bool:
+    """Whether a stage of the spec holds a bert-style encoder (False when unknown)."""
+    from pydantic import ValidationError
+
+    stage = view.stages.get(stage_name)
+    if stage is None or view.architecture is None:
+        return False
+    try:
+        return bool(_chain_architecture(view.architecture, view.stages, stage).encoder)
+    except (ValidationError, ValueError):
+        return False
 
 
 def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Problem]:
@@ -123,8 +137,11 @@ class TrainedStage(Kind):
         objective: str,
         pipeline: bool = True,
         sequence_parallel: bool = True,
+        trains: str = "decoder",
     ) -> None:
         super().__init__(model, "megatron")
+        self.trains = trains
+        """``decoder`` (next-token models), ``encoder`` (``style = "bert"``) or ``either``."""
         self.objective = objective
         """``module:function`` building the objective in a rank (see ``train.py``)."""
         self.pipeline = pipeline
@@ -157,8 +174,37 @@ class TrainedStage(Kind):
             "mixture": "data.sources.{}.weight",
         }
 
+    def _model_problems(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        """A decoder where the kind trains an encoder, or the other way round."""
+        from pydantic import ValidationError
+
+        if view.architecture is None or self.trains == "either":
+            return []
+        try:
+            arch = _chain_architecture(view.architecture, view.stages, item)
+        except ValidationError:
+            return []  # a shape problem, reported on its own
+        if self.trains == "encoder" and not arch.encoder:
+            return [
+                Problem(
+                    f"an {item.kind} stage trains an encoder, but the model is a "
+                    f"{arch.style}-style decoder: set architecture.style = 'bert'",
+                    where,
+                )
+            ]
+        if self.trains == "decoder" and arch.encoder:
+            return [
+                Problem(
+                    f"a {item.kind} stage trains a decoder (next-token prediction), but the "
+                    "model is a bert-style encoder: encoders train with mlm and classify "
+                    "stages",
+                    where,
+                )
+            ]
+        return []
+
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
-        out = []
+        out = self._model_problems(item, where, view)
         parent = view.stages.get(getattr(item, "from_", None) or "")
         if item.has_adapters and parent is not None and parent.adapters_only:
             out.append(
@@ -200,6 +246,23 @@ class PretrainStage(TrainedStage):
         return out
 
 
+class MlmStage(PretrainStage):
+    """Masked-LM pretraining: an encoder, and a tokenizer with a mask token."""
+
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        out = super().check(item, where, view)
+        tok = view.raw.get("tokenizer")
+        if isinstance(tok, dict) and tok.get("kind") != "pretrained" and not tok.get("mask_token"):
+            out.append(
+                Problem(
+                    f"stage {item.name!r} (mlm) hides tokens behind a mask token, but the "
+                    'tokenizer has none: set tokenizer.mask_token ("<|mask|>", say)',
+                    ("tokenizer",),
+                )
+            )
+        return out
+
+
 class DistillStage(PretrainStage):
     """A student and its teacher: their vocabularies must be one."""
 
@@ -231,6 +294,9 @@ class DistillStage(PretrainStage):
 
 KINDS = (
     PretrainStage(Pretrain, f"{OBJECTIVES}:language_model"),
+    MlmStage(
+        Mlm, f"{OBJECTIVES}:masked_lm", pipeline=False, sequence_parallel=False, trains="encoder"
+    ),
     DistillStage(Distill, f"{OBJECTIVES}:distillation", pipeline=False, sequence_parallel=False),
     TrainedStage(Sft, f"{OBJECTIVES}:chat_model"),
     TrainedStage(Lora, f"{OBJECTIVES}:chat_model", sequence_parallel=False),
@@ -239,5 +305,11 @@ KINDS = (
     TrainedStage(
         RewardModel, f"{OBJECTIVES}:pairwise_reward", pipeline=False, sequence_parallel=False
     ),
-    TrainedStage(Classify, f"{OBJECTIVES}:classification", pipeline=False, sequence_parallel=False),
+    TrainedStage(
+        Classify,
+        f"{OBJECTIVES}:classification",
+        pipeline=False,
+        sequence_parallel=False,
+        trains="either",
+    ),
 )

@@ -156,8 +156,13 @@ def block_spec(arch: Architecture, config: TransformerConfig) -> TransformerBloc
         attention.k_layernorm = QkNorm
     layer.submodules.input_layernorm = Norm
     layer.submodules.pre_mlp_layernorm = Norm
+    if arch.encoder:  # post-LN layers, no final norm (``encoder.py``)
+        from llmbuild.backends.megatron.encoder import encoder_layer
+
+        layer = encoder_layer(layer, arch.hidden, arch.norm_eps)
     return TransformerBlockSubmodules(
-        layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=Norm
+        layer_specs=[layer] * get_num_layers_to_build(config),
+        layer_norm=None if arch.encoder else Norm,
     )
 
 
@@ -168,7 +173,12 @@ def build_model(
     pre_process: bool = True,
     post_process: bool = True,
 ) -> GPTModel:
-    model = GPTModel(
+    model_class = GPTModel
+    if arch.encoder:
+        from llmbuild.backends.megatron.encoder import Encoder, make_encoder
+
+        model_class = Encoder
+    model = model_class(
         config=config,
         transformer_layer_spec=block_spec(arch, config),
         vocab_size=padded_vocab(vocab_size, arch),
@@ -179,6 +189,8 @@ def build_model(
         position_embedding_type="rope" if arch.position == "rope" else "learned_absolute",
         rotary_base=int(arch.rope_base),
     )
+    if arch.encoder:
+        return make_encoder(model, config, padded_vocab(vocab_size, arch), arch)
     if arch.position == "rope" and (arch.rope_scaling or not float(arch.rope_base).is_integer()):
         model.rotary_pos_emb.inv_freq = rope_inv_freq(arch)
     return model

@@ -37,19 +37,26 @@ def value_head(model: Any, arch: Any, seed: int) -> dict[str, Any]:
 
 
 def classifier_head(model: Any, arch: Any, classes: int, seed: int) -> dict[str, Any]:
-    """Attach a classification head of ``classes`` outputs (no bias, as transformers'
-    sequence classifiers have) to ``model``; its initial weights by canonical name."""
+    """Attach a classification head of ``classes`` outputs to ``model``; its initial
+    weights by canonical name. A decoder's has no bias (as transformers' sequence
+    classifiers); an encoder's has a pooler and a bias (as BERT's)."""
     import torch
     from llmbuild.backends.megatron.objectives import ValueHead
     from llmbuild.backends.megatron.shards import _name_seed
 
-    model.classifier = ValueHead(model, arch.hidden, classes, bias=False)
-    gen = torch.Generator().manual_seed(_name_seed(seed, "classifier.score.weight"))
-    return {
-        "classifier.score.weight": torch.empty(classes, arch.hidden).normal_(
-            0.0, arch.init_std, generator=gen
-        )
-    }
+    encoder = arch.encoder
+    model.classifier = ValueHead(model, arch.hidden, classes, bias=encoder, pooled=encoder)
+    shapes = {"classifier.score.weight": (classes, arch.hidden)}
+    if encoder:
+        shapes["classifier.pooler.weight"] = (arch.hidden, arch.hidden)
+    state = {}
+    for name, shape in shapes.items():
+        gen = torch.Generator().manual_seed(_name_seed(seed, name))
+        state[name] = torch.empty(shape).normal_(0.0, arch.init_std, generator=gen)
+    if encoder:
+        state["classifier.score.bias"] = torch.zeros(classes)
+        state["classifier.pooler.bias"] = torch.zeros(arch.hidden)
+    return state
 
 
 def frozen_model(
@@ -131,6 +138,27 @@ def language_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     return LanguageModel(*_text(cfg, arch), cfg.stage["precision"], arch.seq_len)
 
 
+def masked_lm(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
+    """Masked-LM pretraining: BERT's masks over the blend of pretrain-role sources."""
+    from llmbuild.backends.megatron.mlm import MaskedLM, MaskedSamples, Masking
+    from tokenizers import Tokenizer
+
+    if cfg.mask is None:
+        raise ValueError("the tokenizer has no mask token")
+    train, valid = _text(cfg, arch)
+    pieces = None
+    if cfg.stage["whole_words"]:
+        tok = Tokenizer.from_file(cfg.tokenizer_json)
+        pieces = [tok.id_to_token(i) or "" for i in range(cfg.vocab_size)]
+    specials = {cfg.eod, cfg.pad, cfg.mask, *([] if cfg.bos is None else [cfg.bos])}
+    masking = Masking(cfg.stage, cfg.mask, cfg.vocab_size, specials, cfg.seed, pieces)
+    return MaskedLM(
+        MaskedSamples(train, masking, 0),
+        valid and MaskedSamples(valid, masking, 1),
+        cfg.stage["precision"],
+    )
+
+
 def distillation(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     """Distillation: the student's loss against a frozen teacher of its own architecture,
     at the student's tensor-parallel layout."""
@@ -188,15 +216,29 @@ def pairwise_reward(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     return PairwiseReward(train, valid, model.value_head, cfg.stage["precision"])
 
 
+def encoder_start(bos: int | None, arch: Any) -> int | None:
+    """The token an encoder's texts begin with (its pooler reads it): the tokenizer's
+    beginning of sequence (BERT's ``[CLS]``); None for a decoder."""
+    if not arch.encoder:
+        return None
+    if bos is None:
+        raise ValueError(
+            "an encoder's classifier reads the first token of each text, but the tokenizer "
+            "has no beginning-of-sequence token"
+        )
+    return bos
+
+
 def classification(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     """Cross-entropy of the classification head over each labeled text."""
     from llmbuild.backends.megatron.objectives import Classification
     from llmbuild.backends.megatron.posttrain_data import LabeledSamples
 
+    start = encoder_start(cfg.bos, arch)
     train, valid = _splits(
         cfg,
         lambda split: LabeledSamples(
-            cfg.sources, split, arch.seq_len, cfg.pad, cfg.eod, cfg.labels, cfg.seed
+            cfg.sources, split, arch.seq_len, cfg.pad, cfg.eod, cfg.labels, cfg.seed, start
         ),
         "labeled texts",
     )

@@ -260,22 +260,31 @@ class Preference(_Pairs):
 
 class ValueHead(torch.nn.Module):
     """A score read from the final hidden state of the last real token: one (a reward) or
-    one per class (a classifier's logits)."""
+    one per class (a classifier's logits). An encoder's (``pooled``) reads the first
+    token (BERT's ``[CLS]``) through its pooler (dense, then tanh), as transformers'
+    ``BertForSequenceClassification`` does."""
 
-    def __init__(self, model: Any, hidden: int, outputs: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self, model: Any, hidden: int, outputs: int = 1, bias: bool = True, pooled: bool = False
+    ) -> None:
         super().__init__()
         self.outputs = outputs
+        self.pooler = torch.nn.Linear(hidden, hidden) if pooled else None
         self.score = torch.nn.Linear(hidden, outputs, bias=bias)
         self._hidden: list[Any] = []
         model.decoder.register_forward_hook(lambda _m, _a, out: self._hidden.append(out))
 
     def scores(self, model: Any, batch: dict[str, Any], precision: str) -> Any:
         self._hidden.clear()
+        types = {"tokentype_ids": batch["tokentype_ids"]} if "tokentype_ids" in batch else {}
         with autocast(precision):
-            model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
+            model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), **types)
             hidden = self._hidden.pop()  # [s, b, h]
-            last = hidden[batch["last"], torch.arange(hidden.shape[1])]
-            scores = self.score(last).float()
+            if self.pooler is not None:
+                read = torch.tanh(self.pooler(hidden[0]))
+            else:
+                read = hidden[batch["last"], torch.arange(hidden.shape[1])]
+            scores = self.score(read).float()
             return scores.squeeze(-1) if self.outputs == 1 else scores
 
 

@@ -188,51 +188,78 @@ class PromptSamples:
         return ids.tolist(), record
 
 
-def fit_text(text: Any, pair: Any, seq_len: int, sep: int) -> tuple[np.ndarray, bool]:
+def fit_text(
+    text: Any, pair: Any, seq_len: int, sep: int, start: int | None = None
+) -> tuple[np.ndarray, bool, np.ndarray | None]:
     """A labeled text's tokens (then ``sep`` and its pair's, for pairs) cut to ``seq_len``,
-    the longer of the two giving way first; and whether anything was cut."""
+    the longer of the two giving way first; whether anything was cut; and, for an encoder
+    (``start``: its ``[CLS]``), BERT's form ``[CLS] text [SEP] pair [SEP]`` with its token
+    types (0 up to the first ``[SEP]``, 1 after)."""
     text = np.asarray(text, dtype=np.int64)
-    if pair is None:
-        return text[:seq_len], len(text) > seq_len
-    pair = np.asarray(pair, dtype=np.int64)
-    room = seq_len - 1
-    cut = len(text) + len(pair) > room
-    if cut:
+    pair = None if pair is None else np.asarray(pair, dtype=np.int64)
+    extra = (pair is not None) + (start is not None) * 2
+    room = seq_len - extra
+    cut = len(text) + (0 if pair is None else len(pair)) > room
+    if pair is not None and cut:
         pair = pair[: min(len(pair), max(room // 2, room - len(text)))]
-        text = text[: room - len(pair)]
-    return np.concatenate([text, [sep], pair]), cut
+    text = text[: room - (0 if pair is None else len(pair))]
+    if start is None:
+        if pair is None:
+            return text, cut, None
+        return np.concatenate([text, [sep], pair]), cut, None
+    first = np.concatenate([[start], text, [sep]])
+    second = np.zeros(0, dtype=np.int64) if pair is None else np.concatenate([pair, [sep]])
+    types = np.concatenate([np.zeros(len(first), np.int64), np.ones(len(second), np.int64)])
+    return np.concatenate([first, second]).astype(np.int64), cut, types
 
 
-def labeled_batch(docs: list[tuple[Any, int]], seq_len: int, pad: int) -> dict[str, torch.Tensor]:
-    """Texts padded to ``seq_len``, ``last`` marking each one's final token (where the
-    classifier reads), and their label ids."""
+def labeled_batch(
+    docs: list[tuple[Any, ...]], seq_len: int, pad: int, encoder: bool = False
+) -> dict[str, torch.Tensor]:
+    """Texts padded to ``seq_len``, ``last`` marking each one's final token (where a
+    decoder's classifier reads), and their label ids. An encoder's batch adds the padding
+    mask (True = padding) and the token types (a doc's third item, zeros when absent)."""
     tokens = np.full((len(docs), seq_len), pad, dtype=np.int64)
+    types = np.zeros((len(docs), seq_len), dtype=np.int64)
     last = np.zeros(len(docs), dtype=np.int64)
-    for r, (ids, _) in enumerate(docs):
+    for r, (ids, _, *rest) in enumerate(docs):
         tokens[r, : len(ids)] = ids
+        if rest and rest[0] is not None:
+            types[r, : len(ids)] = rest[0]
         last[r] = max(len(ids), 1) - 1
-    return {
+    out = {
         "tokens": torch.from_numpy(tokens),
         "position_ids": torch.arange(seq_len).expand(len(docs), -1),
         "last": torch.from_numpy(last),
-        "label": torch.tensor([label for _, label in docs], dtype=torch.int64),
+        "label": torch.tensor([doc[1] for doc in docs], dtype=torch.int64),
     }
+    if encoder:
+        lengths = torch.from_numpy(last + 1)
+        out["attention_mask"] = (torch.arange(seq_len) >= lengths[:, None])[:, None, None, :]
+        out["tokentype_ids"] = torch.from_numpy(types)
+    return out
 
 
 class LabeledTexts:
     """Labeled texts already cut to fit (``fit_text``), ``truncated`` of them cut, read
-    in order in ``labeled_batch``'s batches."""
+    in order in ``labeled_batch``'s batches (an ``encoder``'s with its padding mask)."""
 
     def __init__(
-        self, docs: list[tuple[Any, int]], seq_len: int, pad: int, truncated: int = 0
+        self,
+        docs: list[tuple[Any, ...]],
+        seq_len: int,
+        pad: int,
+        truncated: int = 0,
+        encoder: bool = False,
     ) -> None:
         self.docs, self.seq_len, self.pad, self.truncated = docs, seq_len, pad, truncated
+        self.encoder = encoder
 
     def __len__(self) -> int:
         return len(self.docs)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad)
+        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad, self.encoder)
 
 
 class LabeledSamples(LabeledTexts):
@@ -250,6 +277,7 @@ class LabeledSamples(LabeledTexts):
         sep: int,
         labels: tuple[str, ...],
         seed: int,
+        start: int | None = None,
     ) -> None:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -261,10 +289,10 @@ class LabeledSamples(LabeledTexts):
             pairs = IndexedDataset(prefix + ".pair", mmap=False) if d.get("pairs") else None
             for i, record in enumerate(_records(prefix, "labels")):
                 pair = None if pairs is None else pairs[i]
-                tokens, cut = fit_text(texts[i], pair, seq_len, sep)
+                tokens, cut, types = fit_text(texts[i], pair, seq_len, sep, start)
                 truncated += cut
-                docs.append((tokens, ids[record["label"]]))
-        super().__init__(docs, seq_len, pad, truncated)
+                docs.append((tokens, ids[record["label"]], types))
+        super().__init__(docs, seq_len, pad, truncated, encoder=start is not None)
         self.order = _Epochs(len(docs), seed) if split == "train" and docs else None
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:

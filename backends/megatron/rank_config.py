@@ -32,6 +32,10 @@ class RankConfig:
     eod: int
     """End of document (the tokenizer's end-of-sequence id)."""
     pad: int
+    bos: int | None
+    """Beginning of sequence (an encoder's ``[CLS]``); None when the tokenizer has none."""
+    mask: int | None
+    """The mask token of masked-LM pretraining; None when the tokenizer has none."""
     stops: tuple[int, ...]
     """Tokens that end a sampled completion besides ``eod`` (GRPO)."""
     tokenizer_json: str

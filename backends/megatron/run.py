@@ -109,6 +109,8 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
         vocab_size=vocab,
         eod=tok.eos_id,
         pad=tok.pad_id,
+        bos=tok.bos_id,
+        mask=tok.mask_id,
         # GRPO completions end at the chat template's end of turn as well as at eos.
         stops=tuple(tok.stop_ids[1:]),
         tokenizer_json=str(tok.json_path),

@@ -1,4 +1,4 @@
-"""The spec models of the stage kinds trained on megatron-core: pretrain, distill, sft,
+"""The spec models of the stage kinds trained on megatron-core: pretrain, mlm, distill, sft,
 lora, dpo, grpo, reward and classify (registered in ``kinds.py``). Torch-free: the planner imports them."""
 
 from __future__ import annotations
@@ -137,6 +137,41 @@ class Distill(StageBase):
             raise ValueError(
                 "a student `from` a stage has that stage's architecture: set `from` or "
                 "`architecture`, not both"
+            )
+        return self
+
+
+class Mlm(StageBase):
+    """Masked-LM pretraining of an encoder (`style = "bert"`) on pretrain-role text: some
+    tokens of each sequence are hidden and the model learns to fill them in."""
+
+    kind: Literal["mlm"]
+    """Stage kind."""
+    from_: Name | None = ref("stage", None, alias="from")
+    """Stage whose weights to continue from (an imported BERT, say); from scratch when
+    omitted."""
+    data: StrList | None = ref(
+        "tokens", None, slot="data:{name}", source_role="pretrain", omitted="pretrain"
+    )
+    """Pretrain-role sources blended by their weights; all of them when omitted."""
+    architecture: ArchitecturePatch | None = None  # type: ignore[valid-type]
+    """This stage's own changes to `[architecture]`."""
+    mask_rate: float = Field(0.15, gt=0, lt=1)
+    """Share of each sequence's tokens (special tokens aside) the loss is on."""
+    mask_token_rate: float = Field(0.8, ge=0, le=1)
+    """Share of the chosen tokens replaced by the mask token."""
+    random_token_rate: float = Field(0.1, ge=0, le=1)
+    """Share of the chosen tokens replaced by a random token; the rest stay as they are."""
+    whole_words: bool = False
+    """Choose whole words: every piece of a chosen word (WordPiece `##` pieces, the
+    letters and digits of a word under a character tokenizer)."""
+
+    @model_validator(mode="after")
+    def _rates(self) -> Mlm:
+        if self.mask_token_rate + self.random_token_rate > 1:
+            raise ValueError(
+                f"mask_token_rate + random_token_rate ({self.mask_token_rate} + "
+                f"{self.random_token_rate}) exceeds 1"
             )
         return self
 
@@ -350,4 +385,4 @@ class Classify(StageBase):
         return self
 
 
-STAGES = (Pretrain, Distill, Sft, Lora, Dpo, Grpo, RewardModel, Classify)
+STAGES = (Pretrain, Mlm, Distill, Sft, Lora, Dpo, Grpo, RewardModel, Classify)

@@ -60,6 +60,8 @@ class PruneKind(Kind):
             return []
         try:
             parent = _parent_architecture(view.architecture, view.stages, item)
+            if parent.encoder:
+                return [Problem("pruning a bert-style encoder is not supported", (*where, "from"))]
             pruned = item.shape_from(parent)
         except (ValidationError, ValueError) as e:
             detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)

@@ -68,7 +68,9 @@ def from_stage(stage_input: Any, tokenizer_input: Any, node: str) -> ServedModel
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     tokenizer = TokenizerArtifact.open(tokenizer_input.path)
-    hf = hf_model(StageArtifact.open(stage_input), tokenizer, node)
+    stage = StageArtifact.open(stage_input)
+    stage.require_decoder("generate text")
+    hf = hf_model(stage, tokenizer, node)
     start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     return ServedModel(
         name=hf.name,

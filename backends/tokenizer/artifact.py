@@ -29,6 +29,8 @@ class TokenizerInfo:
     """`chatml`, a template string of the spec, or `own` (a pretrained tokenizer's)."""
     bos_token: str | None = None
     """None for a pretrained tokenizer that has none (Qwen's)."""
+    mask_token: str | None = None
+    """The mask token of masked-LM pretraining, when the tokenizer has one."""
     end_of_turn: list[str] | None = None
     """Tokens that end an assistant turn, which stop a chat model's generation as the
     end-of-sequence token does; for the chatml template, ``<|im_end|>``."""
@@ -92,6 +94,10 @@ class TokenizerArtifact:
     @property
     def bos_id(self) -> int | None:
         return self.token_id(self.info.bos_token) if self.info.bos_token else None
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.token_id(self.info.mask_token) if self.info.mask_token else None
 
     @property
     def pad_id(self) -> int:

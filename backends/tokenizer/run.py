@@ -63,7 +63,10 @@ def _pretrained(spec: Any, own_template: bool, out: Path) -> TokenizerInfo:
         tok = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
     except Exception as e:  # transformers raises many kinds here
         raise UserError(f"cannot load a tokenizer from {spec.path}: {e}") from None
-    if tok.eos_token is None:
+    # An encoder's tokenizer (BERT's) has [CLS] and [SEP] where a decoder's has bos and eos.
+    bos = tok.bos_token or tok.cls_token
+    eos = tok.eos_token or tok.sep_token
+    if eos is None:
         raise UserError(f"the tokenizer in {spec.path} has no end-of-sequence token")
     if not own_template:
         tok.chat_template = CHATML if spec.chat_template == "chatml" else spec.chat_template
@@ -71,9 +74,10 @@ def _pretrained(spec: Any, own_template: bool, out: Path) -> TokenizerInfo:
     return TokenizerInfo(
         kind=spec.kind,
         vocab_size=0,
-        eos_token=tok.eos_token,
-        bos_token=tok.bos_token,
-        pad_token=tok.pad_token or tok.eos_token,
+        eos_token=eos,
+        bos_token=bos,
+        pad_token=tok.pad_token or eos,
+        mask_token=tok.mask_token,
         chat_template="chatml" if tok.chat_template == CHATML else "own",
         end_of_turn=_end_of_turn(Path(spec.path), tok),
     )
@@ -103,6 +107,7 @@ def run(ctx: Any) -> None:
             eos_token=spec.eos_token,
             pad_token=spec.pad_token,
             unk_token=UNK,
+            **({"mask_token": spec.mask_token} if spec.mask_token else {}),
             additional_special_tokens=extra,
             clean_up_tokenization_spaces=False,
         )
@@ -114,6 +119,7 @@ def run(ctx: Any) -> None:
             eos_token=spec.eos_token,
             bos_token=spec.bos_token,
             pad_token=spec.pad_token,
+            mask_token=spec.mask_token,
             chat_template=spec.chat_template,
         )
     tok_json = json.loads((out / "tokenizer.json").read_text())

@@ -131,8 +131,10 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     tok = TokenizerArtifact.open(tok_input.path)
+    stage = StageArtifact.open(stage_input)
+    stage.require_decoder("generate text")
     try:
-        model, config = StageArtifact.open(stage_input).load_model()
+        model, config = stage.load_model()
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     text = tok.chat_prompt(args.prompt) if args.chat else args.prompt

@@ -80,20 +80,22 @@ def predict(
 ) -> tuple[tuple[str, ...], Any]:
     """The label names and each text's probabilities ``[n, labels]``."""
     from llmbuild.backends.megatron.artifact import StageArtifact
-    from llmbuild.backends.megatron.classifier import class_logits, load_classifier
+    from llmbuild.backends.megatron.classifier import class_logits, load_classifier, text_start
     from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     tok = TokenizerArtifact.open(tok_input.path)
     model, config, labels = load_classifier(StageArtifact.open(stage_input))
     seq = config["architecture"]["seq_len"]
+    start = text_start(config, tok)
     encoded = []
     for text, pair in texts:
-        ids, _ = fit_text(
-            tok.encode(text), None if pair is None else tok.encode(pair), seq, tok.eos_id
+        ids, _, types = fit_text(
+            tok.encode(text), None if pair is None else tok.encode(pair), seq, tok.eos_id, start
         )
-        encoded.append((ids if len(ids) else [tok.eos_id], 0))
-    probs = class_logits(model, LabeledTexts(encoded, seq, tok.pad_id), 32).softmax(-1)
+        encoded.append((ids if len(ids) else [tok.eos_id], 0, types))
+    samples = LabeledTexts(encoded, seq, tok.pad_id, encoder=start is not None)
+    probs = class_logits(model, samples, 32).softmax(-1)
     return labels, probs
 
 

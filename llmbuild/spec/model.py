@@ -50,6 +50,9 @@ class Tokenizer(SpecModel):
     own is used)."""
     pad_token: str = "<|pad|>"
     """Padding special token (a pretrained tokenizer's own, or its eos, is used)."""
+    mask_token: str | None = added(None)
+    """Mask special token of masked-LM (`mlm`) pretraining; none when unset. A
+    pretrained tokenizer's own (BERT's `[MASK]`) is used."""
     chat_template: str = "chatml"
     """Chat template: `chatml` (with <|im_start|>/<|im_end|> special tokens) or a Jinja
     template string. A pretrained tokenizer keeps its own unless this is set."""
@@ -89,6 +92,14 @@ _STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
         "bias": False,
         "tie_embeddings": False,
     },
+    "bert": {
+        "norm": "layernorm",
+        "norm_eps": 1e-12,
+        "activation": "gelu",
+        "position": "learned",
+        "bias": True,
+        "tie_embeddings": True,
+    },
 }
 
 
@@ -109,15 +120,17 @@ class RopeScaling(SpecModel):
     """`llama3`: the context length the model was first trained with."""
 
 
-Family = Literal["gpt2", "llama", "mistral", "qwen2", "qwen3"]
+Family = Literal["gpt2", "llama", "mistral", "qwen2", "qwen3", "bert"]
 
 
 class Architecture(SpecModel):
     """The shape of the transformer. Fields a style implies default from that style."""
 
-    style: Literal["gpt2", "llama"] = "gpt2"
-    """`gpt2` (LayerNorm, GELU, learned positions, bias, tied embeddings) or `llama`
-    (RMSNorm, SwiGLU, RoPE, grouped-query attention, untied); sets the defaults below."""
+    style: Literal["gpt2", "llama", "bert"] = "gpt2"
+    """`gpt2` (LayerNorm, GELU, learned positions, bias, tied embeddings), `llama`
+    (RMSNorm, SwiGLU, RoPE, grouped-query attention, untied), or `bert`: an encoder
+    (bidirectional attention, post-norm layers, token types, a LayerNorm on the
+    embeddings, norm_eps 1e-12), trained by `mlm` stages; sets the defaults below."""
     layers: PositiveInt
     """Number of transformer layers."""
     hidden: PositiveInt
@@ -170,6 +183,9 @@ class Architecture(SpecModel):
     `max_position_embeddings`); seq_len when unset. Training may use a shorter seq_len."""
     sliding_window: PositiveInt | None = added(None)
     """Attention window of a Mistral-style model; seq_len may not exceed it."""
+    type_vocab_size: PositiveInt | None = added(None)
+    """Token types of an encoder (`bert`: a text is type 0, its pair type 1); 2 when
+    unset."""
 
     @model_validator(mode="before")
     @classmethod
@@ -204,6 +220,16 @@ class Architecture(SpecModel):
         return self.family or self.style
 
     @property
+    def encoder(self) -> bool:
+        """Whether the model reads its whole input at once (bidirectional attention)."""
+        return self.style == "bert"
+
+    @property
+    def token_types(self) -> int:
+        """Rows of an encoder's token-type table (none for a decoder)."""
+        return (self.type_vocab_size or 2) if self.encoder else 0
+
+    @property
     def qkv_biased(self) -> bool:
         return self.bias if self.qkv_bias is None else self.qkv_bias
 
@@ -214,6 +240,15 @@ class Architecture(SpecModel):
                 f"seq_len ({self.seq_len}) exceeds max_positions ({self.max_positions}), the "
                 "context the model supports"
             )
+        if self.encoder and (
+            self.position != "learned" or not self.tie_embeddings or self.norm != "layernorm"
+        ):
+            raise ValueError(
+                "style = 'bert' has learned positions, LayerNorm and tied embeddings "
+                "(position = 'learned', norm = 'layernorm', tie_embeddings = true)"
+            )
+        if self.type_vocab_size is not None and not self.encoder:
+            raise ValueError("type_vocab_size applies to style = 'bert' only")
         if self.sliding_window is not None and self.seq_len > self.sliding_window:
             raise ValueError(
                 f"seq_len ({self.seq_len}) exceeds sliding_window ({self.sliding_window}): "

@@ -390,14 +390,20 @@ def test_a_classifier_from_an_imported_checkpoint_learns_and_exports(tmp_path_fa
 def test_a_pair_follows_its_text_after_a_separator_and_the_longer_gives_way():
     from llmbuild.backends.megatron.posttrain_data import fit_text
 
-    ids, cut = fit_text([1, 2, 3], [4, 5], 8, 0)
-    assert ids.tolist() == [1, 2, 3, 0, 4, 5] and not cut
-    ids, cut = fit_text(list(range(10, 30)), [4, 5], 8, 0)
+    ids, cut, types = fit_text([1, 2, 3], [4, 5], 8, 0)
+    assert ids.tolist() == [1, 2, 3, 0, 4, 5] and not cut and types is None
+    ids, cut, _ = fit_text(list(range(10, 30)), [4, 5], 8, 0)
     assert ids.tolist() == [10, 11, 12, 13, 14, 0, 4, 5] and cut
-    ids, cut = fit_text([1, 2], list(range(10, 30)), 8, 0)
+    ids, cut, _ = fit_text([1, 2], list(range(10, 30)), 8, 0)
     assert ids.tolist() == [1, 2, 0, 10, 11, 12, 13, 14] and cut
-    ids, cut = fit_text(list(range(10, 30)), None, 8, 0)
+    ids, cut, _ = fit_text(list(range(10, 30)), None, 8, 0)
     assert ids.tolist() == list(range(10, 18)) and cut
+    # An encoder's: [CLS] text [SEP] pair [SEP], token types 0 then 1.
+    ids, cut, types = fit_text([1, 2, 3], [4, 5], 9, 0, start=7)
+    assert ids.tolist() == [7, 1, 2, 3, 0, 4, 5, 0] and not cut
+    assert types.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    ids, cut, types = fit_text(list(range(10, 30)), None, 6, 0, start=7)
+    assert ids.tolist() == [7, 10, 11, 12, 13, 0] and cut and types.tolist() == [0] * 6
 
 
 def test_pairs_are_tokenized_beside_their_texts(tmp_path):
@@ -421,7 +427,7 @@ def test_pairs_are_tokenized_beside_their_texts(tmp_path):
         {"sums": str(data)}, "validation", 16, tok.pad_id, tok.eos_id, ("0", "1"), 0
     )
     assert len(train) + len(valid) == 40
-    for ids, label in train.docs + valid.docs:
+    for ids, label, _ in train.docs + valid.docs:
         text, pair = tok.decode(ids.tolist(), skip_special_tokens=False).split(
             tok.decode([tok.eos_id], skip_special_tokens=False)
         )

@@ -355,3 +355,13 @@ def test_distill_at_two_tensor_ranks_matches_one(tmp_path, stores):
     gathered, is the one rank's."""
     spec = tiny_spec(tmp_path, "llama", steps=4, extra=DISTILL)
     assert_same_training(stores, spec, ["parallelism.tensor=2"], node="stage:student")
+
+
+def test_encoder_two_tensor_parallel_ranks_match_one(tmp_path, stores):
+    """A bert-style encoder's masked-LM stage at tensor = 2: the attention and MLM head's
+    decoder split over two ranks, norms, positions and token types replicated."""
+    from tests.backends.test_encoder import SPEC, encoder_spec
+
+    text = SPEC.replace("steps = 500", "steps = 6", 1)
+    spec = encoder_spec(tmp_path, text)
+    assert_same_training(stores, spec, ["parallelism.tensor=2"], node="stage:mlm")

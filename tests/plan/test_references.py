@@ -47,6 +47,23 @@ global_batch = 4
 lr = 1e-3
 
 [[stage]]
+name = "encoder"
+kind = "mlm"
+data = "books"
+steps = 2
+global_batch = 4
+lr = 1e-3
+architecture = { style = "bert" }
+
+[[stage]]
+name = "encoder-more"
+kind = "mlm"
+from = "encoder"
+steps = 2
+global_batch = 4
+lr = 1e-3
+
+[[stage]]
 name = "pruned"
 kind = "prune"
 from = "pretrain"
@@ -132,7 +149,8 @@ stages = ["pretrain", "sft", "dpo"]
 name = "ppl\"""",
 )
 EVERY_KIND = EVERY_KIND.replace(
-    '[tokenizer]\nkind = "char"', '[tokenizer]\nkind = "char"\nsources = ["books"]'
+    '[tokenizer]\nkind = "char"',
+    '[tokenizer]\nkind = "char"\nsources = ["books"]\nmask_token = "<|mask|>"',
 )
 
 

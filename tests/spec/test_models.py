@@ -81,6 +81,7 @@ def test_execution_only_fields_are_pinned():
                     "Dpo",
                     "Grpo",
                     "Lora",
+                    "Mlm",
                     "Pretrain",
                     "RewardModel",
                     "Sft",
