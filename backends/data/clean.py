@@ -33,6 +33,8 @@ def normalise_record(record: dict[str, Any], clean: Clean) -> dict[str, Any]:
     for k, v in record.items():
         if isinstance(v, str):
             out[k] = normalise_text(v, clean)
+        elif isinstance(v, list) and k == "label":  # a multi-label text's label names
+            out[k] = sorted({normalise_text(name, clean) for name in v})
         elif isinstance(v, list):
             out[k] = [
                 {"role": m["role"], "content": normalise_text(m["content"], clean)} for m in v

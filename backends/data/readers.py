@@ -243,15 +243,27 @@ def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
     )
 
 
+def _label_name(value: Any) -> str | None:
+    """A label as its name: a non-empty string or an integer; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        return None
+    return str(value).strip()
+
+
 def _labeled(rec: Record, source: Source) -> dict[str, Any]:
-    label = _field(rec, source.label_field, (str, int))
-    if isinstance(label, bool) or not str(label).strip():
+    """A labeled text: one label, or a list of labels (any number, for multi-label
+    classifiers; kept sorted and distinct)."""
+    raw = _field(rec, source.label_field, (str, int, list))
+    names = [_label_name(v) for v in raw] if isinstance(raw, list) else [_label_name(raw)]
+    if None in names:
         raise BadRecord(
             rec.where,
-            f"field {source.label_field!r} must be a non-empty string or an integer",
+            f"field {source.label_field!r} must be a non-empty string, an integer, or a "
+            "list of them",
             "field",
         )
-    out = {"text": _field(rec, source.text_field), "label": str(label).strip()}
+    label: Any = sorted(set(names)) if isinstance(raw, list) else names[0]
+    out = {"text": _field(rec, source.text_field), "label": label}
     if source.pair_field is not None:
         out["pair"] = _field(rec, source.pair_field)
     return out

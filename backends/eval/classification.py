@@ -13,12 +13,17 @@ from llmbuild.errors import UserError
 
 
 def labeled_file(
-    path: Path, tok: Any, labels: tuple[str, ...], seq_len: int, start: int | None
+    path: Path,
+    tok: Any,
+    labels: tuple[str, ...],
+    seq_len: int,
+    start: int | None,
+    multi_label: bool = False,
 ) -> Any:
     """The labeled texts of a listed file (records with ``text``, ``label``, and ``pair``
     for pairs), read as a labeled source's are and cut to fit as a classify stage's."""
     from llmbuild.backends.data.readers import BadRecord, normalise, read_records
-    from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text
+    from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text, label_ids
 
     from llmbuild.spec.data import Source
 
@@ -32,22 +37,28 @@ def labeled_file(
             r, pair = normalise(rec, source), rec.data.get("pair")
             if pair is not None and not isinstance(pair, str):
                 raise BadRecord(rec.where, "field 'pair' must be a string", "field")
-            if r["label"] not in ids:
+            if isinstance(r["label"], list) and not multi_label:
                 raise BadRecord(
-                    rec.where,
-                    f"label {r['label']!r} is not one the classifier knows ({', '.join(labels)})",
-                    "field",
+                    rec.where, "a list of labels, but the classifier gives one", "field"
                 )
+            for name in r["label"] if isinstance(r["label"], list) else [r["label"]]:
+                if name not in ids:
+                    raise BadRecord(
+                        rec.where,
+                        f"label {name!r} is not one the classifier knows ({', '.join(labels)})",
+                        "field",
+                    )
             pair = None if pair is None else tok.encode(pair)
             tokens, cut, types = fit_text(tok.encode(r["text"]), pair, seq_len, tok.eos_id, start)
-            docs.append((tokens, ids[r["label"]], types))
+            docs.append((tokens, label_ids(r["label"], ids, multi_label), types))
             truncated += cut
     except BadRecord as e:
         raise UserError(str(e)) from None
-    return LabeledTexts(docs, seq_len, tok.pad_id, truncated, encoder=start is not None)
+    classes = len(labels) if multi_label else None
+    return LabeledTexts(docs, seq_len, tok.pad_id, truncated, start is not None, classes)
 
 
-def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[str], list[str]]:
+def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[str], list[Any]]:
     """The texts (a pair after its text) and label names of a split of labeled sources,
     decoded whole from their tokens (not cut to a context)."""
     from llmbuild.backends.megatron.posttrain_data import _datasets, _records
@@ -67,33 +78,53 @@ def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[st
 
 
 def baseline_predictions(
-    train: tuple[list[str], list[str]], texts: list[str], labels: tuple[str, ...]
-) -> list[int]:
-    """TF-IDF over words and word pairs, then logistic regression, fitted on ``train``;
-    the label id predicted for each of ``texts``."""
+    train: tuple[list[str], list[Any]], texts: list[str], labels: tuple[str, ...], multi: bool
+) -> Any:
+    """TF-IDF over words and word pairs, then logistic regression (one per label when
+    ``multi``), fitted on ``train``; the label id predicted for each of ``texts``, or with
+    ``multi`` a row of 0/1 per text."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MultiLabelBinarizer
 
+    classifier = LogisticRegression(max_iter=2000)
     model = make_pipeline(
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-        LogisticRegression(max_iter=2000),
+        OneVsRestClassifier(classifier) if multi else classifier,
     )
-    model.fit(*train)
+    texts_seen, seen = train
+    if multi:
+        binarizer = MultiLabelBinarizer(classes=list(labels))
+        model.fit(texts_seen, binarizer.fit_transform([_as_list(x) for x in seen]))
+        return model.predict(texts).tolist()
+    model.fit(texts_seen, seen)
     ids = {name: i for i, name in enumerate(labels)}
     return [ids[str(p)] for p in model.predict(texts)]
 
 
-def scores(truth: list[int], predicted: list[int], labels: tuple[str, ...]) -> dict[str, Any]:
-    """scikit-learn's measures of ``predicted`` against ``truth`` (label ids)."""
+def _as_list(label: Any) -> list[str]:
+    return label if isinstance(label, list) else [label]
+
+
+def scores(truth: list[Any], predicted: list[Any], labels: tuple[str, ...]) -> dict[str, Any]:
+    """scikit-learn's measures of ``predicted`` against ``truth``: label ids, or for a
+    multi-label classifier rows of 0/1 (accuracy is then the share of texts with every
+    label right, and ``confusion`` each label's ``[[tn, fp], [fn, tp]]``)."""
     from sklearn.metrics import (
         accuracy_score,
         confusion_matrix,
         f1_score,
+        multilabel_confusion_matrix,
         precision_recall_fscore_support,
     )
 
     ids = list(range(len(labels)))
+    multi = bool(truth) and isinstance(truth[0], list)
+    confusion = (multilabel_confusion_matrix if multi else confusion_matrix)(
+        truth, predicted, labels=ids
+    ).tolist()
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=ids, zero_division=0
     )
@@ -111,26 +142,36 @@ def scores(truth: list[int], predicted: list[int], labels: tuple[str, ...]) -> d
             }
             for i, name in enumerate(labels)
         },
-        "confusion": confusion_matrix(truth, predicted, labels=ids).tolist(),
+        "confusion": confusion,
+        "multi_label": multi,
     }
 
 
+MULTI_COLUMNS = ("tn", "fp", "fn", "tp")
+"""A multi-label classifier's confusion, per label: true and false negatives and
+positives."""
+
+
 def confusion_png(
-    path: Path, title: str, confusion: list[list[int]], labels: tuple[str, ...]
+    path: Path, title: str, confusion: list[Any], labels: tuple[str, ...], multi: bool = False
 ) -> None:
-    """The confusion matrix (rows: true labels, columns: predicted) as a PNG."""
+    """The confusion matrix (rows: true labels, columns: predicted) as a PNG; for a
+    multi-label classifier, one row per label of its tn, fp, fn and tp."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if multi:
+        confusion = [[v for row in m for v in row] for m in confusion]
     n = len(labels)
+    columns = MULTI_COLUMNS if multi else labels
     size = min(2.5 + 0.45 * n, 14)
     fig, ax = plt.subplots(figsize=(size, size), dpi=100)
     ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="" if multi else "predicted", ylabel="label" if multi else "true", title=title)
     top = max((max(row) for row in confusion), default=0)
     for i, row in enumerate(confusion):
         for j, v in enumerate(row):
@@ -158,6 +199,13 @@ def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
             f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['support']} |"
             for label, m in r["per_label"].items()
         ]
+        if r.get("multi_label"):
+            out += ["", "| label | " + " | ".join(MULTI_COLUMNS) + " |", "| --- " * 5 + "|"]
+            out += [
+                f"| {label} | " + " | ".join(str(v) for row in m for v in row) + " |"
+                for label, m in zip(labels, r["confusion"])
+            ]
+            continue
         out += ["", "| true \\ predicted | " + " | ".join(labels) + " |"]
         out += ["| --- " * (len(labels) + 1) + "|"]
         out += [
@@ -165,6 +213,13 @@ def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
             for label, row in zip(labels, r["confusion"])
         ]
     return out
+
+
+def _names(label: Any, labels: tuple[str, ...]) -> Any:
+    """A label id as its name; a multi-label row of 0/1 as the list of names set."""
+    if isinstance(label, list):
+        return [name for name, on in zip(labels, label) if on]
+    return labels[label]
 
 
 def _baseline(ctx: Any, results: dict[str, Any], labels: tuple[str, ...], tok: Any) -> None:
@@ -177,8 +232,13 @@ def _baseline(ctx: Any, results: dict[str, Any], labels: tuple[str, ...], tok: A
         if name not in sources:
             continue
         texts, truth = source_texts({name: sources[name]}, "validation", tok)
-        predicted = baseline_predictions(train, texts, labels)
-        results[name]["baseline"] = scores([ids[t] for t in truth], predicted, labels)
+        multi = bool(results[name].get("multi_label"))
+        predicted = baseline_predictions(train, texts, labels, multi)
+        if multi:
+            rows = [[int(n in _as_list(t)) for n in labels] for t in truth]
+            results[name]["baseline"] = scores(rows, predicted, labels)
+        else:
+            results[name]["baseline"] = scores([ids[t] for t in truth], predicted, labels)
 
 
 def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
@@ -196,12 +256,13 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     seq_len = config["architecture"]["seq_len"]
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     start = text_start(config, tok)
+    multi = bool(config.get("multi_label", False))
     sets: dict[str, Any] = {}
     for slot, artifact in sorted(ctx.inputs.items()):
         if slot.startswith("data:"):
             source = {slot[5:]: str(artifact.path)}
             samples = LabeledSamples(
-                source, "validation", seq_len, tok.pad_id, tok.eos_id, labels, 0, start
+                source, "validation", seq_len, tok.pad_id, tok.eos_id, labels, 0, start, multi
             )
             if len(samples):
                 sets[slot[5:]] = samples
@@ -209,7 +270,7 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
     for pattern in suite.files:
         for path in expand(pattern):
-            sets[Path(path).name] = labeled_file(Path(path), tok, labels, seq_len, start)
+            sets[Path(path).name] = labeled_file(Path(path), tok, labels, seq_len, start, multi)
     if not sets:
         raise UserError(
             "nothing to measure: the labeled sources have no validation texts and no files "
@@ -218,9 +279,15 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     results = {}
     with open(ctx.out_dir / "predictions.jsonl", "w") as f:
         for name, samples in sets.items():
-            probs = class_logits(model, samples, suite.batch_size).softmax(-1)
-            predicted = probs.argmax(-1).tolist()
-            truth = [doc[1] for doc in samples.docs]
+            logits = class_logits(model, samples, suite.batch_size)
+            if multi:
+                probs = logits.sigmoid()
+                predicted = (probs > 0.5).int().tolist()
+                truth = samples.batch(list(range(len(samples))))["label"].int().tolist()
+            else:
+                probs = logits.softmax(-1)
+                predicted = probs.argmax(-1).tolist()
+                truth = [doc[1] for doc in samples.docs]
             results[name] = scores(truth, predicted, labels)
             results[name]["truncated"] = samples.truncated
             for t, p, row in zip(truth, predicted, probs.tolist()):
@@ -228,17 +295,16 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                     json.dumps(
                         {
                             "data": name,
-                            "label": labels[t],
-                            "predicted": labels[p],
+                            "label": _names(t, labels),
+                            "predicted": _names(p, labels),
                             "probabilities": [round(x, 6) for x in row],
                         }
                     )
                     + "\n"
                 )
             title = f"{ctx.config.stage} on {name}"
-            confusion_png(
-                ctx.out_dir / f"confusion-{name}.png", title, results[name]["confusion"], labels
-            )
+            png = ctx.out_dir / f"confusion-{name}.png"
+            confusion_png(png, title, results[name]["confusion"], labels, multi)
     if suite.baseline:
         _baseline(ctx, results, labels, tok)
     for name, r in results.items():

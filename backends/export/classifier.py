@@ -29,6 +29,8 @@ def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
+    if stage.multi_label:  # a sigmoid per label, as transformers' pipelines then apply
+        config.problem_type = "multi_label_classification"
     state = {k: v for k, v in weights.items() if not k.startswith(family.lm_head)}
     head = stage.classifier()
     for ours, theirs in family.classifier_names.items():

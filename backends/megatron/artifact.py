@@ -119,6 +119,11 @@ class StageArtifact:
         return load_file(str(self.path / VALUE_HEAD))
 
     @property
+    def multi_label(self) -> bool:
+        """Whether the classifier gives each text any number of its labels."""
+        return bool(self.config.get("multi_label", False))
+
+    @property
     def labels(self) -> tuple[str, ...]:
         """A classifier's label names, in the order of its outputs; empty for other stages."""
         return tuple(self.config.get("labels", ()))

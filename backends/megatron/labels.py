@@ -11,8 +11,16 @@ from typing import Any
 from llmbuild.errors import UserError
 
 
+def label_lists(dataset_dirs: list[Path]) -> int:
+    """Texts labeled with a list of labels (multi-label) in the tokenized sources."""
+    return sum(
+        json.loads((d / "datasets.json").read_text()).get("label_lists", 0) for d in dataset_dirs
+    )
+
+
 def label_counts(dataset_dirs: list[Path]) -> dict[str, dict[str, int]]:
-    """Texts per label and split over the tokenized labeled sources."""
+    """Texts per label and split over the tokenized labeled sources (a multi-label text
+    counts once for each of its labels)."""
     out: dict[str, dict[str, int]] = {"train": {}, "validation": {}}
     for d in dataset_dirs:
         index = json.loads((d / "datasets.json").read_text())

@@ -238,7 +238,15 @@ def classification(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     train, valid = _splits(
         cfg,
         lambda split: LabeledSamples(
-            cfg.sources, split, arch.seq_len, cfg.pad, cfg.eod, cfg.labels, cfg.seed, start
+            cfg.sources,
+            split,
+            arch.seq_len,
+            cfg.pad,
+            cfg.eod,
+            cfg.labels,
+            cfg.seed,
+            start,
+            cfg.stage.get("multi_label", False),
         ),
         "labeled texts",
     )

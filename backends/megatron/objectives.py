@@ -306,7 +306,9 @@ class PairwiseReward(_Pairs):
 
 class Classification(_Pairs):
     """A classifier: cross-entropy of the head's logits against each text's label (weighted
-    by class when asked), and the share of texts whose most likely label is right."""
+    by class when asked), and the share of texts whose most likely label is right. Multi-
+    label (a batch's labels are rows of 0/1): binary cross-entropy per label, and the share
+    of texts whose every label is right (probability past 0.5 exactly where it applies)."""
 
     def __init__(
         self, train: Any, valid: Any, head: ValueHead, weights: tuple[float, ...], precision: str
@@ -323,6 +325,11 @@ class Classification(_Pairs):
 
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         logits = self.head.scores(model, batch, self.precision)
-        loss = F.cross_entropy(logits, batch["label"], weight=self.weights)
-        right = (logits.detach().argmax(-1) == batch["label"]).float().mean()
+        target = batch["label"]
+        if target.dim() == 2:  # multi-label
+            loss = F.binary_cross_entropy_with_logits(logits, target, weight=self.weights)
+            right = ((logits.detach() > 0) == (target > 0.5)).all(-1).float().mean()
+            return loss, {"accuracy": float(right)}
+        loss = F.cross_entropy(logits, target, weight=self.weights)
+        right = (logits.detach().argmax(-1) == target).float().mean()
         return loss, {"accuracy": float(right)}

@@ -214,11 +214,16 @@ def fit_text(
 
 
 def labeled_batch(
-    docs: list[tuple[Any, ...]], seq_len: int, pad: int, encoder: bool = False
+    docs: list[tuple[Any, ...]],
+    seq_len: int,
+    pad: int,
+    encoder: bool = False,
+    classes: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Texts padded to ``seq_len``, ``last`` marking each one's final token (where a
-    decoder's classifier reads), and their label ids. An encoder's batch adds the padding
-    mask (True = padding) and the token types (a doc's third item, zeros when absent)."""
+    decoder's classifier reads), and their label ids (with ``classes``, multi-label: each
+    doc's ids as a row of 0/1 over the classes). An encoder's batch adds the padding mask
+    (True = padding) and the token types (a doc's third item, zeros when absent)."""
     tokens = np.full((len(docs), seq_len), pad, dtype=np.int64)
     types = np.zeros((len(docs), seq_len), dtype=np.int64)
     last = np.zeros(len(docs), dtype=np.int64)
@@ -231,7 +236,9 @@ def labeled_batch(
         "tokens": torch.from_numpy(tokens),
         "position_ids": torch.arange(seq_len).expand(len(docs), -1),
         "last": torch.from_numpy(last),
-        "label": torch.tensor([doc[1] for doc in docs], dtype=torch.int64),
+        "label": torch.tensor([doc[1] for doc in docs], dtype=torch.int64)
+        if classes is None
+        else multi_hot([doc[1] for doc in docs], classes),
     }
     if encoder:
         lengths = torch.from_numpy(last + 1)
@@ -240,9 +247,18 @@ def labeled_batch(
     return out
 
 
+def multi_hot(label_ids: list[Any], classes: int) -> torch.Tensor:
+    """Rows of 0/1 over ``classes``: 1 at each text's label ids."""
+    out = torch.zeros(len(label_ids), classes)
+    for r, ids in enumerate(label_ids):
+        out[r, list(ids)] = 1.0
+    return out
+
+
 class LabeledTexts:
     """Labeled texts already cut to fit (``fit_text``), ``truncated`` of them cut, read
-    in order in ``labeled_batch``'s batches (an ``encoder``'s with its padding mask)."""
+    in order in ``labeled_batch``'s batches (an ``encoder``'s with its padding mask;
+    with ``classes``, multi-label: a doc's label is a tuple of ids)."""
 
     def __init__(
         self,
@@ -251,15 +267,25 @@ class LabeledTexts:
         pad: int,
         truncated: int = 0,
         encoder: bool = False,
+        classes: int | None = None,
     ) -> None:
         self.docs, self.seq_len, self.pad, self.truncated = docs, seq_len, pad, truncated
-        self.encoder = encoder
+        self.encoder, self.classes = encoder, classes
 
     def __len__(self) -> int:
         return len(self.docs)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return labeled_batch([self.docs[i] for i in indices], self.seq_len, self.pad, self.encoder)
+        docs = [self.docs[i] for i in indices]
+        return labeled_batch(docs, self.seq_len, self.pad, self.encoder, self.classes)
+
+
+def label_ids(label: Any, ids: dict[str, int], multi_label: bool) -> Any:
+    """A text's label id, or for a multi-label classifier the tuple of its label ids (a
+    single label is a list of one)."""
+    if not multi_label:
+        return ids[label]
+    return tuple(ids[name] for name in (label if isinstance(label, list) else [label]))
 
 
 class LabeledSamples(LabeledTexts):
@@ -278,6 +304,7 @@ class LabeledSamples(LabeledTexts):
         labels: tuple[str, ...],
         seed: int,
         start: int | None = None,
+        multi_label: bool = False,
     ) -> None:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -291,8 +318,9 @@ class LabeledSamples(LabeledTexts):
                 pair = None if pairs is None else pairs[i]
                 tokens, cut, types = fit_text(texts[i], pair, seq_len, sep, start)
                 truncated += cut
-                docs.append((tokens, ids[record["label"]], types))
-        super().__init__(docs, seq_len, pad, truncated, encoder=start is not None)
+                docs.append((tokens, label_ids(record["label"], ids, multi_label), types))
+        classes = len(labels) if multi_label else None
+        super().__init__(docs, seq_len, pad, truncated, start is not None, classes)
         self.order = _Epochs(len(docs), seed) if split == "train" and docs else None
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
 from llmbuild.backends.megatron.train import FACTS, TIMINGS, train_ranks
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
+from llmbuild.errors import UserError
 from llmbuild.registry import default_registry
 from llmbuild.run.context import RunContext
 from llmbuild.spec.base import table_dump
@@ -86,6 +87,13 @@ def _labels(ctx: RunContext[TrainConfig]) -> tuple[tuple[str, ...], tuple[float,
     if stage.kind != "classify":
         return (), ()
     data = [a.path for slot, a in sorted(ctx.inputs.items()) if slot.startswith("data:")]
+    lists = labels.label_lists(data)
+    if lists and not stage.multi_label:
+        raise UserError(
+            f"{ctx.node} (stage.{stage.name}.data): {lists} texts of source {stage.data!r} "
+            "have a list of labels; set multi_label = true to learn any number of labels "
+            "per text"
+        )
     names = labels.label_names(ctx.node, stage, labels.label_counts(data))
     return names, labels.class_weights(stage, names)
 
@@ -193,6 +201,8 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     }
     if ranks.labels:
         meta["labels"] = list(ranks.labels)
+        if stage.multi_label:
+            meta["multi_label"] = True
     adapter = getattr(stage, "adapter", None)
     if adapter is not None:
         base = ctx.input("from")

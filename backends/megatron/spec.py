@@ -371,6 +371,11 @@ class Classify(StageBase):
     imbalanced classes); 1 for a label not listed."""
     lr: float = Field(1e-4, gt=0)
     """Peak learning rate."""
+    multi_label: bool = added(False)
+    """Each text has any number of the labels (a list in its label field, empty for
+    none): one sigmoid per label under binary cross-entropy, and a label is predicted
+    where its probability passes 0.5. Accuracy is then the share of texts whose labels
+    are all right."""
 
     @model_validator(mode="after")
     def _labels(self) -> Classify:

@@ -109,7 +109,11 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
                 docs = docs + pairs
             labels.writelines(json.dumps({"label": r["label"]}) + "\n" for r in batch)
             for r in batch:
-                stats["labels"][r["label"]] = stats["labels"].get(r["label"], 0) + 1
+                several = isinstance(r["label"], list)  # a multi-label text
+                for name in r["label"] if several else [r["label"]]:
+                    stats["labels"][name] = stats["labels"].get(name, 0) + 1
+                if several:
+                    stats["label_lists"] = stats.get("label_lists", 0) + 1
         else:
             docs = enc.encode([enc.template.prompt(r["prompt"]) for r in batch])
             out[".prompt"].add(docs)
@@ -162,6 +166,7 @@ def run(ctx: Any) -> None:
         }
         for r in results
     ]
+    lists = sum(r.get("label_lists", 0) for r in results)
     totals = {split: sum(d["tokens"] for d in datasets if d["split"] == split) for split in SPLITS}
     index = {
         "role": role,
@@ -173,6 +178,8 @@ def run(ctx: Any) -> None:
     }
     if role == "labeled":  # documents per label and split, for the stages to map labels
         index["labels"] = {split: _label_counts(datasets, split) for split in SPLITS}
+        if lists:  # texts with a list of labels (multi-label)
+            index["label_lists"] = lists
     (ctx.out_dir / "datasets.json").write_text(json.dumps(index, indent=1, sort_keys=True))
     ctx.progress.update(
         completed=len(jobs), total=len(jobs), unit="shards", tokens=sum(totals.values()), force=True

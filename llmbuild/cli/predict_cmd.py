@@ -77,15 +77,17 @@ def _stage_node(resolved: Any, wanted: str | None) -> str:
 
 def predict(
     stage_input: Any, tok_input: Any, texts: list[tuple[str, str | None]]
-) -> tuple[tuple[str, ...], Any]:
-    """The label names and each text's probabilities ``[n, labels]``."""
+) -> tuple[tuple[str, ...], Any, bool]:
+    """The label names, each text's probabilities ``[n, labels]``, and whether the
+    classifier is multi-label (each label's probability its own, not summing to 1)."""
     from llmbuild.backends.megatron.artifact import StageArtifact
     from llmbuild.backends.megatron.classifier import class_logits, load_classifier, text_start
     from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     tok = TokenizerArtifact.open(tok_input.path)
-    model, config, labels = load_classifier(StageArtifact.open(stage_input))
+    stage = StageArtifact.open(stage_input)
+    model, config, labels = load_classifier(stage)
     seq = config["architecture"]["seq_len"]
     start = text_start(config, tok)
     encoded = []
@@ -95,8 +97,10 @@ def predict(
         )
         encoded.append((ids if len(ids) else [tok.eos_id], 0, types))
     samples = LabeledTexts(encoded, seq, tok.pad_id, encoder=start is not None)
-    probs = class_logits(model, samples, 32).softmax(-1)
-    return labels, probs
+    logits = class_logits(model, samples, 32)
+    # A multi-label classifier's labels each have a probability of their own.
+    multi = stage.multi_label
+    return labels, logits.sigmoid() if multi else logits.softmax(-1), multi
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,19 +113,20 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     node = _stage_node(resolved, args.stage)
-    labels, probs = predict(
-        _built(store, planned, node, args.spec),
-        _built(store, planned, "tokenizer", args.spec),
-        texts,
-    )
+    stage = _built(store, planned, node, args.spec)
+    labels, probs, multi = predict(stage, _built(store, planned, "tokenizer", args.spec), texts)
     top = max(1, min(args.top, len(labels)))
     for (text, pair), row in zip(texts, probs.tolist()):
         ranked = sorted(zip(labels, row), key=lambda lp: -lp[1])
+        # Multi-label: every label past 0.5 (perhaps none); else the most likely one.
+        chosen = [n for n, p in ranked if p > 0.5] if multi else ranked[0][0]
         if args.json:
             out = {"text": text, **({"pair": pair} if pair is not None else {})}
-            out |= {"label": ranked[0][0], "probabilities": dict(zip(labels, row))}
+            out |= {"labels" if multi else "label": chosen}
+            out |= {"probabilities": dict(zip(labels, row))}
             sys.stdout.write(json.dumps(out) + "\n")
         else:
             shown = "  ".join(f"{name} {p:.3f}" for name, p in ranked[:top])
-            sys.stdout.write(f"{ranked[0][0]}\t{shown}\t{text}\n")
+            said = (",".join(chosen) or "-") if multi else chosen
+            sys.stdout.write(f"{said}\t{shown}\t{text}\n")
     return 0

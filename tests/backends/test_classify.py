@@ -168,8 +168,9 @@ def test_labels_only_in_validation_or_of_one_kind_are_refused():
     ("line", "message"),
     [
         ('{"text": "01+02=03"}', "missing field 'label'"),
-        ('{"text": "01+02=03", "label": ""}', "must be a non-empty string or an integer"),
-        ('{"text": "01+02=03", "label": [1]}', "field 'label' must be"),
+        ('{"text": "01+02=03", "label": ""}', "must be a non-empty string, an integer, or a list"),
+        ('{"text": "01+02=03", "label": [""]}', "field 'label' must be"),
+        ('{"text": "01+02=03", "label": {"a": 1}}', "field 'label' must be"),
         ('{"label": "big"}', "missing field 'text'"),
     ],
 )
@@ -433,3 +434,94 @@ def test_pairs_are_tokenized_beside_their_texts(tmp_path):
         )
         a = int(text.split("+")[0])
         assert pair == f"{2 * a:02d}" and label == a % 2
+
+
+MULTI = """
+[[data.sources]]
+name = "tags"
+path = "data/tags.jsonl"
+role = "labeled"
+
+[[stage]]
+name = "tagger"
+kind = "classify"
+from = "pretrain"
+data = "tags"
+multi_label = true
+steps = 200
+global_batch = 16
+lr = 2e-3
+eval_batches = 4
+
+[[eval]]
+name = "tags"
+kind = "classification"
+stages = ["tagger"]
+baseline = true
+
+[[export]]
+format = "hf"
+stage = "tagger"
+"""
+
+
+def write_tags(path: Path, n: int = 600, seed: int = 3) -> None:
+    """Sums tagged with any of "big" (50 or more) and "odd": none, one or both."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            a, b = rng.randrange(50), rng.randrange(50)
+            tags = [t for t, on in (("big", a + b >= 50), ("odd", (a + b) % 2)) if on]
+            f.write(json.dumps({"text": f"{a:02d}+{b:02d}={a + b:02d}", "label": tags}) + "\n")
+
+
+def test_a_multi_label_classifier_learns_every_label_of_a_text(tmp_path, tmp_path_factory):
+    """One sigmoid per label: every label of a text right (accuracy), the eval's figures
+    scikit-learn's on the same 0/1 rows, exported with transformers' multi-label problem
+    type, and predict gives each text its labels, perhaps none."""
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    spec = posttrain_spec(tmp_path, MULTI, "")
+    write_tags(tmp_path / "data" / "tags.jsonl")
+    store = suite_store(tmp_path_factory)
+    outcome = run_nodes(spec, store, ("eval:tags@tagger", "export:hf@tagger"))
+    assert outcome.ok, outcome.log
+    m = outcome.results["stage:tagger"].record.metrics
+    rows = [
+        json.loads(line)
+        for line in (artifact(outcome, store, "eval:tags@tagger") / "predictions.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    sets = [tuple(r["label"]) for r in rows]
+    majority = max(sets.count(s) for s in set(sets)) / len(sets)
+    assert m["val_accuracy"] > majority + 0.2, (m, majority)
+    binarize = MultiLabelBinarizer(classes=["big", "odd"]).fit([[]])
+    truth = binarize.transform([r["label"] for r in rows])
+    predicted = binarize.transform([r["predicted"] for r in rows])
+    ev = outcome.results["eval:tags@tagger"].record.metrics
+    assert ev["tags.accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert ev["tags.macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert 0 <= ev["tags.baseline_accuracy"] <= 1
+    assert "| big | " in (artifact(outcome, store, "eval:tags@tagger") / "results.md").read_text()
+    hf = outcome.results["export:hf@tagger"].record.metrics
+    assert hf["max_logit_diff"] < 1e-4
+    exported = json.loads(
+        (artifact(outcome, store, "export:hf@tagger") / "config.json").read_text()
+    )
+    assert exported["problem_type"] == "multi_label_classification"
+    r = _cli("predict", str(spec), "--store", str(store), "--stage", "tagger", "--json",
+             "--text", "07+48=55", "--text", "12+02=14")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    said = [sorted(json.loads(line)["labels"]) for line in r.stdout.splitlines()]
+    assert said == [["big", "odd"], []], said
+
+
+def test_lists_of_labels_without_multi_label_are_a_plain_error(tmp_path):
+    spec = posttrain_spec(tmp_path, MULTI.replace("multi_label = true\n", ""), "")
+    write_tags(tmp_path / "data" / "tags.jsonl")
+    outcome = run_nodes(spec, tmp_path / "store", ("stage:tagger",))
+    assert not outcome.ok
+    detail = outcome.results["stage:tagger"].detail
+    assert "have a list of labels; set multi_label = true" in detail, detail
