@@ -344,3 +344,20 @@ def test_an_encoder_where_a_decoder_is_needed_is_a_located_error(tmp_path, old, 
     spec = encoder_spec(tmp_path, SPEC.replace(old, new, 1))
     with pytest.raises(SpecError, match=message):
         plan_spec(load_spec(spec), cache=StatCache())
+
+
+def test_editing_the_labels_rebuilds_the_classifier_and_what_reads_it_only(built):
+    from llmbuild.plan import plan_spec
+    from llmbuild.plan.digest import StatCache
+
+    spec, _, _ = built
+
+    def keys(overrides=()):
+        planned = plan_spec(load_spec(spec, overrides), cache=StatCache())
+        return {name: k.key for name, k in planned.keys.items()}
+
+    before = keys()
+    readers = {"stage:cls", "eval:labels@cls", "export:hf@cls", "export:onnx@cls"}
+    for edit in ('stage.cls.labels=["small", "big"]', "stage.cls.multi_label=true"):
+        after = keys([edit])
+        assert {n for n in before if before[n] != after[n]} == readers, edit
