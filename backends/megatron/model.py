@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from llmbuild.backends.megatron.attention import SDPAttention
+from llmbuild.backends.megatron.linears import plain_linears
 from llmbuild.backends.megatron.vocab import model_vocab, padded_vocab
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -189,6 +190,7 @@ def build_model(
         position_embedding_type="rope" if arch.position == "rope" else "learned_absolute",
         rotary_base=int(arch.rope_base),
     )
+    plain_linears(model, config)
     if arch.encoder:
         return make_encoder(model, config, padded_vocab(vocab_size, arch), arch)
     if arch.position == "rope" and (arch.rope_scaling or not float(arch.rope_base).is_integer()):

@@ -1,0 +1,92 @@
+"""At one tensor-parallel rank on a CPU the model's linears run through torch's linear
+(``backends/megatron/linears.py``); training must give the weights megatron's own linears
+give, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmbuild.spec.model import Architecture
+
+STEPS, MICRO, ACCUM, SEQ, VOCAB = 3, 4, 2, 16, 128
+
+
+def _megatron_linears(model):
+    """Undo ``plain_linears``: megatron's own Functions, as at any other layout."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    undone = 0
+    for module in model.modules():
+        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+            del module._forward_impl
+            module.disable_grad_reduce = False
+            undone += 1
+    return undone
+
+
+def _train(arch, plain: bool, precision: str):
+    import torch
+    from llmbuild.backends.megatron import data_parallel
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+    from llmbuild.backends.megatron.objectives import LanguageModel
+
+    torch.manual_seed(0)
+    model = build_model(arch, VOCAB, transformer_config(arch))
+    if not plain:
+        assert _megatron_linears(model) == 4 * arch.layers + 1  # and the output layer
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    stage = {"betas": [0.9, 0.95], "lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "grad_clip": 0.5}
+    ddp = data_parallel.apply_data_parallel(model, False)
+    opt = data_parallel.build_optimizer(ddp, stage, False)
+    objective = LanguageModel(None, None, precision, SEQ)
+    generator = torch.Generator().manual_seed(2)
+    losses = []
+    for _ in range(STEPS):
+        data_parallel.set_lr(opt, stage["lr"], stage["weight_decay"])
+        data_parallel.start_step(ddp, opt)
+        for _ in range(ACCUM):
+            tokens = torch.randint(0, VOCAB, (MICRO, SEQ + 1), generator=generator)
+            batch = {
+                "tokens": tokens[:, :-1],
+                "labels": tokens[:, 1:],
+                "loss_mask": torch.ones(MICRO, SEQ),
+                "position_ids": torch.arange(SEQ).expand(MICRO, -1),
+            }
+            loss, _ = objective.loss(ddp, batch)
+            (loss / ACCUM).backward()
+            losses.append(loss.item())
+        data_parallel.finish_step(ddp, opt)
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items() if "extra" not in k}
+
+
+@pytest.mark.parametrize(
+    ("style", "bias", "precision"),
+    [("gpt2", True, "fp32"), ("llama", False, "fp32"), ("gpt2", True, "bf16")],
+)
+def test_torch_linears_train_megatrons_weights_bit_for_bit(style, bias, precision):
+    from llmbuild.backends.megatron.generate import single_rank
+
+    single_rank()
+    arch = Architecture(style=style, layers=2, hidden=32, heads=4, seq_len=SEQ, bias=bias)
+    plain_losses, plain = _train(arch, True, precision)
+    ref_losses, ref = _train(arch, False, precision)
+    assert plain_losses == ref_losses
+    assert plain.keys() == ref.keys()
+    different = [k for k in ref if not (plain[k] == ref[k]).all()]
+    assert not different
+    # and training moved them: the comparison is not of two untouched inits
+    assert plain_losses[0] != plain_losses[-1]
+
+
+def test_other_layouts_keep_megatrons_linears():
+    from types import SimpleNamespace
+
+    from llmbuild.backends.megatron.linears import plain_linears
+
+    config = SimpleNamespace(tensor_model_parallel_size=2, sequence_parallel=False)
+    assert plain_linears(None, config) == 0
+    config = SimpleNamespace(tensor_model_parallel_size=1, sequence_parallel=True)
+    assert plain_linears(None, config) == 0
