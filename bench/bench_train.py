@@ -26,6 +26,7 @@ STAGE = {"betas": [0.9, 0.99], "lr": 1e-3, "weight_decay": 0.1, "eps": 1e-8, "gr
 def _plain_step(batch):
     """nanogpt.py's model and the body of its training loop."""
     import torch
+
     from bench import nanogpt
 
     assert (nanogpt.LAYERS, nanogpt.HIDDEN, nanogpt.HEADS, nanogpt.BLOCK) == (

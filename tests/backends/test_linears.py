@@ -59,7 +59,9 @@ def _train(arch, plain: bool, precision: str):
             (loss / ACCUM).backward()
             losses.append(loss.item())
         data_parallel.finish_step(ddp, opt)
-    return losses, {k: v.detach().clone() for k, v in model.state_dict().items() if "extra" not in k}
+    return losses, {
+        k: v.detach().clone() for k, v in model.state_dict().items() if "extra" not in k
+    }
 
 
 @pytest.mark.parametrize(
