@@ -54,22 +54,13 @@ def _plain_step(batch):
     return step
 
 
-def _megatron_linears(model) -> None:
-    """Undo ``plain_linears``: megatron's own linear Functions, as at other layouts."""
-    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-
-    for module in model.modules():
-        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
-            del module._forward_impl
-            module.disable_grad_reduce = False
-
-
 def _our_step(batch, torch_linears: bool = True):
     """The training loop's step (``train.py``) at one rank, fp32, one micro batch."""
     from llmbuild.backends.megatron.generate import single_rank
 
     single_rank()
     from llmbuild.backends.megatron import data_parallel
+    from llmbuild.backends.megatron.linears import megatron_linears
     from llmbuild.backends.megatron.model import build_model, transformer_config
     from llmbuild.backends.megatron.objectives import LanguageModel
 
@@ -81,7 +72,7 @@ def _our_step(batch, torch_linears: bool = True):
     )  # fmt: skip
     model = build_model(arch, VOCAB, transformer_config(arch))
     if not torch_linears:
-        _megatron_linears(model)
+        megatron_linears(model)
     ddp = data_parallel.apply_data_parallel(model, False)
     opt = data_parallel.build_optimizer(ddp, STAGE, False)
     objective = LanguageModel(None, None, "fp32", SEQ)  # what a pretrain stage optimises

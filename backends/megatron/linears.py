@@ -54,3 +54,18 @@ def plain_linears(model: torch.nn.Module, config: Any) -> int:
                 module.disable_grad_reduce = True
             changed += 1
     return changed
+
+
+def megatron_linears(model: torch.nn.Module) -> int:
+    """Undo ``plain_linears``: megatron's own linear Functions, as at every other layout
+    (for comparing the two paths). Returns how many layers were changed."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    undone = 0
+    for module in model.modules():
+        layer = isinstance(module, (ColumnParallelLinear, RowParallelLinear))
+        if layer and "_forward_impl" in vars(module):
+            del module._forward_impl
+            module.disable_grad_reduce = False
+            undone += 1
+    return undone

@@ -11,29 +11,17 @@ from llmbuild.spec.model import Architecture
 STEPS, MICRO, ACCUM, SEQ, VOCAB = 3, 4, 2, 16, 128
 
 
-def _megatron_linears(model):
-    """Undo ``plain_linears``: megatron's own Functions, as at any other layout."""
-    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-
-    undone = 0
-    for module in model.modules():
-        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
-            del module._forward_impl
-            module.disable_grad_reduce = False
-            undone += 1
-    return undone
-
-
 def _train(arch, plain: bool, precision: str):
     import torch
     from llmbuild.backends.megatron import data_parallel
+    from llmbuild.backends.megatron.linears import megatron_linears
     from llmbuild.backends.megatron.model import build_model, transformer_config
     from llmbuild.backends.megatron.objectives import LanguageModel
 
     torch.manual_seed(0)
     model = build_model(arch, VOCAB, transformer_config(arch))
     if not plain:
-        assert _megatron_linears(model) == 4 * arch.layers + 1  # and the output layer
+        assert megatron_linears(model) == 4 * arch.layers + 1  # and the output layer
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
