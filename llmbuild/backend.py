@@ -21,6 +21,17 @@ class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
     ranks: int = 1
+    whole_machine: bool = False
+    """Every core of the machine the node runs on (``cpus`` is this machine's count): an
+    executor whose machines are smaller gives it a whole one of theirs instead."""
+
+    @classmethod
+    def machine(cls) -> Resources:
+        """A node that computes with one model in one process (an eval, an export): this
+        machine's cores, as a lone training rank takes them."""
+        import os
+
+        return cls(cpus=os.cpu_count() or 1, whole_machine=True)
 
     def __str__(self) -> str:
         per = f"{self.cpus:g} cpu" + (f" + {self.gpus:g} gpu" if self.gpus else "")

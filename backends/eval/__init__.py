@@ -2,7 +2,7 @@
 
 from llmbuild.backends.eval.config import EvalConfig
 
-from llmbuild.backend import Backend, Slot
+from llmbuild.backend import Backend, Resources, Slot
 
 
 class EvalBackend(Backend):
@@ -19,6 +19,9 @@ class EvalBackend(Backend):
         Slot("results", "metrics as JSON and a markdown table"),
         Slot("samples", "lm-eval suites: every scored example, as JSON lines"),
     )
+
+    def resources(self, config: EvalConfig) -> Resources:
+        return Resources.machine()
 
 
 backend = EvalBackend()

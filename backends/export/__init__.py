@@ -2,7 +2,7 @@
 
 from llmbuild.backends.export.config import ExportConfig
 
-from llmbuild.backend import Backend, Slot
+from llmbuild.backend import Backend, Resources, Slot
 
 
 class ExportBackend(Backend):
@@ -20,6 +20,9 @@ class ExportBackend(Backend):
             "the base's hf export in base/)",
         ),
     )
+
+    def resources(self, config: ExportConfig) -> Resources:
+        return Resources.machine()
 
 
 backend = ExportBackend()

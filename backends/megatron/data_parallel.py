@@ -10,11 +10,20 @@ are reduce-scattered, each rank updates its shard, and the parameters are all-ga
 
 Only trainable parameters are wrapped (LoRA's frozen base is left out); frozen reference
 and reward models are never wrapped.
+
+A lone rank (one rank in all, the optimizer not sharded) has nothing to reduce: it trains
+through ``LoneRank`` instead, and autograd's own gradients feed the same optimizer. That
+saves megatron's per-parameter Python hook (which copies each gradient into the buffer),
+the buffer's zeroing and a collective over a group of one, every step; the gradients are
+the same sums (``0 + g`` is ``g``), and the trained weights bit for bit those of the
+wrapped model (``tests/backends/test_lone_rank.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 
 def _no_decay(param: Any, name: str) -> bool:
@@ -23,21 +32,56 @@ def _no_decay(param: Any, name: str) -> bool:
     return param.ndim < 2 or "norm" in name or name.endswith("bias")
 
 
-def apply_data_parallel(model: Any, distributed_optimizer: bool) -> Any:
-    """``model`` wrapped in megatron's DistributedDataParallel. Gradients are reduced in
-    fp32, synchronously (no overlap with backward: gloo has no streams to overlap on)."""
-    from megatron.core.distributed import (
-        DistributedDataParallel,
-        DistributedDataParallelConfig,
-    )
+def _ddp_config(distributed_optimizer: bool) -> Any:
+    """Gradients reduced in fp32, synchronously (no overlap with backward: gloo has no
+    streams to overlap on)."""
+    from megatron.core.distributed import DistributedDataParallelConfig
 
-    ddp_config = DistributedDataParallelConfig(
+    return DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
         overlap_param_gather=False,
         use_distributed_optimizer=distributed_optimizer,
     )
-    return DistributedDataParallel(model.config, ddp_config, model)
+
+
+class LoneRank(torch.nn.Module):
+    """The model of a one-rank layout, in place of megatron's DistributedDataParallel:
+    what megatron's optimizer asks of a wrapped model (its configs, no gradient buffers),
+    and the forward of the model itself."""
+
+    def __init__(self, module: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.config = module.config
+        self.ddp_config = _ddp_config(False)
+        self.buffers: list[Any] = []
+        self.expert_parallel_buffers: list[Any] = []
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
+def apply_data_parallel(model: Any, distributed_optimizer: bool) -> Any:
+    """``model`` wrapped in megatron's DistributedDataParallel, or in ``LoneRank`` when
+    it is the only rank and the optimizer is not sharded."""
+    from megatron.core import parallel_state as ps
+
+    alone = (
+        ps.get_data_parallel_world_size() == 1
+        and ps.get_tensor_model_parallel_world_size() == 1
+        and ps.get_pipeline_model_parallel_world_size() == 1
+    )
+    if alone and not distributed_optimizer:
+        return LoneRank(model)
+    return megatron_ddp(model, distributed_optimizer)
+
+
+def megatron_ddp(model: Any, distributed_optimizer: bool) -> Any:
+    """``model`` wrapped in megatron's DistributedDataParallel, at any layout."""
+    from megatron.core.distributed import DistributedDataParallel
+
+    return DistributedDataParallel(model.config, _ddp_config(distributed_optimizer), model)
 
 
 def build_optimizer(ddp: Any, stage: dict[str, Any], distributed_optimizer: bool) -> Any:
@@ -76,7 +120,8 @@ def set_lr(optimizer: Any, lr: float, weight_decay: float) -> None:
 
 def start_step(ddp: Any, optimizer: Any) -> None:
     """Zero the accumulated gradients before a step's first micro batch."""
-    ddp.zero_grad_buffer()
+    if not isinstance(ddp, LoneRank):
+        ddp.zero_grad_buffer()
     optimizer.zero_grad()
 
 
@@ -85,7 +130,8 @@ def finish_step(ddp: Any, optimizer: Any) -> float:
     pipeline stages), clip them and update; the global gradient norm before clipping."""
     from megatron.core.distributed import finalize_model_grads
 
-    finalize_model_grads([ddp])
+    if not isinstance(ddp, LoneRank):
+        finalize_model_grads([ddp])
     _, grad_norm, _ = optimizer.step()
     return float(grad_norm)
 

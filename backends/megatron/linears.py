@@ -8,10 +8,15 @@ second Function (an all-reduce of the input's gradient over a group of one). On 
 those Python calls, four per linear and step, are a measurable share of a small model's
 step. ``plain_linears`` gives such layers ``F.linear``: the same products in the same
 order (gradients and trained weights bit for bit as before, ``tests/backends/
-test_linears.py``), with autograd's C++ backward.
+test_lone_rank.py``), with autograd's C++ backward.
 
 Under autocast (bf16 on a CPU) megatron's Function runs its backward under autocast as
 well, which autograd's does not; the layers then keep megatron's path.
+
+A row-parallel linear then all-reduces its output over the tensor-parallel group through a
+third Function, forward and backward an identity for a group of one; where the layer
+leaves its bias to the caller (``skip_bias_add``, as the attention's output projection and
+the MLP's second linear do), ``plain_linears`` has it skip that too.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ def plain_linears(model: torch.nn.Module, config: Any) -> int:
             if isinstance(module, ColumnParallelLinear):
                 # Its input's gradient needs no all-reduce over a group of one.
                 module.disable_grad_reduce = True
+            elif module.skip_bias_add and not module.explicit_expert_comm:
+                # Nor its output: megatron's switch for layers whose callers communicate
+                # (MoE experts) passes it on as it is; with a group of one, that is all the
+                # all-reduce would do.
+                module.explicit_expert_comm = module.skips_lone_reduce = True
             changed += 1
     return changed
 
@@ -67,5 +77,7 @@ def megatron_linears(model: torch.nn.Module) -> int:
         if layer and "_forward_impl" in vars(module):
             del module._forward_impl
             module.disable_grad_reduce = False
+            if getattr(module, "skips_lone_reduce", False):
+                module.explicit_expert_comm = module.skips_lone_reduce = False
             undone += 1
     return undone

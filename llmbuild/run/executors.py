@@ -8,7 +8,7 @@ import functools
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmbuild.errors import UserError
@@ -182,6 +182,9 @@ class RayExecutor:
 
     def submit(self, task: NodeTask) -> Handle:
         res = task.resources
+        if res.whole_machine:  # as many cores as the largest machine of the cluster has
+            res = replace(res, cpus=min(res.cpus, _largest_machine_cpus()))
+            task = replace(task, resources=res)
         if res.ranks > 1:  # a coordinator: the ranks ask for the resources themselves
             options = {"num_cpus": 0, "num_gpus": 0}
         else:
@@ -234,6 +237,12 @@ class RayExecutor:
 
         if self._started_here and ray.is_initialized():
             ray.shutdown()
+
+
+def _largest_machine_cpus() -> float:
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from llmbuild.errors import UserError
 from llmbuild.plan import compile_plan, node_keys
+from llmbuild.plan.graph import Graph
 from llmbuild.plan.inputs import external_digests
 from llmbuild.registry import Registry
 from llmbuild.run.build import BuildOptions, run_graph
@@ -93,6 +94,22 @@ def _recorded_threads(store: Store, build: dict[str, Any], spec: Any) -> Any:
     )
 
 
+def _recorded_machine_threads(store: Store, build: dict[str, Any], graph: Graph) -> Graph:
+    """The graph with each node that computes on the whole machine (an eval, an export)
+    given the threads it was built with (``threads`` in its timings), as training stages
+    are given theirs."""
+    nodes = []
+    for node in graph:
+        recorded = build["nodes"].get(node.name)
+        if node.resources.whole_machine and recorded is not None:
+            target = store.lookup(recorded["key"], verify=False).target
+            threads = target.timings.get("threads") if target is not None else None
+            if threads:
+                node = replace(node, resources=replace(node.resources, cpus=threads))
+        nodes.append(node)
+    return Graph(nodes)
+
+
 def reproduce(
     store: Store,
     spec_hash: str,
@@ -110,7 +127,7 @@ def reproduce(
             f"no single build with spec hash {spec_hash!r} in {store.url} (recent: {known})"
         )
     spec = _recorded_threads(store, build, spec_model(registry).model_validate(build["spec"]))
-    graph = compile_plan(spec, registry)
+    graph = _recorded_machine_threads(store, build, compile_plan(spec, registry))
     keys = node_keys(graph, external_digests(graph, store.cache))
     recorded = {n: v["key"] for n, v in build["nodes"].items()}
     changed = [n for n in graph.nodes if recorded.get(n) != keys[n].key]

@@ -114,9 +114,10 @@ def test_data_shorter_than_a_sequence_is_said(tmp_path):
     assert any("no more than one sequence (seq_len = 32)" in n for n in notes), notes
 
 
-def test_reproduce_trains_with_the_recorded_threads(tmp_path, monkeypatch):
+def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch):
     """On a machine with more cores, an unset cpus_per_rank would mean more threads and
-    other sums: reproduce trains with the threads the build recorded, bit for bit."""
+    other sums, and an eval takes the machine's cores: reproduce trains and evaluates with
+    the threads the build recorded, bit for bit."""
     import io
     import os
 
@@ -124,18 +125,23 @@ def test_reproduce_trains_with_the_recorded_threads(tmp_path, monkeypatch):
     from llmbuild.run.reproduce import reproduce
     from llmbuild.store.store import Store
 
-    spec = tiny_spec(tmp_path, steps=4)
-    outcome = run_nodes(spec, tmp_path / "store", ("stage:pretrain",))
+    ppl = '[[eval]]\nname = "ppl"\nkind = "perplexity"\nstages = ["pretrain"]\n'
+    spec = tiny_spec(tmp_path, steps=4, extra=ppl)
+    outcome = run_nodes(spec, tmp_path / "store", ("eval:ppl@pretrain",))
+    assert outcome.ok, outcome.log
     threads = outcome.results["stage:pretrain"].record.timings["rank0.threads"]
+    assert outcome.results["eval:ppl@pretrain"].record.timings["threads"] == os.cpu_count()
     monkeypatch.setattr(os, "cpu_count", lambda: 4 * threads)
     _, comparisons = reproduce(
         Store(str(tmp_path / "store")), outcome.spec_hash,
         BuildOptions(executor="inline", live=False), scratch=tmp_path / "again",
         reporter=PlainReporter(io.StringIO()),
     )  # fmt: skip
-    assert {c.node: c.verdict for c in comparisons}["stage:pretrain"] == "identical"
-    (again,) = [r for r in Store(str(tmp_path / "again")).artifacts() if r.name == "stage:pretrain"]
-    assert again.timings["rank0.threads"] == threads
+    verdicts = {c.node: c.verdict for c in comparisons}
+    assert verdicts["stage:pretrain"] == verdicts["eval:ppl@pretrain"] == "identical"
+    again = {r.name: r for r in Store(str(tmp_path / "again")).artifacts()}
+    assert again["stage:pretrain"].timings["rank0.threads"] == threads
+    assert again["eval:ppl@pretrain"].timings["threads"] == threads
 
 
 def test_two_builds_commit_identical_weights(tmp_path):

@@ -1,7 +1,8 @@
 """A build on a Ray cluster of two nodes (two raylets on this machine, loopback only):
 a ``data = 2`` stage puts one rank on each; when one node goes away mid-stage the stage
 fails, named, instead of waiting for it; a build on what is left says the cluster cannot
-hold the ranks; once a node is back the stage resumes from its checkpoint."""
+hold the ranks; once a node is back the stage resumes from its checkpoint, and an eval
+takes the cores of one of the cluster's machines."""
 
 from __future__ import annotations
 
@@ -42,14 +43,14 @@ def cluster(monkeypatch):
     c.shutdown()
 
 
-def _build(spec, store, address):
+def _build(spec, store, address, until=("stage:pretrain",)):
     log = io.StringIO()
     try:
         outcome = build(
             load_spec(spec, DATA),
             Store(str(store)),
             BuildOptions(
-                executor="ray", ray_address=address, live=False, until=("stage:pretrain",)
+                executor="ray", ray_address=address, live=False, until=until
             ),
             PlainReporter(log, interval=0),
         )
@@ -61,7 +62,8 @@ def _build(spec, store, address):
 
 def test_a_node_lost_mid_stage_fails_it_named_and_it_resumes_on_a_new_node(cluster, tmp_path):
     c, one = cluster
-    spec, store = tiny_spec(tmp_path, steps=200), tmp_path / "store"
+    ppl = '[[eval]]\nname = "ppl"\nkind = "perplexity"\nstages = ["pretrain"]\n'
+    spec, store = tiny_spec(tmp_path, steps=200, extra=ppl), tmp_path / "store"
     second = c.list_all_nodes()[1]
 
     def take_the_second_node_away() -> None:
@@ -85,10 +87,12 @@ def test_a_node_lost_mid_stage_fails_it_named_and_it_resumes_on_a_new_node(clust
     assert "cannot hold this node's ranks" in short.results["stage:pretrain"].detail
     # A node again: the stage resumes from the checkpoint written before the loss.
     c.add_node(**one)
-    back, log = _build(spec, store, c.address)
+    back, log = _build(spec, store, c.address, until=("eval:ppl@pretrain",))
     assert back.ok, {n: r.detail for n, r in back.results.items() if r.detail}
     assert "stage:pretrain  resume from step" in log
     assert back.results["stage:pretrain"].record.metrics["steps"] == 200
+    # An eval takes a whole machine: here one of the cluster's, of one CPU, not this one's.
+    assert back.results["eval:ppl@pretrain"].record.timings["threads"] == 1
 
 
 def test_a_local_build_starts_its_own_ray_beside_a_running_cluster(cluster, monkeypatch):

@@ -1,6 +1,8 @@
-"""At one tensor-parallel rank on a CPU the model's linears run through torch's linear
-(``backends/megatron/linears.py``); training must give the weights megatron's own linears
-give, bit for bit."""
+"""What a one-rank layout on a CPU saves must not change a trained weight: at one
+tensor-parallel rank the model's linears run through torch's linear and the row-parallel
+ones skip their all-reduce over a group of one (``backends/megatron/linears.py``), and a
+lone rank trains without megatron's DistributedDataParallel (``data_parallel.LoneRank``);
+each must give the weights megatron's own path gives, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from llmbuild.spec.model import Architecture
 STEPS, MICRO, ACCUM, SEQ, VOCAB = 3, 4, 2, 16, 128
 
 
-def _train(arch, plain: bool, precision: str):
+def _train(arch, plain: bool, precision: str, lone: bool = True):
     import torch
     from llmbuild.backends.megatron import data_parallel
     from llmbuild.backends.megatron.linears import megatron_linears
@@ -20,14 +22,21 @@ def _train(arch, plain: bool, precision: str):
 
     torch.manual_seed(0)
     model = build_model(arch, VOCAB, transformer_config(arch))
+    # Each layer's output projection and second MLP linear skip their output all-reduce.
+    assert sum(getattr(m, "skips_lone_reduce", False) for m in model.modules()) == 2 * arch.layers
     if not plain:
         assert megatron_linears(model) == 4 * arch.layers + 1  # and the output layer
+        assert not any(getattr(m, "explicit_expert_comm", False) for m in model.modules())
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
     stage = {"betas": [0.9, 0.95], "lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "grad_clip": 0.5}
-    ddp = data_parallel.apply_data_parallel(model, False)
+    if lone:
+        ddp = data_parallel.apply_data_parallel(model, False)
+        assert isinstance(ddp, data_parallel.LoneRank)
+    else:
+        ddp = data_parallel.megatron_ddp(model, False)
     opt = data_parallel.build_optimizer(ddp, stage, False)
     objective = LanguageModel(None, None, precision, SEQ)
     generator = torch.Generator().manual_seed(2)
@@ -69,6 +78,32 @@ def test_torch_linears_train_megatrons_weights_bit_for_bit(style, bias, precisio
     assert not different
     # and training moved them: the comparison is not of two untouched inits
     assert plain_losses[0] != plain_losses[-1]
+
+
+@pytest.mark.parametrize(("style", "bias", "precision"), [("gpt2", True, "fp32"), ("llama", False, "bf16")])
+def test_a_lone_rank_trains_megatron_ddps_weights_bit_for_bit(style, bias, precision):
+    from llmbuild.backends.megatron.generate import single_rank
+
+    single_rank()
+    arch = Architecture(style=style, layers=2, hidden=32, heads=4, seq_len=SEQ, bias=bias)
+    lone_losses, lone = _train(arch, True, precision)
+    ddp_losses, ddp = _train(arch, True, precision, lone=False)
+    assert lone_losses == ddp_losses
+    assert lone.keys() == ddp.keys()
+    assert not [k for k in ddp if not (lone[k] == ddp[k]).all()]
+    assert lone_losses[0] != lone_losses[-1]
+
+
+def test_a_sharded_optimizer_keeps_megatron_ddp():
+    from llmbuild.backends.megatron import data_parallel
+    from llmbuild.backends.megatron.generate import single_rank
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+    from megatron.core.distributed import DistributedDataParallel
+
+    single_rank()
+    arch = Architecture(style="gpt2", layers=1, hidden=32, heads=4, seq_len=SEQ)
+    model = build_model(arch, VOCAB, transformer_config(arch))
+    assert isinstance(data_parallel.apply_data_parallel(model, True), DistributedDataParallel)
 
 
 def test_other_layouts_keep_megatrons_linears():
