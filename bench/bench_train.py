@@ -1,6 +1,6 @@
 """Training step throughput in one process: the training loop's step (megatron-core
-GPTModel through megatron's DistributedDataParallel, its optimizer with clipping: exactly
-what ``train.py`` runs per step) against the step of ``bench/nanogpt.py``'s plain-PyTorch
+GPTModel at one rank, megatron's optimizer with clipping: exactly what ``train.py`` runs
+per step) against the step of ``bench/nanogpt.py``'s plain-PyTorch
 decoder of identical shape and batch (forward, backward, ``clip_grad_norm_``, AdamW),
 measured in the same run in alternating rounds (BENCH_TRAIN_ROUNDS x BENCH_TRAIN_STEPS,
 default 7 x 20, 3 x 10 with --quick; tokens/s, ratio = ours / plain). Also each side's
@@ -140,7 +140,7 @@ def run(quick: bool = False) -> list[dict]:
     return [
         {
             "benchmark": f"training step in one process: the training loop's step (megatron-core "
-            f"GPTModel, megatron's DDP and optimizer with clipping; {shape})",
+            f"GPTModel, megatron's optimizer with clipping, the one-rank paths; {shape})",
             "result": f"{ours:,.0f} tok/s",
             "baseline": f"nanogpt.py's step (plain PyTorch decoder of identical shape, "
             f"clip_grad_norm_, AdamW), alternating rounds: {plain:,.0f} tok/s",
