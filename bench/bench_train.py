@@ -1,11 +1,11 @@
 """Training step throughput in one process: the training loop's step (megatron-core
 GPTModel at one rank, megatron's optimizer with clipping: exactly what ``train.py`` runs
-per step) against the step of ``bench/nanogpt.py``'s plain-PyTorch
-decoder of identical shape and batch (forward, backward, ``clip_grad_norm_``, AdamW),
-measured in the same run in alternating rounds (BENCH_TRAIN_ROUNDS x BENCH_TRAIN_STEPS,
-default 7 x 20, 3 x 10 with --quick; tokens/s, ratio = ours / plain). Also each side's
-forward and backward alone, and our step through megatron's own linear Functions and
-DistributedDataParallel in place of the one-rank paths (``backends/megatron/linears.py``,
+per step) against the step of ``bench/nanogpt.py``'s plain-PyTorch decoder of identical
+shape and batch (forward, backward, ``clip_grad_norm_``, AdamW), measured in the same run
+in alternating rounds (BENCH_TRAIN_ROUNDS x BENCH_TRAIN_STEPS, default 7 x 20, 3 x 10
+with --quick; tokens/s, ratio = ours / plain). Also each side's forward and backward
+alone, and our step through megatron's own linear Functions and DistributedDataParallel
+in place of the one-rank paths (``backends/megatron/linears.py``,
 ``data_parallel.LoneRank``) to show what those save."""
 
 from __future__ import annotations
