@@ -80,7 +80,9 @@ def test_torch_linears_train_megatrons_weights_bit_for_bit(style, bias, precisio
     assert plain_losses[0] != plain_losses[-1]
 
 
-@pytest.mark.parametrize(("style", "bias", "precision"), [("gpt2", True, "fp32"), ("llama", False, "bf16")])
+@pytest.mark.parametrize(
+    ("style", "bias", "precision"), [("gpt2", True, "fp32"), ("llama", False, "bf16")]
+)
 def test_a_lone_rank_trains_megatron_ddps_weights_bit_for_bit(style, bias, precision):
     from llmbuild.backends.megatron.generate import single_rank
 

@@ -49,9 +49,7 @@ def _build(spec, store, address, until=("stage:pretrain",)):
         outcome = build(
             load_spec(spec, DATA),
             Store(str(store)),
-            BuildOptions(
-                executor="ray", ray_address=address, live=False, until=until
-            ),
+            BuildOptions(executor="ray", ray_address=address, live=False, until=until),
             PlainReporter(log, interval=0),
         )
     finally:
