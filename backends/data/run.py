@@ -27,6 +27,7 @@ from llmbuild.backends.data.clean import (
 )
 from llmbuild.backends.data.config import DataConfig
 from llmbuild.backends.data.readers import BadRecord, normalise, read_records
+from llmbuild.backends.data.shards import ShardWriter
 
 from llmbuild.errors import UserError
 from llmbuild.plan.digest import expand, expand_url, file_digest, format_suffix
@@ -175,8 +176,6 @@ NOTABLE = 0.1
 
 
 def run(ctx: Any) -> None:
-    import webdataset as wds
-
     config: DataConfig = ctx.config
     files = source_files(config)
     tmp_dir = ctx.work_dir / "pass1"
@@ -203,12 +202,7 @@ def run(ctx: Any) -> None:
     totals: Counter[str] = Counter()
     kept = {"train": Counter(), "validation": Counter()}
     writers = {
-        split: wds.ShardWriter(
-            str(ctx.out_dir / f"{split}-%06d.tar"),
-            maxsize=config.shard_mb * 1_000_000,
-            verbose=0,
-            mtime=0.0,
-        )
+        split: ShardWriter(str(ctx.out_dir / f"{split}-%06d.tar"), config.shard_mb * 1_000_000)
         for split in ("train", "validation")
     }
     blocks = {split: BlockWriter(w) for split, w in writers.items()}
@@ -249,10 +243,6 @@ def run(ctx: Any) -> None:
         for split, w in writers.items():
             blocks[split].flush()
             w.close()
-    for split, count in kept.items():
-        if not count["documents"]:  # ShardWriter opens its first shard eagerly
-            for empty in ctx.out_dir.glob(f"{split}-*.tar"):
-                empty.unlink()
     dups = report["removed"]["exact_duplicate"] + report["removed"]["near_duplicate"]
     report.update(
         {

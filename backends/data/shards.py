@@ -1,7 +1,9 @@
-"""Reading the cleaned shards a ``source:<name>`` node wrote (for the nodes after it)."""
+"""The cleaned shards of a ``source:<name>`` node: writing them, and reading them for the
+nodes after it."""
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from collections.abc import Iterator
@@ -9,6 +11,48 @@ from pathlib import Path
 from typing import Any
 
 SPLITS = ("train", "validation")
+
+
+class ShardWriter:
+    """Samples (``{"__key__": ..., ext: bytes}``) into tar shards named ``pattern % n``, a
+    new shard once one holds ``maxsize`` bytes of payload: the bytes webdataset's
+    ``ShardWriter(pattern, maxsize=..., mtime=0)`` writes (a test compares them), without
+    its import of torch, which cost every source node one to two seconds. A shard is
+    opened with its first sample, so a split without documents has no file."""
+
+    MAXCOUNT = 100_000  # webdataset's default samples per shard
+
+    def __init__(self, pattern: str, maxsize: int) -> None:
+        self.pattern, self.maxsize = pattern, maxsize
+        self.shard, self.count, self.size = 0, 0, 0
+        self.file: Any = None
+        self.tar: tarfile.TarFile | None = None
+
+    def write(self, sample: dict[str, Any]) -> None:
+        if self.tar is None or self.count >= self.MAXCOUNT or self.size >= self.maxsize:
+            self._next()
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = sample[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            # A float mtime, as webdataset sets it, puts a pax header before each member.
+            info.size, info.mtime, info.mode = len(data), 0.0, 0o444
+            info.uname = info.gname = "bigdata"
+            self.tar.addfile(info, io.BytesIO(data))
+            self.size += len(data)
+        self.count += 1
+
+    def _next(self) -> None:
+        self.close()
+        self.file = open(self.pattern % self.shard, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w|")
+        self.shard, self.count, self.size = self.shard + 1, 0, 0
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            self.file.close()
+            self.tar = self.file = None
 
 
 def shard_paths(artifact: Path, split: str) -> list[Path]:

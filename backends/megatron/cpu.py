@@ -108,9 +108,18 @@ def apply_cpu_patches() -> None:
     # Timers and schedules synchronise the CUDA stream; there is none.
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
 
-    # Tensor-parallel RNG tracking saves and restores the CUDA RNG state (seeding and
-    # activation recompute); on CPU the default generator is the only state there is.
-    from megatron.core.tensor_parallel import random as tp_random
+    # megatron decorates its fused kernels with torch.compile as it is imported, and that
+    # imports TorchDynamo and Inductor: 1.5 s of every process that imports megatron. On
+    # a CPU those kernels are switched off (model.py), so megatron gets a torch.compile
+    # that compiles a function when it is first called, which none is.
+    compile_ = torch.compile
+    torch.compile = _compiled_on_first_call(compile_)  # type: ignore[assignment]
+    try:
+        # Tensor-parallel RNG tracking saves and restores the CUDA RNG state (seeding and
+        # activation recompute); on CPU the default generator is the only state there is.
+        from megatron.core.tensor_parallel import random as tp_random
+    finally:
+        torch.compile = compile_  # type: ignore[assignment]
 
     # The first and last pipeline stages sync their copies of a shared embedding after
     # moving it with .cuda(); in a process without CUDA every tensor stays where it is.
@@ -127,6 +136,28 @@ def apply_cpu_patches() -> None:
     torch.cuda.manual_seed = lambda *a, **k: None  # type: ignore[assignment]
     _patch_optimizer(torch)
     _applied = True
+
+
+def _compiled_on_first_call(compile_: Any) -> Any:
+    """``torch.compile`` (as a decorator, with or without options) that compiles each
+    function the first time it is called rather than when it is decorated."""
+    import functools
+
+    def deferred(fn: Any = None, **options: Any) -> Any:
+        if fn is None:
+            return lambda f: deferred(f, **options)
+        compiled = None
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_(fn, **options)
+            return compiled(*args, **kwargs)
+
+        return call
+
+    return deferred
 
 
 def _cuda_type_name(type_of: Any) -> Any:
