@@ -188,6 +188,11 @@ class RayExecutor:
         if res.ranks > 1:  # a coordinator: the ranks ask for the resources themselves
             options = {"num_cpus": 0, "num_gpus": 0}
         else:
+            from llmbuild.run.ranks import unplaceable
+
+            problem = unplaceable(res)
+            if problem is not None:  # Ray would wait for a machine that may never come
+                return Handle(task.name, error=NodeFailed(task.name, problem), done=True)
             options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
         ref = self._remote.options(
             **options, max_retries=WORKER_RETRIES, name=f"llmbuild {task.name}"
@@ -198,6 +203,9 @@ class RayExecutor:
         import ray
 
         self._drain()
+        refused = [Finished(h, None, h.error) for h in handles if h.done and h.ref is None]
+        if refused:  # at submission
+            return refused
         refs = {h.ref: h for h in handles if not h.done}
         if not refs:
             return []

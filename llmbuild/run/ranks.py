@@ -114,7 +114,7 @@ def run_ray_ranks(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    problem = _unplaceable(resources)
+    problem = unplaceable(resources)
     if problem:
         raise UserError(problem)
 
@@ -142,7 +142,7 @@ def run_ray_ranks(
         if result.error is not None:
             raise result.error
     except Exception as e:
-        problem = _unplaceable(resources)
+        problem = unplaceable(resources)
         if problem:  # a node holding ranks went away, and the rest cannot hold them all
             cause = " ".join(str(e).split())[:300]
             raise UserError(f"{problem} (the ranks stopped: {cause})") from None
@@ -155,9 +155,10 @@ def run_ray_ranks(
     return local
 
 
-def _unplaceable(resources: Resources) -> str | None:
-    """Why the cluster's live nodes cannot hold the ranks (each on one node); None when
-    they can. Ray would otherwise wait for nodes that may never come."""
+def unplaceable(resources: Resources) -> str | None:
+    """Why the cluster's live nodes cannot hold a node's ranks (each on one machine), or a
+    one-process node; None when they can. Ray would otherwise wait for machines that may
+    never come."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -170,14 +171,18 @@ def _unplaceable(resources: Resources) -> str | None:
 
     if sum(fits(node) for node in nodes) >= resources.ranks:
         return None
-    cpus = sum(node.get("CPU", 0.0) for node in nodes)
-    gpus = sum(node.get("GPU", 0.0) for node in nodes)
-    has = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if resources.gpus else "")
+    cpus = [node.get("CPU", 0.0) for node in nodes]
+    gpus = [node.get("GPU", 0.0) for node in nodes]
+    has = f"{sum(cpus):g} CPUs" + (f" and {sum(gpus):g} GPUs" if resources.gpus else "")
+    largest = f"{max(cpus, default=0):g} CPUs" + (
+        f" and {max(gpus, default=0):g} GPUs" if resources.gpus else ""
+    )
+    what = "this node's ranks" if resources.ranks > 1 else "this node"
     return (
-        f"the Ray cluster cannot hold this node's ranks, {resources}: its {len(nodes)} live "
-        f"node(s) have {has} in all. Add nodes, or lower parallelism (data, tensor, "
-        "pipeline) or cpus_per_rank; a checkpoint the stage wrote is kept, and the next "
-        "build resumes from it"
+        f"the Ray cluster cannot hold {what}, {resources}: its {len(nodes)} live "
+        f"node(s) have {has} in all, the largest {largest}. Add machines, or lower "
+        "parallelism (data, tensor, pipeline) or cpus_per_rank; a checkpoint the stage "
+        "wrote is kept, and the next build resumes from it"
     )
 
 

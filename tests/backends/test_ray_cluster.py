@@ -2,7 +2,8 @@
 a ``data = 2`` stage puts one rank on each; when one node goes away mid-stage the stage
 fails, named, instead of waiting for it; a build on what is left says the cluster cannot
 hold the ranks; once a node is back the stage resumes from its checkpoint, and an eval
-takes the cores of one of the cluster's machines."""
+takes the cores of one of the cluster's machines; a lone rank larger than any of them
+fails at once."""
 
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ def cluster(monkeypatch):
     c.shutdown()
 
 
-def _build(spec, store, address, until=("stage:pretrain",)):
+def _build(spec, store, address, until=("stage:pretrain",), overrides=DATA):
     log = io.StringIO()
     try:
         outcome = build(
-            load_spec(spec, DATA),
+            load_spec(spec, overrides),
             Store(str(store)),
             BuildOptions(executor="ray", ray_address=address, live=False, until=until),
             PlainReporter(log, interval=0),
@@ -91,6 +92,14 @@ def test_a_node_lost_mid_stage_fails_it_named_and_it_resumes_on_a_new_node(clust
     assert back.results["stage:pretrain"].record.metrics["steps"] == 200
     # An eval takes a whole machine: here one of the cluster's, of one CPU, not this one's.
     assert back.results["eval:ppl@pretrain"].record.timings["threads"] == 1
+    # A lone rank larger than any machine of the cluster: said at once, not waited for.
+    lone = ["parallelism.cpus_per_rank=2", "stage.pretrain.steps=3"]
+    began = time.monotonic()
+    big, _ = _build(spec, store, c.address, overrides=lone)
+    assert time.monotonic() - began < 60
+    detail = big.results["stage:pretrain"].detail
+    assert "the Ray cluster cannot hold this node, 2 cpu" in detail
+    assert "the largest 1 CPUs" in detail and "Traceback" not in detail
 
 
 def test_a_local_build_starts_its_own_ray_beside_a_running_cluster(cluster, monkeypatch):
