@@ -32,8 +32,11 @@ def join_single_rank_group() -> bool:
     this call created it (and should destroy it)."""
     import torch.distributed as dist
 
+    from llmbuild.run.gloo import share_gloo_device
+
     if dist.is_initialized():
         return False
+    share_gloo_device()
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
     )
@@ -46,12 +49,15 @@ def leave_process_groups() -> None:
     otherwise keep each node's gloo groups, and their threads, forever."""
     import sys
 
+    from llmbuild.run.gloo import release_gloo_device
+
     parallel_state = sys.modules.get("megatron.core.parallel_state")
     if parallel_state is not None and parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    release_gloo_device()
 
 
 def run_inline_ranks(fn: RankFn, config: Any, resources: Resources) -> Path | None:
@@ -74,6 +80,9 @@ def _rank_main(loop: dict[str, Any]) -> None:
     bring rank 0's dir back."""
     import ray.train
 
+    from llmbuild.run.gloo import share_gloo_device
+
+    share_gloo_device()  # for the groups megatron-core makes (Ray Train made the default one)
     ctx = ray.train.get_context()
     info = RankInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
     if info.rank == 0:  # each start of the group (Ray Train restarts it after a failure)
