@@ -5,8 +5,11 @@ local cluster bound to 127.0.0.1 or on an existing cluster."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,6 +24,10 @@ WORKER_RETRIES = 2
 (killed, out of memory, node lost). A node's own errors are never retried. A rerun starts
 from the node's last checkpoint in its work dir; a multi-rank training node's ranks are
 restarted the same way by Ray Train."""
+
+DRAIN_S = 0.5
+"""How often the driver reads the nodes' progress from the cluster (a worker publishes its
+node's at most every 0.25 s)."""
 
 
 @dataclass
@@ -77,17 +84,17 @@ def _inline_ranks(fn: Any, config: Any, resources: Any) -> Any:
     return run_inline_ranks(fn, config, resources)
 
 
-def _ray_execute(task: NodeTask, relay: Any) -> dict[str, Any]:
-    """The Ray task body: build one node in a worker process."""
+def _ray_execute(task: NodeTask, progress: str | None) -> dict[str, Any]:
+    """The Ray task body: build one node in a worker process, its progress published in
+    the ``progress`` namespace of the cluster's key-value store."""
     from pathlib import Path
 
     from llmbuild.store.store import Store
 
     work = Store(task.store_url, work_root=Path(task.work_root)).work_dir(task.key)
     ranks = functools.partial(_ray_ranks, resources=task.resources, work_dir=work, name=task.name)
-    return execute_node(
-        task, _RelaySink(relay) if relay is not None else None, ranks, _ray_parallel
-    )
+    sink = _ProgressSink(progress) if progress is not None else None
+    return execute_node(task, sink, ranks, _ray_parallel)
 
 
 def _ray_parallel(fn: Any, items: list[Any]) -> list[Any]:
@@ -110,26 +117,21 @@ def _ray_ranks(fn: Any, config: Any, resources: Any, work_dir: Any, name: str) -
     return run_ray_ranks(fn, config, resources, work_dir, name)
 
 
-class _RelaySink:
-    def __init__(self, relay: Any) -> None:
-        self.relay = relay
+class _ProgressSink:
+    """A worker's progress updates, each node's latest under its name in the Ray cluster's
+    key-value store (held by the head node's GCS), for the driver to read. Ray's own
+    store: no process of ours stays up for it, waking the machine the ranks train on."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
 
     def update(self, node: str, fields: dict[str, Any]) -> None:
-        self.relay.update.remote(node, fields)
+        from ray.experimental.internal_kv import _internal_kv_put
 
-
-class _Relay:
-    """A Ray actor collecting progress updates from workers for the driver to drain."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, dict[str, Any]] = {}
-
-    def update(self, node: str, fields: dict[str, Any]) -> None:
-        self.pending[node] = fields
-
-    def drain(self) -> dict[str, dict[str, Any]]:
-        out, self.pending = self.pending, {}
-        return out
+        try:
+            _internal_kv_put(node, json.dumps(fields, default=str), namespace=self.namespace)
+        except Exception:  # progress is for show: never a reason for a node to fail
+            pass
 
 
 @dataclass
@@ -141,7 +143,9 @@ class RayExecutor:
     num_cpus: int | None = None
     kind: str = "ray"
     _started_here: bool = field(default=False, init=False)
-    _relay: Any = field(default=None, init=False)
+    _progress: str | None = field(default=None, init=False)
+    _shown: dict[str, bytes] = field(default_factory=dict, init=False)
+    _drained: float = field(default=0.0, init=False)
     _remote: Any = field(default=None, init=False)
 
     def start(self) -> None:
@@ -159,18 +163,9 @@ class RayExecutor:
         from llmbuild.run.signals import on_sigterm_interrupt
 
         on_sigterm_interrupt()  # ray.init put its own SIGTERM handler (a raw dump) in place
-        self._relay = self._new_relay()
+        if self.sink is not None:  # this build's own namespace: a shared cluster hosts others
+            self._progress = f"llmbuild-progress-{uuid.uuid4().hex}"
         self._remote = ray.remote(_ray_execute)
-
-    @staticmethod
-    def _new_relay() -> Any:
-        """The progress relay, on this process's own node: a cluster node that goes away
-        must not take the build's progress with it."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        return ray.remote(num_cpus=0)(_Relay).options(scheduling_strategy=here).remote()
 
     def _init(self, ray: Any, address: str | None) -> None:
         if not ray.is_initialized():
@@ -196,7 +191,7 @@ class RayExecutor:
             options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
         ref = self._remote.options(
             **options, max_retries=WORKER_RETRIES, name=f"llmbuild {task.name}"
-        ).remote(task, self._relay)
+        ).remote(task, self._progress)
         return Handle(task.name, ref=ref)
 
     def wait(self, handles: Sequence[Handle], timeout: float) -> list[Finished]:
@@ -224,25 +219,42 @@ class RayExecutor:
             except ray.exceptions.RayError as e:
                 h.error = NodeFailed(h.name, f"the Ray worker died: {type(e).__name__}")
             finished.append(Finished(h, h.record, h.error))
-        self._drain()
+        self._drain(force=bool(finished))
         return finished
 
-    def _drain(self) -> None:
-        if self.sink is None or self._relay is None:
+    def _drain(self, force: bool = False) -> None:
+        """Hand the sink each node's progress that changed since the last look (at most
+        twice a second, unless ``force``: a node just finished)."""
+        if self.sink is None or self._progress is None:
             return
-        import ray
+        now = time.monotonic()
+        if not force and now - self._drained < DRAIN_S:
+            return
+        self._drained = now
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
+        changed = {}
         try:
-            pending = ray.get(self._relay.drain.remote())
-        except ray.exceptions.RayError:  # its node is gone: progress since is lost, not the build
-            self._relay = self._new_relay()
+            for key in _internal_kv_list("", namespace=self._progress):
+                value = _internal_kv_get(key, namespace=self._progress)
+                if value is not None and self._shown.get(key.decode()) != value:
+                    changed[key.decode()] = value
+        except Exception:  # the head node is unreachable: progress waits, not the build
             return
-        for node, fields in pending.items():
-            self.sink.update(node, fields)
+        for node, value in changed.items():
+            self._shown[node] = value
+            self.sink.update(node, json.loads(value))
 
     def shutdown(self) -> None:
         import ray
 
+        if self._progress is not None and ray.is_initialized():
+            from ray.experimental.internal_kv import _internal_kv_del
+
+            try:  # a cluster that outlives the build keeps none of its progress
+                _internal_kv_del("", del_by_prefix=True, namespace=self._progress)
+            except Exception:
+                pass
         if self._started_here and ray.is_initialized():
             ray.shutdown()
 

@@ -90,3 +90,31 @@ def test_ray_that_cannot_start_is_a_plain_error(project, ray_env, tmp_path, monk
         assert "could not start a local Ray cluster: RuntimeError: Failed to start the GCS" in err
         assert "--executor inline" in err and "Traceback" not in err
     assert not list((tmp_path / "other" / "artifacts").glob("*"))
+
+
+def test_progress_of_ray_workers_reaches_the_driver(project, ray_env, tmp_path):
+    """Workers publish their nodes' progress in the cluster's key-value store; the driver
+    shows it as it comes and leaves none behind."""
+    import io
+
+    from llmbuild.run.build import BuildOptions, PlainReporter, build
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+    from tests.fixture_backend import fixture_registry
+
+    set_control(sleep={"source:books": 1.5})
+    out = io.StringIO()
+    outcome = build(
+        load_spec(project, ()),
+        Store(str(tmp_path / "store")),
+        BuildOptions(executor="ray", live=False, only=("source:books",)),
+        PlainReporter(out, interval=0.0),
+        registry=fixture_registry(None),
+    )
+    assert outcome.ok
+    shown = [line for line in out.getvalue().splitlines() if "source:books" in line]
+    ticks = [line for line in shown if "ticks " in line]
+    done = [int(t.split("ticks ")[1].split("/")[0]) for t in ticks]
+    assert len(done) >= 2 and done == sorted(done), shown  # while the node ran, in order
+    assert done[-1] == 15, shown  # and its last update
+    assert not ray.is_initialized()  # and the cluster, with its store, is gone
