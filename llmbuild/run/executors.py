@@ -219,7 +219,11 @@ class RayExecutor:
             except ray.exceptions.RayError as e:
                 h.error = NodeFailed(h.name, f"the Ray worker died: {type(e).__name__}")
             finished.append(Finished(h, h.record, h.error))
-        self._drain(force=bool(finished))
+        if finished:
+            self._drain(force=True)
+            self._forget([f.handle.name for f in finished])
+        else:
+            self._drain()
         return finished
 
     def _drain(self, force: bool = False) -> None:
@@ -237,13 +241,27 @@ class RayExecutor:
         try:
             for key in _internal_kv_list("", namespace=self._progress):
                 value = _internal_kv_get(key, namespace=self._progress)
-                if value is not None and self._shown.get(key.decode()) != value:
-                    changed[key.decode()] = value
+                node = key.decode()
+                if value is not None and self._shown.get(node) != value:
+                    changed[node] = value
         except Exception:  # the head node is unreachable: progress waits, not the build
             return
         for node, value in changed.items():
             self._shown[node] = value
             self.sink.update(node, json.loads(value))
+
+    def _forget(self, nodes: list[str]) -> None:
+        """Drop finished nodes' progress, so that each look reads the running ones only."""
+        if self._progress is None:
+            return
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        for node in nodes:
+            self._shown.pop(node, None)
+            try:
+                _internal_kv_del(node, namespace=self._progress)
+            except Exception:  # the head node is unreachable: shutdown tries once more
+                pass
 
     def shutdown(self) -> None:
         import ray
