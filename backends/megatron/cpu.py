@@ -191,3 +191,37 @@ def _patch_optimizer(torch: Any) -> None:
     # "torch.cuda.FloatTensor" (and raises on anything else), and grad clipping asserts
     # the same of every gradient.
     torch.Tensor.type = _cuda_type_name(torch.Tensor.type)  # type: ignore[method-assign]
+    # Without Apex, gradient clipping falls back to megatron's local multi-tensor ops: a
+    # Python loop over the gradients that norms each, then makes a scaled copy of each
+    # and copies it back. torch's foreach ops do the same arithmetic in one call each.
+    clip_grads.l2_norm_impl = _multi_tensor_l2_norm
+    clip_grads.multi_tensor_scale_impl = _multi_tensor_scale
+
+
+def _multi_tensor_l2_norm(
+    chunk_size: int, noop_flag: Any, tensor_lists: list[list[Any]], per_tensor: bool, *args: Any
+) -> tuple[Any, None]:
+    """megatron's ``local_multi_tensor_l2_norm``, bit for bit: the norm of the tensors'
+    norms, as a one-element tensor."""
+    import torch
+
+    tensors = [t for tensor_list in tensor_lists for t in tensor_list]
+    if not tensors:
+        return torch.zeros(1), None
+    total = torch.norm(torch.stack(torch._foreach_norm(tensors)))
+    return torch.tensor([float(total)], dtype=torch.float), None
+
+
+def _multi_tensor_scale(
+    chunk_size: int, noop_flag: Any, tensor_lists: list[list[Any]], scale: float
+) -> None:
+    """megatron's ``local_multi_tensor_scale`` (``dst = src * scale``), in place with one
+    foreach call where source and destination are the same tensors (clipping)."""
+    import torch
+
+    src, dst = tensor_lists
+    if len(src) == len(dst) and all(s is d for s, d in zip(src, dst)):
+        torch._foreach_mul_(dst, scale)
+        return
+    for s, d in zip(src, dst):
+        d.copy_(s * scale)

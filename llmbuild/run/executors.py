@@ -274,7 +274,7 @@ class RayExecutor:
             except Exception:
                 pass
         if self._started_here and ray.is_initialized():
-            ray.shutdown()
+            stop_local_ray()
 
 
 def _largest_machine_cpus() -> float:
@@ -303,6 +303,26 @@ def start_local_ray(num_cpus: int | None = None) -> None:
         logging_level=logging.WARNING,
         runtime_env={"env_vars": _forwarded_env()},
     )
+
+
+def stop_local_ray() -> None:
+    """``ray.shutdown()`` of the cluster this process started, its autoscaler monitor killed
+    first. Ray stops the raylet and the GCS before the monitor, whose SIGTERM handler then
+    reports its own end to the GCS that is gone and hangs until Ray kills it a second
+    later: a second of every build. A local cluster is not autoscaled and the monitor
+    keeps nothing, so it goes at once."""
+    import ray
+
+    try:
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []:
+            info.process.kill()
+            info.process.wait(timeout=5)
+    except Exception:  # another Ray's internals: its own shutdown still stops everything
+        pass
+    ray.shutdown()
 
 
 def _forwarded_env() -> dict[str, str]:

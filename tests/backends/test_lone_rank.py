@@ -13,7 +13,7 @@ from llmbuild.spec.model import Architecture
 STEPS, MICRO, ACCUM, SEQ, VOCAB = 3, 4, 2, 16, 128
 
 
-def _train(arch, plain: bool, precision: str, lone: bool = True):
+def _train(arch, plain: bool, precision: str, lone: bool = True, clip: float = 0.5):
     import torch
     from llmbuild.backends.megatron import data_parallel
     from llmbuild.backends.megatron.linears import megatron_linears
@@ -31,7 +31,7 @@ def _train(arch, plain: bool, precision: str, lone: bool = True):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
-    stage = {"betas": [0.9, 0.95], "lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "grad_clip": 0.5}
+    stage = {"betas": [0.9, 0.95], "lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "grad_clip": clip}
     if lone:
         ddp = data_parallel.apply_data_parallel(model, False)
         assert isinstance(ddp, data_parallel.LoneRank)
@@ -117,3 +117,32 @@ def test_other_layouts_keep_megatrons_linears():
     assert plain_linears(None, config) == 0
     config = SimpleNamespace(tensor_model_parallel_size=1, sequence_parallel=True)
     assert plain_linears(None, config) == 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_foreach_clipping_trains_megatrons_weights_bit_for_bit(precision, monkeypatch):
+    """Gradient clipping through torch's foreach ops (``cpu.py``) against megatron's own
+    local multi-tensor stand-ins, with clipping in effect at every step."""
+    from llmbuild.backends.megatron.generate import single_rank
+
+    single_rank()  # the CPU patches, before megatron is imported
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads
+
+    ours_scale = clip_grads.multi_tensor_scale_impl
+    assert clip_grads.l2_norm_impl is not utils.local_multi_tensor_l2_norm
+    scaled = []
+    monkeypatch.setattr(
+        clip_grads,
+        "multi_tensor_scale_impl",
+        lambda *a: scaled.append(a[-1]) or ours_scale(*a),
+    )
+    arch = Architecture(style="gpt2", layers=2, hidden=32, heads=4, seq_len=SEQ, bias=True)
+    ours_losses, ours = _train(arch, True, precision, clip=0.05)
+    assert len(scaled) == STEPS and all(0 < s < 1 for s in scaled)  # every step clipped
+    monkeypatch.setattr(clip_grads, "l2_norm_impl", utils.local_multi_tensor_l2_norm)
+    monkeypatch.setattr(clip_grads, "multi_tensor_scale_impl", utils.local_multi_tensor_scale)
+    ref_losses, ref = _train(arch, True, precision, clip=0.05)
+    assert ours_losses == ref_losses
+    assert not [k for k in ref if not (ours[k] == ref[k]).all()]
+    assert ours_losses[0] != ours_losses[-1]

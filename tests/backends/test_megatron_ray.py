@@ -40,13 +40,13 @@ lr = 1e-3
 def _one_local_ray():
     """One local Ray cluster for the module's builds (each would otherwise start and stop
     its own), its workers importing this checkout."""
-    from llmbuild.run.executors import start_local_ray
+    from llmbuild.run.executors import start_local_ray, stop_local_ray
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PYTHONPATH", str(REPO))
         start_local_ray()
         yield
-        ray.shutdown()
+        stop_local_ray()
 
 
 def on_ray(

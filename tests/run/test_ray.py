@@ -39,6 +39,20 @@ def test_fixture_pipeline_on_local_ray(project, ray_env, tmp_path):
     assert again.count("cached") == 14 and not ray.is_initialized()
 
 
+def test_stopping_a_local_cluster_ends_every_process_it_started(ray_env):
+    from ray._private import ray_constants, worker
+
+    from llmbuild.run.executors import start_local_ray, stop_local_ray
+
+    start_local_ray(num_cpus=1)
+    started = worker._global_node.all_processes
+    assert ray_constants.PROCESS_TYPE_MONITOR in started  # the one killed ahead of the rest
+    processes = [info.process for infos in started.values() for info in infos]
+    stop_local_ray()
+    assert not ray.is_initialized()
+    assert [p.args[:2] for p in processes if p.poll() is None] == []
+
+
 def test_failure_under_ray_is_reported(project, ray_env, tmp_path):
     set_control(fail=["tokenize:chat"])
     outcome = fixture_build(project, tmp_path / "store", executor="ray", only=("sft",))
