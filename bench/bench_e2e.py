@@ -196,7 +196,8 @@ def _turns(root: Path, store: Path, steps: int, slice_s: float) -> tuple[dict, l
                     out = json.loads(script.stdout.read().splitlines()[-1])
                     runs.append({"wall": plain_s, **out})
                     plain_s, script = 0.0, plain()
-        if not runs:  # a build shorter than one plain run: that run finishes on its own
+        if not runs:  # a build shorter than one plain run: that run finishes on its own,
+            # so its clocks no longer run through the build's turns
             _signal(script, signal.SIGCONT)
             began = time.perf_counter()
             out = json.loads(script.communicate()[0].splitlines()[-1])
@@ -207,9 +208,11 @@ def _turns(root: Path, store: Path, steps: int, slice_s: float) -> tuple[dict, l
         if script.poll() is None:
             script.kill()
             script.wait()
+    log.seek(0)
+    tail = log.read()[-3000:]
+    log.close()
     if build.returncode:
-        log.seek(0)
-        raise RuntimeError(log.read()[-3000:])
+        raise RuntimeError(tail)
     return _records(store, ours_s), runs
 
 
