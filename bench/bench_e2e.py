@@ -2,12 +2,11 @@
 block 64, batch 12, BENCH_E2E_STEPS steps, default 2000, 300 with --quick; char
 tokenizer; the default executor, a fresh store) against ``bench/nanogpt.py``, a plain
 PyTorch script of the same model, data and schedule, in the same run: wall-clock ratio
-(ours / plain; the plain script runs before and after the build, and the baseline is
-the mean of the two), and each side's held-out loss on the same last 10% of the text; and the
+(ours / plain), and each side's held-out loss on the same last 10% of the text; and the
 speed of the training steps alone under the Ray executor against the plain loop's.
 
 This machine's speed drifts by 10-30% within minutes, more than the gap being measured, so
-by default (BENCH_E2E_TURNS=1, on Linux) the build and the plain script run at the same
+by default (BENCH_E2E_TURNS=1) the build and the plain script run at the same
 time and take turns on the machine: each runs for BENCH_E2E_SLICE seconds (default 2)
 while the other's whole process tree (the build's Ray cluster included) is stopped with
 SIGSTOP. The plain script is rerun until the build ends. Each side's time is the sum of
@@ -131,32 +130,20 @@ def _plain(root: Path, steps: int) -> dict:
     return {"wall": time.perf_counter() - began, **json.loads(done.stdout.splitlines()[-1])}
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
-
-
 def _signal(proc: subprocess.Popen, sig: int) -> None:
-    if proc.poll() is None:
-        for p in _tree(proc.pid):
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
+    """``sig`` to ``proc`` and all its descendants (psutil comes with peft)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid)]
+        family += family[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _turns(root: Path, store: Path, steps: int, slice_s: float) -> tuple[dict, list[dict]]:
@@ -225,7 +212,7 @@ def run(quick: bool = False) -> list[dict]:
         # Taking turns, or else before and after the build with their mean as the baseline:
         # a run before or after alone would put all of the machine's drift into the ratio.
         slice_s = float(os.environ.get("BENCH_E2E_SLICE", "2"))
-        if os.environ.get("BENCH_E2E_TURNS", "1") == "1" and Path("/proc/self/stat").exists():
+        if os.environ.get("BENCH_E2E_TURNS", "1") == "1" and hasattr(signal, "SIGSTOP"):
             ours, runs = _turns(root, root / "store", steps, slice_s)
             how = f"taking {slice_s:g}-second turns with the build ({len(runs)} runs)"
             clocks = " (each clock runs through the other side's turns too)"
