@@ -7,16 +7,20 @@ its family, run by the ``checkpoint`` backend. It completes the spec: the checkp
 from __future__ import annotations
 
 import os
+from pathlib import Path as PathLib
 from typing import Any
 
 from llmbuild.backends.checkpoint.config import ImportConfig
-from llmbuild.backends.checkpoint.source import CheckpointError, open_checkpoint
+from llmbuild.backends.checkpoint.source import CheckpointError, open_checkpoint, tokenizer_vocab
 from llmbuild.backends.checkpoint.spec import Import
 from llmbuild.backends.families import Unsupported
 from llmbuild.backends.families.llama.config import TRAIN_CONTEXT
+from llmbuild.backends.tokenizer.build import special_tokens
+from pydantic import ValidationError
 
 from llmbuild.errors import Path, Problem
 from llmbuild.kinds import Completion, Kind, NodeRefs
+from llmbuild.spec.model import Tokenizer as TokenizerSpec
 
 FILLS = ("architecture", "tokenizer")
 FREE = ("seq_len",)
@@ -29,6 +33,24 @@ def _shown(path: Any) -> str:
     except ValueError:
         return str(path)
     return rel if not rel.startswith("..") else str(path)
+
+
+def _own_tokens(own: dict[str, Any]) -> tuple[int | None, str]:
+    """How many tokens the spec's own tokenizer will have, where that is known before it
+    is built (a trained one's ``vocab_size``, the byte tokenizer's bytes and special
+    tokens, a pretrained one's files; not a char tokenizer's, which its text decides),
+    and the key that decides it."""
+    try:
+        tok = TokenizerSpec.model_validate(own)
+    except ValidationError:  # field validation reports it
+        return None, "kind"
+    if tok.vocab_size is not None:
+        return tok.vocab_size, "vocab_size"
+    if tok.kind == "byte":
+        return 256 + len(special_tokens(tok)), "kind"
+    if tok.kind == "pretrained" and tok.path is not None:
+        return tokenizer_vocab(PathLib(tok.path)), "path"
+    return None, "kind"
 
 
 class ImportKind(Kind):
@@ -67,16 +89,26 @@ class ImportKind(Kind):
             done.item = {"checkpoint": str(ck.path), "hub": ck.hub}
         own = spec.get("tokenizer")
         if isinstance(own, dict):  # the spec's own tokenizer replaces the checkpoint's
-            tokens = own.get("vocab_size")
-            if isinstance(tokens, int) and tokens > arch["vocab_size"]:
+            tokens, key = _own_tokens(own)
+            if tokens is not None and tokens > arch["vocab_size"]:
                 done.problems.append(
                     Problem(
                         f"this tokenizer would have {tokens} tokens but the imported "
                         f"embedding only {arch['vocab_size']} rows (vocab_size in {origin}): "
                         "use the checkpoint's own tokenizer, or one that fits",
-                        ("tokenizer", "vocab_size"),
+                        ("tokenizer", key),
                     )
                 )
+            return done
+        if not ck.has_tokenizer():
+            done.problems.append(
+                Problem(
+                    f"{_shown(ck.path)} holds no tokenizer (no tokenizer.json, tokenizer.model, "
+                    "vocab.json or vocab.txt): copy the model's tokenizer files into it, or "
+                    "give the spec a [tokenizer] table of its own",
+                    at,
+                )
+            )
             return done
         tokens = ck.tokenizer_vocab()
         if tokens is not None and tokens > arch["vocab_size"]:

@@ -41,14 +41,47 @@ def _shard(ck: Checkpoint, path: Path) -> dict[str, Any]:
     return {k: v.float() for k, v in tensors.items() if not ck.family.is_ignored(k)}
 
 
+def expected_shapes(ck: Checkpoint) -> dict[str, tuple[int, ...]]:
+    """transformers' own shape of each tensor of the checkpoint's class, from a model its
+    ``config.json`` builds on the meta device (no memory, no weights read)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(ck.path), local_files_only=True)
+    with torch.device("meta"):
+        model = ck.family.auto_model().from_config(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_tensors(tensors: dict[str, Any], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """A ``UserError`` naming the tensor and file when a tensor's shape is not the one its
+    ``config.json`` gives, or it holds NaN or infinite values: weights that would load,
+    train and be wrong."""
+    import torch
+
+    for name, t in tensors.items():
+        want = shapes.get(name)
+        if want is not None and tuple(t.shape) != want:
+            raise UserError(
+                f"{path}: {name} has shape {list(t.shape)} but config.json gives "
+                f"{list(want)}: the weights do not belong to this config"
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise UserError(
+                f"{path}: {name} holds NaN or infinite values: the checkpoint is broken"
+            )
+
+
 def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[str, Any]:
     """The checkpoint's weights as our canonical weights."""
     from llmbuild.backends.megatron.vocab import padded_vocab
 
     vocab = arch.vocab_size or 0
     converter = ck.family.converter(arch, vocab, padded_vocab(vocab, arch))
+    shapes = expected_shapes(ck)
     for i, path in enumerate(ck.weights):
         tensors = _shard(ck, path)
+        check_tensors(tensors, shapes, path)
         if arch.tie_embeddings:  # some writers save the tied head too
             for name in ck.family.tied:
                 tensors.pop(name, None)
@@ -124,7 +157,7 @@ def run(ctx: RunContext[ImportConfig]) -> None:
         }
     )
     ctx.log.info("imported %s: max logit difference %.2e", ck.path, diff)
-    if diff > stage.tolerance:
+    if not diff <= stage.tolerance:  # NaN fails too
         raise VerificationError(
             f"the imported weights give logits {diff:.2e} away from transformers' on the same "
             f"checkpoint (tolerance {stage.tolerance:.0e}): the conversion is wrong"

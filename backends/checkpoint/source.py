@@ -21,6 +21,8 @@ from llmbuild.errors import UserError
 HUB = re.compile(r"^hf://(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<revision>[\w.\-/]+))?$")
 FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
 """What a Hub download fetches: configs, safetensors weights, tokenizer files."""
+TOKENIZER_FILES = ("tokenizer.json", "*.model", "vocab.json", "vocab.txt", "*.tiktoken")
+"""A tokenizer's vocabulary: fast, sentencepiece, GPT-2 BPE, WordPiece or tiktoken."""
 
 
 class CheckpointError(UserError):
@@ -44,33 +46,40 @@ class Checkpoint:
     def architecture(self) -> dict[str, Any]:
         return self.family.architecture(self.config, f"{self.path}/config.json")
 
-    def tokenizer_vocab(self) -> int | None:
-        """The number of token ids of its tokenizer: ``tokenizer.json``'s, else a
-        sentencepiece ``tokenizer.model``'s pieces and the ids ``tokenizer_config.json``
-        adds; None when it has neither (or a model sentencepiece cannot read)."""
-        path = self.path / "tokenizer.json"
-        if path.is_file():
-            tok = json.loads(path.read_text())
-            vocab = tok.get("model", {}).get("vocab") or {}
-            ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-            ids += [t["id"] for t in tok.get("added_tokens", [])]
-            return max(ids, default=-1) + 1
-        path = self.path / "tokenizer.model"
-        if not path.is_file():
-            return None
-        import sentencepiece
+    def has_tokenizer(self) -> bool:
+        """Whether it holds a tokenizer's vocabulary in any form transformers reads."""
+        return any(any(self.path.glob(pattern)) for pattern in TOKENIZER_FILES)
 
-        try:
-            pieces = sentencepiece.SentencePieceProcessor(model_file=str(path)).get_piece_size()
-        except (OSError, RuntimeError):  # not a sentencepiece model (tiktoken's use the name)
-            return None
-        config = self.path / "tokenizer_config.json"
-        added = (
-            json.loads(config.read_text()).get("added_tokens_decoder", {})
-            if config.is_file()
-            else {}
-        )
-        return max([pieces - 1, *(int(i) for i in added)]) + 1
+    def tokenizer_vocab(self) -> int | None:
+        """The number of token ids of its tokenizer (``tokenizer_vocab``)."""
+        return tokenizer_vocab(self.path)
+
+
+def tokenizer_vocab(directory: Path) -> int | None:
+    """The number of token ids of the tokenizer in ``directory``: ``tokenizer.json``'s,
+    else a sentencepiece ``tokenizer.model``'s pieces and the ids ``tokenizer_config.json``
+    adds; None when it has neither (or a model sentencepiece cannot read)."""
+    fast = directory / "tokenizer.json"
+    if fast.is_file():
+        tok = json.loads(fast.read_text())
+        vocab = tok.get("model", {}).get("vocab") or {}
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+        ids += [t["id"] for t in tok.get("added_tokens", [])]
+        return max(ids, default=-1) + 1
+    model = directory / "tokenizer.model"
+    if not model.is_file():
+        return None
+    import sentencepiece
+
+    try:
+        pieces = sentencepiece.SentencePieceProcessor(model_file=str(model)).get_piece_size()
+    except (OSError, RuntimeError):  # not a sentencepiece model (tiktoken's use the name)
+        return None
+    config = directory / "tokenizer_config.json"
+    added = (
+        json.loads(config.read_text()).get("added_tokens_decoder", {}) if config.is_file() else {}
+    )
+    return max([pieces - 1, *(int(i) for i in added)]) + 1
 
 
 def resolve_hub(repo: str, revision: str | None) -> tuple[Path, str]:

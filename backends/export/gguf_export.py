@@ -313,7 +313,7 @@ def export_gguf(ctx: Any, export: Any) -> None:
         )
     model = gguf_model(path, hf)
     logits = logits_check(model, hf, *stage.dirs)
-    if export.quantization == "f32" and logits["max_logit_diff"] > F32_LOGIT_TOLERANCE:
+    if export.quantization == "f32" and not logits["max_logit_diff"] <= F32_LOGIT_TOLERANCE:
         raise VerificationError(
             f"{FILE} read by transformers gives logits {logits['max_logit_diff']:.2e} away "
             f"from the trained model's (tolerance {F32_LOGIT_TOLERANCE:.0e})"

@@ -172,7 +172,7 @@ def verify_hf(
     diff = max_logit_difference(
         stage_dir, hf_dir, min(hf.arch.seq_len, 32), hf.vocab, base_dir=base_dir, family=hf.family
     )
-    if diff > TOLERANCE[dtype]:
+    if not diff <= TOLERANCE[dtype]:  # NaN fails too
         raise VerificationError(
             f"the logits of {label} differ from the trained model's by {diff:.2e} "
             f"(tolerance {TOLERANCE[dtype]:.0e}): the conversion is wrong"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild.backends.data.shards import SPLITS, iter_shard, shard_paths
-from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+from llmbuild.backends.tokenizer.artifact import TokenizerArtifact, require_chat_template
 
 BATCH = 1024
 FORMS = {
@@ -145,6 +145,9 @@ def run(ctx: Any) -> None:
     docs = ctx.input("documents").path
     tokenizer = TokenizerArtifact.open(ctx.input("tokenizer").path)
     info = dataclasses.asdict(tokenizer.info)
+    if role not in ("pretrain", "labeled") and info["chat_template"] == "own":
+        why = f"source {ctx.config.source!r} holds conversations (role {role!r})"
+        require_chat_template(tokenizer.hf_tokenizer(), why)
     shards = [
         (split, i, shard) for split in SPLITS for i, shard in enumerate(shard_paths(docs, split))
     ]

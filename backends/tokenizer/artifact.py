@@ -13,8 +13,20 @@ from typing import Any
 
 from llmbuild.backends.tokenizer.build import IM_END
 
+from llmbuild.errors import UserError
+
 INFO = "tokenizer_info.json"
 FILES = "tokenizer"
+
+
+def require_chat_template(tok: Any, why: str) -> None:
+    """A ``UserError`` when ``tok`` (a transformers tokenizer) has no chat template, which
+    ``why`` needs (a base model's tokenizer often has none)."""
+    if tok.chat_template is None:
+        raise UserError(
+            f"the tokenizer has no chat template, and {why}: set [tokenizer] "
+            'chat_template = "chatml" (or a Jinja template of your own) in the spec'
+        )
 
 
 @dataclass(frozen=True)
@@ -133,7 +145,9 @@ class TokenizerArtifact:
     def chat_prompt(self, text: str) -> str:
         """``text`` as a user's turn in the chat template, followed by the start of the
         assistant's answer."""
-        return self.hf_tokenizer().apply_chat_template(
+        tok = self.hf_tokenizer()
+        require_chat_template(tok, "a chat prompt needs one")
+        return tok.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
 

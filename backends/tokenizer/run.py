@@ -63,6 +63,11 @@ def _pretrained(spec: Any, own_template: bool, out: Path) -> TokenizerInfo:
         tok = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
     except Exception as e:  # transformers raises many kinds here
         raise UserError(f"cannot load a tokenizer from {spec.path}: {e}") from None
+    if not tok("The quick brown fox.", add_special_tokens=False)["input_ids"]:
+        raise UserError(
+            f"the tokenizer in {spec.path} turns text into no tokens (it has {len(tok)}): "
+            "the directory lacks its vocabulary (tokenizer.json, tokenizer.model, vocab.json)"
+        )
     # An encoder's tokenizer (BERT's) has [CLS] and [SEP] where a decoder's has bos and eos.
     bos = tok.bos_token or tok.cls_token
     eos = tok.eos_token or tok.sep_token

@@ -180,6 +180,27 @@ def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
     assert "tokenizer has 320 tokens but its embedding only 64 rows" in _error(spec)
 
 
+def test_broken_weights_are_clear_errors_naming_the_tensor(tmp_path):
+    """A NaN in a weight or a tensor of another shape than config.json gives would load
+    (or compare as NaN, which no tolerance catches): each fails the import, named."""
+    from safetensors.torch import load_file, save_file
+
+    ck = write_checkpoint(tmp_path / "ck", "gpt2")
+    spec = import_spec(tmp_path, ck)
+    weights = ck / "model.safetensors"
+    good = load_file(str(weights))
+    name = "transformer.h.1.mlp.c_fc.weight"
+    for bad, message in (
+        (good[name].clone().index_fill_(0, torch.tensor([3]), float("nan")), "holds NaN"),
+        (good[name][:, :-1].contiguous(), "has shape [64, 95] but config.json gives [64, 96]"),
+    ):
+        save_file({**good, name: bad}, str(weights))
+        outcome = run_nodes(spec, tmp_path / "store", until=("stage:base",))
+        assert not outcome.ok
+        detail = outcome.results["stage:base"].detail
+        assert f"{weights}: {name} {message}" in detail and "Traceback" not in detail, detail
+
+
 def test_sharded_checkpoints_are_read_shard_by_shard(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -1,6 +1,7 @@
 """The tokenizer over an imported base: a checkpoint that ships only a sentencepiece
 ``tokenizer.model`` is read as transformers reads it, and a spec's own tokenizer replaces
-the checkpoint's; either one larger than the embedding is a located error at validate."""
+the checkpoint's; either one larger than the embedding is a located error at validate, and
+so is a checkpoint with no tokenizer at all."""
 
 from __future__ import annotations
 
@@ -87,3 +88,80 @@ def test_the_specs_own_tokenizer_replaces_the_checkpoints(tmp_path):
     problem = _problem(spec)
     assert problem.key == "tokenizer.vocab_size" and problem.line == 14
     assert "1000 tokens but the imported embedding only 384 rows" in problem.message
+
+
+def test_a_tokenizer_known_larger_than_the_embedding_is_refused_at_validate(tmp_path):
+    """The byte tokenizer's 256 bytes and special tokens, or a pretrained tokenizer's
+    files, against an embedding of fewer rows: located at the key that decides it."""
+    ck = write_checkpoint(tmp_path / "ck", "qwen2")
+    config = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**config, "vocab_size": 200}))
+    spec = import_spec(tmp_path, ck, '[tokenizer]\nkind = "byte"\n')
+    problem = _problem(spec)
+    assert problem.key == "tokenizer.kind" and problem.line == 13
+    assert "262 tokens but the imported embedding only 200 rows" in problem.message
+    other = write_checkpoint(tmp_path / "other", "qwen2")
+    spec.write_text(
+        spec.read_text().replace('kind = "byte"', f'kind = "pretrained"\npath = "{other}"')
+    )
+    problem = _problem(spec)
+    assert problem.key == "tokenizer.path"
+    assert "320 tokens but the imported embedding only 200 rows" in problem.message
+
+
+def test_a_checkpoint_without_a_tokenizer_is_a_clear_error(tmp_path):
+    """No tokenizer files: said at validate (transformers would make an empty tokenizer,
+    and training on no tokens reach a loss of zero); a pretrained [tokenizer] pointing at
+    such a directory fails its node, plainly."""
+    ck = write_checkpoint(tmp_path / "ck", "gpt2")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (ck / name).unlink(missing_ok=True)
+    spec = import_spec(tmp_path, ck)
+    problem = _problem(spec)
+    assert problem.key == "stage[0].checkpoint"
+    assert "holds no tokenizer (no tokenizer.json, tokenizer.model" in problem.message
+    assert "give the spec a [tokenizer] table" in problem.message
+    spec.write_text(spec.read_text() + f'\n[tokenizer]\nkind = "pretrained"\npath = "{ck}"\n')
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenizer",))
+    assert not outcome.ok
+    detail = outcome.results["tokenizer"].detail
+    assert "turns text into no tokens" in detail and "Traceback" not in detail, detail
+
+
+CHAT_SOURCE = """
+[[data.sources]]
+name = "talk"
+path = "talk.jsonl"
+role = "chat"
+"""
+
+
+def test_a_tokenizer_without_a_chat_template_is_said_where_chats_need_one(tmp_path):
+    """A base model's tokenizer has no chat template: chat data, a chat prompt and the
+    spec's own template each behave plainly."""
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+
+    from llmbuild.errors import UserError
+
+    ck = write_checkpoint(tmp_path / "ck", "llama")
+    (ck / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((ck / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (ck / "tokenizer_config.json").write_text(json.dumps(config))
+    chat = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    }
+    (tmp_path / "talk.jsonl").write_text(json.dumps(chat) + "\n")
+    spec = import_spec(tmp_path, ck, CHAT_SOURCE)
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenize:talk",))
+    assert not outcome.ok
+    detail = outcome.results["tokenize:talk"].detail
+    assert "the tokenizer has no chat template, and source 'talk' holds conversations" in detail
+    assert 'chat_template = "chatml"' in detail and "Traceback" not in detail, detail
+    tok = TokenizerArtifact.open(artifact(outcome, tmp_path / "store", "tokenizer"))
+    with pytest.raises(UserError, match="a chat prompt needs one"):
+        tok.chat_prompt("Hi")
+    spec.write_text(spec.read_text() + '\n[tokenizer]\nkind = "pretrained"\n'
+                    f'path = "{ck}"\nchat_template = "chatml"\n')  # fmt: skip
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenize:talk",))
+    assert outcome.ok, outcome.log
