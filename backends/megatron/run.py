@@ -12,7 +12,7 @@ from typing import Any
 from llmbuild.backends.megatron.artifact import CONFIG, WEIGHT_FILES, StageArtifact
 from llmbuild.backends.megatron.config import TrainConfig
 from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
-from llmbuild.backends.megatron.train import FACTS, TIMINGS, train_ranks
+from llmbuild.backends.megatron.train import DIVERGED, FACTS, TIMINGS, train_ranks
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
 from llmbuild.errors import UserError
@@ -184,6 +184,13 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     ranks = rank_config(ctx, tok, vocab)
     result = ctx.run_ranks(train_ranks, ranks)
     ctx.timings["ranks"] = round(time.perf_counter() - mark, 3)
+    if (result / DIVERGED).exists():
+        d = json.loads((result / DIVERGED).read_text())
+        raise UserError(
+            f"{ctx.node}: training diverged: the loss is {d['loss']} at step {d['step']} "
+            f"(lr {d['lr']:.3g}); nothing is kept. Lower lr, warm up longer "
+            "(schedule.warmup) or clip gradients harder (grad_clip)"
+        )
     if (result / TIMINGS).exists():  # where the ranks' time went
         ctx.timings.update(
             {f"rank0.{k}": v for k, v in json.loads((result / TIMINGS).read_text()).items()}

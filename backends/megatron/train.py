@@ -8,6 +8,7 @@ the builder the stage's kind names (``objective_builders.py``); LoRA adapters fr
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from llmbuild.backends.megatron.rank_config import RankConfig
 TIMINGS = "timings.json"
 """Rank 0's seconds per phase: setup (megatron's import, the model), data, the first
 step, steps, validation, checkpoints, save; and its torch threads."""
+DIVERGED = "diverged.json"
+"""Written by rank 0 in place of weights when the loss stops being a finite number: the
+step, the loss and the learning rate there."""
 FACTS = "facts.json"
 """What the objective found in its data (``objective.facts``: texts cut to fit, say),
 recorded with the stage's metrics."""
@@ -141,6 +145,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     tokens_per_step = gbs * arch.seq_len
     ddp.train()
     t0 = time.perf_counter()
+    diverged = None
     for step in range(start, steps):
         lr = lr_at(step, steps, stage["lr"], schedule)
         data_parallel.set_lr(opt, lr, stage["weight_decay"])
@@ -183,6 +188,9 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
             row.update(objective.evaluate(ddp, eval_samples, micro))
             timings["validation"] = timings.get("validation", 0.0) + time.perf_counter() - mark
         history.append(row)
+        if not math.isfinite(row["loss"]):  # the same on every rank: it is reduced
+            diverged = {"step": step + 1, "loss": str(row["loss"]), "lr": lr}
+            break
         if rank == 0 and progress is not None:
             shown = {
                 k: round(row[k], 4)
@@ -221,6 +229,14 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     timings["steps"] = (
         time.perf_counter() - t0 - timings.get("validation", 0.0) - timings.get("checkpoints", 0.0)
     )
+    if diverged is not None:  # returned, not raised: a retry would only diverge again
+        parallel_state.destroy_model_parallel()
+        if rank != 0:
+            return None
+        out = work / "rank0-output"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DIVERGED).write_text(json.dumps(diverged))
+        return out
     mark = time.perf_counter()
     weights = gather_canonical(model, gated)  # every tensor-parallel rank takes part
     if pp > 1:  # and every pipeline stage

@@ -114,6 +114,19 @@ def test_data_shorter_than_a_sequence_is_said(tmp_path):
     assert any("no more than one sequence (seq_len = 32)" in n for n in notes), notes
 
 
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing(tmp_path):
+    """A learning rate far too high: the loss stops being a number, the stage stops at
+    that step and says what to change; no weights of NaN are committed."""
+    spec = tiny_spec(tmp_path, steps=30)
+    spec.write_text(spec.read_text().replace("lr = 3e-3", "lr = 1e4\ngrad_clip = 0.0"))
+    outcome = run_nodes(spec, tmp_path / "store", ("stage:pretrain",))
+    assert not outcome.ok
+    detail = outcome.results["stage:pretrain"].detail
+    assert "stage:pretrain: training diverged: the loss is nan at step" in detail, detail
+    assert "Lower lr" in detail and "Traceback" not in detail
+    assert not artifact_dirs(tmp_path / "store", "stage:pretrain")
+
+
 def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch):
     """On a machine with more cores, an unset cpus_per_rank would mean more threads and
     other sums, and an eval takes the machine's cores: reproduce trains and evaluates with
