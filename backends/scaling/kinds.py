@@ -86,10 +86,12 @@ class SweepKind(Kind):
             patch = {k: v for k, v in values.items() if k in fields}
             try:
                 own = Architecture.model_validate({**arch_raw, **patch})
-            except ValidationError as e:
+                params = non_embedding_params(own)
+            except (ValidationError, ValueError) as e:
+                why = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
                 done.problems.append(
                     Problem(
-                        f"the point {values} is not a valid architecture: {e.errors()[0]['msg']}",
+                        f"the point {values} is not a valid architecture: {why}",
                         (*where, "axes"),
                     )
                 )
@@ -102,10 +104,19 @@ class SweepKind(Kind):
                 if budget is not None:
                     from llmbuild.backends.scaling.fit import flops_per_token
 
-                    fpt = flops_per_token(
-                        non_embedding_params(own), own.layers, own.hidden, own.seq_len
-                    )
-                    steps = max(1, round(budget / (fpt * per_step)))
+                    step_flops = flops_per_token(params, own.layers, own.hidden, own.seq_len)
+                    step_flops *= per_step
+                    steps = round(budget / step_flops)
+                    if steps < 1:
+                        done.problems.append(
+                            Problem(
+                                f"the budget {budget:.3g} buys no training step of the point "
+                                f"{values} (a step costs {step_flops:.3g} FLOPs): raise the "
+                                "budget, or make the point or global_batch smaller",
+                                (*where, "budgets"),
+                            )
+                        )
+                        continue
                 name = point_name(sweep.name, values, budget)
                 stage = {k: v for k, v in base.items() if k != "name"}
                 stage.update({"name": name, "steps": steps})

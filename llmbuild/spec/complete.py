@@ -32,7 +32,9 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
             try:
                 done = kind.complete(item, (table, i), data) if kind is not None else None
             except Exception as e:  # a kind's bug must not become a user's traceback
-                problems.append(Problem(f"{kind} cannot read this item: {e}", (table, i)))
+                problems.append(
+                    Problem(f"kind {kind.tag!r} cannot read this item: {e}", (table, i))
+                )
                 continue
             if done is None:
                 continue

@@ -91,6 +91,12 @@ def test_a_new_point_rebuilds_only_itself_and_the_fit(tmp_path):
         ('base = "pretrain"', "no pretrain stage from scratch named 'pretrian'", "stage[1].base"),
         ("layers = [2]", "unknown axis 'depth'", "stage[1].axes"),
         ("fit_budget = 1e12", "steps is not an axis", "stage[1].axes"),
+        (
+            "hidden = [16, 32]",
+            "not a valid architecture: heads (4) must divide hidden (",
+            "stage[1].axes",
+        ),
+        ("budgets = [1e9, 3e9]", "the budget 1e+03 buys no training step", "stage[1].budgets"),
     ],
 )
 def test_bad_sweeps_are_located(tmp_path, edit, message, key):
@@ -99,8 +105,10 @@ def test_bad_sweeps_are_located(tmp_path, edit, message, key):
         'base = "pretrain"': text.replace('base = "pretrain"', 'base = "pretrian"'),
         "layers = [2]": text.replace("layers = [2]", "depth = [2]"),
         "fit_budget = 1e12": text.replace("layers = [2] }", "layers = [2], steps = [5] }"),
+        "hidden = [16, 32]": text.replace("hidden = [16, 32]", "hidden = [16, 30]"),
+        "budgets = [1e9, 3e9]": text.replace("budgets = [1e9, 3e9]", "budgets = [1e3, 3e9]"),
     }[edit]
     with pytest.raises(SpecError) as info:
         load_spec(write_project(tmp_path, text))
-    (problem,) = info.value.problems
+    problem = info.value.problems[0]  # a budget too small for two points: said for each
     assert message in problem.message and problem.key == key and problem.line is not None
