@@ -22,7 +22,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
             help="relative tolerance on metrics for 'within tolerance' (default 1e-3)",
         )
         p.add_argument("--scratch", help="directory of the scratch store (default: a temp dir)")
-    add_store_argument(p)
+    add_store_argument(p, "beside the spec" if name == "build" else "in the current directory")
     p.add_argument(
         "--executor",
         choices=["ray", "inline"],

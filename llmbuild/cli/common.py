@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from pathlib import Path
 
 
@@ -19,12 +20,23 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_store_argument(p: argparse.ArgumentParser) -> None:
+def add_store_argument(p: argparse.ArgumentParser, where: str = "beside the spec") -> None:
     p.add_argument(
         "--store",
         default=None,
-        help="artifact store (default: $LLMBUILD_STORE or .llmbuild/ beside the spec)",
+        help=f"artifact store (default: $LLMBUILD_STORE or .llmbuild/ {where})",
     )
+
+
+def build_command(args: argparse.Namespace) -> str:
+    """The ``llmbuild build`` command that builds what these arguments name: the spec
+    with its ``--set`` overrides (other values are other nodes) and ``--store``."""
+    words = ["llmbuild", "build", str(args.spec)]
+    for override in getattr(args, "overrides", None) or []:
+        words += ["--set", override]
+    if getattr(args, "store", None):
+        words += ["--store", args.store]
+    return shlex.join(words)
 
 
 def store_root(args: argparse.Namespace, spec_path: Path) -> str:

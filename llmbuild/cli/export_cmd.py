@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, build_command, open_store
 from llmbuild.errors import UserError
 
 PEFT_CONFIG = "adapter_config.json"
@@ -41,8 +41,10 @@ def _rebase_peft(folder: Path) -> None:
 
 
 def copy_out(
-    store: Any, planned: Any, names: list[str], to: Path, force: bool, spec: Path
+    store: Any, planned: Any, names: list[str], to: Path, force: bool, build: str
 ) -> list[Path]:
+    """Copy the built exports ``names`` (all when empty) to ``to``; ``build`` is the
+    command that builds them, said when one is missing."""
     exports = [n for n in planned.graph.nodes if n.startswith("export:")]
     wanted = [f"export:{n}" if not n.startswith("export:") else n for n in names] or exports
     unknown = [n for n in wanted if n not in exports]
@@ -52,12 +54,10 @@ def copy_out(
     found = {n: store.lookup(planned.keys[n].key) for n in wanted}
     corrupt = [f"{n} ({f.problem})" for n, f in found.items() if f.state == "corrupt"]
     if corrupt:
-        raise UserError(
-            f"corrupt in the store: {', '.join(corrupt)}; run `llmbuild build {spec}` to rebuild it"
-        )
+        raise UserError(f"corrupt in the store: {', '.join(corrupt)}; run `{build}` to rebuild it")
     missing = [n for n, f in found.items() if not f.cached]
     if missing:
-        raise UserError(f"not built yet: {', '.join(missing)}; run `llmbuild build {spec}` first")
+        raise UserError(f"not built yet: {', '.join(missing)}; run `{build}` first")
     written = []
     for node in wanted:
         target = to / node.split(":", 1)[1]
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     to = Path(args.to)
     try:
         to.mkdir(parents=True, exist_ok=True)
-        written = copy_out(store, planned, args.names, to, args.force, resolved.path)
+        written = copy_out(store, planned, args.names, to, args.force, build_command(args))
     except OSError as e:
         raise UserError(f"cannot write to {to}: {e}") from None
     for path in written:

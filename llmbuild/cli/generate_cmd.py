@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.cli.common import (
+    add_spec_arguments,
+    add_store_argument,
+    build_command,
+    open_store,
+)
 from llmbuild.errors import UserError
 
 
@@ -41,19 +46,19 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _built(store: Any, planned: Any, name: str, spec: Path) -> Any:
+def _built(store: Any, planned: Any, name: str, args: argparse.Namespace) -> Any:
     """The verified artifact of a node of the plan, as an input a backend reads."""
     from llmbuild.run.context import InputArtifact
 
     found = store.lookup(planned.keys[name].key)
     if found.state == "corrupt":
         raise UserError(
-            f"{name} is corrupt in the store ({found.problem}): run `llmbuild build {spec}` "
+            f"{name} is corrupt in the store ({found.problem}): run `{build_command(args)}` "
             "to rebuild it"
         )
     if not found.cached:
         raise UserError(
-            f"{name} is not built with this spec yet: run `llmbuild build {spec}` first "
+            f"{name} is not built with this spec yet: run `{build_command(args)}` first "
             f"(or `llmbuild plan` to see what is missing)"
         )
     try:
@@ -91,6 +96,9 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     limit = model.config.max_position_embeddings
     text = args.prompt
     if args.chat:
+        from llmbuild.backends.tokenizer.artifact import require_chat_template
+
+        require_chat_template(tok, "--chat needs one")
         text = tok.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
@@ -161,14 +169,14 @@ def run(args: argparse.Namespace) -> int:
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:
         node = _export_node(resolved, args.export)
-        text = _generate_hf(args, _built(store, planned, node, args.spec).path)
+        text = _generate_hf(args, _built(store, planned, node, args).path)
     else:
         stages = [n for n in planned.graph.nodes if n.startswith("stage:")]
         name = f"stage:{args.stage}" if args.stage else stages[-1]
         if name not in planned.keys:
             raise UserError(f"no stage {args.stage!r} (stages: {', '.join(s[6:] for s in stages)})")
-        stage = _built(store, planned, name, args.spec)
-        tokenizer = _built(store, planned, "tokenizer", args.spec)
+        stage = _built(store, planned, name, args)
+        tokenizer = _built(store, planned, "tokenizer", args)
         text = _generate_stage(args, stage, tokenizer)
     sys.stdout.write(text + "\n" if args.chat else args.prompt + text + "\n")
     return 0

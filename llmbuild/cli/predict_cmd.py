@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     node = _stage_node(resolved, args.stage)
-    stage = _built(store, planned, node, args.spec)
-    labels, probs, multi = predict(stage, _built(store, planned, "tokenizer", args.spec), texts)
+    stage = _built(store, planned, node, args)
+    labels, probs, multi = predict(stage, _built(store, planned, "tokenizer", args), texts)
     top = max(1, min(args.top, len(labels)))
     for (text, pair), row in zip(texts, probs.tolist()):
         ranked = sorted(zip(labels, row), key=lambda lp: -lp[1])

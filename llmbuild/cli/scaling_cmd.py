@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, build_command, open_store
 from llmbuild.errors import UserError
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         node = f"eval:{suite.name}"
         found = store.lookup(planned.keys[node].key)
         if not found.cached:
-            raise UserError(f"{node} is not built yet: run `llmbuild build {args.spec}` first")
+            raise UserError(f"{node} is not built yet: run `{build_command(args)}` first")
         data = json.loads((store.local_dir(found.target) / FIT).read_text())
         entry: dict = {"points": len(data["points"])}
         a3 = data.get("approach3")

@@ -6,8 +6,10 @@ runs."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from typing import Any
 
@@ -63,13 +65,13 @@ def open_model(args: argparse.Namespace) -> Any:
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:
         node = _export_node(resolved, args.export)
-        export_dir = _built(store, planned, node, args.spec).path
+        export_dir = _built(store, planned, node, args).path
         from llmbuild.backends.serve.model import from_export
 
         return from_export(export_dir, node)
     node = _stage_node(planned, args.stage)
-    stage = _built(store, planned, node, args.spec)
-    tokenizer = _built(store, planned, "tokenizer", args.spec)
+    stage = _built(store, planned, node, args)
+    tokenizer = _built(store, planned, "tokenizer", args)
     from llmbuild.backends.serve.model import from_stage
 
     return from_stage(stage, tokenizer, node)
@@ -92,18 +94,41 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be in 1..65535 (got {args.port})")
     if args.max_batch < 1:
         raise UserError(f"--max-batch must be at least 1 (got {args.max_batch})")
-    served = open_model(args)
-    import uvicorn
+    sock = bind(args.host, args.port)  # before the model loads: a busy port fails at once
+    with sock:
+        served = open_model(args)
+        import uvicorn
 
-    from llmbuild.backends.serve.api import create_app
-    from llmbuild.backends.serve.engine import Engine
+        from llmbuild.backends.serve.api import create_app
+        from llmbuild.backends.serve.engine import Engine
 
-    log_to_stderr(args.verbose)
-    engine = Engine(served, max_batch=args.max_batch).start()
-    url = f"http://{args.host}:{args.port}/v1"
-    sys.stderr.write(f"serving {served.name} at {url} (OpenAI API; Ctrl-C stops)\n")
-    try:
-        uvicorn.run(create_app(engine, args.api_key), host=args.host, port=args.port)
-    finally:
-        engine.stop()
+        log_to_stderr(args.verbose)
+        engine = Engine(served, max_batch=args.max_batch).start()
+        url = f"http://{args.host}:{args.port}/v1"
+        sys.stderr.write(f"serving {served.name} at {url} (OpenAI API; Ctrl-C stops)\n")
+        try:
+            config = uvicorn.Config(
+                create_app(engine, args.api_key), host=args.host, port=args.port
+            )
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            engine.stop()
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the server to listen on; a ``UserError`` when
+    the port is taken or the address is not this machine's."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: {e.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        hint = "; pick another --port" if e.errno == errno.EADDRINUSE else ""
+        raise UserError(f"cannot serve at {host}:{port}: {e.strerror}{hint}") from None
+    return sock

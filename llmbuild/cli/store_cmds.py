@@ -12,7 +12,7 @@ from llmbuild.errors import UserError
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    add_store_argument(p)
+    add_store_argument(p, "in the current directory")
     if name == "show":
         p.add_argument(
             "what",

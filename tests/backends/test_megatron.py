@@ -205,8 +205,11 @@ def test_generate_from_a_built_stage(tmp_path, capsys):
     spec = tiny_spec(tmp_path, steps=12)
     store = str(tmp_path / "store")
     args = ["generate", str(spec), "--store", store, "--prompt", "ROMEO:", "--max-new-tokens", "20"]
-    assert main(args) == 2  # not built yet: a clear error
-    assert "is not built with this spec yet" in capsys.readouterr().err
+    over = ["--set", "stage.pretrain.lr=0.01"]
+    assert main([*args, *over]) == 2  # not built yet: a clear error, with the command
+    error = capsys.readouterr().err
+    assert "is not built with this spec yet" in error
+    assert f"run `llmbuild build {spec} --set stage.pretrain.lr=0.01 --store {store}`" in error
     assert run_nodes(spec, tmp_path / "store", ("stage:pretrain",)).ok
     assert main([*args, "--temperature", "0"]) == 0
     greedy = capsys.readouterr().out

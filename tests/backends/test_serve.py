@@ -349,7 +349,29 @@ def test_an_unbuilt_model_says_to_build_it(built, tmp_path, source):
         env=ENV, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
-    assert f"llmbuild build {spec}" in r.stderr and "Traceback" not in r.stderr
+    # The command that builds it: this spec into this store.
+    assert f"llmbuild build {spec} --store {tmp_path / 'empty'}`" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_busy_port_is_said_before_anything_loads(built):
+    import socket
+
+    spec, store = built
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "llmbuild", "serve", str(spec), "--store", str(store),
+             "--port", str(port), "--stage", "base"],
+            env=ENV, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert f"cannot serve at 127.0.0.1:{port}: Address already in use; pick another --port" in (
+        r.stderr
+    )
+    assert "serving" not in r.stderr and "Traceback" not in r.stderr
 
 
 def test_chat_in_a_terminal_remembers_the_conversation(built):
