@@ -86,12 +86,14 @@ class PlainReporter:
         self.stream.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
         self.stream.flush()
 
-    def node(self, name: str, state: str, detail: str = "") -> None:
+    def node(self, name: str, state: str, detail: str = "", seconds: float | None = None) -> None:
         if state == "running":
             self.started[name] = time.monotonic()
         took = ""
-        if state in ("built", "failed") and name in self.started:
-            took = f" in {_fmt_secs(time.monotonic() - self.started[name])}"
+        if seconds is None and state in ("built", "failed") and name in self.started:
+            seconds = time.monotonic() - self.started[name]
+        if seconds is not None:
+            took = f" in {_fmt_secs(seconds)}"
         self._line(f"{state:<8} {name}{took}" + (f"  {detail}" if detail else ""))
 
     def update(self, node: str, fields: dict[str, Any]) -> None:
@@ -132,7 +134,7 @@ class LiveReporter:
         self.rates: dict[str, _Rate] = {}
         self.progress.start()
 
-    def node(self, name: str, state: str, detail: str = "") -> None:
+    def node(self, name: str, state: str, detail: str = "", seconds: float | None = None) -> None:
         task = self.tasks.get(name)
         if task is None:
             return

@@ -31,7 +31,10 @@ State = Literal["cached", "built", "reused", "failed", "skipped"]
 class Reporter(Protocol):
     """What the build loop tells the user (see progress.py)."""
 
-    def node(self, name: str, state: str, detail: str = "") -> None: ...
+    def node(self, name: str, state: str, detail: str = "", seconds: float | None = None) -> None:
+        """``seconds``: how long a built node ran (from its record: under Ray a node may
+        wait for a worker after it is submitted)."""
+
     def update(self, node: str, fields: dict[str, Any]) -> None: ...
 
 
@@ -97,7 +100,8 @@ class Scheduler:
         self, name: str, state: State, detail: str = "", record: Record | None = None
     ) -> None:
         self.results[name] = NodeResult(name, self.keys[name].key, state, detail, record)
-        self.reporter.node(name, state, detail)
+        ran = record.timings.get("seconds") if state == "built" and record is not None else None
+        self.reporter.node(name, state, detail, ran)
 
     def _artifacts(self) -> dict[str, tuple[str, str]]:
         """Built upstreams: (output digest, key of the artifact that holds the outputs)."""

@@ -23,6 +23,21 @@ def test_plain_lines_with_rate_and_eta():
     assert "built    stage:pretrain in 0s" in lines[3]
 
 
+def test_a_built_node_is_timed_by_its_record_not_its_wait():
+    """Under Ray a submitted node may wait for a worker: the time said is the one its
+    record measured where it ran."""
+    out = io.StringIO()
+    rep = PlainReporter(out, interval=0)
+    rep.node("stage:b", "running")
+    time.sleep(1.1)
+    rep.node("stage:b", "built", seconds=0.2)
+    rep.node("stage:c", "running")
+    time.sleep(1.1)
+    rep.node("stage:c", "failed", "boom")  # no record: from when it was submitted
+    lines = out.getvalue().splitlines()
+    assert "built    stage:b in 0s" in lines[1] and "failed   stage:c in 1s  boom" in lines[3]
+
+
 def test_describe_fields():
     assert (
         describe_fields({"completed": 12000, "total": 50000, "unit": "tokens"})
