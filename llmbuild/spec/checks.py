@@ -9,6 +9,7 @@ reference of every kind is checked by the same walk that turns it into an edge.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import ValidationError
@@ -156,8 +157,9 @@ def _missing(value: Any) -> list[tuple[Path, str]]:
     ]
 
 
-def check_paths(raw: dict[str, Any], registry: Any) -> list[Problem]:
-    """Every local file a content field names exists (cheap: a glob, nothing read)."""
+def check_paths(raw: dict[str, Any], registry: Any, said: Collection[Path] = ()) -> list[Problem]:
+    """Every local file a content field names exists (cheap: a glob, nothing read);
+    fields in ``said`` have had their problem told."""
     from llmbuild.spec.compose import kind_content_fields
 
     fields: list[tuple[Path, Any]] = []
@@ -173,6 +175,8 @@ def check_paths(raw: dict[str, Any], registry: Any) -> list[Problem]:
                     fields.append(((table, i, alias), item[alias]))
     out = []
     for where, value in fields:
+        if where in said:
+            continue
         for sub, pattern in _missing(value):
             out.append(Problem(f"{pattern}: matches no file", (*where, *sub)))
     return out
@@ -307,11 +311,15 @@ def check_kinds(raw: dict[str, Any], validated: Validated, registry: Any) -> lis
     return out
 
 
-def cross_check(raw: dict[str, Any], validated: Validated, registry: Any) -> list[Problem]:
+def cross_check(
+    raw: dict[str, Any], validated: Validated, registry: Any, said: Collection[Path] = ()
+) -> list[Problem]:
+    """The checks across tables; ``said``: keys a problem was found at already (a kind
+    that could not read the files it names), whose paths are not checked again."""
     return (
         check_layout(raw)
         + check_tokenizer(raw)
-        + check_paths(raw, registry)
+        + check_paths(raw, registry, set(said))
         + check_references(raw, registry)
         + check_kinds(raw, validated, registry)
     )

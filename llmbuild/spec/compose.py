@@ -21,7 +21,7 @@ else:  # pragma: no cover
 from llmbuild.errors import Path, Problem, SpecError, did_you_mean, format_path
 from llmbuild.spec.base import key_role
 from llmbuild.spec.positions import key_lines, line_of
-from llmbuild.spec.tables import TABLES
+from llmbuild.spec.tables import TABLES, node_name
 
 PRESET_DIR = FsPath(__file__).resolve().parents[1] / "presets"
 
@@ -230,6 +230,18 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _item_name(array: Path, item: Any) -> str | None:
+    """How ``--set`` names an item of a named array: its ``name``; an export without one
+    as ``<format>@<stage>``, the name its node and ``llmbuild export`` give it."""
+    if not isinstance(item, dict):
+        return None
+    if array == ("export",):
+        made = node_name("export", item)
+        return made.split(":", 1)[1] if made else None
+    name = item.get("name")
+    return name if isinstance(name, str) else None
+
+
 def _override_path(data: dict[str, Any], dotted: str, flag: str) -> Path:
     """``stage.pretrain.lr`` -> ``('stage', 0, 'lr')``, resolving array items by name."""
     out: list[str | int] = []
@@ -245,7 +257,7 @@ def _override_path(data: dict[str, Any], dotted: str, flag: str) -> Path:
             out.append(idx)
             node = node[idx]
         elif tuple(out) in NAMED_ARRAYS and isinstance(node, list):
-            names = [item.get("name") for item in node if isinstance(item, dict)]
+            names = [_item_name(tuple(out), item) for item in node]
             if tok not in names:
                 hint = did_you_mean(tok, [n for n in names if isinstance(n, str)])
                 raise SpecError(

@@ -86,7 +86,7 @@ def load_spec(
     problems, unfilled = complete(layer, registry)
     found, validated = validate_sections(layer.data, registry, unfilled)
     problems += found
-    problems += cross_check(layer.data, validated, registry)
+    problems += cross_check(layer.data, validated, registry, said=[p.path for p in problems])
     if not problems:
         model = spec_model(registry)
         try:

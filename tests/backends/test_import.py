@@ -141,6 +141,8 @@ def _error(spec: Path) -> str:
 def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
     from safetensors.torch import load_file, save_file
 
+    # No such directory: said once (not again as a path that matches no file).
+    assert "no such checkpoint directory" in _error(import_spec(tmp_path, tmp_path / "ck"))
     ck = write_checkpoint(tmp_path / "ck", "qwen2")
     spec = import_spec(tmp_path, ck)
     weights = ck / "model.safetensors"

@@ -46,8 +46,10 @@ def test_set_overrides_by_name_and_index(project):
             "model.name=other",
             "architecture.layers=2",
             'stage.pretrain.schedule={kind="wsd"}',
+            "export.hf@dpo.dtype=bfloat16",  # an unnamed export: <format>@<stage>
         ],
     )
+    assert r.spec.export[0].dtype == "bfloat16"
     assert r.spec.stage_named("sft").lr == 1e-5
     assert r.spec.stage[0].steps == 3
     assert r.spec.model.name == "other"  # not TOML: taken as a string
@@ -59,6 +61,8 @@ def test_set_overrides_by_name_and_index(project):
 def test_set_errors_are_clear(project):
     with pytest.raises(SpecError, match="no stage named 'sfft'; did you mean 'sft'"):
         load_spec(project, ["stage.sfft.lr=1"])
+    with pytest.raises(SpecError, match="no export named 'hf@dpp'; did you mean 'hf@dpo'"):
+        load_spec(project, ["export.hf@dpp.dtype=bfloat16"])
     with pytest.raises(SpecError, match="expected dotted.key=value"):
         load_spec(project, ["stage.sft.lr"])
     with pytest.raises(SpecError) as info:
