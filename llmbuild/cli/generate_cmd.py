@@ -67,9 +67,9 @@ def _built(store: Any, planned: Any, name: str, args: argparse.Namespace) -> Any
         raise UserError(f"{name} cannot be read from the store: {e}") from None
 
 
-def _export_node(resolved: Any, wanted: str) -> str:
+def _export_node(resolved: Any, wanted: str, command: str = "generate") -> str:
     """The graph node of the hf export ``wanted`` names (``hf@sft``, a named export's
-    name, or the node name itself)."""
+    name, or the node name itself), for ``command``."""
     from llmbuild.spec.tables import node_name
 
     exports = {node_name("export", e): e for e in resolved.spec.export}
@@ -79,7 +79,7 @@ def _export_node(resolved: Any, wanted: str) -> str:
         raise UserError(f"no export {wanted!r} in {resolved.path} (exports: {names})")
     if exports[node].format != "hf":
         raise UserError(
-            f"{node} is a {exports[node].format} export: generate runs from stages and hf "
+            f"{node} is a {exports[node].format} export: {command} runs from stages and hf "
             f'exports (add an `[[export]]` with format = "hf")'
         )
     return node

@@ -64,7 +64,7 @@ def open_model(args: argparse.Namespace) -> Any:
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:
-        node = _export_node(resolved, args.export)
+        node = _export_node(resolved, args.export, args.command)
         export_dir = _built(store, planned, node, args).path
         from llmbuild.backends.serve.model import from_export
 
