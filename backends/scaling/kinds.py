@@ -87,7 +87,7 @@ class SweepKind(Kind):
             try:
                 own = Architecture.model_validate({**arch_raw, **patch})
                 params = non_embedding_params(own)
-            except (ValidationError, ValueError) as e:
+            except ValueError as e:  # pydantic's ValidationError is one, as is a size check's
                 why = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
                 done.problems.append(
                     Problem(

@@ -67,7 +67,7 @@ def _built(store: Any, planned: Any, name: str, args: argparse.Namespace) -> Any
         raise UserError(f"{name} cannot be read from the store: {e}") from None
 
 
-def _export_node(resolved: Any, wanted: str, command: str = "generate") -> str:
+def _export_node(resolved: Any, wanted: str, command: str) -> str:
     """The graph node of the hf export ``wanted`` names (``hf@sft``, a named export's
     name, or the node name itself), for ``command``."""
     from llmbuild.spec.tables import node_name
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:
-        node = _export_node(resolved, args.export)
+        node = _export_node(resolved, args.export, args.command)
         text = _generate_hf(args, _built(store, planned, node, args).path)
     else:
         stages = [n for n in planned.graph.nodes if n.startswith("stage:")]
