@@ -97,9 +97,25 @@ def reward_scorer(arch: Any, cfg: RankConfig, config: Any, ref: WeightsRef) -> A
 def _splits(cfg: RankConfig, make: Any, what: str) -> tuple[Any, Any]:
     """Train and validation samples of a post-training stage's one source."""
     train, valid = (make(split) for split in ("train", "validation"))
+    source = next(iter(cfg.sources))
     if not len(train):
-        raise ValueError(f"source {next(iter(cfg.sources))!r} has no training {what}")
+        raise ValueError(f"source {source!r} has no training {what}")
+    if getattr(train, "cut_off", 0) == len(train):
+        raise ValueError(
+            f"every one of source {source!r}'s {len(train)} training {what} has its answer "
+            f"past seq_len = {train.seq_len} tokens, so nothing would be learned: raise "
+            "architecture.seq_len or shorten the prompts"
+        )
     return train, (valid if len(valid) else None)
+
+
+def _cut_off(objective: Any) -> Any:
+    """The objective, its ``facts`` counting the samples whose answers lie past seq_len
+    (the stage notes them)."""
+    cut = sum(getattr(s, "cut_off", 0) for s in (objective.train, objective.valid) if s)
+    if cut:
+        objective.facts = {**getattr(objective, "facts", {}), "answers_cut_off": cut}
+    return objective
 
 
 def _reference(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
@@ -187,7 +203,7 @@ def chat_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
         ),
         "conversations",
     )
-    return obj.LanguageModel(train, valid, stage["precision"], arch.seq_len)
+    return _cut_off(obj.LanguageModel(train, valid, stage["precision"], arch.seq_len))
 
 
 def _pairs(cfg: RankConfig, arch: Any) -> tuple[Any, Any]:
@@ -205,7 +221,7 @@ def preference(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     from llmbuild.backends.megatron.objectives import Preference
 
     train, valid = _pairs(cfg, arch)
-    return Preference(train, valid, _reference(cfg, arch, config, model), cfg.stage)
+    return _cut_off(Preference(train, valid, _reference(cfg, arch, config, model), cfg.stage))
 
 
 def pairwise_reward(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
@@ -213,7 +229,7 @@ def pairwise_reward(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     from llmbuild.backends.megatron.objectives import PairwiseReward
 
     train, valid = _pairs(cfg, arch)
-    return PairwiseReward(train, valid, model.value_head, cfg.stage["precision"])
+    return _cut_off(PairwiseReward(train, valid, model.value_head, cfg.stage["precision"]))
 
 
 def encoder_start(bos: int | None, arch: Any) -> int | None:

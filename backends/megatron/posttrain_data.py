@@ -72,7 +72,9 @@ def _causal_blocks(doc_ids: torch.Tensor) -> torch.Tensor:
 class ChatSamples:
     """Sequences of ``seq_len + 1`` tokens for supervised fine-tuning. Packing fills each
     sequence with whole conversations (truncated when longer), each attending only to
-    itself with positions restarting at 0; padding puts one conversation per sequence."""
+    itself with positions restarting at 0; padding puts one conversation per sequence.
+    ``cut_off`` counts the conversations whose answers all lie past ``seq_len`` tokens: they
+    teach nothing."""
 
     def __init__(
         self, sources: dict[str, str], split: str, seq_len: int, seed: int, pad: int, packing: bool
@@ -81,6 +83,7 @@ class ChatSamples:
             (ids[: seq_len + 1], m[: seq_len + 1])
             for ids, m in _documents(sources, split, ("", ".mask"))
         ]
+        self.cut_off = sum(1 for _ids, m in self.docs if not m[1:].any())
         self.seq_len, self.pad, self.packing = seq_len, pad, packing
         self.order = _Epochs(len(self.docs), seed) if self.docs else None
         self._packs: list[list[int]] = []
@@ -137,11 +140,13 @@ class ChatSamples:
 
 class PairSamples:
     """Preference pairs: each batch holds the chosen answers, then the rejected ones, after
-    their prompt (see ``answer_batch``)."""
+    their prompt (see ``answer_batch``). ``cut_off`` counts the pairs whose prompt fills
+    the whole sequence, leaving no answer token to compare."""
 
     def __init__(self, sources: dict[str, str], split: str, seq_len: int, pad: int) -> None:
         self.pairs = _documents(sources, split, (".prompt", ".chosen", ".rejected"))
         self.seq_len, self.pad = seq_len, pad
+        self.cut_off = sum(1 for p, *_answers in self.pairs if len(p) > seq_len)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -235,6 +235,12 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     )
     if (result / FACTS).exists():  # what the objective found in the data
         ctx.metrics.update(json.loads((result / FACTS).read_text()))
+    if ctx.metrics.get("answers_cut_off"):
+        ctx.note(
+            f"{ctx.metrics['answers_cut_off']} samples have their answer past seq_len = "
+            f"{config.architecture.seq_len} tokens and teach nothing: raise "
+            "architecture.seq_len or shorten their prompts"
+        )
     if (result / "initial.json").exists():  # the measurement before any update
         initial = json.loads((result / "initial.json").read_text())
         ctx.metrics.update({f"initial_{k}": v for k, v in initial.items()})

@@ -206,3 +206,24 @@ def test_every_kind_resumes_after_a_real_kill(chain, tmp_path, kind):
     a, b = _metrics(built, outcome, node), _metrics(store, resumed, node)
     assert [r["loss"] for r in a[3:]] == [r["loss"] for r in b[3:]]
     assert outcome.results[node].record.output_digest == resumed.results[node].record.output_digest
+
+
+def test_answers_past_seq_len_are_counted_and_a_source_of_only_those_refused(chain):
+    from types import SimpleNamespace
+
+    from llmbuild.backends.megatron.objective_builders import _splits
+    from llmbuild.backends.megatron.posttrain_data import ChatSamples, PairSamples
+
+    _spec, store, outcome = chain
+    chat = {"chat": str(artifact(outcome, store, "tokenize:chat"))}
+    prefs = {"prefs": str(artifact(outcome, store, "tokenize:prefs"))}
+    assert ChatSamples(chat, "train", 64, 0, 0, packing=True).cut_off == 0
+    assert PairSamples(prefs, "train", 64, 0).cut_off == 0
+    for sources, make, what in (
+        (chat, lambda split: ChatSamples(chat, split, 2, 0, 0, packing=False), "conversations"),
+        (prefs, lambda split: PairSamples(prefs, split, 2, 0), "preference pairs"),
+    ):
+        short = make("train")
+        assert short.cut_off == len(short) > 0
+        with pytest.raises(ValueError, match=f"training {what} has its answer past seq_len = 2"):
+            _splits(SimpleNamespace(sources=sources), make, what)
