@@ -134,6 +134,28 @@ class _ProgressSink:
             pass
 
 
+PROBE_S = 5.0
+"""How long a cluster's address gets to answer before the build says it is not there (Ray
+itself retries for minutes, deaf to Ctrl-C)."""
+
+
+def _reachable(address: str) -> None:
+    """Raises unless something listens at ``host:port`` (``ray://`` or not); ``auto`` and
+    ``local`` name no address to try."""
+    import socket
+
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        if where in ("auto", "local"):
+            return
+        raise ValueError(f"{address!r} is not host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {where} ({e.strerror or e})") from None
+
+
 @dataclass
 class RayExecutor:
     """Runs nodes as Ray tasks; starts a local cluster unless given an address."""
@@ -170,6 +192,7 @@ class RayExecutor:
     def _init(self, ray: Any, address: str | None) -> None:
         if not ray.is_initialized():
             if address:
+                _reachable(address)
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
                 start_local_ray(self.num_cpus)

@@ -66,3 +66,21 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     assert "14 identical" in out
     assert main(["gc", "--keep", "0", "--dry-run"]) == 0
     assert "would remove 14 artifacts" in capsys.readouterr().out
+
+
+def test_a_ray_address_where_nothing_listens_fails_at_once(cli, capsys):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    began = time.monotonic()
+    args = ["build", str(cli), "--ray-address", f"127.0.0.1:{port}", "--plain"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"could not start the Ray cluster at 127.0.0.1:{port}" in err
+    assert f"nothing answers at 127.0.0.1:{port}" in err and "--executor inline" in err
+    assert time.monotonic() - began < 30
+    assert main(["build", str(cli), "--ray-address", "no-port", "--plain"]) == 2
+    assert "'no-port' is not host:port" in capsys.readouterr().err
