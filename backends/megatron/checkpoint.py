@@ -33,6 +33,23 @@ def writes_checkpoint(distributed_optimizer: bool) -> bool:
     return distributed_optimizer or parallel_state.get_data_parallel_rank() == 0
 
 
+def unreadable_checkpoints(work: Path) -> list[str]:
+    """The checkpoint files in ``work`` that are not whole: cut short, or bytes changed
+    (the zip's CRCs say so, read without torch and without holding the tensors)."""
+    import zipfile
+
+    bad = []
+    for path in sorted(work.glob("checkpoint-*.pt")):
+        try:
+            with zipfile.ZipFile(path) as z:
+                broken = z.testzip()
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+            broken = str(e) or type(e).__name__
+        if broken is not None:
+            bad.append(f"{path.name} ({broken})")
+    return bad
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Written to a temporary file and renamed into place."""
     import torch
@@ -48,7 +65,10 @@ def load_checkpoint(path: Path, layout: dict[str, Any]) -> dict[str, Any] | None
     import torch
     import torch.distributed as dist
 
-    state = torch.load(path, weights_only=False) if path.exists() else None
+    try:
+        state = torch.load(path, weights_only=False) if path.exists() else None
+    except Exception:  # unreadable (``unreadable_checkpoints`` removes such files first)
+        state = None
     if state is not None and state.get("layout") != layout:
         state = None
     step = state["step"] if state is not None else 0

@@ -166,6 +166,25 @@ def _note_short_data(ctx: RunContext[TrainConfig], seq_len: int) -> None:
         )
 
 
+def _drop_unreadable_checkpoint(ctx: RunContext[TrainConfig]) -> None:
+    """A resumable checkpoint that cannot be read whole (a disk that filled, a file
+    changed) is removed, and training starts over, saying so."""
+    from llmbuild.backends.megatron.checkpoint import unreadable_checkpoints
+    from llmbuild.store.store import CHECKPOINT_MARKER, checkpoint_step
+
+    bad = unreadable_checkpoints(ctx.work_dir)
+    if not bad:
+        return
+    step = checkpoint_step(ctx.work_dir)
+    (ctx.work_dir / CHECKPOINT_MARKER).unlink(missing_ok=True)
+    for path in ctx.work_dir.glob("checkpoint-*.pt"):
+        path.unlink()
+    ctx.note(
+        f"the resumable checkpoint{'' if step is None else f' at step {step}'} cannot be "
+        f"read ({', '.join(bad)}): training starts over"
+    )
+
+
 def run(ctx: RunContext[TrainConfig]) -> None:
     config = ctx.config
     stage = config.stage
@@ -180,6 +199,7 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     except ValueError as e:
         raise UserError(f"{ctx.node}: {e}") from None
     _note_short_data(ctx, config.architecture.seq_len)
+    _drop_unreadable_checkpoint(ctx)
     mark = time.perf_counter()
     ranks = rank_config(ctx, tok, vocab)
     result = ctx.run_ranks(train_ranks, ranks)

@@ -4,6 +4,7 @@ after a real kill, and a parallelism change never rebuilds a trained stage."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,11 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
     marker = kill_after_checkpoint(spec, store, "stage:pretrain")
     assert json.loads(marker.read_text())["step"] == 10
     assert not artifact_dirs(store, "stage:pretrain")
+    broken = tmp_path / "broken"  # the same kill, its checkpoint then cut short
+    shutil.copytree(store, broken, symlinks=True)
+    work = broken / marker.parent.relative_to(store)
+    for path in work.glob("checkpoint-*.pt"):
+        path.write_bytes(path.read_bytes()[:-100])
     resumed = run_nodes(spec, store, ("stage:pretrain",))
     assert resumed.ok, resumed.log
     assert "resume from step 10" in resumed.log
@@ -196,6 +202,15 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
     assert (
         whole.results["stage:pretrain"].record.output_digest
         == resumed.results["stage:pretrain"].record.output_digest
+    )
+    over = run_nodes(spec, broken, ("stage:pretrain",))
+    assert over.ok, over.log
+    note = over.results["stage:pretrain"].record.notes
+    assert any("checkpoint at step 10 cannot be read" in n for n in note), note
+    assert "steps 1/20" in over.log  # from the first step
+    assert (
+        whole.results["stage:pretrain"].record.output_digest
+        == over.results["stage:pretrain"].record.output_digest
     )
 
 
