@@ -170,6 +170,7 @@ def _drop_unreadable_checkpoint(ctx: RunContext[TrainConfig]) -> None:
     """A resumable checkpoint that cannot be read whole (a disk that filled, a file
     changed) is removed, and training starts over, saying so."""
     from llmbuild.backends.megatron.checkpoint import unreadable_checkpoints
+
     from llmbuild.store.store import CHECKPOINT_MARKER, checkpoint_step
 
     bad = unreadable_checkpoints(ctx.work_dir)
