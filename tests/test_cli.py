@@ -1,10 +1,12 @@
-"""The command line: validate, resolve, schema, plan (text and JSON)."""
+"""The command line: validate, resolve, schema, plan (text and JSON), and number arguments."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from llmbuild.cli import main
 
@@ -53,3 +55,27 @@ def test_console_script_is_installed(project):
         [sys.executable, "-m", "llmbuild", "plan", str(project)], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "s.toml", "--top-p", "0"], "--top-p: must be a number > 0 and <= 1 (got 0)"),
+        (["generate", "s.toml", "--top-p", "nan"], "--top-p: must be a number > 0"),
+        (["generate", "s.toml", "--max-new-tokens", "0"], "must be an integer >= 1 (got 0)"),
+        (["generate", "s.toml", "--temperature", "-1"], "--temperature: must be a number >= 0"),
+        (
+            ["generate", "s.toml", "--top-k", "many"],
+            "--top-k: must be an integer >= 1 (got 'many')",
+        ),
+        (["chat", "s.toml", "--seed", str(2**64)], "--seed: must be an integer >= 0 and <= "),
+        (["gc", "--keep", "-1"], "--keep: must be an integer >= 0 (got -1)"),
+        (["serve", "s.toml", "--port", "70000"], "--port: must be an integer >= 0 and <= 65535"),
+        (["scaling", "s.toml", "--budget", "0"], "--budget: must be a number > 0 (got 0)"),
+    ],
+)
+def test_numbers_out_of_range_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

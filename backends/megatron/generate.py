@@ -90,6 +90,7 @@ def sample(
                 if top_p < 1.0:
                     sorted_p, order = torch.sort(probs, descending=True)
                     keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p
+                    keep[0] = True  # the most likely token always
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
                     probs /= probs.sum()
                 nxt = int(torch.multinomial(probs, 1, generator=gen))

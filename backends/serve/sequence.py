@@ -52,7 +52,8 @@ def sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
-        keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # the first token is always kept
+        keep = (sorted_p.cumsum(0) - sorted_p) < top_p
+        keep[0] = True  # the most likely token always (a top_p below float32's least too)
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store, ranged
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         )
         p.add_argument(
             "--rtol",
-            type=float,
+            type=ranged(float, 0),
             default=1e-3,
             help="relative tolerance on metrics for 'within tolerance' (default 1e-3)",
         )

@@ -8,24 +8,22 @@ import argparse
 import logging
 import sys
 
+from llmbuild.cli.common import SEED, ranged
 from llmbuild.cli.serve_cmd import add_model_arguments, log_to_stderr, open_model
-from llmbuild.errors import UserError
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument(
+        "--max-tokens", type=ranged(int, 1), default=256, help="longest answer, in tokens"
+    )
+    p.add_argument("--temperature", type=ranged(float, 0), default=0.7, help="0 is greedy")
+    p.add_argument("--top-p", type=ranged(float, 0, 1, above=True), default=1.0)
+    p.add_argument("--seed", type=SEED, default=None, help="sampling seed (default: random)")
     p.add_argument("--system", help="a system message opening the conversation")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_tokens < 1:
-        raise UserError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
     served = open_model(args)
     from llmbuild.backends.serve.chat import ChatOptions, chat
     from llmbuild.backends.serve.engine import Engine

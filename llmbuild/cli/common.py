@@ -6,6 +6,39 @@ import argparse
 import os
 import shlex
 from pathlib import Path
+from typing import Any
+
+
+def ranged(
+    kind: type, low: float | None = None, high: float | None = None, above: bool = False
+) -> Any:
+    """An argparse type: a ``kind`` number from ``low`` (or above it, with ``above``) to
+    ``high``; anything else is a usage error naming the range."""
+    shown = "{}" if kind is int else "{:g}"
+    lo = "" if low is None else ("> " if above else ">= ") + shown.format(low)
+    hi = "" if high is None else "<= " + shown.format(high)
+    bounds = " and ".join(b for b in (lo, hi) if b)
+    wanted = f"{'an integer' if kind is int else 'a number'} {bounds}".strip()
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted} (got {text!r})") from None
+        if (
+            value != value  # NaN
+            or (low is not None and (value <= low if above else value < low))
+            or (high is not None and value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"must be {wanted} (got {text})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+SEED = ranged(int, 0, 2**63 - 1)
+"""A seed (a torch generator takes these and more)."""
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,14 +79,8 @@ def store_root(args: argparse.Namespace, spec_path: Path) -> str:
 
 def open_store(args: argparse.Namespace, spec_path: Path):
     """The store these arguments name, with this machine's stat cache."""
+    from llmbuild.locations import stat_cache_path
     from llmbuild.plan.digest import StatCache
     from llmbuild.store.store import Store
 
     return Store(store_root(args, spec_path), cache=StatCache(stat_cache_path()))
-
-
-def stat_cache_path() -> Path:
-    """Where this machine keeps file digests by stat identity."""
-    from llmbuild.locations import cache_dir
-
-    return cache_dir() / "statcache.json"

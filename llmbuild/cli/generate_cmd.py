@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild.cli.common import (
+    SEED,
     add_spec_arguments,
     add_store_argument,
     build_command,
     open_store,
+    ranged,
 )
 from llmbuild.errors import UserError
 
@@ -34,16 +36,16 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         help="write the prompt as a user's turn in the model's chat template; the answer "
         "ends at the end-of-turn token",
     )
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=ranged(int, 1), default=200)
     p.add_argument(
         "--temperature",
-        type=float,
+        type=ranged(float, 0),
         default=0.8,
         help="sampling temperature (default 0.8); 0 is greedy",
     )
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=ranged(int, 1), default=None)
+    p.add_argument("--top-p", type=ranged(float, 0, 1, above=True), default=1.0)
+    p.add_argument("--seed", type=SEED, default=0)
 
 
 def _built(store: Any, planned: Any, name: str, args: argparse.Namespace) -> Any:

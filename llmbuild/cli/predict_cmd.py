@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store, ranged
 from llmbuild.errors import UserError
 
 
@@ -26,7 +26,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         "`pair`), or one text per line",
     )
     p.add_argument("--pair", help="the second text of a pair, with one --text")
-    p.add_argument("--top", type=int, default=3, help="labels shown per text (default 3)")
+    p.add_argument(
+        "--top", type=ranged(int, 1), default=3, help="labels shown per text (default 3)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per text")
 
 

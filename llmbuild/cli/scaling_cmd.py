@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, build_command, open_store
+from llmbuild.cli.common import (
+    add_spec_arguments,
+    add_store_argument,
+    build_command,
+    open_store,
+    ranged,
+)
 from llmbuild.errors import UserError
 
 
@@ -14,7 +20,10 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     add_store_argument(p)
     p.add_argument(
-        "--budget", type=float, default=None, help="a training compute budget in FLOPs, e.g. 1e18"
+        "--budget",
+        type=ranged(float, 0, above=True),
+        default=None,
+        help="a training compute budget in FLOPs, e.g. 1e18",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
 

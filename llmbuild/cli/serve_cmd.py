@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import Any
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store
+from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store, ranged
 from llmbuild.errors import UserError
 
 
@@ -32,9 +32,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=ranged(int, 0, 65535), default=8000)
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every /v1 route")
-    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
+    p.add_argument(
+        "--max-batch", type=ranged(int, 1), default=16, help="requests decoded together at most"
+    )
 
 
 def _stage_node(planned: Any, stage: str | None) -> str:

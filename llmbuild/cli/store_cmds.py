@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from llmbuild.cli.common import add_store_argument, open_store
+from llmbuild.cli.common import add_store_argument, open_store, ranged
 from llmbuild.errors import UserError
 
 
@@ -22,7 +22,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     if name == "gc":
         p.add_argument(
             "--keep",
-            type=int,
+            type=ranged(int, 0),
             default=5,
             help="keep everything the N most recent builds reference (default 5)",
         )

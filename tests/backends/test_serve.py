@@ -209,6 +209,11 @@ def test_chat_whole_and_streamed(servers):
         for _ in range(2)
     ]
     assert sampled[0] == sampled[1]
+    # a top_p below float32's least number keeps the most likely token: greedy
+    narrow = client.chat.completions.create(
+        model="hf@base", messages=messages, max_tokens=12, temperature=1.0, top_p=5e-324, seed=3
+    )
+    assert narrow.choices[0].message.content == whole.choices[0].message.content
 
 
 def _raw(server: Server, path: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
@@ -322,7 +327,7 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
         client.chat.completions.create(model="gpt-nope", messages=ok["messages"])
     assert e.value.code == "model_not_found" and e.value.param == "model"
     succeeds()
-    for bad in ({"max_tokens": 0}, {"max_tokens": -3}, {"n": 2}):
+    for bad in ({"max_tokens": 0}, {"max_tokens": -3}, {"n": 2}, {"seed": 2**64}):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="hf@base", messages=ok["messages"], **bad)
         assert e.value.status_code == 400 and e.value.param == next(iter(bad)), e.value.body
