@@ -3,8 +3,8 @@
 It stands in for every built-in backend under the same names and configs. A node's
 output is a hash of its config and its inputs' output files; each run appends the node
 name to ``invocations.log``. ``control.json`` (both in $LLMBUILD_FIXTURE_DIR) can make
-named nodes fail, sleep (reporting progress), write a large file (``fill``), or produce
-random output.
+named nodes fail, sleep (reporting progress), write a large file (``fill``), append to a
+file of theirs (``edit``: a user editing it mid-build), or produce random output.
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ class FixtureBackend(Backend):
             ctx.progress.update(completed=i + 1, total=int(steps * 10), unit="ticks")
             ctx.mark_checkpoint(i + 1)
             time.sleep(0.1)
+        if ctx.node in ctl.get("edit", {}):
+            with open(ctl["edit"][ctx.node], "a") as f:
+                f.write("An edit.\n")
         if ctx.node in ctl.get("fail", []):
             raise RuntimeError(f"{ctx.node} was told to fail")
         if ctx.node in ctl.get("fill", {}):  # a large output, to fill a small disk

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild.backend import Backend, Resources
+from llmbuild.errors import format_path
+from llmbuild.locations import stat_cache_path
+from llmbuild.plan.digest import MissingInput, StatCache, digest_paths
+from llmbuild.plan.graph import External
 from llmbuild.run.context import InputArtifact, Progress, ProgressSink, RunContext
 from llmbuild.run.ranks import leave_process_groups
 from llmbuild.store.records import Record, environment, manifest, output_digest
@@ -50,6 +54,8 @@ class NodeTask:
     build_id: str
     cutoff_key: str | None = None
     spec_dir: str | None = None
+    external: tuple[External, ...] = ()
+    """The files outside the store it reads, whose digests are in ``preimage``."""
 
 
 def _is_report(path: str, reports: tuple[str, ...]) -> bool:
@@ -84,6 +90,33 @@ def _disk_full(out: Path, e: BaseException) -> str:
     return f" (the disk is full: {free >> 20} MiB free where {out.parent} is)"
 
 
+class InputChanged(Exception):
+    """A file a node reads no longer holds the bytes its key was made from."""
+
+
+def _same_inputs(task: NodeTask, cache: StatCache | None, when: str) -> None:
+    """Raises InputChanged when a file of ``task.external`` changed since the plan digested
+    it: an output made from other bytes must not be stored under that key. Costs a stat per
+    unchanged file (this machine's stat cache knows them from the plan)."""
+    changed = []
+    for ext in task.external:
+        try:
+            now = digest_paths(
+                ext.patterns, cache or StatCache(), unordered=ext.unordered, suffixes=ext.suffixes
+            )
+        except (MissingInput, OSError):
+            now = None
+        if now != task.preimage["inputs"].get(ext.slot):
+            changed.append(format_path(ext.spec_path))
+    if cache is not None:
+        cache.save()
+    if changed:
+        raise InputChanged(
+            f"the files of {', '.join(changed)} changed {when}; nothing is stored: build "
+            "again to read them as they are now"
+        )
+
+
 def execute_node(
     task: NodeTask, sink: ProgressSink | None = None, run_ranks: Any = None, parallel: Any = None
 ) -> Record:
@@ -114,7 +147,10 @@ def execute_node(
         resume = store.resumable(task.key)
         if resume:
             log.info("%s (checkpoint in %s)", resume, work)
+        digests = StatCache(stat_cache_path()) if task.external else None
+        _same_inputs(task, digests, "before it started")
         task.backend.run(ctx)
+        _same_inputs(task, digests, "while it ran")
         ctx.progress.update(force=True)
         entries = manifest(out, store.cache)
         record = Record(

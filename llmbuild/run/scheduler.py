@@ -170,6 +170,7 @@ class Scheduler:
             work_root=str(self.store.work_root),
             build_id=self.build_id,
             cutoff_key=ck,
+            external=node.external,
             spec_dir=str(self.spec_dir) if self.spec_dir else None,
         )
         resume = self.store.resumable(k.key)

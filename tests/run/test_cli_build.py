@@ -84,3 +84,19 @@ def test_a_ray_address_where_nothing_listens_fails_at_once(cli, capsys):
     assert time.monotonic() - began < 30
     assert main(["build", str(cli), "--ray-address", "no-port", "--plain"]) == 2
     assert "'no-port' is not host:port" in capsys.readouterr().err
+
+
+def test_a_source_file_edited_while_its_node_runs_is_not_stored_under_the_old_key(cli, capsys):
+    from tests.conftest import artifact_dirs
+
+    store = cli.parent / ".llmbuild"
+    edited = cli.parent / "data" / "books" / "a.txt"
+    set_control(edit={"source:books": str(edited)})
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
+    err = capsys.readouterr().err
+    assert "failed: source:books: InputChanged: the files of" in err
+    assert "build again to read them as they are now" in err
+    assert not artifact_dirs(store, "source:books")
+    reset()  # built again, the node reads the file as it is now: stored under its new key
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    assert capsys.readouterr().out.strip().endswith("14 nodes, 2 cached, 12 built")
