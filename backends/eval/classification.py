@@ -37,20 +37,13 @@ def labeled_file(
             r, pair = normalise(rec, source), rec.data.get("pair")
             if pair is not None and not isinstance(pair, str):
                 raise BadRecord(rec.where, "field 'pair' must be a string", "field")
-            if isinstance(r["label"], list) and not multi_label:
-                raise BadRecord(
-                    rec.where, "a list of labels, but the classifier gives one", "field"
-                )
-            for name in r["label"] if isinstance(r["label"], list) else [r["label"]]:
-                if name not in ids:
-                    raise BadRecord(
-                        rec.where,
-                        f"label {name!r} is not one the classifier knows ({', '.join(labels)})",
-                        "field",
-                    )
+            try:
+                label = label_ids(r["label"], ids, multi_label)
+            except ValueError as e:
+                raise BadRecord(rec.where, str(e), "field") from None
             pair = None if pair is None else tok.encode(pair)
             tokens, cut, types = fit_text(tok.encode(r["text"]), pair, seq_len, tok.eos_id, start)
-            docs.append((tokens, label_ids(r["label"], ids, multi_label), types))
+            docs.append((tokens, label, types))
             truncated += cut
     except BadRecord as e:
         raise UserError(str(e)) from None
@@ -261,9 +254,12 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     for slot, artifact in sorted(ctx.inputs.items()):
         if slot.startswith("data:"):
             source = {slot[5:]: str(artifact.path)}
-            samples = LabeledSamples(
-                source, "validation", seq_len, tok.pad_id, tok.eos_id, labels, 0, start, multi
-            )
+            try:
+                samples = LabeledSamples(
+                    source, "validation", seq_len, tok.pad_id, tok.eos_id, labels, 0, start, multi
+                )
+            except ValueError as e:
+                raise UserError(f"{ctx.node}: source {slot[5:]!r}, {e}") from None
             if len(samples):
                 sets[slot[5:]] = samples
             else:

@@ -73,9 +73,9 @@ class Classification(EvalTable):
     """Suite kind."""
     stages: StrList = ref("stage", slot="model", each=True, min_length=1, stage_kinds=("classify",))
     """Classifier stages (kind `classify`) to evaluate."""
-    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="labeled")
-    """Labeled sources whose validation split is measured; all labeled-role sources when
-    omitted."""
+    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="labeled", own=True)
+    """Labeled sources whose validation split is measured; the one each stage trained on
+    when omitted."""
     files: StrList = content(())
     """Extra files of labeled texts to measure (jsonl or parquet records with `text`,
     `label`, and `pair` for pairs), relative to the spec file."""

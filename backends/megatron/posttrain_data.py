@@ -287,10 +287,18 @@ class LabeledTexts:
 
 def label_ids(label: Any, ids: dict[str, int], multi_label: bool) -> Any:
     """A text's label id, or for a multi-label classifier the tuple of its label ids (a
-    single label is a list of one)."""
+    single label is a list of one). A ValueError says what does not fit the classifier."""
+    names = label if isinstance(label, list) else [label]
+    if isinstance(label, list) and not multi_label:
+        raise ValueError("a list of labels, but the classifier gives one")
+    unknown = [name for name in names if name not in ids]
+    if unknown:
+        raise ValueError(
+            f"label {unknown[0]!r} is not one the classifier knows ({', '.join(map(str, ids))})"
+        )
     if not multi_label:
         return ids[label]
-    return tuple(ids[name] for name in (label if isinstance(label, list) else [label]))
+    return tuple(ids[name] for name in names)
 
 
 class LabeledSamples(LabeledTexts):
@@ -320,10 +328,14 @@ class LabeledSamples(LabeledTexts):
             texts = IndexedDataset(prefix, mmap=False)
             pairs = IndexedDataset(prefix + ".pair", mmap=False) if d.get("pairs") else None
             for i, record in enumerate(_records(prefix, "labels")):
+                try:
+                    label = label_ids(record["label"], ids, multi_label)
+                except ValueError as e:
+                    raise ValueError(f"{split} record {i + 1}: {e}") from None
                 pair = None if pairs is None else pairs[i]
                 tokens, cut, types = fit_text(texts[i], pair, seq_len, sep, start)
                 truncated += cut
-                docs.append((tokens, label_ids(record["label"], ids, multi_label), types))
+                docs.append((tokens, label, types))
         classes = len(labels) if multi_label else None
         super().__init__(docs, seq_len, pad, truncated, start is not None, classes)
         self.order = _Epochs(len(docs), seed) if split == "train" and docs else None

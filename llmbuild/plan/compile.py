@@ -87,10 +87,10 @@ class _Builder:
                 names: dict[str, list[str]] = {}
                 for r in refs:
                     names.setdefault(r.field, []).append(r.name)
-                for o in omitted:
-                    names[o.field] = role_sources(self.spec, o.mark.omitted)
                 each = [r for r in refs if r.mark.each]
                 for target in [r.name for r in each] or [None]:
+                    for o in omitted:
+                        names[o.field] = self._omitted(o.mark, target)
                     inputs = dict(kind.inputs(item, self.spec))
                     edge_paths: dict[str, Path] = {}
                     for r in refs:
@@ -113,6 +113,16 @@ class _Builder:
                         labels=kind.labels(item),
                         edge_paths=edge_paths,
                     )
+
+    def _omitted(self, mark: Any, target: str | None) -> list[str]:
+        """The sources an omitted reference stands for in the node of ``target``."""
+        every = role_sources(self.spec, mark.omitted)
+        stage = next((s for s in self.spec.stage if s.name == target), None)
+        if not mark.own or stage is None:
+            return every
+        data = getattr(stage, "data", None)
+        own = [data] if isinstance(data, str) else list(data or ())
+        return [n for n in every if n in own] or every
 
     def ordered(self) -> list[Node]:
         """The nodes in topological order (declaration order among equals)."""

@@ -68,6 +68,9 @@ class KeyMark:
     suffixes: bool = False
     """Content: each file's suffix counts, for the node reads its format and compression
     from it (``x.jsonl`` and ``x.txt`` of the same bytes are different inputs)."""
+    own: bool = False
+    """References to sources, with ``omitted`` and ``each``: omitted, the field names the
+    sources of that role the node's own stage trains on (when it trains on any)."""
 
     def __call__(self, schema: dict[str, Any]) -> None:
         schema[KEY_ROLE] = self.role
@@ -105,12 +108,13 @@ def ref(
     source_role: SourceRole | None = None,
     omitted: SourceRole | None = None,
     stage_kinds: tuple[str, ...] = (),
+    own: bool = False,
     **kwargs: Any,
 ) -> Any:
     """A field naming other nodes. The planner makes every name an input edge of the node
     that reads the field (so the named node's key enters this node's key), checks that it
     exists and fits, and finds cycles through it: a name can never be a silent string."""
-    mark = KeyMark("reference", target, slot, each, source_role, omitted, stage_kinds)
+    mark = KeyMark("reference", target, slot, each, source_role, omitted, stage_kinds, own=own)
     return Field(default, json_schema_extra=mark, **kwargs)
 
 

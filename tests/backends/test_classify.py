@@ -228,6 +228,38 @@ def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
     assert "| true \\ predicted | big | small |" in (out / "results.md").read_text()
 
 
+def test_a_classification_eval_measures_each_stage_on_its_own_source_by_default(tmp_path):
+    tags = SUMS.replace('"sums"', '"tags"').replace("sums.jsonl", "tags.jsonl")
+    other = CLASSIFY.replace('"cls"', '"tagger"').replace('data = "sums"', 'data = "tags"')
+    suite = CLASSIFICATION.replace('["cls"]', '["cls", "tagger"]').replace(
+        'files = ["data/more.jsonl"]\n', ""
+    )
+    spec = posttrain_spec(tmp_path, CLASSIFY + other + suite, SUMS + tags)
+    write_sums(tmp_path / "data" / "sums.jsonl")
+    write_sums(tmp_path / "data" / "tags.jsonl", seed=5)
+    graph = plan_spec(load_spec(spec), cache=StatCache()).graph
+    for stage, source in (("cls", "sums"), ("tagger", "tags")):
+        data = {s: n for s, n in graph[f"eval:labels@{stage}"].inputs.items() if s[:5] == "data:"}
+        assert data == {f"data:{source}": f"tokenize:{source}"}
+    explicit = suite.replace('stages = ["cls", "tagger"]', 'stages = ["cls"]\nsources = ["tags"]')
+    spec = posttrain_spec(tmp_path, CLASSIFY + other + explicit, SUMS + tags)
+    graph = plan_spec(load_spec(spec), cache=StatCache()).graph
+    assert "data:tags" in graph["eval:labels@cls"].inputs
+
+
+def test_labels_the_classifier_does_not_know_are_a_plain_error(built):
+    from llmbuild.backends.megatron.posttrain_data import LabeledSamples
+
+    _, store, outcome = built
+    sums = {"sums": str(artifact(outcome, store, "tokenize:sums"))}
+    with pytest.raises(ValueError, match=r"record 1: label '(big|small)' is not one the classi"):
+        LabeledSamples(sums, "validation", 16, 0, 1, ("yes", "no"), 0)
+    with pytest.raises(ValueError, match="a list of labels, but the classifier gives one"):
+        from llmbuild.backends.megatron.posttrain_data import label_ids
+
+        label_ids(["yes"], {"yes": 0}, multi_label=False)
+
+
 def test_a_classification_eval_of_a_stage_that_is_no_classifier_is_located(tmp_path):
     from llmbuild.errors import SpecError
 
