@@ -293,7 +293,7 @@ def test_the_classifier_exports_to_transformers_and_onnx_with_its_logits(built, 
     import numpy as np
     import onnxruntime as ort
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     _, kept, _ = built
     spec = classify_spec(tmp_path, CLASSIFY + EXPORTS)
@@ -311,6 +311,13 @@ def test_the_classifier_exports_to_transformers_and_onnx_with_its_logits(built, 
     with torch.no_grad():
         predicted = model(**batch).logits.argmax(-1).tolist()
     assert [model.config.id2label[p] for p in predicted] == ["big", "small", "big", "small"]
+    # a text longer than the model's context is cut to it, as transformers' pipelines ask
+    seq_len = model.config.n_positions
+    assert tok.model_max_length == seq_len
+    long = pipeline("text-classification", model=model, tokenizer=tok)(
+        "07+48=55 " * 200, truncation=True
+    )
+    assert long[0]["label"] in ("big", "small")
     onnx = outcome.results["export:onnx@cls"].record.metrics
     assert onnx["max_logit_diff"] < 1e-3 and onnx["labels"] == ["big", "small"]
     session = ort.InferenceSession(str(artifact(outcome, store, "export:onnx@cls") / "model.onnx"))
