@@ -1,8 +1,9 @@
-"""A classify stage as a transformers ``<Family>ForSequenceClassification`` directory: the
-family's weights without the language-model head, the classifier as ``score``, and the
-label names as ``id2label``. Proven by loading it with
-``AutoModelForSequenceClassification`` and comparing its logits with the megatron
-classifier's, on a right-padded batch whose texts end at different positions."""
+"""A classify stage, or a reward model, as a transformers ``<Family>ForSequenceClassification``
+directory: the family's weights without the language-model head, the classifier (or the
+reward's value head, one output named ``reward``) as ``score``, and the label names as
+``id2label``. Proven by loading it with ``AutoModelForSequenceClassification`` and
+comparing its logits with the megatron model's, on a right-padded batch whose texts end at
+different positions."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str)
     """The classifier converted to transformers (float32), checked to load completely."""
     from transformers import AutoModelForSequenceClassification
 
-    labels = stage.labels
+    labels = stage.head_outputs
     family, config, weights = hf_parts(stage, tokenizer, node)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
@@ -32,7 +33,10 @@ def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str)
     if stage.multi_label:  # a sigmoid per label, as transformers' pipelines then apply
         config.problem_type = "multi_label_classification"
     state = {k: v for k, v in weights.items() if not k.startswith(family.lm_head)}
-    head = stage.classifier()
+    head = stage.head()
+    offset = 0.0
+    if "classifier.score.bias" in head and "classifier.score.bias" not in family.classifier_names:
+        offset = fold_score_bias(family, stage.architecture, state, head)
     for ours, theirs in family.classifier_names.items():
         if ours in head:
             state[theirs] = head[ours].float()
@@ -49,7 +53,29 @@ def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str)
         stage.vocab_size,
         tokenizer.special_ids,
         stage.name,
+        offset,
     )
+
+
+def fold_score_bias(family: Any, arch: Any, state: dict[str, Any], head: dict[str, Any]) -> float:
+    """A decoder's ``ForSequenceClassification`` score has no bias; a reward model's has one
+    (``b``). It moves into the final norm's bias, exactly: ``w . (g n + beta) + b`` is
+    ``w . (g n + beta + b w / |w|^2)``. Returns what is left over: 0, or all of ``b`` when
+    the final norm has no bias (RMSNorm), the export's scores then being the stage's minus
+    it."""
+    import torch
+
+    w, b = head["classifier.score.weight"].float(), head["classifier.score.bias"].float()
+    if w.shape[0] != 1:
+        raise ValueError(f"a score bias of {w.shape[0]} outputs has no place in transformers")
+    norm = next(
+        (r.theirs[0] for r in family.rules(arch) if r.ours == ("decoder.final_layernorm.bias",)),
+        None,
+    )
+    if norm is None or norm not in state:
+        return float(b[0])
+    state[norm] = (state[norm].float() + b[0] * w[0] / torch.dot(w[0], w[0])).to(state[norm].dtype)
+    return 0.0
 
 
 def verification_batch(vocab: int, pad: int, seq: int, seed: int = 0) -> list[list[int]]:
@@ -87,8 +113,11 @@ def reference(stage: StageArtifact, pad: int) -> tuple[Any, Any, Any]:
     return ids, mask, ours
 
 
-def max_class_logit_difference(stage: StageArtifact, hf_dir: Path, pad: int) -> float:
-    """Our classifier's logits against the saved directory's, on a right-padded batch."""
+def max_class_logit_difference(
+    stage: StageArtifact, hf_dir: Path, pad: int, offset: float = 0.0
+) -> float:
+    """Our classifier's logits against the saved directory's (plus the score ``offset`` it
+    has no place for), on a right-padded batch."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -98,7 +127,7 @@ def max_class_logit_difference(stage: StageArtifact, hf_dir: Path, pad: int) -> 
     ).eval()
     with torch.no_grad():
         theirs = theirs_model(input_ids=ids, attention_mask=mask).logits.float()
-    return float((ours - theirs).abs().max())
+    return float((ours - theirs - offset).abs().max())
 
 
 def export_hf_classifier(
@@ -109,7 +138,9 @@ def export_hf_classifier(
     hf = hf_classifier(stage, tokenizer, ctx.node)
     hf.model.to(getattr(torch, dtype)).save_pretrained(str(ctx.out_dir), safe_serialization=True)
     save_hf_extras(hf, ctx.out_dir, tokenizer)
-    diff = max_class_logit_difference(stage, ctx.out_dir, hf.special["pad_token_id"])
+    diff = max_class_logit_difference(
+        stage, ctx.out_dir, hf.special["pad_token_id"], hf.score_offset
+    )
     if not diff <= TOLERANCE[dtype]:  # NaN fails too
         raise VerificationError(
             f"the class logits of the export differ from the trained classifier's by "
@@ -121,10 +152,22 @@ def export_hf_classifier(
             "format": "hf",
             "dtype": dtype,
             "architecture": type(hf.model).__name__,
-            "labels": list(stage.labels),
+            "labels": list(stage.head_outputs),
         }
     )
+    _note_offset(ctx, hf)
     ctx.log.info("hf classifier export verified: max logit difference %.2e", diff)
+
+
+def _note_offset(ctx: Any, hf: HfModel) -> None:
+    if hf.score_offset:
+        ctx.metrics["score_offset"] = hf.score_offset
+        ctx.note(
+            f"transformers' {type(hf.model).__name__} has no score bias, and this "
+            f"architecture's final norm none to take it: the export's rewards are the "
+            f"stage's minus {hf.score_offset:.4g}, the same for every text (rankings and "
+            "differences are unchanged)"
+        )
 
 
 def _onnx_export(model: Any, seq_len: int, path: Path, opset: int) -> None:
@@ -142,6 +185,17 @@ def _onnx_export(model: Any, seq_len: int, path: Path, opset: int) -> None:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
     export_program(Logits(model), seq_len, path, opset)
+
+
+def _agreement(int8: Any, fp32: Any) -> float:
+    """How often the int8 model decides as the float32 one: the same label, or for one
+    score (a reward) the same order of each pair of texts."""
+    if fp32.shape[-1] > 1:
+        return float((int8.argmax(-1) == fp32.argmax(-1)).mean())
+    a, b = int8[:, 0], fp32[:, 0]
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
+    same = sum((a[i] > a[j]) == (b[i] > b[j]) for i, j in pairs)
+    return same / len(pairs) if pairs else 1.0
 
 
 def export_onnx_classifier(
@@ -168,7 +222,7 @@ def export_onnx_classifier(
         fp32 = Path(tmp) / "model.onnx"
         _onnx_export(hf.model, hf.arch.seq_len, fp32, export.opset)
         fp32_logits = _session(fp32).run(["logits"], feed)[0]
-        diff = float(abs(fp32_logits - ours.numpy()).max())
+        diff = float(abs(fp32_logits + hf.score_offset - ours.numpy()).max())
         if not diff <= ONNX_TOLERANCE:  # NaN fails too
             raise VerificationError(
                 f"onnxruntime's class logits differ from the trained classifier's by "
@@ -179,17 +233,20 @@ def export_onnx_classifier(
             "opset": export.opset,
             "quantize": export.quantize,
             "max_logit_diff": diff,
-            "labels": list(stage.labels),
+            "labels": list(stage.head_outputs),
         }
         if export.quantize == "int8":
             _quantize_int8(fp32, out / "model.onnx", False)
             int8 = _session(out / "model.onnx").run(["logits"], feed)[0]
-            agreement = float((int8.argmax(-1) == fp32_logits.argmax(-1)).mean())
-            metrics["int8_label_agreement"] = agreement
+            agreement = _agreement(int8, fp32_logits)
+            reward = fp32_logits.shape[-1] == 1
+            metrics["int8_rank_agreement" if reward else "int8_label_agreement"] = agreement
             if agreement < MIN_INT8_AGREEMENT:
+                what = "orders the texts as" if reward else "picks the label of"
                 raise VerificationError(
-                    f"the int8 classifier picks the float32 one's label for only "
-                    f"{agreement:.0%} of the texts (needed {MIN_INT8_AGREEMENT:.0%})"
+                    f"the int8 model {what} the float32 one for only {agreement:.0%} of "
+                    f"the {'pairs of ' if reward else ''}texts (needed "
+                    f"{MIN_INT8_AGREEMENT:.0%})"
                 )
         else:
             fp32.replace(out / "model.onnx")
@@ -197,4 +254,5 @@ def export_onnx_classifier(
     save_hf_extras(hf, out, tokenizer)
     metrics["onnx_bytes"] = (out / "model.onnx").stat().st_size
     ctx.metrics.update(metrics)
+    _note_offset(ctx, hf)
     ctx.log.info("onnx classifier export verified: max logit difference %.2e", diff)

@@ -29,7 +29,8 @@ class ExportKind(Kind):
         from llmbuild.backends.megatron.kinds import is_encoder
 
         stage = view.stages.get(item.stage)
-        classifier = getattr(stage, "kind", None) == "classify"
+        kind = getattr(stage, "kind", None)
+        classifier = kind in HEAD_KINDS
         if not classifier and item.format != "hf" and is_encoder(view, item.stage):
             return [
                 Problem(
@@ -42,16 +43,19 @@ class ExportKind(Kind):
             return []
         return [
             Problem(
-                f"{item.stage!r} is a classifier, which exports as "
-                f"{' or '.join(CLASSIFIER_FORMATS)} (its class head), not as {item.format}",
+                f"{item.stage!r} is a {HEAD_KINDS[kind]}, which exports as "
+                f"{' or '.join(CLASSIFIER_FORMATS)} (a sequence classifier with its "
+                f"{'value' if kind == 'reward' else 'class'} head), not as {item.format}",
                 (*where, "format"),
             )
         ]
 
 
 CLASSIFIER_FORMATS = ("hf", "onnx")
-"""The formats a classify stage exports to: transformers' sequence classifier, and ONNX
-of it."""
+"""The formats a classify or reward stage exports to: transformers' sequence classifier,
+and ONNX of it."""
+HEAD_KINDS = {"classify": "classifier", "reward": "reward model"}
+"""The stage kinds whose model ends in a sequence head, exported as such."""
 
 
 class PeftKind(ExportKind):
@@ -59,7 +63,7 @@ class PeftKind(ExportKind):
         from llmbuild.backends.megatron.kinds import is_encoder
 
         stage = view.stages.get(item.stage)
-        if getattr(stage, "kind", None) == "classify" or is_encoder(view, item.stage):
+        if getattr(stage, "kind", None) in HEAD_KINDS or is_encoder(view, item.stage):
             return super().check(item, where, view)
         if stage is not None and not stage.has_adapters:
             return [

@@ -150,7 +150,7 @@ def _quantize_int8(src: Path, dst: Path, external: bool) -> None:
 
 def export_onnx(ctx: Any, export: Any) -> None:
     stage, tokenizer = inputs(ctx)
-    if stage.labels:  # a classifier: class logits, no perplexity to measure
+    if stage.head_outputs:  # a classifier, a reward model: scores, no perplexity to measure
         from llmbuild.backends.export.classifier import export_onnx_classifier
 
         return export_onnx_classifier(ctx, export, stage, tokenizer)

@@ -35,6 +35,9 @@ class HfModel:
     """``bos_token_id``, ``eos_token_id``, ``pad_token_id``."""
     name: str
     """The stage's name."""
+    score_offset: float = 0.0
+    """A sequence head's bias that transformers' model has no place for: its scores are
+    the stage's minus this (see ``classifier.fold_score_bias``)."""
 
 
 def megatron_logits(stage_dir: Path, ids: Any, base_dir: Path | None = None) -> Any:
@@ -183,7 +186,7 @@ def verify_hf(
 
 def export_hf(ctx: Any, dtype: str) -> None:
     stage, tokenizer = inputs(ctx)
-    if stage.labels:  # a classifier: <Family>ForSequenceClassification
+    if stage.head_outputs:  # a classifier, a reward model: <Family>ForSequenceClassification
         from llmbuild.backends.export.classifier import export_hf_classifier
 
         return export_hf_classifier(ctx, stage, tokenizer, dtype)

@@ -128,6 +128,22 @@ class StageArtifact:
         """A classifier's label names, in the order of its outputs; empty for other stages."""
         return tuple(self.config.get("labels", ()))
 
+    @property
+    def head_outputs(self) -> tuple[str, ...]:
+        """What the stage's sequence head gives: a classifier's labels, a reward model's one
+        score (``reward``); empty for other stages."""
+        return ("reward",) if self.config.get("kind") == "reward" else self.labels
+
+    def head(self) -> dict[str, Any]:
+        """The sequence head by the classifier's canonical names (``classifier.score.*``): a
+        classifier's, or a reward model's value head."""
+        if self.config.get("kind") == "reward":
+            return {
+                f"classifier.{k.removeprefix('value_head.')}": v
+                for k, v in self.value_head().items()
+            }
+        return self.classifier()
+
     def classifier(self) -> dict[str, Any]:
         """A classifier's head, by canonical name."""
         from safetensors.torch import load_file

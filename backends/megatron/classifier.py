@@ -10,15 +10,16 @@ from llmbuild.backends.megatron.artifact import StageArtifact
 
 def load_classifier(stage: StageArtifact) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
     """The stage's model (one rank, eval mode) with its head as ``model.classifier``, its
-    config and its label names."""
+    config and its label names (a reward model's one score: ``reward``)."""
     from llmbuild.backends.megatron.objectives import ValueHead
 
-    labels = stage.labels
-    head = stage.classifier()  # a UserError when the stage is no classifier
+    labels = stage.head_outputs
+    head = stage.head()  # a UserError when the stage is no classifier
     model, config = stage.load_model()
     pooled = "classifier.pooler.weight" in head  # an encoder's
+    bias = "classifier.score.bias" in head  # an encoder's, a reward model's
     hidden = config["architecture"]["hidden"]
-    model.classifier = ValueHead(model, hidden, len(labels), bias=pooled, pooled=pooled)
+    model.classifier = ValueHead(model, hidden, len(labels), bias=bias, pooled=pooled)
     model.classifier.load_state_dict({k.removeprefix("classifier."): v for k, v in head.items()})
     model.classifier.eval()
     return model, config, labels
@@ -47,5 +48,6 @@ def class_logits(model: Any, samples: Any, batch_size: int) -> Any:
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
             batch = samples.batch(list(range(start, min(start + batch_size, len(samples)))))
-            out.append(model.classifier.scores(model, batch, "fp32"))
+            scores = model.classifier.scores(model, batch, "fp32")
+            out.append(scores.reshape(scores.shape[0], -1))  # a reward's one score too
     return torch.cat(out) if out else torch.zeros(0, model.classifier.outputs)

@@ -227,3 +227,80 @@ def test_answers_past_seq_len_are_counted_and_a_source_of_only_those_refused(cha
         assert short.cut_off == len(short) > 0
         with pytest.raises(ValueError, match=f"training {what} has its answer past seq_len = 2"):
             _splits(SimpleNamespace(sources=sources), make, what)
+
+
+RM_EXPORTS = """
+[[export]]
+format = "hf"
+stage = "rm"
+
+[[export]]
+format = "onnx"
+stage = "rm"
+quantize = "int8"
+"""
+
+
+def test_a_reward_model_exports_as_a_sequence_classifier_with_its_scores(chain, tmp_path):
+    import torch
+    from llmbuild.backends.megatron.artifact import StageArtifact
+    from llmbuild.backends.megatron.classifier import class_logits, load_classifier
+    from llmbuild.backends.megatron.posttrain_data import LabeledTexts
+    from transformers import AutoModelForSequenceClassification
+
+    from llmbuild.run.context import InputArtifact
+
+    _spec, store, _ = chain
+    spec = posttrain_spec(tmp_path, ALL + RM_EXPORTS)  # the same data, so the same keys
+    outcome = run_nodes(spec, store, ("export:hf@rm", "export:onnx@rm"))
+    assert outcome.ok, outcome.log
+    hf = outcome.results["export:hf@rm"].record
+    assert hf.metrics["architecture"] == "GPT2ForSequenceClassification"
+    assert hf.metrics["labels"] == ["reward"] and hf.metrics["max_logit_diff"] < 1e-4
+    assert "score_offset" not in hf.metrics  # GPT-2's final layer norm took the score's bias
+    onnx = outcome.results["export:onnx@rm"].record.metrics
+    assert onnx["max_logit_diff"] < 1e-3 and onnx["int8_rank_agreement"] >= 0.9
+    # transformers' scores are the reward model's, text by text
+    rm = InputArtifact(artifact(outcome, store, "stage:rm"), outcome.results["stage:rm"].record)
+    ours, _config, _ = load_classifier(StageArtifact.open(rm))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(artifact(outcome, store, "export:hf@rm"))
+    )
+    pad = model.config.pad_token_id  # transformers reads each text's last token before it
+    texts = [
+        [t for t in text if t != pad] for text in ([5, 9, 12, 7, 3], [8, 8, 2], [14, 1, 6, 6, 2, 9])
+    ]
+    expected = class_logits(ours, LabeledTexts([(t, 0) for t in texts], 32, pad), 3)[:, 0]
+    with torch.no_grad():
+        got = torch.stack([model(input_ids=torch.tensor([t])).logits[0, 0] for t in texts])
+    assert model.config.num_labels == 1 and model.config.id2label == {0: "reward"}
+    assert torch.allclose(got, expected, atol=1e-4), (got, expected)
+    assert expected.std() > 1e-3  # texts that score differently: the comparison can fail
+
+
+def test_a_score_bias_with_no_final_norm_bias_to_take_it_is_left_over():
+    import torch
+    from llmbuild.backends.export.classifier import fold_score_bias
+    from llmbuild.backends.families import family_of
+
+    from llmbuild.spec.model import Architecture
+
+    arch = Architecture.model_validate(
+        {"style": "llama", "layers": 1, "hidden": 4, "heads": 1, "seq_len": 8}
+    )
+    head = {
+        "classifier.score.weight": torch.ones(1, 4),
+        "classifier.score.bias": torch.tensor([0.5]),
+    }
+    state = {"model.norm.weight": torch.ones(4)}
+    assert fold_score_bias(family_of(arch), arch, state, head) == 0.5
+    assert list(state) == ["model.norm.weight"]
+
+
+def test_a_reward_model_exports_only_as_hf_or_onnx(tmp_path):
+    from llmbuild.errors import SpecError
+
+    spec = posttrain_spec(tmp_path, SFT + REWARD + '[[export]]\nformat = "gguf"\nstage = "rm"\n')
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    assert "'rm' is a reward model, which exports as hf or onnx" in str(e.value)
