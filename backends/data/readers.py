@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -98,35 +99,43 @@ def _decode(data: bytes, where: str) -> str:
         ) from None
 
 
-def _text_docs(path: str, source: Source) -> Iterator[Record]:
-    """Documents of a text file, streamed in chunks (a file may be larger than memory)."""
+def _text_docs(path: str, source: Source) -> Iterator[Record | BadRecord]:
+    """Documents of a text file, streamed in chunks (a file may be larger than memory). A
+    document holding bytes that are not UTF-8 is yielded as a BadRecord, so skipping it
+    keeps the documents after it."""
     import codecs
 
     sep = source.separator
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    buf, line, seen = "", 1, 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    buf, line = "", 1
     with open_binary(path) as f:
         while True:
             chunk = f.read(CHUNK)
-            try:
-                buf += decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as e:
-                at = buf.count("\n") + chunk[: max(e.start, 0)].count(b"\n") + line
-                bad = chunk[e.start] if 0 <= e.start < len(chunk) else 0
-                raise BadRecord(
-                    f"{path}:{at}",
-                    f"not valid UTF-8 (byte 0x{bad:02x} at offset {seen + max(e.start, 0)})",
-                    "encoding",
-                ) from None
-            seen += len(chunk)
+            buf += decoder.decode(chunk, final=not chunk)
             if sep is not None:
                 *parts, buf = buf.split(sep)
                 for part in parts:
-                    yield Record(f"{path}:{line}", {source.text_field: part})
+                    yield _text_doc(path, line, part, source)
                     line += part.count("\n") + sep.count("\n")
             if not chunk:
                 break
-    yield Record(f"{path}:{line}", {source.text_field: buf})
+    yield _text_doc(path, line, buf, source)
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+"""A byte that is not UTF-8, as ``surrogateescape`` decoding keeps it."""
+
+
+def _text_doc(path: str, line: int, text: str, source: Source) -> Record | BadRecord:
+    """A document of a text file, or a BadRecord at its first byte that is not UTF-8 (the
+    decoder kept such bytes as lone surrogates)."""
+    found = _ESCAPED.search(text)
+    if found is None:
+        return Record(f"{path}:{line}", {source.text_field: text})
+    bad = found.start()
+    at = line + text.count("\n", 0, bad)
+    byte = ord(text[bad]) - 0xDC00
+    return BadRecord(f"{path}:{at}", f"not valid UTF-8 (byte 0x{byte:02x})", "encoding")
 
 
 def _jsonl_docs(path: str) -> Iterator[Record | BadRecord]:

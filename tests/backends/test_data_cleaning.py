@@ -213,3 +213,18 @@ def test_renaming_files_into_another_order_rebuilds_nothing_but_a_new_suffix_doe
     plan = plan_spec(load_spec(spec), store=Store(str(store)), cache=StatCache()).plan
     (node,) = [n for n in plan.nodes if n.name == "source:docs"]
     assert node.status == "build" and "file suffixes changed" in node.reason, node.reason
+
+
+def test_a_text_document_that_is_not_utf8_is_skipped_alone(tmp_path):
+    content = b"first document\n\nsecond \xff document\non two lines\n\nthird document\n"
+    path = tmp_path / "docs.txt"
+    path.write_bytes(content)
+    extra = 'separator = "\\n\\n"\non_error = "skip"\n'
+    spec = write_spec(tmp_path, spec_text({"docs": str(path)}, extra_source=extra))
+    outcome = run_nodes(spec, tmp_path / "store", ("source:docs",))
+    assert outcome.ok, outcome.log
+    out = artifact(outcome, tmp_path / "store", "source:docs")
+    report = json.loads((out / "report.json").read_text())
+    assert report["removed"] == {"bad_encoding": 1}
+    assert report["skipped_examples"] == [f"{path}:3: not valid UTF-8 (byte 0xff)"]
+    assert report["documents_read"] == 2  # the one after it kept
