@@ -201,7 +201,9 @@ def _webdataset_docs(path: str, source: Source) -> Iterator[Record]:
             else:
                 raise BadRecord(where, "no .txt or .json member", "field")
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise BadRecord(path, f"not a readable tar file: {e}", "format") from None
+        # webdataset's errors carry (message, stream, url): the message says it
+        why = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+        raise BadRecord(path, f"not a readable tar file: {why.split(' @ ')[0]}", "format") from None
 
 
 def _field(rec: Record, name: str, kinds: tuple[type, ...] = (str,)) -> Any:

@@ -70,17 +70,40 @@ def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
 
 
+class _Tail:
+    """A stream that remembers the last bytes read from it."""
+
+    def __init__(self, stream: Any, keep: int) -> None:
+        self.stream, self.keep, self.tail = stream, keep, b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.tail = (self.tail + data)[-self.keep :]
+        return data
+
+
+END_OF_ARCHIVE = 1024
+"""A tar archive ends with two zero blocks of 512 bytes (then zeros to its record size)."""
+
+
 def tar_samples(stream: Any, url: str) -> Iterator[dict[str, Any]]:
-    """webdataset samples (members grouped by key) of one tar stream, which it closes."""
+    """webdataset samples (members grouped by key) of one tar stream, which it closes. A
+    stream that ends without the end-of-archive blocks was cut short between members
+    (tarfile takes that for the end): a tarfile.ReadError."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     def fail(exc: Exception) -> bool:
         raise exc
 
     with stream:
+        tail = _Tail(stream, END_OF_ARCHIVE)
         yield from group_by_keys(
-            tar_file_expander([{"stream": stream, "url": url}], handler=fail), handler=fail
+            tar_file_expander([{"stream": tail, "url": url}], handler=fail), handler=fail
         )
+        while tail.read(1 << 16):  # to its end: the record's padding
+            pass
+        if len(tail.tail) < END_OF_ARCHIVE or tail.tail.count(0) != END_OF_ARCHIVE:
+            raise tarfile.ReadError("it ends without the end-of-archive blocks: cut short")
 
 
 def iter_split(artifact: Path, split: str) -> Iterator[dict[str, Any]]:

@@ -69,6 +69,25 @@ def _bad(tmp_path, name: str, content: bytes, fmt: str = "", on_error: str = "")
 GOOD = b'{"text": "a fine document"}\n'
 
 
+def _tar(samples: int) -> bytes:
+    """A webdataset tar of ``samples`` .json members."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(samples):
+            data = json.dumps({"text": f"document {i} " * 50}).encode()
+            info = tarfile.TarInfo(f"{i:04d}.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+TAR = _tar(3)
+MEMBER = 512 + -(-len(json.dumps({"text": "document 0 " * 50})) // 512) * 512
+"""One member's bytes: its header block, its data padded to blocks."""
+
+
 @pytest.mark.parametrize(
     ("name", "content", "fmt", "message"),
     [
@@ -94,6 +113,13 @@ GOOD = b'{"text": "a fine document"}\n'
         ("type.jsonl", b'{"text": 42}\n', "", "type.jsonl:1: field 'text' must be a string"),
         ("empty.jsonl", b"", "", "empty.jsonl: empty file (no documents)"),
         ("notar.tar", b"this is not a tar file", "", "notar.tar: not a readable tar file"),
+        ("mid.tar", TAR[: MEMBER + 700], "", "mid.tar: not a readable tar file: unexpected end"),
+        (
+            "cut.tar",
+            TAR[: 2 * MEMBER],  # between members: tarfile takes it for the end
+            "",
+            "cut.tar: not a readable tar file: it ends without the end-of-archive blocks",
+        ),
         ("zero.parquet", b"", "", "zero.parquet: not a readable parquet file"),
         ("cut.parquet", b"PAR1 and then nothing", "", "cut.parquet: not a readable parquet file"),
         ("cut.jsonl.gz", gzip.compress(GOOD * 9)[:20], "", "cut.jsonl.gz: not a readable gzip"),
