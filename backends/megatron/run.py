@@ -166,6 +166,25 @@ def _note_short_data(ctx: RunContext[TrainConfig], seq_len: int) -> None:
         )
 
 
+def _require_answers(ctx: RunContext[TrainConfig]) -> None:
+    """An exact-match reward compares each completion with its prompt's ``answer``: a
+    prompt without one could never be rewarded."""
+    from llmbuild.errors import UserError
+
+    rewards = getattr(ctx.config.stage, "rewards", None) or []
+    if not any(r.kind == "exact_match" for r in rewards):
+        return
+    for a in ctx.inputs.values():
+        missing = a.record.metrics.get("unanswered")
+        if a.record.name.startswith("tokenize:") and missing:
+            raise UserError(
+                f"{ctx.node}: the exact_match reward compares each completion with its "
+                f"prompt's `answer`, but {missing} of the {a.record.metrics['documents']} "
+                f"prompts of source {a.record.name.removeprefix('tokenize:')!r} have none: "
+                "give every prompt an answer, or reward them another way"
+            )
+
+
 def _drop_unreadable_checkpoint(ctx: RunContext[TrainConfig]) -> None:
     """A resumable checkpoint that cannot be read whole (a disk that filled, a file
     changed) is removed, and training starts over, saying so."""
@@ -200,6 +219,7 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     except ValueError as e:
         raise UserError(f"{ctx.node}: {e}") from None
     _note_short_data(ctx, config.architecture.seq_len)
+    _require_answers(ctx)
     _drop_unreadable_checkpoint(ctx)
     mark = time.perf_counter()
     ranks = rank_config(ctx, tok, vocab)

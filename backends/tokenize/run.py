@@ -82,6 +82,8 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
     stats: dict[str, Any] = {"documents": 0, "tokens": 0, "learned_tokens": 0}
     if labels is not None:
         stats["labels"] = {}
+    if answers is not None:
+        stats["unanswered"] = 0
 
     def flush(batch: list[dict[str, Any]]) -> None:
         if role == "pretrain":
@@ -118,6 +120,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
             docs = enc.encode([enc.template.prompt(r["prompt"]) for r in batch])
             out[".prompt"].add(docs)
             answers.writelines(json.dumps({"answer": r.get("answer")}) + "\n" for r in batch)
+            stats["unanswered"] += sum(r.get("answer") is None for r in batch)
         stats["tokens"] += sum(len(ids) for ids in docs)
         stats["documents"] += len(batch)
 
@@ -189,3 +192,5 @@ def run(ctx: Any) -> None:
     )
     ctx.metrics.update({f"{split}_tokens": n for split, n in totals.items()})
     ctx.metrics["documents"] = sum(d["documents"] for d in datasets)
+    if role == "prompts":  # an exact-match reward needs every prompt's answer
+        ctx.metrics["unanswered"] = sum(r["unanswered"] for r in results)

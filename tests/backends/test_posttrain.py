@@ -304,3 +304,24 @@ def test_a_reward_model_exports_only_as_hf_or_onnx(tmp_path):
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     assert "'rm' is a reward model, which exports as hf or onnx" in str(e.value)
+
+
+def test_an_exact_match_reward_over_prompts_without_answers_is_refused(chain, tmp_path):
+    _spec, store, _ = chain
+    exact = GRPO.replace(
+        '{ kind = "length", target = 1, weight = -1.0 }', '{ kind = "exact_match" }'
+    )
+    spec = posttrain_spec(tmp_path, SFT + exact)
+    path = tmp_path / "data" / "prompts.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows[::4]:
+        del row["answer"]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    outcome = run_nodes(spec, store, ("stage:grpo",))
+    result = outcome.results["stage:grpo"]
+    assert result.state == "failed"
+    assert outcome.results["stage:sft"].state == "cached"
+    assert (
+        "the exact_match reward compares each completion with its prompt's `answer`, but "
+        f"{len(rows[::4])} of the {len(rows)} prompts of source 'prompts' have none"
+    ) in result.detail
