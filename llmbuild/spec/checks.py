@@ -129,20 +129,54 @@ def check_layout(raw: dict[str, Any]) -> list[Problem]:
     return out
 
 
+SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "mask_token")
+
+
 def check_tokenizer(raw: dict[str, Any]) -> list[Problem]:
-    """A pretrained tokenizer's special tokens are its own: the spec cannot set them."""
+    """A pretrained tokenizer's special tokens are its own: the spec cannot set them. A
+    made tokenizer's are distinct strings that text cannot hold by chance: no blank one,
+    none of one character (a char or byte tokenizer would read that character as it)."""
     tok = _table(raw, "tokenizer")
     if tok.get("kind") != "pretrained":
-        return []
+        return _special_tokens(tok)
     return [
         Problem(
             f"{key} does not apply to kind = 'pretrained': a pretrained tokenizer's special "
             "tokens are its own",
             ("tokenizer", key),
         )
-        for key in ("bos_token", "eos_token", "pad_token")
+        for key in SPECIAL_TOKENS[:3]
         if key in tok
     ]
+
+
+def _special_tokens(tok: dict[str, Any]) -> list[Problem]:
+    out: list[Problem] = []
+    seen: dict[str, str] = {}
+    from llmbuild.spec.model import Tokenizer
+
+    for key in SPECIAL_TOKENS:
+        value = tok.get(key, Tokenizer.model_fields[key].default)
+        if not isinstance(value, str):
+            continue
+        if value.strip() != value or len(value) < 2:
+            out.append(
+                Problem(
+                    f"{key} {value!r} could be read from ordinary text: a special token has "
+                    "two or more characters and no blank at either end (e.g. '<|eos|>')",
+                    ("tokenizer", key),
+                )
+            )
+        elif value in seen:
+            out.append(
+                Problem(
+                    f"{key} {value!r} is also the {seen[value]}: each special token is its own",
+                    ("tokenizer", key),
+                    related=(("tokenizer", seen[value]),),
+                )
+            )
+        seen.setdefault(value, key)
+    return out
 
 
 def _missing(value: Any) -> list[tuple[Path, str]]:

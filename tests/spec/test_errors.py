@@ -213,6 +213,18 @@ micro_batch = 2
             "stage[1].name: stage name 'pretrain' is already used by stage[0]",
         ),
         ('[tokenizer]\nkind = "bpe"\n', "tokenizer: vocab_size is required for kind = 'bpe'"),
+        (
+            '[tokenizer]\nkind = "char"\neos_token = "#"\n',
+            "tokenizer.eos_token: eos_token '#' could be read from ordinary text",
+        ),
+        (
+            '[tokenizer]\nkind = "char"\npad_token = ""\n',
+            "tokenizer.pad_token: pad_token '' could be read from ordinary text",
+        ),
+        (
+            '[tokenizer]\nkind = "byte"\npad_token = "<|eos|>"\n',
+            "tokenizer.pad_token: pad_token '<|eos|>' is also the eos_token",
+        ),
         ("[modle]\nname = 'x'\n", "modle: unknown table; did you mean 'model'?"),
     ],
 )
