@@ -21,7 +21,10 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
             default=1e-3,
             help="relative tolerance on metrics for 'within tolerance' (default 1e-3)",
         )
-        p.add_argument("--scratch", help="directory of the scratch store (default: a temp dir)")
+        p.add_argument(
+            "--scratch",
+            help="directory of the scratch store, kept (default: a temp dir, removed after)",
+        )
     add_store_argument(p, "beside the spec" if name == "build" else "in the current directory")
     p.add_argument(
         "--executor",

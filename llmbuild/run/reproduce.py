@@ -9,6 +9,7 @@ tolerance, and *diverged* otherwise.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, replace
@@ -139,20 +140,25 @@ def reproduce(
     graph = graph.select(
         tuple(n for n, v in build["nodes"].items() if v.get("state") != "not selected")
     )
+    made = scratch is None  # a temp dir of its own is removed at the end; --scratch kept
     scratch = scratch or Path(tempfile.mkdtemp(prefix="llmbuild-reproduce-"))
-    fresh = Store(str(scratch), cache=store.cache)
-    results = run_graph(
-        graph,
-        keys,
-        fresh,
-        options,
-        reporter,
-        uuid.uuid4().hex,
-        Path(build["spec_path"]).parent,
-        registry,
-    )
-    comparisons = []
-    for name in graph.nodes:
-        old = store.lookup(keys[name].key).target
-        comparisons.append(compare(name, old, results[name].record, rtol))
+    try:
+        fresh = Store(str(scratch), cache=store.cache)
+        results = run_graph(
+            graph,
+            keys,
+            fresh,
+            options,
+            reporter,
+            uuid.uuid4().hex,
+            Path(build["spec_path"]).parent,
+            registry,
+        )
+        comparisons = []
+        for name in graph.nodes:
+            old = store.lookup(keys[name].key).target
+            comparisons.append(compare(name, old, results[name].record, rtol))
+    finally:
+        if made:
+            shutil.rmtree(scratch, ignore_errors=True)
     return build, comparisons

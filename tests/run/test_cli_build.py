@@ -61,9 +61,20 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     assert main(["show", spec_hash]) == 0
     assert "build " in capsys.readouterr().out
     assert main(["show", "nothing-like-this"]) == 2
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(cli.parent / "tmp"))
+    (cli.parent / "tmp").mkdir()
     assert main(["reproduce", spec_hash, "--executor", "inline", "--plain"]) == 0
     out = capsys.readouterr().out
     assert "14 identical" in out
+    assert not list((cli.parent / "tmp").iterdir())  # its scratch store is gone
+    kept = cli.parent / "kept"
+    assert (
+        main(["reproduce", spec_hash, "--executor", "inline", "--plain", "--scratch", str(kept)])
+        == 0
+    )
+    assert "14 identical" in capsys.readouterr().out and (kept / "artifacts").is_dir()
     assert main(["gc", "--keep", "0", "--dry-run"]) == 0
     assert "would remove 14 artifacts" in capsys.readouterr().out
 
