@@ -85,7 +85,7 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
 
         for pattern in suite.files:
             for path in expand(pattern):
-                ids = tok.encode(Path(path).read_text(encoding="utf-8")) + [tok.eos_id]
+                ids = tok.encode(_text_file(path)) + [tok.eos_id]
                 total, n = _nll(model, _windows(ids, seq, limit), suite.batch_size)
                 results[Path(path).name] = {
                     "tokens": n,
@@ -99,6 +99,21 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
             "holds more than one document, or list text files in `files`"
         )
     return results
+
+
+def _text_file(path: str) -> str:
+    """A file of text to measure: UTF-8 with something in it, or a UserError saying not."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}): "
+            "the perplexity suite measures UTF-8 text files"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path}: empty: there is no text to measure")
+    return text
 
 
 def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[dict[str, str]]:

@@ -46,6 +46,14 @@ def test_evals_and_hf_export(tmp_path, style):
     assert md.startswith("| data | tokens | loss | perplexity |")
     gen = json.loads((artifact(outcome, store, "eval:gen@pretrain") / "results.json").read_text())
     assert [r["prompt"] for r in gen["results"]] == ["ROMEO:", "JULIET:"]
+    if style == "gpt2":  # a file that is not UTF-8 is said plainly, the stage kept
+        (spec.parent / "data" / "bad.txt").write_bytes(b"fine text \xff\xfe more")
+        spec.write_text(spec.read_text().replace('"data/text.txt"]', '"data/bad.txt"]'))
+        bad = run_nodes(spec, store, ("eval:ppl@pretrain",))
+        assert bad.results["stage:pretrain"].state == "cached"
+        detail = bad.results["eval:ppl@pretrain"].detail
+        assert "bad.txt: not valid UTF-8 (byte 0xff at offset 10)" in detail, detail
+        assert "Traceback" not in detail
 
     import torch
     from llmbuild.backends.megatron.generate import load_model
