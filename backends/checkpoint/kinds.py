@@ -49,7 +49,10 @@ def _own_tokens(own: dict[str, Any]) -> tuple[int | None, str]:
     if tok.kind == "byte":
         return 256 + len(special_tokens(tok)), "kind"
     if tok.kind == "pretrained" and tok.path is not None:
-        return tokenizer_vocab(PathLib(tok.path)), "path"
+        try:
+            return tokenizer_vocab(PathLib(tok.path)), "path"
+        except CheckpointError:  # the tokenizer node says so when it reads it
+            return None, "path"
     return None, "kind"
 
 
@@ -110,7 +113,11 @@ class ImportKind(Kind):
                 )
             )
             return done
-        tokens = ck.tokenizer_vocab()
+        try:
+            tokens = ck.tokenizer_vocab()
+        except CheckpointError as e:
+            done.problems.append(Problem(str(e), at))
+            return done
         if tokens is not None and tokens > arch["vocab_size"]:
             done.problems.append(
                 Problem(

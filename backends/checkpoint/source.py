@@ -58,14 +58,19 @@ class Checkpoint:
 def tokenizer_vocab(directory: Path) -> int | None:
     """The number of token ids of the tokenizer in ``directory``: ``tokenizer.json``'s,
     else a sentencepiece ``tokenizer.model``'s pieces and the ids ``tokenizer_config.json``
-    adds; None when it has neither (or a model sentencepiece cannot read)."""
+    adds; None when it has neither (or a model sentencepiece cannot read). A
+    ``tokenizer.json`` that is not one is a CheckpointError."""
     fast = directory / "tokenizer.json"
     if fast.is_file():
-        tok = json.loads(fast.read_text())
-        vocab = tok.get("model", {}).get("vocab") or {}
-        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-        ids += [t["id"] for t in tok.get("added_tokens", [])]
-        return max(ids, default=-1) + 1
+        try:
+            tok = json.loads(fast.read_text(encoding="utf-8"))
+            vocab = tok.get("model", {}).get("vocab") or {}
+            ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+            ids += [t["id"] for t in tok.get("added_tokens", [])]
+            return max(ids, default=-1) + 1
+        except (ValueError, AttributeError, KeyError, TypeError) as e:
+            why = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+            raise CheckpointError(f"{fast}: not a readable tokenizer ({why})") from None
     model = directory / "tokenizer.model"
     if not model.is_file():
         return None

@@ -128,6 +128,17 @@ def test_a_checkpoint_without_a_tokenizer_is_a_clear_error(tmp_path):
     assert "turns text into no tokens" in detail and "Traceback" not in detail, detail
 
 
+def test_a_checkpoint_whose_tokenizer_json_is_broken_is_located(tmp_path):
+    ck = write_checkpoint(tmp_path / "ck", "gpt2")
+    (ck / "tokenizer.json").write_text('{"model": {"vocab": ')  # cut short
+    problem = _problem(import_spec(tmp_path, ck))
+    assert problem.key == "stage[0].checkpoint"
+    assert f"{ck / 'tokenizer.json'}: not a readable tokenizer (Expecting value" in problem.message
+    (ck / "tokenizer.json").write_text('["a list, not a tokenizer"]')
+    problem = _problem(import_spec(tmp_path, ck))
+    assert "tokenizer.json: not a readable tokenizer (AttributeError" in problem.message
+
+
 CHAT_SOURCE = """
 [[data.sources]]
 name = "talk"
