@@ -26,7 +26,7 @@ from llmbuild.backends.data.clean import (
     record_text,
 )
 from llmbuild.backends.data.config import DataConfig
-from llmbuild.backends.data.readers import BadRecord, normalise, read_records
+from llmbuild.backends.data.readers import BadRecord, file_format, normalise, read_records
 from llmbuild.backends.data.shards import ShardWriter
 
 from llmbuild.errors import UserError
@@ -171,6 +171,13 @@ class BlockWriter:
         self.lines, self.size = [], 0
 
 
+def _is_text(path: str, declared: str) -> bool:
+    try:
+        return file_format(path, declared) == "text"
+    except BadRecord:
+        return False
+
+
 NOTABLE = 0.1
 """The share of a source's documents whose removal by cleaning the build says out loud."""
 
@@ -259,11 +266,14 @@ def run(ctx: Any) -> None:
             f"source {config.source.name!r}: no document is left after cleaning "
             f"(removed: {report['removed']})"
         )
-    read = report["documents_read"]
+    # bad records never became documents: they count among the records seen
+    seen = report["documents_read"] + sum(
+        v for k, v in report["removed"].items() if k.startswith("bad_")
+    )
     removed = sum(report["removed"].values())
-    if read and removed / read >= NOTABLE:
+    if seen and removed / seen >= NOTABLE:
         why = ", ".join(f"{k} {v}" for k, v in sorted(report["removed"].items()) if v)
-        ctx.note(f"cleaning removed {removed} of {read} documents ({removed / read:.0%}): {why}")
+        ctx.note(f"cleaning removed {removed} of {seen} documents ({removed / seen:.0%}): {why}")
     if config.split.validation > 0 and not kept["validation"]["documents"]:
         docs = kept["train"]["documents"]
         ctx.note(
@@ -272,7 +282,7 @@ def run(ctx: Any) -> None:
             + (
                 "; a text source without a separator is one document per file: set "
                 '`separator` (e.g. "\\n\\n") to split it'
-                if config.source.format in ("text", "auto") and docs <= 2
+                if docs <= 2 and any(_is_text(f, config.source.format) for f in files)
                 else ""
             )
         )

@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show(store, args: argparse.Namespace) -> int:
-    what = args.what
+    what = args.what.strip()
+    if not what:
+        raise UserError("show what? give a node name, a key (prefix) or a spec hash (prefix)")
     build = store.find_build(what) if len(what) >= 4 else None
     records = [
         r

@@ -57,7 +57,7 @@ class Source(SpecModel):
     or `labeled` texts (a text, optionally a second text, and a label) for classifiers."""
     weight: float = marked("mixture", 1.0, gt=0)
     """Mixture weight of this source in the pretraining blend (relative to other sources)."""
-    separator: str | None = None
+    separator: str | None = Field(None, min_length=1)
     """For text files: the string separating documents (e.g. "\\n\\n"); no separator
     means one document per file."""
     text_field: str = "text"

@@ -144,6 +144,9 @@ def _message(err: dict[str, Any], tp: Any, loc: tuple[Any, ...]) -> tuple[Path, 
         return path, f"must have {which} {n} item{'s' if n != 1 else ''}{got}"
     if kind == "string_too_long":
         return path, f"must be at most {ctx.get('max_length')} characters"
+    if kind == "string_too_short":
+        n = ctx.get("min_length")
+        return path, f"must be at least {n} character{'s' if n != 1 else ''}{got}"
     if kind == "string_pattern_mismatch":
         return path, f"must match the pattern {ctx.get('pattern')}{got}"
     if kind == "value_error":

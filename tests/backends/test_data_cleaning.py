@@ -254,3 +254,11 @@ def test_a_text_document_that_is_not_utf8_is_skipped_alone(tmp_path):
     assert report["removed"] == {"bad_encoding": 1}
     assert report["skipped_examples"] == [f"{path}:3: not valid UTF-8 (byte 0xff)"]
     assert report["documents_read"] == 2  # the one after it kept
+
+
+def test_the_share_removed_counts_bad_records_among_those_seen(tmp_path):
+    content = GOOD + b"{nope\n" * 4
+    outcome, _ = _bad(tmp_path, "mostly_bad.jsonl", content, on_error="skip")
+    assert outcome.ok, outcome.log
+    notes = outcome.results["source:docs"].record.notes
+    assert any("cleaning removed 4 of 5 documents (80%): bad_json 4" in n for n in notes), notes

@@ -61,6 +61,8 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     assert main(["show", spec_hash]) == 0
     assert "build " in capsys.readouterr().out
     assert main(["show", "nothing-like-this"]) == 2
+    assert main(["show", ""]) == 2  # not the newest artifact of all
+    assert "show what?" in capsys.readouterr().err
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(cli.parent / "tmp"))

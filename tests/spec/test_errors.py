@@ -226,6 +226,10 @@ micro_batch = 2
             "tokenizer.pad_token: pad_token '<|eos|>' is also the eos_token",
         ),
         ("[modle]\nname = 'x'\n", "modle: unknown table; did you mean 'model'?"),
+        (
+            '[[data.sources]]\nname = "more"\npath = "data/books"\nseparator = ""\n',
+            "data.sources[1].separator: must be at least 1 character (got '')",
+        ),
     ],
 )
 def test_cross_field_checks(tmp_path, extra, want):
