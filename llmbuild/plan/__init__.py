@@ -33,7 +33,11 @@ def plan_spec(
     graph = compile_plan(resolved.spec, registry)
     externals = external_digests(graph, cache or StatCache(), lambda p: locate(p, resolved))
     keys = node_keys(graph, externals)
-    return Planned(graph, keys, make_plan(graph, keys, store or EmptyStore()))
+    store = store or EmptyStore()
+    # compared with what this spec file built last, where the store knows it
+    of_spec = getattr(store, "spec_preimage", None)
+    previous = (lambda name: of_spec(str(resolved.path), name)) if of_spec else None
+    return Planned(graph, keys, make_plan(graph, keys, store, previous))
 
 
 __all__ = [

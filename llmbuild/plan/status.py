@@ -11,7 +11,7 @@ corruption found in what the store held. ``build`` decides with the same ``looku
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -221,8 +221,15 @@ def spec_hash(keys: Mapping[str, NodeKey]) -> str:
     return canonical_hash({name: k.key for name, k in keys.items()})
 
 
-def make_plan(graph: Graph, keys: Mapping[str, NodeKey], store: StoreView) -> Plan:
-    """Decide each node's status and reason, in topological order."""
+def make_plan(
+    graph: Graph,
+    keys: Mapping[str, NodeKey],
+    store: StoreView,
+    previous: Callable[[str], dict[str, Any] | None] | None = None,
+) -> Plan:
+    """Decide each node's status and reason, in topological order; a node to build is
+    compared with its ``previous`` preimage (by default the store's ``last_preimage``)."""
+    previous = previous or store.last_preimage
     plans: dict[str, NodePlan] = {}
     for node in graph:
         k = keys[node.name]
@@ -240,7 +247,7 @@ def make_plan(graph: Graph, keys: Mapping[str, NodeKey], store: StoreView) -> Pl
         resume = store.resumable(k.key)
         status: Status = "resume" if resume else "build"
         changes: list[Change] = []
-        old = store.last_preimage(node.name)
+        old = previous(node.name)
         rebuilding = [u for u in node.upstream if plans[u].status != "cached"]
         if old is None:
             reason = "new"

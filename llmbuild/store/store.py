@@ -17,6 +17,7 @@ every output file must match the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -36,6 +37,11 @@ from llmbuild.store.records import RECORD, CorruptRecord, NodeRef, Record, verif
 def safe_name(name: str) -> str:
     """A node name as a file name: ``eval:ppl@pretrain`` -> ``eval_ppl_pretrain``."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def _spec_file(spec_path: str) -> str:
+    """Where a store keeps the keys a spec file's nodes were last built under."""
+    return f"specs/{hashlib.sha256(spec_path.encode()).hexdigest()[:16]}.json"
 
 
 class Store:
@@ -264,6 +270,30 @@ class Store:
             f"builds/{build['spec_hash']}.json",
             json.dumps(build, indent=1, sort_keys=True).encode(),
         )
+        path = build.get("spec_path")
+        if path:  # what each node of this spec file was last built as, for plan's "why"
+            keys = self.spec_keys(path)
+            keys.update(
+                {
+                    name: node["key"]
+                    for name, node in build.get("nodes", {}).items()
+                    if node.get("state") in ("built", "cached")
+                }
+            )
+            self.fs.write_bytes(_spec_file(path), json.dumps(keys, sort_keys=True).encode())
+
+    def spec_keys(self, spec_path: str) -> dict[str, str]:
+        """The key each node of the spec file at ``spec_path`` was last built or found
+        cached under, by node name."""
+        found = self._read_json(_spec_file(spec_path))
+        return found if isinstance(found, dict) else {}
+
+    def spec_preimage(self, spec_path: str, name: str) -> dict[str, Any] | None:
+        """The preimage ``name`` last had in a build of the spec file at ``spec_path``, or
+        the one it last had in any build (``last_preimage``) when that spec built none."""
+        key = self.spec_keys(spec_path).get(name)
+        found = self.lookup(key, verify=False).record if key else None
+        return found.preimage if found is not None else self.last_preimage(name)
 
     def builds(self) -> list[dict[str, Any]]:
         out = [

@@ -113,3 +113,16 @@ def test_a_source_file_edited_while_its_node_runs_is_not_stored_under_the_old_ke
     reset()  # built again, the node reads the file as it is now: stored under its new key
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
     assert capsys.readouterr().out.strip().endswith("14 nodes, 2 cached, 12 built")
+
+
+def test_plan_says_why_against_what_this_spec_file_built_last(cli, capsys):
+    other = cli.parent / "other.toml"  # another spec, the same store beside them
+    other.write_text(cli.read_text().replace("lr = 2e-5", "lr = 5e-5"))
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    assert main(["build", str(other), "--executor", "inline", "--plain"]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(cli), "--set", "stage.sft.lr=1e-5"]) == 0
+    out = capsys.readouterr().out
+    assert "stage.sft.lr 2e-5 -> 1e-5" in out and "5e-5" not in out
+    assert main(["plan", str(other), "--set", "stage.sft.lr=1e-5"]) == 0
+    assert "stage.sft.lr 5e-5 -> 1e-5" in capsys.readouterr().out
