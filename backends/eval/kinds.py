@@ -23,19 +23,33 @@ class EvalKind(Kind):
         return {"suite": f"eval.{item.name}"}
 
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
-        from llmbuild.backends.megatron.kinds import is_encoder
+        from llmbuild.backends.megatron.kinds import SCORING, is_encoder
 
         if item.kind == "classification":
             return []
-        return [
-            Problem(
-                f"{name!r} is a bert-style encoder: a {item.kind} eval measures a model that "
-                "predicts the next token (an encoder's classifier has classification evals)",
-                (*where, "stages", i),
-            )
-            for i, name in enumerate(item.stages)
-            if is_encoder(view, name)
-        ]
+        out = []
+        for i, name in enumerate(item.stages):
+            kind = getattr(view.stages.get(name), "kind", None)
+            if is_encoder(view, name):
+                out.append(
+                    Problem(
+                        f"{name!r} is a bert-style encoder: a {item.kind} eval measures a model "
+                        "that predicts the next token (an encoder's classifier has "
+                        "classification evals)",
+                        (*where, "stages", i),
+                    )
+                )
+            elif kind in SCORING:
+                out.append(
+                    Problem(
+                        f"{name!r} is a {SCORING[kind]}: it scores texts, and its language-"
+                        f"model head is its base's, untrained since; a {item.kind} eval "
+                        f"measures the stage it was trained from, or a classifier's "
+                        "classification eval",
+                        (*where, "stages", i),
+                    )
+                )
+        return out
 
 
 KINDS = tuple(EvalKind(model) for model in SUITES)

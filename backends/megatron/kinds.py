@@ -50,6 +50,11 @@ def _chain_architecture(
     return base
 
 
+SCORING = {"classify": "classifier", "reward": "reward model"}
+"""Stage kinds whose model scores texts (a head of its own) instead of writing them: its
+language-model head is its base's, untrained since."""
+
+
 def is_encoder(view: SpecView, stage_name: str) -> bool:
     """Whether a stage of the spec holds a bert-style encoder (False when unknown)."""
     from pydantic import ValidationError

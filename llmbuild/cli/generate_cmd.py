@@ -84,7 +84,23 @@ def _export_node(resolved: Any, wanted: str, command: str) -> str:
             f"{node} is a {exports[node].format} export: {command} runs from stages and hf "
             f'exports (add an `[[export]]` with format = "hf")'
         )
+    writes_text(resolved, exports[node].stage, command)
     return node
+
+
+def writes_text(resolved: Any, stage: str, command: str) -> None:
+    """A UserError when ``stage`` scores texts instead of writing them."""
+    from llmbuild.backends.megatron.kinds import SCORING
+
+    found = next((s for s in resolved.spec.stage if s.name == stage), None)
+    kind = getattr(found, "kind", None)
+    if kind in SCORING:
+        source = getattr(found, "from_", None)
+        hint = f": {command} from {source!r}, the stage it was trained from" if source else ""
+        raise UserError(
+            f"{stage!r} is a {SCORING[kind]}: it scores texts and does not write them{hint}"
+            + ("; `llmbuild predict` scores texts with it" if kind == "classify" else "")
+        )
 
 
 def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
@@ -177,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         name = f"stage:{args.stage}" if args.stage else stages[-1]
         if name not in planned.keys:
             raise UserError(f"no stage {args.stage!r} (stages: {', '.join(s[6:] for s in stages)})")
+        writes_text(resolved, name.split(":", 1)[1], args.command)
         stage = _built(store, planned, name, args)
         tokenizer = _built(store, planned, "tokenizer", args)
         text = _generate_stage(args, stage, tokenizer)

@@ -58,7 +58,7 @@ def open_model(args: argparse.Namespace) -> Any:
     # engine's small forward passes they starve the HTTP thread of CPU (30-50x slower
     # answers on 2 cores). Passive workers sleep instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from llmbuild.cli.generate_cmd import _built, _export_node
+    from llmbuild.cli.generate_cmd import _built, _export_node, writes_text
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
 
@@ -72,6 +72,7 @@ def open_model(args: argparse.Namespace) -> Any:
 
         return from_export(export_dir, node)
     node = _stage_node(planned, args.stage)
+    writes_text(resolved, node.split(":", 1)[1], args.command)
     stage = _built(store, planned, node, args)
     tokenizer = _built(store, planned, "tokenizer", args)
     from llmbuild.backends.serve.model import from_stage

@@ -325,3 +325,21 @@ def test_an_exact_match_reward_over_prompts_without_answers_is_refused(chain, tm
         "the exact_match reward compares each completion with its prompt's `answer`, but "
         f"{len(rows[::4])} of the {len(rows)} prompts of source 'prompts' have none"
     ) in result.detail
+
+
+def test_a_reward_model_is_not_asked_to_write_text(chain, tmp_path, capsys):
+    from llmbuild.cli import main
+    from llmbuild.errors import SpecError
+
+    _spec, store, _ = chain
+    spec = posttrain_spec(tmp_path, ALL)
+    for command in ("generate", "chat"):
+        args = [command, str(spec), "--stage", "rm", "--store", str(store)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "'rm' is a reward model: it scores texts and does not write them" in err
+        assert f"{command} from 'sft', the stage it was trained from" in err
+    ppl = '[[eval]]\nname = "ppl"\nkind = "perplexity"\nstages = ["sft", "rm"]\n'
+    with pytest.raises(SpecError) as e:
+        load_spec(posttrain_spec(tmp_path, ALL + ppl))
+    assert "eval[0].stages[1]: 'rm' is a reward model: it scores texts" in str(e.value)
