@@ -72,6 +72,7 @@ def test_console_script_is_installed(project):
         (["gc", "--keep", "-1"], "--keep: must be an integer >= 0 (got -1)"),
         (["serve", "s.toml", "--port", "70000"], "--port: must be an integer >= 0 and <= 65535"),
         (["scaling", "s.toml", "--budget", "0"], "--budget: must be a number > 0 (got 0)"),
+        (["generate", "s.toml", "--temperature", "inf"], "--temperature: must be a number >= 0"),
     ],
 )
 def test_numbers_out_of_range_are_usage_errors(args, message, capsys):

@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class DataBackend(Backend):
     name = "data"
-    version = "1"
+    version = "2"  # 2: on_error = "skip" skips a text document that is not UTF-8 alone
     Config = DataConfig
     inputs = (Slot("files", "the source's files, entering by content digest"),)
     outputs = (

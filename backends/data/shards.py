@@ -74,12 +74,20 @@ class _Tail:
     """A stream that remembers the last bytes read from it."""
 
     def __init__(self, stream: Any, keep: int) -> None:
-        self.stream, self.keep, self.tail = stream, keep, b""
+        self.stream, self.keep, self.tail, self.head = stream, keep, b"", b""
 
     def read(self, n: int = -1) -> bytes:
         data = self.stream.read(n)
+        if len(self.head) < 6:
+            self.head = (self.head + data)[:6]
         self.tail = (self.tail + data)[-self.keep :]
         return data
+
+    @property
+    def compressed(self) -> bool:
+        """Whether tarfile unpacks it itself (a .tgz, .tar.bz2 or .tar.xz not named so
+        that ``open_binary`` would): its last bytes are then not the archive's."""
+        return self.head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
 
 
 END_OF_ARCHIVE = 1024
@@ -102,7 +110,8 @@ def tar_samples(stream: Any, url: str) -> Iterator[dict[str, Any]]:
         )
         while tail.read(1 << 16):  # to its end: the record's padding
             pass
-        if len(tail.tail) < END_OF_ARCHIVE or tail.tail.count(0) != END_OF_ARCHIVE:
+        whole = len(tail.tail) == END_OF_ARCHIVE and tail.tail.count(0) == END_OF_ARCHIVE
+        if not whole and not tail.compressed:
             raise tarfile.ReadError("it ends without the end-of-archive blocks: cut short")
 
 

@@ -72,9 +72,9 @@ def fold_score_bias(family: Any, arch: Any, state: dict[str, Any], head: dict[st
         (r.theirs[0] for r in family.rules(arch) if r.ours == ("decoder.final_layernorm.bias",)),
         None,
     )
-    if norm is None or norm not in state:
+    if norm is None or norm not in state or not float(torch.dot(w[0], w[0])):
         return float(b[0])
-    state[norm] = (state[norm].float() + b[0] * w[0] / torch.dot(w[0], w[0])).to(state[norm].dtype)
+    state[norm] = state[norm].float() + b[0] * w[0] / torch.dot(w[0], w[0])
     return 0.0
 
 
@@ -193,7 +193,8 @@ def _agreement(int8: Any, fp32: Any) -> float:
     if fp32.shape[-1] > 1:
         return float((int8.argmax(-1) == fp32.argmax(-1)).mean())
     a, b = int8[:, 0], fp32[:, 0]
-    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
+    near = 0.1 * float(b.max() - b.min())  # pairs scored nearly alike may swap harmlessly
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a)) if abs(b[i] - b[j]) > near]
     same = sum((a[i] > a[j]) == (b[i] > b[j]) for i, j in pairs)
     return same / len(pairs) if pairs else 1.0
 

@@ -65,10 +65,8 @@ def load_checkpoint(path: Path, layout: dict[str, Any]) -> dict[str, Any] | None
     import torch
     import torch.distributed as dist
 
-    try:
-        state = torch.load(path, weights_only=False) if path.exists() else None
-    except Exception:  # unreadable (``unreadable_checkpoints`` removes such files first)
-        state = None
+    # (one cut short or changed was removed before the ranks started: unreadable_checkpoints)
+    state = torch.load(path, weights_only=False) if path.exists() else None
     if state is not None and state.get("layout") != layout:
         state = None
     step = state["step"] if state is not None else 0

@@ -206,12 +206,12 @@ def chat_model(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     return _cut_off(obj.LanguageModel(train, valid, stage["precision"], arch.seq_len))
 
 
-def _pairs(cfg: RankConfig, arch: Any) -> tuple[Any, Any]:
+def _pairs(cfg: RankConfig, arch: Any, scored: bool = False) -> tuple[Any, Any]:
     from llmbuild.backends.megatron.posttrain_data import PairSamples
 
     return _splits(
         cfg,
-        lambda split: PairSamples(cfg.sources, split, arch.seq_len, cfg.pad),
+        lambda split: PairSamples(cfg.sources, split, arch.seq_len, cfg.pad, scored),
         "preference pairs",
     )
 
@@ -228,7 +228,7 @@ def pairwise_reward(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     """A reward model's pairwise loss on its value head."""
     from llmbuild.backends.megatron.objectives import PairwiseReward
 
-    train, valid = _pairs(cfg, arch)
+    train, valid = _pairs(cfg, arch, scored=True)
     return _cut_off(PairwiseReward(train, valid, model.value_head, cfg.stage["precision"]))
 
 

@@ -141,12 +141,16 @@ class ChatSamples:
 class PairSamples:
     """Preference pairs: each batch holds the chosen answers, then the rejected ones, after
     their prompt (see ``answer_batch``). ``cut_off`` counts the pairs whose prompt fills
-    the whole sequence, leaving no answer token to compare."""
+    the whole sequence, leaving no answer token to compare (for a reward model, which
+    reads each input's last token, no answer token in its input)."""
 
-    def __init__(self, sources: dict[str, str], split: str, seq_len: int, pad: int) -> None:
+    def __init__(
+        self, sources: dict[str, str], split: str, seq_len: int, pad: int, scored: bool = False
+    ) -> None:
         self.pairs = _documents(sources, split, (".prompt", ".chosen", ".rejected"))
         self.seq_len, self.pad = seq_len, pad
-        self.cut_off = sum(1 for p, *_answers in self.pairs if len(p) > seq_len)
+        room = seq_len if scored else seq_len + 1
+        self.cut_off = sum(1 for p, *_answers in self.pairs if len(p) >= room)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -331,7 +335,7 @@ class LabeledSamples(LabeledTexts):
                 try:
                     label = label_ids(record["label"], ids, multi_label)
                 except ValueError as e:
-                    raise ValueError(f"{split} record {i + 1}: {e}") from None
+                    raise ValueError(f"{split} record {len(docs) + 1}: {e}") from None
                 pair = None if pairs is None else pairs[i]
                 tokens, cut, types = fit_text(texts[i], pair, seq_len, sep, start)
                 truncated += cut

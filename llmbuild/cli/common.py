@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 from pathlib import Path
@@ -26,7 +27,7 @@ def ranged(
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {wanted} (got {text!r})") from None
         if (
-            value != value  # NaN
+            not math.isfinite(value)
             or (low is not None and (value <= low if above else value < low))
             or (high is not None and value > high)
         ):

@@ -35,8 +35,8 @@ def plan_spec(
     keys = node_keys(graph, externals)
     store = store or EmptyStore()
     # compared with what this spec file built last, where the store knows it
-    of_spec = getattr(store, "spec_preimage", None)
-    previous = (lambda name: of_spec(str(resolved.path), name)) if of_spec else None
+    of_spec = getattr(store, "spec_preimages", None)
+    previous = of_spec(str(resolved.path)) if of_spec else None
     return Planned(graph, keys, make_plan(graph, keys, store, previous))
 
 

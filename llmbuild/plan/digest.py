@@ -77,8 +77,13 @@ class StatCache:
         self._dirty = False
 
 
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name.endswith(".pyc")
+
+
 def expand(pattern: str) -> list[str]:
-    """The files a path, directory or glob names, sorted; hidden files are skipped."""
+    """The files a path, directory or glob names, sorted; hidden files are skipped, and so
+    are Python's bytecode caches (importing a task's ``utils.py`` writes one)."""
     if glob.has_magic(pattern):
         matches = sorted(glob.glob(pattern, recursive=True))
     else:
@@ -87,8 +92,8 @@ def expand(pattern: str) -> list[str]:
     for m in matches:
         if os.path.isdir(m):
             for root, dirs, names in os.walk(m):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+                files += [os.path.join(root, n) for n in sorted(names) if not _skipped(n)]
         elif os.path.isfile(m):
             files.append(m)
     return files

@@ -6,6 +6,7 @@ machine; everything it needs travels in a picklable ``NodeTask``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import shutil
@@ -100,6 +101,8 @@ def _same_inputs(task: NodeTask, cache: StatCache | None, when: str) -> None:
     unchanged file (this machine's stat cache knows them from the plan)."""
     changed = []
     for ext in task.external:
+        if when == "while it ran" and any("://" in p for p in ext.patterns):
+            continue  # a remote file is read again only to start (it may be downloaded)
         try:
             now = digest_paths(
                 ext.patterns, cache or StatCache(), unordered=ext.unordered, suffixes=ext.suffixes
@@ -109,7 +112,8 @@ def _same_inputs(task: NodeTask, cache: StatCache | None, when: str) -> None:
         if now != task.preimage["inputs"].get(ext.slot):
             changed.append(format_path(ext.spec_path))
     if cache is not None:
-        cache.save()
+        with contextlib.suppress(OSError):  # a cache this machine cannot write: none kept
+            cache.save()
     if changed:
         raise InputChanged(
             f"the files of {', '.join(changed)} changed {when}; nothing is stored: build "

@@ -140,8 +140,9 @@ def reproduce(
     graph = graph.select(
         tuple(n for n, v in build["nodes"].items() if v.get("state") != "not selected")
     )
-    made = scratch is None  # a temp dir of its own is removed at the end; --scratch kept
+    made = scratch is None  # a temp dir of its own is removed once all went well
     scratch = scratch or Path(tempfile.mkdtemp(prefix="llmbuild-reproduce-"))
+    done = False
     try:
         fresh = Store(str(scratch), cache=store.cache)
         results = run_graph(
@@ -158,7 +159,8 @@ def reproduce(
         for name in graph.nodes:
             old = store.lookup(keys[name].key).target
             comparisons.append(compare(name, old, results[name].record, rtol))
+        done = all(r.record is not None for r in results.values())
     finally:
-        if made:
+        if made and done:  # a failed node's log stays where its message says
             shutil.rmtree(scratch, ignore_errors=True)
     return build, comparisons

@@ -23,6 +23,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,12 +289,16 @@ class Store:
         found = self._read_json(_spec_file(spec_path))
         return found if isinstance(found, dict) else {}
 
-    def spec_preimage(self, spec_path: str, name: str) -> dict[str, Any] | None:
-        """The preimage ``name`` last had in a build of the spec file at ``spec_path``, or
+    def spec_preimages(self, spec_path: str) -> Callable[[str], dict[str, Any] | None]:
+        """The preimage a node last had in a build of the spec file at ``spec_path``, or
         the one it last had in any build (``last_preimage``) when that spec built none."""
-        key = self.spec_keys(spec_path).get(name)
-        found = self.lookup(key, verify=False).record if key else None
-        return found.preimage if found is not None else self.last_preimage(name)
+        keys = self.spec_keys(spec_path)
+
+        def preimage(name: str) -> dict[str, Any] | None:
+            found = self.lookup(keys[name], verify=False).record if name in keys else None
+            return found.preimage if found is not None else self.last_preimage(name)
+
+        return preimage
 
     def builds(self) -> list[dict[str, Any]]:
         out = [

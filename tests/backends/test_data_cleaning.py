@@ -262,3 +262,16 @@ def test_the_share_removed_counts_bad_records_among_those_seen(tmp_path):
     assert outcome.ok, outcome.log
     notes = outcome.results["source:docs"].record.notes
     assert any("cleaning removed 4 of 5 documents (80%): bad_json 4" in n for n in notes), notes
+
+
+def test_a_tar_compressed_under_a_plain_name_is_read_whole(tmp_path):
+    """tarfile unpacks a gzip'd tar itself: its last bytes are the gzip stream's, not the
+    archive's end, and the file is whole."""
+    path = tmp_path / "packed.tar"
+    path.write_bytes(gzip.compress(TAR))
+    extra = 'format = "webdataset"\n'
+    spec = write_spec(tmp_path, spec_text({"docs": str(path)}, extra_source=extra))
+    outcome = run_nodes(spec, tmp_path / "store", ("source:docs",))
+    assert outcome.ok, outcome.log
+    out = artifact(outcome, tmp_path / "store", "source:docs")
+    assert json.loads((out / "report.json").read_text())["documents_read"] == 3

@@ -50,6 +50,10 @@ def test_hidden_files_are_skipped_and_missing_paths_raise(tmp_path):
     before = digest_paths([str(tmp_path)], cache)
     (tmp_path / ".DS_Store").write_text("junk")
     assert digest_paths([str(tmp_path)], cache) == before
+    (tmp_path / "__pycache__").mkdir()  # importing a task's utils.py writes these
+    (tmp_path / "__pycache__" / "utils.cpython-311.pyc").write_bytes(b"\x00")
+    (tmp_path / "old.pyc").write_bytes(b"\x00")
+    assert digest_paths([str(tmp_path)], cache) == before
     with pytest.raises(MissingInput, match="matches no file"):
         digest_paths([str(tmp_path / "*.parquet")], cache)
 

@@ -159,7 +159,7 @@ def test_golden_keys(tmp_path):
 
 
 GOLDEN = {
-    "source:books": "9fef265d39fd49be",
-    "tokenizer": "84ba8d5dd5731a26",
-    "stage:pretrain": "d349eaadd9120e04",
+    "source:books": "5b495bbd696fccfc",
+    "tokenizer": "f97527a9e6a6dd45",
+    "stage:pretrain": "05d79ee327861485",
 }
