@@ -7,6 +7,7 @@ from typing import Any
 
 from llmbuild.backends.export.config import ExportConfig
 from llmbuild.backends.export.spec import FORMATS, PeftExport
+from llmbuild.backends.megatron.kinds import SCORING
 
 from llmbuild.errors import Path, Problem
 from llmbuild.kinds import Kind, NodeRefs, SpecView
@@ -30,7 +31,7 @@ class ExportKind(Kind):
 
         stage = view.stages.get(item.stage)
         kind = getattr(stage, "kind", None)
-        classifier = kind in HEAD_KINDS
+        classifier = kind in SCORING
         if not classifier and item.format != "hf" and is_encoder(view, item.stage):
             return [
                 Problem(
@@ -43,7 +44,7 @@ class ExportKind(Kind):
             return []
         return [
             Problem(
-                f"{item.stage!r} is a {HEAD_KINDS[kind]}, which exports as "
+                f"{item.stage!r} is a {SCORING[kind]}, which exports as "
                 f"{' or '.join(CLASSIFIER_FORMATS)} (a sequence classifier with its "
                 f"{'value' if kind == 'reward' else 'class'} head), not as {item.format}",
                 (*where, "format"),
@@ -54,8 +55,6 @@ class ExportKind(Kind):
 CLASSIFIER_FORMATS = ("hf", "onnx")
 """The formats a classify or reward stage exports to: transformers' sequence classifier,
 and ONNX of it."""
-HEAD_KINDS = {"classify": "classifier", "reward": "reward model"}
-"""The stage kinds whose model ends in a sequence head, exported as such."""
 
 
 class PeftKind(ExportKind):
@@ -63,7 +62,7 @@ class PeftKind(ExportKind):
         from llmbuild.backends.megatron.kinds import is_encoder
 
         stage = view.stages.get(item.stage)
-        if getattr(stage, "kind", None) in HEAD_KINDS or is_encoder(view, item.stage):
+        if getattr(stage, "kind", None) in SCORING or is_encoder(view, item.stage):
             return super().check(item, where, view)
         if stage is not None and not stage.has_adapters:
             return [

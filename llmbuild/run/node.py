@@ -99,21 +99,20 @@ def _same_inputs(task: NodeTask, cache: StatCache | None, when: str) -> None:
     """Raises InputChanged when a file of ``task.external`` changed since the plan digested
     it: an output made from other bytes must not be stored under that key. Costs a stat per
     unchanged file (this machine's stat cache knows them from the plan)."""
+    if cache is None:  # no external files
+        return
     changed = []
     for ext in task.external:
         if when == "while it ran" and any("://" in p for p in ext.patterns):
             continue  # a remote file is read again only to start (it may be downloaded)
         try:
-            now = digest_paths(
-                ext.patterns, cache or StatCache(), unordered=ext.unordered, suffixes=ext.suffixes
-            )
+            now = digest_paths(ext.patterns, cache, unordered=ext.unordered, suffixes=ext.suffixes)
         except (MissingInput, OSError):
             now = None
         if now != task.preimage["inputs"].get(ext.slot):
             changed.append(format_path(ext.spec_path))
-    if cache is not None:
-        with contextlib.suppress(OSError):  # a cache this machine cannot write: none kept
-            cache.save()
+    with contextlib.suppress(OSError):  # a cache this machine cannot write: none kept
+        cache.save()
     if changed:
         raise InputChanged(
             f"the files of {', '.join(changed)} changed {when}; nothing is stored: build "
