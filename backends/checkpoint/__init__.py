@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class CheckpointBackend(Backend):
     name = "checkpoint"
-    version = "1"
+    version = "2"  # 2: the check compares log-probabilities too
     Config = ImportConfig
     inputs = (
         Slot("files", "the checkpoint's files (config, weights, tokenizer), by content digest"),

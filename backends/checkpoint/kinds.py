@@ -91,7 +91,7 @@ class ImportKind(Kind):
         if ck.hub is not None:
             done.item = {"checkpoint": str(ck.path), "hub": ck.hub}
         own = spec.get("tokenizer")
-        if isinstance(own, dict):  # the spec's own tokenizer replaces the checkpoint's
+        if isinstance(own, dict) and "kind" in own:  # the spec's own replaces the checkpoint's
             tokens, key = _own_tokens(own)
             if tokens is not None and tokens > arch["vocab_size"]:
                 done.problems.append(

@@ -97,9 +97,10 @@ def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[st
         raise UserError(f"{ck.path}: {e}") from None
 
 
-def logit_difference(ck: Checkpoint, stage_dir: Path, arch: Architecture) -> float:
-    """The largest difference of our model's logits from transformers' on the checkpoint,
-    both in float32, on two fixed random sequences."""
+def logit_difference(ck: Checkpoint, stage_dir: Path, arch: Architecture) -> tuple[float, float]:
+    """The largest differences of our model's logits, and of its log-probabilities over
+    all its rows (the padded ones too: what a loss or a perplexity sees), from
+    transformers' on the checkpoint, both in float32, on two fixed random sequences."""
     import torch
     from llmbuild.backends.export.run import megatron_logits, random_ids
 
@@ -108,8 +109,11 @@ def logit_difference(ck: Checkpoint, stage_dir: Path, arch: Architecture) -> flo
     ids = random_ids(arch.vocab_size or 2, 2, min(arch.seq_len, CHECK_TOKENS))
     with torch.no_grad():
         reference = theirs(ids).logits.float()
-    ours = megatron_logits(stage_dir, ids)
-    return float((ours - reference).abs().max())
+    ours = megatron_logits(stage_dir, ids, padded=True)
+    vocab = reference.shape[-1]
+    logits = float((ours[..., :vocab] - reference).abs().max())
+    logprobs = ours.log_softmax(-1)[..., :vocab] - reference.log_softmax(-1)
+    return logits, float(logprobs.abs().max())
 
 
 def run(ctx: RunContext[ImportConfig]) -> None:
@@ -140,7 +144,7 @@ def run(ctx: RunContext[ImportConfig]) -> None:
     }
     (ctx.out_dir / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
     converted = time.perf_counter()
-    diff = logit_difference(ck, ctx.out_dir, arch)
+    diff, logprob_diff = logit_difference(ck, ctx.out_dir, arch)
     ctx.timings.update(
         {
             "convert": round(converted - started, 3),
@@ -150,13 +154,22 @@ def run(ctx: RunContext[ImportConfig]) -> None:
     ctx.metrics.update(
         {
             "max_logit_diff": diff,
+            "max_logprob_diff": logprob_diff,
             "family": ck.family.name,
             "hf_class": ck.family.hf_class,
             "parameters": sum(t.numel() for t in weights.values()),
             "weight_files": len(ck.weights),
         }
     )
-    ctx.log.info("imported %s: max logit difference %.2e", ck.path, diff)
+    ctx.log.info(
+        "imported %s: max logit difference %.2e, log-probability %.2e", ck.path, diff, logprob_diff
+    )
+    if not logprob_diff <= stage.tolerance and diff <= stage.tolerance:
+        raise VerificationError(
+            f"the imported weights give transformers' logits, but log-probabilities "
+            f"{logprob_diff:.2e} away from theirs (tolerance {stage.tolerance:.0e}): the "
+            f"padded vocabulary rows take a share of the softmax"
+        )
     if not diff <= stage.tolerance:  # NaN fails too
         raise VerificationError(
             f"the imported weights give logits {diff:.2e} away from transformers' on the same "

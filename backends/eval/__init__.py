@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class EvalBackend(Backend):
     name = "eval"
-    version = "2"
+    version = "3"  # 3: the padded vocabulary rows take no share of a perplexity
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

@@ -40,16 +40,19 @@ class HfModel:
     the stage's minus this (see ``classifier.fold_score_bias``)."""
 
 
-def megatron_logits(stage_dir: Path, ids: Any, base_dir: Path | None = None) -> Any:
+def megatron_logits(
+    stage_dir: Path, ids: Any, base_dir: Path | None = None, padded: bool = False
+) -> Any:
     """The trained model's float32 logits for ``ids`` ``[batch, seq]``, vocab rows only
-    (``base_dir``: the base of a stage that holds only adapters)."""
+    unless ``padded`` (``base_dir``: the base of a stage that holds only adapters)."""
     import torch
     from llmbuild.backends.megatron.generate import load_model
 
     ours, config = load_model(stage_dir, base_dir)
     pos = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
     with torch.no_grad():
-        return ours(ids, pos, None)[..., : config["vocab_size"]].float()
+        logits = ours(ids, pos, None).float()
+    return logits if padded else logits[..., : config["vocab_size"]]
 
 
 def random_ids(vocab: int, batch: int, seq: int, seed: int = 0) -> Any:

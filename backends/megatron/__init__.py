@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class MegatronBackend(Backend):
     name = "megatron"
-    version = "2"
+    version = "3"  # 3: logits of the padded vocabulary rows are hidden from every softmax
     Config = TrainConfig
     reports = ("metrics.jsonl", "tensorboard/", "loss.png")
     inputs = (

@@ -192,10 +192,44 @@ def build_model(
     )
     plain_linears(model, config)
     if arch.encoder:
-        return make_encoder(model, config, padded_vocab(vocab_size, arch), arch)
+        model = make_encoder(model, config, padded_vocab(vocab_size, arch), arch)
+    if post_process:
+        hide_padded_rows(model.output_layer, vocab_size, padded_vocab(vocab_size, arch))
+    if arch.encoder:
+        return model
     if arch.position == "rope" and (arch.rope_scaling or not float(arch.rope_base).is_integer()):
         model.rotary_pos_emb.inv_freq = rope_inv_freq(arch)
     return model
+
+
+PADDED_LOGIT = -1e4
+"""The logit of an embedding row past the vocabulary: no probability in any softmax (exp
+underflows to 0 in every precision), and finite, so a KL between two models' log-softmaxes
+stays finite."""
+
+
+def hide_padded_rows(output_layer: torch.nn.Module, vocab_size: int, padded: int) -> None:
+    """Give the output layer's rows past ``vocab_size`` (megatron pads the vocabulary to a
+    multiple) the logit ``PADDED_LOGIT``, with no gradient: whatever reads the logits (the
+    loss, perplexity, distillation's KL) sees only the vocabulary's tokens. A checkpoint's
+    padded rows are zeros, whose logit 0 would otherwise take a share of every softmax.
+    Under tensor parallelism each rank holds a slice of the rows, by rank."""
+    from megatron.core import parallel_state
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        logits = output[0] if isinstance(output, tuple) else output
+        local = logits.shape[-1]
+        start = 0  # the whole vocabulary: one rank, or gathered
+        if local != padded and parallel_state.model_parallel_is_initialized():
+            start = local * parallel_state.get_tensor_model_parallel_rank()
+        first = vocab_size - start  # the first padded row in this slice
+        if first >= local:
+            return output
+        rows = torch.arange(local, device=logits.device) >= max(first, 0)
+        logits = logits.masked_fill(rows, PADDED_LOGIT)
+        return (logits, *output[1:]) if isinstance(output, tuple) else logits
+
+    output_layer.register_forward_hook(hook)
 
 
 def canonical_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class PruneBackend(Backend):
     name = "prune"
-    version = "1"
+    version = "2"  # 2: importance losses over the vocabulary only
     Config = PruneConfig
     inputs = (
         Slot("from", "the stage to prune"),

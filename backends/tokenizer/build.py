@@ -18,7 +18,7 @@ CHATML = (
 
 def special_tokens(spec: TokenizerSpec) -> list[str]:
     tokens = [spec.bos_token, spec.eos_token, spec.pad_token, UNK]
-    if spec.chat_template == "chatml":
+    if spec.template == "chatml":
         tokens += [IM_START, IM_END]
     if spec.mask_token is not None:
         tokens.append(spec.mask_token)

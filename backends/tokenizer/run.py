@@ -74,7 +74,7 @@ def _pretrained(spec: Any, own_template: bool, out: Path) -> TokenizerInfo:
     if eos is None:
         raise UserError(f"the tokenizer in {spec.path} has no end-of-sequence token")
     if not own_template:
-        tok.chat_template = CHATML if spec.chat_template == "chatml" else spec.chat_template
+        tok.chat_template = CHATML if spec.template == "chatml" else spec.template
     tok.save_pretrained(str(out))
     return TokenizerInfo(
         kind=spec.kind,
@@ -116,7 +116,7 @@ def run(ctx: Any) -> None:
             additional_special_tokens=extra,
             clean_up_tokenization_spaces=False,
         )
-        fast.chat_template = CHATML if spec.chat_template == "chatml" else spec.chat_template
+        fast.chat_template = CHATML if spec.template == "chatml" else spec.template
         fast.save_pretrained(str(out))
         info = TokenizerInfo(
             kind=spec.kind,
@@ -125,7 +125,7 @@ def run(ctx: Any) -> None:
             bos_token=spec.bos_token,
             pad_token=spec.pad_token,
             mask_token=spec.mask_token,
-            chat_template=spec.chat_template,
+            chat_template=spec.template,
         )
     tok_json = json.loads((out / "tokenizer.json").read_text())
     vocab_size = (

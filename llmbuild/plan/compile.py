@@ -37,7 +37,14 @@ def content_inputs(item: Any, path: Path) -> tuple[External, ...]:
         alias = f.alias or name
         patterns = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         out.append(
-            External(mark.slot or alias, patterns, (*path, alias), mark.unordered, mark.suffixes)
+            External(
+                mark.slot or alias,
+                patterns,
+                (*path, alias),
+                mark.unordered,
+                mark.suffixes,
+                mark.files,
+            )
         )
     return tuple(out)
 

@@ -9,6 +9,7 @@ list of its file digests, so the paths that name the files never count.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
@@ -81,16 +82,26 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name.endswith(".pyc")
 
 
-def expand(pattern: str) -> list[str]:
+def expand(pattern: str, only: tuple[str, ...] = ()) -> list[str]:
     """The files a path, directory or glob names, sorted; hidden files are skipped, and so
-    are Python's bytecode caches (importing a task's ``utils.py`` writes one)."""
+    are Python's bytecode caches (importing a task's ``utils.py`` writes one). With
+    ``only``, a directory names just the files directly in it that match one of its
+    globs."""
     if glob.has_magic(pattern):
         matches = sorted(glob.glob(pattern, recursive=True))
     else:
         matches = [pattern] if os.path.exists(pattern) else []
     files: list[str] = []
     for m in matches:
-        if os.path.isdir(m):
+        if os.path.isdir(m) and only:
+            files += [
+                os.path.join(m, n)
+                for n in sorted(os.listdir(m))
+                if not _skipped(n)
+                and any(fnmatch.fnmatchcase(n, g) for g in only)
+                and os.path.isfile(os.path.join(m, n))
+            ]
+        elif os.path.isdir(m):
             for root, dirs, names in os.walk(m):
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
                 files += [os.path.join(root, n) for n in sorted(names) if not _skipped(n)]
@@ -160,19 +171,24 @@ def file_digest(path: str) -> str:
 
 
 def digest_paths(
-    patterns: Iterable[str], cache: StatCache, *, unordered: bool = False, suffixes: bool = False
+    patterns: Iterable[str],
+    cache: StatCache,
+    *,
+    unordered: bool = False,
+    suffixes: bool = False,
+    only: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """The content digest of every file the patterns name, and their count.
 
     The files count in the order the patterns name them, or with ``unordered`` as a sorted
     list (for a node that reads them in content order); with ``suffixes`` each counts with
     its format suffix, and ``contents`` digests the bytes alone, so a plan can tell a
-    changed suffix from changed bytes."""
+    changed suffix from changed bytes; ``only`` is ``expand``'s."""
     digests: list[str] = []
     suffix: list[str] = []
     for pattern in patterns:
         remote = "://" in pattern
-        found = expand_url(pattern) if remote else expand(pattern)
+        found = expand_url(pattern) if remote else expand(pattern, only)
         if not found:
             raise MissingInput(f"{pattern}: matches no file")
         digests += [digest_url(f, cache) if remote else cache.digest(f) for f in found]

@@ -86,7 +86,7 @@ def front_nodes(spec: Any, add: Any) -> None:
         "tokenizer",
         TokenizerConfig(
             tokenizer=tok,
-            own_template=tok.kind == "pretrained" and "chat_template" not in tok.model_fields_set,
+            own_template=tok.kind == "pretrained" and tok.chat_template is None,
         ),
         item=tok,
         path=("tokenizer",),

@@ -24,6 +24,8 @@ class External:
     """Their order does not count (see ``spec.base.content``)."""
     suffixes: bool = False
     """Each file's suffix counts (see ``spec.base.content``)."""
+    files: tuple[str, ...] = ()
+    """Of a directory, the names of the files that count (see ``spec.base.content``)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,11 @@ def external_digests(
         for ext in node.external:
             try:
                 out.setdefault(node.name, {})[ext.slot] = digest_paths(
-                    ext.patterns, cache, unordered=ext.unordered, suffixes=ext.suffixes
+                    ext.patterns,
+                    cache,
+                    unordered=ext.unordered,
+                    suffixes=ext.suffixes,
+                    only=ext.files,
                 )
             except MissingInput as e:
                 if ext.spec_path not in seen:

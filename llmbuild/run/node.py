@@ -106,7 +106,9 @@ def _same_inputs(task: NodeTask, cache: StatCache | None, when: str) -> None:
         if when == "while it ran" and any("://" in p for p in ext.patterns):
             continue  # a remote file is read again only to start (it may be downloaded)
         try:
-            now = digest_paths(ext.patterns, cache, unordered=ext.unordered, suffixes=ext.suffixes)
+            now = digest_paths(
+                ext.patterns, cache, unordered=ext.unordered, suffixes=ext.suffixes, only=ext.files
+            )
         except (MissingInput, OSError):
             now = None
         if now != task.preimage["inputs"].get(ext.slot):

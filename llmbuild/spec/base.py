@@ -68,6 +68,10 @@ class KeyMark:
     suffixes: bool = False
     """Content: each file's suffix counts, for the node reads its format and compression
     from it (``x.jsonl`` and ``x.txt`` of the same bytes are different inputs)."""
+    files: tuple[str, ...] = ()
+    """Content: of a directory, only the files directly in it whose names match one of
+    these globs count (the ones the node reads: a checkpoint's README or an ``original/``
+    folder beside its weights changes nothing); empty: every file in it."""
     own: bool = False
     """References to sources, with ``omitted`` and ``each``: omitted, the field names the
     sources of that role the node's own stage trains on (when it trains on any)."""
@@ -124,12 +128,14 @@ def content(
     slot: str | None = None,
     unordered: bool = False,
     suffixes: bool = False,
+    files: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> Any:
     """A field holding paths to external files, relative to the spec file that writes it;
     their content digest enters the key of the node that reads them, never the path (with
-    ``suffixes``, the suffix of each file too; with ``unordered``, not their order)."""
-    mark = KeyMark("content", slot=slot, unordered=unordered, suffixes=suffixes)
+    ``suffixes``, the suffix of each file too; with ``unordered``, not their order; with
+    ``files``, of a directory only the files it names)."""
+    mark = KeyMark("content", slot=slot, unordered=unordered, suffixes=suffixes, files=files)
     return Field(default, json_schema_extra=mark, **kwargs)
 
 

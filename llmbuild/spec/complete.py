@@ -15,8 +15,10 @@ from llmbuild.spec.tables import TABLES
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, bool) or isinstance(b, bool):  # True is no 1 here: a flag is a flag
+        return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
+        return float(a) == float(b)
     return a == b
 
 
@@ -48,10 +50,14 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
             for key, value in done.item.items():
                 item[key] = value
             for name, values in done.tables.items():
+                section = data.get(name)
                 if name not in data:
-                    data[name] = dict(values)
-                    for key in values:
-                        layer.origins[(name, key)] = origin
+                    data[name] = section = {}
+                elif not isinstance(section, dict) or set(section) & set(values):
+                    continue  # a table of the spec's own (or not a table: validation says)
+                for key, value in values.items():  # a table that only adjusts the filled one
+                    section.setdefault(key, value)
+                    layer.origins.setdefault((name, key), origin)
             for name, values in done.fields.items():
                 section = data.setdefault(name, {})
                 if not isinstance(section, dict):

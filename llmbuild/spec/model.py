@@ -27,6 +27,24 @@ class ModelInfo(SpecModel):
     """Seed for weight initialisation, data order and sampling."""
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "*.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "*.tiktoken",
+    "config.json",  # names the tokenizer's class where tokenizer_config.json does not
+    "generation_config.json",  # the ids that end a turn
+)
+"""The files of a pretrained tokenizer's directory that transformers reads."""
+
+
 class Tokenizer(SpecModel):
     """How text becomes token ids."""
 
@@ -38,8 +56,9 @@ class Tokenizer(SpecModel):
     """Target vocabulary size of a trained `bpe` or `unigram` tokenizer (required for them)."""
     min_frequency: int = Field(2, ge=1)
     """Minimum pair frequency for a BPE merge."""
-    path: str | None = content(None, slot="files")
-    """For `pretrained`: a directory with tokenizer.json or a sentencepiece .model."""
+    path: str | None = content(None, slot="files", files=TOKENIZER_FILES)
+    """For `pretrained`: a directory with tokenizer.json or a sentencepiece .model. Only its
+    tokenizer's files count (a model directory's weights do not)."""
     sources: StrList | None = ref("text", None, slot="text:{name}", omitted="pretrain")
     """Sources whose training split trains the tokenizer; all pretrain-role sources when
     omitted."""
@@ -53,9 +72,14 @@ class Tokenizer(SpecModel):
     mask_token: str | None = added(None)
     """Mask special token of masked-LM (`mlm`) pretraining; none when unset. A
     pretrained tokenizer's own (BERT's `[MASK]`) is used."""
-    chat_template: str = "chatml"
+    chat_template: str | None = None
     """Chat template: `chatml` (with <|im_start|>/<|im_end|> special tokens) or a Jinja
-    template string. A pretrained tokenizer keeps its own unless this is set."""
+    template string. Unset: a pretrained tokenizer keeps its own, any other takes `chatml`."""
+
+    @property
+    def template(self) -> str:
+        """The template a tokenizer made here takes (``chatml`` unless the spec says)."""
+        return self.chat_template or "chatml"
 
     @property
     def reads_text(self) -> bool:

@@ -123,7 +123,7 @@ def _metrics(outcome, node: str) -> dict:
 def test_masked_lm_loss_falls_and_beats_the_unigram_baseline(built):
     _, _, outcome = built
     m = _metrics(outcome, "stage:mlm")
-    assert m["val_loss"] < m["initial_val_loss"] - 2.0
+    assert m["val_loss"] < m["initial_val_loss"] - 1.0  # from ln(vocabulary) at the start
     # Digits of a sum are predictable from the rest of the equation; a model that always
     # says the most frequent character gets few of them.
     assert m["val_accuracy"] > m["unigram_accuracy"] + 0.1, m
@@ -361,3 +361,15 @@ def test_editing_the_labels_rebuilds_the_classifier_and_what_reads_it_only(built
     for edit in ('stage.cls.labels=["small", "big"]', "stage.cls.multi_label=true"):
         after = keys([edit])
         assert {n for n in before if before[n] != after[n]} == readers, edit
+
+
+def test_a_classifier_of_an_encoder_points_nowhere_to_write_text(built, capsys):
+    from llmbuild.cli import main
+
+    spec, store, _ = built
+    assert main(["generate", str(spec), "--stage", "cls", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "'cls' is a classifier: it scores texts and does not write them" in err
+    assert "from 'mlm'" not in err  # its base fills in masks and writes no text either
+    assert main(["chat", str(spec), "--stage", "mlm", "--store", str(store)]) == 2
+    assert "bert-style encoder" in capsys.readouterr().err

@@ -34,8 +34,9 @@ LLAMA31 = {
 }
 CASES = {
     "gpt2": ("gpt2", {}),
-    "gpt2-untied": ("gpt2", {"tie_word_embeddings": False}),
-    "llama": ("llama", {}),
+    # vocabularies that are no multiple of 128: megatron pads the embedding with zero rows
+    "gpt2-untied": ("gpt2", {"tie_word_embeddings": False, "vocab": 517}),
+    "llama": ("llama", {"vocab": 450}),
     "llama3.1-scaled-tied": ("llama", LLAMA31),
     "llama-linear-rope": ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
     "mistral": ("mistral", {"sliding_window": 512}),
@@ -71,6 +72,8 @@ def test_import_matches_transformers_and_exports_back_bit_for_bit(imported, case
     ck, outcome, store, _ = imported(case)
     metrics = outcome.results["stage:base"].record.metrics
     assert metrics["max_logit_diff"] < 1e-4 and metrics["family"] == CASES[case][0]
+    # what a loss or a perplexity sees: the padded rows take no share of the softmax
+    assert metrics["max_logprob_diff"] < 1e-4, metrics
     exported = artifact(outcome, store, "export:hf@base")
     original = load_file(str(ck / "model.safetensors"))
     back = load_file(str(exported / "model.safetensors"))
@@ -115,7 +118,35 @@ def test_the_check_catches_a_wrong_conversion(imported, tmp_path):
     weights[a], weights[b] = weights[b], weights[a]
     save_file(weights, str(bad / "model.safetensors"))
     arch = load_spec(spec).spec.architecture
-    assert logit_difference(open_checkpoint(str(ck)), bad, arch) > 1e-2
+    assert logit_difference(open_checkpoint(str(ck)), bad, arch)[0] > 1e-2
+
+
+def test_an_import_build_reproduces_identically(imported, tmp_path):
+    """The recorded spec of an import (its tokenizer and architecture filled in from the
+    checkpoint) plans the same keys again, and the rebuild gives the same bytes."""
+    from llmbuild.run.build import BuildOptions
+    from llmbuild.run.reproduce import reproduce
+    from llmbuild.store.store import Store
+
+    _ck, outcome, store, _spec = imported("qwen2-tied")
+    options = BuildOptions(executor="inline", live=False)
+    _, comparisons = reproduce(Store(str(store)), outcome.spec_hash, options, scratch=tmp_path)
+    assert {c.node: c.verdict for c in comparisons} == dict.fromkeys(outcome.results, "identical")
+
+
+def test_only_the_files_an_import_reads_enter_its_keys(imported):
+    """A Hub clone's README or ``original/`` folder (files the import does not read)
+    rebuilds nothing."""
+    ck, _outcome, store, spec = imported("gpt2")
+    (ck / "README.md").write_text("# a model card\n")
+    (ck / "original").mkdir()
+    (ck / "original" / "consolidated.00.pth").write_bytes(b"not read")
+    again = run_nodes(spec, store)
+    assert (
+        again.ok and set(again.results) and all(r.state == "cached" for r in again.results.values())
+    ), again.log
+    (ck / "README.md").unlink()
+    shutil.rmtree(ck / "original")
 
 
 def test_a_conflicting_architecture_field_is_located(tmp_path):
@@ -128,6 +159,12 @@ def test_a_conflicting_architecture_field_is_located(tmp_path):
     assert "128 contradicts" in problem.message and "config.json, which has 64" in problem.message
     spec.write_text(spec.read_text().replace("hidden = 128\n", ""))
     assert load_spec(spec).spec.architecture.seq_len == 64  # the training context is free
+    # fields that agree with the checkpoint are fine, flags too (True == 1 is no match)
+    spec.write_text(spec.read_text().replace("[architecture]\n", "[architecture]\nbias = false\n"))
+    assert load_spec(spec).spec.architecture.bias is False
+    spec.write_text(spec.read_text().replace("bias = false", "bias = true"))
+    with pytest.raises(SpecError, match="architecture.bias: True contradicts"):
+        load_spec(spec)
 
 
 def _error(spec: Path) -> str:

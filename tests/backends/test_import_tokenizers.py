@@ -172,7 +172,9 @@ def test_a_tokenizer_without_a_chat_template_is_said_where_chats_need_one(tmp_pa
     tok = TokenizerArtifact.open(artifact(outcome, tmp_path / "store", "tokenizer"))
     with pytest.raises(UserError, match="a chat prompt needs one"):
         tok.chat_prompt("Hi")
-    spec.write_text(spec.read_text() + '\n[tokenizer]\nkind = "pretrained"\n'
-                    f'path = "{ck}"\nchat_template = "chatml"\n')  # fmt: skip
+    # as the message says: the table sets the template, the checkpoint the rest
+    spec.write_text(spec.read_text() + '\n[tokenizer]\nchat_template = "chatml"\n')
+    tokenizer = load_spec(spec).spec.tokenizer
+    assert (tokenizer.kind, tokenizer.path) == ("pretrained", str(ck))
     outcome = run_nodes(spec, tmp_path / "store", ("tokenize:talk",))
     assert outcome.ok, outcome.log

@@ -160,6 +160,6 @@ def test_golden_keys(tmp_path):
 
 GOLDEN = {
     "source:books": "5b495bbd696fccfc",
-    "tokenizer": "f97527a9e6a6dd45",
-    "stage:pretrain": "05d79ee327861485",
+    "tokenizer": "0ec76a00c84b782d",
+    "stage:pretrain": "471f0cd202b716cc",
 }
