@@ -79,12 +79,13 @@ class Api:
         if self.api_key is None:
             return
         header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer "):
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
             raise ApiError(
                 401,
                 "You didn't provide an API key: send it as `Authorization: Bearer KEY`.",
             )
-        if not hmac.compare_digest(header[7:].encode(), self.api_key.encode()):
+        if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     def _check_model(self, name: str) -> None:
@@ -99,6 +100,13 @@ class Api:
     def _job(self, body: Sampling, chat: bool, ids: list[int], max_tokens: int | None) -> Job:
         if body.n not in (None, 1):
             raise ApiError(400, "Only n=1 is supported.", param="n", code="invalid_value")
+        if (name := body.unsupported()) is not None:
+            raise ApiError(
+                400,
+                f"'{name}' is not supported by this server: send the request without it.",
+                param=name,
+                code="unsupported_parameter",
+            )
         where = "messages" if chat else "prompt"
         if len(ids) >= self.served.context:
             raise ApiError(

@@ -1,6 +1,7 @@
 """The OpenAI request bodies the server accepts (pydantic; fields it does not use are
-ignored, as OpenAI-compatible servers do), the errors it answers in OpenAI's shape, and
-the response objects it sends."""
+ignored, as OpenAI-compatible servers do, except those that ask for something this server
+does not give: those are refused rather than silently left out), the errors it answers in
+OpenAI's shape, and the response objects it sends."""
 
 from __future__ import annotations
 
@@ -71,13 +72,29 @@ class Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what a torch seed holds
     n: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
+
+    def unsupported(self) -> str | None:
+        """The first field set that asks for what this server does not give (a client
+        asking for log probabilities must not get ``null`` and go on as if it had them)."""
+        for name in ("logprobs", "top_logprobs", "logit_bias", "echo", "suffix"):
+            if getattr(self, name) not in (None, False, 0, {}, ""):
+                return name
+        if self.best_of not in (None, 1):
+            return "best_of"
+        return None
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -117,6 +134,15 @@ def parse(raw: bytes, model: type[BaseModel]) -> Any:
         ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    try:  # JSON's \ud800 escapes can make a string no tokenizer takes
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400,
+            "The request body holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape "
+            "without its pair): it is not text.",
+            code="invalid_value",
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as e:

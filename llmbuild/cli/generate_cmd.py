@@ -90,13 +90,19 @@ def _export_node(resolved: Any, wanted: str, command: str) -> str:
 
 def writes_text(resolved: Any, stage: str, command: str) -> None:
     """A UserError when ``stage`` scores texts instead of writing them."""
-    from llmbuild.backends.megatron.kinds import SCORING
+    from llmbuild.backends.megatron.kinds import SCORING, stage_architecture
 
-    found = next((s for s in resolved.spec.stage if s.name == stage), None)
+    stages = {s.name: s for s in resolved.spec.stage}
+    found = stages.get(stage)
     kind = getattr(found, "kind", None)
     if kind in SCORING:
-        source = getattr(found, "from_", None)
-        hint = f": {command} from {source!r}, the stage it was trained from" if source else ""
+        source = stages.get(getattr(found, "from_", None) or "")
+        writes = (
+            source is not None
+            and getattr(source, "kind", None) not in SCORING
+            and not getattr(stage_architecture(resolved.spec, source), "encoder", False)
+        )  # an encoder's base fills in masks: no stage of its chain writes text
+        hint = f": {command} from {source.name!r}, the stage it was trained from" if writes else ""
         raise UserError(
             f"{stage!r} is a {SCORING[kind]}: it scores texts and does not write them{hint}"
             + ("; `llmbuild predict` scores texts with it" if kind == "classify" else "")

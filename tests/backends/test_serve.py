@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -216,10 +217,12 @@ def test_chat_whole_and_streamed(servers):
     assert narrow.choices[0].message.content == whole.choices[0].message.content
 
 
-def _raw(server: Server, path: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
+def _raw(
+    server: Server, path: str, body: bytes, key: str | None = KEY, scheme: str = "Bearer"
+) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
+        headers["Authorization"] = f"{scheme} {key}"
     request = urllib.request.Request(server.url + path, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
@@ -312,6 +315,15 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
         ("/v1/completions", b'{"prompt": "Hi"}', KEY, 400, "model"),
         ("/v1/chat/completions", json.dumps(ok).encode(), None, 401, None),
         ("/v1/chat/completions", json.dumps(ok).encode(), "wrong", 401, None),
+        # a lone surrogate is no text for the tokenizer (it was a 500)
+        ("/v1/completions", b'{"model": "hf@base", "prompt": "\\ud800"}', KEY, 400, None),
+        (
+            "/v1/chat/completions",
+            json.dumps({**ok, "temperature": math.nan}).encode(),
+            KEY,
+            400,
+            "temperature",
+        ),
     ]
     for path, body, key, status, param in cases:
         got, answer = _raw(server, path, body, key)
@@ -327,11 +339,17 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
         client.chat.completions.create(model="gpt-nope", messages=ok["messages"])
     assert e.value.code == "model_not_found" and e.value.param == "model"
     succeeds()
-    for bad in ({"max_tokens": 0}, {"max_tokens": -3}, {"n": 2}, {"seed": 2**64}):
+    assert _raw(server, "/v1/chat/completions", json.dumps(ok).encode(), KEY, "bearer")[0] == 200
+    for bad in ({"max_tokens": 0}, {"max_tokens": -3}, {"n": 2}, {"seed": 2**64},
+                {"logprobs": True, "top_logprobs": 3}, {"logit_bias": {"5": 100}}):  # fmt: skip
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="hf@base", messages=ok["messages"], **bad)
         assert e.value.status_code == 400 and e.value.param == next(iter(bad)), e.value.body
         succeeds()
+    for bad in ({"logprobs": 2}, {"echo": True}, {"best_of": 2}):  # asked for, not given
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="hf@base", prompt="Hi", max_tokens=2, **bad)
+        assert e.value.code == "unsupported_parameter" and e.value.param == next(iter(bad))
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="hf@base", prompt="fox jumps " * CONTEXT, max_tokens=4)
     assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
