@@ -34,7 +34,7 @@ def lora_config(adapter: dict[str, Any], targets: list[str], family: str) -> Any
     """PEFT's ``LoraConfig`` of the stage's ``[stage.adapter]`` table (scaling alpha / r)."""
     from peft import LoraConfig
 
-    return LoraConfig(
+    config = LoraConfig(
         r=adapter["rank"],
         lora_alpha=adapter["alpha"],
         lora_dropout=adapter["dropout"],
@@ -44,6 +44,10 @@ def lora_config(adapter: dict[str, Any], targets: list[str], family: str) -> Any
         task_type="CAUSAL_LM",
         base_model_name_or_path=BASE_DIR,
     )
+    # PEFT holds the targets as a set and writes them in its hash order (PYTHONHASHSEED):
+    # a sorted list keeps adapter_config.json the same bytes in every process.
+    config.target_modules = sorted(targets)
+    return config
 
 
 def load_peft(out: Path) -> Any:

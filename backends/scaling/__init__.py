@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Slot
 
 class ScalingBackend(Backend):
     name = "scaling"
-    version = "1"
+    version = "2"  # 2: fit.json says why a law was not fitted; results.md its intervals
     Config = ScalingConfig
     inputs = (Slot("point:<stage>", "each sweep point's trained stage"),)
     outputs = (

@@ -41,6 +41,39 @@ def point(name: str, artifact: Any, suite: Any) -> dict[str, Any]:
     }
 
 
+def fit_lines(out: dict[str, Any]) -> list[str]:
+    """The fits of a ``fit.json`` as text: each law with its bootstrap intervals, or why
+    it was not fitted (``llmbuild scaling`` prints the same)."""
+    lines = []
+    a3 = out.get("approach3")
+    if a3:
+        lines.append(
+            f"approach 3: L = {a3['E']:.3f} + {a3['A']:.4g} / N^{a3['alpha']:.3f}"
+            f" + {a3['B']:.4g} / D^{a3['beta']:.3f}"
+        )
+        intervals = a3.get("intervals")
+        if intervals:
+            spans = ", ".join(f"{k} {lo:.3g} to {hi:.3g}" for k, (lo, hi) in intervals.items())
+            lines.append(f"  bootstrap 90% intervals: {spans}")
+            exponents = [intervals[k] for k in ("alpha", "beta") if k in intervals]
+            if any(not (lo > 0 and hi <= 10 * lo) for lo, hi in exponents):
+                lines.append(
+                    "  an exponent's interval reaches 0 or spans more than 10x: the sweep "
+                    "does not pin this law down (more points, sizes or budgets would)"
+                )
+    elif "approach3_error" in out:
+        lines.append(f"approach 3: not fitted: {out['approach3_error']}")
+    a2 = out.get("approach2")
+    if a2:
+        lines.append(
+            f"approach 2: N_opt = {a2['k_n']:.3g} C^{a2['a']:.3f}, "
+            f"D_opt = {a2['k_d']:.3g} C^{a2['b']:.3f}"
+        )
+    elif "approach2_error" in out:
+        lines.append(f"approach 2: not fitted: {out['approach2_error']}")
+    return lines
+
+
 def run(ctx: RunContext[ScalingConfig]) -> None:
     import numpy as np
     from llmbuild.backends.scaling import fit
@@ -60,7 +93,15 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
             "intervals": fit3.intervals,
         }
         ctx.metrics.update({f"approach3.{k}": getattr(fit3, k) for k in fit.PARAMETERS})
-    if suite.budgets:
+    else:
+        out["approach3_error"] = (
+            f"it fits {len(fit.PARAMETERS)} parameters and needs at least "
+            f"{len(fit.PARAMETERS)} points (the sweep has {len(points)})"
+        )
+        ctx.log.warning("approach 3 not fitted: %s", out["approach3_error"])
+    if not suite.budgets:
+        out["approach2_error"] = "it needs compute budgets (the sweep's `budgets`)"
+    else:
         rows = [
             fit.ScalingPoint(p["budget"], p["non_embedding_params"], p["tokens"], p["loss"])
             for p in points
@@ -103,11 +144,5 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
         f"| {p['stage']} | {p['non_embedding_params']:,} | {p['tokens']:.3g} | {p['flops']:.3g} | {p['loss']:.4f} |"
         for p in points
     ]
-    if fit3 is not None:
-        lines += [
-            "",
-            f"approach 3: L = {fit3.E:.3f} + {fit3.A:.4g} / N^{fit3.alpha:.3f} + {fit3.B:.4g} / D^{fit3.beta:.3f}",
-        ]
-    if fit2 is not None:
-        lines += [f"approach 2: N_opt ∝ C^{fit2.a:.3f}, D_opt ∝ C^{fit2.b:.3f}"]
+    lines += ["", *fit_lines(out)]
     (ctx.out_dir / "results.md").write_text("\n".join(lines) + "\n")

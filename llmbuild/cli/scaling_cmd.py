@@ -30,7 +30,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmbuild.backends.scaling.fit import Approach3Fit, compute_optimal_approach3
-    from llmbuild.backends.scaling.run import FIT
+    from llmbuild.backends.scaling.run import FIT, fit_lines
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
 
@@ -47,13 +47,20 @@ def run(args: argparse.Namespace) -> int:
         if not found.cached:
             raise UserError(f"{node} is not built yet: run `{build_command(args)}` first")
         data = json.loads((store.local_dir(found.target) / FIT).read_text())
-        entry: dict = {"points": len(data["points"])}
+        entry: dict = {"points": len(data["points"]), "lines": fit_lines(data)}
         a3 = data.get("approach3")
         if a3:
             entry["approach3"] = {k: a3[k] for k in ("E", "A", "B", "alpha", "beta")}
+            entry["approach3_intervals"] = a3.get("intervals")
         if data.get("approach2"):
             entry["approach2"] = {k: data["approach2"][k] for k in ("a", "b", "k_n", "k_d")}
+        for how in ("approach3", "approach2"):
+            if f"{how}_error" in data:
+                entry[f"{how}_error"] = data[f"{how}_error"]
         if args.budget is not None:
+            largest = max(p["budget"] or p["flops"] for p in data["points"])
+            if args.budget > 10 * largest:
+                entry["extrapolation"] = args.budget / largest
             if a3:
                 fit = Approach3Fit(**{k: a3[k] for k in ("E", "A", "B", "alpha", "beta")},
                                    loss=a3["loss"], n_points=len(data["points"]), intervals=None)  # fmt: skip
@@ -67,20 +74,17 @@ def run(args: argparse.Namespace) -> int:
                 }
         report[suite.name] = entry
     if args.json:
-        print(json.dumps(report, indent=2))
+        shown = {n: {k: v for k, v in e.items() if k != "lines"} for n, e in report.items()}
+        print(json.dumps(shown, indent=2))
         return 0
     for name, entry in report.items():
-        print(f"sweep {name}: {entry['points']} points")
-        if "approach3" in entry:
-            p = entry["approach3"]
+        print(f"sweep {name}: {entry.pop('points')} points")
+        for line in entry.pop("lines"):
+            print(f"  {line}")
+        if "extrapolation" in entry:
             print(
-                f"  approach 3: L(N, D) = {p['E']:.3f} + {p['A']:.4g} / N^{p['alpha']:.3f}"
-                f" + {p['B']:.4g} / D^{p['beta']:.3f}"
-            )
-        if "approach2" in entry:
-            p = entry["approach2"]
-            print(
-                f"  approach 2: N_opt = {p['k_n']:.3g} C^{p['a']:.3f}, D_opt = {p['k_d']:.3g} C^{p['b']:.3f}"
+                f"  note: {args.budget:.3g} FLOPs is {entry['extrapolation']:.3g}x the sweep's "
+                "largest compute: the optimum below extrapolates the law that far"
             )
         for how in ("approach3", "approach2"):
             opt = entry.get(f"optimum_{how}")

@@ -221,6 +221,25 @@ def spec_hash(keys: Mapping[str, NodeKey]) -> str:
     return canonical_hash({name: k.key for name, k in keys.items()})
 
 
+def _cut_off(
+    graph: Graph,
+    node: Node,
+    keys: Mapping[str, NodeKey],
+    held: Mapping[str, tuple[str, str]],
+    store: StoreView,
+) -> Record | None:
+    """The artifact ``build``'s early cut-off would reuse for ``node``, if its upstreams
+    are all held already."""
+    from llmbuild.plan.keys import cutoff_key
+
+    target_of = getattr(store, "cutoff_target", None)
+    ck = cutoff_key(graph, node, keys, held) if target_of is not None else None
+    target = target_of(ck) if ck else None
+    if target is None or target.key == keys[node.name].key or not store.lookup(target.key).cached:
+        return None
+    return target
+
+
 def make_plan(
     graph: Graph,
     keys: Mapping[str, NodeKey],
@@ -231,12 +250,23 @@ def make_plan(
     compared with its ``previous`` preimage (by default the store's ``last_preimage``)."""
     previous = previous or store.last_preimage
     plans: dict[str, NodePlan] = {}
+    held: dict[str, tuple[str, str]] = {}
+    """Nodes the store answers for: (output digest, key of the artifact), as ``build``'s
+    early cut-off reads them."""
     for node in graph:
         k = keys[node.name]
         found = store.lookup(k.key)
         if found.cached:
             reason = renamed(node.name, found, store)
             plans[node.name] = NodePlan(node.name, k, "cached", reason, (), node.resources)
+            if found.target is not None:
+                held[node.name] = (found.target.output_digest, found.target.key)
+            continue
+        reused = _cut_off(graph, node, keys, held, store) if found.state == "missing" else None
+        if reused is not None:  # build reuses it the same way: its inputs' outputs are held
+            reason = f"outputs of {reused.name} {reused.short} (inputs' outputs unchanged)"
+            plans[node.name] = NodePlan(node.name, k, "cached", reason, (), node.resources)
+            held[node.name] = (reused.output_digest, reused.key)
             continue
         holder = store.running_elsewhere(k.key)
         if holder:

@@ -160,6 +160,9 @@ def reproduce(
             old = store.lookup(keys[name].key).target
             comparisons.append(compare(name, old, results[name].record, rtol))
         done = all(r.record is not None for r in results.values())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing in it is worth keeping
+        done = True
+        raise
     finally:
         if made and done:  # a failed node's log stays where its message says
             shutil.rmtree(scratch, ignore_errors=True)

@@ -290,13 +290,14 @@ class Store:
         return found if isinstance(found, dict) else {}
 
     def spec_preimages(self, spec_path: str) -> Callable[[str], dict[str, Any] | None]:
-        """The preimage a node last had in a build of the spec file at ``spec_path``, or
-        the one it last had in any build (``last_preimage``) when that spec built none."""
+        """The preimage a node last had in a build of the spec file at ``spec_path``; None
+        for a node that spec never built (a node of the same name another spec built in a
+        shared store is no earlier version of it: it is new to this spec)."""
         keys = self.spec_keys(spec_path)
 
         def preimage(name: str) -> dict[str, Any] | None:
             found = self.lookup(keys[name], verify=False).record if name in keys else None
-            return found.preimage if found is not None else self.last_preimage(name)
+            return found.preimage if found is not None else None
 
         return preimage
 

@@ -279,3 +279,20 @@ def test_fit_approach2_rejects_bad_input():
 def test_counts_and_optima_reject_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_the_fit_says_how_sure_it_is_and_why_a_law_is_missing():
+    from llmbuild.backends.scaling.run import fit_lines
+
+    law = {"E": 0.5, "A": 4.5, "B": 13.3, "alpha": 0.45, "beta": 0.16, "loss": 0.1}
+    tight = {**law, "intervals": {"E": (0.4, 0.6), "alpha": (0.4, 0.5), "beta": (0.1, 0.2)}}
+    lines = fit_lines({"approach3": tight, "approach2_error": "not convex in log N"})
+    assert lines[0].startswith("approach 3: L = 0.500 + 4.5 / N^0.450")
+    assert "alpha 0.4 to 0.5" in lines[1] and not any("pin" in line for line in lines)
+    assert lines[-1] == "approach 2: not fitted: not convex in log N"
+    loose = {**law, "intervals": {"E": (0.0, 1.0), "alpha": (-0.21, 26.2), "beta": (0.1, 0.2)}}
+    assert "does not pin this law down" in fit_lines({"approach3": loose})[2]
+    few = {"approach3_error": "it needs at least 5 points (the sweep has 2)"}
+    assert fit_lines(few) == [
+        "approach 3: not fitted: it needs at least 5 points (the sweep has 2)"
+    ]

@@ -71,6 +71,27 @@ def test_early_cutoff_reuses_what_an_unchanged_output_feeds(built):
     assert set(counts()) == {"source:books", "source:chat", "source:prefs"}
     states = {n: r.state for n, r in outcome.results.items()}
     assert {states[n] for n in ALL if not n.startswith("source:")} == {"reused"}
+
+
+def test_plan_foresees_early_cutoff_once_the_changed_nodes_are_built(built):
+    """Built only as far as the sources, a version bump leaves the rest for early cut-off
+    to decide: plan says what build then does (reuse), not a rebuild."""
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+    from tests.fixture_backend import fixture_registry
+
+    project, store = built
+    sources = tuple(n for n in ALL if n.startswith("source:"))
+    assert fixture_build(project, store, versions={"data": "99"}, until=sources).ok
+    registry = fixture_registry({"data": "99"})
+    planned = plan_spec(load_spec(project), Store(str(store)), StatCache(), registry)
+    nodes = {n.name: n for n in planned.plan.nodes}
+    assert {n.status for n in nodes.values()} == {"cached"}
+    assert "(inputs' outputs unchanged)" in nodes["tokenizer"].reason
+    reset()
+    outcome = fixture_build(project, store, versions={"data": "99"})
+    assert counts() == {} and outcome.count("built") == 0
     reset()
     again = fixture_build(project, store, versions={"data": "99"})
     assert counts() == {} and again.count("cached") == 14
