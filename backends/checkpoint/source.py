@@ -173,6 +173,11 @@ def open_checkpoint(ref: str, allow_pickle: bool = False) -> Checkpoint:
         raise CheckpointError(f"{ref}: a checkpoint is a local directory or hf://<org>/<name>")
     else:
         path = Path(ref)
+    if path.is_file():
+        raise CheckpointError(
+            f"{path}: a file; a checkpoint is the directory that holds config.json and the "
+            f"weights ({path.parent})"
+        )
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     config_path = path / "config.json"

@@ -31,7 +31,7 @@ class Import(StageTable):
 
     kind: Literal["import"]
     """Stage kind."""
-    checkpoint: str = content(slot="files", files=CHECKPOINT_FILES)
+    checkpoint: str = content(slot="files", files=CHECKPOINT_FILES, min_length=1)
     """A local Hugging Face model directory (config.json, safetensors weights, tokenizer
     files), relative to the spec file; or `hf://<org>/<name>` or `hf://<org>/<name>@<rev>`:
     a Hub model, resolved to its commit and downloaded into the Hugging Face cache. Only

@@ -28,6 +28,16 @@ class EvalKind(Kind):
         if item.kind == "classification":
             return []
         out = []
+        split = view.raw.get("data", {}).get("split", {}) if isinstance(view.raw, dict) else {}
+        held_out = split.get("validation") if isinstance(split, dict) else None
+        if item.kind == "perplexity" and not item.files and held_out == 0:
+            out.append(
+                Problem(
+                    "nothing to measure: [data.split] validation = 0 holds out no document "
+                    "of the sources; set it above 0, or list text files in `files`",
+                    (*where, "files"),
+                )
+            )
         for i, name in enumerate(item.stages):
             kind = getattr(view.stages.get(name), "kind", None)
             if is_encoder(view, name):

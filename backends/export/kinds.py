@@ -27,11 +27,20 @@ class ExportKind(Kind):
         return {"export": node_name("export", item).replace("export:", "export.", 1)}
 
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
-        from llmbuild.backends.megatron.kinds import is_encoder
+        from llmbuild.backends.megatron.kinds import is_encoder, view_architecture
 
         stage = view.stages.get(item.stage)
         kind = getattr(stage, "kind", None)
         classifier = kind in SCORING
+        scaling = getattr(view_architecture(view, item.stage), "rope_scaling", None)
+        if item.format == "gguf" and scaling is not None:  # found before anything trains
+            return [
+                Problem(
+                    f"{item.stage!r} has rope scaling ({scaling.kind}), which the GGUF export "
+                    "does not write yet: export it as hf",
+                    (*where, "format"),
+                )
+            ]
         if not classifier and item.format != "hf" and is_encoder(view, item.stage):
             return [
                 Problem(

@@ -218,7 +218,11 @@ class Converter:
         """Our weights; their tensors a rule still waits for are missing (``optional``
         names of ours may be absent, e.g. a tied output layer)."""
         missing = [
-            t for _, ours, theirs in self.pending if not set(ours) <= optional for t in theirs
+            t
+            for _, ours, theirs in self.pending
+            if not set(ours) <= optional
+            for t in theirs
+            if t not in self.waiting  # a rule's other tensors did arrive
         ]
         if missing:
             raise ValueError(f"the checkpoint lacks tensors: {missing[:5]}")

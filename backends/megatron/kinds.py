@@ -55,17 +55,22 @@ SCORING = {"classify": "classifier", "reward": "reward model"}
 language-model head is its base's, untrained since."""
 
 
-def is_encoder(view: SpecView, stage_name: str) -> bool:
-    """Whether a stage of the spec holds a bert-style encoder (False when unknown)."""
+def view_architecture(view: SpecView, stage_name: str) -> Any:
+    """The architecture a stage of the spec holds (None when unknown)."""
     from pydantic import ValidationError
 
     stage = view.stages.get(stage_name)
     if stage is None or view.architecture is None:
-        return False
+        return None
     try:
-        return bool(_chain_architecture(view.architecture, view.stages, stage).encoder)
+        return _chain_architecture(view.architecture, view.stages, stage)
     except (ValidationError, ValueError):
-        return False
+        return None
+
+
+def is_encoder(view: SpecView, stage_name: str) -> bool:
+    """Whether a stage of the spec holds a bert-style encoder (False when unknown)."""
+    return bool(getattr(view_architecture(view, stage_name), "encoder", False))
 
 
 def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Problem]:

@@ -44,9 +44,27 @@ def empty_validation(spec: Any) -> list[Problem]:
     return out
 
 
+def tokenizer_over_import(spec: Any) -> list[Problem]:
+    """An imported checkpoint's embedding rows stand for its own tokenizer's tokens: a
+    tokenizer the spec makes gives them other meanings."""
+    imports = [s.name for s in spec.stage if getattr(s, "kind", None) == "import"]
+    tokenizer = spec.tokenizer
+    if not imports or tokenizer is None or tokenizer.kind == "pretrained":
+        return []
+    return [
+        Problem(
+            f"stage {imports[0]!r} imports a checkpoint whose embeddings stand for its own "
+            f"tokenizer's tokens; this {tokenizer.kind!r} tokenizer gives the same ids to "
+            "other text, so what the model learned does not carry over. Leave [tokenizer] "
+            "out (or set only chat_template in it) to keep the checkpoint's",
+            ("tokenizer", "kind"),
+        )
+    ]
+
+
 def warn(resolved: Any) -> None:
     """Print the spec's warnings to stderr, located."""
     from llmbuild.spec.load import locate
 
-    for problem in empty_validation(resolved.spec):
+    for problem in empty_validation(resolved.spec) + tokenizer_over_import(resolved.spec):
         print(f"warning: {locate(problem, resolved)}", file=sys.stderr)

@@ -103,6 +103,13 @@ def test_rope_settings_are_carried_over(imported):
     assert arch.max_positions == 131072 and arch.seq_len == 4096  # the training context
 
 
+def test_a_gguf_export_of_rope_scaling_is_refused_before_training(imported, tmp_path):
+    ck, _outcome, _store, _spec = imported("llama3.1-scaled-tied")
+    spec = import_spec(tmp_path, ck, GGUF_EXPORT)
+    with pytest.raises(SpecError, match=r"export\[0\].format: 'base' has rope scaling \(llama3\)"):
+        load_spec(spec)
+
+
 def test_the_check_catches_a_wrong_conversion(imported, tmp_path):
     """Swapping two tensors of the same shape (a classic mistake) fails the comparison."""
     from llmbuild.backends.checkpoint.run import logit_difference
@@ -181,8 +188,11 @@ def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
     # No such directory: said once (not again as a path that matches no file).
     assert "no such checkpoint directory" in _error(import_spec(tmp_path, tmp_path / "ck"))
     ck = write_checkpoint(tmp_path / "ck", "qwen2")
-    spec = import_spec(tmp_path, ck)
     weights = ck / "model.safetensors"
+    assert f"a checkpoint is the directory that holds config.json and the weights ({ck})" in (
+        _error(import_spec(tmp_path, weights))
+    )
+    spec = import_spec(tmp_path, ck)
     # A pickle checkpoint is refused unless allowed.
     torch.save(load_file(str(weights)), ck / "pytorch_model.bin")
     weights.rename(tmp_path / "keep.safetensors")
@@ -238,6 +248,19 @@ def test_broken_weights_are_clear_errors_naming_the_tensor(tmp_path):
         assert not outcome.ok
         detail = outcome.results["stage:base"].detail
         assert f"{weights}: {name} {message}" in detail and "Traceback" not in detail, detail
+
+
+def test_a_missing_tensor_is_named_alone(tmp_path):
+    """q, k and v go into one fused tensor: with k gone, the message names k only."""
+    from safetensors.torch import load_file, save_file
+
+    ck = write_checkpoint(tmp_path / "ck", "llama")
+    weights = load_file(str(ck / "model.safetensors"))
+    del weights["model.layers.1.self_attn.k_proj.weight"]
+    save_file(weights, str(ck / "model.safetensors"), metadata={"format": "pt"})
+    outcome = run_nodes(import_spec(tmp_path, ck), tmp_path / "store", until=("stage:base",))
+    detail = outcome.results["stage:base"].detail
+    assert "lacks tensors: ['model.layers.1.self_attn.k_proj.weight']" in detail, detail
 
 
 def test_sharded_checkpoints_are_read_shard_by_shard(tmp_path):
@@ -328,3 +351,16 @@ def test_chats_are_written_in_a_pretrained_tokenizers_own_template(tmp_path):
         [{"prompt": "Hi", "chosen": "Yes", "rejected": "No"}]
     )
     assert tok.decode(chosen[:-1]) == "Yes<|eot_id|>" and chosen[-1] == enc.eos
+
+
+def test_a_tokenizer_of_the_specs_own_over_an_import_is_warned(tmp_path, capsys):
+    from llmbuild.cli import main
+
+    ck = write_checkpoint(tmp_path / "ck", "gpt2")
+    spec = import_spec(tmp_path, ck, '[tokenizer]\nkind = "char"\n')
+    assert main(["validate", str(spec)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {spec}:13: tokenizer.kind: stage 'base' imports a checkpoint" in err, err
+    spec.write_text(spec.read_text().replace('kind = "char"', 'chat_template = "chatml"'))
+    assert main(["validate", str(spec)]) == 0
+    assert "tokenizer.kind" not in capsys.readouterr().err

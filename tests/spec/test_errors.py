@@ -230,6 +230,10 @@ micro_batch = 2
             '[[data.sources]]\nname = "more"\npath = "data/books"\nseparator = ""\n',
             "data.sources[1].separator: must be at least 1 character (got '')",
         ),
+        (  # it would fail once the stage had trained
+            '[data.split]\nvalidation = 0.0\n[[eval]]\nname = "ppl"\nkind = "perplexity"\nstages = ["pretrain"]\n',
+            "eval[0].files: nothing to measure: [data.split] validation = 0 holds out no",
+        ),
     ],
 )
 def test_cross_field_checks(tmp_path, extra, want):
