@@ -128,6 +128,7 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
         )
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     prompt = tok.encode(text, add_special_tokens=False) or [start]
+    _note_cut(len(prompt), limit - 1)
     prompt = prompt[-(limit - 1) :]
     new = min(args.max_new_tokens, limit - len(prompt))
     if new < args.max_new_tokens:
@@ -157,6 +158,15 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     return tok.decode(generated, skip_special_tokens=True)
 
 
+def _note_cut(tokens: int, context: int) -> None:
+    """Say that a prompt longer than the model's context is read from its end only."""
+    if tokens > context:
+        sys.stderr.write(
+            f"note: the prompt is {tokens} tokens and the model reads {context}: it sees the "
+            f"prompt's last {context} tokens only\n"
+        )
+
+
 def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) -> str:
     from llmbuild.backends.megatron.artifact import StageArtifact
     from llmbuild.backends.megatron.generate import sample
@@ -170,10 +180,12 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     text = tok.chat_prompt(args.prompt) if args.chat else args.prompt
+    ids = tok.prompt_ids(text)
+    _note_cut(len(ids), config["architecture"]["seq_len"])
     new = sample(
         model,
         config,
-        tok.prompt_ids(text),
+        ids,
         args.max_new_tokens,
         args.temperature,
         args.top_k,

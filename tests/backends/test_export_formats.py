@@ -315,6 +315,10 @@ def test_generate_from_an_hf_export_matches_the_stage(built, capsys):
     assert capsys.readouterr().out.startswith("ROMEO:")
     assert main([*base, "--export", "hf@pretrain", "--max-new-tokens", "100"]) == 0
     assert "fit in the context of 32 tokens" in capsys.readouterr().err
+    long = ["--prompt", "ROMEO: " * 20, "--max-new-tokens", "2", "--temperature", "0"]
+    for source in (["--stage", "pretrain"], ["--export", "hf@pretrain"]):  # said, not silent
+        assert main([*base[:-2], *long, *source]) == 0
+        assert "the prompt is 140 tokens and the model reads " in capsys.readouterr().err
     assert main([*base, "--export", "q8"]) == 2
     assert "export:q8 is a gguf export" in capsys.readouterr().err
     assert main([*base, "--export", "nope"]) == 2
