@@ -53,7 +53,11 @@ def fit_lines(out: dict[str, Any]) -> list[str]:
         )
         intervals = a3.get("intervals")
         if intervals:
-            spans = ", ".join(f"{k} {lo:.3g} to {hi:.3g}" for k, (lo, hi) in intervals.items())
+            spans = ", ".join(
+                f"{k} {intervals[k][0]:.3g} to {intervals[k][1]:.3g}"
+                for k in ("E", "A", "B", "alpha", "beta")
+                if k in intervals
+            )
             lines.append(f"  bootstrap 90% intervals: {spans}")
             exponents = [intervals[k] for k in ("alpha", "beta") if k in intervals]
             if any(not (lo > 0 and hi <= 10 * lo) for lo, hi in exponents):

@@ -49,5 +49,5 @@ def test_scaling_sweep_builds_fits_and_plots(tmp_path, tmp_path_factory, capsys)
     assert main(["scaling", spec, "--store", str(store), "--budget", "1e13"]) == 0
     out = capsys.readouterr().out
     assert "sweep iso: 9 points" in out and "compute-optimal at 1e+13 FLOPs" in out, out
-    assert "bootstrap 90% intervals: E " in out, out  # how sure the law is, not just the law
+    assert "bootstrap 90% intervals: E " in out and ", alpha " in out, out  # how sure it is
     assert "1e+13 FLOPs is 100x the sweep's largest compute" in out, out  # 1e11 is the largest
