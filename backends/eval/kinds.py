@@ -28,7 +28,8 @@ class EvalKind(Kind):
         if item.kind == "classification":
             return []
         out = []
-        split = view.raw.get("data", {}).get("split", {}) if isinstance(view.raw, dict) else {}
+        data = view.raw.get("data") if isinstance(view.raw, dict) else None
+        split = data.get("split") if isinstance(data, dict) else None  # else field checks say
         held_out = split.get("validation") if isinstance(split, dict) else None
         if item.kind == "perplexity" and not item.files and held_out == 0:
             out.append(
