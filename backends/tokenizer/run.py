@@ -54,7 +54,7 @@ def _end_of_turn(path: Path, tok: Any) -> list[str]:
     return list(dict.fromkeys(ends))
 
 
-def _pretrained(spec: Any, own_template: bool, out: Path) -> TokenizerInfo:
+def _pretrained(spec: Any, out: Path) -> TokenizerInfo:
     """A tokenizer directory as it is (its own special tokens and chat template; a
     template set in the spec replaces its own)."""
     from transformers import AutoTokenizer
@@ -73,7 +73,7 @@ def _pretrained(spec: Any, own_template: bool, out: Path) -> TokenizerInfo:
     eos = tok.eos_token or tok.sep_token
     if eos is None:
         raise UserError(f"the tokenizer in {spec.path} has no end-of-sequence token")
-    if not own_template:
+    if spec.chat_template is not None:
         tok.chat_template = CHATML if spec.template == "chatml" else spec.template
     tok.save_pretrained(str(out))
     return TokenizerInfo(
@@ -94,7 +94,7 @@ def run(ctx: Any) -> None:
     spec = config.tokenizer
     out = ctx.out_dir / DIR
     if spec.kind == "pretrained":
-        info = _pretrained(spec, config.own_template, out)
+        info = _pretrained(spec, out)
     else:
         from transformers import PreTrainedTokenizerFast
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmbuild.spec.base import Name, SourceRole, SpecModel, added, marked
+from llmbuild.spec.base import Name, SourceRole, SpecModel, marked
 from llmbuild.spec.data import Clean, Source, Split
 from llmbuild.spec.model import Tokenizer
 from llmbuild.spec.references import walk
@@ -29,9 +29,8 @@ class TokenizerConfig(SpecModel):
     """The tokenizer to train or load."""
 
     tokenizer: Tokenizer
-    """The `[tokenizer]` table."""
-    own_template: bool = added(False)
-    """A pretrained tokenizer keeps its own chat template (the spec sets none)."""
+    """The `[tokenizer]` table (a pretrained tokenizer keeps its own chat template where
+    it sets none)."""
 
 
 class TokenizeConfig(SpecModel):
@@ -84,10 +83,7 @@ def front_nodes(spec: Any, add: Any) -> None:
         "tokenizer",
         "tokenizer",
         "tokenizer",
-        TokenizerConfig(
-            tokenizer=tok,
-            own_template=tok.kind == "pretrained" and tok.chat_template is None,
-        ),
+        TokenizerConfig(tokenizer=tok),
         item=tok,
         path=("tokenizer",),
         inputs=inputs,

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from llmbuild.backend import Resources
 from llmbuild.errors import Path, UserError, did_you_mean
+from llmbuild.plan.digest import StatCache, digest_paths
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class External:
     """Each file's suffix counts (see ``spec.base.content``)."""
     files: tuple[str, ...] = ()
     """Of a directory, the names of the files that count (see ``spec.base.content``)."""
+
+    def digest(self, cache: StatCache) -> dict[str, object]:
+        """Their content digest (``digest_paths``, with this input's rules)."""
+        return digest_paths(
+            self.patterns, cache, unordered=self.unordered, suffixes=self.suffixes, only=self.files
+        )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmbuild.errors import Path, Problem, SpecError
-from llmbuild.plan.digest import MissingInput, StatCache, digest_paths
+from llmbuild.plan.digest import MissingInput, StatCache
 from llmbuild.plan.graph import Graph
 
 Locate = Callable[[Problem], Problem]
@@ -23,13 +23,7 @@ def external_digests(
     for node in graph:
         for ext in node.external:
             try:
-                out.setdefault(node.name, {})[ext.slot] = digest_paths(
-                    ext.patterns,
-                    cache,
-                    unordered=ext.unordered,
-                    suffixes=ext.suffixes,
-                    only=ext.files,
-                )
+                out.setdefault(node.name, {})[ext.slot] = ext.digest(cache)
             except MissingInput as e:
                 if ext.spec_path not in seen:
                     seen.add(ext.spec_path)

@@ -19,7 +19,7 @@ from llmbuild.backend import Resources
 from llmbuild.errors import format_path
 from llmbuild.plan.canonical import canonical_hash
 from llmbuild.plan.graph import Graph, Node
-from llmbuild.plan.keys import NodeKey
+from llmbuild.plan.keys import NodeKey, cutoff_key
 
 if TYPE_CHECKING:
     from llmbuild.store.records import Record
@@ -230,8 +230,6 @@ def _cut_off(
 ) -> Record | None:
     """The artifact ``build``'s early cut-off would reuse for ``node``, if its upstreams
     are all held already."""
-    from llmbuild.plan.keys import cutoff_key
-
     target_of = getattr(store, "cutoff_target", None)
     ck = cutoff_key(graph, node, keys, held) if target_of is not None else None
     target = target_of(ck) if ck else None

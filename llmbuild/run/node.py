@@ -19,7 +19,7 @@ from typing import Any
 from llmbuild.backend import Backend, Resources
 from llmbuild.errors import format_path
 from llmbuild.locations import stat_cache_path
-from llmbuild.plan.digest import MissingInput, StatCache, digest_paths
+from llmbuild.plan.digest import MissingInput, StatCache
 from llmbuild.plan.graph import External
 from llmbuild.run.context import InputArtifact, Progress, ProgressSink, RunContext
 from llmbuild.run.ranks import leave_process_groups
@@ -106,9 +106,7 @@ def _same_inputs(task: NodeTask, cache: StatCache | None, when: str) -> None:
         if when == "while it ran" and any("://" in p for p in ext.patterns):
             continue  # a remote file is read again only to start (it may be downloaded)
         try:
-            now = digest_paths(
-                ext.patterns, cache, unordered=ext.unordered, suffixes=ext.suffixes, only=ext.files
-            )
+            now = ext.digest(cache)
         except (MissingInput, OSError):
             now = None
         if now != task.preimage["inputs"].get(ext.slot):

@@ -27,7 +27,7 @@ class ModelInfo(SpecModel):
     """Seed for weight initialisation, data order and sampling."""
 
 
-TOKENIZER_FILES = (
+PRETRAINED_TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -56,7 +56,7 @@ class Tokenizer(SpecModel):
     """Target vocabulary size of a trained `bpe` or `unigram` tokenizer (required for them)."""
     min_frequency: int = Field(2, ge=1)
     """Minimum pair frequency for a BPE merge."""
-    path: str | None = content(None, slot="files", files=TOKENIZER_FILES)
+    path: str | None = content(None, slot="files", files=PRETRAINED_TOKENIZER_FILES)
     """For `pretrained`: a directory with tokenizer.json or a sentencepiece .model. Only its
     tokenizer's files count (a model directory's weights do not)."""
     sources: StrList | None = ref("text", None, slot="text:{name}", omitted="pretrain")
