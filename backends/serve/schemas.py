@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ApiError(Exception):
@@ -53,6 +53,14 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Message:
+        # Only an assistant's message may come without content (OpenAI's, when it holds
+        # tool calls); a user's message of null would be answered as if it were empty.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content (a string or text parts)")
+        return self
 
     def as_template_input(self) -> dict[str, str]:
         content = self.content
@@ -153,7 +161,10 @@ def parse(raw: bytes, model: type[BaseModel]) -> Any:
                 400, f"Missing required parameter: '{param}'.", param=param, code="missing"
             ) from None
         raise ApiError(
-            400, f"Invalid '{param}': {first['msg']}.", param=param, code="invalid_value"
+            400,
+            f"Invalid '{param}': {first['msg'].removeprefix('Value error, ')}.",
+            param=param,
+            code="invalid_value",
         ) from None
 
 

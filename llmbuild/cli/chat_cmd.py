@@ -17,7 +17,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-tokens", type=ranged(int, 1), default=256, help="longest answer, in tokens"
     )
-    p.add_argument("--temperature", type=ranged(float, 0), default=0.7, help="0 is greedy")
+    p.add_argument(
+        "--temperature", type=ranged(float, 0, 2), default=0.7, help="0 is greedy; at most 2"
+    )
     p.add_argument("--top-p", type=ranged(float, 0, 1, above=True), default=1.0)
     p.add_argument("--seed", type=SEED, default=None, help="sampling seed (default: random)")
     p.add_argument("--system", help="a system message opening the conversation")

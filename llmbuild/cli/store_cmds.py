@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         f"{verb} {len(report.removed)} artifacts and {report.scratch_removed} abandoned "
         f"temp dirs; kept {len(report.kept)}"
     )
+    if report.stale_removed:
+        print(f"{verb} {report.stale_removed} lock files of builds that were killed")
     return 0
 
 

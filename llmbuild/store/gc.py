@@ -6,7 +6,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from llmbuild.store.lease import live_holder
+from llmbuild.store.lease import clear_stale, live_holder
 from llmbuild.store.store import Store
 
 SCRATCH_KEY = re.compile(r"-([0-9a-f]{12})-[a-z0-9_]+$")
@@ -20,6 +20,8 @@ class GcReport:
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     scratch_removed: int = 0
+    stale_removed: int = 0
+    """Lease and ``running/`` files of builds that ended without removing them."""
 
 
 def collect(
@@ -44,6 +46,13 @@ def collect(
         report.removed.append(label)
         if not dry_run:
             store.remove_artifact(rec.key)
+    for folder in ("leases", "running"):
+        for name in store.fs.listdir(folder):
+            rel = f"{folder}/{name}"
+            if name.endswith(".takeover") or live_holder(store.fs, rel) is not None:
+                continue
+            if dry_run or clear_stale(store.fs, rel):
+                report.stale_removed += 1
     now = time.time()
     held = {k[:12] for k in store.fs.listdir("leases") if live_holder(store.fs, f"leases/{k}")}
     for name in store.fs.listdir("tmp"):

@@ -141,3 +141,20 @@ def try_acquire(fs: LocalFS | FsspecFS, rel: str, owner: dict[str, Any]) -> Leas
         return Lease(fs, rel, info)
     finally:
         fs.remove(guard)
+
+
+def clear_stale(fs: LocalFS | FsspecFS, rel: str) -> bool:
+    """Remove the lease file ``rel`` if its holder has ended or stopped beating (a killed
+    build's); under the takeover guard, so that a build taking the lease over meanwhile
+    keeps it. Whether it was removed."""
+    guard = f"{rel}.takeover"
+    if not fs.create_exclusive(guard, b"{}"):
+        return False
+    try:
+        holder = _read(fs, rel)
+        if holder is None or not _stale(holder, lease_ttl()):
+            return False
+        fs.remove(rel)
+        return True
+    finally:
+        fs.remove(guard)

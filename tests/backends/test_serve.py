@@ -324,6 +324,14 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
             400,
             "temperature",
         ),
+        # a user's message of null content (it was answered as an empty message)
+        (
+            "/v1/chat/completions",
+            json.dumps({**ok, "messages": [{"role": "user", "content": None}]}).encode(),
+            KEY,
+            400,
+            "messages[0]",
+        ),
     ]
     for path, body, key, status, param in cases:
         got, answer = _raw(server, path, body, key)

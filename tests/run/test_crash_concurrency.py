@@ -60,6 +60,7 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     assert artifact_dirs(store, "tokenizer")  # what finished before the kill is kept
     leases = list((store / "leases").iterdir())
     assert len(leases) == 1  # the dead build's lease, left behind
+    assert len(list((store / "running").iterdir())) == 1  # and its list of keys
     (scratch,) = (store / "tmp").iterdir()  # and the temp dir it was building into
     monkeypatch.setenv("LLMBUILD_LEASE_TTL", "2")
     # Its holder was a process of this host, and it is gone: the lease is free at once.
@@ -89,6 +90,8 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     os.utime(scratch, (time.time() - SCRATCH_GRACE - 1,) * 2)
     report = collect(Store(str(store)))
     assert report.scratch_removed == 1 and not scratch.exists() and not report.removed
+    # and the killed build's running/ file, which said which keys it was making
+    assert report.stale_removed == 1 and not any((store / "running").iterdir())
 
 
 def test_two_concurrent_builds_build_each_node_once(project, fixture_env, tmp_path):
