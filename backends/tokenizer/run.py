@@ -54,7 +54,7 @@ def _end_of_turn(path: Path, tok: Any) -> list[str]:
     return list(dict.fromkeys(ends))
 
 
-def _pretrained(spec: Any, out: Path) -> TokenizerInfo:
+def _pretrained(spec: Any, out: Path, ctx: Any) -> TokenizerInfo:
     """A tokenizer directory as it is (its own special tokens and chat template; a
     template set in the spec replaces its own)."""
     from transformers import AutoTokenizer
@@ -75,6 +75,15 @@ def _pretrained(spec: Any, out: Path) -> TokenizerInfo:
         raise UserError(f"the tokenizer in {spec.path} has no end-of-sequence token")
     if spec.chat_template is not None:
         tok.chat_template = CHATML if spec.template == "chatml" else spec.template
+        vocab = tok.get_vocab()
+        if spec.template == "chatml" and not (IM_START in vocab and IM_END in vocab):
+            # The embedding has no rows to spare for new tokens (a checkpoint's would not).
+            ctx.note(
+                f"the tokenizer in {spec.path} has no {IM_START} and {IM_END} tokens: "
+                "chatml's markers become several ordinary tokens each, and a reply ends at "
+                f"{eos}, not at {IM_END}; leave chat_template unset to keep the tokenizer's "
+                "own template, or give a Jinja template written with its special tokens"
+            )
     tok.save_pretrained(str(out))
     return TokenizerInfo(
         kind=spec.kind,
@@ -94,7 +103,7 @@ def run(ctx: Any) -> None:
     spec = config.tokenizer
     out = ctx.out_dir / DIR
     if spec.kind == "pretrained":
-        info = _pretrained(spec, out)
+        info = _pretrained(spec, out, ctx)
     else:
         from transformers import PreTrainedTokenizerFast
 

@@ -67,6 +67,15 @@ def test_a_sentencepiece_only_checkpoint_brings_its_tokenizer(tmp_path):
         (artifact(outcome, tmp_path / "store", "stage:more") / "config.json").read_text()
     )
     assert more["vocab_size"] == 384  # the embedding's rows, which the 120 pieces fit
+    assert not outcome.results["tokenizer"].record.notes
+    # chatml over a vocabulary without its markers: the build says what that means
+    chatml = tmp_path / "chatml.toml"
+    chatml.write_text(spec.read_text() + '\n[tokenizer]\nchat_template = "chatml"\n')
+    outcome = run_nodes(chatml, tmp_path / "store", ("tokenizer",))
+    assert outcome.ok, outcome.log
+    (note,) = outcome.results["tokenizer"].record.notes
+    assert "has no <|im_start|> and <|im_end|> tokens" in note, note
+    assert "leave chat_template unset" in note and note in outcome.log
     # More pieces than the embedding has rows: said at validate, at the checkpoint.
     config = json.loads((ck / "config.json").read_text())
     (ck / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
