@@ -239,7 +239,12 @@ def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
                 )
             out.append({"role": m["role"], "content": m["content"]})
         if not any(m["role"] == "assistant" for m in out):
-            raise BadRecord(rec.where, "the conversation has no assistant message", "field")
+            roles = ", ".join(dict.fromkeys(repr(m["role"]) for m in out))
+            raise BadRecord(
+                rec.where,
+                f"the conversation has no assistant message (role 'assistant'; its roles: {roles})",
+                "field",
+            )
         return out
     if source.prompt_field in rec.data:
         return [

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +164,23 @@ def _sample_rows(samples: dict[str, list[dict[str, Any]]], metrics: dict[str, An
     return rows
 
 
+@contextmanager
+def without_environment_probe() -> Iterator[None]:
+    """lm-eval ends each evaluation by adding the environment to its results: torch's
+    ``collect_env`` (a second or two of subprocesses per eval node) and the git commit
+    of the working directory (``fatal: not a git repository`` on stderr outside one).
+    The build's record holds the environment already; lm-eval's results go without."""
+    from lm_eval import evaluator
+
+    saved = evaluator.add_env_info, evaluator.get_git_commit_hash
+    evaluator.add_env_info = lambda results: None
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info, evaluator.get_git_commit_hash = saved
+
+
 def run_lm_eval(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     """Run the suite's tasks; returns ``{task: {metric: value}}`` and a markdown table,
     records each task's metrics and writes every scored example to ``samples.jsonl``."""
@@ -180,14 +199,15 @@ def run_lm_eval(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
         max_gen_toks=suite.max_gen_toks,
         base=base_dir,
     )
-    out = simple_evaluate(
-        model=model,
-        tasks=specs,
-        num_fewshot=suite.num_fewshot,
-        limit=suite.limit,
-        task_manager=manager,
-        log_samples=True,
-    )
+    with without_environment_probe():
+        out = simple_evaluate(
+            model=model,
+            tasks=specs,
+            num_fewshot=suite.num_fewshot,
+            limit=suite.limit,
+            task_manager=manager,
+            log_samples=True,
+        )
     results: dict[str, dict[str, Any]] = {}
     table = ["| task | metric | value | stderr |", "| --- | --- | --- | --- |"]
     for task, values in sorted(out["results"].items()):

@@ -213,8 +213,55 @@ class TrainedStage(Kind):
             ]
         return []
 
+    def _base_problems(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        """A model that writes text trained from (or against) one that scores it: the
+        scorer's language-model head is its own base's, untrained since."""
+        if item.kind in SCORING:
+            return []
+        out = []
+        for field, key in (("from_", "from"), ("reference", "reference"), ("teacher", "teacher")):
+            base = view.stages.get(getattr(item, field, None) or "")
+            if base is not None and base.kind in SCORING:
+                hint = (
+                    f' (to reward with it: rewards = [{{kind = "model", stage = "{base.name}"}}])'
+                    if base.kind == "reward" and item.kind == "grpo"
+                    else ""
+                )
+                out.append(
+                    Problem(
+                        f"stage {base.name!r} is a {SCORING[base.kind]}: it scores texts, and "
+                        "its language-model head is its base's, untrained since; a "
+                        f"{item.kind} stage needs a model that writes text{hint}",
+                        (*where, key),
+                    )
+                )
+        return out
+
+    def _length_problems(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        """Completions GRPO samples past the context: a prompt and its completion are
+        trained as one sequence of at most seq_len tokens."""
+        from pydantic import ValidationError
+
+        new = getattr(item, "max_new_tokens", None)
+        if new is None or view.architecture is None:
+            return []
+        try:
+            seq_len = _chain_architecture(view.architecture, view.stages, item).seq_len
+        except ValidationError:
+            return []  # a shape problem, reported on its own
+        if new < seq_len:
+            return []
+        return [
+            Problem(
+                f"max_new_tokens ({new}) must be less than the model's seq_len ({seq_len}): a "
+                "prompt and its completion are trained as one sequence of seq_len tokens, "
+                "so the tokens past it would be rewarded but not trained on",
+                (*where, "max_new_tokens"),
+            )
+        ]
+
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
-        out = self._model_problems(item, where, view)
+        out = self._model_problems(item, where, view) + self._base_problems(item, where, view)
         parent = view.stages.get(getattr(item, "from_", None) or "")
         if item.has_adapters and parent is not None and parent.adapters_only:
             out.append(
@@ -224,6 +271,7 @@ class TrainedStage(Kind):
                     (*where, "from"),
                 )
             )
+        out += self._length_problems(item, where, view)
         par = view.parallelism
         patch = getattr(item, "architecture", None)
         if patch is not None and view.architecture is not None:
@@ -293,9 +341,9 @@ class DistillStage(PretrainStage):
             if getattr(ours, field) != getattr(theirs, field):
                 out.append(
                     Problem(
-                        f"the student's {field} ({getattr(ours, field)}) differs from its "
-                        f"teacher {teacher.name!r}'s ({getattr(theirs, field)}): a student "
-                        "learns the teacher's distribution over one shared vocabulary",
+                        f"the student's {field} ({getattr(ours, field)}) differs from the "
+                        f"{field} of teacher {teacher.name!r} ({getattr(theirs, field)}): a "
+                        "student learns the teacher's distribution over one shared vocabulary",
                         (*where, "architecture", field),
                     )
                 )

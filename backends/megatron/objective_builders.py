@@ -102,7 +102,7 @@ def _splits(cfg: RankConfig, make: Any, what: str) -> tuple[Any, Any]:
         raise ValueError(f"source {source!r} has no training {what}")
     if getattr(train, "cut_off", 0) == len(train):
         raise ValueError(
-            f"every one of source {source!r}'s {len(train)} training {what} has its answer "
+            f"every one of the {len(train)} training {what} of source {source!r} has its answer "
             f"past seq_len = {train.seq_len} tokens, so nothing would be learned: raise "
             "architecture.seq_len or shorten the prompts"
         )
@@ -276,9 +276,10 @@ def group_policy(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     from llmbuild.backends.megatron.rewards import Rewards
     from tokenizers import Tokenizer
 
-    train, valid = _splits(cfg, lambda split: PromptSamples(cfg.sources, split), "prompts")
+    room = arch.seq_len - cfg.stage["max_new_tokens"]
+    train, valid = _splits(cfg, lambda split: PromptSamples(cfg.sources, split, room), "prompts")
     models = {i: reward_scorer(arch, cfg, config, ref) for i, ref in cfg.reward_models.items()}
-    return GroupPolicy(
+    objective = GroupPolicy(
         train,
         valid,
         _reference(cfg, arch, config, model),
@@ -291,3 +292,7 @@ def group_policy(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
         cfg.pad,
         cfg.seed,
     )
+    long = sum(s.long for s in (train, valid) if s)
+    if long:  # the stage notes them
+        objective.facts = {"prompts_too_long": long}
+    return objective

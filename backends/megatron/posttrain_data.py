@@ -186,8 +186,11 @@ def answer_batch(rows: list[tuple[Any, Any]], seq_len: int, pad: int) -> dict[st
 class PromptSamples:
     """GRPO prompts (token ids) with their source records (the ``answer`` field)."""
 
-    def __init__(self, sources: dict[str, str], split: str) -> None:
+    def __init__(self, sources: dict[str, str], split: str, room: int | None = None) -> None:
         self.prompts = _documents(sources, split, (".prompt",))
+        self.long = 0 if room is None else sum(1 for ids, _ in self.prompts if len(ids) > room)
+        """Prompts longer than ``room`` (seq_len less the completion's tokens): their
+        completions run past seq_len, where they are sampled but not trained on."""
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -282,12 +282,20 @@ def run(ctx: RunContext[TrainConfig]) -> None:
             f"{config.architecture.seq_len} tokens and teach nothing: raise "
             "architecture.seq_len or shorten their prompts"
         )
+    if ctx.metrics.get("prompts_too_long"):
+        ctx.note(
+            f"{ctx.metrics['prompts_too_long']} prompts leave fewer than max_new_tokens = "
+            f"{stage.max_new_tokens} of seq_len = {config.architecture.seq_len} tokens: "
+            "their completions are sampled and rewarded past seq_len but not trained on "
+            "there; raise architecture.seq_len or shorten the prompts"
+        )
     if (result / "initial.json").exists():  # the measurement before any update
         initial = json.loads((result / "initial.json").read_text())
         ctx.metrics.update({f"initial_{k}": v for k, v in initial.items()})
     if not any(k.startswith("val_") for k in final):
+        held_out = "val_reward" if stage.kind == "grpo" else "val_loss"
         ctx.note(
-            "no validation data: nothing was measured held out (val_loss), since the "
+            f"no validation data: nothing was measured held out ({held_out}), since the "
             "stage's sources have no validation documents; set [data.split] validation, "
             "and give a text source a separator so that it holds more than one document"
         )

@@ -3,9 +3,10 @@ lora, dpo, grpo, reward and classify (registered in ``kinds.py``). Torch-free: t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import re
+from typing import Annotated, Literal, Union, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, added, marked, ref
 from llmbuild.spec.model import ArchitecturePatch
@@ -38,7 +39,18 @@ class LoraAdapter(SpecModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the adapter input."""
     targets: tuple[LoraTarget, ...] = Field(("qkv", "proj"), min_length=1)
-    """Layers that get adapters: qkv, proj (attention output), fc1, fc2."""
+    """Layers that get adapters: qkv, proj (attention output), fc1, fc2 (a set: their
+    order does not count)."""
+
+    @field_validator("targets")
+    @classmethod
+    def _as_set(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # One order for every listing of the same layers, so that a reordering changes
+        # no key: the adapters are the same.
+        if len(set(value)) != len(value):
+            raise ValueError(f"targets must be distinct (got {list(value)})")
+        order = get_args(LoraTarget)
+        return tuple(sorted(value, key=order.index))
 
 
 class StageBase(StageTable):
@@ -262,6 +274,16 @@ class RegexReward(SpecModel):
     """Reward kind."""
     pattern: str = Field(min_length=1)
     """Python regular expression searched in the completion."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+        return value
+
     weight: float = 1.0
     """Weight of this reward in the sum."""
 

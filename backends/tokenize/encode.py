@@ -81,6 +81,12 @@ class Encoder:
         self.template: Any = (
             OwnTemplate(str(Path(tokenizer_json).parent)) if own_template else ChatML
         )
+        self.unk = _unknown_id(self.tok)
+        """The id text the vocabulary cannot spell becomes (None for byte-level ones)."""
+
+    def unknown(self, docs: list[list[int]]) -> int:
+        """How many of ``docs``' tokens are the unknown token."""
+        return 0 if self.unk is None else sum(ids.count(self.unk) for ids in docs)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -128,3 +134,15 @@ class Encoder:
             (flat[3 * i], flat[3 * i + 1] + [self.eos], flat[3 * i + 2] + [self.eos])
             for i in range(len(records))
         ]
+
+
+def _unknown_id(tok: Any) -> int | None:
+    """The unknown token's id, from the model's own setting: ``unk_token`` (BPE,
+    WordPiece, WordLevel) or ``unk_id`` (Unigram)."""
+    import json
+
+    model = json.loads(tok.to_str()).get("model", {})
+    if isinstance(model.get("unk_id"), int):
+        return model["unk_id"]
+    name = model.get("unk_token")
+    return tok.token_to_id(name) if isinstance(name, str) else None

@@ -79,7 +79,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
     }
     answers = open(f"{base}.answers.jsonl", "w") if role == "prompts" else None
     labels = open(f"{base}.labels.jsonl", "w") if role == "labeled" else None
-    stats: dict[str, Any] = {"documents": 0, "tokens": 0, "learned_tokens": 0}
+    stats: dict[str, Any] = {"documents": 0, "tokens": 0, "learned_tokens": 0, "unknown": 0}
     if labels is not None:
         stats["labels"] = {}
     if answers is not None:
@@ -122,6 +122,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
             answers.writelines(json.dumps({"answer": r.get("answer")}) + "\n" for r in batch)
             stats["unanswered"] += sum(r.get("answer") is None for r in batch)
         stats["tokens"] += sum(len(ids) for ids in docs)
+        stats["unknown"] += enc.unknown(docs)
         stats["documents"] += len(batch)
 
     for batch in _batches_read_ahead(Path(shard)):
@@ -194,3 +195,29 @@ def run(ctx: Any) -> None:
     ctx.metrics["documents"] = sum(d["documents"] for d in datasets)
     if role == "prompts":  # an exact-match reward needs every prompt's answer
         ctx.metrics["unanswered"] = sum(r["unanswered"] for r in results)
+    _note_unknown(ctx, tokenizer, sum(r["unknown"] for r in results), sum(totals.values()))
+
+
+UNKNOWN_SHARE = 0.01
+"""The share of unknown tokens past which a source is said to be badly spelled."""
+
+
+def _note_unknown(ctx: Any, tokenizer: Any, unknown: int, tokens: int) -> None:
+    """Count the tokens the vocabulary could not spell; say so when they are many (a
+    char tokenizer trained without this source's text: the model learns to predict
+    "unknown")."""
+    ctx.metrics["unknown_tokens"] = unknown
+    if not tokens or unknown / tokens <= UNKNOWN_SHARE:
+        return
+    made_here = tokenizer.info.kind in ("char", "bpe", "unigram")  # from the text
+    ctx.note(
+        f"{unknown / tokens:.0%} of the tokens of source {ctx.config.source!r} are the "
+        "tokenizer's unknown token: its vocabulary cannot spell that text (in a chat "
+        "source, the chat template's too)"
+        + (
+            f"; list {ctx.config.source!r} in [tokenizer] sources so that the tokenizer is "
+            "made from its text as well"
+            if made_here
+            else ""
+        )
+    )

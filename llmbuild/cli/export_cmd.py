@@ -45,13 +45,13 @@ def copy_out(
 ) -> list[Path]:
     """Copy the built exports ``names`` (all when empty) to ``to``; ``build`` is the
     command that builds them, said when one is missing."""
-    exports = [n for n in planned.graph.nodes if n.startswith("export:")]
+    exports = [n for n in planned.names if n.startswith("export:")]
     wanted = [f"export:{n}" if not n.startswith("export:") else n for n in names] or exports
     unknown = [n for n in wanted if n not in exports]
     if unknown:
         listed = ", ".join(n.split(":", 1)[1] for n in exports) or "none"
         raise UserError(f"no export {unknown[0]!r} in this spec (exports: {listed})")
-    found = {n: store.lookup(planned.keys[n].key) for n in wanted}
+    found = {n: store.lookup(planned.key_of(n).key) for n in wanted}
     corrupt = [f"{n} ({f.problem})" for n, f in found.items() if f.state == "corrupt"]
     if corrupt:
         raise UserError(f"corrupt in the store: {', '.join(corrupt)}; run `{build}` to rebuild it")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
 
-    resolved = load_spec(args.spec, args.overrides)
+    resolved = load_spec(args.spec, args.overrides, missing_ok=True)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     to = Path(args.to)

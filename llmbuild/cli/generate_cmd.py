@@ -52,7 +52,7 @@ def _built(store: Any, planned: Any, name: str, args: argparse.Namespace) -> Any
     """The verified artifact of a node of the plan, as an input a backend reads."""
     from llmbuild.run.context import InputArtifact
 
-    found = store.lookup(planned.keys[name].key)
+    found = store.lookup(planned.key_of(name).key)
     if found.state == "corrupt":
         raise UserError(
             f"{name} is corrupt in the store ({found.problem}): run `{build_command(args)}` "
@@ -200,16 +200,16 @@ def run(args: argparse.Namespace) -> int:
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
 
-    resolved = load_spec(args.spec, args.overrides)
+    resolved = load_spec(args.spec, args.overrides, missing_ok=True)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:
         node = _export_node(resolved, args.export, args.command)
         text = _generate_hf(args, _built(store, planned, node, args).path)
     else:
-        stages = [n for n in planned.graph.nodes if n.startswith("stage:")]
+        stages = [n for n in planned.names if n.startswith("stage:")]
         name = f"stage:{args.stage}" if args.stage else stages[-1]
-        if name not in planned.keys:
+        if name not in stages:
             raise UserError(f"no stage {args.stage!r} (stages: {', '.join(s[6:] for s in stages)})")
         writes_text(resolved, name.split(":", 1)[1], args.command)
         stage = _built(store, planned, name, args)

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from llmbuild.spec.load import load_spec
 
     texts = _texts(args)
-    resolved = load_spec(args.spec, args.overrides)
+    resolved = load_spec(args.spec, args.overrides, missing_ok=True)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     node = _stage_node(resolved, args.stage)

@@ -40,7 +40,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def _stage_node(planned: Any, stage: str | None) -> str:
-    stages = [n for n in planned.graph.nodes if n.startswith("stage:")]
+    stages = [n for n in planned.names if n.startswith("stage:")]
     if not stages:
         raise UserError("the spec has no stage to run")
     if stage is None:
@@ -62,7 +62,7 @@ def open_model(args: argparse.Namespace) -> Any:
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
 
-    resolved = load_spec(args.spec, args.overrides)
+    resolved = load_spec(args.spec, args.overrides, missing_ok=True)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:

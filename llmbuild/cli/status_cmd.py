@@ -200,16 +200,33 @@ def _compare(
     print("\n".join(_markdown(["metric", label, other_label, "change"], rows)))
 
 
+def failures(store: Any, keys: dict[str, str], built: Any) -> dict[str, str | None]:
+    """``{node: its log}`` for the nodes not built whose last attempt at this key failed
+    (a failure leaves no artifact, only the build's record and the node's log)."""
+    out: dict[str, str | None] = {}
+    for build in reversed(store.builds()):
+        for name, node in build.get("nodes", {}).items():
+            if name in out or name in built or keys.get(name) != node.get("key"):
+                continue
+            if node.get("state") == "failed":
+                log = store.work_dir(node["key"], create=False) / "node.log"
+                out[name] = str(log) if log.is_file() else None
+            elif node.get("state") in ("built", "cached", "reused"):
+                out[name] = ""  # built since: not a failure (gone from the store now)
+    return {n: log for n, log in out.items() if log != ""}
+
+
 def run(args: argparse.Namespace) -> int:
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
 
-    resolved = load_spec(args.spec, args.overrides)
+    resolved = load_spec(args.spec, args.overrides, missing_ok=True)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     corrupt: dict[str, str] = {}
     records = built_records(store, {n: k.key for n, k in planned.keys.items()}, corrupt)
     notes = {n: list(r.notes) for n, r in records.items() if r.notes}
+    failed = failures(store, {n: k.key for n, k in planned.keys.items()}, records)
     evals, stages = eval_table(records), stage_table(records)
     exports = export_table(records)
     samples, laws = sample_texts(store, records), scaling_laws(records)
@@ -229,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
             "scaling": laws,
             "notes": notes,
             "corrupt": corrupt,
+            "failed": failed,
+            "unavailable": {n: str(p) for n, p in planned.unavailable.items()},
             "artifacts": {n: str(store.artifact_path(r.key)) for n, r in records.items()},
         }
         if compared:
@@ -242,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for node, problem in corrupt.items():
         print(f"corrupt  {node}: {problem} (the next build moves it aside and rebuilds it)")
+    for problem in resolved.missing:
+        left = [n for n, p in planned.unavailable.items() if p.path == problem.path]
+        print(f"missing  {problem}" + (f" (not shown: {', '.join(left)})" if left else ""))
+    for node, log in failed.items():
+        print(f"failed   {node} when it last ran" + (f"; its log: {log}" if log else ""))
     if not records:
         print("nothing built yet")
         return 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from llmbuild.errors import Problem, UserError
 from llmbuild.plan.compile import compile_plan
 from llmbuild.plan.digest import StatCache
 from llmbuild.plan.graph import Graph, Node
@@ -21,6 +22,20 @@ class Planned:
     graph: Graph
     keys: dict[str, NodeKey]
     plan: Plan
+    unavailable: dict[str, Problem] = field(default_factory=dict)
+    """Nodes left out because a file they read (or an upstream reads) is missing, each
+    with that file's problem; only where the spec was loaded with ``missing_ok``."""
+    names: tuple[str, ...] = ()
+    """Every node of the spec, in order, those left out included."""
+
+    def key_of(self, name: str) -> NodeKey:
+        """The key of node ``name``; a ``UserError`` when a missing file left it out."""
+        if name in self.unavailable:
+            raise UserError(
+                f"{name} cannot be looked up: it is made from a file that is missing "
+                f"({self.unavailable[name]}); put the file back where the spec says"
+            )
+        return self.keys[name]
 
 
 def plan_spec(
@@ -31,13 +46,25 @@ def plan_spec(
 ) -> Planned:
     """Compile, key and plan a resolved spec against a store (empty by default)."""
     graph = compile_plan(resolved.spec, registry)
-    externals = external_digests(graph, cache or StatCache(), lambda p: locate(p, resolved))
+    names = tuple(n.name for n in graph)
+    externals, missing = external_digests(
+        graph, cache or StatCache(), lambda p: locate(p, resolved), bool(resolved.missing)
+    )
+    unavailable: dict[str, Problem] = {}
+    for node in graph:  # a missing file leaves out its readers and all they feed
+        reason = missing.get(node.name) or next(
+            (unavailable[u] for u in node.upstream if u in unavailable), None
+        )
+        if reason is not None:
+            unavailable[node.name] = reason
+    if unavailable:
+        graph = Graph(n for n in graph if n.name not in unavailable)
     keys = node_keys(graph, externals)
     store = store or EmptyStore()
     # compared with what this spec file built last, where the store knows it
     of_spec = getattr(store, "spec_preimages", None)
     previous = of_spec(str(resolved.path)) if of_spec else None
-    return Planned(graph, keys, make_plan(graph, keys, store, previous))
+    return Planned(graph, keys, make_plan(graph, keys, store, previous), unavailable, names)
 
 
 __all__ = [

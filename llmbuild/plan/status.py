@@ -284,7 +284,18 @@ def make_plan(
             if changes:
                 reason = "; ".join(str(c) for c in changes)
             elif upstream:
-                reason = f"upstream {', '.join(upstream)} changed"
+                # The last build may have used other artifacts of upstreams that are now
+                # cached (a build with --set between): those did not change now.
+                changed = [u for u in upstream if u in rebuilding]
+                other = [u for u in upstream if u not in rebuilding]
+                reason = "; ".join(
+                    ([f"upstream {', '.join(changed)} changed"] if changed else [])
+                    + (
+                        [f"upstream {', '.join(other)} is cached, another than its last build used"]
+                        if other
+                        else []
+                    )
+                )
             else:
                 reason = "not in the store"
         if (

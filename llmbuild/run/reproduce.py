@@ -129,7 +129,7 @@ def reproduce(
         )
     spec = _recorded_threads(store, build, spec_model(registry).model_validate(build["spec"]))
     graph = _recorded_machine_threads(store, build, compile_plan(spec, registry))
-    keys = node_keys(graph, external_digests(graph, store.cache))
+    keys = node_keys(graph, external_digests(graph, store.cache)[0])
     recorded = {n: v["key"] for n, v in build["nodes"].items()}
     changed = [n for n in graph.nodes if recorded.get(n) != keys[n].key]
     if changed:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from llmbuild.errors import Path, Problem, SpecError
 from llmbuild.registry import default_registry
-from llmbuild.spec.checks import cross_check
+from llmbuild.spec.checks import check_paths, cross_check
 from llmbuild.spec.complete import complete
 from llmbuild.spec.compose import Layer, Origin, apply_override, load_layers
 from llmbuild.spec.root import Spec, spec_model
@@ -31,6 +31,9 @@ class ResolvedSpec:
     """The spec's path as shown in messages."""
     origins: dict[Path, Origin]
     files: tuple[str, ...]
+    missing: tuple[Problem, ...] = ()
+    """Files the spec names that are not there, where loading allowed it (a command
+    that reads what was built: the nodes reading them cannot be planned)."""
 
     def origin(self, path: Path) -> Origin:
         """Where the value at ``path`` was set; ``default`` for values nobody set."""
@@ -74,9 +77,14 @@ def compose(
 
 
 def load_spec(
-    path: str | os.PathLike[str], overrides: Sequence[str] = (), registry: Any = None
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    registry: Any = None,
+    missing_ok: bool = False,
 ) -> ResolvedSpec:
-    """Load, compose, validate and cross-check a spec; raise SpecError with every problem."""
+    """Load, compose, validate and cross-check a spec; raise SpecError with every problem.
+    With ``missing_ok``, files the spec names that are not there are no problem: they are
+    listed in ``missing`` (for commands that read built artifacts, not the data)."""
     from llmbuild.spec.validate import validate_sections
 
     registry = registry or default_registry()
@@ -86,7 +94,9 @@ def load_spec(
     problems, unfilled = complete(layer, registry)
     found, validated = validate_sections(layer.data, registry, unfilled)
     problems += found
-    problems += cross_check(layer.data, validated, registry, said=[p.path for p in problems])
+    said = [p.path for p in problems]
+    problems += cross_check(layer.data, validated, registry, said, paths=not missing_ok)
+    missing = check_paths(layer.data, registry, set(said)) if missing_ok else []
     if not problems:
         model = spec_model(registry)
         try:
@@ -97,7 +107,14 @@ def load_spec(
         located = [_locate(p, layer.origins, display) for p in problems]
         located.sort(key=lambda p: (p.file or "", p.line or 0, p.key))
         raise SpecError(_unique(located))
-    return ResolvedSpec(spec, fs_path.resolve(), display, layer.origins, tuple(layer.files))
+    return ResolvedSpec(
+        spec,
+        fs_path.resolve(),
+        display,
+        layer.origins,
+        tuple(layer.files),
+        tuple(_locate(p, layer.origins, display) for p in missing),
+    )
 
 
 def locate(problem: Problem, resolved: ResolvedSpec) -> Problem:

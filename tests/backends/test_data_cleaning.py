@@ -275,3 +275,18 @@ def test_a_tar_compressed_under_a_plain_name_is_read_whole(tmp_path):
     assert outcome.ok, outcome.log
     out = artifact(outcome, tmp_path / "store", "source:docs")
     assert json.loads((out / "report.json").read_text())["documents_read"] == 3
+
+
+def test_a_conversation_without_an_assistant_names_the_roles_it_has():
+    from llmbuild.backends.data.readers import BadRecord, Record, normalise
+
+    from llmbuild.spec.data import Source
+
+    source = Source.model_validate({"name": "talk", "path": "talk.jsonl", "role": "chat"})
+    turns = [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]
+    with pytest.raises(BadRecord) as e:
+        normalise(Record("talk.jsonl:3", {"messages": turns}), source)
+    assert str(e.value) == (
+        "talk.jsonl:3: the conversation has no assistant message (role 'assistant'; its "
+        "roles: 'user', 'bot')"
+    )

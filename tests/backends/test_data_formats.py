@@ -221,3 +221,42 @@ def test_tokenize_workers_load_neither_torch_nor_megatron(formats, tmp_path):
     documents, heavy = out.stdout.split("\n")[:2]
     assert int(documents) > 0
     assert heavy == "[]"
+
+
+def test_text_the_vocabulary_cannot_spell_is_counted_and_said(tmp_path):
+    """A char tokenizer made from the pretraining text alone: a chat source in other
+    characters tokenizes mostly to the unknown token, and the node says so."""
+    (tmp_path / "plain.txt").write_text("1+2=3\n4+4=8\n" * 20)
+    chat = {
+        "messages": [
+            {"role": "user", "content": "what is one plus two?"},
+            {"role": "assistant", "content": "three"},
+        ]
+    }
+    (tmp_path / "talk.jsonl").write_text(json.dumps(chat) + "\n")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'extends = ["@gpt2-tiny"]\n[model]\nname = "m"\n'
+        '[[data.sources]]\nname = "sums"\npath = "plain.txt"\nseparator = "\\n"\n'
+        '[[data.sources]]\nname = "talk"\npath = "talk.jsonl"\nrole = "chat"\n'
+        '[tokenizer]\nkind = "char"\n'
+        '[[stage]]\nname = "p"\nkind = "pretrain"\nsteps = 1\nglobal_batch = 2\nlr = 1e-3\n'
+    )
+    store = tmp_path / "store"
+    outcome = run_nodes(spec, store, ("tokenize:talk", "tokenize:sums"))
+    assert outcome.ok, outcome.log
+    talk = outcome.results["tokenize:talk"].record
+    assert talk.metrics["unknown_tokens"] > 0.5 * (talk.metrics["train_tokens"])
+    (note,) = talk.notes
+    assert "of the tokens of source 'talk' are the tokenizer's unknown token" in note, note
+    assert "list 'talk' in [tokenizer] sources" in note
+    sums = outcome.results["tokenize:sums"].record
+    assert sums.metrics["unknown_tokens"] == 0 and not sums.notes
+    # made from both sources' text, the tokenizer spells the chat (the template's
+    # newlines and role names too)
+    spec.write_text(
+        spec.read_text().replace('kind = "char"\n', 'kind = "char"\nsources = ["sums", "talk"]\n')
+    )
+    outcome = run_nodes(spec, store, ("tokenize:talk",))
+    assert outcome.ok, outcome.log
+    assert outcome.results["tokenize:talk"].record.metrics["unknown_tokens"] == 0

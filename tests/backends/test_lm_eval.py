@@ -180,3 +180,19 @@ def test_generation_stops_at_stop_strings_eos_and_the_token_limit():
     assert lm.generate_until(requests) == ["bc", "bc\nd", "b", "b", "\n"]
     lm.stop_ids = {0, ids["d"]}  # an end-of-turn token stops as EOS does, unprinted
     assert lm.generate_until([gen("a", until=[])]) == ["bc\n"]
+
+
+def test_lm_eval_goes_without_its_environment_probe(tmp_path, monkeypatch, capfd):
+    """collect_env's subprocesses and a git call that complains outside a repository are
+    left out while an eval runs, and put back after."""
+    from llmbuild.backends.eval.lm_eval_suite import without_environment_probe
+    from lm_eval import evaluator
+
+    saved = evaluator.add_env_info, evaluator.get_git_commit_hash
+    monkeypatch.chdir(tmp_path)  # no repository
+    with without_environment_probe():
+        results: dict = {}
+        evaluator.add_env_info(results)
+        assert results == {} and evaluator.get_git_commit_hash() is None
+    assert "not a git repository" not in capfd.readouterr().err
+    assert (evaluator.add_env_info, evaluator.get_git_commit_hash) == saved

@@ -212,20 +212,27 @@ def test_answers_past_seq_len_are_counted_and_a_source_of_only_those_refused(cha
     from types import SimpleNamespace
 
     from llmbuild.backends.megatron.objective_builders import _splits
-    from llmbuild.backends.megatron.posttrain_data import ChatSamples, PairSamples
+    from llmbuild.backends.megatron.posttrain_data import ChatSamples, PairSamples, PromptSamples
 
     _spec, store, outcome = chain
     chat = {"chat": str(artifact(outcome, store, "tokenize:chat"))}
     prefs = {"prefs": str(artifact(outcome, store, "tokenize:prefs"))}
     assert ChatSamples(chat, "train", 64, 0, 0, packing=True).cut_off == 0
     assert PairSamples(prefs, "train", 64, 0).cut_off == 0
+    # GRPO's prompts: those leaving no room for max_new_tokens of completion are counted
+    prompts = {"prompts": str(artifact(outcome, store, "tokenize:prompts"))}
+    assert PromptSamples(prompts, "train", 64).long == 0
+    tight = PromptSamples(prompts, "train", 2)
+    assert tight.long == len(tight) > 0
     for sources, make, what in (
         (chat, lambda split: ChatSamples(chat, split, 2, 0, 0, packing=False), "conversations"),
         (prefs, lambda split: PairSamples(prefs, split, 2, 0), "preference pairs"),
     ):
         short = make("train")
         assert short.cut_off == len(short) > 0
-        with pytest.raises(ValueError, match=f"training {what} has its answer past seq_len = 2"):
+        with pytest.raises(
+            ValueError, match=f"training {what} of source .* has its answer past seq_len = 2"
+        ):
             _splits(SimpleNamespace(sources=sources), make, what)
 
 

@@ -75,6 +75,22 @@ def test_rebuild_names_the_changed_field_with_old_and_new_values(project):
     ]
 
 
+def test_an_upstream_cached_now_is_not_said_to_have_changed(project):
+    """The last build (with --set) used another sft than the spec's own, which is
+    cached: a dpo rebuilt for new preference data names only the data as changed."""
+    store = MemoryStore()
+    store.commit(plan(project, store))
+    store.commit(plan(project, store, ["stage.sft.lr=1e-5"]))
+    prefs = project.parent / "data" / "prefs.jsonl"
+    prefs.write_text(prefs.read_text() * 2)
+    nodes = by_name(plan(project, store))
+    assert nodes["stage:sft"].status == "cached"
+    assert nodes["stage:dpo"].status == "build"
+    reason = nodes["stage:dpo"].reason
+    assert reason.startswith("upstream tokenize:prefs changed; "), reason
+    assert "stage:sft is cached, another than its last build used" in reason, reason
+
+
 def test_several_fields_and_nested_fields(project):
     store = MemoryStore()
     store.commit(plan(project, store))
@@ -122,3 +138,16 @@ def test_spec_hash_ignores_execution_fields(project):
     a = plan(project, MemoryStore()).plan.spec_hash
     assert plan(project, MemoryStore(), ["parallelism.tensor=2"]).plan.spec_hash == a
     assert plan(project, MemoryStore(), ["stage.sft.lr=1e-4"]).plan.spec_hash != a
+
+
+def test_lora_targets_are_a_set(project):
+    """The same layers listed in another order are the same adapters: the same key."""
+    project.write_text(
+        project.read_text()
+        + '\n[[stage]]\nname = "lora"\nkind = "lora"\nfrom = "pretrain"\ndata = "chat"\n'
+        'steps = 2\nglobal_batch = 2\nadapter = { targets = ["qkv", "fc1"] }\n'
+    )
+    store = MemoryStore()
+    store.commit(plan(project, store))
+    nodes = by_name(plan(project, store, ['stage.lora.adapter.targets=["fc1", "qkv"]']))
+    assert nodes["stage:lora"].status == "cached", nodes["stage:lora"].reason

@@ -42,6 +42,17 @@ def test_failed_build_exits_nonzero_and_names_skipped(cli, capsys):
     err = capsys.readouterr().err
     assert "failed: stage:pretrain: RuntimeError: stage:pretrain was told to fail (log: " in err
     assert "skipped (an input failed): stage:sft, stage:dpo" in err
+    # status says so, with the log, until the stage is built
+    assert main(["status", str(cli)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("failed"))
+    assert line.startswith("failed   stage:pretrain when it last ran; its log: "), out
+    assert "was told to fail" in open(line.split("its log: ")[1]).read()
+    set_control()
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(cli), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["failed"] == {}
 
 
 def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
@@ -126,3 +137,33 @@ def test_plan_says_why_against_what_this_spec_file_built_last(cli, capsys):
     assert "stage.sft.lr 2e-5 -> 1e-5" in out and "5e-5" not in out
     assert main(["plan", str(other), "--set", "stage.sft.lr=1e-5"]) == 0
     assert "stage.sft.lr 5e-5 -> 1e-5" in capsys.readouterr().out
+
+
+def test_a_moved_data_file_hides_only_what_is_made_from_it(cli, capsys):
+    """Raw data moved away after a build: status and export still read what does not
+    come from it, say what they cannot look up, and build still refuses."""
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    prefs = cli.parent / "data" / "prefs.jsonl"
+    prefs.rename(cli.parent / "prefs.jsonl")
+    capsys.readouterr()
+    assert main(["status", str(cli), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert set(shown["unavailable"]) == {
+        "source:prefs",
+        "tokenize:prefs",
+        "stage:dpo",
+        "export:hf@dpo",
+    }
+    assert "stage:sft" in shown["artifacts"] and "stage:dpo" not in shown["artifacts"]
+    assert main(["status", str(cli)]) == 0
+    out = capsys.readouterr().out
+    assert "spec.toml:19: data.sources[2].path: " in out, out
+    assert (
+        "prefs.jsonl: matches no file (not shown: source:prefs, tokenize:prefs, stage:dpo, " in out
+    )
+    assert out.splitlines()[1].startswith("missing  ")
+    assert main(["export", str(cli), "--to", str(cli.parent / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "export:hf@dpo cannot be looked up: it is made from a file that is missing" in err
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 2
+    assert "prefs.jsonl: matches no file" in capsys.readouterr().err

@@ -140,6 +140,14 @@ def test_stage_mistakes(tmp_path, edit, want):
     assert any(want in f for f in found), found
 
 
+PREFS = '[[data.sources]]\nname = "prefs"\npath = "data/prefs.jsonl"\nrole = "preferences"\n'
+PROMPTS = '[[data.sources]]\nname = "qs"\npath = "data/prefs.jsonl"\nrole = "prompts"\n'
+REWARD = (
+    '[[stage]]\nname = "rm"\nkind = "reward"\nfrom = "pretrain"\ndata = "prefs"\nsteps = 1\n'
+    "global_batch = 2\n"
+)
+
+
 def _single_stage(extra: str) -> str:
     lines = [
         'name = "pretrain"',
@@ -229,6 +237,43 @@ micro_batch = 2
         (
             '[[data.sources]]\nname = "more"\npath = "data/books"\nseparator = ""\n',
             "data.sources[1].separator: must be at least 1 character (got '')",
+        ),
+        (
+            PREFS
+            + REWARD
+            + PROMPTS
+            + '[[stage]]\nname = "g"\nkind = "grpo"\nfrom = "rm"\ndata = "qs"\nsteps = 1\n'
+            'global_batch = 2\nrewards = [{kind = "exact_match"}]\n',
+            "stage[2].from: stage 'rm' is a reward model: it scores texts, and its language-"
+            "model head is its base's, untrained since; a grpo stage needs a model that writes "
+            'text (to reward with it: rewards = [{kind = "model", stage = "rm"}])',
+        ),
+        (
+            PREFS
+            + REWARD
+            + '[[stage]]\nname = "d"\nkind = "dpo"\nfrom = "pretrain"\nreference = "rm"\n'
+            'data = "prefs"\nsteps = 1\nglobal_batch = 2\n',
+            "stage[2].reference: stage 'rm' is a reward model",
+        ),
+        (
+            PROMPTS
+            + '[[stage]]\nname = "g"\nkind = "grpo"\nfrom = "pretrain"\ndata = "qs"\nsteps = 1\n'
+            'global_batch = 2\nmax_new_tokens = 64\nrewards = [{kind = "exact_match"}]\n',
+            "stage[1].max_new_tokens: max_new_tokens (64) must be less than the model's "
+            "seq_len (64)",
+        ),
+        (
+            PROMPTS
+            + '[[stage]]\nname = "g"\nkind = "grpo"\nfrom = "pretrain"\ndata = "qs"\nsteps = 1\n'
+            'global_batch = 2\nrewards = [{kind = "regex", pattern = "("}]\n',
+            "stage[1].rewards[0].pattern: not a valid regular expression: missing ), "
+            "unterminated subpattern",
+        ),
+        (
+            '[[data.sources]]\nname = "talk"\npath = "data/chat.jsonl"\nrole = "chat"\n'
+            '[[stage]]\nname = "l"\nkind = "lora"\nfrom = "pretrain"\ndata = "talk"\nsteps = 1\n'
+            'global_batch = 2\nadapter = {targets = ["qkv", "qkv"]}\n',
+            "stage[1].adapter.targets: targets must be distinct (got ['qkv', 'qkv'])",
         ),
         (  # it would fail once the stage had trained
             '[data.split]\nvalidation = 0.0\n[[eval]]\nname = "ppl"\nkind = "perplexity"\nstages = ["pretrain"]\n',
