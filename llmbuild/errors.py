@@ -16,7 +16,7 @@ class UserError(Exception):
 OS_HINTS = {
     "ENOSPC": "the disk is full: free some space, or build into another store with --store",
     "EDQUOT": "the disk quota is used up: free some space, or use another store (--store)",
-    "EROFS": "the filesystem is read-only: build into a writable store with --store",
+    "EROFS": "the filesystem is read-only: use a writable store (--store)",
     "EACCES": "no permission: check the owner and mode of that path, or use --store",
     "ENOTDIR": "a path on the way is a file, not a directory",
 }

@@ -96,6 +96,8 @@ class FixtureBackend(Backend):
             with open(ctl["edit"][ctx.node], "a") as f:
                 f.write("An edit.\n")
         if ctx.node in ctl.get("fail", []):
+            (ctx.work_dir / "partial").mkdir(exist_ok=True)  # what a real node leaves
+            (ctx.work_dir / "partial" / "shard.jsonl").write_text("{}\n" * 100)
             raise RuntimeError(f"{ctx.node} was told to fail")
         if ctx.node in ctl.get("fill", {}):  # a large output, to fill a small disk
             with open(ctx.out_dir / "fill.bin", "wb") as f:

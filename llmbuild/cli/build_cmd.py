@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped (an input failed): {', '.join(skipped)}", file=sys.stderr)
     print(f"spec {outcome.spec_hash[:12]}: {outcome.summary}")
+    if outcome.unrecorded:
+        print(f"note: this build is not recorded: {outcome.unrecorded}", file=sys.stderr)
     return 0 if outcome.ok else 1
 
 

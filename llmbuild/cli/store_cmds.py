@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.command == "runs":
         builds = store.builds()
+        for name in store.unreadable_builds():
+            print(f"warning: {name} cannot be read: that build is not listed", file=sys.stderr)
         if args.json:
             print(
                 json.dumps(
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return _show(store, args)
     from llmbuild.store.gc import collect
 
+    if not store.fs.exists(""):
+        raise UserError(f"no store at {store.url}")
     report = collect(store, keep_builds=args.keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for label in report.removed:
@@ -77,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         f"{verb} {len(report.removed)} artifacts and {report.scratch_removed} abandoned "
         f"temp dirs; kept {len(report.kept)}"
     )
+    if report.quarantined_removed:
+        print(f"{verb} {report.quarantined_removed} corrupt artifacts moved aside by builds")
     if report.stale_removed:
         print(f"{verb} {report.stale_removed} lock files of builds that were killed")
     return 0
@@ -93,6 +100,13 @@ def _show(store, args: argparse.Namespace) -> int:
         if r.name == what or r.key.startswith(what) or r.name.split(":", 1)[-1] == what
     ]
     if build is None and not records:
+        for key in (k for k in store.fs.listdir("artifacts") if k.startswith(what)):
+            found = store.lookup(key)  # there, but its record does not verify
+            if found.state == "corrupt":
+                raise UserError(
+                    f"artifact {key[:12]} is corrupt: {found.problem} (a build that needs it "
+                    "moves it aside and rebuilds it)"
+                )
         raise UserError(f"nothing named {what!r} in {store.url} (a node name, key or spec hash)")
     if build is not None and not records:
         print(json.dumps(build, indent=2) if args.json else _build_text(build))
@@ -103,6 +117,9 @@ def _show(store, args: argparse.Namespace) -> int:
         return 0
     print(f"{rec.name}  {rec.key}")
     print(f"  artifact {store.artifact_path(store.resolve(rec).key)}")
+    found = store.lookup(rec.key)
+    if found.state == "corrupt":
+        print(f"  CORRUPT: {found.problem} (a build that needs it moves it aside and rebuilds it)")
     if rec.alias_of is not None:
         print(f"  reuses {rec.alias_of.node} {rec.alias_of.key[:12]} (early cut-off)")
     finished = time.localtime(rec.timings.get("finished", 0))

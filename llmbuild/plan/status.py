@@ -309,9 +309,9 @@ def make_plan(
                 if len(rebuilding) == 1
                 else " (reused if their outputs are unchanged)"
             )
+        if found.state == "corrupt":  # this very key was built: nothing else changed
+            reason, changes = f"the stored artifact is corrupt ({found.problem})", []
         if resume:
             reason = f"{resume}; {reason}"
-        if found.state == "corrupt":
-            reason = f"the stored artifact is corrupt ({found.problem}); {reason}"
         plans[node.name] = NodePlan(node.name, k, status, reason, tuple(changes), node.resources)
     return Plan(spec_hash(keys), tuple(plans.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class BuildOutcome:
     results: dict[str, NodeResult]
     planned: Planned
     record: dict[str, Any] = field(default_factory=dict)
+    unrecorded: str | None = None
+    """Why the build could not be recorded in the store (a read-only store, when every
+    node was cached there)."""
 
     @property
     def ok(self) -> bool:
@@ -96,9 +100,16 @@ def build(
     build_id = uuid.uuid4().hex
     planned = plan_spec(resolved, store=store, cache=store.cache, registry=registry)
     graph = planned.graph.select(options.only, options.until)
-    running = store.announce(
-        build_id, [planned.keys[n].key for n in graph.nodes], owner_info(build_id)
-    )
+    status = {n.name: n.status for n in planned.plan.nodes}
+    cached = all(status[n] == "cached" for n in graph.nodes)  # nothing to write
+    try:
+        running = store.announce(
+            build_id, [planned.keys[n].key for n in graph.nodes], owner_info(build_id)
+        )
+    except OSError as e:
+        if not (cached and e.errno in (errno.EROFS, errno.EACCES)):
+            raise
+        running = None  # a read-only store holding all of it: read, not recorded
     results: dict[str, NodeResult] = {}
     try:
         run_graph(
@@ -119,7 +130,12 @@ def build(
             running.release()
     outcome = BuildOutcome(planned.plan.spec_hash, build_id, results, planned)
     outcome.record = _build_record(resolved, planned, outcome, options, started)
-    store.save_build(outcome.record)
+    try:
+        store.save_build(outcome.record)
+    except OSError as e:
+        if not (cached and e.errno in (errno.EROFS, errno.EACCES)):
+            raise
+        outcome.unrecorded = f"the store cannot be written ({e.strerror})"
     store.cache.save()
     return outcome
 

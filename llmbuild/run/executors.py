@@ -10,7 +10,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -318,14 +319,39 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
-    ray.init(
-        address="local",  # a cluster of its own, never one `ray start` left here
-        include_dashboard=False,
-        num_cpus=num_cpus,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": _forwarded_env()},
-    )
+    with _own_session():
+        ray.init(
+            address="local",  # a cluster of its own, never one `ray start` left here
+            include_dashboard=False,
+            num_cpus=num_cpus,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": _forwarded_env()},
+        )
+
+
+@contextmanager
+def _own_session() -> Iterator[None]:
+    """Start Ray's processes in a session of their own. A signal to the build's process
+    group (a job scheduler's SIGTERM, ``kill -- -PGID``) then reaches the build alone,
+    which stops its cluster as on Ctrl-C; had it reached Ray's GCS too, the build's next
+    call to it would block for a minute and end in a crash. Ray blocks SIGINT in its
+    processes for the same reason, not SIGTERM. They still end with the build: Ray has
+    the kernel kill them when their parent dies."""
+    from ray._private import services
+
+    popen = services.ConsolePopen
+
+    class Detached(popen):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = Detached
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
 
 
 def stop_local_ray() -> None:

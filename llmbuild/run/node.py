@@ -120,6 +120,22 @@ def _same_inputs(task: NodeTask, cache: StatCache | None, when: str) -> None:
         )
 
 
+def _clear_work(work: Path, keep_checkpoint: bool) -> None:
+    """After a failure, the node's work dir keeps its log and a checkpoint the next
+    attempt resumes from; its partial files (a data pass, a checkpoint half written when
+    the disk filled) go, for they can be large and nothing reads them again."""
+    for path in work.iterdir():
+        if path.name == "node.log":
+            continue
+        checkpoint = path.name.startswith("checkpoint") and path.suffix in (".pt", ".json")
+        if keep_checkpoint and checkpoint:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def execute_node(
     task: NodeTask, sink: ProgressSink | None = None, run_ranks: Any = None, parallel: Any = None
 ) -> Record:
@@ -188,6 +204,7 @@ def execute_node(
         message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         message += _disk_full(out, e)
         shutil.rmtree(out, ignore_errors=True)
+        _clear_work(work, keep_checkpoint=store.resumable(task.key) is not None)
         raise NodeFailed(task.name, message, str(log_path)) from None
     finally:
         leave_process_groups()  # a node's groups die with it: the process hosts others

@@ -3,7 +3,8 @@
 Every node is rebuilt into a scratch store from the resolved spec the build recorded.
 A node is *identical* when its outputs are byte-identical (same output digest), *within
 tolerance* when its outputs differ but every recorded metric agrees within the relative
-tolerance, and *diverged* otherwise.
+tolerance, and *diverged* otherwise; an original whose files no longer match its record
+is *corrupt*, compared with nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from llmbuild.spec.root import spec_model
 from llmbuild.store.records import Record
 from llmbuild.store.store import Store
 
-Verdict = Literal["identical", "within tolerance", "diverged", "failed", "missing"]
+Verdict = Literal["identical", "within tolerance", "diverged", "failed", "missing", "corrupt"]
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,18 @@ def reproduce(
         )
         comparisons = []
         for name in graph.nodes:
-            old = store.lookup(keys[name].key).target
-            comparisons.append(compare(name, old, results[name].record, rtol))
+            found = store.lookup(keys[name].key)  # the files, not only their record
+            if found.state == "corrupt":
+                comparisons.append(
+                    Comparison(
+                        name,
+                        "corrupt",
+                        f"the original artifact is corrupt ({found.problem}): nothing to "
+                        "compare the rebuild with",
+                    )
+                )
+                continue
+            comparisons.append(compare(name, found.target, results[name].record, rtol))
         done = all(r.record is not None for r in results.values())
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing in it is worth keeping
         done = True

@@ -154,6 +154,9 @@ class Scheduler:
         if self._try_cached(node):  # committed by another build while we waited
             lease.release()
             return
+        # The key's temp dirs are the lease holder's: any there now were left by one that
+        # was killed (gc would find them too, but they can be large).
+        self.store.drop_scratch(node.name, k.key)
         if not self._started:
             self.executor.start()
             self._started = True

@@ -6,6 +6,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from llmbuild.errors import UserError
 from llmbuild.store.lease import clear_stale, live_holder
 from llmbuild.store.store import Store
 
@@ -21,13 +22,24 @@ class GcReport:
     removed: list[str] = field(default_factory=list)
     scratch_removed: int = 0
     stale_removed: int = 0
+    quarantined_removed: int = 0
+    """Corrupt artifacts a build moved aside (``corrupt/``)."""
     """Lease and ``running/`` files of builds that ended without removing them."""
 
 
 def collect(
     store: Store, keep_builds: int = 5, dry_run: bool = False, scratch_age: float = 3600.0
 ) -> GcReport:
-    """Remove artifacts no kept build references (and abandoned temp dirs)."""
+    """Remove artifacts no kept build references (and abandoned temp dirs). Refuses
+    while a build record cannot be read: the artifacts it names might be the newest."""
+    unreadable = store.unreadable_builds()
+    if unreadable:
+        raise UserError(
+            f"cannot read {', '.join(unreadable)} in {store.url}: gc would not know which "
+            "artifacts that build kept, and they may be the newest. Remove the file (its "
+            "build's artifacts are then kept only if a build of the last ones names them) "
+            "and run gc again"
+        )
     builds = store.builds()[-keep_builds:] if keep_builds > 0 else []
     wanted = {node["key"] for b in builds for node in b.get("nodes", {}).values()}
     wanted |= store.running_keys()  # a live build's nodes, committed before it is recorded
@@ -46,6 +58,10 @@ def collect(
         report.removed.append(label)
         if not dry_run:
             store.remove_artifact(rec.key)
+    for name in store.fs.listdir("corrupt"):  # moved aside to be looked at; gc is the end
+        report.quarantined_removed += 1
+        if not dry_run:
+            store.fs.remove(f"corrupt/{name}")
     for folder in ("leases", "running"):
         for name in store.fs.listdir(folder):
             rel = f"{folder}/{name}"

@@ -310,6 +310,15 @@ class Store:
         ]
         return sorted(out, key=lambda b: b.get("finished") or b.get("started") or 0)
 
+    def unreadable_builds(self) -> list[str]:
+        """The build records that cannot be read (cut short, edited into something that is
+        no JSON object): which artifacts they name is not known."""
+        return [
+            f"builds/{f}"
+            for f in self.fs.listdir("builds")
+            if f.endswith(".json") and self._read_json(f"builds/{f}") is None
+        ]
+
     def find_build(self, prefix: str) -> dict[str, Any] | None:
         matches = [f for f in self.fs.listdir("builds") if f.startswith(prefix)]
         if len(matches) != 1:

@@ -18,6 +18,7 @@ class MemoryStore:
         self.last: dict[str, dict[str, Any]] = {}
         self.leases: dict[str, str] = {}
         self.checkpoints: dict[str, str] = {}
+        self.corrupt: dict[str, str] = {}
 
     def commit(self, planned) -> None:
         for name, k in planned.keys.items():
@@ -25,6 +26,8 @@ class MemoryStore:
             self.last[name] = k.preimage
 
     def lookup(self, key: str, verify: bool = True) -> Lookup:
+        if key in self.corrupt:
+            return Lookup("corrupt", problem=self.corrupt[key])
         return Lookup("cached") if key in self.keys else MISSING
 
     def last_preimage(self, name: str):
@@ -151,3 +154,18 @@ def test_lora_targets_are_a_set(project):
     store.commit(plan(project, store))
     nodes = by_name(plan(project, store, ['stage.lora.adapter.targets=["fc1", "qkv"]']))
     assert nodes["stage:lora"].status == "cached", nodes["stage:lora"].reason
+
+
+def test_a_corrupt_artifact_is_the_whole_reason(project):
+    """Its key was built: what the last build of the node differed in is beside the point."""
+    store = MemoryStore()
+    base = plan(project, store)
+    store.commit(base)
+    store.commit(plan(project, store, ["stage.sft.lr=1e-5"]))
+    store.corrupt[base.keys["stage:sft"].key] = "out.txt does not match its recorded digest"
+    sft = by_name(plan(project, store))["stage:sft"]
+    assert sft.status == "build"
+    assert (
+        sft.reason == "the stored artifact is corrupt (out.txt does not match its recorded digest)"
+    )
+    assert sft.changes == ()

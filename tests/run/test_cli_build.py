@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +48,10 @@ def test_failed_build_exits_nonzero_and_names_skipped(cli, capsys):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("failed"))
     assert line.startswith("failed   stage:pretrain when it last ran; its log: "), out
-    assert "was told to fail" in open(line.split("its log: ")[1]).read()
+    log = line.split("its log: ")[1]
+    assert "was told to fail" in open(log).read()
+    # the failed attempt's partial files are gone; its log stays
+    assert [p.name for p in Path(log).parent.iterdir()] == ["node.log"]
     set_control()
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
     capsys.readouterr()
@@ -167,3 +171,21 @@ def test_a_moved_data_file_hides_only_what_is_made_from_it(cli, capsys):
     assert "export:hf@dpo cannot be looked up: it is made from a file that is missing" in err
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 2
     assert "prefs.jsonl: matches no file" in capsys.readouterr().err
+
+
+def test_gc_keeps_everything_while_a_build_record_cannot_be_read(cli, capsys):
+    """A cut-short record of the newest build: gc cannot tell what it kept, so it removes
+    nothing and says which file; runs warns that the build is left out."""
+    store = cli.parent / ".llmbuild"
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    (record,) = (store / "builds").iterdir()
+    record.write_text(record.read_text()[:50])
+    capsys.readouterr()
+    assert main(["gc", "--store", str(store), "--keep", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read builds/{record.name}" in err and "gc would not know" in err, err
+    assert len(list((store / "artifacts").iterdir())) == 14
+    assert main(["runs", "--store", str(store)]) == 0
+    assert f"warning: builds/{record.name} cannot be read" in capsys.readouterr().err
+    assert main(["gc", "--store", str(cli.parent / "nothing-here")]) == 2
+    assert "no store at" in capsys.readouterr().err

@@ -69,6 +69,32 @@ def test_reproduce_deterministic_pipeline_is_identical(project, fixture_env, tmp
     assert {c.verdict for c in comparisons} == {"identical"}
 
 
+def test_reproduce_compares_with_no_corrupt_original(project, fixture_env, tmp_path):
+    """An original whose file was edited, and one whose record was: each is said to be
+    corrupt, not identical to its rebuild (the record's digests still agree with it)."""
+    import json
+
+    store = tmp_path / "store"
+    outcome = fixture_build(project, store)
+    out = _artifact(store, "stage:sft") / "out.txt"
+    out.write_bytes(out.read_bytes()[::-1])
+    record = _artifact(store, "stage:dpo") / "record.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "metrics": {"loss": 0.5}}))
+    _build, comparisons = reproduce(
+        Store(str(store)),
+        outcome.spec_hash,
+        BuildOptions(executor="inline", live=False),
+        reporter=PlainReporter(io.StringIO()),
+        registry=fixture_registry(),
+    )
+    verdicts = {c.node: c for c in comparisons}
+    assert verdicts["stage:sft"].verdict == "corrupt", verdicts["stage:sft"]
+    assert "out.txt does not match its recorded blake3 digest" in verdicts["stage:sft"].detail
+    assert verdicts["stage:dpo"].verdict == "corrupt", verdicts["stage:dpo"]
+    assert verdicts["stage:pretrain"].verdict == "identical"
+
+
 def test_reproduce_reports_the_nondeterministic_node(project, fixture_env, tmp_path):
     store = tmp_path / "store"
     set_control(random=["eval:gen@sft"])
@@ -146,6 +172,10 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
     shown = json.loads(capsys.readouterr().out)
     assert "does not match its digest" in shown["corrupt"]["eval:ppl@sft"]
     assert "0.999" not in json.dumps(shown["evals"])  # an edited metric is never shown
+    key = record.parent.name
+    assert main(["show", key[:12], "--store", str(store)]) == 2  # named, and said corrupt
+    err = capsys.readouterr().err
+    assert f"artifact {key[:12]} is corrupt: record.json does not match its digest" in err, err
     cut = _artifact(store, "tokenizer") / "record.json"
     cut.write_bytes(cut.read_bytes()[:100])
     assert "not valid JSON" in _plan_status(project, store, "tokenizer").reason
@@ -159,6 +189,10 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
     assert "corrupt  eval:ppl@sft  record.json does not match its digest" in log.getvalue()
     assert "corrupt  tokenizer  record.json is not valid JSON" in log.getvalue()
     assert len(list((store / "corrupt").iterdir())) == 2
+    from llmbuild.store.gc import collect
+
+    assert collect(Store(str(store))).quarantined_removed == 2  # gc is where they end
+    assert not any((store / "corrupt").iterdir())
     assert counts()["eval:ppl@sft"] == 1 and counts()["tokenizer"] == 1
     assert main(["status", str(project), "--store", str(store), "--json"]) == 0
 
@@ -172,6 +206,8 @@ def test_generate_refuses_a_corrupt_stage(project, fixture_env, tmp_path, capsys
     out.write_bytes(b"x" + out.read_bytes()[1:])
     assert main(["status", str(project), "--store", str(store)]) == 0
     assert "corrupt  stage:dpo: out.txt" in capsys.readouterr().out
+    assert main(["show", "stage:dpo", "--store", str(store)]) == 0
+    assert "  CORRUPT: out.txt does not match its recorded blake3" in capsys.readouterr().out
     code = main(["generate", str(project), "--store", str(store), "--stage", "dpo"])
     assert code == 2
     err = capsys.readouterr().err

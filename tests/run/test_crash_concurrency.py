@@ -26,6 +26,7 @@ def _spawn(
         [sys.executable, "-m", "tests.run.helpers", str(spec), str(store), executor],
         cwd=REPO,
         env=env,
+        start_new_session=True,  # a process group of its own, as a job scheduler gives
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -83,10 +84,13 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     assert outcome.ok
     assert counts()["stage:pretrain"] == 1 and "tokenizer" not in counts()
     assert not any((store / "leases").iterdir())
-    # gc removes the killed build's temp dir at once (no live lease), not in an hour.
+    assert not scratch.exists()  # the killed build's temp dir, cleared by the new holder
+    # gc removes a killed build's temp dir at once (no live lease), not in an hour.
     from llmbuild.store.gc import SCRATCH_GRACE, collect
     from llmbuild.store.store import Store
 
+    scratch.mkdir()
+    (scratch / "partial.bin").write_bytes(b"x" * 100)
     os.utime(scratch, (time.time() - SCRATCH_GRACE - 1,) * 2)
     report = collect(Store(str(store)))
     assert report.scratch_removed == 1 and not scratch.exists() and not report.removed
@@ -105,11 +109,14 @@ def test_two_concurrent_builds_build_each_node_once(project, fixture_env, tmp_pa
     assert any("waiting" in out for out in outputs)  # one build waited on the other's lease
 
 
-@pytest.mark.parametrize("executor", ["inline", "ray"])
-def test_sigterm_ends_a_build_as_ctrl_c_does(project, fixture_env, tmp_path, executor, capsys):
+@pytest.mark.parametrize(("executor", "group"), [("inline", False), ("ray", False), ("ray", True)])
+def test_sigterm_ends_a_build_as_ctrl_c_does(
+    project, fixture_env, tmp_path, executor, group, capsys
+):
     """A scheduler's SIGTERM: the lease is released, no temp dir is left, the checkpoint
     stays for a resume, and the build is recorded as interrupted and listed by `runs`;
-    under Ray too, with no signal dump from Ray's workers."""
+    under Ray too, with no signal dump from Ray's workers, and when the signal goes to
+    the build's whole process group (Ray's cluster included), as Slurm sends it."""
     from llmbuild.cli import main
 
     store = tmp_path / "store"
@@ -117,8 +124,13 @@ def test_sigterm_ends_a_build_as_ctrl_c_does(project, fixture_env, tmp_path, exe
     proc = _spawn(project, store, {}, executor)
     _wait_for(lambda: "stage:pretrain" in invocations(), timeout=120)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    out, _ = proc.communicate(timeout=90)
+    assert time.monotonic() - began < 30, out  # not a minute waiting on a stopped cluster
     assert proc.returncode != 0 and "Traceback" not in out, out
     assert "SIGTERM received" not in out and "*** " not in out, out
     assert main(["runs", "--store", str(store)]) == 0

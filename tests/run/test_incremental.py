@@ -115,6 +115,22 @@ def test_failure_skips_dependents_and_others_finish(project, fixture_env, tmp_pa
     assert outcome.ok and set(counts()) == FROM_SFT
 
 
+def test_a_failed_node_keeps_its_log_and_checkpoint_not_its_partial_files(
+    project, fixture_env, tmp_path
+):
+    from llmbuild.store.store import Store
+    from tests.fixture_backend import set_control
+
+    set_control(fail=["stage:sft"], sleep={"stage:sft": 0.2})  # checkpoints, then fails
+    store = tmp_path / "store"
+    outcome = fixture_build(project, store)
+    assert outcome.results["stage:sft"].state == "failed"
+    key = outcome.record["nodes"]["stage:sft"]["key"]
+    work = Store(str(store)).work_dir(key, create=False)
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint.json", "node.log"]
+    assert Store(str(store)).resumable(key) == "resume from step 2"
+
+
 def test_only_and_until_select_with_dependencies(project, fixture_env, tmp_path):
     outcome = fixture_build(project, tmp_path / "store", only=("sft",))
     assert set(outcome.results) == {
