@@ -292,11 +292,16 @@ def normalise(rec: Record, source: Source) -> dict[str, Any]:
     if source.role == "chat":
         return {"messages": _messages(rec, source)}
     if source.role == "preferences":
-        return {
+        pair = {
             "prompt": _field(rec, source.prompt_field),
             "chosen": _field(rec, source.chosen_field),
             "rejected": _field(rec, source.rejected_field),
         }
+        if pair["chosen"] == pair["rejected"]:  # its loss has no gradient: it teaches nothing
+            raise BadRecord(
+                rec.where, "chosen and rejected are the same answer: nothing is preferred", "field"
+            )
+        return pair
     if source.role == "labeled":
         return _labeled(rec, source)
     answer = rec.data.get(source.answer_field)

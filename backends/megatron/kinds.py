@@ -282,10 +282,12 @@ class TrainedStage(Kind):
             replicas = par.data * (1 if self.pipeline else par.pipeline)
             if item.global_batch % (par.micro_batch * replicas):
                 data = "parallelism.data" if self.pipeline else "parallelism.data x pipeline"
+                counts = " (both count prompts: a step samples num_generations per prompt)"
                 out.append(
                     Problem(
                         f"global_batch ({item.global_batch}) must be a multiple of parallelism."
-                        f"micro_batch x {data} ({par.micro_batch} x {replicas})",
+                        f"micro_batch x {data} ({par.micro_batch} x {replicas})"
+                        + (counts if item.kind == "grpo" else ""),
                         (*where, "global_batch"),
                     )
                 )

@@ -290,3 +290,19 @@ def test_a_conversation_without_an_assistant_names_the_roles_it_has():
         "talk.jsonl:3: the conversation has no assistant message (role 'assistant'; its "
         "roles: 'user', 'bot')"
     )
+
+
+def test_a_preference_pair_of_one_answer_twice_is_a_bad_record():
+    from llmbuild.backends.data.readers import BadRecord, Record, normalise
+
+    from llmbuild.spec.data import Source
+
+    source = Source.model_validate({"name": "p", "path": "p.jsonl", "role": "preferences"})
+    pair = {"prompt": "2+2=", "chosen": "4", "rejected": "4"}
+    with pytest.raises(BadRecord) as e:
+        normalise(Record("p.jsonl:7", pair), source)
+    assert (
+        str(e.value) == "p.jsonl:7: chosen and rejected are the same answer: nothing is preferred"
+    )
+    assert e.value.kind == "field"  # counted as such with on_error = "skip"
+    assert normalise(Record("p.jsonl:8", {**pair, "rejected": "5"}), source)["rejected"] == "5"
