@@ -19,6 +19,17 @@ def _artifact(store, name):
     return d
 
 
+def _reproduce(store, spec_hash):
+    """``reproduce`` of the build recorded under ``spec_hash``, inline, with the fixtures."""
+    return reproduce(
+        Store(str(store)),
+        spec_hash,
+        BuildOptions(executor="inline", live=False),
+        reporter=PlainReporter(io.StringIO()),
+        registry=fixture_registry(),
+    )
+
+
 def test_flipped_byte_is_reported_and_rebuilt(project, fixture_env, tmp_path):
     store = tmp_path / "store"
     fixture_build(project, store)
@@ -57,13 +68,7 @@ def test_missing_file_is_corruption_too(project, fixture_env, tmp_path):
 def test_reproduce_deterministic_pipeline_is_identical(project, fixture_env, tmp_path):
     store = tmp_path / "store"
     outcome = fixture_build(project, store)
-    build, comparisons = reproduce(
-        Store(str(store)),
-        outcome.spec_hash[:10],
-        BuildOptions(executor="inline", live=False),
-        reporter=PlainReporter(io.StringIO()),
-        registry=fixture_registry(),
-    )
+    build, comparisons = _reproduce(store, outcome.spec_hash[:10])
     assert build["spec_hash"] == outcome.spec_hash
     assert len(comparisons) == 14
     assert {c.verdict for c in comparisons} == {"identical"}
@@ -81,13 +86,7 @@ def test_reproduce_compares_with_no_corrupt_original(project, fixture_env, tmp_p
     record = _artifact(store, "stage:dpo") / "record.json"
     data = json.loads(record.read_text())
     record.write_text(json.dumps({**data, "metrics": {"loss": 0.5}}))
-    _build, comparisons = reproduce(
-        Store(str(store)),
-        outcome.spec_hash,
-        BuildOptions(executor="inline", live=False),
-        reporter=PlainReporter(io.StringIO()),
-        registry=fixture_registry(),
-    )
+    _build, comparisons = _reproduce(store, outcome.spec_hash)
     verdicts = {c.node: c for c in comparisons}
     assert verdicts["stage:sft"].verdict == "corrupt", verdicts["stage:sft"]
     assert "out.txt does not match its recorded blake3 digest" in verdicts["stage:sft"].detail
@@ -99,13 +98,7 @@ def test_reproduce_reports_the_nondeterministic_node(project, fixture_env, tmp_p
     store = tmp_path / "store"
     set_control(random=["eval:gen@sft"])
     outcome = fixture_build(project, store)
-    _, comparisons = reproduce(
-        Store(str(store)),
-        outcome.spec_hash,
-        BuildOptions(executor="inline", live=False),
-        reporter=PlainReporter(io.StringIO()),
-        registry=fixture_registry(),
-    )
+    _, comparisons = _reproduce(store, outcome.spec_hash)
     verdicts = {c.node: c.verdict for c in comparisons}
     assert verdicts.pop("eval:gen@sft") == "diverged"
     assert set(verdicts.values()) == {"identical"}
