@@ -71,7 +71,13 @@ class OwnTemplate:
 class Encoder:
     """Batch encoding with a HF ``tokenizers`` tokenizer (Rust, multi-threaded)."""
 
-    def __init__(self, tokenizer_json: str, eos_token: str, own_template: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer_json: str,
+        eos_token: str,
+        own_template: bool = False,
+        unk: int | None = None,
+    ) -> None:
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(tokenizer_json)
@@ -81,8 +87,8 @@ class Encoder:
         self.template: Any = (
             OwnTemplate(str(Path(tokenizer_json).parent)) if own_template else ChatML
         )
-        self.unk = _unknown_id(self.tok)
-        """The id text the vocabulary cannot spell becomes (None for byte-level ones)."""
+        self.unk = unk
+        """The id text the vocabulary cannot spell becomes (``unknown_id``)."""
 
     def unknown(self, docs: list[list[int]]) -> int:
         """How many of ``docs``' tokens are the unknown token."""
@@ -136,13 +142,19 @@ class Encoder:
         ]
 
 
-def _unknown_id(tok: Any) -> int | None:
-    """The unknown token's id, from the model's own setting: ``unk_token`` (BPE,
-    WordPiece, WordLevel) or ``unk_id`` (Unigram)."""
+def unknown_id(tokenizer_json: Path) -> int | None:
+    """The unknown token's id, from the tokenizer model's own setting: ``unk_token``
+    (BPE, WordPiece, WordLevel) or ``unk_id`` (Unigram); None where there is none (a
+    byte-level vocabulary spells everything)."""
     import json
 
-    model = json.loads(tok.to_str()).get("model", {})
+    data = json.loads(tokenizer_json.read_text())
+    model = data.get("model", {})
     if isinstance(model.get("unk_id"), int):
         return model["unk_id"]
     name = model.get("unk_token")
-    return tok.token_to_id(name) if isinstance(name, str) else None
+    vocab = model.get("vocab")
+    if not isinstance(name, str):
+        return None
+    added = {t.get("content"): t.get("id") for t in data.get("added_tokens", [])}
+    return added.get(name, vocab.get(name) if isinstance(vocab, dict) else None)

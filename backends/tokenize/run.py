@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild.backends.data.shards import SPLITS, iter_shard, shard_paths
+from llmbuild.backends.tokenize.encode import unknown_id
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact, require_chat_template
+
+from llmbuild.spec.model import TEXT_KINDS
 
 BATCH = 1024
 FORMS = {
@@ -70,7 +73,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
     shard, prefix, tok_json, info, role, out_dir, threads = job
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
     own = info.get("chat_template") == "own" and role != "pretrain"
-    enc = Encoder(tok_json, info["eos_token"], own_template=own)
+    enc = Encoder(tok_json, info["eos_token"], own_template=own, unk=info.get("unk_id"))
     dtype = _dtype(info["vocab_size"])
     base = Path(out_dir) / prefix
     out = {
@@ -149,6 +152,7 @@ def run(ctx: Any) -> None:
     docs = ctx.input("documents").path
     tokenizer = TokenizerArtifact.open(ctx.input("tokenizer").path)
     info = dataclasses.asdict(tokenizer.info)
+    info["unk_id"] = unknown_id(tokenizer.json_path)  # read once, not per shard
     if role not in ("pretrain", "labeled") and info["chat_template"] == "own":
         why = f"source {ctx.config.source!r} holds conversations (role {role!r})"
         require_chat_template(tokenizer.hf_tokenizer(), why)
@@ -209,7 +213,7 @@ def _note_unknown(ctx: Any, tokenizer: Any, unknown: int, tokens: int) -> None:
     ctx.metrics["unknown_tokens"] = unknown
     if not tokens or unknown / tokens <= UNKNOWN_SHARE:
         return
-    made_here = tokenizer.info.kind in ("char", "bpe", "unigram")  # from the text
+    made_here = tokenizer.info.kind in TEXT_KINDS
     ctx.note(
         f"{unknown / tokens:.0%} of the tokens of source {ctx.config.source!r} are the "
         "tokenizer's unknown token: its vocabulary cannot spell that text (in a chat "

@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+REBUILT = "a build that needs it moves it aside and rebuilds it"
+
+
 def _show(store, args: argparse.Namespace) -> int:
     what = args.what.strip()
     if not what:
@@ -103,10 +106,7 @@ def _show(store, args: argparse.Namespace) -> int:
         for key in (k for k in store.fs.listdir("artifacts") if k.startswith(what)):
             found = store.lookup(key)  # there, but its record does not verify
             if found.state == "corrupt":
-                raise UserError(
-                    f"artifact {key[:12]} is corrupt: {found.problem} (a build that needs it "
-                    "moves it aside and rebuilds it)"
-                )
+                raise UserError(f"artifact {key[:12]} is corrupt: {found.problem} ({REBUILT})")
         raise UserError(f"nothing named {what!r} in {store.url} (a node name, key or spec hash)")
     if build is not None and not records:
         print(json.dumps(build, indent=2) if args.json else _build_text(build))
@@ -119,7 +119,7 @@ def _show(store, args: argparse.Namespace) -> int:
     print(f"  artifact {store.artifact_path(store.resolve(rec).key)}")
     found = store.lookup(rec.key)
     if found.state == "corrupt":
-        print(f"  CORRUPT: {found.problem} (a build that needs it moves it aside and rebuilds it)")
+        print(f"  CORRUPT: {found.problem} ({REBUILT})")
     if rec.alias_of is not None:
         print(f"  reuses {rec.alias_of.node} {rec.alias_of.key[:12]} (early cut-off)")
     finished = time.localtime(rec.timings.get("finished", 0))

@@ -45,6 +45,10 @@ PRETRAINED_TOKENIZER_FILES = (
 """The files of a pretrained tokenizer's directory that transformers reads."""
 
 
+TEXT_KINDS = ("char", "bpe", "unigram")
+"""Tokenizer kinds made from the training text (their `sources`)."""
+
+
 class Tokenizer(SpecModel):
     """How text becomes token ids."""
 
@@ -84,7 +88,7 @@ class Tokenizer(SpecModel):
     @property
     def reads_text(self) -> bool:
         """Whether the tokenizer is made from the training text (its `sources`)."""
-        return self.kind in ("char", "bpe", "unigram")
+        return self.kind in TEXT_KINDS
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Tokenizer:
