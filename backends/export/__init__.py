@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class ExportBackend(Backend):
     name = "export"
-    version = "4"  # 4: hf tokenizers carry model_max_length
+    version = "5"  # 4: hf tokenizers carry model_max_length; 5: the model's positions
     Config = ExportConfig
     inputs = (
         Slot("model", "the exported stage (a LoRA stage's base is found through it)"),

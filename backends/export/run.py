@@ -134,7 +134,7 @@ def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact) -> None
     tok = tokenizer.hf_tokenizer()
     if hf.arch.encoder:
         encoder_template(tok, tokenizer)
-    tok.model_max_length = hf.arch.seq_len  # what truncation=True cuts to: the model's context
+    tok.model_max_length = hf.arch.positions  # what truncation=True cuts to: the model's context
     tok.save_pretrained(str(out))
     # A chat model's reply ends at its end-of-turn token as well as at eos: generate()
     # with these defaults stops there.

@@ -124,6 +124,12 @@ class StageArtifact:
         return bool(self.config.get("multi_label", False))
 
     @property
+    def paired(self) -> bool | None:
+        """Whether a classifier learned pairs of texts; None when its record predates
+        saying so."""
+        return self.config.get("paired")
+
+    @property
     def labels(self) -> tuple[str, ...]:
         """A classifier's label names, in the order of its outputs; empty for other stages."""
         return tuple(self.config.get("labels", ()))

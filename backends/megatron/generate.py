@@ -52,6 +52,14 @@ def load_input(ctx: Any, slot: str = "model") -> tuple[Any, dict[str, Any]]:
     return StageArtifact.open(ctx.input(slot)).load_model()
 
 
+def context(config: dict[str, Any]) -> int:
+    """The positions a stage's model reads: its position table or supported context (an
+    imported model's, often longer than the seq_len it was fine-tuned at), as its ``hf``
+    export and the server read it."""
+    arch = config["architecture"]
+    return int(arch.get("max_positions") or arch["seq_len"])
+
+
 def sample(
     model: Any,
     config: dict[str, Any],
@@ -68,7 +76,7 @@ def sample(
     window)."""
     import torch
 
-    seq_len = config["architecture"]["seq_len"]
+    seq_len = context(config)
     vocab = config["vocab_size"]
     gen = torch.Generator().manual_seed(seed)
     stops = {stop} if isinstance(stop, int) else set(stop or ())

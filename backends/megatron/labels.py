@@ -18,6 +18,15 @@ def label_lists(dataset_dirs: list[Path]) -> int:
     )
 
 
+def paired(dataset_dirs: list[Path]) -> bool:
+    """Whether the tokenized labeled sources hold pairs of texts (a ``pair`` field)."""
+    return any(
+        d.get("pairs", False)
+        for path in dataset_dirs
+        for d in json.loads((path / "datasets.json").read_text())["datasets"]
+    )
+
+
 def label_counts(dataset_dirs: list[Path]) -> dict[str, dict[str, int]]:
     """Texts per label and split over the tokenized labeled sources (a multi-label text
     counts once for each of its labels)."""

@@ -110,11 +110,13 @@ def _splits(cfg: RankConfig, make: Any, what: str) -> tuple[Any, Any]:
 
 
 def _cut_off(objective: Any) -> Any:
-    """The objective, its ``facts`` counting the samples whose answers lie past seq_len
-    (the stage notes them)."""
-    cut = sum(getattr(s, "cut_off", 0) for s in (objective.train, objective.valid) if s)
-    if cut:
-        objective.facts = {**getattr(objective, "facts", {}), "answers_cut_off": cut}
+    """The objective, its ``facts`` counting the samples whose answers lie past seq_len,
+    and those whose answers it cuts short (the stage notes them)."""
+    splits = [s for s in (objective.train, objective.valid) if s]
+    for fact, counted in (("answers_cut_off", "cut_off"), ("answers_cut_short", "cut_short")):
+        cut = sum(getattr(s, counted, 0) for s in splits)
+        if cut:
+            objective.facts = {**getattr(objective, "facts", {}), fact: cut}
     return objective
 
 

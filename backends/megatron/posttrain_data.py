@@ -74,16 +74,20 @@ class ChatSamples:
     sequence with whole conversations (truncated when longer), each attending only to
     itself with positions restarting at 0; padding puts one conversation per sequence.
     ``cut_off`` counts the conversations whose answers all lie past ``seq_len`` tokens: they
-    teach nothing."""
+    teach nothing; ``cut_short`` those whose answers are cut at ``seq_len`` after their
+    start: they are learned without their end."""
 
     def __init__(
         self, sources: dict[str, str], split: str, seq_len: int, seed: int, pad: int, packing: bool
     ) -> None:
-        self.docs = [
-            (ids[: seq_len + 1], m[: seq_len + 1])
-            for ids, m in _documents(sources, split, ("", ".mask"))
-        ]
+        whole = _documents(sources, split, ("", ".mask"))
+        self.docs = [(ids[: seq_len + 1], m[: seq_len + 1]) for ids, m in whole]
         self.cut_off = sum(1 for _ids, m in self.docs if not m[1:].any())
+        self.cut_short = sum(
+            1
+            for (_ids, m), (_, full) in zip(self.docs, whole)
+            if m[1:].any() and full[len(m) :].any()
+        )
         self.seq_len, self.pad, self.packing = seq_len, pad, packing
         self.order = _Epochs(len(self.docs), seed) if self.docs else None
         self._packs: list[list[int]] = []

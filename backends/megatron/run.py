@@ -248,7 +248,11 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         "kind": stage.kind,
     }
     if ranks.labels:
+        from llmbuild.backends.megatron import labels
+
         meta["labels"] = list(ranks.labels)
+        data = [a.path for slot, a in sorted(ctx.inputs.items()) if slot.startswith("data:")]
+        meta["paired"] = labels.paired(data)
         if stage.multi_label:
             meta["multi_label"] = True
     adapter = getattr(stage, "adapter", None)
@@ -281,6 +285,13 @@ def run(ctx: RunContext[TrainConfig]) -> None:
             f"{ctx.metrics['answers_cut_off']} samples have their answer past seq_len = "
             f"{config.architecture.seq_len} tokens and teach nothing: raise "
             "architecture.seq_len or shorten their prompts"
+        )
+    if ctx.metrics.get("answers_cut_short"):
+        ctx.note(
+            f"{ctx.metrics['answers_cut_short']} samples have their answer cut short at "
+            f"seq_len = {config.architecture.seq_len} tokens: they are learned without their "
+            "end (the model may not learn where an answer stops); raise "
+            "architecture.seq_len or shorten them"
         )
     if ctx.metrics.get("prompts_too_long"):
         ctx.note(

@@ -169,7 +169,7 @@ def _note_cut(tokens: int, context: int) -> None:
 
 def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) -> str:
     from llmbuild.backends.megatron.artifact import StageArtifact
-    from llmbuild.backends.megatron.generate import sample
+    from llmbuild.backends.megatron.generate import context, sample
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
     tok = TokenizerArtifact.open(tok_input.path)
@@ -181,7 +181,7 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
         raise UserError(str(e)) from None
     text = tok.chat_prompt(args.prompt) if args.chat else args.prompt
     ids = tok.prompt_ids(text)
-    _note_cut(len(ids), config["architecture"]["seq_len"])
+    _note_cut(len(ids), context(config))
     new = sample(
         model,
         config,

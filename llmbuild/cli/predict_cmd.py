@@ -90,6 +90,17 @@ def predict(
     tok = TokenizerArtifact.open(tok_input.path)
     stage = StageArtifact.open(stage_input)
     model, config, labels = load_classifier(stage)
+    given = sum(pair is not None for _, pair in texts)
+    if stage.paired is False and given:
+        sys.stderr.write(
+            f"warning: {stage_input.record.name} learned single texts, not pairs: {given} "
+            "pairs are read after a separator it never saw in training\n"
+        )
+    elif stage.paired and given < len(texts):
+        sys.stderr.write(
+            f"warning: {stage_input.record.name} learned pairs of texts: {len(texts) - given} "
+            "texts without a pair (--pair, or a 'pair' field) are scored alone\n"
+        )
     seq = config["architecture"]["seq_len"]
     start = text_start(config, tok)
     encoded = []

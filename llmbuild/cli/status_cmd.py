@@ -74,12 +74,18 @@ def eval_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def stage_table(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{stage: {metric: value}}`` for the built stages: their training measures."""
-    return {
-        name.split(":", 1)[1]: {k: rec.metrics[k] for k in STAGE_COLUMNS if k in rec.metrics}
-        for name, rec in records.items()
-        if name.startswith("stage:")
-    }
+    """``{stage: {metric: value}}`` for the built stages: their training measures. A
+    distill stage's train loss is its student's own cross-entropy (``ce``), the measure its
+    val loss takes, not the objective that mixes in the teacher's KL."""
+    table = {}
+    for name, rec in records.items():
+        if name.startswith("stage:"):
+            metrics = {
+                **rec.metrics,
+                **({"loss": rec.metrics["ce"]} if "ce" in rec.metrics else {}),
+            }
+            table[name.split(":", 1)[1]] = {k: metrics[k] for k in STAGE_COLUMNS if k in metrics}
+    return table
 
 
 EXPORT_COLUMNS = {

@@ -116,6 +116,12 @@ def _show(store, args: argparse.Namespace) -> int:
         print(json.dumps(rec.model_dump(mode="json"), indent=2))
         return 0
     print(f"{rec.name}  {rec.key}")
+    others = sorted({r.key[:12] for r in records if r.key != rec.key})
+    if others:
+        print(
+            f"  the newest of {len(others) + 1} built in this store; the others: "
+            f"{', '.join(others)} (show KEY for one of them)"
+        )
     print(f"  artifact {store.artifact_path(store.resolve(rec).key)}")
     found = store.lookup(rec.key)
     if found.state == "corrupt":

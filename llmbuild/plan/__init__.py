@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmbuild.errors import Problem, UserError
 from llmbuild.plan.compile import compile_plan
@@ -64,7 +65,15 @@ def plan_spec(
     # compared with what this spec file built last, where the store knows it
     of_spec = getattr(store, "spec_preimages", None)
     previous = of_spec(str(resolved.path)) if of_spec else None
-    return Planned(graph, keys, make_plan(graph, keys, store, previous), unavailable, names)
+    nearest = None
+    if hasattr(store, "nearest_spec"):  # for a spec new to the store: its nearest other
+
+        def nearest() -> Any:
+            here = {name: k.key for name, k in keys.items()}
+            return store.nearest_spec(str(resolved.path), here)
+
+    plan = make_plan(graph, keys, store, previous, nearest)
+    return Planned(graph, keys, plan, unavailable, names)
 
 
 __all__ = [

@@ -26,7 +26,28 @@ from llmbuild.spec.root import Spec
 from llmbuild.spec.tables import TABLES, TAG, node_name
 
 
-def content_inputs(item: Any, path: Path) -> tuple[External, ...]:
+def content_label(spec: Spec, path: Path) -> str:
+    """A content field's spec key with items by name (``stage.base.checkpoint``), as plan's
+    reasons name fields; a tokenizer that an imported checkpoint fills in is that
+    checkpoint's."""
+    if path == ("tokenizer", "path"):
+        here = getattr(spec.tokenizer, "path", None)
+        for stage in spec.stage:
+            if here is not None and getattr(stage, "checkpoint", None) == here:
+                return f"stage.{stage.name}.checkpoint (its tokenizer files)"
+    out, at = "", spec
+    for part in path:
+        if isinstance(part, int):
+            at = at[part] if isinstance(at, (list, tuple)) and part < len(at) else None
+            name = getattr(at, "name", None)
+            out += f".{name}" if isinstance(name, str) else f"[{part}]"
+        else:
+            at = getattr(at, part, None)
+            out += f".{part}" if out else part
+    return out
+
+
+def content_inputs(item: Any, path: Path, spec: Spec | None = None) -> tuple[External, ...]:
     """The external inputs of an item: one per content field that is set."""
     out = []
     for name, f in type(item).model_fields.items():
@@ -44,6 +65,7 @@ def content_inputs(item: Any, path: Path) -> tuple[External, ...]:
                 mark.unordered,
                 mark.suffixes,
                 mark.files,
+                content_label(spec, (*path, alias)) if spec is not None else "",
             )
         )
     return tuple(out)
@@ -78,7 +100,7 @@ class _Builder:
                 backend_version=backend.version,
                 config=config,
                 inputs=inputs or {},
-                external=content_inputs(item, path) if item is not None else (),
+                external=content_inputs(item, path, self.spec) if item is not None else (),
                 resources=backend.resources(config),
                 cutoff=cutoff,
                 labels=labels or {},

@@ -27,6 +27,8 @@ class External:
     """Each file's suffix counts (see ``spec.base.content``)."""
     files: tuple[str, ...] = ()
     """Of a directory, the names of the files that count (see ``spec.base.content``)."""
+    label: str = ""
+    """How plan's reasons name the files: items by name (``stage.base.checkpoint``)."""
 
     def digest(self, cache: StatCache) -> dict[str, object]:
         """Their content digest (``digest_paths``, with this input's rules)."""

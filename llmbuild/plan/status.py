@@ -153,7 +153,7 @@ def explain(
             continue
         if slot in ext_paths or isinstance(b, dict):
             ext = ext_paths.get(slot)
-            where = format_path(ext.spec_path) if ext else slot
+            where = (ext.label or format_path(ext.spec_path)) if ext else slot
             na, nb = (a or {}).get("files"), (b or {}).get("files")
             same_bytes = a and b and a.get("contents") and a.get("contents") == b.get("contents")
             if same_bytes:  # renamed to other suffixes: read in other formats
@@ -215,6 +215,17 @@ def renamed(name: str, found: Lookup, store: StoreView) -> str:
     return f"the same artifact as {built_as}"
 
 
+def _shown_path(path: str) -> str:
+    """A spec file's path as given, or relative to the working directory when below it."""
+    import os
+
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return path if relative.startswith("..") else relative
+
+
 def spec_hash(keys: Mapping[str, NodeKey]) -> str:
     """The hash of a build: every node name with its key (so execution-only edits, which
     change no key, change no spec hash either)."""
@@ -243,10 +254,14 @@ def make_plan(
     keys: Mapping[str, NodeKey],
     store: StoreView,
     previous: Callable[[str], dict[str, Any] | None] | None = None,
+    nearest: Callable[[], tuple[str, Callable[[str], dict[str, Any] | None]] | None] | None = None,
 ) -> Plan:
     """Decide each node's status and reason, in topological order; a node to build is
-    compared with its ``previous`` preimage (by default the store's ``last_preimage``)."""
+    compared with its ``previous`` preimage (by default the store's ``last_preimage``),
+    and one that has none with the same node of the ``nearest`` other spec file, if any
+    (asked once, when first needed)."""
     previous = previous or store.last_preimage
+    near: list[Any] = []
     plans: dict[str, NodePlan] = {}
     held: dict[str, tuple[str, str]] = {}
     """Nodes the store answers for: (output digest, key of the artifact), as ``build``'s
@@ -277,6 +292,13 @@ def make_plan(
         changes: list[Change] = []
         old = previous(node.name)
         rebuilding = [u for u in node.upstream if plans[u].status != "cached"]
+        elsewhere = ""
+        if old is None and nearest is not None:
+            if not near:
+                near.append(nearest())
+            if near[0] is not None:
+                old = near[0][1](node.name)
+                elsewhere = f"new to this spec; against {_shown_path(near[0][0])}: "
         if old is None:
             reason = "new"
         else:
@@ -298,6 +320,7 @@ def make_plan(
                 )
             else:
                 reason = "not in the store"
+            reason = elsewhere + reason
         if (
             old is not None
             and rebuilding

@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +300,30 @@ class Store:
             return found.preimage if found is not None else None
 
         return preimage
+
+    def nearest_spec(
+        self, spec_path: str, keys: Mapping[str, str]
+    ) -> tuple[str, Callable[[str], dict[str, Any] | None]] | None:
+        """For a spec file new to this store (a copy, say): the other spec file whose last
+        build shares the most node keys with ``keys`` (at least one), and the preimage each
+        node had there: what plan compares a node new to this spec with."""
+        latest: dict[str, dict[str, str]] = {}
+        for build in self.builds():  # oldest first: each path's last build wins
+            path = build.get("spec_path")
+            if path and path != spec_path:
+                nodes = build.get("nodes", {})
+                latest[path] = {n: v.get("key") for n, v in nodes.items() if isinstance(v, dict)}
+        shared = {p: sum(keys.get(n) == k for n, k in ks.items()) for p, ks in latest.items()}
+        best = max(sorted(shared), key=lambda p: shared[p], default=None)
+        if best is None or not shared[best]:
+            return None
+        there = latest[best]
+
+        def preimage(name: str) -> dict[str, Any] | None:
+            found = self.lookup(there[name], verify=False).record if name in there else None
+            return found.preimage if found is not None else None
+
+        return best, preimage
 
     def builds(self) -> list[dict[str, Any]]:
         out = [

@@ -360,7 +360,7 @@ def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
         texts[1],
         "--json",
     )
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["label"] for row in rows] == ["big", "small"]
     assert [row["text"] for row in rows] == texts
@@ -373,6 +373,9 @@ def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
     r = _cli("predict", str(spec), "--store", str(store), "--stage", "cls", "--file", str(listed))
     assert r.returncode == 0, r.stderr
     assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["big", "small"]
+    # a pair given to a classifier of single texts is scored, with a warning
+    r = _cli("predict", str(spec), "--store", str(store), "--text", texts[0], "--pair", "x")
+    assert r.returncode == 0 and "stage:cls learned single texts, not pairs" in r.stderr, r.stderr
     r = _cli("predict", str(spec), "--store", str(store), "--stage", "pretrain", "--text", "x")
     assert r.returncode == 2 and "'pretrain' is not a classify stage" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

@@ -77,6 +77,12 @@ def test_the_distilled_student_beats_the_same_student_from_scratch(built):
     assert distilled < scratch - 0.03, (distilled, scratch)
     last = rows(outcome, store, "stage:student")[-1]
     assert last["kl"] > 0 and last["ce"] > 0
+    # status's train loss is the student's own cross-entropy, the measure of its val loss
+    from llmbuild.cli.status_cmd import stage_table
+
+    records = {n: r.record for n, r in outcome.results.items()}
+    shown = stage_table(records)["student"]
+    assert shown["loss"] == metrics["student"]["ce"] != metrics["student"]["loss"]
     # The student is the size its spec asked for.
     from safetensors import safe_open
 

@@ -155,7 +155,13 @@ def test_the_base_is_keyed_by_its_content(built, tmp_path):
     write_checkpoint(moved, "qwen2", seed=1, tie_word_embeddings=True)
     nodes = plan(overrides=[f"stage.base.checkpoint='{moved}'"])
     assert nodes["stage:base"].status == "build"
-    assert "stage[0].checkpoint content changed" in nodes["stage:base"].reason
+    assert "stage.base.checkpoint content changed" in nodes["stage:base"].reason
+    # The checkpoint's tokenizer files, edited: the reason names where the spec has them
+    config = moved / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "padding_side": "left"}))
+    tokenizer = plan(overrides=[f"stage.base.checkpoint='{moved}'"])["tokenizer"]
+    assert tokenizer.status == "build", tokenizer
+    assert tokenizer.reason == "stage.base.checkpoint (its tokenizer files) content changed"
     for name in ("stage:sft", "stage:lora", "eval:bench@base"):
         assert nodes[name].status == "build" and "stage:base" in nodes[name].reason, name
     assert "upstream stage:lora" in nodes["export:peft@lora"].reason

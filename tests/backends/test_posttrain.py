@@ -219,6 +219,14 @@ def test_answers_past_seq_len_are_counted_and_a_source_of_only_those_refused(cha
     prefs = {"prefs": str(artifact(outcome, store, "tokenize:prefs"))}
     assert ChatSamples(chat, "train", 64, 0, 0, packing=True).cut_off == 0
     assert PairSamples(prefs, "train", 64, 0).cut_off == 0
+    # an answer that starts within seq_len and goes on past it is counted as cut short
+    whole = ChatSamples(chat, "train", 10**6, 0, 0, packing=False)
+    assert whole.cut_off == whole.cut_short == 0
+    answer = whole.docs[0][1].nonzero()[0]
+    seq = int(answer[0] + answer[-1]) // 2
+    assert answer[0] < seq + 1 <= answer[-1]
+    part = ChatSamples(chat, "train", seq, 0, 0, packing=False)
+    assert part.cut_short >= 1 and part.cut_off + part.cut_short <= len(part)
     # GRPO's prompts: those leaving no room for max_new_tokens of completion are counted
     prompts = {"prompts": str(artifact(outcome, store, "tokenize:prompts"))}
     assert PromptSamples(prompts, "train", 64).long == 0

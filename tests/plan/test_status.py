@@ -117,7 +117,7 @@ def test_data_edit_is_explained_as_content(project):
     store.commit(plan(project, store))
     (project.parent / "data" / "books" / "c.txt").write_text("new text\n")
     nodes = by_name(plan(project, store))
-    assert nodes["source:books"].reason == "data.sources[0].path content changed (2 -> 3 files)"
+    assert nodes["source:books"].reason == "data.sources.books.path content changed (2 -> 3 files)"
     assert (
         nodes["tokenizer"].reason
         == "upstream source:books changed (reused if its output is unchanged)"

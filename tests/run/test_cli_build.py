@@ -12,6 +12,8 @@ from llmbuild.cli import main
 from tests.fixture_backend import fixture_registry, reset, set_control
 from tests.run.helpers import counts
 
+LR = ["--set", "stage.sft.lr=1e-5"]
+
 
 @pytest.fixture
 def cli(fixture_env, monkeypatch, project):
@@ -75,6 +77,12 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     assert "building stage:sft" in open(log.removeprefix("file://")).read()
     assert main(["show", spec_hash]) == 0
     assert "build " in capsys.readouterr().out
+    # with two variants of a node built, show says which it shows and names the other
+    assert main(["build", str(cli), "--executor", "inline", "--plain"] + LR) == 0
+    capsys.readouterr()
+    assert main(["show", "stage:sft"]) == 0
+    other = capsys.readouterr().out.splitlines()[1]
+    assert other.startswith("  the newest of 2 built in this store; the others: "), other
     assert main(["show", "nothing-like-this"]) == 2
     assert main(["show", ""]) == 2  # not the newest artifact of all
     assert "show what?" in capsys.readouterr().err
@@ -93,7 +101,7 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     )
     assert "14 identical" in capsys.readouterr().out and (kept / "artifacts").is_dir()
     assert main(["gc", "--keep", "0", "--dry-run"]) == 0
-    assert "would remove 14 artifacts" in capsys.readouterr().out
+    assert "would remove 19 artifacts" in capsys.readouterr().out
 
 
 def test_a_ray_address_where_nothing_listens_fails_at_once(cli, capsys):
@@ -189,3 +197,22 @@ def test_gc_keeps_everything_while_a_build_record_cannot_be_read(cli, capsys):
     assert f"warning: builds/{record.name} cannot be read" in capsys.readouterr().err
     assert main(["gc", "--store", str(cli.parent / "nothing-here")]) == 2
     assert "no store at" in capsys.readouterr().err
+    # a store below a file can never be made: plan says so instead of planning into it
+    beside = cli.parent / "a-file"
+    beside.write_text("")
+    assert main(["plan", str(cli), "--store", str(beside / "store")]) == 2
+    assert f"{beside} is a file, not a directory" in capsys.readouterr().err
+
+
+def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, capsys):
+    """A node that a spec file has never built is compared with the same node of the
+    other spec file in the store that shares the most of its keys."""
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    copy = cli.parent / "copy.toml"
+    copy.write_text(cli.read_text())
+    capsys.readouterr()
+    assert main(["plan", str(copy), "--set", "stage.sft.lr=1e-5"]) == 0
+    plan = capsys.readouterr().out
+    line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
+    assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
+    assert "  cached  stage:pretrain" in plan
