@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from llmbuild.spec.data import Source
+from llmbuild.spec.data import CHAT_ROLES, Source
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 CHUNK = 1 << 20
@@ -237,8 +237,20 @@ def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
                 raise BadRecord(
                     rec.where, f"message {i} must have string 'role' and 'content'", "field"
                 )
+            if m["role"] not in CHAT_ROLES:
+                raise BadRecord(
+                    rec.where,
+                    f"message {i} has role {m['role']!r}: a role is one of "
+                    + ", ".join(repr(r) for r in CHAT_ROLES),
+                    "field",
+                )
             out.append({"role": m["role"], "content": m["content"]})
-        if not any(m["role"] == "assistant" for m in out):
+        answers = [m["content"] for m in out if m["role"] == "assistant"]
+        if answers and not any(a.strip() for a in answers):
+            raise BadRecord(
+                rec.where, "every assistant message is empty: nothing to learn", "field"
+            )
+        if not answers:
             roles = ", ".join(dict.fromkeys(repr(m["role"]) for m in out))
             raise BadRecord(
                 rec.where,

@@ -9,6 +9,7 @@ with the adapters applied."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ def load_peft(out: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(out / BASE_DIR), dtype=torch.float32)
-    return PeftModel.from_pretrained(base, str(out)).eval()
+    with warnings.catch_warnings():  # peft reads an attribute transformers deprecates
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        return PeftModel.from_pretrained(base, str(out)).eval()
 
 
 def check_loaded(model: Any, state: dict[str, Any]) -> None:

@@ -305,8 +305,18 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         ctx.metrics.update({f"initial_{k}": v for k, v in initial.items()})
     if not any(k.startswith("val_") for k in final):
         held_out = "val_reward" if stage.kind == "grpo" else "val_loss"
+        documents = sum(
+            a.record.metrics.get("documents", 0)
+            for a in ctx.inputs.values()
+            if a.record.name.startswith("tokenize:")
+        )
+        advice = (
+            f"the split held none of their {documents} documents out: raise [data.split] validation"
+            if documents > 1
+            else "they hold one document: give a text source a separator that cuts it into "
+            "documents, and set [data.split] validation"
+        )
         ctx.note(
             f"no validation data: nothing was measured held out ({held_out}), since the "
-            "stage's sources have no validation documents; set [data.split] validation, "
-            "and give a text source a separator so that it holds more than one document"
+            f"stage's sources have no validation documents; {advice}"
         )

@@ -16,6 +16,13 @@ class PromptError(ValueError):
     """A conversation the chat template cannot render."""
 
 
+NO_TEMPLATE = (
+    "{name} has no chat template, so it answers completions only: set [tokenizer] "
+    'chat_template = "chatml" (or a Jinja template of your own) in its spec and build it '
+    "again to chat with it"
+)
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -39,8 +46,15 @@ class ServedModel:
         """A completion prompt's ids (``llmbuild generate``'s rule for an empty prompt)."""
         return self.encode(text) or [self.start_id]
 
+    @property
+    def chats(self) -> bool:
+        """Whether the model has a chat template (a base model's tokenizer often has none)."""
+        return self.tokenizer.chat_template is not None
+
     def chat_text(self, messages: list[dict[str, str]]) -> str:
         """The conversation in the model's chat template, up to the start of the answer."""
+        if not self.chats:
+            raise PromptError(NO_TEMPLATE.format(name=self.name))
         try:
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True

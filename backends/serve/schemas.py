@@ -10,7 +10,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+
+from llmbuild.spec.data import CHAT_ROLES
 
 
 class ApiError(Exception):
@@ -51,7 +53,7 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal[CHAT_ROLES]  # type: ignore[valid-type]
     content: str | list[TextPart] | None = None
 
     @model_validator(mode="after")
@@ -71,7 +73,7 @@ class Message(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class Sampling(BaseModel):
@@ -81,11 +83,11 @@ class Sampling(BaseModel):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what a torch seed holds
     n: int | None = None
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     logprobs: Any = None
     top_logprobs: Any = None
@@ -93,13 +95,30 @@ class Sampling(BaseModel):
     echo: Any = None
     suffix: Any = None
     best_of: Any = None
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
 
     def unsupported(self) -> str | None:
         """The first field set that asks for what this server does not give (a client
-        asking for log probabilities must not get ``null`` and go on as if it had them)."""
-        for name in ("logprobs", "top_logprobs", "logit_bias", "echo", "suffix"):
-            if getattr(self, name) not in (None, False, 0, {}, ""):
+        asking for log probabilities, tools or a penalty must not get an answer made
+        without them and go on as if it had them)."""
+        for name in ("logprobs", "top_logprobs", "logit_bias", "echo", "suffix", "tools"):
+            if getattr(self, name) not in (None, False, 0, {}, "", []):
                 return name
+        for name in ("functions", "frequency_penalty", "presence_penalty"):
+            if getattr(self, name) not in (None, 0, []):
+                return name
+        if self.tool_choice not in (None, "none", "auto"):
+            return "tool_choice"
+        if self.function_call not in (None, "none", "auto"):
+            return "function_call"
+        if self.response_format not in (None, {"type": "text"}):
+            return "response_format"
         if self.best_of not in (None, 1):
             return "best_of"
         return None
@@ -130,6 +149,25 @@ def _param(loc: tuple[Any, ...]) -> str:
     return out
 
 
+UNIONS = {
+    "stop": "a string or an array of strings",
+    "prompt": "a string, an array of strings or an array of token ids",
+    "content": "a string or an array of text parts",
+}
+"""What the fields of several types take, as a refusal says it."""
+
+
+def _union(errors: list[Any]) -> tuple[str, str] | None:
+    """The field and what it takes, when ``errors`` are each of its types refusing it
+    (pydantic locates them under the type's name: ``stop.str``, ``stop.list[str]``)."""
+    first = errors[0]["loc"]
+    for depth in range(len(first) - 1, 0, -1):
+        field = first[depth - 1]
+        if field in UNIONS and all(err["loc"][:depth] == first[:depth] for err in errors):
+            return _param(first[:depth]), UNIONS[field]
+    return None
+
+
 def parse(raw: bytes, model: type[BaseModel]) -> Any:
     """The request body as ``model``, or the ``ApiError`` OpenAI would answer."""
     try:
@@ -156,6 +194,12 @@ def parse(raw: bytes, model: type[BaseModel]) -> Any:
     except ValidationError as e:
         first = e.errors()[0]
         param = _param(first["loc"])
+        union = _union(e.errors())
+        if union is not None:  # each of a field's types refused it: say what it takes
+            param, wanted = union
+            raise ApiError(
+                400, f"Invalid '{param}': expected {wanted}.", param=param, code="invalid_type"
+            ) from None
         if first["type"] == "missing":
             raise ApiError(
                 400, f"Missing required parameter: '{param}'.", param=param, code="missing"

@@ -126,7 +126,8 @@ class Sequence:
             if at >= 0:
                 return self.finish("stop", text[:at])
         if len(self.ids) >= self.params.max_tokens:
-            return self.finish("length", text)
+            # cut inside a character: its bytes so far decode to U+FFFD, which is no text
+            return self.finish("length", text.rstrip("\ufffd"))
         if text.endswith("\ufffd"):  # a character whose bytes are not all decoded yet
             return False
         end = len(text) - _held_prefix(text, self.params.stop)

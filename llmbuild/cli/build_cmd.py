@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store, ranged
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         until=tuple(getattr(args, "until", ())),
         live=False if args.plain else None,
     )
+    # A node's progress is the build's to show: transformers' and huggingface_hub's bars
+    # (loading and writing weights) would only break into it. A user's setting wins.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if args.command == "reproduce":
         return _reproduce(args, options)
 

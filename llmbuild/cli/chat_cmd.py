@@ -10,6 +10,7 @@ import sys
 
 from llmbuild.cli.common import SEED, ranged
 from llmbuild.cli.serve_cmd import add_model_arguments, log_to_stderr, open_model
+from llmbuild.errors import UserError
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     served = open_model(args)
     from llmbuild.backends.serve.chat import ChatOptions, chat
     from llmbuild.backends.serve.engine import Engine
+    from llmbuild.backends.serve.model import NO_TEMPLATE
+
+    if not served.chats:
+        raise UserError(NO_TEMPLATE.format(name=served.name))
 
     log_to_stderr(args.verbose, level=logging.WARNING)
     if sys.stdin.isatty():

@@ -58,12 +58,14 @@ def copy_out(
     missing = [n for n, f in found.items() if not f.cached]
     if missing:
         raise UserError(f"not built yet: {', '.join(missing)}; run `{build}` first")
+    targets = {node: to / node.split(":", 1)[1] for node in wanted}
+    there = [t for t in targets.values() if t.exists()]
+    if there and not force:  # said before anything is written
+        raise UserError(f"{there[0]} exists; pass --force to replace it")
+    to.mkdir(parents=True, exist_ok=True)
     written = []
-    for node in wanted:
-        target = to / node.split(":", 1)[1]
+    for node, target in targets.items():
         if target.exists():
-            if not force:
-                raise UserError(f"{target} exists; pass --force to replace it")
             shutil.rmtree(target)
         shutil.copytree(
             store.local_dir(found[node].target),
@@ -84,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     planned = plan_spec(resolved, store=store, cache=store.cache)
     to = Path(args.to)
     try:
-        to.mkdir(parents=True, exist_ok=True)
         written = copy_out(store, planned, args.names, to, args.force, build_command(args))
     except OSError as e:
         raise UserError(f"cannot write to {to}: {e}") from None

@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         engine = Engine(served, max_batch=args.max_batch).start()
         url = f"http://{args.host}:{args.port}/v1"
         sys.stderr.write(f"serving {served.name} at {url} (OpenAI API; Ctrl-C stops)\n")
+        if not served.chats:
+            from llmbuild.backends.serve.model import NO_TEMPLATE
+
+            sys.stderr.write(f"note: {NO_TEMPLATE.format(name=served.name)}\n")
         try:
             config = uvicorn.Config(
                 create_app(engine, args.api_key), host=args.host, port=args.port

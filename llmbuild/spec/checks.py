@@ -150,6 +150,53 @@ def check_tokenizer(raw: dict[str, Any]) -> list[Problem]:
     ]
 
 
+CONVERSATIONS = ("chat", "preferences", "prompts")
+"""The source roles a chat template writes out."""
+
+
+def _has_chat_template(directory: str) -> bool | None:
+    """Whether a local pretrained tokenizer's directory holds a chat template, as
+    transformers finds one; None when that cannot be told here (not a local directory,
+    an unreadable config)."""
+    import json
+    from pathlib import Path as FilePath
+
+    where = FilePath(directory)
+    if "://" in directory or not where.is_dir():
+        return None
+    if (where / "chat_template.jinja").is_file() or (where / "chat_template.json").is_file():
+        return True
+    config = where / "tokenizer_config.json"
+    try:
+        found = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    return bool(isinstance(found, dict) and found.get("chat_template"))
+
+
+def check_chat_template(raw: dict[str, Any]) -> list[Problem]:
+    """Conversations need a chat template: a pretrained tokenizer without one of its own
+    takes the spec's `chat_template`, or a conversation source cannot be written out (the
+    build would fail at the source's tokenize node)."""
+    tok = _table(raw, "tokenizer")
+    path = tok.get("path")
+    if tok.get("kind") != "pretrained" or "chat_template" in tok or not isinstance(path, str):
+        return []
+    sources = _array(_table(raw, "data"), "sources")
+    talk = [(i, s) for i, s in enumerate(sources) if s.get("role") in CONVERSATIONS]
+    if not talk or _has_chat_template(path) is not False:
+        return []
+    return [
+        Problem(
+            f"source {s.get('name')!r} holds conversations (role {s['role']!r}), and the "
+            f"tokenizer at {path} has no chat template: set [tokenizer] chat_template = "
+            '"chatml" (or a Jinja template of your own)',
+            ("data", "sources", i, "role"),
+        )
+        for i, s in talk
+    ]
+
+
 def _special_tokens(tok: dict[str, Any]) -> list[Problem]:
     out: list[Problem] = []
     seen: dict[str, str] = {}
@@ -358,6 +405,7 @@ def cross_check(
     return (
         check_layout(raw)
         + check_tokenizer(raw)
+        + check_chat_template(raw)
         + (check_paths(raw, registry, set(said)) if paths else [])
         + check_references(raw, registry)
         + check_kinds(raw, validated, registry)

@@ -12,6 +12,10 @@ SourceFormat = Literal["auto", "text", "jsonl", "parquet", "webdataset"]
 __all__ = ["Clean", "Data", "Source", "SourceFormat", "SourceRole", "Split"]
 
 
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+"""The roles of a conversation's messages (OpenAI's): in training data and requests alike."""
+
+
 class Clean(SpecModel):
     """Normalisation, filtering and deduplication applied to every source."""
 
@@ -63,7 +67,8 @@ class Source(SpecModel):
     text_field: str = "text"
     """Field holding the document text in jsonl, parquet and webdataset .json members."""
     messages_field: str = "messages"
-    """Field holding a chat as a list of {role, content} messages."""
+    """Field holding a chat as a list of {role, content} messages (roles: system,
+    developer, user, assistant, tool)."""
     prompt_field: str = "prompt"
     """Field holding the prompt of prompt/completion, preference and GRPO records."""
     completion_field: str = "completion"

@@ -283,13 +283,20 @@ def test_a_conversation_without_an_assistant_names_the_roles_it_has():
     from llmbuild.spec.data import Source
 
     source = Source.model_validate({"name": "talk", "path": "talk.jsonl", "role": "chat"})
-    turns = [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]
+    turns = [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}]
     with pytest.raises(BadRecord) as e:
         normalise(Record("talk.jsonl:3", {"messages": turns}), source)
     assert str(e.value) == (
         "talk.jsonl:3: the conversation has no assistant message (role 'assistant'; its "
-        "roles: 'user', 'bot')"
+        "roles: 'system', 'user')"
     )
+    # a role no chat template knows, and answers with nothing in them, are bad records too
+    turns = [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]
+    with pytest.raises(BadRecord, match="message 1 has role 'bot': a role is one of 'system'"):
+        normalise(Record("talk.jsonl:4", {"messages": turns}), source)
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]
+    with pytest.raises(BadRecord, match="every assistant message is empty"):
+        normalise(Record("talk.jsonl:5", {"messages": turns}), source)
 
 
 def test_a_preference_pair_of_one_answer_twice_is_a_bad_record():

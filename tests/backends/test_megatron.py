@@ -101,18 +101,22 @@ def test_a_source_of_one_document_is_said_to_have_no_validation_split(tmp_path):
     assert any("set `separator`" in n for n in source.notes), source.notes
     stage = outcome.results["stage:pretrain"].record
     assert not [k for k in stage.metrics if "val_" in k], stage.metrics
-    assert any("no validation data" in n for n in stage.notes), stage.notes
+    note = next(n for n in stage.notes if "no validation data" in n)
+    assert note.endswith("they hold one document: give a text source a separator that cuts "
+                         "it into documents, and set [data.split] validation"), note  # fmt: skip
     failed = outcome.results["eval:ppl@pretrain"]
     assert failed.state == "failed" and "no validation documents" in failed.detail
 
 
 def test_data_shorter_than_a_sequence_is_said(tmp_path):
     spec = tiny_spec(tmp_path, steps=2, extra="[data.split]\nvalidation = 0.0\n")
-    (tmp_path / "data" / "text.txt").write_text("To be, or not to be.")
+    (tmp_path / "data" / "text.txt").write_text("To be,\n\nor not to be.")
     outcome = run_nodes(spec, tmp_path / "store", ("stage:pretrain",))
     assert outcome.ok, outcome.log
     notes = outcome.results["stage:pretrain"].record.notes
     assert any("no more than one sequence (seq_len = 32)" in n for n in notes), notes
+    # two documents, none held out: the advice is the split's, not a separator
+    assert any("the split held none of their 2 documents out" in n for n in notes), notes
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing(tmp_path):

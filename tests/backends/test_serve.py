@@ -27,7 +27,8 @@ from tests.conftest import REPO
 
 openai = pytest.importorskip("openai")
 
-HF_EXPORT = '[[export]]\nformat = "hf"\nstage = "base"\n'
+HF_EXPORT = '[architecture]\nseq_len = 64\n\n[[export]]\nformat = "hf"\nstage = "base"\n'
+"""Fine-tuned at a seq_len shorter than its positions: it is still served over them."""
 KEY = "sk-test-serve"
 ENV = {
     **os.environ,
@@ -152,15 +153,20 @@ def test_models_are_named_after_the_stage_and_the_export(servers):
 
 def test_greedy_completion_equals_llmbuild_generate(built, servers):
     spec, store = built
-    prompt, tokens = "The quick brown", 16
-    generated = subprocess.run(
+    # longer than the seq_len the spec trains at, within the model's positions: generate
+    # reads it whole, as the server does
+    prompt, tokens = "A fox. " * 40 + "The quick brown", 16
+    done = subprocess.run(
         [sys.executable, "-m", "llmbuild", "generate", str(spec), "--store", str(store),
          "--stage", "base", "--prompt", prompt, "--temperature", "0",
          "--max-new-tokens", str(tokens)],
         env=ENV, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    )  # fmt: skip
+    generated = done.stdout
+    assert "note: the prompt is" not in done.stderr, done.stderr
     client = servers["stage"].client()
     whole = client.completions.create(model="base", prompt=prompt, max_tokens=tokens, temperature=0)
+    assert whole.usage.prompt_tokens > 64
     assert generated == prompt + whole.choices[0].text + "\n"
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == tokens
     assert _streamed(client, prompt, tokens, model="base") == whole.choices[0].text
@@ -354,6 +360,22 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
             client.chat.completions.create(model="hf@base", messages=ok["messages"], **bad)
         assert e.value.status_code == 400 and e.value.param == next(iter(bad)), e.value.body
         succeeds()
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    for bad in ({"tools": tools}, {"frequency_penalty": 1.5},
+                {"response_format": {"type": "json_object"}}):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="hf@base", messages=ok["messages"], **bad)
+        assert e.value.code == "unsupported_parameter" and e.value.param == next(iter(bad))
+    for bad, said in (({"stop": 5}, "Invalid 'stop': expected a string or an array of strings"),
+                      ({"stream": "yes"}, "Invalid 'stream'")):  # fmt: skip
+        got, answer = _raw(server, "/v1/chat/completions", json.dumps({**ok, **bad}).encode())
+        assert got == 400 and shaped(answer)["param"] == next(iter(bad)), answer
+        assert answer["error"]["message"].startswith(said), answer
+    greedy = client.chat.completions.create(model="hf@base", messages=ok["messages"], top_p=0,
+                                            temperature=1, max_tokens=2)  # fmt: skip
+    cold = json.dumps({**ok, "temperature": 0}).encode()
+    answer = _raw(server, "/v1/chat/completions", cold)[1]["choices"][0]["message"]["content"]
+    assert greedy.choices[0].message.content == answer  # top_p 0: the most likely token only
     for bad in ({"logprobs": 2}, {"echo": True}, {"best_of": 2}):  # asked for, not given
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model="hf@base", prompt="Hi", max_tokens=2, **bad)
@@ -457,3 +479,37 @@ def test_chat_exits_on_exit_command(built):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("chatting with hf@base") and r.stdout.count("> ") == 2
+
+
+def test_a_model_without_a_chat_template_says_how_to_chat_with_it():
+    """A base model's tokenizer often has no chat template: a chat request, and `llmbuild
+    chat`, are told what to set in the spec instead of transformers' own message."""
+    from llmbuild.backends.serve.model import PromptError, ServedModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"hi": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="[UNK]")
+    served = ServedModel("base", (), None, tok, (1,), 1, 16)
+    assert not served.chats and served.prompt_ids("hi") == [0]
+    with pytest.raises(PromptError, match="base has no chat template, so it answers completi"):
+        served.chat_ids([{"role": "user", "content": "hi"}])
+
+
+def test_an_answer_cut_inside_a_character_ends_before_it():
+    """Byte-level tokens: max_tokens may fall between a character's bytes, whose start
+    decodes to U+FFFD; the answer (streamed or whole) ends before that character."""
+    from llmbuild.backends.serve.sequence import SamplingParams, Sequence
+
+    def decode(ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    word = "hé".encode()  # h, then é in two bytes
+    events = []
+    seq = Sequence(0, [], SamplingParams(max_tokens=2), events.append, (), decode)
+    assert not seq.accept(word[0])
+    assert seq.accept(word[1]) and seq.finish_reason == "length"
+    assert seq.answer == "h" == "".join(e.text for e in events)
+    whole = Sequence(1, [], SamplingParams(max_tokens=3), [].append, (), decode)
+    assert [whole.accept(b) for b in word] == [False, False, True] and whole.answer == "hé"

@@ -210,4 +210,5 @@ def test_generate_refuses_a_corrupt_stage(project, fixture_env, tmp_path, capsys
     assert main(["export", str(project), "--store", str(store), "--to", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "corrupt in the store: export:hf@dpo" in err and "out.txt" in err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
     assert not (tmp_path / "out" / "hf@dpo").exists()

@@ -341,3 +341,59 @@ def problems_of(path: Path, overrides: list[str]) -> list[str]:
     with pytest.raises(SpecError) as info:
         load_spec(path, overrides)
     return [str(p) for p in info.value.problems]
+
+
+CHAT_SPEC = """\
+extends = ["@gpt2-tiny"]
+
+[model]
+name = "talk"
+
+[[data.sources]]
+name = "chat"
+path = "chat.jsonl"
+role = "chat"
+
+[tokenizer]
+kind = "pretrained"
+path = "tok"
+
+[[data.sources]]
+name = "text"
+path = "chat.jsonl"
+
+[[stage]]
+name = "pretrain"
+kind = "pretrain"
+steps = 2
+global_batch = 2
+lr = 1e-4
+
+[[stage]]
+name = "sft"
+kind = "sft"
+from = "pretrain"
+data = "chat"
+steps = 2
+global_batch = 2
+lr = 1e-4
+"""
+
+
+def test_conversations_with_a_pretrained_tokenizer_without_a_chat_template(tmp_path):
+    """Said at validate, at the source (the build failed at its tokenize node); a
+    template in the tokenizer's files, or in the spec, is enough."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(CHAT_SPEC)
+    (tmp_path / "chat.jsonl").write_text('{"messages": []}\n')
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    (tok / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
+    found = problems(spec)
+    assert len(found) == 1, found
+    assert "spec.toml:9: data.sources[0].role: source 'chat' holds " in found[0]
+    assert 'has no chat template: set [tokenizer] chat_template = "chatml"' in found[0]
+    load_spec(spec, ["tokenizer.chat_template='chatml'"])
+    (tok / "chat_template.jinja").write_text("{{ messages }}")
+    load_spec(spec)
