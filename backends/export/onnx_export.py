@@ -7,6 +7,7 @@ held-out perplexity is measured beside the unquantized model's (``heldout.py``).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import warnings
@@ -104,18 +105,23 @@ def export_program(
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=max(seq_len, example.shape[1]))
     axes = {0: batch, 1: sequence}  # the mask shares the ids' axes (hence their names)
-    warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same")
-    program = torch.onnx.export(
-        module.eval(),
-        (example, torch.ones_like(example)),
-        dynamo=True,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_shapes={"input_ids": axes, "attention_mask": axes},
-        opset_version=opset,
-        verbose=False,
-    )
-    program.save(str(path), external_data=external)
+    # What the exporter says of itself, not of this model: torchvision's ops it skips
+    # (torchvision is not needed), torch's own deprecated pytree call, shared initialisers.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        program = torch.onnx.export(
+            module.eval(),
+            (example, torch.ones_like(example)),
+            dynamo=True,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+            opset_version=opset,
+            verbose=False,
+        )
+        program.save(str(path), external_data=external)
 
 
 def _padded_check(hf: Any, session: Any, seq_len: int) -> float:

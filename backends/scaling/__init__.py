@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Slot
 
 class ScalingBackend(Backend):
     name = "scaling"
-    version = "2"  # 2: fit.json says why a law was not fitted; results.md its intervals
+    version = "3"  # 2: fit.json says why a law was not fitted; results.md its intervals; 3: optima count attention FLOPs as the points do
     Config = ScalingConfig
     inputs = (Slot("point:<stage>", "each sweep point's trained stage"),)
     outputs = (

@@ -153,6 +153,30 @@ def fit_approach3(
     return Approach3Fit(E, A, B, alpha, beta, loss, len(logn), intervals)
 
 
+def optimum_problem(fit: Approach3Fit) -> str | None:
+    """Why the fitted law has no compute optimum (an exponent not above 0), or None."""
+    if fit.alpha > 0 and fit.beta > 0:
+        return None
+    return (
+        f"no compute optimum: the fit's alpha = {fit.alpha:.3g} and beta = {fit.beta:.3g} "
+        "must both be > 0 (one model size, or sizes too close together, cannot fix alpha: "
+        "sweep more sizes)"
+    )
+
+
+def points_flops_per_token(params: ArrayLike, per_token: ArrayLike) -> Callable[[float], float]:
+    """FLOPs per token of a model of N non-embedding parameters as the sweep's points count
+    them: 6N plus attention, whose part (which grows more slowly than N) is a power law
+    through the points' own; their one ratio to N when they are of one size."""
+    n, f = (np.asarray(v, dtype=float) for v in (params, per_token))
+    extra = f - 6 * n
+    if len(np.unique(n)) < 2 or not (extra > 0).all():
+        ratio = float(np.median(f / n))
+        return lambda size: ratio * size
+    slope, offset = np.polyfit(np.log(n), np.log(extra), 1)
+    return lambda size: float(6 * size + math.exp(offset) * size**slope)
+
+
 def compute_optimal_approach3(
     fit: Approach3Fit,
     budget_flops: float,
@@ -447,11 +471,13 @@ def plot(
             tokens = np.geomspace(d[mine].min() / 2, d[mine].max() * 2, 100)
             color = sizes.cmap(size_norm(size))
             left.plot(per_nd * size * tokens, fit3.predict(size, tokens), color=color, lw=1)
-        budgets = np.geomspace(budget.min(), budget.max(), 50)
-        optimal = np.array([compute_optimal_approach3(fit3, c) for c in budgets])
-        frontier = fit3.predict(optimal[:, 0], optimal[:, 1])
-        left.plot(budgets, frontier, "k--", label="approach 3 compute-optimal")
-        left.legend()
+        if optimum_problem(fit3) is None:
+            budgets = np.geomspace(budget.min(), budget.max(), 50)
+            per_token = points_flops_per_token(n, budget / d)
+            optimal = np.array([compute_optimal_approach3(fit3, c, per_token) for c in budgets])
+            frontier = fit3.predict(optimal[:, 0], optimal[:, 1])
+            left.plot(budgets, frontier, "k--", label="approach 3 compute-optimal")
+            left.legend()
     left.set(
         xscale="log", xlabel="training compute C (FLOPs)", ylabel="loss", title="loss and compute"
     )

@@ -65,6 +65,8 @@ def fit_lines(out: dict[str, Any]) -> list[str]:
                     "  an exponent's interval reaches 0 or spans more than 10x: the sweep "
                     "does not pin this law down (more points, sizes or budgets would)"
                 )
+        if "approach3_optimum_error" in out:
+            lines.append(f"  {out['approach3_optimum_error']}")
     elif "approach3_error" in out:
         lines.append(f"approach 3: not fitted: {out['approach3_error']}")
     a2 = out.get("approach2")
@@ -97,6 +99,10 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
             "intervals": fit3.intervals,
         }
         ctx.metrics.update({f"approach3.{k}": getattr(fit3, k) for k in fit.PARAMETERS})
+        problem = fit.optimum_problem(fit3)
+        if problem is not None:
+            out["approach3_optimum_error"] = problem
+            ctx.note(f"approach 3: {problem}")
     else:
         out["approach3_error"] = (
             f"it fits {len(fit.PARAMETERS)} parameters and needs at least "
@@ -129,8 +135,9 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
         ctx.metrics.update({"approach2.a": fit2.a, "approach2.b": fit2.b})
     if suite.fit_budget is not None:
         optimum: dict[str, Any] = {"budget": suite.fit_budget}
-        if fit3 is not None:
-            n, d = fit.compute_optimal_approach3(fit3, suite.fit_budget)
+        if fit3 is not None and "approach3_optimum_error" not in out:
+            per_token = fit.points_flops_per_token(N, [p["flops"] / p["tokens"] for p in points])
+            n, d = fit.compute_optimal_approach3(fit3, suite.fit_budget, per_token)
             optimum["approach3"] = {"params": n, "tokens": d}
         if fit2 is not None:
             n, d = fit2.predict(suite.fit_budget)
@@ -146,7 +153,7 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
     ]
     lines += [
         f"| {p['stage']} | {p['non_embedding_params']:,} | {p['tokens']:.3g} | {p['flops']:.3g} | {p['loss']:.4f} |"
-        for p in points
+        for p in sorted(points, key=lambda p: (p["flops"], p["non_embedding_params"]))
     ]
     lines += ["", *fit_lines(out)]
     (ctx.out_dir / "results.md").write_text("\n".join(lines) + "\n")

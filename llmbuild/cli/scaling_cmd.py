@@ -29,7 +29,12 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmbuild.backends.scaling.fit import Approach3Fit, compute_optimal_approach3
+    from llmbuild.backends.scaling.fit import (
+        Approach3Fit,
+        compute_optimal_approach3,
+        optimum_problem,
+        points_flops_per_token,
+    )
     from llmbuild.backends.scaling.run import FIT, fit_lines
     from llmbuild.plan import plan_spec
     from llmbuild.spec.load import load_spec
@@ -58,14 +63,22 @@ def run(args: argparse.Namespace) -> int:
             if f"{how}_error" in data:
                 entry[f"{how}_error"] = data[f"{how}_error"]
         if args.budget is not None:
-            largest = max(p["budget"] or p["flops"] for p in data["points"])
-            if args.budget > 10 * largest:
-                entry["extrapolation"] = args.budget / largest
+            spent = [p["budget"] or p["flops"] for p in data["points"]]
+            if args.budget > 10 * max(spent):
+                entry["extrapolation"] = args.budget / max(spent)
+            elif args.budget < min(spent) / 10:
+                entry["extrapolation"] = args.budget / min(spent)
             if a3:
                 fit = Approach3Fit(**{k: a3[k] for k in ("E", "A", "B", "alpha", "beta")},
                                    loss=a3["loss"], n_points=len(data["points"]), intervals=None)  # fmt: skip
-                n, d = compute_optimal_approach3(fit, args.budget)
-                entry["optimum_approach3"] = {"params": n, "tokens": d}
+                if optimum_problem(fit) is None:
+                    points = data["points"]
+                    per_token = points_flops_per_token(
+                        [p["non_embedding_params"] for p in points],
+                        [p["flops"] / p["tokens"] for p in points],
+                    )
+                    n, d = compute_optimal_approach3(fit, args.budget, per_token)
+                    entry["optimum_approach3"] = {"params": n, "tokens": d}
             a2 = data.get("approach2")
             if a2:
                 entry["optimum_approach2"] = {
@@ -78,13 +91,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(shown, indent=2))
         return 0
     for name, entry in report.items():
-        print(f"sweep {name}: {entry.pop('points')} points")
+        points = entry.pop("points")
+        print(f"sweep {name}: {points} point{'' if points == 1 else 's'}")
         for line in entry.pop("lines"):
             print(f"  {line}")
-        if "extrapolation" in entry:
+        optima = any(f"optimum_{how}" in entry for how in ("approach3", "approach2"))
+        if "extrapolation" in entry and optima:
+            times = entry["extrapolation"]
+            side = (f"{times:.3g}x the sweep's largest" if times > 1
+                    else f"1/{1 / times:.3g} of the sweep's smallest")  # fmt: skip
             print(
-                f"  note: {args.budget:.3g} FLOPs is {entry['extrapolation']:.3g}x the sweep's "
-                "largest compute: the optimum below extrapolates the law that far"
+                f"  note: {args.budget:.3g} FLOPs is {side} compute: the optimum below "
+                "extrapolates the law that far"
             )
         for how in ("approach3", "approach2"):
             opt = entry.get(f"optimum_{how}")

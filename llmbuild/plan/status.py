@@ -215,6 +215,35 @@ def renamed(name: str, found: Lookup, store: StoreView) -> str:
     return f"the same artifact as {built_as}"
 
 
+def _short(name: str) -> str:
+    """A stage node's name as a spec refers to it (``stage:base`` -> ``base``)."""
+    return name.removeprefix("stage:")
+
+
+def _moved_references(
+    node: Node, old: Mapping[str, Any], new: Mapping[str, Any], store: StoreView
+) -> list[Change]:
+    """The input slots that now read another node than they did (a stage's ``from`` or
+    ``teacher`` edited), named as the spec names them, where the store still knows which
+    node the old input was."""
+    out = []
+    old_in, new_in = old.get("inputs", {}), new.get("inputs", {})
+    for slot, name in node.inputs.items():
+        was = old_in.get(slot)
+        if not isinstance(was, str) or was == new_in.get(slot):
+            continue
+        record = store.lookup(was, verify=False).record
+        if record is None or record.name == name:
+            continue
+        field = (
+            f"{node.name.replace(':', '.', 1)}.{slot}"
+            if node.name.startswith("stage:")
+            else (f"input {slot}")
+        )
+        out.append(Change(field, _short(record.name), _short(name)))
+    return out
+
+
 def _shown_path(path: str) -> str:
     """A spec file's path as given, or relative to the working directory when below it."""
     import os
@@ -303,6 +332,9 @@ def make_plan(
             reason = "new"
         else:
             changes, upstream = explain(node, old, k.preimage)
+            moved = _moved_references(node, old, k.preimage, store)
+            changes = [*moved, *changes]
+            upstream = [u for u in upstream if not any(c.new == _short(u) for c in moved)]
             if changes:
                 reason = "; ".join(str(c) for c in changes)
             elif upstream:

@@ -230,6 +230,8 @@ class Scheduler:
                     self._start(node)
                     if name in self.running or name in self.results:
                         pending.remove(name)
+                    if name in self.running and self.executor.kind == "inline":
+                        break  # built inside submit: reported before the next one runs
                 elif ready:
                     pending.remove(name)
             if self.running:

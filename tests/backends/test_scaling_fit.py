@@ -18,7 +18,9 @@ from llmbuild.backends.scaling.fit import (
     fit_approach2,
     fit_approach3,
     flops_per_token,
+    optimum_problem,
     plot,
+    points_flops_per_token,
     training_flops,
 )
 
@@ -296,3 +298,39 @@ def test_the_fit_says_how_sure_it_is_and_why_a_law_is_missing():
     assert fit_lines(few) == [
         "approach 3: not fitted: it needs at least 5 points (the sweep has 2)"
     ]
+
+
+def test_the_optimum_spends_the_budget_as_the_points_count_flops():
+    """The points count 6N plus attention per token; the optimum is found under the same
+    count, through a power law of the points' own (N, FLOPs per token)."""
+    shapes = [(2, 16), (2, 32), (2, 64), (4, 64)]
+    n = [12 * layers * hidden**2 for layers, hidden in shapes]
+    per_token = [
+        flops_per_token(size, layers, hidden, 64) for size, (layers, hidden) in zip(n, shapes)
+    ]
+    fn = points_flops_per_token(n, per_token)
+    for size, counted in zip(n, per_token):
+        assert fn(size) == pytest.approx(counted, rel=0.15)
+    assert fn(1e6) > 6e6  # attention on top of 6N, beyond the points too
+    budget = 1e13
+    n_opt, d_opt = compute_optimal_approach3(LAW, budget, fn)
+    assert fn(n_opt) * d_opt == pytest.approx(budget, rel=1e-9)
+    one = points_flops_per_token([n[0], n[0]], [per_token[0]] * 2)  # one size: its ratio
+    assert one(2 * n[0]) == pytest.approx(2 * per_token[0])
+
+
+def test_a_law_whose_exponent_is_not_positive_has_no_optimum_and_still_plots(tmp_path):
+    """A sweep of one model size cannot fix alpha: the fit can come out with alpha <= 0,
+    where no budget has an optimum; the fit is kept, with why, and plotted without it."""
+    from llmbuild.backends.scaling.run import fit_lines
+
+    flat = Approach3Fit(E=1.0, A=2.0, B=30.0, alpha=-0.03, beta=0.81, loss=0.0, n_points=5)
+    problem = optimum_problem(flat)
+    assert problem.startswith("no compute optimum: the fit's alpha = -0.03 and beta = 0.81")
+    assert optimum_problem(LAW) is None
+    points = [
+        ScalingPoint(6 * 1e4 * d, 1e4, d, float(flat.predict(1e4, d))) for d in (1e5, 1e6, 1e7)
+    ]
+    assert plot(points, flat, None, tmp_path / "flat.png").read_bytes()[:8] == PNG_SIGNATURE
+    law = {"E": 1.0, "A": 2.0, "B": 30.0, "alpha": -0.03, "beta": 0.81, "loss": 0.0}
+    assert fit_lines({"approach3": law, "approach3_optimum_error": problem})[1] == f"  {problem}"

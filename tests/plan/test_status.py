@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from llmbuild.cli.plan_cmd import plan_json, render_plan
@@ -19,16 +20,19 @@ class MemoryStore:
         self.leases: dict[str, str] = {}
         self.checkpoints: dict[str, str] = {}
         self.corrupt: dict[str, str] = {}
+        self.names: dict[str, str] = {}
 
     def commit(self, planned) -> None:
         for name, k in planned.keys.items():
             self.keys.add(k.key)
             self.last[name] = k.preimage
+            self.names[k.key] = name
 
     def lookup(self, key: str, verify: bool = True) -> Lookup:
         if key in self.corrupt:
             return Lookup("corrupt", problem=self.corrupt[key])
-        return Lookup("cached") if key in self.keys else MISSING
+        record = SimpleNamespace(name=self.names[key]) if key in self.names else None
+        return Lookup("cached", record=record) if key in self.keys else MISSING
 
     def last_preimage(self, name: str):
         return self.last.get(name)
@@ -169,3 +173,10 @@ def test_a_corrupt_artifact_is_the_whole_reason(project):
         sft.reason == "the stored artifact is corrupt (out.txt does not match its recorded digest)"
     )
     assert sft.changes == ()
+
+
+def test_a_reference_to_another_stage_is_named_as_the_spec_names_it(project):
+    store = MemoryStore()
+    store.commit(plan(project, store))
+    nodes = by_name(plan(project, store, ["stage.dpo.from='pretrain'"]))
+    assert nodes["stage:dpo"].reason == "stage.dpo.from 'sft' -> 'pretrain'", nodes["stage:dpo"]

@@ -28,6 +28,14 @@ def test_build_then_cached(cli, capsys):
     assert f"into {store}" in out
     assert "built    stage:pretrain" in out
     assert out.strip().splitlines()[-1].endswith("14 nodes, 14 built")
+    # inline, one node at a time: each is said built before the next one runs
+    said = [
+        ln.split()[1:3] for ln in out.splitlines() if ln.split()[1:2] in (["running"], ["built"])
+    ]
+    assert len(said) == 28 and all(
+        said[i] == ["running", said[i + 1][1]] and said[i + 1][0] == "built"
+        for i in range(0, 28, 2)
+    ), said
     reset()
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
     assert capsys.readouterr().out.strip().endswith("14 nodes, 14 cached")
