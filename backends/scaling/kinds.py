@@ -18,6 +18,8 @@ from llmbuild.kinds import Completion, Kind, NodeRefs
 from llmbuild.spec.model import Architecture
 
 STAGE_AXES = ("steps",)
+MAX_STEPS = 1_000_000_000
+"""A training stage's most steps (its `steps` field's bound)."""
 
 
 def budget_name(budget: float) -> str:
@@ -107,6 +109,16 @@ class SweepKind(Kind):
                     step_flops = flops_per_token(params, own.layers, own.hidden, own.seq_len)
                     step_flops *= per_step
                     steps = round(budget / step_flops)
+                    if steps > MAX_STEPS:
+                        done.problems.append(
+                            Problem(
+                                f"the budget {budget:.3g} buys {steps:.3g} training steps of the "
+                                f"point {values}, more than a stage's {MAX_STEPS:.0e}: lower "
+                                "the budget",
+                                (*where, "budgets"),
+                            )
+                        )
+                        continue
                     if steps < 1:
                         done.problems.append(
                             Problem(
@@ -129,6 +141,8 @@ class SweepKind(Kind):
                 tokens[name] = float(steps * per_step)
                 if budget is not None:
                     budgets[name] = float(budget)
+        if done.problems:  # the points that are left would only add problems of their own
+            return done
         fit = {
             "name": sweep.name,
             "kind": "scaling",

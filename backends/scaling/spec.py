@@ -4,9 +4,9 @@ scaling-law fit over the sweep's points). Torch-free."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmbuild.spec.base import Name, StrList, ref
 from llmbuild.spec.tables import EvalTable, StageTable
@@ -25,17 +25,44 @@ class Sweep(StageTable):
     """Stage kind."""
     base: Name
     """A `pretrain` stage (from scratch) that every point copies."""
-    axes: dict[str, tuple[Value, ...]] = Field(min_length=1)
+    axes: dict[str, Annotated[tuple[Value, ...], Field(min_length=1)]] = Field(min_length=1)
     """Values of each varied field, e.g. `{ hidden = [64, 96, 128], layers = [2, 4] }`:
     fields of `[architecture]`, and the stage's `steps` (or, with `budgets`, none: the
     steps follow from the budget). Every combination is a point."""
-    budgets: tuple[float, ...] = ()
+    budgets: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = ()
     """isoFLOP form: training compute budgets in FLOPs; each architecture trains at each
     budget, its steps set so that FLOPs per token x tokens = the budget."""
     fit_budget: float | None = Field(None, gt=0)
     """A compute budget (FLOPs) to report the compute-optimal N and D for."""
     bootstrap: int = Field(100, ge=0)
     """Refits on resampled points for the fitted parameters' intervals."""
+
+    @field_validator("axes")
+    @classmethod
+    def _distinct_values(cls, axes: dict[str, tuple[Value, ...]]) -> dict[str, tuple[Value, ...]]:
+        for name, values in axes.items():
+            twice = _twice(values)
+            if twice is not None:
+                raise ValueError(f"axis {name!r} lists {twice:g} twice: each point is built once")
+        return axes
+
+    @field_validator("budgets")
+    @classmethod
+    def _distinct_budgets(cls, budgets: tuple[float, ...]) -> tuple[float, ...]:
+        twice = _twice(budgets)
+        if twice is not None:
+            raise ValueError(f"the budget {twice:g} is listed twice: each point is built once")
+        return budgets
+
+
+def _twice(values: tuple[Value, ...]) -> Value | None:
+    """The first value listed twice, if any."""
+    seen: set[float] = set()
+    for v in values:
+        if float(v) in seen:
+            return v
+        seen.add(float(v))
+    return None
 
 
 class Scaling(EvalTable):

@@ -97,6 +97,11 @@ def test_a_new_point_rebuilds_only_itself_and_the_fit(tmp_path):
             "stage[1].axes",
         ),
         ("budgets = [1e9, 3e9]", "the budget 1e+03 buys no training step", "stage[1].budgets"),
+        ("hidden = [16, 16]", "axis 'hidden' lists 16 twice", "stage[1].axes"),
+        ("hidden = []", "must have at least 1 item", "stage[1].axes.hidden"),
+        ("budgets = [1e9, 1e9]", "the budget 1e+09 is listed twice", "stage[1].budgets"),
+        ("budgets = [-1e9, 3e9]", "must be > 0", "stage[1].budgets[0]"),
+        ("budgets = [1e30]", "more than a stage's 1e+09: lower the budget", "stage[1].budgets"),
     ],
 )
 def test_bad_sweeps_are_located(tmp_path, edit, message, key):
@@ -107,8 +112,15 @@ def test_bad_sweeps_are_located(tmp_path, edit, message, key):
         "fit_budget = 1e12": text.replace("layers = [2] }", "layers = [2], steps = [5] }"),
         "hidden = [16, 32]": text.replace("hidden = [16, 32]", "hidden = [16, 30]"),
         "budgets = [1e9, 3e9]": text.replace("budgets = [1e9, 3e9]", "budgets = [1e3, 3e9]"),
+        "hidden = [16, 16]": text.replace("hidden = [16, 32]", "hidden = [16, 16]"),
+        "hidden = []": text.replace("hidden = [16, 32]", "hidden = []"),
+        "budgets = [1e9, 1e9]": text.replace("budgets = [1e9, 3e9]", "budgets = [1e9, 1e9]"),
+        "budgets = [-1e9, 3e9]": text.replace("budgets = [1e9, 3e9]", "budgets = [-1e9, 3e9]"),
+        "budgets = [1e30]": text.replace("budgets = [1e9, 3e9]", "budgets = [1e30]"),
     }[edit]
     with pytest.raises(SpecError) as info:
         load_spec(write_project(tmp_path, text))
     problem = info.value.problems[0]  # a budget too small for two points: said for each
     assert message in problem.message and problem.key == key and problem.line is not None
+    # said at the sweep alone, not again at the stages and fit it would have made
+    assert all(p.key.startswith("stage[1]") for p in info.value.problems), info.value.problems
