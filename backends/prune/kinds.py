@@ -63,12 +63,26 @@ class PruneKind(Kind):
             if parent.encoder:
                 return [Problem("pruning a bert-style encoder is not supported", (*where, "from"))]
             pruned = item.shape_from(parent)
-        except (ValidationError, ValueError) as e:
-            detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
-            return [Problem(f"the pruned architecture is invalid: {detail}", at)]
+        except ValidationError as e:  # located at the field, as validation says it
+            from llmbuild.spec.model import Architecture
+            from llmbuild.spec.validate import problems_of
+
+            return problems_of(e, Architecture, at)
+        except ValueError as e:
+            return [Problem(f"the pruned architecture is invalid: {e}", at)]
+        if all(getattr(pruned, f) == getattr(parent, f) for f in NARROWED):
+            shape = ", ".join(f"{k} = {v}" for k, v in changes.items())
+            return [
+                Problem(
+                    f"prunes nothing: the pruned stage already has {shape}",
+                    (*at, next(iter(changes))),
+                )
+            ]
         out = []
         for field in NARROWED:
             new, old = getattr(pruned, field), getattr(parent, field)
+            if field == "kv_heads" and field not in changes:
+                continue  # follows heads: the heads' own problem says it
             if new > old:
                 out.append(
                     Problem(f"{field} ({new}) exceeds the pruned stage's ({old})", (*at, field))

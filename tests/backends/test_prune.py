@@ -92,6 +92,9 @@ def test_the_pruned_model_trains_and_exports_with_matching_logits(built):
     ("shape", "message", "field", "style", "overrides"),
     [
         ("layers = 3", "layers (3) exceeds the pruned stage's (2)", "layers", "llama", []),
+        ("layers = 0", "must be > 0 (got 0)", "layers", "llama", []),
+        ("layers = 2", "prunes nothing: the pruned stage already has layers = 2", "layers",
+         "llama", []),
         ("heads = 2, kv_heads = 2", "must keep the pruned stage's ratio", "heads", "llama", []),
         ("seq_len = 16", "pruning changes only", "seq_len", "llama", []),
         # GPT2LMHeadModel's head size is hidden / heads: the export would fail at the end.
