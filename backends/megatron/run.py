@@ -76,6 +76,17 @@ def _teacher_architecture(ctx: RunContext[TrainConfig], vocab: int) -> dict[str,
             f"{ctx.node}: the teacher {teacher.node} has a vocabulary of "
             f"{teacher.vocab_size}, the student {vocab}; they must be one"
         )
+    from llmbuild.backends.megatron.sizes import non_embedding_params
+
+    student, master = (
+        non_embedding_params(a) for a in (ctx.config.architecture, teacher.architecture)
+    )
+    if student > master:
+        ctx.note(
+            f"the student has more parameters than its teacher {teacher.node} ({student:,} "
+            f"against {master:,}, without embeddings): distillation usually makes a model "
+            "smaller; check the stage's architecture"
+        )
     return table_dump(teacher.architecture)
 
 

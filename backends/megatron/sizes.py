@@ -12,6 +12,15 @@ GPU_MEMORY = 192 << 30
 """The most memory one accelerator has today: a rank needing more fits on none."""
 
 
+def non_embedding_params(arch: Any) -> int:
+    """Kaplan's N of an ``Architecture``: its weights without the embeddings."""
+    counts = count_params(
+        arch.layers, arch.hidden, arch.heads, arch.kv_heads, arch.ffn_hidden, 1, arch.seq_len,
+        arch.activation == "swiglu", True, arch.position,
+    )  # fmt: skip
+    return int(counts["non_embedding_params"])
+
+
 def count_params(
     layers: int,
     hidden: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from llmbuild.backends.megatron.sizes import non_embedding_params
 from llmbuild.backends.scaling.config import ScalingConfig
 from llmbuild.backends.scaling.spec import Scaling, Sweep
 from pydantic import ValidationError
@@ -34,16 +35,6 @@ def point_name(sweep: str, values: dict[str, Any], budget: float | None) -> str:
     parts = [f"c{budget_name(budget)}"] if budget is not None else []
     parts += [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in values.items()]
     return "-".join([sweep, *parts])
-
-
-def non_embedding_params(arch: Architecture) -> int:
-    from llmbuild.backends.megatron.sizes import count_params
-
-    counts = count_params(
-        arch.layers, arch.hidden, arch.heads, arch.kv_heads, arch.ffn_hidden, 1, arch.seq_len,
-        arch.activation == "swiglu", True, arch.position,
-    )  # fmt: skip
-    return int(counts["non_embedding_params"])
 
 
 class SweepKind(Kind):

@@ -83,6 +83,9 @@ def test_the_distilled_student_beats_the_same_student_from_scratch(built):
     records = {n: r.record for n, r in outcome.results.items()}
     shown = stage_table(records)["student"]
     assert shown["loss"] == metrics["student"]["ce"] != metrics["student"]["loss"]
+    assert not any(
+        "more parameters than" in n for n in outcome.results["stage:student"].record.notes
+    )
     # The student is the size its spec asked for.
     from safetensors import safe_open
 
@@ -127,6 +130,30 @@ def test_a_student_and_teacher_with_two_vocabularies_is_a_located_error(tmp_path
         plan_spec(load_spec(spec), cache=StatCache())
     assert "stage[1].architecture.vocab_multiple" in str(e.value)
     assert "teacher 'pretrain'" in str(e.value)
+
+
+BIGGER = """
+[[stage]]
+name = "bigger"
+kind = "distill"
+teacher = "pretrain"
+architecture = { layers = 3 }
+steps = 2
+global_batch = 8
+lr = 1e-3
+"""
+
+
+def test_a_student_larger_than_its_teacher_is_noted(built):
+    """Allowed (a teacher's logits can guide any model) but rarely meant: said."""
+    spec, store, _ = built
+    root = spec.parent / "bigger"
+    root.mkdir(exist_ok=True)
+    outcome = run_nodes(student_spec(root, extra=BIGGER), store, ("stage:bigger",))
+    assert outcome.ok, outcome.log
+    notes = outcome.results["stage:bigger"].record.notes
+    assert any("the student has more parameters than its teacher stage:pretrain" in n
+               for n in notes), notes  # fmt: skip
 
 
 def test_the_kl_terms_by_hand():
