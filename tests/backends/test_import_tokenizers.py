@@ -172,15 +172,21 @@ def test_a_tokenizer_without_a_chat_template_is_said_where_chats_need_one(tmp_pa
         "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     }
     (tmp_path / "talk.jsonl").write_text(json.dumps(chat) + "\n")
+    # chat data: said at validate, at the source, before anything builds
     spec = import_spec(tmp_path, ck, CHAT_SOURCE)
-    outcome = run_nodes(spec, tmp_path / "store", ("tokenize:talk",))
-    assert not outcome.ok
-    detail = outcome.results["tokenize:talk"].detail
-    assert "the tokenizer has no chat template, and source 'talk' holds conversations" in detail
-    assert 'chat_template = "chatml"' in detail and "Traceback" not in detail, detail
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    (problem,) = e.value.problems
+    assert problem.key == "data.sources[1].role", problem
+    assert "source 'talk' holds conversations (role 'chat'), and the tokenizer at" in str(problem)
+    assert 'has no chat template: set [tokenizer] chat_template = "chatml"' in str(problem)
+    # a chat prompt to the checkpoint's own tokenizer
+    outcome = run_nodes(import_spec(tmp_path, ck), tmp_path / "store", ("tokenizer",))
+    assert outcome.ok, outcome.log
     tok = TokenizerArtifact.open(artifact(outcome, tmp_path / "store", "tokenizer"))
     with pytest.raises(UserError, match="a chat prompt needs one"):
         tok.chat_prompt("Hi")
+    spec = import_spec(tmp_path, ck, CHAT_SOURCE)
     # as the message says: the table sets the template, the checkpoint the rest
     spec.write_text(spec.read_text() + '\n[tokenizer]\nchat_template = "chatml"\n')
     tokenizer = load_spec(spec).spec.tokenizer
