@@ -92,6 +92,8 @@ def open_store(args: argparse.Namespace, spec_path: Path):
         where = Path(root).absolute()
         for path in (where, *where.parents):
             if path.exists():
+                if path == where and not path.is_dir():
+                    raise UserError(f"the store {root} is a file, not a directory")
                 if not path.is_dir():
                     raise UserError(f"{root} cannot be a store: {path} is a file, not a directory")
                 break

@@ -235,11 +235,8 @@ def _moved_references(
         record = store.lookup(was, verify=False).record
         if record is None or record.name == name:
             continue
-        field = (
-            f"{node.name.replace(':', '.', 1)}.{slot}"
-            if node.name.startswith("stage:")
-            else (f"input {slot}")
-        )
+        stage = node.name.startswith("stage:")
+        field = f"{node.name.replace(':', '.', 1)}.{slot}" if stage else f"input {slot}"
         out.append(Change(field, _short(record.name), _short(name)))
     return out
 
