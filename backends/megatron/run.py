@@ -90,6 +90,11 @@ def _teacher_architecture(ctx: RunContext[TrainConfig], vocab: int) -> dict[str,
     return table_dump(teacher.architecture)
 
 
+def _data_dirs(ctx: RunContext[TrainConfig]) -> list[Any]:
+    """The tokenized sources a stage reads, in slot order."""
+    return [a.path for slot, a in sorted(ctx.inputs.items()) if slot.startswith("data:")]
+
+
 def _labels(ctx: RunContext[TrainConfig]) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """A classifier's label names in id order and their loss weights."""
     from llmbuild.backends.megatron import labels
@@ -97,7 +102,7 @@ def _labels(ctx: RunContext[TrainConfig]) -> tuple[tuple[str, ...], tuple[float,
     stage = ctx.config.stage
     if stage.kind != "classify":
         return (), ()
-    data = [a.path for slot, a in sorted(ctx.inputs.items()) if slot.startswith("data:")]
+    data = _data_dirs(ctx)
     lists = labels.label_lists(data)
     if lists and not stage.multi_label:
         raise UserError(
@@ -262,8 +267,7 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         from llmbuild.backends.megatron import labels
 
         meta["labels"] = list(ranks.labels)
-        data = [a.path for slot, a in sorted(ctx.inputs.items()) if slot.startswith("data:")]
-        meta["paired"] = labels.paired(data)
+        meta["paired"] = labels.paired(_data_dirs(ctx))
         if stage.multi_label:
             meta["multi_label"] = True
     adapter = getattr(stage, "adapter", None)

@@ -79,22 +79,9 @@ def store_root(args: argparse.Namespace, spec_path: Path) -> str:
 
 
 def open_store(args: argparse.Namespace, spec_path: Path):
-    """The store these arguments name, with this machine's stat cache. A local path that
-    can never be a store (a file, or a file on the way to it) is a user error, not a store
-    that is merely empty."""
-    from llmbuild.errors import UserError
+    """The store these arguments name, with this machine's stat cache."""
     from llmbuild.locations import stat_cache_path
     from llmbuild.plan.digest import StatCache
     from llmbuild.store.store import Store
 
-    root = store_root(args, spec_path)
-    if "://" not in root:
-        where = Path(root).absolute()
-        for path in (where, *where.parents):
-            if path.exists():
-                if path == where and not path.is_dir():
-                    raise UserError(f"the store {root} is a file, not a directory")
-                if not path.is_dir():
-                    raise UserError(f"{root} cannot be a store: {path} is a file, not a directory")
-                break
-    return Store(root, cache=StatCache(stat_cache_path()))
+    return Store(store_root(args, spec_path), cache=StatCache(stat_cache_path()))

@@ -42,8 +42,16 @@ class LocalFS:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
-        if self.root.exists() and not self.root.is_dir():
-            raise UserError(f"the store {self.root} is a file, not a directory")
+        # A path that can never be a store (a file, or a file on the way to it) is said
+        # now, not when the first write fails; a missing store is merely empty.
+        for path in (self.root, *self.root.parents):
+            if not path.exists():
+                continue
+            if path.is_dir():
+                break
+            if path == self.root:
+                raise UserError(f"the store {self.root} is a file, not a directory")
+            raise UserError(f"{self.root} cannot be a store: {path} is a file, not a directory")
 
     def path(self, rel: str) -> Path:
         return self.root / rel
