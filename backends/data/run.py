@@ -26,6 +26,7 @@ from llmbuild.backends.data.clean import (
     record_text,
 )
 from llmbuild.backends.data.config import DataConfig
+from llmbuild.backends.data.label_types import LabelTypes, odd_records, odd_type
 from llmbuild.backends.data.readers import BadRecord, file_format, normalise, read_records
 from llmbuild.backends.data.shards import ShardWriter
 
@@ -58,6 +59,7 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
     stats: Counter[str] = Counter()
     removed_bytes: Counter[str] = Counter()
     skipped: list[str] = []
+    labels = LabelTypes() if source.role == "labeled" else None
 
     def bad(e: BadRecord) -> None:
         if source.on_error == "error":
@@ -88,6 +90,8 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
                         removed_bytes[problem] += size
                         continue
                     hashes += content_hash(text)
+                    if labels is not None:
+                        labels.add(rec.where, rec.data[source.label_field])
                     if clean.dedup == "minhash":
                         sigs.append(minhash_signature(text, clean))
                     out.write(json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n")
@@ -111,6 +115,8 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
         "hashes": bytes(hashes),
         "skipped": skipped[:20],
     }
+    if labels is not None:
+        result["labels"] = labels.summary()
     if sigs:
         import numpy as np
 
@@ -120,9 +126,10 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
     return result
 
 
-def _decide(results: list[dict[str, Any]], config: DataConfig) -> list[list[bool]]:
+def _decide(results: list[dict[str, Any]], config: DataConfig, odd: int) -> list[list[str]]:
     """Which candidates survive deduplication, in the order of ``results`` (the first
-    occurrence wins)."""
+    occurrence wins). A label of the ``odd`` type makes a bad record, left out before
+    deduplication so that it never stands in for a good text."""
     import numpy as np
 
     seen: set[bytes] = set()
@@ -131,8 +138,12 @@ def _decide(results: list[dict[str, Any]], config: DataConfig) -> list[list[bool
     for i, res in enumerate(results):
         blob = res["hashes"]
         sigs = np.load(res["signatures"]) if "signatures" in res else None
+        label_bits = res["labels"]["bits"] if odd else b""
         keep = []
         for j in range(len(blob) // HASH_BYTES):
+            if label_bits and label_bits[j] & odd:
+                keep.append("bad_label")
+                continue
             h = blob[j * HASH_BYTES : (j + 1) * HASH_BYTES]
             if config.clean.dedup != "none" and h in seen:
                 keep.append("exact_duplicate")
@@ -178,8 +189,27 @@ def _is_text(path: str, declared: str) -> bool:
         return False
 
 
+SKIP_HINT = 'set on_error = "skip" on the source to skip and count bad records instead'
 NOTABLE = 0.1
 """The share of a source's documents whose removal by cleaning the build says out loud."""
+
+
+FILTERS = ("too_short", "too_long")
+"""The length filters' reasons for removing a text (``min_chars``, ``max_chars``)."""
+SHOWN_SKIPS = 2
+"""The bad records a note names; report.json lists more."""
+
+
+def _note_skipped(ctx: Any, examples: list[str], skipped: int) -> None:
+    """Say how many bad records ``on_error = "skip"`` left out, naming the first ones: a
+    count in report.json alone goes unseen, and a skipped record is data the user meant to
+    train on (a misquoted line or a misnamed field may skip far more than expected)."""
+    if not skipped:
+        return
+    shown = examples[:SHOWN_SKIPS]
+    more = f"; and {skipped - len(shown)} more (report.json)" if skipped > len(shown) else ""
+    noun = "record" if skipped == 1 else "records"
+    ctx.note(f'on_error = "skip" skipped {skipped} bad {noun}: ' + "; ".join(shown) + more)
 
 
 def run(ctx: Any) -> None:
@@ -194,11 +224,13 @@ def run(ctx: Any) -> None:
     results.sort(key=lambda r: r.get("order", ()))  # content order: names never count
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise DataError(
-            errors[0] + more + '; set on_error = "skip" on the source to skip '
-            "and count bad records instead"
-        )
-    decisions = _decide(results, config)
+        raise DataError(f"{errors[0]}{more}; {SKIP_HINT}")
+    odd, others = odd_type(results)
+    oddities = [odd_records(res, odd, others) for res in results]
+    if odd and config.source.on_error == "error":
+        first = next(bad for file_bad in oddities for bad in file_bad)
+        raise DataError(f"{first}; {SKIP_HINT}")
+    decisions = _decide(results, config, odd)
 
     report: dict[str, Any] = {
         "files": len(files),
@@ -221,7 +253,7 @@ def run(ctx: Any) -> None:
                 if k not in ("documents_read", "bytes_read"):
                     report["removed"][k] += v
             report["removed_bytes"].update(res["removed_bytes"])
-            report["skipped_examples"] += res["skipped"][:5]
+            report["skipped_examples"] += res["skipped"][:5] + [str(b) for b in oddities[i]]
             with open(res["tmp"], encoding="utf-8") as f:
                 for line, verdict in zip(f, keep):
                     data = json.loads(line)
@@ -229,7 +261,10 @@ def run(ctx: Any) -> None:
                     size = len(text.encode("utf-8"))
                     if verdict != "kept":
                         report["removed"][verdict] += 1
-                        report["removed_bytes"][verdict] += size
+                        if verdict.startswith("bad_"):  # a bad record is not a document read
+                            totals.update(documents_read=-1, bytes_read=-size)
+                        else:
+                            report["removed_bytes"][verdict] += size
                         continue
                     split = (
                         "validation"
@@ -266,14 +301,13 @@ def run(ctx: Any) -> None:
             f"source {config.source.name!r}: no document is left after cleaning "
             f"(removed: {report['removed']})"
         )
-    # bad records never became documents: they count among the records seen
-    seen = report["documents_read"] + sum(
-        v for k, v in report["removed"].items() if k.startswith("bad_")
-    )
+    skipped = sum(v for k, v in report["removed"].items() if k.startswith("bad_"))
+    seen = report["documents_read"] + skipped  # bad records never became documents
     removed = sum(report["removed"].values())
     if seen and removed / seen >= NOTABLE:
         why = ", ".join(f"{k} {v}" for k, v in sorted(report["removed"].items()) if v)
         ctx.note(f"cleaning removed {removed} of {seen} documents ({removed / seen:.0%}): {why}")
+    _note_skipped(ctx, report["skipped_examples"], skipped)
     if config.split.validation > 0 and not kept["validation"]["documents"]:
         docs = kept["train"]["documents"]
         ctx.note(
@@ -293,6 +327,8 @@ def run(ctx: Any) -> None:
             "train_documents": kept["train"]["documents"],
             "validation_documents": kept["validation"]["documents"],
             "dedup_ratio": report["dedup_ratio"],
+            "skipped": skipped,
+            "filtered": sum(report["removed"].get(k, 0) for k in FILTERS),
         }
     )
     ctx.log.info("report: %s", json.dumps(report))

@@ -82,6 +82,43 @@ def label_names(node: str, stage: Any, counts: dict[str, dict[str, int]]) -> tup
     return names
 
 
+RARE_TEXTS = 3
+RARE_SHARE = 0.01
+"""A label is rare with fewer than RARE_TEXTS training texts or under RARE_SHARE of them:
+too few to learn it from, and often a misspelt label or a stray value."""
+
+
+def train_texts(dataset_dirs: list[Path]) -> int:
+    """Texts in the training split of the tokenized labeled sources."""
+    return sum(
+        d["documents"]
+        for path in dataset_dirs
+        for d in json.loads((path / "datasets.json").read_text())["datasets"]
+        if d["split"] == "train"
+    )
+
+
+def rare_labels(stage: Any, train: dict[str, int], total: int) -> str | None:
+    """A note naming the rare labels of ``train`` (texts per label of the ``total``
+    training texts) when the labels are taken from the data: with `labels` listed in the
+    spec each is there on purpose, and a stray one is an error."""
+    if stage.labels is not None or not total:
+        return None
+    rare = sorted(
+        (n, name) for name, n in train.items() if n < RARE_TEXTS or n < RARE_SHARE * total
+    )
+    if not rare:
+        return None
+    each = ", ".join(f"{name!r} ({n} text{'' if n == 1 else 's'})" for n, name in rare[:8])
+    more = f" and {len(rare) - 8} more" if len(rare) > 8 else ""
+    return (
+        f"few of the {total} training texts have the label{'s' if len(rare) > 1 else ''} "
+        f"{each}{more}: too few to learn from (under {RARE_TEXTS}, or under "
+        f"{RARE_SHARE:.0%} of them); a misspelt label or a stray value? Listing the "
+        f"labels in `labels` of stage.{stage.name} makes any other label an error"
+    )
+
+
 def class_weights(stage: Any, names: tuple[str, ...]) -> tuple[float, ...]:
     """The loss weight of each label id (1 where the stage gives none); empty when the
     stage weighs none."""

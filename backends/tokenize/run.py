@@ -14,6 +14,7 @@ from llmbuild.backends.data.shards import SPLITS, iter_shard, shard_paths
 from llmbuild.backends.tokenize.encode import unknown_id
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact, require_chat_template
 
+from llmbuild.errors import UserError
 from llmbuild.spec.model import TEXT_KINDS
 
 BATCH = 1024
@@ -204,24 +205,36 @@ def run(ctx: Any) -> None:
 
 UNKNOWN_SHARE = 0.01
 """The share of unknown tokens past which a source is said to be badly spelled."""
+UNKNOWN_REFUSED = 0.5
+"""The share at which it is an error: the model would learn little but "unknown"."""
 
 
 def _note_unknown(ctx: Any, tokenizer: Any, unknown: int, tokens: int) -> None:
     """Count the tokens the vocabulary could not spell; say so when they are many (a
     char tokenizer trained without this source's text: the model learns to predict
-    "unknown")."""
+    "unknown"), and refuse the source when they are most of it, before a stage trains
+    for minutes on a text it cannot see."""
     ctx.metrics["unknown_tokens"] = unknown
-    if not tokens or unknown / tokens <= UNKNOWN_SHARE:
+    share = unknown / tokens if tokens else 0.0
+    if share <= UNKNOWN_SHARE:
         return
+    source = ctx.config.source
+    said = f"{share:.0%} of the tokens of source {source!r} are the tokenizer's unknown token"
     made_here = tokenizer.info.kind in TEXT_KINDS
-    ctx.note(
-        f"{unknown / tokens:.0%} of the tokens of source {ctx.config.source!r} are the "
-        "tokenizer's unknown token: its vocabulary cannot spell that text (in a chat "
-        "source, the chat template's too)"
-        + (
-            f"; list {ctx.config.source!r} in [tokenizer] sources so that the tokenizer is "
-            "made from its text as well"
-            if made_here
-            else ""
+    fix = (
+        f"list {source!r} in [tokenizer] sources so that the tokenizer is made from its "
+        "text as well"
+        if made_here
+        else "check the tokenizer's vocabulary: a tokenizer.json saved with a tiny "
+        "vocabulary, or one made for another language or script, spells next to nothing"
+    )
+    if share >= UNKNOWN_REFUSED:
+        raise UserError(
+            f"{said} ({unknown} of {tokens}): its vocabulary of "
+            f"{tokenizer.info.vocab_size} tokens cannot spell that text, so a model "
+            f"would learn nothing from it; {fix}"
         )
+    ctx.note(
+        f"{said}: its vocabulary cannot spell that text (in a chat source, the chat "
+        "template's too)" + (f"; {fix}" if made_here else "")
     )

@@ -151,6 +151,12 @@ def test_bad_records_can_be_skipped_and_counted(tmp_path, name, content, counted
     )
     assert report["removed"] == counted
     assert report["skipped_examples"] and name in report["skipped_examples"][0]
+    # the build's output, `status` and `show` say it too, with where and why
+    record = outcome.results["source:docs"].record
+    assert record.metrics["skipped"] == 1
+    assert f'on_error = "skip" skipped 1 bad record: {report["skipped_examples"][0]}' in (
+        record.notes
+    )
 
 
 def test_an_empty_file_among_others_can_be_skipped(tmp_path):
@@ -189,6 +195,7 @@ def test_cleaning_that_removes_much_says_so_and_a_source_may_clean_its_own_way(t
     assert outcome.ok, outcome.log
     record = outcome.results["source:docs"].record
     assert record.notes == ["cleaning removed 6 of 8 documents (75%): too_short 6"]
+    assert record.metrics["filtered"] == 6 and record.metrics["skipped"] == 0
     assert "built    source:docs" in outcome.log and "cleaning removed 6 of 8" in outcome.log
     # `show` and `status` say it too, and `show` prints where the artifact is.
     from llmbuild.cli import main
@@ -262,6 +269,10 @@ def test_the_share_removed_counts_bad_records_among_those_seen(tmp_path):
     assert outcome.ok, outcome.log
     notes = outcome.results["source:docs"].record.notes
     assert any("cleaning removed 4 of 5 documents (80%): bad_json 4" in n for n in notes), notes
+    # the skip note names the first two bad records, and how many more there are
+    (skips,) = [n for n in notes if n.startswith('on_error = "skip" skipped 4 bad records: ')]
+    assert "mostly_bad.jsonl:2: invalid JSON" in skips and "mostly_bad.jsonl:3: " in skips
+    assert skips.endswith("; and 2 more (report.json)"), skips
 
 
 def test_a_tar_compressed_under_a_plain_name_is_read_whole(tmp_path):

@@ -225,7 +225,9 @@ def test_tokenize_workers_load_neither_torch_nor_megatron(formats, tmp_path):
 
 def test_text_the_vocabulary_cannot_spell_is_counted_and_said(tmp_path):
     """A char tokenizer made from the pretraining text alone: a chat source in other
-    characters tokenizes mostly to the unknown token, and the node says so."""
+    characters tokenizes mostly to the unknown token, which is an error naming the fix
+    (a model would train on nothing); one that it spells but for a few characters (the
+    template's role names) is counted and said."""
     (tmp_path / "plain.txt").write_text("1+2=3\n4+4=8\n" * 20)
     chat = {
         "messages": [
@@ -234,22 +236,36 @@ def test_text_the_vocabulary_cannot_spell_is_counted_and_said(tmp_path):
         ]
     }
     (tmp_path / "talk.jsonl").write_text(json.dumps(chat) + "\n")
+    sums = {
+        "messages": [
+            {"role": "user", "content": "1+2=3\n" * 10 + "4+4="},
+            {"role": "assistant", "content": "8"},
+        ]
+    }
+    (tmp_path / "math.jsonl").write_text(json.dumps(sums) + "\n")
     spec = tmp_path / "spec.toml"
     spec.write_text(
         'extends = ["@gpt2-tiny"]\n[model]\nname = "m"\n'
         '[[data.sources]]\nname = "sums"\npath = "plain.txt"\nseparator = "\\n"\n'
         '[[data.sources]]\nname = "talk"\npath = "talk.jsonl"\nrole = "chat"\n'
+        '[[data.sources]]\nname = "math"\npath = "math.jsonl"\nrole = "chat"\n'
         '[tokenizer]\nkind = "char"\n'
         '[[stage]]\nname = "p"\nkind = "pretrain"\nsteps = 1\nglobal_batch = 2\nlr = 1e-3\n'
     )
     store = tmp_path / "store"
-    outcome = run_nodes(spec, store, ("tokenize:talk", "tokenize:sums"))
-    assert outcome.ok, outcome.log
-    talk = outcome.results["tokenize:talk"].record
-    assert talk.metrics["unknown_tokens"] > 0.5 * (talk.metrics["train_tokens"])
-    (note,) = talk.notes
-    assert "of the tokens of source 'talk' are the tokenizer's unknown token" in note, note
-    assert "list 'talk' in [tokenizer] sources" in note
+    outcome = run_nodes(spec, store, ("tokenize:talk", "tokenize:math", "tokenize:sums"))
+    talk = outcome.results["tokenize:talk"]
+    assert talk.state == "failed"
+    assert "of the tokens of source 'talk' are the tokenizer's unknown token (" in talk.detail
+    assert "cannot spell that text, so a model would learn nothing" in talk.detail
+    assert "list 'talk' in [tokenizer] sources" in talk.detail
+    assert "Traceback" not in talk.detail
+    math = outcome.results["tokenize:math"].record
+    tokens = math.metrics["train_tokens"] + math.metrics["validation_tokens"]
+    assert 0 < math.metrics["unknown_tokens"] < 0.5 * tokens
+    (note,) = math.notes
+    assert "of the tokens of source 'math' are the tokenizer's unknown token: its" in note, note
+    assert "list 'math' in [tokenizer] sources" in note
     sums = outcome.results["tokenize:sums"].record
     assert sums.metrics["unknown_tokens"] == 0 and not sums.notes
     # made from both sources' text, the tokenizer spells the chat (the template's
@@ -260,3 +276,30 @@ def test_text_the_vocabulary_cannot_spell_is_counted_and_said(tmp_path):
     outcome = run_nodes(spec, store, ("tokenize:talk",))
     assert outcome.ok, outcome.log
     assert outcome.results["tokenize:talk"].record.metrics["unknown_tokens"] == 0
+
+
+def test_a_tokenizer_that_spells_next_to_nothing_is_an_error(tmp_path):
+    """A pretrained tokenizer.json saved with a tiny vocabulary turns the text into its
+    unknown token: the tokenize node refuses it, pointing at the vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = models.WordLevel({"[UNK]": 0, "</s>": 1, "the": 2}, unk_token="[UNK]")
+    tok = Tokenizer(words)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>")
+    fast.save_pretrained(str(tmp_path / "tiny"))
+    (tmp_path / "reviews.txt").write_text("A fine film, the best of the year.\n" * 5)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'extends = ["@gpt2-tiny"]\n[model]\nname = "m"\n'
+        '[[data.sources]]\nname = "reviews"\npath = "reviews.txt"\n'
+        f'[tokenizer]\nkind = "pretrained"\npath = "{tmp_path / "tiny"}"\n'
+        '[[stage]]\nname = "p"\nkind = "pretrain"\nsteps = 1\nglobal_batch = 2\nlr = 1e-3\n'
+    )
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenize:reviews",))
+    result = outcome.results["tokenize:reviews"]
+    assert result.state == "failed"
+    assert "of the tokens of source 'reviews' are the tokenizer's unknown token" in result.detail
+    assert "check the tokenizer's vocabulary: a tokenizer.json saved with a tiny" in result.detail
+    assert "Traceback" not in result.detail
