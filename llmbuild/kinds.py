@@ -124,6 +124,13 @@ class Kind:
         """Problems of this item that span tables (its own fields are validated already)."""
         return []
 
+    def rebase(self, raw: dict[str, Any], folder: str) -> None:
+        """Resolve in place what the raw item, as the spec file in ``folder`` writes it,
+        names relative to that file beyond its content paths (which the core makes
+        absolute): a reward function's module, say. It runs again, with the working
+        directory, after each ``--set``: keep what an earlier run resolved that still
+        holds. Cheap: files may be looked for, never read."""
+
     def complete(self, raw: dict[str, Any], where: Path, spec: dict[str, Any]) -> Completion | None:
         """What the item adds to the spec, from the raw composed item (paths made absolute)
         and the raw spec around it. Cheap: ``validate`` and ``plan`` run it."""

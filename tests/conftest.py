@@ -103,6 +103,31 @@ def write_project(root: Path, spec: str = FULL_SPEC) -> Path:
     return path
 
 
+def function_reward_project(root: Path, module: str, code: str, function: str = "score") -> Path:
+    """``write_project`` with a GRPO stage ``rl`` rewarded by ``module:function``, the
+    module's ``code`` written beside the spec (give each test its own module name: a
+    module imported once stays imported)."""
+    grpo = f"""\
+[[data.sources]]
+name = "prompts"
+path = "data/prefs.jsonl"
+role = "prompts"
+
+[[stage]]
+name = "rl"
+kind = "grpo"
+from = "dpo"
+data = "prompts"
+steps = 2
+global_batch = 4
+rewards = [{{ kind = "function", function = "{module}:{function}" }}]
+
+"""
+    spec = write_project(root, FULL_SPEC.replace("[[eval]]\n", grpo + "[[eval]]\n", 1))
+    (root / f"{module}.py").write_text(textwrap.dedent(code))
+    return spec
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never touch the user's stat cache or store."""

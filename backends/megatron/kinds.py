@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmbuild.backends.megatron.config import TrainConfig
+from llmbuild.backends.megatron.reward_functions import function_problem, record_module_files
 from llmbuild.backends.megatron.spec import (
     Classify,
     Distill,
@@ -352,6 +353,23 @@ class DistillStage(PretrainStage):
         return out
 
 
+class GrpoStage(TrainedStage):
+    """GRPO: a function reward's module is found beside the spec file that names it, and
+    checked to define the function, before anything runs."""
+
+    def rebase(self, raw: dict[str, Any], folder: str) -> None:
+        record_module_files(raw, folder)
+
+    def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
+        out = super().check(item, where, view)
+        for i, reward in enumerate(item.rewards):
+            if reward.kind == "function":
+                problem = function_problem(reward.function, reward.module_file)
+                if problem is not None:
+                    out.append(Problem(problem, (*where, "rewards", i, "function")))
+        return out
+
+
 KINDS = (
     PretrainStage(Pretrain, f"{OBJECTIVES}:language_model"),
     MlmStage(
@@ -361,7 +379,7 @@ KINDS = (
     TrainedStage(Sft, f"{OBJECTIVES}:chat_model"),
     TrainedStage(Lora, f"{OBJECTIVES}:chat_model", sequence_parallel=False),
     TrainedStage(Dpo, f"{OBJECTIVES}:preference", pipeline=False),
-    TrainedStage(Grpo, f"{OBJECTIVES}:group_policy", pipeline=False, sequence_parallel=False),
+    GrpoStage(Grpo, f"{OBJECTIVES}:group_policy", pipeline=False, sequence_parallel=False),
     TrainedStage(
         RewardModel, f"{OBJECTIVES}:pairwise_reward", pipeline=False, sequence_parallel=False
     ),

@@ -5,16 +5,17 @@ float`` (it runs user code)."""
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from typing import Any
 
+from llmbuild.backends.megatron.reward_functions import import_module_file
 
-def _user_function(path: str) -> Callable[..., float]:
+
+def _user_function(path: str, module_file: str | None) -> Callable[..., float]:
     module, _, name = path.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), name)
+        fn = getattr(import_module_file(module, module_file), name)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"reward function {path!r} cannot be imported: {e}") from None
     if not callable(fn):
@@ -60,7 +61,7 @@ class Rewards:
             return lambda prompts, outs, recs, ids: [float(abs(len(c) - target)) for _, c in ids]
         if kind == "model":
             return lambda prompts, outs, recs, ids: model([p + c for p, c in ids])
-        fn = _user_function(spec["function"])
+        fn = _user_function(spec["function"], spec.get("module_file"))
 
         def user(prompts: list[str], outs: list[str], recs: list[dict], ids: Any) -> list[float]:
             values = []

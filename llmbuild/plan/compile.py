@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from llmbuild.errors import Path, Problem, SpecError
 from llmbuild.kinds import NodeRefs
 from llmbuild.plan.front import front_nodes, role_sources
@@ -47,19 +49,26 @@ def content_label(spec: Spec, path: Path) -> str:
     return out
 
 
-def content_inputs(item: Any, path: Path, spec: Spec | None = None) -> tuple[External, ...]:
-    """The external inputs of an item: one per content field that is set."""
-    out = []
+def content_inputs(
+    item: Any, path: Path, spec: Spec | None = None, index: int | None = None
+) -> tuple[External, ...]:
+    """The external inputs of an item: one per content field that is set, its own or one
+    of the tables it holds (a reward function's module file); ``index``: the item's
+    index in its list, which tells its slots apart (``function:{index}``)."""
+    out: list[External] = []
     for name, f in type(item).model_fields.items():
         mark = key_mark(type(item), name)
         value = getattr(item, name)
-        if mark is None or mark.role != "content" or value in (None, ()):
-            continue
         alias = f.alias or name
+        if mark is None or mark.role != "content":
+            out += _held_inputs(value, (*path, alias), spec)
+            continue
+        if value in (None, ()):
+            continue
         patterns = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         out.append(
             External(
-                mark.slot or alias,
+                (mark.slot or alias).format(index="" if index is None else index),
                 patterns,
                 (*path, alias),
                 mark.unordered,
@@ -69,6 +78,20 @@ def content_inputs(item: Any, path: Path, spec: Spec | None = None) -> tuple[Ext
             )
         )
     return tuple(out)
+
+
+def _held_inputs(value: Any, path: Path, spec: Spec | None) -> list[External]:
+    """The content inputs of the tables a field holds (one, or a list of them)."""
+    if isinstance(value, BaseModel):
+        return list(content_inputs(value, path, spec))
+    if isinstance(value, (list, tuple)):
+        return [
+            ext
+            for i, v in enumerate(value)
+            if isinstance(v, BaseModel)
+            for ext in content_inputs(v, (*path, i), spec, i)
+        ]
+    return []
 
 
 class _Builder:

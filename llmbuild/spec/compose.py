@@ -91,7 +91,8 @@ def kind_content_fields(registry: Any, table: str, item: Any) -> list[str]:
 
 
 def _rebase_paths(data: dict[str, Any], base: FsPath, registry: Any) -> None:
-    """Make relative content paths absolute against ``base`` (the writing file's folder)."""
+    """Make relative content paths absolute against ``base`` (the writing file's folder),
+    and let each item's kind resolve what else it names relative to that folder."""
 
     def fix(p: Any) -> Any:
         if not isinstance(p, str) or "://" in p:
@@ -119,6 +120,9 @@ def _rebase_paths(data: dict[str, Any], base: FsPath, registry: Any) -> None:
         for item in items if isinstance(items, list) else []:
             for alias in kind_content_fields(registry, table, item):
                 visit(item, (alias,))
+            kind = registry.kind_of(table, item)
+            if kind is not None:
+                kind.rebase(item, str(base))
 
 
 def read_layer(path: FsPath, display: str, registry: Any) -> Layer:

@@ -9,6 +9,7 @@ from llmbuild.cli.plan_cmd import plan_json, render_plan
 from llmbuild.plan import StatCache, plan_spec
 from llmbuild.plan.status import MISSING, Lookup
 from llmbuild.spec.load import load_spec
+from tests.conftest import function_reward_project
 
 
 class MemoryStore:
@@ -180,3 +181,40 @@ def test_a_reference_to_another_stage_is_named_as_the_spec_names_it(project):
     store.commit(plan(project, store))
     nodes = by_name(plan(project, store, ["stage.dpo.from='pretrain'"]))
     assert nodes["stage:dpo"].reason == "stage.dpo.from 'sft' -> 'pretrain'", nodes["stage:dpo"]
+
+
+SCORE = """\
+def score(prompt, completion, record):
+    return float(len(completion))
+"""
+
+
+def test_editing_a_reward_function_rebuilds_its_stage_and_says_why(tmp_path):
+    """The spec names only ``module:function``: the module's file enters the stage's key
+    by its content, so an edit to the function rebuilds the stage, and plan says so."""
+    spec = function_reward_project(tmp_path, "rewards_edited", SCORE)
+    store = MemoryStore()
+    first = plan(spec, store)
+    store.commit(first)
+    assert first.keys["stage:rl"].preimage["inputs"]["function:0"]["files"] == 1
+    assert by_name(plan(spec, store))["stage:rl"].status == "cached"
+    (tmp_path / "rewards_edited.py").write_text(SCORE.replace("len(completion)", "1"))
+    nodes = by_name(plan(spec, store))
+    assert nodes["stage:rl"].status == "build"
+    assert nodes["stage:rl"].reason == "stage.rl.rewards[0].module_file content changed"
+    assert nodes["stage:dpo"].status == "cached"
+
+
+def test_a_reward_module_beside_the_spec_is_found_from_any_directory(tmp_path, monkeypatch):
+    """Found beside the spec at plan time, and imported from there by the stage whatever
+    its working directory (a Ray worker's is not the user's)."""
+    from llmbuild.backends.megatron.rewards import Rewards
+
+    spec = function_reward_project(tmp_path / "project", "rewards_beside", SCORE)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    stage = plan(spec, MemoryStore()).graph["stage:rl"].config.stage
+    assert stage.rewards[0].module_file == str(tmp_path / "project" / "rewards_beside.py")
+    monkeypatch.chdir("/")
+    rewards = Rewards(stage.model_dump(mode="json")["rewards"], {})  # as a rank gets them
+    assert rewards(["p", "p"], ["abc", ""], [{}, {}], []) == [3.0, 0.0]

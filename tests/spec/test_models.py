@@ -100,6 +100,7 @@ def test_content_paths_match_the_schema():
     content = _roles("content")
     assert content == [
         "Classification.files",
+        "FunctionReward.module_file",  # set by its kind (rebase), not written relative
         "Import.checkpoint",
         "LmEval.include_path",
         "Perplexity.files",
