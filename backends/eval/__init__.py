@@ -7,7 +7,8 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class EvalBackend(Backend):
     name = "eval"
-    version = "3"  # 3: the padded vocabulary rows take no share of a perplexity
+    version = "4"  # 3: the padded vocabulary rows take no share of a perplexity;
+    # 4: a chat source's perplexity is its answers', a classification the majority rate
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

@@ -19,9 +19,10 @@ def labeled_file(
     seq_len: int,
     start: int | None,
     multi_label: bool = False,
-) -> Any:
+) -> tuple[Any, int]:
     """The labeled texts of a listed file (records with ``text``, ``label``, and ``pair``
-    for pairs), read as a labeled source's are and cut to fit as a classify stage's."""
+    for pairs), read as a labeled source's are and cut to fit as a classify stage's, and
+    how many have no pair."""
     from llmbuild.backends.data.readers import BadRecord, normalise, read_records
     from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text, label_ids
 
@@ -29,7 +30,7 @@ def labeled_file(
 
     source = Source(name="file", path=str(path), role="labeled")
     ids = {name: i for i, name in enumerate(labels)}
-    docs, truncated = [], 0
+    docs, truncated, lone = [], 0, 0
     try:
         for rec in read_records(str(path), source):
             if isinstance(rec, BadRecord):
@@ -41,14 +42,17 @@ def labeled_file(
                 label = label_ids(r["label"], ids, multi_label)
             except ValueError as e:
                 raise BadRecord(rec.where, str(e), "field") from None
+            lone += pair is None
             pair = None if pair is None else tok.encode(pair)
             tokens, cut, types = fit_text(tok.encode(r["text"]), pair, seq_len, tok.eos_id, start)
             docs.append((tokens, label, types))
             truncated += cut
     except BadRecord as e:
-        raise UserError(str(e)) from None
+        fields = ' (a listed file\'s records are {"text", "label"}, with "pair" for pairs)'
+        raise UserError(str(e) + (fields if "missing field" in e.reason else "")) from None
     classes = len(labels) if multi_label else None
-    return LabeledTexts(docs, seq_len, tok.pad_id, truncated, start is not None, classes)
+    samples = LabeledTexts(docs, seq_len, tok.pad_id, truncated, start is not None, classes)
+    return samples, lone
 
 
 def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[str], list[Any]]:
@@ -185,6 +189,11 @@ def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
                     f"| {label} | {m['texts']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
                     f"{m['micro_f1']:.4f} |"
                 )
+        if "majority_accuracy" in r:
+            out.append(
+                f"| {name}, always its most common label | {r['texts']} | "
+                f"{r['majority_accuracy']:.4f} | | |"
+            )
     for name, r in results.items():
         out += ["", f"{name}: precision and recall by label, then true label by predicted", ""]
         out += ["| label | precision | recall | support |", "| --- | --- | --- | --- |"]
@@ -245,7 +254,8 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
 
     from llmbuild.plan.digest import expand
 
-    model, config, labels = load_classifier(StageArtifact.open(ctx.input("model")))
+    stage = StageArtifact.open(ctx.input("model"))
+    model, config, labels = load_classifier(stage)
     seq_len = config["architecture"]["seq_len"]
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     start = text_start(config, tok)
@@ -266,7 +276,13 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
     for pattern in suite.files:
         for path in expand(pattern):
-            sets[Path(path).name] = labeled_file(Path(path), tok, labels, seq_len, start, multi)
+            name = Path(path).name
+            sets[name], lone = labeled_file(Path(path), tok, labels, seq_len, start, multi)
+            if stage.paired and lone:
+                ctx.note(
+                    f"{ctx.config.stage} learned pairs of texts, but {lone} of the "
+                    f'{len(sets[name])} texts of {name} have no "pair": they are scored alone'
+                )
     if not sets:
         raise UserError(
             "nothing to measure: the labeled sources have no validation texts and no files "
@@ -286,6 +302,8 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                 truth = [doc[1] for doc in samples.docs]
             results[name] = scores(truth, predicted, labels)
             results[name]["truncated"] = samples.truncated
+            if not multi and truth:  # what always answering one label would score
+                results[name]["majority_accuracy"] = max(map(truth.count, set(truth))) / len(truth)
             for t, p, row in zip(truth, predicted, probs.tolist()):
                 f.write(
                     json.dumps(
@@ -304,6 +322,8 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
     if suite.baseline:
         _baseline(ctx, results, labels, tok)
     for name, r in results.items():
+        if "majority_accuracy" in r:
+            ctx.metrics[f"{name}.majority_accuracy"] = r["majority_accuracy"]
         for k in ("accuracy", "macro_f1", "micro_f1"):
             ctx.metrics[f"{name}.{k}"] = r[k]
             if "baseline" in r:

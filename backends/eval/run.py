@@ -19,32 +19,40 @@ def _windows(tokens: list[int], seq: int, limit: int | None) -> list[list[int]]:
     return out[:limit] if limit else out
 
 
-def _nll(model: Any, windows: list[list[int]], batch: int) -> tuple[float, int]:
+def _nll(
+    model: Any, windows: list[list[int]], batch: int, masks: list[list[int]] | None = None
+) -> tuple[float, int]:
     """Summed negative log-likelihood and token count; full-length windows go through the
-    model ``batch`` at a time, a shorter last window on its own."""
+    model ``batch`` at a time, a shorter last window on its own. With ``masks`` (one per
+    window, 1 where a token is learned: a conversation's answers), only the tokens they
+    mark are counted."""
     import torch
     import torch.nn.functional as F
 
     total, count = 0.0, 0
+    masks = masks or [[1] * len(w) for w in windows]
     full = max((len(w) for w in windows), default=0)
-    groups = [windows[i : i + batch] for i in range(0, len(windows), batch)]
-    groups = [[w for w in g if len(w) == full] for g in groups] + [
-        [w] for w in windows if len(w) != full
+    order = list(range(len(windows)))
+    groups = [order[i : i + batch] for i in range(0, len(order), batch)]
+    groups = [[i for i in g if len(windows[i]) == full] for g in groups] + [
+        [i] for i in order if len(windows[i]) != full
     ]
     with torch.no_grad():
         for group in (g for g in groups if g):
-            ids = torch.tensor(group)
+            ids = torch.tensor([windows[i] for i in group])
+            learned = torch.tensor([masks[i] for i in group])[:, 1:].flatten().bool()
             inputs, targets = ids[:, :-1], ids[:, 1:]
             pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand(len(group), -1)
             logits = model(inputs, pos, None).float()
-            total += float(
-                F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
-            )
-            count += targets.numel()
+            losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+            total += float(losses[learned].sum())
+            count += int(learned.sum())
     return total, count
 
 
-def _validation_tokens(dataset_dir: Path) -> list[int]:
+def _validation_tokens(dataset_dir: Path) -> tuple[list[int], list[int] | None]:
+    """The validation split's tokens, one document after another, and for conversations
+    their loss mask (1 on the answers), None for plain text."""
     from llmbuild.backends.megatron.cpu import apply_cpu_patches
 
     apply_cpu_patches()
@@ -53,12 +61,19 @@ def _validation_tokens(dataset_dir: Path) -> list[int]:
     index = json.loads((dataset_dir / "datasets.json").read_text())
     import numpy as np
 
-    parts = []
+    parts, masks = [], []
     for d in index["datasets"]:
         if d["split"] == "validation":
-            ds = IndexedDataset(str(dataset_dir / d["prefix"]))
+            prefix = str(dataset_dir / d["prefix"])
+            ds = IndexedDataset(prefix)
             parts += [ds[i] for i in range(len(ds))]
-    return np.concatenate(parts).astype(np.int64).tolist() if parts else []
+            if Path(prefix + ".mask.idx").exists():
+                mask = IndexedDataset(prefix + ".mask")
+                masks += [mask[i] for i in range(len(mask))]
+    if not parts:
+        return [], None
+    tokens = np.concatenate(parts).astype(np.int64).tolist()
+    return tokens, (np.concatenate(masks).astype(np.int64).tolist() if masks else None)
 
 
 def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -69,16 +84,22 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
     results = {}
     for slot, artifact in sorted(ctx.inputs.items()):
         if slot.startswith("data:"):
-            tokens = _validation_tokens(artifact.path)
+            tokens, mask = _validation_tokens(artifact.path)
             if not tokens:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
-            else:
-                total, n = _nll(model, _windows(tokens, seq, limit), suite.batch_size)
-                results[slot[5:]] = {
-                    "tokens": n,
-                    "loss": total / n,
-                    "perplexity": math.exp(total / n),
-                }
+                continue
+            masks = None if mask is None else _windows(mask, seq, limit)
+            total, n = _nll(model, _windows(tokens, seq, limit), suite.batch_size, masks)
+            if not n:
+                ctx.note(f"source {slot[5:]!r} has no answers to measure in its validation split")
+                continue
+            results[slot[5:]] = {
+                "tokens": n,
+                "loss": total / n,
+                "perplexity": math.exp(total / n),
+            }
+            if mask is not None:  # as an SFT stage's validation loss is
+                results[slot[5:]]["measured"] = "answers"
     if suite.files:
         tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
         from llmbuild.plan.digest import expand
@@ -163,7 +184,8 @@ def _run(ctx: Any) -> None:
         results = perplexity(ctx, suite, model, config)
         table = ["| data | tokens | loss | perplexity |", "| --- | --- | --- | --- |"]
         table += [
-            f"| {k} | {v['tokens']} | {v['loss']:.4f} | {v['perplexity']:.3f} |"
+            f"| {k}{' (answers)' if v.get('measured') else ''} | {v['tokens']} | "
+            f"{v['loss']:.4f} | {v['perplexity']:.3f} |"
             for k, v in results.items()
         ]
         ctx.metrics.update({f"{k}.loss": v["loss"] for k, v in results.items()})

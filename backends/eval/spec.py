@@ -17,7 +17,9 @@ class Perplexity(EvalTable):
     kind: Literal["perplexity"]
     """Suite kind."""
     sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="pretrain")
-    """Sources whose validation split is measured; all pretrain-role sources when omitted."""
+    """Sources whose validation split is measured; all pretrain-role sources when omitted.
+    A chat source is measured on its answers (the tokens an SFT stage learns, as its
+    validation loss is), not its prompts and template."""
     files: StrList = content(())
     """Extra text files to measure, relative to the spec file."""
     max_batches: PositiveInt | None = None

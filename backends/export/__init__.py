@@ -7,7 +7,8 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class ExportBackend(Backend):
     name = "export"
-    version = "5"  # 4: hf tokenizers carry model_max_length; 5: the model's positions
+    version = "6"  # 4: hf tokenizers carry model_max_length; 5: the model's positions;
+    # 6: a classifier's tokenizer puts texts in the stage's form, with a pad of its own
     Config = ExportConfig
     inputs = (
         Slot("model", "the exported stage (a LoRA stage's base is found through it)"),

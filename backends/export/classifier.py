@@ -1,9 +1,12 @@
 """A classify stage, or a reward model, as a transformers ``<Family>ForSequenceClassification``
 directory: the family's weights without the language-model head, the classifier (or the
 reward's value head, one output named ``reward``) as ``score``, and the label names as
-``id2label``. Proven by loading it with ``AutoModelForSequenceClassification`` and
-comparing its logits with the megatron model's, on a right-padded batch whose texts end at
-different positions."""
+``id2label``; its tokenizer puts texts in the form the stage read them (a decoder's pair
+after an end-of-sequence token, a reward model's text ending with one, an encoder's
+``[CLS] text [SEP] pair [SEP]``). Proven by loading it with
+``AutoModelForSequenceClassification`` and comparing its logits with the megatron
+model's, on a right-padded batch of texts of that form ending at different positions,
+and on texts put through the exported tokenizer."""
 
 from __future__ import annotations
 
@@ -21,12 +24,17 @@ from llmbuild.backends.megatron.artifact import StageArtifact
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
 
-def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> HfModel:
-    """The classifier converted to transformers (float32), checked to load completely."""
+def hf_classifier(
+    stage: StageArtifact, tokenizer: TokenizerArtifact, node: str, tok: Any
+) -> HfModel:
+    """The classifier converted to transformers (float32), checked to load completely;
+    ``tok``: its transformers tokenizer (``classifier_tokenizer``), whose pad token the
+    model's config names."""
     from transformers import AutoModelForSequenceClassification
 
     labels = stage.head_outputs
     family, config, weights = hf_parts(stage, tokenizer, node)
+    config.pad_token_id = tok.pad_token_id
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
@@ -46,15 +54,61 @@ def hf_classifier(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str)
         raise RuntimeError(
             f"weight conversion mismatch: missing {missing}, unexpected {unexpected}"
         )
+    if tok.pad_token_id >= model.get_input_embeddings().weight.shape[0]:
+        _pad_row(model, tok.pad_token_id)
     return HfModel(
         model.eval(),
         stage.architecture,
         family,
         stage.vocab_size,
-        tokenizer.special_ids,
+        {**tokenizer.special_ids, "pad_token_id": tok.pad_token_id},
         stage.name,
         offset,
     )
+
+
+def _pad_row(model: Any, pad: int) -> None:
+    """An embedding row for a pad token the export added: zeros (no text holds it, and a
+    right-padded text's last token attends to none of its pads)."""
+    import torch
+
+    model.resize_token_embeddings(pad + 1, mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[pad:] = 0.0
+    model.config.pad_token_id = pad
+
+
+PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<llmbuild_pad>")
+
+
+def classifier_tokenizer(stage: StageArtifact, tokenizer: TokenizerArtifact) -> Any:
+    """The stage's tokenizer for transformers, putting texts in the form the stage read
+    them: ``tok(text)`` and ``tok(text, pair)`` give the stage's ids, and ``padding=True``
+    pads with a token transformers' classifier can tell from the text.
+
+    A decoder's ``ForSequenceClassification`` reads each text's last token that is not
+    the pad token, so a decoder whose pad token is its end of sequence (no pad token of
+    its own) gets a new one: a reward model's texts end with that token, and a classifier's
+    pairs hold it. An encoder's texts get ``[CLS] text [SEP] pair [SEP]``, and its padding
+    is masked."""
+    from llmbuild.backends.export.run import encoder_template
+    from tokenizers.processors import TemplateProcessing
+
+    tok = tokenizer.hf_tokenizer()
+    if stage.architecture.encoder:
+        encoder_template(tok, tokenizer)
+        if tok.pad_token is None:
+            tok.pad_token = tokenizer.tokenizer.id_to_token(tokenizer.pad_id)
+        return tok
+    eos, eos_id = tokenizer.info.eos_token, tokenizer.eos_id
+    end = f" {eos}" if stage.config.get("kind") == "reward" else ""
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A{end}", pair=f"$A {eos} $B{end}", special_tokens=[(eos, eos_id)]
+    )
+    if tok.pad_token is None or tok.pad_token_id == eos_id:
+        vocab = tok.get_vocab()
+        tok.add_special_tokens({"pad_token": next(n for n in PAD_NAMES if n not in vocab)})
+    return tok
 
 
 def fold_score_bias(family: Any, arch: Any, state: dict[str, Any], head: dict[str, Any]) -> float:
@@ -78,56 +132,150 @@ def fold_score_bias(family: Any, arch: Any, state: dict[str, Any], head: dict[st
     return 0.0
 
 
-def verification_batch(vocab: int, pad: int, seq: int, seed: int = 0) -> list[list[int]]:
-    """Random texts of different lengths (no pad token inside, so transformers finds each
-    one's last token as we do)."""
-    import torch
+def _form(stage: StageArtifact, tokenizer: TokenizerArtifact) -> tuple[int | None, bool, bool]:
+    """How the stage reads a text: an encoder's start token (None for a decoder), whether
+    it learned pairs (an encoder's token types are checked on pairs too), and whether each
+    text ends with an end-of-sequence token (a reward model's answers do)."""
+    from llmbuild.backends.megatron.classifier import text_start
 
-    g = torch.Generator().manual_seed(seed)
-    lengths = [seq, max(1, seq // 2), max(1, seq // 3), 1]
+    start = text_start(stage.config, tokenizer)
+    return start, stage.paired is not False, stage.config.get("kind") == "reward"
+
+
+def stage_docs(
+    stage: StageArtifact, tokenizer: TokenizerArtifact, texts: list[tuple[Any, Any]], seq: int
+) -> list[tuple[Any, Any]]:
+    """``(ids, token types)`` of texts and pairs (token ids; a pair None for a lone text) as
+    the stage reads them (``fit_text``)."""
+    import numpy as np
+    from llmbuild.backends.megatron.posttrain_data import fit_text
+
+    start, _, ends = _form(stage, tokenizer)
+    eos = tokenizer.eos_id
     out = []
-    for n in lengths:
-        ids = torch.randint(0, vocab, (n,), generator=g)
-        ids[ids == pad] = (pad + 1) % vocab
-        out.append(ids.tolist())
+    for text, pair in texts:
+        ids, _, types = fit_text(text, pair, seq - ends, eos, start)
+        out.append((np.append(ids, eos) if ends else ids, types))
     return out
 
 
-def reference(stage: StageArtifact, pad: int) -> tuple[Any, Any, Any]:
-    """A right-padded verification batch (ids, mask) and our classifier's logits on it."""
+def random_texts(
+    stage: StageArtifact, tokenizer: TokenizerArtifact, seq: int, seed: int = 0
+) -> list[tuple[Any, Any]]:
+    """Texts of random token ids and different lengths, every other one with a pair where
+    the stage learned pairs; no special token inside."""
     import torch
+
+    g = torch.Generator().manual_seed(seed)
+    special = {i for i in tokenizer.special_ids.values() if i is not None}
+    usable = torch.tensor([i for i in range(stage.vocab_size) if i not in special])
+    _, paired, _ = _form(stage, tokenizer)
+    out = []
+    for i, n in enumerate((seq, max(1, seq // 2), max(1, seq // 3), 1, max(1, seq // 4))):
+        ids = usable[torch.randint(0, len(usable), (n,), generator=g)].tolist()
+        pair = usable[torch.randint(0, len(usable), (max(1, n // 2),), generator=g)].tolist()
+        out.append((ids, pair if paired and i % 2 else None))
+    return out
+
+
+def batch_of(docs: list[tuple[Any, Any]], pad: int, encoder: bool) -> dict[str, Any]:
+    """Right-padded ``input_ids``, ``attention_mask`` (and an encoder's ``token_type_ids``)
+    of ``docs``, as transformers' tokenizer pads them."""
+    import torch
+
+    seq = max(len(ids) for ids, _ in docs)
+    ids = torch.full((len(docs), seq), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    types = torch.zeros_like(ids)
+    for r, (row, kinds) in enumerate(docs):
+        ids[r, : len(row)] = torch.as_tensor(row)
+        mask[r, : len(row)] = 1
+        if kinds is not None:
+            types[r, : len(row)] = torch.as_tensor(kinds)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    return {**feed, "token_type_ids": types} if encoder else feed
+
+
+def tokenized_texts(
+    stage: StageArtifact, tokenizer: TokenizerArtifact, tok: Any, seq: int
+) -> list[tuple[dict[str, Any], list[tuple[Any, Any]]]]:
+    """Texts put through the exported tokenizer (``tok(texts, pairs, padding=True)``),
+    each batch with the stage's own ``(ids, types)`` of them; raises VerificationError
+    where the tokenizer gives other ids than the stage read."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    _, paired, _ = _form(stage, tokenizer)
+
+    def text(n: int) -> str:
+        return tokenizer.tokenizer.decode(
+            torch.randint(0, stage.vocab_size, (n,), generator=g).tolist(),
+            skip_special_tokens=True,
+        )
+
+    lone = [text(n) for n in (seq // 4, seq // 8, 2)]
+    batches = [(lone, None)] + ([(lone, [text(n) for n in (3, seq // 8, seq // 4)])] * paired)
+    names = ["input_ids", "attention_mask"] + ["token_type_ids"] * stage.architecture.encoder
+    out = []
+    for texts, pairs in batches:
+        feed = tok(texts, pairs, padding=True, return_tensors="pt")
+        encoded = [
+            (tokenizer.encode(t), None if pairs is None else tokenizer.encode(pairs[i]))
+            for i, t in enumerate(texts)
+        ]
+        docs = stage_docs(stage, tokenizer, encoded, 10 * seq)
+        for r, (ids, _) in enumerate(docs):
+            got = feed["input_ids"][r][feed["attention_mask"][r].bool()].tolist()
+            if got != list(ids):
+                raise VerificationError(
+                    f"the exported tokenizer gives {got} for {texts[r]!r}"
+                    f"{'' if pairs is None else f' and {pairs[r]!r}'}, where the stage read "
+                    f"{list(ids)}"
+                )
+        out.append(({k: feed[k] for k in names}, docs))
+    return out
+
+
+def checks(
+    stage: StageArtifact, tokenizer: TokenizerArtifact, tok: Any
+) -> list[tuple[dict[str, Any], Any]]:
+    """Batches to prove an export on, each with our classifier's logits: random texts in
+    the stage's form, right-padded, and texts put through the exported tokenizer."""
     from llmbuild.backends.megatron.classifier import class_logits, load_classifier
     from llmbuild.backends.megatron.posttrain_data import LabeledTexts
 
     model, config, _ = load_classifier(stage)
     seq = min(config["architecture"]["seq_len"], 32)
-    texts = verification_batch(config["vocab_size"], pad, seq)
     encoder = stage.architecture.encoder  # padding hidden by the mask, as transformers does
-    samples = LabeledTexts([(t, 0) for t in texts], seq, pad, encoder=encoder)
-    ours = class_logits(model, samples, len(texts))
-    ids = torch.full((len(texts), seq), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, t in enumerate(texts):
-        ids[r, : len(t)] = torch.tensor(t)
-        mask[r, : len(t)] = 1
-    return ids, mask, ours
+    docs = stage_docs(stage, tokenizer, random_texts(stage, tokenizer, seq), seq)
+    batches = [(batch_of(docs, tok.pad_token_id, encoder), docs)]
+    batches += tokenized_texts(stage, tokenizer, tok, seq)
+    out = []
+    for feed, rows in batches:
+        width = feed["input_ids"].shape[1]
+        docs = [(ids, 0, types) for ids, types in rows]
+        samples = LabeledTexts(docs, width, tokenizer.pad_id, encoder=encoder)
+        out.append((feed, class_logits(model, samples, len(rows))))
+    return out
 
 
 def max_class_logit_difference(
-    stage: StageArtifact, hf_dir: Path, pad: int, offset: float = 0.0
+    hf_dir: Path, batches: list[tuple[dict[str, Any], Any]], offset: float = 0.0
 ) -> float:
     """Our classifier's logits against the saved directory's (plus the score ``offset`` it
-    has no place for), on a right-padded batch."""
+    has no place for), on ``batches`` (``checks``)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    ids, mask, ours = reference(stage, pad)
     theirs_model = AutoModelForSequenceClassification.from_pretrained(
         str(hf_dir), dtype=torch.float32
     ).eval()
+    diff = 0.0
     with torch.no_grad():
-        theirs = theirs_model(input_ids=ids, attention_mask=mask).logits.float()
-    return float((ours - theirs - offset).abs().max())
+        for feed, ours in batches:
+            theirs = theirs_model(**feed).logits.float()
+            diff = max(diff, float((ours - theirs - offset).abs().max()))
+    return diff
 
 
 def export_hf_classifier(
@@ -135,12 +283,11 @@ def export_hf_classifier(
 ) -> None:
     import torch
 
-    hf = hf_classifier(stage, tokenizer, ctx.node)
+    tok = classifier_tokenizer(stage, tokenizer)
+    hf = hf_classifier(stage, tokenizer, ctx.node, tok)
     hf.model.to(getattr(torch, dtype)).save_pretrained(str(ctx.out_dir), safe_serialization=True)
-    save_hf_extras(hf, ctx.out_dir, tokenizer)
-    diff = max_class_logit_difference(
-        stage, ctx.out_dir, hf.special["pad_token_id"], hf.score_offset
-    )
+    save_hf_extras(hf, ctx.out_dir, tokenizer, tok)
+    diff = max_class_logit_difference(ctx.out_dir, checks(stage, tokenizer, tok), hf.score_offset)
     if not diff <= TOLERANCE[dtype]:  # NaN fails too
         raise VerificationError(
             f"the class logits of the export differ from the trained classifier's by "
@@ -170,7 +317,7 @@ def _note_offset(ctx: Any, hf: HfModel) -> None:
         )
 
 
-def _onnx_export(model: Any, seq_len: int, path: Path, opset: int) -> None:
+def _onnx_export(model: Any, seq_len: int, path: Path, opset: int, encoder: bool) -> None:
     import torch
     from llmbuild.backends.export.onnx_export import export_program
 
@@ -184,7 +331,16 @@ def _onnx_export(model: Any, seq_len: int, path: Path, opset: int) -> None:
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    export_program(Logits(model), seq_len, path, opset)
+    class TypedLogits(Logits):
+        """An encoder's: ``input_ids, attention_mask, token_type_ids -> logits`` (a pair's
+        tokens are type 1)."""
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).logits
+
+    export_program((TypedLogits if encoder else Logits)(model), seq_len, path, opset, types=encoder)
 
 
 def _agreement(int8: Any, fp32: Any) -> float:
@@ -202,9 +358,10 @@ def _agreement(int8: Any, fp32: Any) -> float:
 def export_onnx_classifier(
     ctx: Any, export: Any, stage: StageArtifact, tokenizer: TokenizerArtifact
 ) -> None:
-    """The classifier as ONNX (``input_ids, attention_mask -> logits``), proven with
-    onnxruntime against our classifier on a right-padded batch; ``int8`` then quantizes
-    it and proves it picks the float32 model's label on that batch."""
+    """The classifier as ONNX (``input_ids, attention_mask -> logits``; an encoder's with
+    ``token_type_ids`` too), proven with onnxruntime against our classifier on the batches
+    of ``checks``; ``int8`` then quantizes it and proves it picks the float32 model's label
+    on the first."""
     import tempfile
 
     from llmbuild.backends.export.onnx_export import (
@@ -214,16 +371,23 @@ def export_onnx_classifier(
     )
     from llmbuild.backends.export.onnx_export import TOLERANCE as ONNX_TOLERANCE
 
-    hf = hf_classifier(stage, tokenizer, ctx.node)
-    pad = hf.special["pad_token_id"]
-    ids, mask, ours = reference(stage, pad)
-    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    tok = classifier_tokenizer(stage, tokenizer)
+    hf = hf_classifier(stage, tokenizer, ctx.node, tok)
+    batches = [
+        ({k: v.numpy() for k, v in feed.items()}, ours.numpy())
+        for feed, ours in checks(stage, tokenizer, tok)
+    ]
+    feed = batches[0][0]
     out: Path = ctx.out_dir
     with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        _onnx_export(hf.model, hf.arch.seq_len, fp32, export.opset)
-        fp32_logits = _session(fp32).run(["logits"], feed)[0]
-        diff = float(abs(fp32_logits + hf.score_offset - ours.numpy()).max())
+        _onnx_export(hf.model, hf.arch.seq_len, fp32, export.opset, hf.arch.encoder)
+        session = _session(fp32)
+        fp32_logits = session.run(["logits"], feed)[0]
+        diff = max(
+            float(abs(session.run(["logits"], f)[0] + hf.score_offset - ours).max())
+            for f, ours in batches
+        )
         if not diff <= ONNX_TOLERANCE:  # NaN fails too
             raise VerificationError(
                 f"onnxruntime's class logits differ from the trained classifier's by "
@@ -252,7 +416,7 @@ def export_onnx_classifier(
         else:
             fp32.replace(out / "model.onnx")
     hf.model.config.save_pretrained(str(out))
-    save_hf_extras(hf, out, tokenizer)
+    save_hf_extras(hf, out, tokenizer, tok)
     metrics["onnx_bytes"] = (out / "model.onnx").stat().st_size
     ctx.metrics.update(metrics)
     _note_offset(ctx, hf)

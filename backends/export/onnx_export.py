@@ -94,10 +94,11 @@ def _torch_export(model: Any, seq_len: int, path: Path, opset: int, external: bo
 
 
 def export_program(
-    module: Any, seq_len: int, path: Path, opset: int, external: bool = False
+    module: Any, seq_len: int, path: Path, opset: int, external: bool = False, types: bool = False
 ) -> None:
     """``module(input_ids, attention_mask)`` through the dynamo exporter, batch and sequence
-    dynamic (up to ``seq_len``)."""
+    dynamic (up to ``seq_len``); with ``types``, ``module(input_ids, attention_mask,
+    token_type_ids)`` (an encoder's pairs)."""
     import torch
 
     # A size-1 example dimension would be specialised away by torch.export.
@@ -105,6 +106,8 @@ def export_program(
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=max(seq_len, example.shape[1]))
     axes = {0: batch, 1: sequence}  # the mask shares the ids' axes (hence their names)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
+    examples = (example, torch.ones_like(example)) + ((torch.zeros_like(example),) if types else ())
     # What the exporter says of itself, not of this model: torchvision's ops it skips
     # (torchvision is not needed), torch's own deprecated pytree call, shared initialisers.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -113,11 +116,11 @@ def export_program(
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         program = torch.onnx.export(
             module.eval(),
-            (example, torch.ones_like(example)),
+            examples,
             dynamo=True,
-            input_names=["input_ids", "attention_mask"],
+            input_names=names,
             output_names=["logits"],
-            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+            dynamic_shapes={name: axes for name in names},
             opset_version=opset,
             verbose=False,
         )

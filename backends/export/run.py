@@ -126,14 +126,16 @@ def hf_model(stage: StageArtifact, tokenizer: TokenizerArtifact, node: str) -> H
     return HfModel(model.eval(), arch, family, vocab, special, stage.name)
 
 
-def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact) -> None:
+def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact, tok: Any = None) -> None:
     """Tokenizer files (with the chat template) and the generation config, so ``out``
-    loads with ``AutoTokenizer`` and generates with the right special tokens."""
+    loads with ``AutoTokenizer`` and generates with the right special tokens; ``tok``: the
+    transformers tokenizer to save, when the export made its own (a classifier's)."""
     from transformers import GenerationConfig
 
-    tok = tokenizer.hf_tokenizer()
-    if hf.arch.encoder:
-        encoder_template(tok, tokenizer)
+    if tok is None:
+        tok = tokenizer.hf_tokenizer()
+        if hf.arch.encoder:
+            encoder_template(tok, tokenizer)
     tok.model_max_length = hf.arch.positions  # what truncation=True cuts to: the model's context
     tok.save_pretrained(str(out))
     # A chat model's reply ends at its end-of-turn token as well as at eos: generate()
@@ -149,6 +151,9 @@ def encoder_template(tok: Any, tokenizer: TokenizerArtifact) -> None:
     (a pretrained BERT tokenizer already does this)."""
     from tokenizers.processors import TemplateProcessing
 
+    if "token_type_ids" not in tok.model_input_names:  # a pair's types reach the model
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+        tok.model_input_names = tok.init_kwargs["model_input_names"] = names
     backend = tok.backend_tokenizer
     adds = backend.encode("a").ids != backend.encode("a", add_special_tokens=False).ids
     if adds or tokenizer.bos_id is None:

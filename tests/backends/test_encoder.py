@@ -322,6 +322,72 @@ def test_an_imported_bert_gives_transformers_logits_and_classifies(tmp_path):
     assert hf["architecture"] == "BertForSequenceClassification" and hf["max_logit_diff"] < 1e-4
 
 
+PAIRED = (
+    SPEC.replace(
+        "[data.clean]",
+        '[[data.sources]]\nname = "checks"\npath = "data/checks.jsonl"\nrole = "labeled"\n\n'
+        "[data.clean]",
+    )
+    + """
+[[stage]]
+name = "pcls"
+kind = "classify"
+from = "mlm"
+data = "checks"
+steps = 40
+global_batch = 16
+lr = 1e-3
+eval_batches = 2
+
+[[export]]
+format = "hf"
+stage = "pcls"
+
+[[export]]
+format = "onnx"
+stage = "pcls"
+"""
+)
+
+
+def test_an_encoder_pair_classifier_exports_its_token_types(built, tmp_path):
+    """BERT reads a pair's second text as token type 1: the exported tokenizers give the
+    types, the ONNX graph takes them, and both exports score pairs as transformers does."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, store, _ = built
+    spec = encoder_spec(tmp_path, PAIRED)
+    rows = [
+        {"text": f"{a:02d}+{b:02d}", "pair": f"{(a + b + k % 2) % 100:02d}", "label": k % 2}
+        for k, (a, b) in enumerate((a, (7 * a + 3) % 50) for a in range(50))
+    ]
+    (tmp_path / "data" / "checks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outcome = run_nodes(spec, store, ("export:hf@pcls", "export:onnx@pcls"))
+    assert outcome.ok, outcome.log
+    assert _metrics(outcome, "export:hf@pcls")["max_logit_diff"] < 1e-4
+    assert _metrics(outcome, "export:onnx@pcls")["max_logit_diff"] < 1e-3
+    onnx_dir = artifact(outcome, store, "export:onnx@pcls")
+    session = ort.InferenceSession(str(onnx_dir / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == [
+        "input_ids", "attention_mask", "token_type_ids",
+    ]  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(str(onnx_dir))
+    texts, pairs = [r["text"] for r in rows[:6]], [r["pair"] for r in rows[:6]]
+    batch = tok(texts, pairs, padding=True, return_tensors="pt")
+    assert batch["token_type_ids"].sum() > 0
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(artifact(outcome, store, "export:hf@pcls"))
+    ).eval()
+    with torch.no_grad():
+        theirs = model(**batch).logits.numpy()
+        untyped = model(**{**batch, "token_type_ids": torch.zeros_like(batch["input_ids"])})
+    ours = session.run(["logits"], {k: v.numpy() for k, v in batch.items()})[0]
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert np.abs(untyped.logits.numpy() - theirs).max() > 1e-6  # the types reach the model
+
+
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [

@@ -261,7 +261,7 @@ def test_a_reward_model_exports_as_a_sequence_classifier_with_its_scores(chain, 
     from llmbuild.backends.megatron.artifact import StageArtifact
     from llmbuild.backends.megatron.classifier import class_logits, load_classifier
     from llmbuild.backends.megatron.posttrain_data import LabeledTexts
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from llmbuild.run.context import InputArtifact
 
@@ -281,16 +281,56 @@ def test_a_reward_model_exports_as_a_sequence_classifier_with_its_scores(chain, 
     model = AutoModelForSequenceClassification.from_pretrained(
         str(artifact(outcome, store, "export:hf@rm"))
     )
-    pad = model.config.pad_token_id  # transformers reads each text's last token before it
-    texts = [
-        [t for t in text if t != pad] for text in ([5, 9, 12, 7, 3], [8, 8, 2], [14, 1, 6, 6, 2, 9])
-    ]
-    expected = class_logits(ours, LabeledTexts([(t, 0) for t in texts], 32, pad), 3)[:, 0]
+    tok = AutoTokenizer.from_pretrained(str(artifact(outcome, store, "export:hf@rm")))
+    eos = tok.eos_token_id  # a reward model's texts end with it, as its answers do
+    assert model.config.pad_token_id == tok.pad_token_id != eos
+    texts = [[5, 9, 12, eos, 7, 3, eos], [8, 8, 2, eos], [14, 1, 6, 6, 2, 9, eos]]
+    assert tok("a b")["input_ids"] == tok("a b", add_special_tokens=False)["input_ids"] + [eos]
+    expected = class_logits(ours, LabeledTexts([(t, 0) for t in texts], 32, eos), 3)[:, 0]
+    batch = tok.pad({"input_ids": texts}, return_tensors="pt")  # right-padded
     with torch.no_grad():
         got = torch.stack([model(input_ids=torch.tensor([t])).logits[0, 0] for t in texts])
+        padded = model(**batch).logits[:, 0]
+    assert torch.allclose(padded, expected, atol=1e-4), (padded, expected)
     assert model.config.num_labels == 1 and model.config.id2label == {0: "reward"}
     assert torch.allclose(got, expected, atol=1e-4), (got, expected)
     assert expected.std() > 1e-3  # texts that score differently: the comparison can fail
+
+
+ANSWERS = """
+[[eval]]
+name = "answers"
+kind = "perplexity"
+stages = ["sft"]
+sources = ["chat"]
+"""
+
+
+def test_perplexity_on_conversations_measures_their_answers(chain, tmp_path):
+    """A chat source's perplexity counts the answers' tokens only, the ones SFT learns
+    and its validation loss measures, not the prompts and the template around them."""
+    from llmbuild.backends.eval.run import _nll, _validation_tokens, _windows
+    from llmbuild.backends.megatron.artifact import StageArtifact
+
+    from llmbuild.run.context import InputArtifact
+
+    _spec, store, _ = chain
+    spec = posttrain_spec(tmp_path, ALL + ANSWERS)
+    outcome = run_nodes(spec, store, ("eval:answers@sft",))
+    assert outcome.ok, outcome.log
+    out = artifact(outcome, store, "eval:answers@sft")
+    chat = json.loads((out / "results.json").read_text())["results"]["chat"]
+    tokens, mask = _validation_tokens(artifact(outcome, store, "tokenize:chat"))
+    seq = 32
+    learned = sum(sum(m[1:]) for m in _windows(mask, seq, None))
+    assert chat["measured"] == "answers" and chat["tokens"] == learned < len(tokens) - 1
+    sft = InputArtifact(artifact(outcome, store, "stage:sft"), outcome.results["stage:sft"].record)
+    model, _ = StageArtifact.open(sft).load_model()
+    everything, n = _nll(model, _windows(tokens, seq, None), 8)
+    assert n == len(tokens) - 1 and chat["loss"] < everything / n  # the answers are learned
+    val_loss = outcome.results["stage:sft"].record.metrics["val_loss"]
+    print(f"answers {chat['loss']:.4f}, every token {everything / n:.4f}, SFT's {val_loss:.4f}")
+    assert abs(chat["loss"] - val_loss) < abs(everything / n - val_loss)
 
 
 def test_a_score_bias_with_no_final_norm_bias_to_take_it_is_left_over():
