@@ -11,9 +11,12 @@ import pytest
 from llmbuild.cli import main
 
 
-def test_validate(project, capsys):
+def test_validate(project, capsys, tmp_path):
     assert main(["validate", str(project)]) == 0
     assert "ok (3 sources, 3 stages, 2 evals, 1 exports)" in capsys.readouterr().out
+    # a command line written for the other commands works too, and makes no store
+    assert main(["validate", str(project), "--store", str(tmp_path / "store")]) == 0
+    assert not (tmp_path / "store").exists()
 
 
 def test_resolve_shows_origins(project, capsys):

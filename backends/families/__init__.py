@@ -42,10 +42,35 @@ def family_of_config(config: dict[str, Any], where: str = "config.json") -> Any:
     for name in NAMES:
         found = family(name)
         if model_type == found.model_type:
+            _require_language_model(config, found, where)
             return found
     arches = ", ".join(config.get("architectures") or []) or "none"
     supported = ", ".join(f"{family(n).hf_class} ({family(n).model_type})" for n in NAMES)
     raise Unsupported(
         f"{where}: model_type {model_type!r} (architectures: {arches}) is not supported; "
         f"supported: {supported}"
+    )
+
+
+TASK_HEADS = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+)
+"""Heads fine-tuned for a task: a checkpoint of one has no language-model head to prove
+its import by, and its head no place in this family's model."""
+
+
+def _require_language_model(config: dict[str, Any], found: Any, where: str) -> None:
+    arches = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    task = next((a for a in arches if a.endswith(TASK_HEADS)), None)
+    if task is None:
+        return
+    labels = config.get("id2label")
+    count = f" of {len(labels)} labels" if isinstance(labels, dict) and len(labels) > 1 else ""
+    raise Unsupported(
+        f"{where}: a {task} checkpoint (a task head{count}): llmbuild imports the "
+        f"language model a task is fine-tuned from ({found.hf_class}); import that one and "
+        "train your task on it (a classify or reward stage)"
     )

@@ -9,7 +9,13 @@ import shutil
 import time
 from typing import Any
 
-from llmbuild.backends.megatron.artifact import CONFIG, WEIGHT_FILES, StageArtifact
+from llmbuild.backends.megatron.artifact import (
+    ADAPTER,
+    CONFIG,
+    MODEL,
+    WEIGHT_FILES,
+    StageArtifact,
+)
 from llmbuild.backends.megatron.config import TrainConfig
 from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
 from llmbuild.backends.megatron.train import DIVERGED, FACTS, TIMINGS, train_ranks
@@ -110,7 +116,11 @@ def _labels(ctx: RunContext[TrainConfig]) -> tuple[tuple[str, ...], tuple[float,
             "have a list of labels; set multi_label = true to learn any number of labels "
             "per text"
         )
-    names = labels.label_names(ctx.node, stage, labels.label_counts(data))
+    counts = labels.label_counts(data)
+    names = labels.label_names(ctx.node, stage, counts)
+    rare = labels.rare_labels(stage, counts["train"], labels.train_texts(data))
+    if rare:
+        ctx.note(rare)
     return names, labels.class_weights(stage, names)
 
 
@@ -164,6 +174,35 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
         threads=int(ctx.resources.cpus) if not ctx.resources.gpus else par.rank_cpus(),
         progress=ctx.progress,
     )
+
+
+def _parameters(out: Any) -> int | None:
+    """How many weights the stage holds, its sequence head's included (read from the
+    files' headers); None for a stage holding only LoRA adapters."""
+    import math
+
+    from safetensors import safe_open
+
+    if not (out / MODEL).exists():
+        return None
+    total = 0
+    for name in (n for n in WEIGHT_FILES if n != ADAPTER and (out / n).exists()):
+        with safe_open(str(out / name), "np") as f:
+            names = f.keys()  # the file's tensor names (it is not a mapping)
+            total += sum(math.prod(f.get_slice(k).get_shape()) for k in names)
+    return total
+
+
+def _note_full_rank(ctx: RunContext[TrainConfig]) -> None:
+    """A LoRA rank of at least the model's width adapts nothing a full fine-tune would not,
+    with more weights than the layers it wraps: allowed, rarely meant."""
+    adapter, hidden = getattr(ctx.config.stage, "adapter", None), ctx.config.architecture.hidden
+    if adapter is not None and adapter.rank >= hidden:
+        ctx.note(
+            f"LoRA rank {adapter.rank} is at least the model's hidden size ({hidden}): the "
+            "adapters are as expressive as the layers they wrap and hold more weights; "
+            "ranks of 4 to 64 are usual"
+        )
 
 
 def _note_short_data(ctx: RunContext[TrainConfig], seq_len: int) -> None:
@@ -235,6 +274,7 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     except ValueError as e:
         raise UserError(f"{ctx.node}: {e}") from None
     _note_short_data(ctx, config.architecture.seq_len)
+    _note_full_rank(ctx)
     _require_answers(ctx)
     _drop_unreadable_checkpoint(ctx)
     mark = time.perf_counter()
@@ -280,6 +320,8 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     _tensorboard(ctx.out_dir / "tensorboard", stage.name, rows)
     _loss_curve(ctx.out_dir / "loss.png", stage.name, rows)
     final = rows[-1]
+    if (parameters := _parameters(ctx.out_dir)) is not None:
+        ctx.metrics["parameters"] = parameters
     ctx.metrics.update(
         {
             "steps": final["step"],

@@ -4,11 +4,11 @@ lora, dpo, grpo, reward and classify (registered in ``kinds.py``). Torch-free: t
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, added, marked, ref
+from llmbuild.spec.base import Name, PositiveInt, SpecModel, StrList, added, content, marked, ref
 from llmbuild.spec.model import ArchitecturePatch
 from llmbuild.spec.tables import StageTable
 
@@ -29,6 +29,19 @@ class Schedule(SpecModel):
     """For `wsd`: the fraction of steps spent decaying at the end."""
 
 
+HF_LORA_NAMES = {
+    **dict.fromkeys(("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value"), "qkv"),
+    **dict.fromkeys(("o_proj", "out_proj", "dense"), "proj"),
+    **dict.fromkeys(("gate_proj", "up_proj", "gate_up_proj", "c_fc", "fc_in", "w1", "w3"), "fc1"),
+    **dict.fromkeys(("down_proj", "fc_out", "w2"), "fc2"),
+}
+"""Layer names PEFT users write (transformers' modules), by the layer they are part of."""
+HF_LORA_HINT = (
+    "qkv (q_proj, k_proj and v_proj as one), proj (o_proj), fc1 (gate_proj and up_proj as "
+    "one) and fc2 (down_proj)"
+)
+
+
 class LoraAdapter(SpecModel):
     """Low-rank adapters on the parallel linear layers."""
 
@@ -41,6 +54,18 @@ class LoraAdapter(SpecModel):
     targets: tuple[LoraTarget, ...] = Field(("qkv", "proj"), min_length=1)
     """Layers that get adapters: qkv, proj (attention output), fc1, fc2 (a set: their
     order does not count)."""
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _not_transformers_names(cls, value: Any) -> Any:
+        names = value if isinstance(value, (list, tuple)) else [value]
+        theirs = [n for n in names if isinstance(n, str) and n in HF_LORA_NAMES]
+        if theirs:
+            raise ValueError(
+                f"{theirs[0]!r} is a transformers layer name; here the layers are "
+                f"{HF_LORA_HINT} (so {theirs[0]!r} is {HF_LORA_NAMES[theirs[0]]!r})"
+            )
+        return value
 
     @field_validator("targets")
     @classmethod
@@ -316,7 +341,14 @@ class FunctionReward(SpecModel):
     kind: Literal["function"]
     """Reward kind."""
     function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    """Import path `package.module:function`."""
+    """Import path `package.module:function`. The module is found beside the spec file
+    that names it, then on Python's path; validate checks that its file defines the
+    function (reading it, never running it)."""
+    module_file: str | None = content(None, slot="function:{index}")
+    """Set by llmbuild: the module's own file (`module.py`, or a package's
+    `__init__.py`), which the stage imports. Its content counts, so editing it rebuilds
+    the stage; the files it imports do not count: keep the code that decides the reward
+    in this one file."""
     weight: float = 1.0
     """Weight of this reward in the sum."""
 

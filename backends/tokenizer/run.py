@@ -72,7 +72,12 @@ def _pretrained(spec: Any, out: Path, ctx: Any) -> TokenizerInfo:
     bos = tok.bos_token or tok.cls_token
     eos = tok.eos_token or tok.sep_token
     if eos is None:
-        raise UserError(f"the tokenizer in {spec.path} has no end-of-sequence token")
+        raise UserError(
+            f"the tokenizer in {spec.path} has no end-of-sequence token: a decoder's "
+            "tokenizer names one (eos_token), an encoder's a separator (sep_token, BERT's "
+            "[SEP], beside cls_token [CLS]); set it in its tokenizer_config.json or "
+            "special_tokens_map.json"
+        )
     if spec.chat_template is not None:
         tok.chat_template = CHATML if spec.template == "chatml" else spec.template
         vocab = tok.get_vocab()

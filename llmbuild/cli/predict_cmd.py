@@ -103,12 +103,21 @@ def predict(
         )
     seq = config["architecture"]["seq_len"]
     start = text_start(config, tok)
-    encoded = []
+    encoded, cut, empty = [], 0, 0
     for text, pair in texts:
-        ids, _, types = fit_text(
+        ids, shortened, types = fit_text(
             tok.encode(text), None if pair is None else tok.encode(pair), seq, tok.eos_id, start
         )
+        cut += shortened
+        empty += not text.strip()
         encoded.append((ids if len(ids) else [tok.eos_id], 0, types))
+    if cut:
+        sys.stderr.write(
+            f"warning: {cut} of the texts are longer than the classifier's {seq} tokens: "
+            "each is scored on its first ones (as in training)\n"
+        )
+    if empty:
+        sys.stderr.write(f"warning: {empty} of the texts are empty: their scores mean nothing\n")
     samples = LabeledTexts(encoded, seq, tok.pad_id, encoder=start is not None)
     logits = class_logits(model, samples, 32)
     # A multi-label classifier's labels each have a probability of their own.

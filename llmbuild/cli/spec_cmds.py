@@ -15,6 +15,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("-o", "--output", help="write to this file instead of stdout")
         return
     add_spec_arguments(p)
+    p.add_argument(  # one command line serves every command
+        "--store", default=None, help="accepted and unused: the spec alone is checked"
+    )
     if name == "resolve":
         p.add_argument("--json", action="store_true", help="print JSON: values and origins")
 

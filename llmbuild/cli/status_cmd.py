@@ -15,10 +15,14 @@ from llmbuild.errors import UserError
 
 # the stage metrics shown as columns, in this order, with their headers
 STAGE_COLUMNS = {
+    "parameters": "parameters",
     "steps": "steps",
     "loss": "train loss",
     "val_loss": "val loss",
+    "calibration_loss": "calibration loss",
     "reward": "reward",
+    "informative": "informative groups",
+    "margin": "margin",
     "accuracy": "accuracy",
     "val_accuracy": "val accuracy",
     "tokens_per_s": "tokens/s",
@@ -276,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
         print("nothing built yet")
         return 0
     order = [s.name for s in resolved.spec.stage]
+    stages = {s: m for s, m in stages.items() if m}  # an import's, a sweep's: nothing to show
     if stages:
         shown = [c for c in STAGE_COLUMNS if any(c in m for m in stages.values())]
         rows = [[s] + [_cell(stages[s].get(c)) for c in shown] for s in order if s in stages]

@@ -123,6 +123,7 @@ def build(
         for name in graph.nodes:
             if name not in results:
                 outcome.record["nodes"][name]["state"] = "interrupted"
+                _log_interrupted(store, planned.keys[name].key)
         store.save_build(outcome.record)
         raise
     finally:
@@ -138,6 +139,24 @@ def build(
         outcome.unrecorded = f"the store cannot be written ({e.strerror})"
     store.cache.save()
     return outcome
+
+
+def _log_interrupted(store: Store, key: str) -> None:
+    """End a started node's log with its interruption: a worker process stopped with the
+    build has no chance to say so itself."""
+    log = store.work_dir(key, create=False) / "node.log"
+    try:
+        if not log.is_file():
+            return  # the node had not started
+        last = log.read_text(errors="replace").rstrip().rpartition("\n")[2]
+        if " ERROR interrupted" not in last:  # the node's own process said it already
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with log.open("a") as f:
+                f.write(
+                    f"{stamp} ERROR interrupted: the build was stopped before this node ended\n"
+                )
+    except OSError:
+        pass  # a log that cannot be written loses only this line
 
 
 def _build_record(

@@ -147,15 +147,20 @@ def test_a_label_mapping_that_does_not_fit_the_data_is_a_plain_error(
     assert message in result.detail and "Traceback" not in result.detail, result.detail
 
 
+def _classify_stage():
+    from llmbuild.backends.megatron.spec import Classify
+
+    return Classify.model_validate(
+        {"name": "c", "kind": "classify", "from": "p", "data": "d", "steps": 1, "global_batch": 1}
+    )
+
+
 def test_labels_only_in_validation_or_of_one_kind_are_refused():
     from llmbuild.backends.megatron.labels import label_names
-    from llmbuild.backends.megatron.spec import Classify
 
     from llmbuild.errors import UserError
 
-    stage = Classify.model_validate(
-        {"name": "c", "kind": "classify", "from": "p", "data": "d", "steps": 1, "global_batch": 1}
-    )
+    stage = _classify_stage()
     both = {"train": {"a": 3, "b": 2}, "validation": {"a": 1}}
     assert label_names("stage:c", stage, both) == ("a", "b")
     with pytest.raises(UserError, match=r"validation split has labels no training text has: 'c'"):
@@ -182,6 +187,61 @@ def test_a_bad_labeled_record_is_located(tmp_path, line, message):
     assert not outcome.ok
     error = outcome.results["source:sums"].detail
     assert message in error and "sums.jsonl:601" in error, error
+
+
+@pytest.mark.parametrize(
+    ("numbers", "line", "message"),
+    [
+        (False, '{"text": "01+02=03", "label": 3}', "label 3 is a number, but the source's"),
+        (False, '{"text": "01+02=03", "label": ["big", 3]}', 'label ["big", 3] holds a number'),
+        (True, '{"text": "01+02=03", "label": "1"}', 'label "1" is a string, but the source'),
+    ],
+)
+def test_a_label_of_another_json_type_is_a_located_bad_record(tmp_path, numbers, line, message):
+    """Labels are compared as names, so a stray ``3`` among strings (or ``"1"`` among
+    numbers) would quietly become a class of its own: it is a bad record at its line, an
+    error unless on_error = "skip" skips it, and then the node says so."""
+    spec = classify_spec(tmp_path)
+    path = tmp_path / "data" / "sums.jsonl"
+    if numbers:
+        path.write_text(path.read_text().replace('"big"', "1").replace('"small"', "0"))
+    with path.open("a") as f:
+        f.write(line + "\n")
+    outcome = run_nodes(spec, tmp_path / "store", ("source:sums",))
+    assert not outcome.ok
+    error = outcome.results["source:sums"].detail
+    assert f"sums.jsonl:601: {message}" in error and "(600 texts)" in error, error
+    assert 'set on_error = "skip"' in error
+    spec.write_text(
+        spec.read_text().replace('role = "labeled"', 'role = "labeled"\non_error = "skip"')
+    )
+    outcome = run_nodes(spec, tmp_path / "store", ("source:sums",))
+    assert outcome.ok, outcome.log
+    record = outcome.results["source:sums"].record
+    assert record.metrics["skipped"] == 1 and record.metrics["documents"] == 600
+    (note,) = record.notes
+    assert note.startswith('on_error = "skip" skipped 1 bad record: ') and message in note, note
+    report = json.loads(
+        (artifact(outcome, tmp_path / "store", "source:sums") / "report.json").read_text()
+    )
+    assert report["removed"].get("bad_label") == 1, report
+
+
+def test_a_label_of_very_few_texts_is_said_when_the_labels_come_from_the_data():
+    from llmbuild.backends.megatron.labels import rare_labels
+
+    stage = _classify_stage()
+    train = {"negative": 240, "positive": 248, "3": 1, "neutrl": 2}
+    note = rare_labels(stage, train, 491)
+    assert note is not None and note.startswith(
+        "few of the 491 training texts have the labels '3' (1 text), 'neutrl' (2 texts): "
+    ), note
+    assert "misspelt label" in note and "`labels` of stage.c" in note
+    # under 1% of the texts is rare too, however many; a label listed in the spec is not
+    assert "'b' (9 texts)" in rare_labels(stage, {"a": 991, "b": 9}, 1000)
+    assert rare_labels(stage, {"a": 990, "b": 10}, 1000) is None
+    listed = stage.model_copy(update={"labels": ("negative", "positive", "3", "neutrl")})
+    assert rare_labels(listed, train, 491) is None
 
 
 CLASSIFICATION = """
@@ -376,6 +436,11 @@ def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
     # a pair given to a classifier of single texts is scored, with a warning
     r = _cli("predict", str(spec), "--store", str(store), "--text", texts[0], "--pair", "x")
     assert r.returncode == 0 and "stage:cls learned single texts, not pairs" in r.stderr, r.stderr
+    # a text past the classifier's context, and an empty one, are scored, with warnings
+    r = _cli("predict", str(spec), "--store", str(store), "--text", "01+02=03" * 20, "--text", "")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r.stderr
+    assert "1 of the texts are longer than the classifier's 32 tokens" in r.stderr, r.stderr
+    assert "1 of the texts are empty" in r.stderr
     r = _cli("predict", str(spec), "--store", str(store), "--stage", "pretrain", "--text", "x")
     assert r.returncode == 2 and "'pretrain' is not a classify stage" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -476,6 +541,35 @@ def test_pairs_are_tokenized_beside_their_texts(tmp_path):
         )
         a = int(text.split("+")[0])
         assert pair == f"{2 * a:02d}" and label == a % 2
+
+
+def test_a_pair_classifier_exports_with_the_separator_it_learned(built, tmp_path):
+    """A decoder reads a pair after an end-of-sequence token: the exported tokenizer puts
+    it there (``tok(text, pair)``) and pads with a token of its own, which transformers'
+    classifier tells from that separator."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, store, _ = built
+    stage = CLASSIFY.replace("steps = 80", "steps = 10")
+    spec = classify_spec(tmp_path, stage + '[[export]]\nformat = "hf"\nstage = "cls"\n')
+    records = [{"q": f"{a:02d}+{a:02d}", "a": f"{2 * a:02d}", "label": a % 2} for a in range(40)]
+    (tmp_path / "data" / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec.write_text(
+        spec.read_text().replace(
+            'role = "labeled"', 'role = "labeled"\ntext_field = "q"\npair_field = "a"'
+        )
+    )
+    outcome = run_nodes(spec, store, ("export:hf@cls",))
+    assert outcome.ok, outcome.log
+    assert outcome.results["export:hf@cls"].record.metrics["max_logit_diff"] < 1e-4
+    out = artifact(outcome, store, "export:hf@cls")
+    tok = AutoTokenizer.from_pretrained(str(out))
+    alone = tok("12+12", add_special_tokens=False)["input_ids"]
+    assert tok("12+12")["input_ids"] == alone
+    pair = tok("24", add_special_tokens=False)["input_ids"]
+    assert tok("12+12", "24")["input_ids"] == alone + [tok.eos_token_id] + pair
+    model = AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
 
 
 MULTI = """

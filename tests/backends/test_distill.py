@@ -5,6 +5,7 @@ exactly after a kill, and a changed teacher retrains the student and nothing els
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -94,6 +95,9 @@ def test_the_distilled_student_beats_the_same_student_from_scratch(built):
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
     assert not any(".layers.1." in k for k in shapes)
     assert shapes["embedding.word_embeddings.weight"][1] == 32
+    # status counts each stage's weights: the student's are its file's, fewer than its teacher's
+    assert shown["parameters"] == sum(math.prod(s) for s in shapes.values())
+    assert shown["parameters"] < stage_table(records)["pretrain"]["parameters"]
 
 
 def test_distill_resumes_exactly_after_a_kill(built, tmp_path):

@@ -224,6 +224,13 @@ def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
     (ck / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
     message = _error(spec)
     assert "model_type 'falcon'" in message and "Qwen2ForCausalLM (qwen2)" in message
+    # A model fine-tuned for a task: its head is not a language model's.
+    task = {"architectures": ["Qwen2ForSequenceClassification"], "id2label": {0: "a", 1: "b"}}
+    (ck / "config.json").write_text(json.dumps({**config, **task}))
+    assert (
+        "a Qwen2ForSequenceClassification checkpoint (a task head of 2 labels): llmbuild "
+        "imports the language model a task is fine-tuned from (Qwen2ForCausalLM)"
+    ) in _error(spec)
     # A tokenizer with more tokens than the embedding has rows.
     (ck / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))
     assert "tokenizer has 320 tokens but its embedding only 64 rows" in _error(spec)

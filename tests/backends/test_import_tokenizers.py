@@ -137,6 +137,22 @@ def test_a_checkpoint_without_a_tokenizer_is_a_clear_error(tmp_path):
     assert "turns text into no tokens" in detail and "Traceback" not in detail, detail
 
 
+def test_a_tokenizer_without_an_end_or_separator_token_says_which_it_lacks(tmp_path):
+    ck = write_checkpoint(tmp_path / "ck", "bert")
+    config = json.loads((ck / "tokenizer_config.json").read_text())
+    bare = {k: v for k, v in config.items() if k not in ("sep_token", "cls_token")}
+    (ck / "tokenizer_config.json").write_text(
+        json.dumps({**bare, "tokenizer_class": "PreTrainedTokenizerFast"})
+    )
+    outcome = run_nodes(import_spec(tmp_path, ck), tmp_path / "store", ("tokenizer",))
+    assert not outcome.ok
+    detail = outcome.results["tokenizer"].detail
+    assert (
+        "has no end-of-sequence token: a decoder's tokenizer names one (eos_token), an "
+        "encoder's a separator (sep_token, BERT's [SEP]"
+    ) in detail, detail
+
+
 def test_a_checkpoint_whose_tokenizer_json_is_broken_is_located(tmp_path):
     ck = write_checkpoint(tmp_path / "ck", "gpt2")
     (ck / "tokenizer.json").write_text('{"model": {"vocab": ')  # cut short

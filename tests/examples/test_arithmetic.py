@@ -42,7 +42,7 @@ def test_grpo_raises_reward_and_exact_match_from_a_partly_right_model(tmp_path, 
         s: outcome.results[f"eval:addition@{s}"].record.metrics["addition.exact_match"]
         for s in ("sft-short", "grpo-short")
     }
-    assert 0.1 < evals["sft-short"] < 0.9, evals  # partly right: there is something to learn
+    assert 0.05 < evals["sft-short"] < 0.9, evals  # partly right: there is something to learn
     assert evals["grpo-short"] >= evals["sft-short"] + 0.05, evals
     grpo = outcome.results["stage:grpo-short"].record.metrics
     # The mean partial-credit reward of greedy answers to held-out prompts, before and after.

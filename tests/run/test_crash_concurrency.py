@@ -142,6 +142,10 @@ def test_sigterm_ends_a_build_as_ctrl_c_does(
     assert build["nodes"]["tokenizer"]["state"] == "built"
     assert build["nodes"]["stage:pretrain"]["state"] == "interrupted"
     assert _plan(project, store)["stage:pretrain"].status == "resume"
+    log = store / "work" / build["nodes"]["stage:pretrain"]["key"] / "node.log"
+    last = log.read_text().rstrip().splitlines()[-1]  # its log says how it ended
+    assert " ERROR interrupted" in last, last
+    assert log.read_text().count("interrupted") == 1
 
 
 def test_gc_keeps_what_a_running_build_has_made(project, fixture_env, tmp_path):

@@ -275,6 +275,14 @@ micro_batch = 2
             'global_batch = 2\nadapter = {targets = ["qkv", "qkv"]}\n',
             "stage[1].adapter.targets: targets must be distinct (got ['qkv', 'qkv'])",
         ),
+        (  # PEFT's names for the layers: each mapped to ours
+            '[[data.sources]]\nname = "talk"\npath = "data/chat.jsonl"\nrole = "chat"\n'
+            '[[stage]]\nname = "l"\nkind = "lora"\nfrom = "pretrain"\ndata = "talk"\nsteps = 1\n'
+            'global_batch = 2\nadapter = {targets = ["q_proj", "v_proj"]}\n',
+            "stage[1].adapter.targets: 'q_proj' is a transformers layer name; here the layers "
+            "are qkv (q_proj, k_proj and v_proj as one), proj (o_proj), fc1 (gate_proj and "
+            "up_proj as one) and fc2 (down_proj) (so 'q_proj' is 'qkv')",
+        ),
         (  # it would fail once the stage had trained
             '[data.split]\nvalidation = 0.0\n[[eval]]\nname = "ppl"\nkind = "perplexity"\nstages = ["pretrain"]\n',
             "eval[0].files: nothing to measure: [data.split] validation = 0 holds out no",
@@ -397,3 +405,52 @@ def test_conversations_with_a_pretrained_tokenizer_without_a_chat_template(tmp_p
     load_spec(spec, ["tokenizer.chat_template='chatml'"])
     (tok / "chat_template.jinja").write_text("{{ messages }}")
     load_spec(spec)
+
+
+def test_a_reward_function_that_is_not_there_is_located_without_running_it(tmp_path):
+    """A misspelt function or module is a spec error at its key, found by reading the
+    module's file (never running it: it may import torch, or do anything)."""
+    from tests.conftest import function_reward_project
+
+    ran = tmp_path / "ran"
+    code = f"open({str(ran)!r}, 'w').close()\n\ndef score(prompt, completion, record):\n    return 1.0\n"
+    spec = function_reward_project(tmp_path, "rewards_located", code, function="scor")
+    line = (
+        spec.read_text()
+        .splitlines()
+        .index('rewards = [{ kind = "function", function = "rewards_located:scor" }]')
+    )
+    where = f"spec.toml:{line + 1}: stage[3].rewards[0].function: reward function"
+    (found,) = problems(spec)
+    assert found.endswith(
+        f"{where} 'rewards_located:scor': {tmp_path / 'rewards_located.py'} defines no "
+        "'scor'; did you mean 'score'?"
+    ), found
+    assert not ran.exists()
+
+    spec.write_text(spec.read_text().replace("rewards_located:scor", "nosuch_mod:score"))
+    r = subprocess.run(
+        [sys.executable, "-m", "llmbuild", "validate", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert (
+        f"{where} 'nosuch_mod:score': no module 'nosuch_mod' beside the spec file or on "
+        "Python's path (put nosuch_mod.py beside the spec file, or install its package)"
+    ) in r.stderr, r.stderr
+
+
+def test_a_reward_function_set_on_the_command_line_is_found_again(tmp_path, monkeypatch):
+    """``--set`` of the function alone leaves no stale file behind: the module it names
+    is looked up again (from the working directory, as paths set there are)."""
+    from tests.conftest import function_reward_project
+
+    code = "def score(prompt, completion, record):\n    return 1.0\n"
+    spec = function_reward_project(tmp_path, "rewards_first", code)
+    (tmp_path / "rewards_second.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    resolved = load_spec(spec, ["stage.rl.rewards[0].function='rewards_second:score'"])
+    (reward,) = resolved.spec.stage[3].rewards
+    assert reward.module_file == str(tmp_path / "rewards_second.py")
