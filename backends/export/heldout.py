@@ -22,7 +22,7 @@ def heldout_perplexity(
     tokens: list[int] = []
     for slot, artifact in sorted(ctx.inputs.items()):
         if slot.startswith("data:"):
-            found = _validation_tokens(artifact.path)
+            found, _ = _validation_tokens(artifact.path)  # every token: the file's own
             if not found:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
             tokens += found

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmbuild.errors import UserError
+from llmbuild.errors import UserError, did_you_mean
 
 
 def label_lists(dataset_dirs: list[Path]) -> int:
@@ -127,6 +127,6 @@ def class_weights(stage: Any, names: tuple[str, ...]) -> tuple[float, ...]:
     if unknown:
         raise UserError(
             f"stage.{stage.name}.class_weights names labels the data does not have: "
-            f"{_listed(unknown)}"
+            f"{_listed(unknown)}{did_you_mean(unknown[0], names)} (its labels: {_listed(list(names))})"
         )
     return tuple(float(weights.get(n, 1.0)) for n in names) if weights else ()

@@ -436,8 +436,9 @@ class Classify(StageBase):
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be distinct (got {list(self.labels)})")
         weights = self.class_weights or {}
-        if any(w <= 0 for w in weights.values()):
-            raise ValueError("class_weights must be positive")
+        bad = [(name, w) for name, w in weights.items() if not w > 0]
+        if bad:
+            raise ValueError(f"class_weights.{bad[0][0]} must be positive (got {bad[0][1]})")
         unknown = sorted(set(weights) - set(self.labels or weights))
         if unknown:
             raise ValueError(f"class_weights names labels not in labels: {unknown}")

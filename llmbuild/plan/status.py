@@ -332,8 +332,12 @@ def make_plan(
             moved = _moved_references(node, old, k.preimage, store)
             changes = [*moved, *changes]
             upstream = [u for u in upstream if not any(c.new == _short(u) for c in moved)]
-            if changes:
-                reason = "; ".join(str(c) for c in changes)
+            if changes:  # and any upstream that changed with them (a data file, say)
+                changed = [u for u in upstream if u in rebuilding]
+                reason = "; ".join(
+                    [str(c) for c in changes]
+                    + ([f"upstream {', '.join(changed)} changed"] if changed else [])
+                )
             elif upstream:
                 # The last build may have used other artifacts of upstreams that are now
                 # cached (a build with --set between): those did not change now.

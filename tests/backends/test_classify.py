@@ -127,6 +127,24 @@ def test_editing_the_labels_rebuilds_the_classifier_only(built):
         assert {n for n in before if before[n] != after[n]} == {"stage:cls"}, edit
 
 
+def test_a_class_weight_for_a_label_the_data_lacks_names_the_nearest(tmp_path):
+    from llmbuild.backends.megatron.labels import class_weights
+
+    from llmbuild.errors import SpecError, UserError
+
+    spec = classify_spec(tmp_path)
+    stage = load_spec(spec, ["stage.cls.class_weights={bgi = 2.0}"]).spec.stage[1]
+    with pytest.raises(UserError) as e:
+        class_weights(stage, ("big", "small"))
+    message = str(e.value)
+    assert "stage.cls.class_weights names labels the data does not have: 'bgi'" in message
+    assert "; did you mean 'big'? (its labels: 'big', 'small')" in message
+    assert class_weights(load_spec(spec).spec.stage[1], ("big", "small")) == ()
+    with pytest.raises(SpecError) as bad:
+        load_spec(spec, ["stage.cls.class_weights={big = -1.0}"])
+    assert "class_weights.big must be positive (got -1.0)" in str(bad.value)
+
+
 @pytest.mark.parametrize(
     ("labels", "message"),
     [

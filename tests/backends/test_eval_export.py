@@ -98,7 +98,7 @@ def test_status_shows_losses_evals_samples_and_compares(tmp_path, capsys):
 
     assert main(["status", str(spec), "--store", store]) == 0
     out = capsys.readouterr().out
-    assert "| stage | steps | train loss | val loss | tokens/s |" in out
+    assert "| stage | parameters | steps | train loss | val loss | tokens/s |" in out
     assert "| metric | pretrain |" in out and "| ppl.text.perplexity |" in out
     assert f"ROMEO: -> {json.dumps(romeo['completion'])[1:-1][:20]}" in out
 

@@ -130,6 +130,15 @@ def test_data_edit_is_explained_as_content(project):
     assert nodes["source:chat"].status == "cached"
 
 
+
+def test_a_field_edit_with_new_data_names_both(project):
+    store = MemoryStore()
+    store.commit(plan(project, store))
+    prefs = project.parent / "data" / "prefs.jsonl"
+    prefs.write_text(prefs.read_text() * 2)
+    reason = by_name(plan(project, store, ["stage.dpo.beta=0.2"]))["stage:dpo"].reason
+    assert reason == "stage.dpo.beta 0.1 -> 0.2; upstream tokenize:prefs changed", reason
+
 def test_running_elsewhere_and_resume(project):
     store = MemoryStore()
     first = plan(project, store)
