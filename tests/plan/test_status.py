@@ -130,7 +130,6 @@ def test_data_edit_is_explained_as_content(project):
     assert nodes["source:chat"].status == "cached"
 
 
-
 def test_a_field_edit_with_new_data_names_both(project):
     store = MemoryStore()
     store.commit(plan(project, store))
@@ -138,6 +137,7 @@ def test_a_field_edit_with_new_data_names_both(project):
     prefs.write_text(prefs.read_text() * 2)
     reason = by_name(plan(project, store, ["stage.dpo.beta=0.2"]))["stage:dpo"].reason
     assert reason == "stage.dpo.beta 0.1 -> 0.2; upstream tokenize:prefs changed", reason
+
 
 def test_running_elsewhere_and_resume(project):
     store = MemoryStore()
