@@ -297,6 +297,7 @@ def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
         assert [r["per_label"][n]["recall"] for n in labels] == pytest.approx(list(recall))
         assert r["confusion"] == confusion_matrix(truth, predicted, labels=labels).tolist()
         assert r["accuracy"] > 0.8, r
+        assert r["majority_accuracy"] == max(map(truth.count, labels)) / len(truth)
         assert (out / f"confusion-{name}.png").read_bytes()[:4] == b"\x89PNG"
     # the file's true labels are the file's, in order
     more = [json.loads(line)["label"] for line in (tmp_path / "data" / "more.jsonl").open()]
@@ -304,6 +305,7 @@ def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
     record = outcome.results["eval:labels@cls"].record
     assert record.metrics["more.jsonl.accuracy"] == results["more.jsonl"]["accuracy"]
     assert "| true \\ predicted | big | small |" in (out / "results.md").read_text()
+    assert "| more.jsonl, always its most common label | 60 |" in (out / "results.md").read_text()
 
 
 def test_a_classification_eval_measures_each_stage_on_its_own_source_by_default(tmp_path):

@@ -325,7 +325,8 @@ def test_an_imported_bert_gives_transformers_logits_and_classifies(tmp_path):
 PAIRED = (
     SPEC.replace(
         "[data.clean]",
-        '[[data.sources]]\nname = "checks"\npath = "data/checks.jsonl"\nrole = "labeled"\n\n'
+        '[[data.sources]]\nname = "checks"\npath = "data/checks.jsonl"\nrole = "labeled"\n'
+        'pair_field = "pair"\n\n'
         "[data.clean]",
     )
     + """
@@ -338,6 +339,12 @@ steps = 40
 global_batch = 16
 lr = 1e-3
 eval_batches = 2
+
+[[eval]]
+name = "checked"
+kind = "classification"
+stages = ["pcls"]
+files = ["data/lone.jsonl"]
 
 [[export]]
 format = "hf"
@@ -364,8 +371,15 @@ def test_an_encoder_pair_classifier_exports_its_token_types(built, tmp_path):
         for k, (a, b) in enumerate((a, (7 * a + 3) % 50) for a in range(50))
     ]
     (tmp_path / "data" / "checks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    outcome = run_nodes(spec, store, ("export:hf@pcls", "export:onnx@pcls"))
+    lone = "".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows[:6])
+    (tmp_path / "data" / "lone.jsonl").write_text(lone)
+    outcome = run_nodes(spec, store, ("export:hf@pcls", "export:onnx@pcls", "eval:checked@pcls"))
     assert outcome.ok, outcome.log
+    notes = outcome.results["eval:checked@pcls"].record.notes
+    assert any(
+        'pcls learned pairs of texts, but 6 of the 6 texts of lone.jsonl have no "pair"' in n
+        for n in notes
+    ), notes
     assert _metrics(outcome, "export:hf@pcls")["max_logit_diff"] < 1e-4
     assert _metrics(outcome, "export:onnx@pcls")["max_logit_diff"] < 1e-3
     onnx_dir = artifact(outcome, store, "export:onnx@pcls")

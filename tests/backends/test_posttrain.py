@@ -333,6 +333,23 @@ def test_perplexity_on_conversations_measures_their_answers(chain, tmp_path):
     assert abs(chat["loss"] - val_loss) < abs(everything / n - val_loss)
 
 
+def test_a_lora_rank_at_the_models_width_is_noted(tmp_path):
+    """Allowed (it trains) but rarely meant: the adapters outgrow the layers they wrap."""
+    from types import SimpleNamespace
+
+    from llmbuild.backends.megatron.run import _note_full_rank
+
+    spec = posttrain_spec(tmp_path, SFT + LORA)
+    notes: list[str] = []
+    for rank, said in ((2, 0), (64, 1)):
+        resolved = load_spec(spec, [f"stage.lora.adapter.rank={rank}"]).spec
+        lora = next(s for s in resolved.stage if s.name == "lora")
+        config = SimpleNamespace(stage=lora, architecture=resolved.architecture)
+        _note_full_rank(SimpleNamespace(config=config, note=notes.append))
+        assert len(notes) == said, notes
+    assert "LoRA rank 64 is at least the model's hidden size (64)" in notes[0]
+
+
 def test_a_score_bias_with_no_final_norm_bias_to_take_it_is_left_over():
     import torch
     from llmbuild.backends.export.classifier import fold_score_bias
