@@ -30,7 +30,6 @@ def _nll(
     import torch.nn.functional as F
 
     total, count = 0.0, 0
-    masks = masks or [[1] * len(w) for w in windows]
     full = max((len(w) for w in windows), default=0)
     order = list(range(len(windows)))
     groups = [order[i : i + batch] for i in range(0, len(order), batch)]
@@ -40,13 +39,14 @@ def _nll(
     with torch.no_grad():
         for group in (g for g in groups if g):
             ids = torch.tensor([windows[i] for i in group])
-            learned = torch.tensor([masks[i] for i in group])[:, 1:].flatten().bool()
             inputs, targets = ids[:, :-1], ids[:, 1:]
             pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand(len(group), -1)
             logits = model(inputs, pos, None).float()
             losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-            total += float(losses[learned].sum())
-            count += int(learned.sum())
+            if masks is not None:
+                losses = losses[torch.tensor([masks[i] for i in group])[:, 1:].flatten().bool()]
+            total += float(losses.sum())
+            count += losses.numel()
     return total, count
 
 

@@ -308,7 +308,13 @@ def _largest_machine_cpus() -> float:
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
-    """Start a Ray cluster of this process's own on this machine, bound to 127.0.0.1."""
+    """Start a Ray cluster of this process's own on this machine, bound to 127.0.0.1.
+
+    Its processes, workers included, inherit this process's environment (``HF_*``
+    offline switches, ``LLMBUILD_*``, ``PYTHONPATH``). It is not passed again as a job
+    ``runtime_env``: workers with a runtime environment of their own cannot be the ones
+    Ray starts ahead with the cluster, so the first node would wait a second or more for
+    a fresh worker."""
     import ray
 
     from llmbuild.run.ranks import local_ray_env
@@ -326,7 +332,6 @@ def start_local_ray(num_cpus: int | None = None) -> None:
             num_cpus=num_cpus,
             log_to_driver=False,
             logging_level=logging.WARNING,
-            runtime_env={"env_vars": _forwarded_env()},
         )
 
 
@@ -372,12 +377,6 @@ def stop_local_ray() -> None:
     except Exception:  # another Ray's internals: its own shutdown still stops everything
         pass
     ray.shutdown()
-
-
-def _forwarded_env() -> dict[str, str]:
-    """Environment a local cluster's workers need from the driver."""
-    keep = ("LLMBUILD_", "HF_", "PYTHONPATH")
-    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
 
 
 def make_executor(
