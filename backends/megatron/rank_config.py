@@ -17,6 +17,11 @@ class WeightsRef:
     base: str | None = None
 
 
+CHECKPOINT_LAYOUT = ("tensor", "pipeline", "data", "distributed_optimizer")
+"""The ``[parallelism]`` fields a checkpoint's ranks and shards follow: another value of
+any of them cannot resume it."""
+
+
 @dataclass(frozen=True)
 class RankConfig:
     """One training stage, as its ranks see it."""
@@ -67,5 +72,8 @@ class RankConfig:
     """Classification: the loss weight of each label id; equal when empty."""
     threads: int = 1
     """torch intra-op threads of each rank: the CPUs it holds."""
+    layout: dict[str, Any] = field(default_factory=dict)
+    """The ``[parallelism]`` fields a resumable checkpoint is bound to, as the spec sets
+    them; written beside each checkpoint (``CHECKPOINT_LAYOUT``)."""
     progress: Any = None
     """Rank 0 reports steps and losses here (the node's progress feed)."""

@@ -17,7 +17,7 @@ from llmbuild.backends.megatron.artifact import (
     StageArtifact,
 )
 from llmbuild.backends.megatron.config import TrainConfig
-from llmbuild.backends.megatron.rank_config import RankConfig, WeightsRef
+from llmbuild.backends.megatron.rank_config import CHECKPOINT_LAYOUT, RankConfig, WeightsRef
 from llmbuild.backends.megatron.train import DIVERGED, FACTS, TIMINGS, train_ranks
 from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
 
@@ -172,6 +172,7 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
         labels=names,
         class_weights=weights,
         threads=int(ctx.resources.cpus) if not ctx.resources.gpus else par.rank_cpus(),
+        layout={k: getattr(par, k) for k in CHECKPOINT_LAYOUT},
         progress=ctx.progress,
     )
 
@@ -260,6 +261,25 @@ def _drop_unreadable_checkpoint(ctx: RunContext[TrainConfig]) -> None:
     )
 
 
+def _drop_checkpoint_of_another_layout(ctx: RunContext[TrainConfig]) -> None:
+    """A resumable checkpoint written at another layout (tensor, pipeline, data, a sharded
+    optimizer) cannot be resumed: its ranks hold other slices. It is removed, saying so,
+    and training starts over."""
+    from llmbuild.store.store import CHECKPOINT_MARKER, checkpoint_marker, layout_change
+
+    marker = checkpoint_marker(ctx.work_dir)
+    change = layout_change(marker, ctx.config.parallelism) if marker is not None else None
+    if change is None:
+        return
+    (ctx.work_dir / CHECKPOINT_MARKER).unlink(missing_ok=True)
+    for path in ctx.work_dir.glob("checkpoint-*.pt"):
+        path.unlink()
+    ctx.note(
+        f"the resumable checkpoint at step {marker['step']} was written at {change[0]}: "
+        f"{change[1]} cannot read it, so training started over"
+    )
+
+
 def run(ctx: RunContext[TrainConfig]) -> None:
     config = ctx.config
     stage = config.stage
@@ -277,6 +297,7 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     _note_full_rank(ctx)
     _require_answers(ctx)
     _drop_unreadable_checkpoint(ctx)
+    _drop_checkpoint_of_another_layout(ctx)
     mark = time.perf_counter()
     ranks = rank_config(ctx, tok, vocab)
     result = ctx.run_ranks(train_ranks, ranks)

@@ -225,7 +225,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
                 )
             dist.barrier()
             if rank == 0:
-                mark_checkpoint(work, step + 1)
+                mark_checkpoint(work, step + 1, layout=cfg.layout)
     timings["steps"] = (
         time.perf_counter() - t0 - timings.get("validation", 0.0) - timings.get("checkpoints", 0.0)
     )

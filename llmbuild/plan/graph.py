@@ -60,6 +60,12 @@ class Node:
     def upstream(self) -> list[str]:
         return list(dict.fromkeys(self.inputs.values()))
 
+    @property
+    def parallelism(self) -> Any:
+        """The ``[parallelism]`` the node runs at, if its config has one (a resumable
+        checkpoint is bound to it)."""
+        return getattr(self.config, "parallelism", None)
+
     def spec_key(self, config_key: str) -> str:
         return self.labels.get(config_key, config_key)
 

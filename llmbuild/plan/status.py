@@ -52,7 +52,8 @@ class StoreView(Protocol):
     def lookup(self, key: str, verify: bool = True) -> Lookup: ...
     def last_preimage(self, name: str) -> dict[str, Any] | None: ...
     def running_elsewhere(self, key: str) -> str | None: ...
-    def resumable(self, key: str) -> str | None: ...
+    def resumable(self, key: str, parallelism: Any = None) -> str | None: ...
+    def other_layout(self, key: str, parallelism: Any) -> str | None: ...
 
 
 class EmptyStore:
@@ -67,7 +68,10 @@ class EmptyStore:
     def running_elsewhere(self, key: str) -> str | None:
         return None
 
-    def resumable(self, key: str) -> str | None:
+    def resumable(self, key: str, parallelism: Any = None) -> str | None:
+        return None
+
+    def other_layout(self, key: str, parallelism: Any) -> str | None:
         return None
 
 
@@ -313,8 +317,9 @@ def make_plan(
                 node.name, k, "running elsewhere", holder, (), node.resources
             )
             continue
-        resume = store.resumable(k.key)
+        resume = store.resumable(k.key, node.parallelism)
         status: Status = "resume" if resume else "build"
+        resume = resume or store.other_layout(k.key, node.parallelism)
         changes: list[Change] = []
         old = previous(node.name)
         rebuilding = [u for u in node.upstream if plans[u].status != "cached"]

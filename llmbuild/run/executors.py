@@ -53,6 +53,8 @@ class InlineExecutor:
     """Runs each node synchronously in this process (debugging, fast tests)."""
 
     kind = "inline"
+    local = True
+    """Its nodes compute on this machine."""
 
     def __init__(self, sink: ProgressSink | None = None) -> None:
         self.sink = sink
@@ -189,6 +191,11 @@ class RayExecutor:
         if self.sink is not None:  # this build's own namespace: a shared cluster hosts others
             self._progress = f"llmbuild-progress-{uuid.uuid4().hex}"
         self._remote = ray.remote(_ray_execute)
+
+    @property
+    def local(self) -> bool:
+        """Its nodes compute on this machine: a cluster it started here."""
+        return self._started_here
 
     def _init(self, ray: Any, address: str | None) -> None:
         if not ray.is_initialized():

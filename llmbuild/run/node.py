@@ -163,7 +163,8 @@ def execute_node(
             parallel=parallel,
         )
         log.info("building %s (key %s) with %r", task.name, task.key, task.backend)
-        resume = store.resumable(task.key)
+        par = task.config.get("parallelism")
+        resume = store.resumable(task.key, par) or store.other_layout(task.key, par)
         if resume:
             log.info("%s (checkpoint in %s)", resume, work)
         digests = StatCache(stat_cache_path()) if task.external else None

@@ -19,6 +19,7 @@ from llmbuild.plan.graph import Graph, Node
 from llmbuild.plan.keys import NodeKey, cutoff_key
 from llmbuild.plan.status import renamed
 from llmbuild.registry import Registry, default_registry
+from llmbuild.run import cores
 from llmbuild.run.executors import Handle, InlineExecutor, RayExecutor
 from llmbuild.run.node import NodeTask
 from llmbuild.store.lease import Lease, owner_info
@@ -94,6 +95,7 @@ class Scheduler:
         self.results: dict[str, NodeResult] = {}
         self.running: dict[str, tuple[Handle, Lease]] = {}
         self.waiting: dict[str, str] = {}  # name -> the token of the lease it waits for
+        self.claims: dict[str, cores.Claim] = {}  # running nodes' cores on this machine
         self._started = False
 
     def _finish(
@@ -176,14 +178,25 @@ class Scheduler:
             external=node.external,
             spec_dir=str(self.spec_dir) if self.spec_dir else None,
         )
-        resume = self.store.resumable(k.key)
-        self.reporter.node(node.name, "running", resume or "")
+        resume = self.store.resumable(k.key, node.parallelism) or self.store.other_layout(
+            k.key, node.parallelism
+        )
+        crowded = cores.oversubscribed(node.resources) if self.executor.local else None
+        detail = "; ".join(d for d in (resume, crowded) if d)
+        claim = (
+            cores.claim(node.name, node.resources, self.store.url) if self.executor.local else None
+        )
+        self.reporter.node(node.name, "running", detail)
         try:  # an inline executor builds the node inside submit
             handle = self.executor.submit(task)
         except BaseException:
             lease.release()
+            if claim is not None:
+                claim.release()
             raise
         self.running[node.name] = (handle, lease)
+        if claim is not None:
+            self.claims[node.name] = claim
 
     def _failed_roots(self, name: str) -> list[str]:
         result = self.results.get(name)
@@ -212,6 +225,9 @@ class Scheduler:
                     self.store.drop_scratch(name, self.keys[name].key)
                     lease.release()
                 self.running.clear()
+                for claim in self.claims.values():
+                    claim.release()
+                self.claims.clear()
             raise
 
     def _run(self) -> dict[str, NodeResult]:
@@ -239,6 +255,8 @@ class Scheduler:
                 for done in self.executor.wait(handles, self.poll):
                     _, lease = self.running.pop(done.handle.name)
                     lease.release()
+                    if (claim := self.claims.pop(done.handle.name, None)) is not None:
+                        claim.release()
                     if done.error is not None:
                         err = done.error
                         detail = getattr(err, "message", None) or str(err)

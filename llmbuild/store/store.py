@@ -128,9 +128,24 @@ class Store:
         holder = self.lease_holder(key)
         return f"running elsewhere: {describe(holder)}" if holder else None
 
-    def resumable(self, key: str) -> str | None:
-        step = checkpoint_step(self.work_dir(key, create=False))
-        return None if step is None else f"resume from step {step}"
+    def resumable(self, key: str, parallelism: Any = None) -> str | None:
+        """"resume from step N" when the work dir of ``key`` holds a resumable checkpoint
+        that a build at ``parallelism`` (the node's ``[parallelism]``, a model or a
+        mapping; any when None) can resume; None otherwise (``other_layout`` says why)."""
+        marker = checkpoint_marker(self.work_dir(key, create=False))
+        if marker is None or layout_change(marker, parallelism):
+            return None
+        return f"resume from step {marker['step']}"
+
+    def other_layout(self, key: str, parallelism: Any) -> str | None:
+        """What becomes of a resumable checkpoint of ``key`` written at another layout
+        than ``parallelism``: the ranks cannot read it, so training starts over."""
+        marker = checkpoint_marker(self.work_dir(key, create=False))
+        change = layout_change(marker, parallelism) if marker is not None else None
+        if change is None:
+            return None
+        was, now = change
+        return f"the checkpoint at step {marker['step']} was written at {was}: {now} starts over"
 
     # -- building --------------------------------------------------------------------
     def work_dir(self, key: str, create: bool = True) -> Path:
@@ -366,9 +381,36 @@ def mark_checkpoint(work_dir: Path, step: int, **info: Any) -> None:
     tmp.replace(marker)
 
 
+def checkpoint_marker(work_dir: Path) -> dict[str, Any] | None:
+    """The marker of the resumable checkpoint in a node's work dir, if any: its ``step``
+    and, where the node wrote it, the ``layout`` (``[parallelism]`` fields) it was
+    written at."""
+    try:
+        marker = json.loads((work_dir / CHECKPOINT_MARKER).read_text())
+        return marker if isinstance(marker.get("step"), int) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def checkpoint_step(work_dir: Path) -> int | None:
     """The step of the resumable checkpoint a node marked in its work dir, if any."""
-    try:
-        return json.loads((work_dir / CHECKPOINT_MARKER).read_text())["step"]
-    except (OSError, ValueError, KeyError, TypeError):
+    marker = checkpoint_marker(work_dir)
+    return None if marker is None else marker["step"]
+
+
+def layout_change(marker: dict[str, Any], parallelism: Any) -> tuple[str, str] | None:
+    """(the layout a checkpoint was written at, this one) where ``parallelism`` differs in
+    a field the marker's ``layout`` names; None where it does not, or either is unknown."""
+    layout = marker.get("layout")
+    if parallelism is None or not isinstance(layout, dict):
         return None
+    if not isinstance(parallelism, Mapping):
+        parallelism = parallelism.model_dump()
+    now = {k: parallelism.get(k) for k in layout}
+    if now == layout:
+        return None
+
+    def shown(values: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+
+    return shown(layout), f"this layout ({shown(now)})"

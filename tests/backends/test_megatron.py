@@ -185,7 +185,7 @@ def test_parallelism_change_keeps_the_trained_stage(tmp_path):
     assert again.results["stage:pretrain"].state == "cached"
 
 
-def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
+def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path, capsys):
     spec = tiny_spec(tmp_path, steps=20)
     whole = run_nodes(spec, tmp_path / "whole", ("stage:pretrain",))
     assert whole.ok
@@ -198,6 +198,8 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
     work = broken / marker.parent.relative_to(store)
     for path in work.glob("checkpoint-*.pt"):
         path.write_bytes(path.read_bytes()[:-100])
+    moved = tmp_path / "moved"  # the same kill, then built at another layout
+    shutil.copytree(store, moved, symlinks=True)
     resumed = run_nodes(spec, store, ("stage:pretrain",))
     assert resumed.ok, resumed.log
     assert "resume from step 10" in resumed.log
@@ -207,6 +209,7 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
         whole.results["stage:pretrain"].record.output_digest
         == resumed.results["stage:pretrain"].record.output_digest
     )
+    _another_layout_starts_over(spec, moved, capsys)
     over = run_nodes(spec, broken, ("stage:pretrain",))
     assert over.ok, over.log
     note = over.results["stage:pretrain"].record.notes
@@ -216,6 +219,29 @@ def test_resume_after_a_real_kill_matches_the_uninterrupted_run(tmp_path):
         whole.results["stage:pretrain"].record.output_digest
         == over.results["stage:pretrain"].record.output_digest
     )
+
+
+def _another_layout_starts_over(spec: Path, store: Path, capsys) -> None:
+    """A checkpoint written at one layout is not resumed at another, whose ranks hold
+    other slices: plan and build say training starts over, and it does."""
+    from llmbuild.cli import main
+
+    layout = ["parallelism.distributed_optimizer=true"]
+    capsys.readouterr()
+    assert main(["plan", str(spec), "--store", str(store), "--json", "--set", layout[0]]) == 0
+    node = {n["name"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}["stage:pretrain"]
+    assert node["status"] == "build", node
+    assert "the checkpoint at step 10 was written at " in node["reason"], node
+    assert "distributed_optimizer = false" in node["reason"], node
+    assert (
+        "this layout (" in node["reason"]
+        and "distributed_optimizer = true) starts over" in node["reason"]
+    )
+    over = run_nodes(spec, store, ("stage:pretrain",), layout)
+    assert over.ok, over.log
+    assert "resume from step" not in over.log and "steps 1/20" in over.log
+    notes = over.results["stage:pretrain"].record.notes
+    assert any("checkpoint at step 10 was written at" in n and "started over" in n for n in notes)
 
 
 def test_generate_from_a_built_stage(tmp_path, capsys):

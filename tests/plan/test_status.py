@@ -41,8 +41,11 @@ class MemoryStore:
     def running_elsewhere(self, key: str):
         return self.leases.get(key)
 
-    def resumable(self, key: str):
+    def resumable(self, key: str, parallelism=None):
         return self.checkpoints.get(key)
+
+    def other_layout(self, key: str, parallelism):
+        return None
 
 
 def plan(spec, store, overrides=()):
