@@ -60,6 +60,51 @@ def test_console_script_is_installed(project):
     assert r.returncode == 0, r.stderr
 
 
+def test_commands_work_when_the_cache_dir_cannot_be_written(project, tmp_path, monkeypatch, capsys):
+    """The stat cache only saves hashing: a cache dir that cannot be made (here, under a
+    regular file; a read-only home does the same) costs one note, not the command."""
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"
+    monkeypatch.setenv("LLMBUILD_CACHE_DIR", str(cache))
+    store = ["--store", str(tmp_path / "store")]
+    assert main(["plan", str(project), *store]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("14 nodes, 0 cached, 14 to build")
+    assert "error" not in captured.err
+    (note,) = [ln for ln in captured.err.splitlines() if ln.startswith("note: ")]
+    assert str(cache) in note and "LLMBUILD_CACHE_DIR" in note
+    assert main(["validate", str(project)]) == 0
+    assert main(["status", str(project), *store]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_naming_the_cache_dir_creates_nothing(project, tmp_path, monkeypatch):
+    """A remote store keeps its work dirs in the cache dir; planning with one makes no
+    directory there, only the stat cache file it writes."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLMBUILD_CACHE_DIR", str(cache))
+    assert main(["plan", str(project), "--store", "memory://naming-creates-nothing"]) == 0
+    assert sorted(p.name for p in cache.iterdir()) == ["statcache.json"]
+
+
+def test_an_os_error_in_the_cache_dir_names_it(tmp_path, monkeypatch):
+    """Where the cache is needed (a remote store's work dirs and fetched artifacts), its
+    failure says how to move the cache, not to pick another store."""
+    import errno
+
+    from llmbuild.locations import cache_dir_problem
+
+    monkeypatch.setenv("LLMBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    inside = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "cache" / "work"))
+    said = cache_dir_problem(inside)
+    assert said == (
+        f"Read-only file system ({tmp_path / 'cache' / 'work'}): llmbuild's cache dir "
+        f"{tmp_path / 'cache'} cannot be written; set LLMBUILD_CACHE_DIR to a writable directory"
+    )
+    assert cache_dir_problem(OSError(errno.EROFS, "Read-only file system", "/elsewhere")) is None
+    assert cache_dir_problem(OSError(errno.EROFS, "Read-only file system")) is None
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

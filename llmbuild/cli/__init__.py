@@ -71,10 +71,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from llmbuild.errors import UserError, describe_os_error
+    from llmbuild.locations import cache_dir_problem
 
     if hasattr(signal, "SIGPIPE"):  # `llmbuild resolve spec.toml | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    from llmbuild.run.signals import on_sigterm_interrupt
+    from llmbuild.run.signals import interrupted_exit, on_sigterm_interrupt
 
     on_sigterm_interrupt()
     args = _parse(argv)
@@ -84,11 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (which signals.py turns into one)
+        code, word = interrupted_exit()
+        print(word, file=sys.stderr)
+        return code
     except OSError as e:  # the machine's, not the spec's: a full disk, a read-only store
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"error: {cache_dir_problem(e) or describe_os_error(e)}", file=sys.stderr)
         return 1
 
 

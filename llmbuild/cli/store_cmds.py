@@ -28,6 +28,14 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
             help="keep everything the N most recent builds reference (default 5)",
         )
         p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+        p.add_argument(
+            "--checkpoints",
+            action="store_true",
+            help="also remove the work of training that did not finish (a killed build's "
+            "resumable checkpoints and partial files, in work/KEY/), which the next build "
+            "would resume from: it starts over instead. Their logs stay; what a running "
+            "build uses is never removed",
+        )
     if name in ("runs", "show"):
         p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{b['spec_hash'][:12]}  {when}  {state:<11}  "
                 f"{len(states)} nodes, {built} built  {b.get('spec_path')}"
             )
+        _unrecorded(store, builds)
         return 0
     if args.command == "show":
         return _show(store, args)
@@ -74,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not store.fs.exists(""):
         raise UserError(f"no store at {store.url}")
-    report = collect(store, keep_builds=args.keep, dry_run=args.dry_run)
+    report = collect(
+        store, keep_builds=args.keep, dry_run=args.dry_run, checkpoints=args.checkpoints
+    )
     verb = "would remove" if args.dry_run else "removed"
     for label in report.removed:
         print(f"{verb} {label}")
@@ -86,7 +97,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"{verb} {report.quarantined_removed} corrupt artifacts moved aside by builds")
     if report.stale_removed:
         print(f"{verb} {report.stale_removed} lock files of builds that were killed")
+    if report.work_kept:
+        print(
+            f"kept {_work_count(report.work_kept)}, for the next build to resume from "
+            "(--checkpoints removes it):"
+        )
+    elif report.work_removed:
+        print(f"{verb} {_work_count(report.work_removed)}; the logs stay:")
+    for work in report.work_kept or report.work_removed:
+        print(f"  {work.node or 'a node'}: {work.what} in {work.path} ({_bytes(work.size)})")
     return 0
+
+
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _work_count(works: list) -> str:
+    """``the work of 2 nodes that did not finish (1.5 GiB)``."""
+    nodes = "1 node" if len(works) == 1 else f"{len(works)} nodes"
+    return f"the work of {nodes} that did not finish ({_bytes(sum(w.size for w in works))})"
+
+
+def _unrecorded(store, builds: list[dict]) -> None:
+    """Name the work a build left that was killed before it could be recorded."""
+    from llmbuild.store.gc import abandoned_work
+
+    recorded = {n.get("key") for b in builds for n in b.get("nodes", {}).values()}
+    for work in abandoned_work(store):
+        if work.key not in recorded:
+            print(f"not recorded: a build was killed making {work.node or 'a node'}: {work.where}")
 
 
 REBUILT = "a build that needs it moves it aside and rebuilds it"
@@ -107,6 +151,7 @@ def _show(store, args: argparse.Namespace) -> int:
             found = store.lookup(key)  # there, but its record does not verify
             if found.state == "corrupt":
                 raise UserError(f"artifact {key[:12]} is corrupt: {found.problem} ({REBUILT})")
+        _not_built(store, what)
         raise UserError(f"nothing named {what!r} in {store.url} (a node name, key or spec hash)")
     if build is not None and not records:
         print(json.dumps(build, indent=2) if args.json else _build_text(build))
@@ -147,6 +192,33 @@ def _show(store, args: argparse.Namespace) -> int:
     if env:
         print("  environment " + ", ".join(f"{k} {v}" for k, v in env.items() if v and k != "git"))
     return 0
+
+
+def _not_built(store, what: str) -> None:
+    """For a node with no artifact whose work a build left (killed, or failed, or running
+    now): say where its checkpoint and log are, as a ``UserError``."""
+    from llmbuild.store.gc import work_left
+    from llmbuild.store.lease import describe
+
+    found = [
+        w
+        for w in work_left(store)
+        if w.what
+        and (
+            (len(what) >= 4 and w.key.startswith(what))
+            or (w.node is not None and what in (w.node, w.node.split(":", 1)[-1]))
+        )
+    ]
+    if not found:
+        return
+    lines = []
+    for w in found:
+        holder = store.lease_holder(w.key)
+        being = f"; being built now by {describe(holder)}" if holder else ""
+        resumes = "; the next build resumes from it" if w.step is not None and not holder else ""
+        lines.append(f"{w.where}{being}{resumes}")
+    said = lines[0] if len(lines) == 1 else "".join(f"\n  {line}" for line in lines)
+    raise UserError(f"{found[0].node or what} is not built in {store.url}: {said}")
 
 
 def _build_text(build: dict) -> str:

@@ -9,15 +9,18 @@ list of its file digests, so the paths that name the files never count.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from llmbuild.errors import UserError
+from llmbuild.locations import CACHE_ENV
 
 _CHUNK = 1 << 20
 
@@ -50,11 +53,8 @@ class StatCache:
         self.entries: dict[str, str] = {}
         self.reads = 0
         self._dirty = False
-        if self.path is not None and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}
+        if self.path is not None:
+            self.entries = _load_entries(self.path)
 
     def digest(self, path: str) -> str:
         st = os.stat(path)
@@ -68,14 +68,48 @@ class StatCache:
         return found
 
     def save(self) -> None:
-        if self.path is None or not self._dirty:
+        """Persist new digests. The cache only saves hashing, so a directory that cannot
+        be written (a read-only home, a full disk) costs one note, never the command."""
+        if self.path is None or not self._dirty or self.path.parent in _UNWRITABLE:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".statcache-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.entries, f)
-        os.replace(tmp, self.path)
+        try:
+            _write_entries(self.path, self.entries)
+        except OSError as e:
+            _UNWRITABLE.add(self.path.parent)  # said once a process: a retry fails again
+            print(
+                f"note: file digests are not cached: {self.path.parent} cannot be written "
+                f"({e.strerror or e}); set {CACHE_ENV} to a writable directory to keep them",
+                file=sys.stderr,
+            )
         self._dirty = False
+
+
+_UNWRITABLE: set[Path] = set()
+"""Stat cache directories a save failed in, in this process."""
+
+
+def _load_entries(path: Path) -> dict[str, str]:
+    """A saved stat cache's entries; none where it is missing, unreadable or garbled."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_entries(path: Path, entries: dict[str, str]) -> None:
+    """Replace the file at ``path`` with ``entries`` in one rename, so a reader never
+    sees half a file; the temp file is removed if the write fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".statcache-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(entries, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _skipped(name: str) -> bool:

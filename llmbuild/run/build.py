@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import time
 import uuid
@@ -16,6 +17,7 @@ from llmbuild.run.executors import make_executor
 from llmbuild.run.progress import PlainReporter, make_reporter
 from llmbuild.run.scheduler import NodeResult, Reporter, Scheduler
 from llmbuild.spec.load import ResolvedSpec
+from llmbuild.store.gc import clear_killed
 from llmbuild.store.lease import owner_info
 from llmbuild.store.records import SCHEMA_VERSION, environment
 from llmbuild.store.store import Store
@@ -102,6 +104,10 @@ def build(
     graph = planned.graph.select(options.only, options.until)
     status = {n.name: n.status for n in planned.plan.nodes}
     cached = all(status[n] == "cached" for n in graph.nodes)  # nothing to write
+    # The lists of builds of this host that were killed (kill -9) would name their keys
+    # until a gc; another host's are left to gc, for only a heartbeat tells of them.
+    with contextlib.suppress(OSError):  # a read-only store: nothing can be cleared
+        clear_killed(store, ("running",), this_host=True)
     try:
         running = store.announce(
             build_id, [planned.keys[n].key for n in graph.nodes], owner_info(build_id)

@@ -57,6 +57,10 @@ class Claim:
     def release(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+            try:  # the last claim leaves no directory behind
+                self.path.parent.rmdir()
+            except OSError:
+                pass
             self.path = None
 
 

@@ -123,7 +123,7 @@ def run_ray_ranks(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    problem = unplaceable(resources)
+    problem = unplaceable(resources, work_dir)
     if problem:
         raise UserError(problem)
 
@@ -151,7 +151,7 @@ def run_ray_ranks(
         if result.error is not None:
             raise result.error
     except Exception as e:
-        problem = unplaceable(resources)
+        problem = unplaceable(resources, work_dir)
         if problem:  # a node holding ranks went away, and the rest cannot hold them all
             cause = " ".join(str(e).split())[:300]
             raise UserError(f"{problem} (the ranks stopped: {cause})") from None
@@ -164,13 +164,20 @@ def run_ray_ranks(
     return local
 
 
-def unplaceable(resources: Resources) -> str | None:
+def unplaceable(resources: Resources, work_dir: Path | None = None) -> str | None:
     """Why the cluster's live nodes cannot hold a node's ranks (each on one machine), or a
     one-process node; None when they can. Ray would otherwise wait for machines that may
-    never come."""
+    never come. ``work_dir``, the node's, tells whether a checkpoint waits there."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return cannot_place(resources, nodes, work_dir)
+
+
+def cannot_place(
+    resources: Resources, nodes: list[dict[str, float]], work_dir: Path | None = None
+) -> str | None:
+    """``unplaceable`` on the resources of live nodes, as ``ray.nodes()`` lists them."""
 
     def fits(node: dict[str, float]) -> int:
         n = int(node.get("CPU", 0.0) // resources.cpus) if resources.cpus else resources.ranks
@@ -187,12 +194,27 @@ def unplaceable(resources: Resources) -> str | None:
         f" and {max(gpus, default=0):g} GPUs" if resources.gpus else ""
     )
     what = "this node's ranks" if resources.ranks > 1 else "this node"
+    if resources.gpus and not any(gpus):  # no machine will do: more of them would not help
+        fix = (
+            'Add machines with GPUs, or set parallelism.device = "auto" (a GPU where the '
+            'machine has one, else its CPUs) or "cpu"'
+        )
+    else:
+        fix = "Add machines, or lower parallelism (data, tensor, pipeline) or cpus_per_rank"
     return (
         f"the Ray cluster cannot hold {what}, {resources}: its {len(nodes)} live "
-        f"node(s) have {has} in all, the largest {largest}. Add machines, or lower "
-        "parallelism (data, tensor, pipeline) or cpus_per_rank; a checkpoint the stage "
-        "wrote is kept, and the next build resumes from it"
+        f"node(s) have {has} in all, the largest {largest}. {fix}{_kept(work_dir)}"
     )
+
+
+def _kept(work_dir: Path | None) -> str:
+    """What becomes of the checkpoint a node's work dir holds, if it holds one."""
+    from llmbuild.store.store import checkpoint_step
+
+    step = None if work_dir is None else checkpoint_step(work_dir)
+    if step is None:
+        return ""
+    return f"; the checkpoint the stage wrote at step {step} is kept for the next build"
 
 
 def _failure_config(max_failures: int) -> Any:

@@ -10,6 +10,7 @@ is *corrupt*, compared with nothing.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import uuid
@@ -17,10 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from llmbuild.errors import UserError
+from llmbuild.errors import UserError, format_path
 from llmbuild.plan import compile_plan, node_keys
 from llmbuild.plan.graph import Graph
 from llmbuild.plan.inputs import external_digests
+from llmbuild.plan.keys import NodeKey
+from llmbuild.plan.status import explain
 from llmbuild.registry import Registry
 from llmbuild.run.build import BuildOptions, run_graph
 from llmbuild.run.scheduler import Reporter
@@ -112,6 +115,50 @@ def _recorded_machine_threads(store: Store, build: dict[str, Any], graph: Graph)
     return Graph(nodes)
 
 
+def _changed_since(
+    store: Store, build: dict[str, Any], graph: Graph, keys: dict[str, NodeKey]
+) -> str | None:
+    """What changed since the build was recorded, where the change enters: each node
+    whose own inputs changed (a data file's content, a backend's version), as ``plan``
+    explains it against the recorded preimage, and how many nodes are made from them;
+    None when every key is the recorded one."""
+    recorded = {n: v["key"] for n, v in build["nodes"].items()}
+    changed = [n for n in graph.nodes if recorded.get(n) != keys[n].key]
+    if not changed:
+        return None
+    spec_dir = Path(build["spec_path"]).parent
+    entries: dict[str, list[str]] = {}  # what changed -> the nodes it enters at
+    for name in changed:
+        node = graph[name]
+        was = store.lookup(recorded[name], verify=False).record if name in recorded else None
+        causes = explain(node, was.preimage, keys[name].preimage)[0] if was else []
+        if causes or not any(u in changed for u in node.upstream):
+            files = {e.label or format_path(e.spec_path): e.patterns for e in node.external}
+            said = [
+                f"{c} ({', '.join(_below(p, spec_dir) for p in files[c.field])})"
+                if c.field in files
+                else str(c)
+                for c in causes
+            ]
+            entries.setdefault(", ".join(said), []).append(name)
+    first = sum(len(names) for names in entries.values())
+    more = len(changed) - first
+    made = f"{more} node{'s' if more > 1 else ''} made from {'it' if first == 1 else 'them'}"
+    parts = [
+        f"{', '.join(names)}: {cause}" if cause else ", ".join(names)
+        for cause, names in entries.items()
+    ]
+    return "; ".join(parts) + (f"; and {made}" if more else "")
+
+
+def _below(path: str, folder: Path) -> str:
+    """A path relative to ``folder`` where it lies below it (a data file beside its spec)."""
+    if "://" in path:
+        return path
+    relative = os.path.relpath(path, folder)
+    return path if relative.startswith("..") else relative
+
+
 def reproduce(
     store: Store,
     spec_hash: str,
@@ -131,12 +178,11 @@ def reproduce(
     spec = _recorded_threads(store, build, spec_model(registry).model_validate(build["spec"]))
     graph = _recorded_machine_threads(store, build, compile_plan(spec, registry))
     keys = node_keys(graph, external_digests(graph, store.cache)[0])
-    recorded = {n: v["key"] for n, v in build["nodes"].items()}
-    changed = [n for n in graph.nodes if recorded.get(n) != keys[n].key]
+    changed = _changed_since(store, build, graph, keys)
     if changed:
         raise UserError(
-            "the inputs of this build changed since it was recorded (data files or backend "
-            f"versions), so it cannot be reproduced: {', '.join(changed)}"
+            f"the inputs of this build changed since it was recorded, so it cannot be "
+            f"reproduced: {changed}"
         )
     graph = graph.select(
         tuple(n for n, v in build["nodes"].items() if v.get("state") != "not selected")

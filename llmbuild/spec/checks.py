@@ -67,7 +67,9 @@ def _index(
 
 def check_layout(raw: dict[str, Any]) -> list[Problem]:
     """Shapes divide: heads | hidden, kv_heads | heads, tensor | heads and kv_heads,
-    pipeline | layers."""
+    pipeline | layers. A tensor or pipeline problem is located where that value was set
+    (the spec's line, a ``--set``, a preset's line), not at the architecture line it
+    names: a ``--set`` that breaks a spec's layout is what to fix."""
     arch, par = _table(raw, "architecture"), _table(raw, "parallelism")
     hidden, heads, layers = _int(arch, "hidden"), _int(arch, "heads"), _int(arch, "layers")
     kv_heads = _int(arch, "kv_heads", heads)
@@ -89,13 +91,14 @@ def check_layout(raw: dict[str, Any]) -> list[Problem]:
                 related=(("architecture", "heads"),),
             )
         )
-    for field, n in (("heads", heads), ("kv_heads", kv_heads)):
+    # kv_heads equal to heads (as it is when unset) is one cause: said once, of heads.
+    divided = [("heads", heads)] + ([("kv_heads", kv_heads)] if kv_heads != heads else [])
+    for field, n in divided:
         if tensor and n and n % tensor:
             out.append(
                 Problem(
                     f"tensor ({tensor}) must divide architecture.{field} ({n})",
                     ("parallelism", "tensor"),
-                    related=(("architecture", field),),
                 )
             )
     if par.get("sequence_parallel") is True:
@@ -123,7 +126,6 @@ def check_layout(raw: dict[str, Any]) -> list[Problem]:
             Problem(
                 f"pipeline ({pipeline}) must divide architecture.layers ({layers})",
                 ("parallelism", "pipeline"),
-                related=(("architecture", "layers"),),
             )
         )
     return out

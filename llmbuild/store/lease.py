@@ -143,16 +143,17 @@ def try_acquire(fs: LocalFS | FsspecFS, rel: str, owner: dict[str, Any]) -> Leas
         fs.remove(guard)
 
 
-def clear_stale(fs: LocalFS | FsspecFS, rel: str) -> bool:
+def clear_stale(fs: LocalFS | FsspecFS, rel: str, this_host: bool = False) -> bool:
     """Remove the lease file ``rel`` if its holder has ended or stopped beating (a killed
-    build's); under the takeover guard, so that a build taking the lease over meanwhile
-    keeps it. Whether it was removed."""
+    build's); with ``this_host``, only if its holder was a process of this host that has
+    ended, never another host's, however late its heartbeat. Under the takeover guard, so
+    that a build taking the lease over meanwhile keeps it. Whether it was removed."""
     guard = f"{rel}.takeover"
     if not fs.create_exclusive(guard, b"{}"):
         return False
     try:
         holder = _read(fs, rel)
-        if holder is None or not _stale(holder, lease_ttl()):
+        if holder is None or not (_gone(holder) if this_host else _stale(holder, lease_ttl())):
             return False
         fs.remove(rel)
         return True

@@ -129,7 +129,7 @@ class Store:
         return f"running elsewhere: {describe(holder)}" if holder else None
 
     def resumable(self, key: str, parallelism: Any = None) -> str | None:
-        """"resume from step N" when the work dir of ``key`` holds a resumable checkpoint
+        """ "resume from step N" when the work dir of ``key`` holds a resumable checkpoint
         that a build at ``parallelism`` (the node's ``[parallelism]``, a model or a
         mapping; any when None) can resume; None otherwise (``other_layout`` says why)."""
         marker = checkpoint_marker(self.work_dir(key, create=False))
@@ -153,6 +153,12 @@ class Store:
         if create:
             path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def work_keys(self) -> list[str]:
+        """The keys that have a work dir: nodes begun that have not committed (a killed
+        or failed build's), sorted."""
+        root = self.work_root / "work"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
     def scratch(self, name: str, key: str) -> Path:
         """A temp dir to build a node into; committing it is one rename (local stores)."""

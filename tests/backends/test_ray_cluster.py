@@ -79,6 +79,7 @@ def test_a_node_lost_mid_stage_fails_it_named_and_it_resumes_on_a_new_node(clust
     assert failed.state == "failed"
     assert "the Ray cluster cannot hold this node's ranks, 2 x (1 cpu)" in failed.detail
     assert "1 live node(s) have 1 CPUs" in failed.detail and "Traceback" not in failed.detail
+    assert "the checkpoint the stage wrote at step " in failed.detail  # it had written one
     # On what is left: said at once, without starting the ranks.
     began = time.monotonic()
     short, _ = _build(spec, store, c.address)
@@ -100,6 +101,32 @@ def test_a_node_lost_mid_stage_fails_it_named_and_it_resumes_on_a_new_node(clust
     detail = big.results["stage:pretrain"].detail
     assert "the Ray cluster cannot hold this node, 2 cpu" in detail
     assert "the largest 1 CPUs" in detail and "Traceback" not in detail
+    assert "checkpoint" not in detail  # other steps, another key: nothing written for it
+
+
+def test_what_cannot_be_placed_says_the_fix_and_only_a_checkpoint_that_exists(tmp_path):
+    """The capacity error names parallelism.device where no machine has a GPU, and says
+    a checkpoint is kept only where the node's work dir holds one."""
+    from llmbuild.backend import Resources
+    from llmbuild.run.ranks import cannot_place
+    from llmbuild.store.store import mark_checkpoint
+
+    two_cpus = [{"CPU": 2.0}]
+    assert cannot_place(Resources(cpus=1, ranks=2), two_cpus) is None
+    said = cannot_place(Resources(cpus=1, gpus=1, ranks=2), two_cpus, tmp_path)
+    assert said == (
+        "the Ray cluster cannot hold this node's ranks, 2 x (1 cpu + 1 gpu): its 1 live "
+        "node(s) have 2 CPUs and 0 GPUs in all, the largest 2 CPUs and 0 GPUs. Add machines "
+        'with GPUs, or set parallelism.device = "auto" (a GPU where the machine has one, '
+        'else its CPUs) or "cpu"'
+    )
+    mark_checkpoint(tmp_path, 40)
+    said = cannot_place(Resources(cpus=2, ranks=2), two_cpus, tmp_path)
+    assert said.endswith(
+        "Add machines, or lower parallelism (data, tensor, pipeline) or cpus_per_rank; "
+        "the checkpoint the stage wrote at step 40 is kept for the next build"
+    )
+    assert cannot_place(Resources(cpus=2, ranks=2), two_cpus) == said.split(";")[0]
 
 
 def test_a_local_build_starts_its_own_ray_beside_a_running_cluster(cluster, monkeypatch):

@@ -38,7 +38,7 @@ def counts() -> Counter:
 
 
 if __name__ == "__main__":  # python -m tests.run.helpers SPEC STORE [executor]
-    from llmbuild.run.signals import on_sigterm_interrupt
+    from llmbuild.run.signals import interrupted_exit, on_sigterm_interrupt
 
     on_sigterm_interrupt()  # as the command line does
     try:
@@ -49,7 +49,8 @@ if __name__ == "__main__":  # python -m tests.run.helpers SPEC STORE [executor]
             quiet=False,
         )
     except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        sys.exit(130)
+        code, word = interrupted_exit()
+        print(word, flush=True)
+        sys.exit(code)
     print(f"summary: {outcome.summary}", flush=True)
     sys.exit(0 if outcome.ok else 1)

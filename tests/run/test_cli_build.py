@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import llmbuild.registry
 from llmbuild.cli import main
-from tests.fixture_backend import fixture_registry, reset, set_control
+from tests.fixture_backend import fixture_registry, invocations, reset, set_control
 from tests.run.helpers import counts
 
 LR = ["--set", "stage.sft.lr=1e-5"]
@@ -224,3 +228,31 @@ def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, cap
     line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
     assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
     assert "  cached  stage:pretrain" in plan
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_a_stopped_build_exits_with_the_status_of_its_signal(cli, capsys, signum, code, word):
+    """SIGTERM stops a build as Ctrl-C does, but job schedulers read the exit status as
+    128 + the signal: 143 for SIGTERM, 130 for Ctrl-C's SIGINT."""
+    set_control(sleep={"stage:pretrain": 60})
+
+    def stop_in_pretrain() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if "stage:pretrain" in invocations():
+                os.kill(os.getpid(), signum)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=stop_in_pretrain, daemon=True).start()
+    began = time.monotonic()
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == code
+    assert time.monotonic() - began < 30
+    assert capsys.readouterr().err.splitlines()[-1] == word
+    store = cli.parent / ".llmbuild"
+    assert not list((store / "leases").iterdir())  # the cleanup is the same
+    (build,) = [json.loads(p.read_text()) for p in (store / "builds").glob("*.json")]
+    assert build["interrupted"] and build["nodes"]["stage:pretrain"]["state"] == "interrupted"

@@ -104,6 +104,41 @@ def test_reproduce_reports_the_nondeterministic_node(project, fixture_env, tmp_p
     assert set(verdicts.values()) == {"identical"}
 
 
+def test_reproduce_names_what_changed_where_it_enters(project, fixture_env, tmp_path):
+    """A data file edited, a backend's version bumped since the build: reproduce names
+    the file or the backend, at the nodes it enters, not every node made from them."""
+    import pytest
+
+    from llmbuild.errors import UserError
+
+    store = tmp_path / "store"
+    outcome = fixture_build(project, store)
+    chat = project.parent / "data" / "chat.jsonl"
+    was = chat.read_text()
+    chat.write_text(was + '{"messages": [{"role": "user", "content": "x"}]}\n')
+    with pytest.raises(UserError) as e:
+        _reproduce(store, outcome.spec_hash)
+    assert str(e.value) == (
+        "the inputs of this build changed since it was recorded, so it cannot be "
+        "reproduced: source:chat: data.sources.chat.path content changed "
+        "(data/chat.jsonl); and 6 nodes made from it"  # tokenize:chat, sft, dpo, ...
+    )
+    chat.write_text(was)
+    outcome = fixture_build(project, store)  # as recorded; then a new eval backend
+    with pytest.raises(UserError) as e:
+        reproduce(
+            Store(str(store)),
+            outcome.spec_hash,
+            BuildOptions(executor="inline", live=False),
+            reporter=PlainReporter(io.StringIO()),
+            registry=fixture_registry({"eval": "99"}),
+        )
+    assert str(e.value).endswith(
+        "reproduced: eval:ppl@pretrain, eval:ppl@sft, eval:gen@sft: backend eval "
+        "'eval v4' -> 'eval v99'"
+    ), e.value
+
+
 def _rec(digest: str, blake3: str, loss: float) -> Record:
     return Record(
         name="stage:x",

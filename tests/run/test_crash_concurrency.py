@@ -80,10 +80,17 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
 
     set_control()
     reset()
+    # The killed build's list of keys, and another host's whose heartbeat stopped an hour
+    # ago (maybe only a clock, or a network, away): the next build here clears the first.
+    (killed,) = (store / "running").iterdir()
+    elsewhere = store / "running" / ("e" * 32)
+    listed = {**json.loads(killed.read_text()), "host": "elsewhere", "pid": os.getpid()}
+    elsewhere.write_text(json.dumps({**listed, "heartbeat": time.time() - 3600}))
     outcome = fixture_build(project, store)  # takes the stale lease over
     assert outcome.ok
     assert counts()["stage:pretrain"] == 1 and "tokenizer" not in counts()
     assert not any((store / "leases").iterdir())
+    assert not killed.exists() and elsewhere.exists()
     assert not scratch.exists()  # the killed build's temp dir, cleared by the new holder
     # gc removes a killed build's temp dir at once (no live lease), not in an hour.
     from llmbuild.store.gc import SCRATCH_GRACE, collect
@@ -94,7 +101,7 @@ def test_kill_9_mid_node_leaves_no_partial_artifact(project, fixture_env, tmp_pa
     os.utime(scratch, (time.time() - SCRATCH_GRACE - 1,) * 2)
     report = collect(Store(str(store)))
     assert report.scratch_removed == 1 and not scratch.exists() and not report.removed
-    # and the killed build's running/ file, which said which keys it was making
+    # and the other host's stale running/ file, which said which keys it was making
     assert report.stale_removed == 1 and not any((store / "running").iterdir())
 
 
@@ -131,7 +138,8 @@ def test_sigterm_ends_a_build_as_ctrl_c_does(
     began = time.monotonic()
     out, _ = proc.communicate(timeout=90)
     assert time.monotonic() - began < 30, out  # not a minute waiting on a stopped cluster
-    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert proc.returncode == 143 and "Traceback" not in out, out  # 128 + SIGTERM
+    assert out.rstrip().splitlines()[-1] == "terminated", out
     assert "SIGTERM received" not in out and "*** " not in out, out
     assert main(["runs", "--store", str(store)]) == 0
     assert "INTERRUPTED" in capsys.readouterr().out
@@ -184,3 +192,52 @@ def test_a_build_waiting_for_a_lease_says_so_once(project, fixture_env, tmp_path
     assert outcome.ok
     waits = [line for line in log.getvalue().splitlines() if "waiting" in line]
     assert len(waits) == 1 and "stage:pretrain" in waits[0] and "elsewhere" in waits[0], waits
+
+
+def test_a_killed_builds_checkpoint_is_named_and_gc_removes_it_when_asked(
+    project, fixture_env, tmp_path, capsys
+):
+    """After kill -9: runs and show name the unfinished node's checkpoint and log; gc
+    keeps the checkpoint and says so, and removes it (not its log) only with
+    --checkpoints, never while a build holds its key."""
+    from llmbuild.cli import main
+
+    store = tmp_path / "store"
+    set_control(sleep={"stage:pretrain": 60})
+    proc = _spawn(project, store, {})
+    _wait_for(lambda: "stage:pretrain" in invocations())
+    _wait_for(lambda: any((store / "work").glob("*/checkpoint.json")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (marker,) = (store / "work").glob("*/checkpoint.json")
+    work, step = marker.parent, json.loads(marker.read_text())["step"]
+    said = f"a resumable checkpoint at step {step} and its log are in {work}"
+    assert main(["runs", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"not recorded: a build was killed making stage:pretrain: {said}" in out, out
+    for name in ("stage:pretrain", "pretrain", work.name[:12]):
+        assert main(["show", name, "--store", str(store)]) == 2
+        err = capsys.readouterr().err
+        assert f"stage:pretrain is not built in {store}: {said}; the next build" in err, err
+
+    assert main(["gc", "--store", str(store), "--keep", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "kept the work of 1 node that did not finish (" in out, out
+    assert f"  stage:pretrain: {said.replace(' are in ', ' in ')} (" in out, out
+    assert main(["gc", "--store", str(store), "--checkpoints", "--dry-run"]) == 0
+    assert "would remove the work of 1 node that did not finish" in capsys.readouterr().out
+    assert marker.exists()
+    # Another host's build holds the key: its checkpoint is not gc's to remove.
+    lease = store / "leases" / work.name
+    holder = {"build": "f" * 32, "host": "elsewhere", "pid": 1, "token": "t"}
+    lease.write_text(json.dumps({**holder, "heartbeat": time.time()}))
+    assert main(["gc", "--store", str(store), "--checkpoints"]) == 0
+    assert "the work of" not in capsys.readouterr().out and marker.exists()
+    lease.unlink()
+    assert main(["gc", "--store", str(store), "--checkpoints"]) == 0
+    out = capsys.readouterr().out
+    assert "removed the work of 1 node that did not finish (" in out, out
+    assert [p.name for p in work.iterdir()] == ["node.log"] and not lease.exists()
+    assert _plan(project, store)["stage:pretrain"].status == "build"  # starts over
+    assert main(["gc", "--store", str(store), "--checkpoints"]) == 0
+    assert "the work of" not in capsys.readouterr().out  # a log alone is not listed

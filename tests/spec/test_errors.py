@@ -303,6 +303,50 @@ def test_cross_field_checks(tmp_path, extra, want):
     assert any(want in f for f in found), found
 
 
+LAYOUT = "[architecture]\nheads = 4\nlayers = 4\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "override", "want"),
+    [
+        (  # kv_heads unset is heads: one cause, said once
+            LAYOUT,
+            "parallelism.tensor=3",
+            "--set parallelism.tensor=3: parallelism.tensor: tensor (3) must divide "
+            "architecture.heads (4)",
+        ),
+        (
+            LAYOUT + "kv_heads = 2\n",
+            "parallelism.tensor=4",
+            "--set parallelism.tensor=4: parallelism.tensor: tensor (4) must divide "
+            "architecture.kv_heads (2)",
+        ),
+        (  # at the --set that broke the layout, not at the spec's layers line
+            LAYOUT,
+            "parallelism.pipeline=3",
+            "--set parallelism.pipeline=3: parallelism.pipeline: pipeline (3) must divide "
+            "architecture.layers (4)",
+        ),
+        (  # set in the spec: at its line there
+            LAYOUT + "[parallelism]\nmicro_batch = 2\npipeline = 3\n",
+            None,
+            "spec.toml:20: parallelism.pipeline: pipeline (3) must divide architecture.layers (4)",
+        ),
+    ],
+)
+def test_a_layout_problem_is_said_once_where_its_parallelism_was_set(
+    tmp_path, extra, override, want
+):
+    from tests.conftest import write_project
+
+    base = _single_stage("lr = 1e-3")
+    if "[parallelism]" in extra:
+        base = base.replace("[parallelism]\nmicro_batch = 2\n", "")
+    spec = write_project(tmp_path, base + extra)
+    found = problems_of(spec, [override] if override else [])
+    assert [f.removeprefix(f"{spec.parent}/") for f in found] == [want]
+
+
 def test_missing_tables_are_named(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text('[model]\nname = "x"\n')
