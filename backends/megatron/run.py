@@ -241,43 +241,45 @@ def _require_answers(ctx: RunContext[TrainConfig]) -> None:
             )
 
 
+def _drop_checkpoint(ctx: RunContext[TrainConfig], note: str) -> None:
+    """Remove the resumable checkpoint (its marker first), with a note saying why."""
+    from llmbuild.store.store import CHECKPOINT_MARKER
+
+    (ctx.work_dir / CHECKPOINT_MARKER).unlink(missing_ok=True)
+    for path in ctx.work_dir.glob("checkpoint-*.pt"):
+        path.unlink()
+    ctx.note(note)
+
+
 def _drop_unreadable_checkpoint(ctx: RunContext[TrainConfig]) -> None:
     """A resumable checkpoint that cannot be read whole (a disk that filled, a file
     changed) is removed, and training starts over, saying so."""
     from llmbuild.backends.megatron.checkpoint import unreadable_checkpoints
 
-    from llmbuild.store.store import CHECKPOINT_MARKER, checkpoint_step
+    from llmbuild.store.store import checkpoint_step
 
     bad = unreadable_checkpoints(ctx.work_dir)
-    if not bad:
-        return
-    step = checkpoint_step(ctx.work_dir)
-    (ctx.work_dir / CHECKPOINT_MARKER).unlink(missing_ok=True)
-    for path in ctx.work_dir.glob("checkpoint-*.pt"):
-        path.unlink()
-    ctx.note(
-        f"the resumable checkpoint{'' if step is None else f' at step {step}'} cannot be "
-        f"read ({', '.join(bad)}): training starts over"
-    )
+    if bad:
+        step = checkpoint_step(ctx.work_dir)
+        at = "" if step is None else f" at step {step}"
+        why = f"the resumable checkpoint{at} cannot be read ({', '.join(bad)})"
+        _drop_checkpoint(ctx, f"{why}: training starts over")
 
 
 def _drop_checkpoint_of_another_layout(ctx: RunContext[TrainConfig]) -> None:
     """A resumable checkpoint written at another layout (tensor, pipeline, data, a sharded
     optimizer) cannot be resumed: its ranks hold other slices. It is removed, saying so,
     and training starts over."""
-    from llmbuild.store.store import CHECKPOINT_MARKER, checkpoint_marker, layout_change
+    from llmbuild.store.store import checkpoint_marker, layout_change
 
     marker = checkpoint_marker(ctx.work_dir)
     change = layout_change(marker, ctx.config.parallelism) if marker is not None else None
-    if change is None:
-        return
-    (ctx.work_dir / CHECKPOINT_MARKER).unlink(missing_ok=True)
-    for path in ctx.work_dir.glob("checkpoint-*.pt"):
-        path.unlink()
-    ctx.note(
-        f"the resumable checkpoint at step {marker['step']} was written at {change[0]}: "
-        f"{change[1]} cannot read it, so training started over"
-    )
+    if change is not None:
+        _drop_checkpoint(
+            ctx,
+            f"the resumable checkpoint at step {marker['step']} was written at {change[0]}: "
+            f"{change[1]} cannot read it, so training started over",
+        )
 
 
 def run(ctx: RunContext[TrainConfig]) -> None:
