@@ -86,3 +86,12 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A "; did you mean 'x'?" suffix, or "" when nothing is close."""
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 GiB``, ``3.2 TiB``; past exbibytes, in powers of ten."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
+            return f"{n:.1f} {unit}" if n < 1024 else f"{n:.3g} B"
+        n /= 1024
+    return f"{n:.3g} B"

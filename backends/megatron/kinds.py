@@ -105,8 +105,10 @@ def layout_problems(arch: Any, par: Any, where: Path) -> list[Problem]:
 
 def _memory_problems(item: Any, where: Path, view: SpecView, patch: Any) -> list[Problem]:
     """A model and batch that cannot fit where they would run, before anything runs."""
-    from llmbuild.backends.megatron.sizes import human_bytes, memory_limit, rank_memory
+    from llmbuild.backends.megatron.sizes import memory_limit, rank_memory
     from pydantic import ValidationError
+
+    from llmbuild.errors import human_bytes
 
     par = view.parallelism
     try:

@@ -81,15 +81,6 @@ def count_params(
     }
 
 
-def human_bytes(n: float) -> str:
-    """``1.5 GiB``, ``3.2 TiB``; past exbibytes, in powers of ten."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if n < 1024 or unit == "EiB":
-            return f"{n:.1f} {unit}" if n < 1024 else f"{n:.3g} B"
-        n /= 1024
-    return f"{n:.3g} B"
-
-
 def _local_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from llmbuild.cli.common import add_store_argument, open_store, ranged
-from llmbuild.errors import UserError
+from llmbuild.errors import UserError, human_bytes
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -105,22 +105,14 @@ def run(args: argparse.Namespace) -> int:
     elif report.work_removed:
         print(f"{verb} {_work_count(report.work_removed)}; the logs stay:")
     for work in report.work_kept or report.work_removed:
-        print(f"  {work.node or 'a node'}: {work.what} in {work.path} ({_bytes(work.size)})")
+        print(f"  {work.node or 'a node'}: {work.what} in {work.path} ({human_bytes(work.size)})")
     return 0
-
-
-def _bytes(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _work_count(works: list) -> str:
     """``the work of 2 nodes that did not finish (1.5 GiB)``."""
     nodes = "1 node" if len(works) == 1 else f"{len(works)} nodes"
-    return f"the work of {nodes} that did not finish ({_bytes(sum(w.size for w in works))})"
+    return f"the work of {nodes} that did not finish ({human_bytes(sum(w.size for w in works))})"
 
 
 def _unrecorded(store, builds: list[dict]) -> None:
