@@ -115,6 +115,9 @@ class FixtureBackend(Backend):
         with open(fixture_dir() / "timings.log", "a") as log:
             log.write(f"{ctx.node} {started} {time.time()} {os.getpid()}\n")
         ctx.metrics["value"] = int(digest[:8], 16) / 2**32
+        if ctx.node in ctl.get("random", []):  # and a metric that surely moves: the run's number
+            runs = (fixture_dir() / "invocations.log").read_text().split()
+            ctx.metrics["run"] = runs.count(ctx.node)
         if ctx.resources.ranks > 1 or ctx.node in ctl.get("allreduce", []):
             result = ctx.run_ranks(allreduce_ranks, {"scratch": str(ctx.work_dir)})
             data = json.loads((result / "allreduce.json").read_text())
