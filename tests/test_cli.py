@@ -78,6 +78,21 @@ def test_commands_work_when_the_cache_dir_cannot_be_written(project, tmp_path, m
     assert "error" not in capsys.readouterr().err
 
 
+def test_a_remote_store_build_with_no_writable_cache_dir_says_so_once(
+    project, tmp_path, monkeypatch, capsys
+):
+    """A remote store's work dirs live in the cache dir: a build that cannot make them
+    fails before any node starts, naming the cache dir and the fix."""
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"
+    monkeypatch.setenv("LLMBUILD_CACHE_DIR", str(cache))
+    assert main(["build", str(project), "--store", "memory://no-cache-dir"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1, err
+    assert f"llmbuild's cache dir {cache} cannot be written" in err
+    assert "LLMBUILD_CACHE_DIR" in err and "running" not in err
+
+
 def test_naming_the_cache_dir_creates_nothing(project, tmp_path, monkeypatch):
     """A remote store keeps its work dirs in the cache dir; planning with one makes no
     directory there, only the stat cache file it writes."""

@@ -122,8 +122,10 @@ def sample_texts(store: Any, records: dict[str, Any]) -> dict[str, list[dict[str
     """``{node: [{prompt, completion}]}`` for the built samples evals."""
     out = {}
     for name, rec in records.items():
+        if not (name.startswith("eval:") and "samples" in rec.metrics):
+            continue  # a remote store fetches what local_dir is asked for
         path = store.local_dir(rec) / "results.json"
-        if name.startswith("eval:") and "samples" in rec.metrics and path.exists():
+        if path.exists():
             results = json.loads(path.read_text()).get("results")
             if isinstance(results, list):
                 out[name] = results

@@ -108,6 +108,9 @@ def build(
     # until a gc; another host's are left to gc, for only a heartbeat tells of them.
     with contextlib.suppress(OSError):  # a read-only store: nothing can be cleared
         clear_killed(store, ("running",), this_host=True)
+    if not cached:  # a work root that cannot be made (a remote store's is in the cache
+        # dir) fails the build here, once, not each node as it starts
+        (store.work_root / "work").mkdir(parents=True, exist_ok=True)
     try:
         running = store.announce(
             build_id, [planned.keys[n].key for n in graph.nodes], owner_info(build_id)

@@ -115,6 +115,18 @@ def test_fixture_pipeline_on_a_memory_store(project, fixture_env):
     assert counts() == {}
 
 
+def test_status_of_a_remote_store_fetches_no_artifact(project, fixture_env, tmp_path, monkeypatch):
+    """status reads records; only a samples eval's texts are fetched, never every
+    artifact of the build (a trained model may be gigabytes)."""
+    from llmbuild.cli import main
+
+    url = f"memory://status-{time.time_ns()}"
+    fixture_build(project, url)
+    monkeypatch.setenv("LLMBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["status", str(project), "--store", url]) == 0
+    assert not (tmp_path / "cache" / "artifacts").exists()
+
+
 def test_gc_keeps_what_recent_builds_reference(project, fixture_env, tmp_path):
     store = tmp_path / "store"
     fixture_build(project, store)
