@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = copy_out(store, planned, args.names, to, args.force, build_command(args))
     except OSError as e:
+        if not _within(e.filename, to):  # the store's or the cache dir's: said as theirs
+            raise
         raise UserError(f"cannot write to {to}: {e}") from None
     for path in written:
         print(path)
     return 0
+
+
+def _within(filename: Any, to: Path) -> bool:
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return True  # an error without a path, while copying to ``to``
+    path, base = os.path.abspath(os.fsdecode(filename)), os.path.abspath(to)
+    return os.path.commonpath([path, base]) in (path, base)  # in ``to``, or above it

@@ -127,6 +127,26 @@ def test_status_of_a_remote_store_fetches_no_artifact(project, fixture_env, tmp_
     assert not (tmp_path / "cache" / "artifacts").exists()
 
 
+def test_export_says_whose_fault_a_failed_copy_is(
+    project, fixture_env, tmp_path, monkeypatch, capsys
+):
+    """A --to that cannot be written is said as the destination's; a remote store's
+    artifact that cannot be fetched into an unwritable cache dir, as the cache dir's."""
+    from llmbuild.cli import main
+
+    url = f"memory://export-{time.time_ns()}"
+    fixture_build(project, url)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("LLMBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    to = tmp_path / "a-file" / "out"
+    assert main(["export", str(project), "--store", url, "--to", str(to)]) == 2
+    assert f"error: cannot write to {to}: " in capsys.readouterr().err
+    monkeypatch.setenv("LLMBUILD_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    assert main(["export", str(project), "--store", url, "--to", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write to" not in err and "LLMBUILD_CACHE_DIR" in err, err
+
+
 def test_gc_keeps_what_recent_builds_reference(project, fixture_env, tmp_path):
     store = tmp_path / "store"
     fixture_build(project, store)
