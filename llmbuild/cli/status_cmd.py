@@ -239,6 +239,11 @@ def run(args: argparse.Namespace) -> int:
     records = built_records(store, {n: k.key for n, k in planned.keys.items()}, corrupt)
     notes = {n: list(r.notes) for n, r in records.items() if r.notes}
     failed = failures(store, {n: k.key for n, k in planned.keys.items()}, records)
+    resumes = {  # kept checkpoints: "resume from step N"
+        n.name: (n.key.key, n.reason.split(";")[0])
+        for n in planned.plan.nodes
+        if n.status == "resume"
+    }
     evals, stages = eval_table(records), stage_table(records)
     exports = export_table(records)
     samples, laws = sample_texts(store, records), scaling_laws(records)
@@ -259,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
             "notes": notes,
             "corrupt": corrupt,
             "failed": failed,
+            "resume": {n: resume for n, (_, resume) in resumes.items()},
             "unavailable": {n: str(p) for n, p in planned.unavailable.items()},
             "artifacts": {n: str(store.artifact_path(r.key)) for n, r in records.items()},
         }
@@ -277,7 +283,15 @@ def run(args: argparse.Namespace) -> int:
         left = [n for n, p in planned.unavailable.items() if p.path == problem.path]
         print(f"missing  {problem}" + (f" (not shown: {', '.join(left)})" if left else ""))
     for node, log in failed.items():
-        print(f"failed   {node} when it last ran" + (f"; its log: {log}" if log else ""))
+        then = f" (the next build will {resumes[node][1]})" if node in resumes else ""
+        print(f"failed   {node} when it last ran{then}" + (f"; its log: {log}" if log else ""))
+    for node, (key, resume) in resumes.items():
+        if node not in failed:  # a build stopped or killed while it trained
+            log = store.work_dir(key, create=False) / "node.log"
+            print(
+                f"stopped  {node} before it ended; the next build will {resume}"
+                + (f"; its log: {log}" if log.is_file() else "")
+            )
     if not records:
         print("nothing built yet")
         return 0

@@ -193,6 +193,34 @@ def test_a_moved_data_file_hides_only_what_is_made_from_it(cli, capsys):
     assert "prefs.jsonl: matches no file" in capsys.readouterr().err
 
 
+def test_status_names_a_kept_checkpoint_and_its_step(cli, capsys):
+    """A stage that failed or was stopped after a checkpoint: status says the next build
+    resumes it, from which step."""
+    from llmbuild.store.store import Store, mark_checkpoint
+
+    set_control(sleep={"stage:pretrain": 0.2}, fail=["stage:pretrain"])
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
+    capsys.readouterr()
+    assert main(["status", str(cli)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("failed"))
+    assert line.startswith(
+        "failed   stage:pretrain when it last ran (the next build will resume from step 2); "
+        "its log: "
+    ), line
+    set_control()
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(cli), "--set", "stage.sft.lr=1e-5", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    (sft,) = [n for n in planned["nodes"] if n["name"] == "stage:sft"]
+    mark_checkpoint(Store(str(cli.parent / ".llmbuild")).work_dir(sft["key"]), 5)  # a kill
+    assert main(["status", str(cli), "--set", "stage.sft.lr=1e-5"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped  stage:sft before it ended; the next build will resume from step 5" in out
+    assert main(["status", str(cli), "--set", "stage.sft.lr=1e-5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resume"] == {"stage:sft": "resume from step 5"}
+
+
 def test_gc_keeps_everything_while_a_build_record_cannot_be_read(cli, capsys):
     """A cut-short record of the newest build: gc cannot tell what it kept, so it removes
     nothing and says which file; runs warns that the build is left out."""
