@@ -217,8 +217,8 @@ def reproduce(
                 continue
             comparisons.append(compare(name, found.target, results[name].record, rtol))
         done = all(r.record is not None for r in results.values())
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing in it is worth keeping
-        done = True
+    except BaseException:  # Ctrl-C, SIGTERM, a cluster that did not start: nothing in it
+        done = True  # is worth keeping (a node that failed is in the results, not raised)
         raise
     finally:
         if made and done:  # a failed node's log stays where its message says

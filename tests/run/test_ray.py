@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -97,6 +98,9 @@ def test_ray_that_cannot_start_is_a_plain_error(project, ray_env, tmp_path, monk
         raise RuntimeError("Failed to start the GCS server")
 
     monkeypatch.setattr(ray, "init", refuse)
+    temp = tmp_path / "temp"  # where reproduce makes its scratch store
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     for argv in (["build", str(project), "--store", str(tmp_path / "other")],
                  ["reproduce", spec_hash, "--store", str(store)]):  # fmt: skip
         assert main(argv) == 2, argv
@@ -104,6 +108,7 @@ def test_ray_that_cannot_start_is_a_plain_error(project, ray_env, tmp_path, monk
         assert "could not start a local Ray cluster: RuntimeError: Failed to start the GCS" in err
         assert "--executor inline" in err and "Traceback" not in err
     assert not list((tmp_path / "other" / "artifacts").glob("*"))
+    assert not list(temp.iterdir())  # nor a scratch store left by reproduce
 
 
 def test_progress_of_ray_workers_reaches_the_driver(project, ray_env, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -68,6 +69,7 @@ def test_an_uncommitted_artifact_is_invisible(store):
     (out / "x").write_text("partial")
     assert not store.lookup(key).cached
     assert store.artifacts() == []
+    shutil.rmtree(out)  # a remote store's scratch is in the temp dir
 
 
 def test_leases_exclude_and_expire(tmp_path, monkeypatch):
