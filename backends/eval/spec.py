@@ -24,8 +24,8 @@ class Perplexity(EvalTable):
     """Extra text files to measure, relative to the spec file."""
     max_batches: PositiveInt | None = None
     """Cap on the batches measured per source; all when omitted."""
-    batch_size: PositiveInt = marked("execution", 8)
-    """Sequences per forward pass."""
+    batch_size: PositiveInt = marked("execution", 8, unless="max_batches")
+    """Sequences per forward pass (with `max_batches`, also how many are measured)."""
 
 
 class LmEval(EvalTable):

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from llmbuild.plan.canonical import canonical_hash
 from llmbuild.plan.graph import Graph, Node
-from llmbuild.spec.base import key_role
+from llmbuild.spec.base import key_mark
 
 
 def key_config(value: Any) -> Any:
@@ -24,7 +24,10 @@ def key_config(value: Any) -> Any:
     if isinstance(value, BaseModel):
         out = {}
         for name, f in type(value).model_fields.items():
-            role = key_role(type(value), name)
+            mark = key_mark(type(value), name)
+            role = mark.role if mark is not None else None
+            if mark is not None and mark.unless and getattr(value, mark.unless) is not None:
+                role = "added"  # deciding the output here: in the key unless at its default
             field_value = getattr(value, name)
             if role == "added" and field_value == f.default:
                 continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from llmbuild.backend import Resources
@@ -122,6 +122,19 @@ def _diff(old: Any, new: Any, path: str, out: list[Change]) -> None:
         out.append(Change(path, old, new))
 
 
+def _default(config: Any, path: str) -> Any:
+    """The default of the config field at ``path`` (``suite.batch_size``), or None."""
+    *parents, name = re.split(r"\.|\[", path)
+    model = config
+    try:
+        for part in parents:
+            model = model[int(part[:-1])] if part.endswith("]") else getattr(model, part, None)
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+    found = getattr(type(model), "model_fields", {}).get(name)
+    return None if found is None or found.is_required() else found.default
+
+
 def explain(
     node: Node, old: Mapping[str, Any], new: Mapping[str, Any]
 ) -> tuple[list[Change], list[str]]:
@@ -141,6 +154,10 @@ def explain(
     config_changes: list[Change] = []
     _diff(old.get("config", {}), new.get("config", {}), "", config_changes)
     for c in config_changes:
+        if c.old is None or c.new is None:  # a field keys leave out at its default
+            default = _default(node.config, c.field)
+            c = replace(c, old=default if c.old is None else c.old,
+                        new=default if c.new is None else c.new)  # fmt: skip
         top, _, rest = c.field.partition(".")
         top_name, bracket, idx = top.partition("[")
         label = node.spec_key(top_name) + (f"[{idx}" if bracket else "")

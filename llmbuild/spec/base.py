@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 KeyRole = Literal["execution", "label", "reference", "content", "mixture", "added"]
 KEY_ROLE = "x-key-role"
+KEY_UNLESS = "x-key-unless"
 REFERENCES = "x-references"
 
 RefTarget = Literal["stage", "text", "tokens"]
@@ -75,9 +76,14 @@ class KeyMark:
     own: bool = False
     """References to sources, with ``omitted`` and ``each``: omitted, the field names the
     sources of that role the node's own stage trains on (when it trains on any)."""
+    unless: str | None = None
+    """Execution: while this other field of the table is set, the field decides the
+    output too, and enters keys as an added field does (at its default, left out)."""
 
     def __call__(self, schema: dict[str, Any]) -> None:
         schema[KEY_ROLE] = self.role
+        if self.unless is not None:
+            schema[KEY_UNLESS] = self.unless
         if self.target is not None:
             schema[REFERENCES] = self.target
 
@@ -92,9 +98,10 @@ def table_dump(model: BaseModel) -> dict[str, Any]:
     return out
 
 
-def marked(role: KeyRole, default: Any = ..., **kwargs: Any) -> Any:
-    """A pydantic Field carrying its key role (execution, label or mixture)."""
-    return Field(default, json_schema_extra=KeyMark(role), **kwargs)
+def marked(role: KeyRole, default: Any = ..., unless: str | None = None, **kwargs: Any) -> Any:
+    """A pydantic Field carrying its key role (execution, label or mixture); ``unless``
+    names the field whose being set makes an execution field decide the output."""
+    return Field(default, json_schema_extra=KeyMark(role, unless=unless), **kwargs)
 
 
 def added(default: Any = None, **kwargs: Any) -> Any:

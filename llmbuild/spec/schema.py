@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 
-from llmbuild.spec.base import KEY_ROLE, REFERENCES, Name, _as_tuple
+from llmbuild.spec.base import KEY_ROLE, KEY_UNLESS, REFERENCES, Name, _as_tuple
 from llmbuild.spec.root import spec_model
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
@@ -323,6 +323,11 @@ class _Reference:
             if role == "reference":
                 what = REFERENCE_NOTES[prop.get(REFERENCES, "stage")]
                 desc = f"{desc} *Names {what}: an input edge, whose key enters this node's.*"
+            elif role == "execution" and prop.get(KEY_UNLESS):
+                desc = (
+                    f"{desc} *Not part of node keys unless `{prop[KEY_UNLESS]}` is set: "
+                    "then a value other than the default is.*"
+                )
             elif role:
                 desc = f"{desc} *{ROLE_NOTES[role]}*"
             cells = [

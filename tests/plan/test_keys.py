@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmbuild.plan import StatCache, plan_spec
+from llmbuild.plan.status import explain
 from llmbuild.spec.load import load_spec
 from tests.conftest import FULL_SPEC, write_project
 
@@ -44,11 +45,26 @@ def test_graph_nodes(project):
     assert set(keys(project)) == ALL
 
 
+def test_a_batch_size_that_sets_how_much_is_measured_enters_the_key(project):
+    """With max_batches, the batch size sets how many sequences the suite measures: a
+    change rebuilds it and plan says which field; at its default the key is as before."""
+    capped = keys(project, ["eval.ppl.max_batches=3"])
+    assert capped == keys(project, ["eval.ppl.max_batches=3", "eval.ppl.batch_size=8"])
+    more = ["eval.ppl.max_batches=3", "eval.ppl.batch_size=16"]
+    assert changed(capped, keys(project, more)) == {"eval:ppl@pretrain", "eval:ppl@sft"}
+    planned = plan_spec(load_spec(project, more), cache=StatCache())
+    node = planned.graph["eval:ppl@sft"]
+    old = plan_spec(load_spec(project, more[:1]), cache=StatCache()).keys["eval:ppl@sft"]
+    changes, _ = explain(node, old.preimage, planned.keys["eval:ppl@sft"].preimage)
+    assert [str(c) for c in changes] == ["eval.ppl.batch_size 8 -> 16"]
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
         ("eval.gen.max_new_tokens=10", {"eval:gen@sft"}),
         ("eval.ppl.max_batches=3", {"eval:ppl@pretrain", "eval:ppl@sft"}),
+        ("eval.ppl.batch_size=16", set()),  # only how the sequences are grouped
         ("stage.sft.lr=1e-5", FROM_SFT),
         ("stage.dpo.beta=0.2", {"stage:dpo", "export:hf@dpo"}),
         ("stage.pretrain.steps=30", FROM_PRETRAIN),
