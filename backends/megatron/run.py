@@ -340,8 +340,10 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         meta["base"] = {"node": base.record.name, "key": base.record.key}
     (ctx.out_dir / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
     rows = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
+    mark = time.perf_counter()
     _tensorboard(ctx.out_dir / "tensorboard", stage.name, rows)
     _loss_curve(ctx.out_dir / "loss.png", stage.name, rows)
+    ctx.timings["curves"] = round(time.perf_counter() - mark, 3)  # TensorBoard's and a PNG
     final = rows[-1]
     if (parameters := _parameters(ctx.out_dir)) is not None:
         ctx.metrics["parameters"] = parameters

@@ -113,8 +113,10 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     timings["data"] = time.perf_counter() - mark
     # Trained through the wrapper; ``model`` keeps the canonical parameter names.
     sharded = cfg.distributed_optimizer
+    mark = time.perf_counter()
     ddp = data_parallel.apply_data_parallel(model, sharded)
-    opt = data_parallel.build_optimizer(ddp, stage, sharded)
+    opt = data_parallel.build_optimizer(ddp, stage, sharded)  # torch imports its compiler here
+    timings["optimizer"] = time.perf_counter() - mark
     steps, gbs, micro = stage["steps"], stage["global_batch"], cfg.micro_batch
     rank = info.rank
     dp_rank = parallel_state.get_data_parallel_rank()

@@ -147,8 +147,11 @@ def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch):
     spec = tiny_spec(tmp_path, steps=4, extra=ppl)
     outcome = run_nodes(spec, tmp_path / "store", ("eval:ppl@pretrain",))
     assert outcome.ok, outcome.log
-    threads = outcome.results["stage:pretrain"].record.timings["rank0.threads"]
+    timings = outcome.results["stage:pretrain"].record.timings
+    threads = timings["rank0.threads"]
     assert outcome.results["eval:ppl@pretrain"].record.timings["threads"] == os.cpu_count()
+    phases = ("setup", "data", "optimizer", "steps", "save")  # where the time went
+    assert sum(timings[f"rank0.{p}"] for p in phases) + timings["curves"] <= timings["seconds"]
     monkeypatch.setattr(os, "cpu_count", lambda: 4 * threads)
     _, comparisons = reproduce(
         Store(str(tmp_path / "store")), outcome.spec_hash,
