@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class MegatronBackend(Backend):
     name = "megatron"
-    version = "3"  # 3: logits of the padded vocabulary rows are hidden from every softmax
+    version = "4"  # 4: validation runs with dropout off (3: padded vocabulary rows hidden)
     Config = TrainConfig
     reports = ("metrics.jsonl", "tensorboard/", "loss.png")
     inputs = (

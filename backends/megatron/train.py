@@ -141,7 +141,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         start, history, initial = state["step"], state["history"], state.get("initial")
     if start == 0 and stage["kind"] != "pretrain":
         mark = time.perf_counter()
-        initial = objective.evaluate(ddp, eval_samples, micro)  # before any update
+        initial = _validate(objective, ddp, eval_samples, micro)  # before any update
         timings["validation"] = time.perf_counter() - mark
     progress = cfg.progress
     tokens_per_step = gbs * arch.seq_len
@@ -187,7 +187,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         last = step + 1 == steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
             mark = time.perf_counter()
-            row.update(objective.evaluate(ddp, eval_samples, micro))
+            row.update(_validate(objective, ddp, eval_samples, micro))
             timings["validation"] = timings.get("validation", 0.0) + time.perf_counter() - mark
         history.append(row)
         if not math.isfinite(row["loss"]):  # the same on every rank: it is reduced
@@ -261,6 +261,16 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     timings["threads"] = torch.get_num_threads()
     (out / TIMINGS).write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}))
     return out
+
+
+def _validate(objective: Any, model: Any, samples: int, micro: int) -> dict[str, float]:
+    """The objective's validation measures with dropout off: they are the model's, and
+    training draws its dropout masks from the random stream as if none had been taken."""
+    model.eval()
+    try:
+        return objective.evaluate(model, samples, micro)
+    finally:
+        model.train()
 
 
 def _write_weights(out: Path, weights: dict[str, Any], adapter: Any, stage: dict[str, Any]) -> None:

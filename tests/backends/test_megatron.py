@@ -176,6 +176,23 @@ def test_two_builds_commit_identical_weights(tmp_path):
     )
 
 
+def test_validating_during_training_changes_nothing_it_trains(tmp_path):
+    """With dropout on, validating every 2 steps (eval_every, execution only) trains the
+    same weights as validating once at the end, and measures with dropout off."""
+    spec = tiny_spec(tmp_path, steps=6)
+    dropout = ["architecture.dropout=0.1"]
+    once = run_nodes(spec, tmp_path / "once", ("stage:pretrain",), dropout)
+    often = run_nodes(
+        spec, tmp_path / "often", ("stage:pretrain",), [*dropout, "stage.pretrain.eval_every=2"]
+    )
+    a, b = once.results["stage:pretrain"].record, often.results["stage:pretrain"].record
+    assert a.key == b.key and a.output_digest == b.output_digest
+    assert a.metrics["val_loss"] == b.metrics["val_loss"]
+    metrics = next((tmp_path / "often").glob("artifacts/*/metrics.jsonl"))
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6]
+
+
 def test_parallelism_change_keeps_the_trained_stage(tmp_path):
     spec = tiny_spec(tmp_path, steps=12)
     assert run_nodes(spec, tmp_path / "s", ("stage:pretrain",)).ok
