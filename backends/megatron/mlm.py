@@ -119,7 +119,7 @@ def masked_loss(model: Any, batch: dict[str, Any], precision: str) -> tuple[Any,
     logits = full_vocab_logits(model, batch, precision)
     mask = batch["loss_mask"].flatten()
     per_token = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
-    count = mask.sum().clamp(min=1)
+    count = batch.get("loss_norm", mask.sum().clamp(min=1))  # objectives.share_token_norm
     right = ((logits.detach().argmax(-1).flatten() == batch["labels"].flatten()) * mask).sum()
     return (per_token * mask).sum() / count, right, count
 
@@ -128,6 +128,8 @@ class MaskedLM:
     """The masked-LM objective: cross-entropy on the masked tokens, and how many of them
     the model gets right (``accuracy``); validation adds the unigram baseline (always the
     training text's most frequent token)."""
+
+    token_mean = True  # the loss is a mean over masked tokens: ``share_token_norm``
 
     def __init__(self, train: MaskedSamples, valid: MaskedSamples | None, precision: str) -> None:
         self.train, self.valid, self.precision = train, valid, precision

@@ -21,8 +21,33 @@ def autocast(precision: str) -> Any:
 
 
 def masked_mean(per_token: Any, batch: dict[str, Any]) -> Any:
+    """The batch's summed loss over its learned tokens, divided by its ``loss_norm``
+    (``share_token_norm``) or else by its own count of them."""
     mask = batch["loss_mask"]
-    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
+    norm = batch.get("loss_norm")
+    return (per_token.float() * mask).sum() / (mask.sum().clamp(min=1) if norm is None else norm)
+
+
+def share_token_norm(batches: list[dict[str, Any]]) -> None:
+    """Give each batch, as ``loss_norm``, the mean count of learned tokens per batch over
+    all of ``batches`` on every data-parallel rank. The mean of the batches' losses is then
+    the mean over every learned token of them all, each token weighing the same whatever
+    the micro batch size or the number of replicas (a chat's answers differ in length; a
+    loss averaged per micro batch would weigh a short answer's tokens more, by a factor
+    the layout sets). With equal counts, pretraining's, it is each batch's own count."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    counts = torch.tensor(
+        [sum(float(b["loss_mask"].sum()) for b in batches), float(len(batches))],
+        dtype=torch.float64,
+    )
+    if parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+    norm = max(float(counts[0]), 1.0) / max(float(counts[1]), 1.0)
+    for b in batches:  # in the dtype the batch's own count would have had
+        dtype = b["loss_mask"].dtype if b["loss_mask"].is_floating_point() else torch.float32
+        b["loss_norm"] = torch.tensor(norm, dtype=dtype)
 
 
 def token_losses(model: Any, batch: dict[str, Any], precision: str = "fp32") -> Any:
@@ -84,6 +109,7 @@ class LanguageModel:
     in supervised fine-tuning. Works at every layout, pipeline included."""
 
     pipeline_ok = True
+    token_mean = True  # the loss is a mean over learned tokens: ``share_token_norm``
 
     def __init__(self, train: Any, valid: Any, precision: str, seq_len: int) -> None:
         self.train, self.valid, self.precision, self.seq_len = train, valid, precision, seq_len
@@ -104,6 +130,7 @@ class LanguageModel:
             return {}
         data = self.valid
         mine = [data.batch(chunk) for chunk in _my_chunks(samples, micro)]
+        share_token_norm(mine)  # the mean over every measured token
         total = 0.0
         with torch.no_grad():
             if parallel_state.get_pipeline_model_parallel_world_size() > 1:

@@ -60,7 +60,12 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         value_head,
         weights_of,
     )
-    from llmbuild.backends.megatron.objectives import _dp_reduce, autocast, masked_mean
+    from llmbuild.backends.megatron.objectives import (
+        _dp_reduce,
+        autocast,
+        masked_mean,
+        share_token_norm,
+    )
     from llmbuild.backends.megatron.schedule import lr_at
     from llmbuild.backends.megatron.shards import canonical_init, gather_canonical, load_canonical
     from llmbuild.backends.megatron.spec import Schedule
@@ -155,14 +160,16 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         loss_sum = torch.zeros(1)
         sums: dict[str, float] = {}
         starts = [step * gbs + dp_rank * (gbs // dp) + m * micro for m in range(accum)]
+        batches = [objective.batch(list(range(i, i + micro))) for i in starts]
+        if getattr(objective, "token_mean", False):  # every token of the step weighs alike
+            share_token_norm(batches)
         if pp > 1:  # micro batches flow through the 1F1B schedule, backward included
-            batches = [objective.batch(list(range(i, i + micro))) for i in starts]
             with autocast(stage["precision"]):
                 loss_sum += pipeline.pipeline_loss(
                     ddp, batches, arch.seq_len, micro, masked_mean, forward_only=False
                 )
-        for i in starts if pp == 1 else ():
-            loss, metrics = objective.loss(ddp, objective.batch(list(range(i, i + micro))))
+        for batch in batches if pp == 1 else ():
+            loss, metrics = objective.loss(ddp, batch)
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
             for k, v in metrics.items():

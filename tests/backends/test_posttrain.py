@@ -132,6 +132,36 @@ def test_sft_lowers_the_answer_loss(chain):
     assert metrics["val_loss"] < metrics["initial_val_loss"] - 1.0
 
 
+def test_sft_learns_the_same_at_any_micro_batch(tmp_path):
+    """Answers of 1 to 24 tokens, unpacked: the step's loss is the mean over all its
+    learned tokens, so micro batches of 1 (8 accumulated) train what micro batches of 4
+    do (the layout is execution only), to float rounding. Averaged per micro batch, a
+    short answer's tokens weighed more at 1 than at 4."""
+    import random
+
+    rng = random.Random(0)
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": f"{i} + {i}"},
+                                 {"role": "assistant", "content": "7" * rng.randint(1, 24)}]})
+        for i in range(120)
+    ]  # fmt: skip
+    varied = '[[data.sources]]\nname = "varied"\npath = "varied.jsonl"\nrole = "chat"\n'
+    stage = SFT.replace('data = "chat"', 'data = "varied"\npacking = false')
+    spec = posttrain_spec(tmp_path / "p", stage, extra=varied)
+    (tmp_path / "p" / "varied.jsonl").write_text("\n".join(lines) + "\n")
+    runs = []
+    for micro in (4, 1):
+        store = tmp_path / f"store-{micro}"
+        done = run_nodes(spec, store, ("stage:sft",), [f"parallelism.micro_batch={micro}"])
+        assert done.ok, done.log
+        runs.append(_metrics(store, done, "stage:sft"))
+    first, second = runs
+    assert [r["step"] for r in first] == [r["step"] for r in second]
+    for a, b in zip(first, second):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+    assert second[-1]["val_loss"] == pytest.approx(first[-1]["val_loss"], rel=1e-4)
+
+
 def test_lora_artifact_holds_only_small_adapters_over_its_base(chain):
     from safetensors.torch import load_file
 
