@@ -1,7 +1,7 @@
 """Config of an ``export:<format>@<stage>`` node."""
 
 from llmbuild.kinds import item_type
-from llmbuild.spec.base import SpecModel
+from llmbuild.spec.base import SpecModel, added
 
 
 class ExportConfig(SpecModel):
@@ -11,3 +11,5 @@ class ExportConfig(SpecModel):
     """The `[[export]]` table."""
     model_name: str = ""
     """The model's name (`[model] name`), which GGUF files carry as `general.name`."""
+    finetune: str = added("")
+    """The exported stage's name, which GGUF files carry as `general.finetune`."""

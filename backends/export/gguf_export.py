@@ -293,7 +293,8 @@ def export_gguf(ctx: Any, export: Any) -> None:
     arch = arch_name(hf.family)
     path = ctx.out_dir / FILE
     name = ctx.config.model_name or hf.name
-    write_gguf(path, arch, tensors, meta, vocab, name, export.quantization, finetune=hf.name)
+    finetune = ctx.config.finetune or hf.name  # the stage's name now, not when it was built
+    write_gguf(path, arch, tensors, meta, vocab, name, export.quantization, finetune=finetune)
     expected = {
         **meta,
         "general.architecture": arch,

@@ -19,9 +19,11 @@ class ExportKind(Kind):
         super().__init__(model, "export")
 
     def config(self, item: Any, spec: Any, refs: NodeRefs) -> ExportConfig:
-        # Only a GGUF file carries the model's name: renaming it rebuilds no other export.
-        name = spec.model.name if item.format == "gguf" else ""
-        return ExportConfig(export=item, model_name=name)
+        # Only a GGUF file carries the model's and the stage's names: renaming either
+        # rebuilds no other export.
+        if item.format != "gguf":
+            return ExportConfig(export=item)
+        return ExportConfig(export=item, model_name=spec.model.name, finetune=item.stage)
 
     def labels(self, item: Any) -> dict[str, str]:
         return {"export": node_name("export", item).replace("export:", "export.", 1)}

@@ -87,8 +87,8 @@ def from_stage(stage_input: Any, tokenizer_input: Any, node: str) -> ServedModel
     hf = hf_model(stage, tokenizer, node)
     start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     return ServedModel(
-        name=hf.name,
-        aliases=(node,),
+        name=node.partition(":")[2] or hf.name,  # as the spec names the stage now: a
+        aliases=(node,),  # renamed stage keeps its key, and its artifact the old name
         model=hf.model.float().eval(),
         tokenizer=tokenizer.hf_tokenizer(),
         stop_ids=tuple(tokenizer.stop_ids),

@@ -151,6 +151,23 @@ def test_models_are_named_after_the_stage_and_the_export(servers):
     assert servers["stage"].health()["status"] == "ok"
 
 
+def test_a_renamed_stage_is_served_under_its_new_name(built):
+    """A stage's name is a label: renamed, its artifact is the one built under the old
+    name, and the server names it as the spec does now."""
+    import argparse
+
+    from llmbuild.cli.serve_cmd import open_model
+
+    spec, store = built
+    renamed = spec.with_name("renamed.toml")
+    text = spec.read_text().replace('name = "base"', 'name = "tuned"')
+    renamed.write_text(text.replace('stage = "base"', 'stage = "tuned"'))
+    args = argparse.Namespace(spec=str(renamed), overrides=[], store=str(store), export=None,
+                              stage="tuned", command="serve")  # fmt: skip
+    served = open_model(args)
+    assert (served.name, served.aliases) == ("tuned", ("stage:tuned",))
+
+
 def test_greedy_completion_equals_llmbuild_generate(built, servers):
     spec, store = built
     # longer than the seq_len the spec trains at, within the model's positions: generate

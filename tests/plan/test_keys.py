@@ -166,6 +166,22 @@ def test_adding_a_file_to_a_glob_changes_the_source(project):
     assert "source:books" in changed(before, keys(project))
 
 
+def test_renaming_a_stage_rebuilds_only_the_files_that_carry_its_name(tmp_path):
+    """A stage's name is a label: renaming it keeps every key but a GGUF export's, whose
+    file carries the name (general.finetune)."""
+    gguf = '\n[[export]]\nformat = "gguf"\nstage = "dpo"\n'
+    spec = FULL_SPEC + gguf
+    before = keys(write_project(tmp_path / "a", spec))
+    renamed = spec.replace('name = "dpo"', 'name = "aligned"').replace(
+        'stage = "dpo"', 'stage = "aligned"'
+    )
+    after = keys(write_project(tmp_path / "b", renamed))
+    names = {"export:hf@aligned": "export:hf@dpo", "export:gguf@aligned": "export:gguf@dpo",
+             "stage:aligned": "stage:dpo"}  # fmt: skip
+    after = {names.get(n, n): k for n, k in after.items()}
+    assert changed(before, after) == {"export:gguf@dpo"}
+
+
 def test_golden_keys(tmp_path):
     # These literal keys change only when the key preimage of these nodes changes: a new
     # schema default, a backend version bump, or a change to canonical JSON. If one of
