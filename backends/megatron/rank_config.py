@@ -56,6 +56,7 @@ class RankConfig:
     distributed_optimizer: bool = False
     eval_every: int | None = None
     checkpoint_every: int = 100
+    log_every: int = 10
     init: WeightsRef | None = None
     """The stage to start from; from scratch when None."""
     reference: WeightsRef | None = None

@@ -160,6 +160,7 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
         distributed_optimizer=par.distributed_optimizer,
         eval_every=stage.eval_every,
         checkpoint_every=stage.checkpoint_every,
+        log_every=stage.log_every,
         init=_weights_ref(ctx, "from"),
         reference=_weights_ref(ctx, "reference"),
         teacher=_weights_ref(ctx, "teacher"),

@@ -105,7 +105,7 @@ class StageBase(StageTable):
     """Validation-loss measurements use this many global batches of validation
     sequences (the same sequences whatever the parallel layout)."""
     log_every: PositiveInt = marked("execution", 10)
-    """Steps between metric log lines."""
+    """Steps between lines of training metrics (loss, lr, grad_norm, ...) in the node's log."""
     checkpoint_every: PositiveInt = marked("execution", 100)
     """Steps between resumable checkpoints in the node's work dir."""
 

@@ -7,6 +7,7 @@ the builder the stage's kind names (``objective_builders.py``); LoRA adapters fr
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import time
@@ -200,6 +201,8 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         if not math.isfinite(row["loss"]):  # the same on every rank: it is reduced
             diverged = {"step": step + 1, "loss": str(row["loss"]), "lr": lr}
             break
+        if rank == 0 and ((step + 1) % cfg.log_every == 0 or last):
+            _log_step(work, row, steps)
         if rank == 0 and progress is not None:
             shown = {
                 k: round(row[k], 4)
@@ -268,6 +271,20 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     timings["threads"] = torch.get_num_threads()
     (out / TIMINGS).write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}))
     return out
+
+
+def _log_step(work: Path, row: dict[str, Any], steps: int) -> None:
+    """The step's metrics as a line of the node's log (``log_every``), where this rank's
+    machine has it."""
+    log = work / "node.log"
+    if not log.parent.is_dir():
+        return
+    shown = " ".join(
+        f"{k} {v:.4g}" for k, v in row.items() if k != "step" and isinstance(v, (int, float))
+    )
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]  # as logging's
+    with open(log, "a") as f:
+        f.write(f"{stamp} INFO step {row['step']}/{steps} {shown}\n")
 
 
 def _validate(objective: Any, model: Any, samples: int, micro: int) -> dict[str, float]:

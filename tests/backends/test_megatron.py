@@ -191,6 +191,10 @@ def test_validating_during_training_changes_nothing_it_trains(tmp_path):
     metrics = next((tmp_path / "often").glob("artifacts/*/metrics.jsonl"))
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6]
+    log = (tmp_path / "often" / "logs" / f"{b.key}.log").read_text()  # every log_every
+    assert [ln.split(" step ")[1].split()[0] for ln in log.splitlines() if " step " in ln] == [
+        "6/6"
+    ]
 
 
 def test_parallelism_change_keeps_the_trained_stage(tmp_path):
