@@ -275,6 +275,9 @@ def logits_check(
 
 
 def export_gguf(ctx: Any, export: Any) -> None:
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as T
+
     from llmbuild.errors import UserError
 
     stage, tokenizer = inputs(ctx)
@@ -340,7 +343,20 @@ def export_gguf(ctx: Any, export: Any) -> None:
         }
     )
     if vocab.model == "none":
-        ctx.log.warning("the tokenizer has no GGUF form: %s carries no vocabulary", FILE)
+        ctx.note(
+            f"the tokenizer has no GGUF form ({_tokenizer_kind(tokenizer)}): {FILE} carries no "
+            "vocabulary, so a GGUF runtime cannot encode text for it; use the tokenizer of an "
+            "hf export of the same stage"
+        )
+    quantized = sum(t.qtype not in (T.F32, T.F16) for t in tensors.values())
+    ctx.metrics["quantized_tensors"] = quantized
+    if export.quantization in QUANTIZED and not quantized:
+        block = GGML_QUANT_SIZES[T[export.quantization.upper()]][0]
+        ctx.note(
+            f"no matrix has rows that fill whole {export.quantization} blocks of {block}: "
+            f"every one is stored as f16, and {FILE} is an f16 file (its header says "
+            f"{export.quantization}); a hidden and ffn_hidden divisible by {block} quantize"
+        )
     ctx.log.info(
         "gguf export verified: %d tensors, largest relative error %.1e, max logit "
         "difference %.2e, top-1 agreement %.1f%%",
@@ -349,3 +365,9 @@ def export_gguf(ctx: Any, export: Any) -> None:
         logits["max_logit_diff"],
         100 * logits["top1_agreement"],
     )
+
+
+def _tokenizer_kind(tokenizer: Any) -> str:
+    """What the tokenizer is, as the note on a GGUF without a vocabulary says it."""
+    kind = tokenizer.info.kind
+    return "a char vocabulary beyond ASCII" if kind == "char" else f"a {kind} tokenizer"

@@ -43,6 +43,19 @@ class ExportKind(Kind):
                     (*where, "format"),
                 )
             ]
+        arch = view_architecture(view, item.stage)
+        window = getattr(arch, "sliding_window", None)
+        positions = getattr(arch, "max_positions", None) or getattr(arch, "seq_len", 0)
+        if item.format == "gguf" and window is not None and window < positions:
+            return [  # llama.cpp's llama architecture attends to the whole context
+                Problem(
+                    f"{item.stage!r} attends through a sliding window of {window} tokens of "
+                    f"its {positions} positions, which the GGUF export does not write (a "
+                    "runtime would attend to every earlier token and answer otherwise past "
+                    "the window): export it as hf or onnx",
+                    (*where, "format"),
+                )
+            ]
         if not classifier and item.format != "hf" and is_encoder(view, item.stage):
             return [
                 Problem(

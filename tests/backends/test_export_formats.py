@@ -362,3 +362,20 @@ def test_an_opset_below_18_is_a_clear_spec_error(tmp_path):
     )
     with pytest.raises(SpecError, match=r"export\[0\]\.opset"):
         load_spec(spec)
+
+
+def test_a_gguf_that_cannot_carry_what_was_asked_says_so(tmp_path):
+    """Rows of 48 fill no q4_0 block of 32, and a char vocabulary beyond ASCII has no GGUF
+    form: the export still proves its file, and says both, in the build's notes."""
+    spec = tiny_spec(tmp_path, steps=2, extra='[[export]]\nformat = "gguf"\nstage = "pretrain"\n'
+                     'quantization = "q4_0"\n')  # fmt: skip
+    text = tmp_path / "data" / "text.txt"
+    text.write_text(text.read_text()[:20_000] + "\n\nUn café, s'il vous plaît.\n")
+    narrow = ["architecture.hidden=48", "architecture.ffn_hidden=100"]
+    outcome = run_nodes(spec, tmp_path / "store", ("export:gguf@pretrain",), narrow)
+    assert outcome.ok, outcome.log
+    record = outcome.results["export:gguf@pretrain"].record
+    assert record.metrics["quantized_tensors"] == 0
+    notes = " ".join(record.notes)
+    assert "no matrix has rows that fill whole q4_0 blocks of 32" in notes, notes
+    assert "the tokenizer has no GGUF form (a char vocabulary beyond ASCII)" in notes, notes

@@ -110,6 +110,15 @@ def test_a_gguf_export_of_rope_scaling_is_refused_before_training(imported, tmp_
         load_spec(spec)
 
 
+def test_a_gguf_export_of_a_sliding_window_is_refused_before_training(tmp_path):
+    """llama.cpp's llama architecture attends to the whole context: past the window its
+    answers would differ from the model's, with nothing said."""
+    ck = write_checkpoint(tmp_path / "ck", "mistral", sliding_window=16)
+    spec = import_spec(tmp_path, ck, "[architecture]\nseq_len = 16\n" + GGUF_EXPORT)
+    with pytest.raises(SpecError, match=r"export\[0\].format: 'base' attends through a sliding"):
+        load_spec(spec)
+
+
 def test_the_check_catches_a_wrong_conversion(imported, tmp_path):
     """Swapping two tensors of the same shape (a classic mistake) fails the comparison."""
     from llmbuild.backends.checkpoint.run import logit_difference
