@@ -66,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
         until=tuple(getattr(args, "until", ())),
         live=False if args.plain else None,
     )
-    # A node's progress is the build's to show: transformers' and huggingface_hub's bars
-    # (loading and writing weights) would only break into it. A user's setting wins.
+    # A node's progress is the build's to show: transformers', huggingface_hub's and
+    # lm-eval's bars (loading, converting and writing weights; requests) would only break
+    # into it. A user's setting wins.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if args.command == "reproduce":
         return _reproduce(args, options)
 

@@ -51,6 +51,20 @@ def test_build_then_cached(cli, capsys):
     assert "stage:sft" in plan and "stage.sft.lr 2e-5 -> 1e-5" in plan
 
 
+def test_a_build_leaves_no_library_progress_bars_in_its_output(cli, monkeypatch):
+    """Libraries' tqdm bars (transformers converting a GGUF file, lm-eval's requests)
+    would break into the build's own progress lines: the processes that run its nodes
+    (Ray's workers inherit the build's environment) show none."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    bar = "from tqdm import tqdm; import sys; sys.exit(0 if tqdm(range(3)).disable else 1)"
+    assert subprocess.run([sys.executable, "-c", bar], env=dict(os.environ)).returncode == 0
+
+
 def test_failed_build_exits_nonzero_and_names_skipped(cli, capsys):
     set_control(fail=["stage:pretrain"])
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
