@@ -106,10 +106,18 @@ class Change:
         return f"{self.field} {_show(self.old)} -> {_show(self.new)}"
 
 
+ABSENT = object()
+"""A field one preimage leaves out (an added field at its default, say)."""
+
+
 def _diff(old: Any, new: Any, path: str, out: list[Change]) -> None:
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new), key=str):
-            _diff(old.get(k), new.get(k), f"{path}.{k}" if path else k, out)
+            a, b, at = old.get(k, ABSENT), new.get(k, ABSENT), f"{path}.{k}" if path else k
+            if a is ABSENT or b is ABSENT:
+                out.append(Change(at, a, b))
+            else:
+                _diff(a, b, at, out)
     elif (
         isinstance(old, list)
         and isinstance(new, list)
@@ -154,10 +162,10 @@ def explain(
     config_changes: list[Change] = []
     _diff(old.get("config", {}), new.get("config", {}), "", config_changes)
     for c in config_changes:
-        if c.old is None or c.new is None:  # a field keys leave out at its default
+        if c.old is ABSENT or c.new is ABSENT:  # keys leave such a field out at its default
             default = _default(node.config, c.field)
-            c = replace(c, old=default if c.old is None else c.old,
-                        new=default if c.new is None else c.new)  # fmt: skip
+            c = replace(c, old=default if c.old is ABSENT else c.old,
+                        new=default if c.new is ABSENT else c.new)  # fmt: skip
         top, _, rest = c.field.partition(".")
         top_name, bracket, idx = top.partition("[")
         label = node.spec_key(top_name) + (f"[{idx}" if bracket else "")
