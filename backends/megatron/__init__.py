@@ -7,7 +7,8 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class MegatronBackend(Backend):
     name = "megatron"
-    version = "4"  # 4: validation runs with dropout off (3: padded vocabulary rows hidden)
+    version = "5"  # 5: class-weighted and GRPO losses weigh alike at any micro batch
+    # (4: validation with dropout off; 3: padded vocabulary rows hidden)
     Config = TrainConfig
     reports = ("metrics.jsonl", "tensorboard/", "loss.png")
     inputs = (

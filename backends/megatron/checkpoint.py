@@ -50,6 +50,35 @@ def unreadable_checkpoints(work: Path) -> list[str]:
     return bad
 
 
+def random_states() -> dict[str, Any]:
+    """Every random stream this rank draws from, to resume where it was: torch's CPU
+    generator, and with CUDA the device's generator and megatron's tensor-parallel
+    tracker (dropout outside and inside tensor-parallel regions). Without CUDA the
+    tracker's states are the CPU generator (``cpu.py``)."""
+    import torch
+
+    states = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        states["cuda_rng"] = torch.cuda.get_rng_state()
+        states["tracker_rng"] = get_cuda_rng_tracker().get_states()
+    return states
+
+
+def restore_random_states(state: dict[str, Any]) -> None:
+    """Set the streams ``random_states`` saved (a checkpoint written without CUDA has
+    only the CPU's: resumed on a GPU, the device's streams start from the seed)."""
+    import torch
+
+    torch.set_rng_state(state["rng"])
+    if torch.cuda.is_available() and "cuda_rng" in state:
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        torch.cuda.set_rng_state(state["cuda_rng"])
+        get_cuda_rng_tracker().set_states(state["tracker_rng"])
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Written to a temporary file and renamed into place."""
     import torch

@@ -70,14 +70,20 @@ def generate(
     return out
 
 
-def group_loss(policy: Any, kl: Any, informative: Any, kl_coef: float, uniform: str) -> Any:
+def group_loss(
+    policy: Any, kl: Any, informative: Any, kl_coef: float, uniform: str, norm: Any = None
+) -> Any:
     """The step's loss from per-completion policy and KL terms. ``informative`` is 1 for
     a completion whose group's rewards differ: with ``uniform = "skip"`` the policy term
     averages over those completions only (a group of equal rewards has zero advantage
-    and would only shrink the step); with ``"keep"`` over all of them. The KL penalty
-    always averages over every completion."""
+    and would only shrink the step), dividing by ``norm`` where given (the step's mean
+    count of them per micro batch, ``share_loss_norm``) or else by this batch's count;
+    with ``"keep"`` over all of them. The KL penalty always averages over every
+    completion."""
     weights = informative if uniform == "skip" else torch.ones_like(informative)
-    return (policy * weights).sum() / weights.sum().clamp(min=1) + kl_coef * kl.mean()
+    if norm is None or uniform != "skip":
+        norm = weights.sum().clamp(min=1)
+    return (policy * weights).sum() / norm + kl_coef * kl.mean()
 
 
 class GroupPolicy:
@@ -87,6 +93,7 @@ class GroupPolicy:
 
     def __init__(
         self,
+        policy: Any,
         train: Any,
         valid: Any,
         reference: Any,
@@ -102,9 +109,39 @@ class GroupPolicy:
         self.train, self.valid, self.reference, self.rewards = train, valid, reference, rewards
         self.tokenizer, self.stage, self.seq_len, self.vocab = tokenizer, stage, seq_len, vocab
         self.stops, self.pad, self.seed = stops, pad, seed
+        self.policy = policy  # the model being trained, which samples each step's groups
+        if stage["uniform_groups"] == "skip":  # a mean over the step's informative ones
+            self.loss_count = self.informative_count
 
-    def batch(self, indices: list[int]) -> list[int]:
-        return indices  # sampling needs the current model: done in ``loss``
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        """Each prompt's group of completions, sampled from the current policy, and their
+        rewards: all of a step's micro batches are sampled before its first update, so the
+        step's count of informative completions is known to each micro batch's loss."""
+        st = self.stage
+        g = st["num_generations"]
+        pairs, advantages, rewards, lengths, informative = [], [], [], [], []
+        for i in indices:
+            prompt, record = self.train[i]
+            completions = generate(
+                self.policy, prompt, g, st["max_new_tokens"], st["temperature"],
+                _seeded(self.seed, i), self.vocab, self.seq_len, self.stops,
+            )  # fmt: skip
+            r = torch.tensor(self._score(prompt, record, completions))
+            advantages.append((r - r.mean()) / (r.std() + 1e-4))
+            rewards.append(r)
+            informative.append(torch.full_like(r, float(r.max() > r.min())))
+            pairs += [(prompt, c) for c in completions]
+            lengths += [len(c) for c in completions]
+        return {
+            "sequences": answer_batch(pairs, self.seq_len, self.pad),
+            "advantages": torch.cat(advantages).unsqueeze(1),
+            "rewards": torch.cat(rewards),
+            "informative": torch.cat(informative),
+            "completion_tokens": sum(lengths) / len(lengths),
+        }
+
+    def informative_count(self, batch: dict[str, Any]) -> float:
+        return float(batch["informative"].sum())
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([t for t in ids if t not in self.stops])
@@ -120,24 +157,9 @@ class GroupPolicy:
             [(prompt, c) for c in completions],
         )
 
-    def loss(self, model: Any, indices: list[int]) -> tuple[Any, dict[str, float]]:
+    def loss(self, model: Any, sampled: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         st = self.stage
-        g = st["num_generations"]
-        pairs, advantages, rewards, lengths, informative = [], [], [], [], []
-        for i in indices:
-            prompt, record = self.train[i]
-            completions = generate(
-                model, prompt, g, st["max_new_tokens"], st["temperature"],
-                _seeded(self.seed, i), self.vocab, self.seq_len, self.stops,
-            )  # fmt: skip
-            r = torch.tensor(self._score(prompt, record, completions))
-            advantages.append((r - r.mean()) / (r.std() + 1e-4))
-            rewards.append(r)
-            informative.append(torch.full_like(r, float(r.max() > r.min())))
-            pairs += [(prompt, c) for c in completions]
-            lengths += [len(c) for c in completions]
-        batch = answer_batch(pairs, self.seq_len, self.pad)
-        adv = torch.cat(advantages).unsqueeze(1)
+        batch, adv = sampled["sequences"], sampled["advantages"]
         logp = -token_losses(model, batch, st["precision"])
         ref = -self.reference.token_losses(batch, st["precision"])
         # One update per sampled batch: the old policy is the current one (ratio = 1 in
@@ -153,14 +175,14 @@ class GroupPolicy:
 
         kl_seq = per_sequence(kl)
         loss = group_loss(
-            per_sequence(policy), kl_seq, torch.cat(informative), st["kl_coef"],
-            st["uniform_groups"],
+            per_sequence(policy), kl_seq, sampled["informative"], st["kl_coef"],
+            st["uniform_groups"], sampled.get("loss_norm"),
         )  # fmt: skip
         return loss, {
-            "reward": float(torch.cat(rewards).mean()),
+            "reward": float(sampled["rewards"].mean()),
             "kl": float(kl_seq.detach().mean()),
-            "completion_tokens": sum(lengths) / len(lengths),
-            "informative": float(torch.cat(informative).mean()),
+            "completion_tokens": sampled["completion_tokens"],
+            "informative": float(sampled["informative"].mean()),
         }
 
     def evaluate(self, model: Any, samples: int, micro: int) -> dict[str, float]:

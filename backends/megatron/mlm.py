@@ -10,7 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from llmbuild.backends.megatron.objectives import _dp_reduce, _my_chunks, full_vocab_logits
+from llmbuild.backends.megatron.objectives import (
+    _dp_reduce,
+    _my_chunks,
+    full_vocab_logits,
+    learned_tokens,
+)
 
 
 def word_continuations(pieces: list[str]) -> np.ndarray:
@@ -119,7 +124,7 @@ def masked_loss(model: Any, batch: dict[str, Any], precision: str) -> tuple[Any,
     logits = full_vocab_logits(model, batch, precision)
     mask = batch["loss_mask"].flatten()
     per_token = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
-    count = batch.get("loss_norm", mask.sum().clamp(min=1))  # objectives.share_token_norm
+    count = batch.get("loss_norm", mask.sum().clamp(min=1))  # objectives.share_loss_norm
     right = ((logits.detach().argmax(-1).flatten() == batch["labels"].flatten()) * mask).sum()
     return (per_token * mask).sum() / count, right, count
 
@@ -129,7 +134,7 @@ class MaskedLM:
     the model gets right (``accuracy``); validation adds the unigram baseline (always the
     training text's most frequent token)."""
 
-    token_mean = True  # the loss is a mean over masked tokens: ``share_token_norm``
+    loss_count = staticmethod(learned_tokens)  # a mean over the masked tokens
 
     def __init__(self, train: MaskedSamples, valid: MaskedSamples | None, precision: str) -> None:
         self.train, self.valid, self.precision = train, valid, precision

@@ -253,6 +253,7 @@ def classification(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     from llmbuild.backends.megatron.posttrain_data import LabeledSamples
 
     start = encoder_start(cfg.bos, arch)
+    multi = cfg.stage.get("multi_label", False)
     train, valid = _splits(
         cfg,
         lambda split: LabeledSamples(
@@ -264,11 +265,13 @@ def classification(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
             cfg.labels,
             cfg.seed,
             start,
-            cfg.stage.get("multi_label", False),
+            multi,
         ),
         "labeled texts",
     )
-    return Classification(train, valid, model.classifier, cfg.class_weights, cfg.stage["precision"])
+    return Classification(
+        train, valid, model.classifier, cfg.class_weights, cfg.stage["precision"], multi
+    )
 
 
 def group_policy(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
@@ -282,6 +285,7 @@ def group_policy(cfg: RankConfig, arch: Any, config: Any, model: Any) -> Any:
     train, valid = _splits(cfg, lambda split: PromptSamples(cfg.sources, split, room), "prompts")
     models = {i: reward_scorer(arch, cfg, config, ref) for i, ref in cfg.reward_models.items()}
     objective = GroupPolicy(
+        model,
         train,
         valid,
         _reference(cfg, arch, config, model),

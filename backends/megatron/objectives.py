@@ -22,32 +22,41 @@ def autocast(precision: str) -> Any:
 
 def masked_mean(per_token: Any, batch: dict[str, Any]) -> Any:
     """The batch's summed loss over its learned tokens, divided by its ``loss_norm``
-    (``share_token_norm``) or else by its own count of them."""
+    (``share_loss_norm``) or else by its own count of them."""
     mask = batch["loss_mask"]
     norm = batch.get("loss_norm")
     return (per_token.float() * mask).sum() / (mask.sum().clamp(min=1) if norm is None else norm)
 
 
-def share_token_norm(batches: list[dict[str, Any]]) -> None:
-    """Give each batch, as ``loss_norm``, the mean count of learned tokens per batch over
-    all of ``batches`` on every data-parallel rank. The mean of the batches' losses is then
-    the mean over every learned token of them all, each token weighing the same whatever
-    the micro batch size or the number of replicas (a chat's answers differ in length; a
-    loss averaged per micro batch would weigh a short answer's tokens more, by a factor
-    the layout sets). With equal counts, pretraining's, it is each batch's own count."""
+def learned_tokens(batch: dict[str, Any]) -> float:
+    """What a token-mean loss divides by: the batch's count of learned tokens."""
+    return float(batch["loss_mask"].sum())
+
+
+def share_loss_norm(batches: list[dict[str, Any]], count: Any = learned_tokens) -> None:
+    """Give each batch, as ``loss_norm``, the mean of ``count(batch)`` per batch over all
+    of ``batches`` on every data-parallel rank: for a loss that is a weighted mean (a mean
+    over learned tokens, a class-weighted mean, a mean over informative completions),
+    ``count`` is the batch's total weight. The mean of the batches' losses is then the
+    weighted mean over them all, each token or text weighing the same whatever the micro
+    batch size or the number of replicas (a chat's answers differ in length; a loss
+    averaged per micro batch would weigh a short answer's tokens more, by a factor the
+    layout sets). With equal counts, pretraining's, it is each batch's own count.
+
+    Every data-parallel rank calls it alike (with no batches too): it all-reduces."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     counts = torch.tensor(
-        [sum(float(b["loss_mask"].sum()) for b in batches), float(len(batches))],
-        dtype=torch.float64,
+        [sum(float(count(b)) for b in batches), float(len(batches))], dtype=torch.float64
     )
     if parallel_state.get_data_parallel_world_size() > 1:
         dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
     norm = max(float(counts[0]), 1.0) / max(float(counts[1]), 1.0)
     for b in batches:  # in the dtype the batch's own count would have had
-        dtype = b["loss_mask"].dtype if b["loss_mask"].is_floating_point() else torch.float32
-        b["loss_norm"] = torch.tensor(norm, dtype=dtype)
+        mask = b.get("loss_mask")
+        floating = mask is not None and mask.is_floating_point()
+        b["loss_norm"] = torch.tensor(norm, dtype=mask.dtype if floating else torch.float32)
 
 
 def token_losses(model: Any, batch: dict[str, Any], precision: str = "fp32") -> Any:
@@ -109,7 +118,7 @@ class LanguageModel:
     in supervised fine-tuning. Works at every layout, pipeline included."""
 
     pipeline_ok = True
-    token_mean = True  # the loss is a mean over learned tokens: ``share_token_norm``
+    loss_count = staticmethod(learned_tokens)  # a mean over learned tokens
 
     def __init__(self, train: Any, valid: Any, precision: str, seq_len: int) -> None:
         self.train, self.valid, self.precision, self.seq_len = train, valid, precision, seq_len
@@ -130,7 +139,7 @@ class LanguageModel:
             return {}
         data = self.valid
         mine = [data.batch(chunk) for chunk in _my_chunks(samples, micro)]
-        share_token_norm(mine)  # the mean over every measured token
+        share_loss_norm(mine)  # the mean over every measured token
         total = 0.0
         with torch.no_grad():
             if parallel_state.get_pipeline_model_parallel_world_size() > 1:
@@ -248,13 +257,21 @@ class _Pairs:
         data = self.valid
         sums: dict[str, float] = {"loss": 0.0}
         chunks = _my_chunks(min(samples, len(data)), micro)
+        batches = [data.batch(chunk) for chunk in chunks]
+        count = getattr(self, "loss_count", None)
+        if count is not None:  # a weighted mean: each batch's loss carries its share
+            share_loss_norm(batches, count)
+        shared = 0.0
         with torch.no_grad():
-            for chunk in chunks:
-                loss, metrics = self.loss(model, data.batch(chunk))
+            for chunk, batch in zip(chunks, batches):
+                loss, metrics = self.loss(model, batch)
+                shared += float(loss)
                 sums["loss"] += float(loss) * len(chunk)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * len(chunk)
         reduced = _dp_reduce(sums, sum(len(c) for c in chunks))
+        if count is not None:
+            reduced["loss"] = _dp_reduce({"loss": shared}, len(batches))["loss"]
         return {f"val_{k}": v for k, v in reduced.items()}
 
 
@@ -338,14 +355,27 @@ class Classification(_Pairs):
     of texts whose every label is right (probability past 0.5 exactly where it applies)."""
 
     def __init__(
-        self, train: Any, valid: Any, head: ValueHead, weights: tuple[float, ...], precision: str
+        self,
+        train: Any,
+        valid: Any,
+        head: ValueHead,
+        weights: tuple[float, ...],
+        precision: str,
+        multi_label: bool = False,
     ) -> None:
         self.train, self.valid, self.head, self.precision = train, valid, head, precision
         self.weights = torch.tensor(weights) if weights else None
+        if self.weights is not None and not multi_label:
+            # A class-weighted mean over the step's texts, not over each micro batch's.
+            self.loss_count = self.class_weight
         self.facts = {
             "classes": head.outputs,
             "truncated": train.truncated + (valid.truncated if valid else 0),
         }
+
+    def class_weight(self, batch: dict[str, Any]) -> float:
+        """The summed class weight of the batch's texts: what its weighted mean divides by."""
+        return float(self.weights[batch["label"]].sum())
 
     def batch(self, indices: list[int]) -> dict[str, Any]:
         return self.train.batch(indices)
@@ -353,10 +383,14 @@ class Classification(_Pairs):
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         logits = self.head.scores(model, batch, self.precision)
         target = batch["label"]
-        if target.dim() == 2:  # multi-label
+        if target.dim() == 2:  # multi-label: a mean over equal counts, weighted per label
             loss = F.binary_cross_entropy_with_logits(logits, target, weight=self.weights)
             right = ((logits.detach() > 0) == (target > 0.5)).all(-1).float().mean()
             return loss, {"accuracy": float(right)}
-        loss = F.cross_entropy(logits, target, weight=self.weights)
+        if self.weights is not None and "loss_norm" in batch:
+            per_text = F.cross_entropy(logits, target, weight=self.weights, reduction="sum")
+            loss = per_text / batch["loss_norm"]
+        else:
+            loss = F.cross_entropy(logits, target, weight=self.weights)
         right = (logits.detach().argmax(-1) == target).float().mean()
         return loss, {"accuracy": float(right)}

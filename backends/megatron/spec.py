@@ -422,7 +422,8 @@ class Classify(StageBase):
     error, and so is a listed label without training texts."""
     class_weights: dict[Label, float] | None = None
     """Weight of each label in the loss, by name (the inverse of its frequency, say, for
-    imbalanced classes); 1 for a label not listed."""
+    imbalanced classes); 1 for a label not listed. The loss is the weighted mean over
+    each step's texts, whatever the micro batch."""
     lr: float = Field(1e-4, gt=0)
     """Peak learning rate."""
     multi_label: bool = added(False)

@@ -65,7 +65,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         _dp_reduce,
         autocast,
         masked_mean,
-        share_token_norm,
+        share_loss_norm,
     )
     from llmbuild.backends.megatron.schedule import lr_at
     from llmbuild.backends.megatron.shards import canonical_init, gather_canonical, load_canonical
@@ -143,7 +143,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     if state is not None:
         model.load_state_dict(state["model"])
         data_parallel.load_optimizer_state(opt, state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        ck.restore_random_states(state)
         start, history, initial = state["step"], state["history"], state.get("initial")
     if start == 0 and stage["kind"] != "pretrain":
         mark = time.perf_counter()
@@ -162,8 +162,9 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         sums: dict[str, float] = {}
         starts = [step * gbs + dp_rank * (gbs // dp) + m * micro for m in range(accum)]
         batches = [objective.batch(list(range(i, i + micro))) for i in starts]
-        if getattr(objective, "token_mean", False):  # every token of the step weighs alike
-            share_token_norm(batches)
+        count = getattr(objective, "loss_count", None)
+        if count is not None:  # every token (text, completion) of the step weighs alike
+            share_loss_norm(batches, count)
         if pp > 1:  # micro batches flow through the 1F1B schedule, backward included
             with autocast(stage["precision"]):
                 loss_sum += pipeline.pipeline_loss(
@@ -225,7 +226,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
                     {
                         "model": model.state_dict(),
                         "optimizer": data_parallel.optimizer_state(opt),
-                        "rng": torch.get_rng_state(),
+                        **ck.random_states(),
                         "step": step + 1,
                         "history": history,
                         "initial": initial,

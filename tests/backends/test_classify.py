@@ -114,6 +114,31 @@ def test_the_classifier_resumes_exactly_after_a_kill(built, tmp_path):
     assert done == resumed.results["stage:cls"].record.output_digest
 
 
+def test_class_weights_train_the_same_at_any_micro_batch(built, tmp_path):
+    """A class-weighted loss is a weighted mean over the step's texts: micro batches of 2
+    (8 accumulated) train what micro batches of 8 do, and validation measures the
+    same weighted mean (the layout is execution only), to float rounding. Averaged per
+    micro batch, a text's weight had depended on the labels of the others beside it."""
+    from tests.conftest import private_copy
+
+    spec, kept, _ = built
+    weighted = ["stage.cls.class_weights={big = 4.0}", "stage.cls.steps=6"]
+    runs = []
+    for micro in (8, 2):
+        store = private_copy(kept, tmp_path / f"store-{micro}")
+        done = run_nodes(
+            spec, store, ("stage:cls",), [*weighted, f"parallelism.micro_batch={micro}"]
+        )
+        assert done.ok, done.log
+        runs.append(_metrics(store, done, "stage:cls"))
+    whole, split = runs
+    assert [r["step"] for r in whole] == [r["step"] for r in split] == list(range(1, 7))
+    for a, b in zip(whole, split):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (a, b)
+    assert split[-1]["val_loss"] == pytest.approx(whole[-1]["val_loss"], rel=1e-4)
+
+
 def test_editing_the_labels_rebuilds_the_classifier_only(built):
     spec, _, _ = built
 

@@ -208,6 +208,27 @@ def test_grpo_raises_the_mean_reward(chain):
     assert m["val_reward"] > m["initial_val_reward"]
 
 
+def test_grpo_skipping_uniform_groups_learns_the_same_at_any_micro_batch(chain, tmp_path):
+    """Uniform groups skipped (the default), the policy loss is a mean over the step's
+    informative completions: one prompt per micro batch (4 accumulated) trains what one
+    micro batch of 4 does, to float rounding. Averaged per micro batch, a micro batch's
+    completions weighed more when a group beside them had been skipped."""
+    spec, built, outcome = chain
+    whole = _metrics(built, outcome, "stage:grpo")  # built at micro_batch 4
+    assert any(r["informative"] < 1 for r in whole), "a step with a uniform group to skip"
+    store = private_copy(built, tmp_path / "store")
+    for d in artifact_dirs(store, "stage:grpo"):
+        shutil.rmtree(d)
+    done = run_nodes(spec, store, ("stage:grpo",), ["parallelism.micro_batch=1"])
+    assert done.ok, done.log
+    split = _metrics(store, done, "stage:grpo")
+    assert [r["step"] for r in whole] == [r["step"] for r in split]
+    for a, b in zip(whole, split):
+        assert b["informative"] == pytest.approx(a["informative"]), (a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (a, b)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
+
+
 def test_editing_a_dpo_setting_rebuilds_only_dpo(chain):
     spec, _, _ = chain
 
