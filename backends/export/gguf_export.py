@@ -348,6 +348,12 @@ def export_gguf(ctx: Any, export: Any) -> None:
             "vocabulary, so a GGUF runtime cannot encode text for it; use the tokenizer of an "
             "hf export of the same stage"
         )
+    if vocab.model == "gpt2" and vocab.pre == "default" and vocab.merges:
+        ctx.note(
+            "the tokenizer splits text before its merges in a way llama.cpp knows by no "
+            f"name: {FILE} says tokenizer.ggml.pre = default, and llama.cpp's default split "
+            "may encode some text to other tokens than the tokenizer does"
+        )
     quantized = sum(t.qtype not in (T.F32, T.F16) for t in tensors.values())
     ctx.metrics["quantized_tensors"] = quantized
     if export.quantization in QUANTIZED and not quantized:

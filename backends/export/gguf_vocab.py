@@ -59,6 +59,32 @@ def _uses_gpt2_regex(tok: dict[str, Any]) -> bool:
     )
 
 
+# The split regexes of published byte-level tokenizers (tokenizer.json's ``Split``
+# pre-tokenizer), by the name under which llama.cpp reimplements each: a GGUF runtime
+# splits text by ``tokenizer.ggml.pre``'s name, never by a regex of the file.
+NAMED_SPLITS = {
+    # Llama 3: numbers in runs of up to three digits
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+    # Qwen 2 and later: each digit on its own
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+}
+
+
+def _pre_name(tok: dict[str, Any]) -> str:
+    """``tokenizer.ggml.pre`` for a byte-level BPE: GPT-2's regex, a split llama.cpp knows
+    by name, or ``default`` (llama.cpp's own split, which may differ: the export says so)."""
+    if _uses_gpt2_regex(tok):
+        return "gpt-2"
+    splits = [
+        (p.get("pattern") or {}).get("Regex")
+        for p in _parts(tok.get("pre_tokenizer"))
+        if p.get("type") == "Split"
+    ]
+    return NAMED_SPLITS.get(splits[0], "default") if len(splits) == 1 else "default"
+
+
 def _chat_template(tokenizer_dir: Path) -> str | None:
     jinja = tokenizer_dir / "chat_template.jinja"
     if jinja.exists():
@@ -121,8 +147,7 @@ def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
 
     if model["type"] == "BPE" and _is_byte_level(tok):
         tokens, types = listing(pieces)
-        pre = "gpt-2" if _uses_gpt2_regex(tok) else "default"
-        return GgufVocab("gpt2", pre, tokens, types, merges=_merges(model), **common)
+        return GgufVocab("gpt2", _pre_name(tok), tokens, types, merges=_merges(model), **common)
     if model["type"] == "WordLevel" and all(
         len(p) == 1 and ord(p) < 128 for i, p in pieces.items() if i not in added
     ):

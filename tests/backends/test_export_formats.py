@@ -246,6 +246,48 @@ def test_gguf_vocabularies_of_the_other_tokenizer_kinds(tmp_path, kind):
         )
 
 
+def test_a_gguf_names_the_split_of_llama_3_and_qwen_2_tokenizers(tmp_path):
+    """A byte-level BPE that splits text with Llama 3's or Qwen 2's regex (an imported
+    checkpoint's) is written with the name llama.cpp gives that split, not ``default``:
+    llama.cpp splits by the name. Llama 3 keeps runs of up to three digits together,
+    Qwen 2 splits every digit, as the tokenizers themselves do."""
+    import json
+    import shutil
+
+    from llmbuild.backends.export.gguf_vocab import NAMED_SPLITS, gguf_vocab
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+    from tokenizers import Tokenizer
+
+    store = tmp_path / "store"
+    bpe = ["tokenizer.kind='bpe'", "tokenizer.vocab_size=300"]
+    outcome = run_nodes(tiny_spec(tmp_path), store, ("tokenizer",), bpe)
+    assert outcome.ok, outcome.log
+    built = artifact(outcome, store, "tokenizer")
+    n = outcome.results["tokenizer"].record.metrics["vocab_size"]
+    digits = {"llama-bpe": ["123", "45"], "qwen2": ["1", "2", "3", "4", "5"]}
+    by_name = {name: regex for regex, name in NAMED_SPLITS.items()}
+    for name, regex in [*by_name.items(), ("default", r"\p{N}+|[^\p{N}]+")]:
+        tok_dir = tmp_path / name
+        shutil.copytree(built, tok_dir)
+        path = TokenizerArtifact.open(tok_dir).json_path
+        tok = json.loads(path.read_text())
+        tok["pre_tokenizer"] = {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+                 "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                 "use_regex": False},
+            ],
+        }  # fmt: skip
+        path.write_text(json.dumps(tok))
+        vocab = gguf_vocab(TokenizerArtifact.open(tok_dir), n)
+        assert (vocab.model, vocab.pre) == ("gpt2", name)
+        if name in digits:  # the tokenizers library reads the split as llama.cpp names it
+            pieces = Tokenizer.from_file(str(path)).pre_tokenizer.pre_tokenize_str("12345")
+            assert [p for p, _ in pieces] == digits[name]
+
+
 def _rope(x, base: float, interleaved: bool):
     """Rotary embedding of ``x [seq, heads, dim]``: llama.cpp's (adjacent pairs) or HF's
     (rotate_half: dimension i with i + dim/2)."""
