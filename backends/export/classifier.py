@@ -167,8 +167,7 @@ def random_texts(
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    special = {i for i in tokenizer.special_ids.values() if i is not None}
-    usable = torch.tensor([i for i in range(stage.vocab_size) if i not in special])
+    usable = _usable_ids(stage, tokenizer)
     _, paired, _ = _form(stage, tokenizer)
     out = []
     for i, n in enumerate((seq, max(1, seq // 2), max(1, seq // 3), 1, max(1, seq // 4))):
@@ -176,6 +175,14 @@ def random_texts(
         pair = usable[torch.randint(0, len(usable), (max(1, n // 2),), generator=g)].tolist()
         out.append((ids, pair if paired and i % 2 else None))
     return out
+
+
+def _usable_ids(stage: StageArtifact, tokenizer: TokenizerArtifact) -> Any:
+    """The token ids a text may hold: every one but the special tokens."""
+    import torch
+
+    special = {i for i in tokenizer.special_ids.values() if i is not None}
+    return torch.tensor([i for i in range(stage.vocab_size) if i not in special])
 
 
 def batch_of(docs: list[tuple[Any, Any]], pad: int, encoder: bool) -> dict[str, Any]:
@@ -205,13 +212,12 @@ def tokenized_texts(
     import torch
 
     g = torch.Generator().manual_seed(1)
+    usable = _usable_ids(stage, tokenizer)
     _, paired, _ = _form(stage, tokenizer)
 
-    def text(n: int) -> str:
-        return tokenizer.tokenizer.decode(
-            torch.randint(0, stage.vocab_size, (n,), generator=g).tolist(),
-            skip_special_tokens=True,
-        )
+    def text(n: int) -> str:  # never empty: no special token (which decoding would drop)
+        ids = usable[torch.randint(0, len(usable), (n,), generator=g)].tolist()
+        return tokenizer.tokenizer.decode(ids, skip_special_tokens=True)
 
     lone = [text(n) for n in (seq // 4, seq // 8, 2)]
     batches = [(lone, None)] + ([(lone, [text(n) for n in (3, seq // 8, seq // 4)])] * paired)

@@ -431,6 +431,68 @@ def test_the_classifier_exports_to_transformers_and_onnx_with_its_logits(built, 
     assert outcome.results["export:cls-int8"].record.metrics["int8_label_agreement"] >= 0.9
 
 
+def test_the_export_check_feeds_no_empty_text_whatever_the_vocabulary(tmp_path):
+    """The export's check puts random texts through the exported tokenizer; drawn from the
+    whole vocabulary, a short one could be special tokens only, which decoding drops: an
+    empty text, read by transformers at its last pad and by the stage elsewhere, failed
+    the export as a wrong conversion. A char vocabulary of 66 (60 characters and six
+    special tokens) drew one with the check's seed; texts now hold no special token."""
+    import string
+
+    chars = string.ascii_letters + "01234567"  # and six special tokens
+    rng = random.Random(0)
+    root = tmp_path / "p"
+    (root / "data").mkdir(parents=True)
+    texts = ["".join(rng.choice(chars) for _ in range(12)) + c for c in chars * 5]
+    data = root / "data"
+    (data / "names.txt").write_text("\n".join(texts) + "\n")
+    (data / "names.jsonl").write_text(
+        "".join(json.dumps({"text": t, "label": "ab"[i % 2]}) + "\n" for i, t in enumerate(texts))
+    )
+    spec = root / "spec.toml"
+    spec.write_text("""\
+extends = ["@gpt2-tiny"]
+[model]
+name = "v66"
+[architecture]
+layers = 1
+hidden = 32
+heads = 2
+seq_len = 32
+[[data.sources]]
+name = "text"
+path = "data/names.txt"
+separator = "\\n"
+[[data.sources]]
+name = "names"
+path = "data/names.jsonl"
+role = "labeled"
+[tokenizer]
+kind = "char"
+[[stage]]
+name = "pretrain"
+kind = "pretrain"
+data = "text"
+steps = 2
+global_batch = 8
+lr = 1e-3
+[[stage]]
+name = "cls"
+kind = "classify"
+from = "pretrain"
+data = "names"
+steps = 2
+global_batch = 8
+[[export]]
+format = "hf"
+stage = "cls"
+""")
+    outcome = run_nodes(spec, tmp_path / "store", ("export:hf@cls",))
+    assert outcome.results["tokenizer"].record.metrics["vocab_size"] == 66
+    assert outcome.ok, outcome.log
+    assert outcome.results["export:hf@cls"].record.metrics["max_logit_diff"] < 1e-4
+
+
 def test_a_classifier_exported_as_gguf_is_a_located_error(tmp_path):
     from llmbuild.errors import SpecError
 
