@@ -84,12 +84,10 @@ def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Proble
             Problem(f"with its changes, the architecture is invalid: {e.errors()[0]['msg']}", where)
         ]
     out = []
-    if own.hidden % own.heads or own.heads % own.kv_heads:
-        out.append(
-            Problem(
-                f"heads ({own.heads}) must divide hidden ({own.hidden}), and kv_heads heads", where
-            )
-        )
+    if own.hidden % own.heads:
+        out.append(Problem(f"heads ({own.heads}) must divide hidden ({own.hidden})", where))
+    if own.heads % own.kv_heads:
+        out.append(Problem(f"kv_heads ({own.kv_heads}) must divide heads ({own.heads})", where))
     return out + layout_problems(own, par, where)
 
 

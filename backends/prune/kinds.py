@@ -39,7 +39,7 @@ class PruneKind(Kind):
         }
 
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
-        from llmbuild.backends.megatron.kinds import layout_problems
+        from llmbuild.backends.megatron.kinds import SCORING, layout_problems
         from pydantic import ValidationError
 
         at = (*where, "architecture")
@@ -55,6 +55,18 @@ class PruneKind(Kind):
         if not changes:
             return [
                 Problem("says nothing to prune: set fewer layers, heads, ffn_hidden or hidden", at)
+            ]
+        base = view.stages.get(item.from_ or "")
+        if base is not None and base.kind in SCORING:
+            return [
+                Problem(
+                    f"stage {base.name!r} is a {SCORING[base.kind]}: pruning ranks its parts "
+                    "by next-token loss through its language-model head, which is its base's, "
+                    f"untrained since, and the smaller model would have no {SCORING[base.kind]} "
+                    f"head; prune the stage {base.name!r} was trained from, then train a "
+                    f"{base.kind} stage from the pruned one",
+                    (*where, "from"),
+                )
             ]
         if view.architecture is None or item.from_ not in view.stages:
             return []

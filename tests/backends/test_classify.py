@@ -493,6 +493,22 @@ stage = "cls"
     assert outcome.results["export:hf@cls"].record.metrics["max_logit_diff"] < 1e-4
 
 
+def test_pruning_a_classifier_is_a_located_error(tmp_path):
+    """A prune stage ranks a model's parts by next-token loss and keeps no head of its
+    own: from a classifier it would rank by the base's untrained language-model head and
+    leave a model that classifies nothing. Refused, as a distill from one is."""
+    from llmbuild.errors import SpecError
+
+    prune = (
+        '[[stage]]\nname = "small"\nkind = "prune"\nfrom = "cls"\narchitecture = { layers = 1 }\n'
+    )
+    spec = classify_spec(tmp_path, CLASSIFY + prune)
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    assert "stage[2].from: stage 'cls' is a classifier: pruning ranks its parts" in str(e.value)
+    assert "prune the stage 'cls' was trained from" in str(e.value)
+
+
 def test_a_classifier_exported_as_gguf_is_a_located_error(tmp_path):
     from llmbuild.errors import SpecError
 

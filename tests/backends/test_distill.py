@@ -136,6 +136,32 @@ def test_a_student_and_teacher_with_two_vocabularies_is_a_located_error(tmp_path
     assert "teacher 'pretrain'" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ("hidden = 30", "heads (4) must divide hidden (30)"),
+        ("heads = 4, kv_heads = 3", "kv_heads (3) must divide heads (4)"),
+    ],
+)
+def test_a_student_shape_that_does_not_divide_says_which(tmp_path, shape, message):
+    from llmbuild.errors import SpecError
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+
+    spec = student_spec(tmp_path)
+    spec.write_text(
+        spec.read_text().replace(
+            "architecture = { layers = 1, hidden = 32 }\nsteps",
+            f"architecture = {{ layers = 1, {shape} }}\nsteps",
+            1,
+        )
+    )
+    with pytest.raises(SpecError) as e:
+        plan_spec(load_spec(spec), cache=StatCache())
+    assert f"stage[1].architecture: {message}" in str(e.value)
+    assert str(e.value).count("must divide") == 1
+
+
 BIGGER = """
 [[stage]]
 name = "bigger"
