@@ -77,8 +77,21 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
                             )
                         )
         if dropped and isinstance(items, list):
-            _drop(layer, table, dropped)
+            moved = _drop(layer, table, dropped)
+            problems = [_moved(p, table, moved) for p in problems]
     return problems, unfilled
+
+
+def _moved(problem: Problem, table: str, moved: dict[int, int]) -> Problem:
+    """``problem`` at its item's place after macro items before it left the array."""
+    from dataclasses import replace
+
+    def place(path: Path) -> Path:
+        if len(path) > 1 and path[0] == table and isinstance(path[1], int) and path[1] in moved:
+            return (table, moved[path[1]], *path[2:])
+        return path
+
+    return replace(problem, path=place(problem.path), related=tuple(map(place, problem.related)))
 
 
 def _append(layer: Layer, add: dict[str, list[dict[str, Any]]], origin: Origin) -> None:
@@ -95,8 +108,9 @@ def _append(layer: Layer, add: dict[str, list[dict[str, Any]]], origin: Origin) 
                 layer.origins[sub] = origin
 
 
-def _drop(layer: Layer, table: str, dropped: list[int]) -> None:
-    """Remove macro items, renumbering the origins of the items after them."""
+def _drop(layer: Layer, table: str, dropped: list[int]) -> dict[int, int]:
+    """Remove macro items, renumbering the origins of the items after them; each kept
+    item's new index by its old one."""
     items = layer.data[table]
     keep = [i for i in range(len(items)) if i not in dropped]
     layer.data[table] = [items[i] for i in keep]
@@ -110,3 +124,4 @@ def _drop(layer: Layer, table: str, dropped: list[int]) -> None:
             origins[path] = origin
     layer.origins.clear()
     layer.origins.update(origins)
+    return moved

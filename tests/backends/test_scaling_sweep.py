@@ -74,6 +74,23 @@ def test_a_sweep_expands_into_its_points_and_a_fit(tmp_path):
     assert resolved.origin(("stage", 1, "steps")).source == "sweep 'grid'"
 
 
+def test_a_second_sweeps_problem_is_located_at_its_own_line(tmp_path):
+    """A first sweep that expands fine leaves the array before a second one's problem is
+    located: the problem is said at the second sweep's line, not as the first's."""
+    second = (
+        '\n[[stage]]\nname = "other"\nkind = "sweep"\nbase = "pretrain"\n'
+        "axes = { hidden = [16, 30] }\n"
+    )
+    text = SWEEP.format(hidden="[16, 32]") + second
+    with pytest.raises(SpecError) as info:
+        load_spec(write_project(tmp_path, text))
+    (problem,) = info.value.problems
+    line = text.splitlines().index("axes = { hidden = [16, 30] }") + 1
+    assert "heads (4) must divide hidden (30)" in problem.message
+    assert problem.file.endswith("spec.toml") and problem.line == line, problem
+    assert "sweep 'grid'" not in str(info.value)
+
+
 def test_a_new_point_rebuilds_only_itself_and_the_fit(tmp_path):
     before = {n: k.key for n, k in _plan(tmp_path)[1].keys.items()}
     after = {n: k.key for n, k in _plan(tmp_path, "[16, 32, 64, 128]")[1].keys.items()}
