@@ -41,6 +41,18 @@ def point(name: str, artifact: Any, suite: Any) -> dict[str, Any]:
     }
 
 
+LOOSE = (
+    "an exponent's interval reaches 0 or spans more than 10x: the sweep does not pin this "
+    "law down (more points, sizes or budgets would)"
+)
+
+
+def loose(intervals: dict[str, Any] | None) -> bool:
+    """Whether the bootstrap intervals leave an exponent of the law undetermined."""
+    exponents = [intervals[k] for k in ("alpha", "beta") if k in (intervals or {})]
+    return any(not (lo > 0 and hi <= 10 * lo) for lo, hi in exponents)
+
+
 def fit_lines(out: dict[str, Any]) -> list[str]:
     """The fits of a ``fit.json`` as text: each law with its bootstrap intervals, or why
     it was not fitted (``llmbuild scaling`` prints the same)."""
@@ -59,12 +71,8 @@ def fit_lines(out: dict[str, Any]) -> list[str]:
                 if k in intervals
             )
             lines.append(f"  bootstrap 90% intervals: {spans}")
-            exponents = [intervals[k] for k in ("alpha", "beta") if k in intervals]
-            if any(not (lo > 0 and hi <= 10 * lo) for lo, hi in exponents):
-                lines.append(
-                    "  an exponent's interval reaches 0 or spans more than 10x: the sweep "
-                    "does not pin this law down (more points, sizes or budgets would)"
-                )
+            if loose(intervals):
+                lines.append(f"  {LOOSE}")
         if "approach3_optimum_error" in out:
             lines.append(f"  {out['approach3_optimum_error']}")
     elif "approach3_error" in out:
@@ -99,6 +107,8 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
             "intervals": fit3.intervals,
         }
         ctx.metrics.update({f"approach3.{k}": getattr(fit3, k) for k in fit.PARAMETERS})
+        if loose(fit3.intervals):  # said where the law is shown: status, scaling
+            ctx.note(f"approach 3: {LOOSE}")
         problem = fit.optimum_problem(fit3)
         if problem is not None:
             out["approach3_optimum_error"] = problem

@@ -78,13 +78,11 @@ def run(args: argparse.Namespace) -> int:
                         [p["flops"] / p["tokens"] for p in points],
                     )
                     n, d = compute_optimal_approach3(fit, args.budget, per_token)
-                    entry["optimum_approach3"] = {"params": n, "tokens": d}
+                    _optimum(entry, "approach3", n, d)
             a2 = data.get("approach2")
             if a2:
-                entry["optimum_approach2"] = {
-                    "params": a2["k_n"] * args.budget ** a2["a"],
-                    "tokens": a2["k_d"] * args.budget ** a2["b"],
-                }
+                n, d = a2["k_n"] * args.budget ** a2["a"], a2["k_d"] * args.budget ** a2["b"]
+                _optimum(entry, "approach2", n, d)
         report[suite.name] = entry
     if args.json:
         shown = {n: {k: v for k, v in e.items() if k != "lines"} for n, e in report.items()}
@@ -106,9 +104,28 @@ def run(args: argparse.Namespace) -> int:
             )
         for how in ("approach3", "approach2"):
             opt = entry.get(f"optimum_{how}")
+            if f"optimum_{how}_error" in entry:
+                print(f"  {how[:-1]} {how[-1]}: {entry[f'optimum_{how}_error']}")
             if opt:
                 print(
                     f"  compute-optimal at {args.budget:.3g} FLOPs ({how[:-1]} {how[-1]}): "
                     f"N = {opt['params']:.3g} parameters (non-embedding), D = {opt['tokens']:.3g} tokens"
                 )
     return 0
+
+
+def _optimum(entry: dict, how: str, params: float, tokens: float) -> None:
+    """The law's optimum into ``entry``; or, where it is less than one parameter or one
+    token (a budget far below the sweep's), why there is none to show."""
+    if params >= 1 and tokens >= 1:
+        entry[f"optimum_{how}"] = {"params": params, "tokens": tokens}
+        return
+    below = " and ".join(
+        f"{what} = {value:.3g} {unit}"
+        for what, value, unit in (("N", params, "parameters"), ("D", tokens, "tokens"))
+        if value < 1
+    )
+    entry[f"optimum_{how}_error"] = (
+        f"no optimum at this budget: the law gives {below}, less than one; the budget is "
+        "far below the compute the sweep measured"
+    )

@@ -51,3 +51,13 @@ def test_scaling_sweep_builds_fits_and_plots(tmp_path, tmp_path_factory, capsys)
     assert "sweep iso: 9 points" in out and "compute-optimal at 1e+13 FLOPs" in out, out
     assert "bootstrap 90% intervals: E " in out and ", alpha " in out, out  # how sure it is
     assert "1e+13 FLOPs is 100x the sweep's largest compute" in out, out  # 1e11 is the largest
+    # A budget far below the sweep's: the law's optimum is less than one parameter there.
+    assert main(["scaling", spec, "--store", str(store), "--budget", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "approach 3: no optimum at this budget: the law gives N = " in out, out
+    assert "compute-optimal at 1 FLOPs (approach 3)" not in out, out
+    # A law its bootstrap does not pin down is noted on the node, which status shows.
+    from llmbuild.backends.scaling.run import LOOSE, loose
+
+    notes = outcome.results["eval:iso"].record.notes
+    assert (f"approach 3: {LOOSE}" in notes) == loose(a3["intervals"]), (notes, a3)
