@@ -4,7 +4,7 @@ scaling-law fit over the sweep's points). Torch-free."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -17,9 +17,10 @@ Value = int | float
 class Sweep(StageTable):
     """A grid of pretraining runs, declared once: one stage per point, each a copy of the
     `base` stage with the point's architecture and steps, all sharing the spec's data,
-    tokenizer and tokenize nodes; and a `scaling` eval fitting them. The sweep itself
-    makes no node: `plan` shows the points, `resolve` each point's values. Adding a point
-    rebuilds that point and the fit alone."""
+    tokenizer and tokenize nodes; and a `scaling` eval fitting them. Each point runs the
+    base stage's schedule over its own steps (a warmup longer than a point's steps becomes
+    a tenth of them). The sweep itself makes no node: `plan` shows the points, `resolve`
+    each point's values. Adding a point rebuilds that point and the fit alone."""
 
     kind: Literal["sweep"]
     """Stage kind."""
@@ -36,6 +37,17 @@ class Sweep(StageTable):
     """A compute budget (FLOPs) to report the compute-optimal N and D for."""
     bootstrap: int = Field(100, ge=0)
     """Refits on resampled points for the fitted parameters' intervals."""
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _numbers(cls, axes: Any) -> Any:
+        for name, values in axes.items() if isinstance(axes, dict) else ():
+            for value in values if isinstance(values, (list, tuple)) else ():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(
+                        f"axis {name!r} lists {value!r}: a sweep varies numbers (sizes and steps)"
+                    )
+        return axes
 
     @field_validator("axes")
     @classmethod

@@ -107,6 +107,11 @@ def test_a_new_point_rebuilds_only_itself_and_the_fit(tmp_path):
     [
         ('base = "pretrain"', "no pretrain stage from scratch named 'pretrian'", "stage[1].base"),
         ("layers = [2]", "unknown axis 'depth'", "stage[1].axes"),
+        (
+            'style = ["llama"]',
+            "axis 'style' lists 'llama': a sweep varies numbers",
+            "stage[1].axes",
+        ),
         ("fit_budget = 1e12", "steps is not an axis", "stage[1].axes"),
         (
             "hidden = [16, 32]",
@@ -126,6 +131,7 @@ def test_bad_sweeps_are_located(tmp_path, edit, message, key):
     text = {
         'base = "pretrain"': text.replace('base = "pretrain"', 'base = "pretrian"'),
         "layers = [2]": text.replace("layers = [2]", "depth = [2]"),
+        'style = ["llama"]': text.replace("layers = [2]", 'style = ["llama"]'),
         "fit_budget = 1e12": text.replace("layers = [2] }", "layers = [2], steps = [5] }"),
         "hidden = [16, 32]": text.replace("hidden = [16, 32]", "hidden = [16, 30]"),
         "budgets = [1e9, 3e9]": text.replace("budgets = [1e9, 3e9]", "budgets = [1e3, 3e9]"),
