@@ -69,8 +69,14 @@ def plan_spec(
     if hasattr(store, "nearest_spec"):  # for a spec new to the store: its nearest other
 
         def nearest() -> Any:
+            from llmbuild.plan.status import field_changes
+
             here = {name: k.key for name, k in keys.items()}
-            return store.nearest_spec(str(resolved.path), here)
+
+            def distance(name: str, old: dict[str, Any]) -> int:
+                return len(field_changes(old, keys[name].preimage))
+
+            return store.nearest_spec(str(resolved.path), here, distance)
 
     plan = make_plan(graph, keys, store, previous, nearest)
     return Planned(graph, keys, plan, unavailable, names)

@@ -130,6 +130,13 @@ def _diff(old: Any, new: Any, path: str, out: list[Change]) -> None:
         out.append(Change(path, old, new))
 
 
+def field_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """Every field in which two preimages of a node differ, config and inputs alike."""
+    out: list[Change] = []
+    _diff(old, new, "", out)
+    return out
+
+
 def _default(config: Any, path: str) -> Any:
     """The default of the config field at ``path`` (``suite.batch_size``), or None."""
     *parents, name = re.split(r"\.|\[", path)

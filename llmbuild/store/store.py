@@ -323,11 +323,16 @@ class Store:
         return preimage
 
     def nearest_spec(
-        self, spec_path: str, keys: Mapping[str, str]
+        self,
+        spec_path: str,
+        keys: Mapping[str, str],
+        distance: Callable[[str, dict[str, Any]], int] | None = None,
     ) -> tuple[str, Callable[[str], dict[str, Any] | None]] | None:
         """For a spec file new to this store (a copy, say): the other spec file whose last
         build shares the most node keys with ``keys`` (at least one), and the preimage each
-        node had there: what plan compares a node new to this spec with."""
+        node had there: what plan compares a node new to this spec with. Among files that
+        share as many, the one whose other nodes differ in the fewest fields
+        (``distance(node, its preimage there)``)."""
         latest: dict[str, dict[str, str]] = {}
         for build in self.builds():  # oldest first: each path's last build wins
             path = build.get("spec_path")
@@ -335,16 +340,30 @@ class Store:
                 nodes = build.get("nodes", {})
                 latest[path] = {n: v.get("key") for n, v in nodes.items() if isinstance(v, dict)}
         shared = {p: sum(keys.get(n) == k for n, k in ks.items()) for p, ks in latest.items()}
-        best = max(sorted(shared), key=lambda p: shared[p], default=None)
-        if best is None or not shared[best]:
+        most = max(shared.values(), default=0)
+        if not most:
             return None
-        there = latest[best]
+        tied = sorted(p for p in shared if shared[p] == most)
 
-        def preimage(name: str) -> dict[str, Any] | None:
-            found = self.lookup(there[name], verify=False).record if name in there else None
-            return found.preimage if found is not None else None
+        def preimage_in(path: str) -> Callable[[str], dict[str, Any] | None]:
+            there = latest[path]
 
-        return best, preimage
+            def preimage(name: str) -> dict[str, Any] | None:
+                found = self.lookup(there[name], verify=False).record if name in there else None
+                return found.preimage if found is not None else None
+
+            return preimage
+
+        if len(tied) == 1 or distance is None:
+            return tied[0], preimage_in(tied[0])
+
+        def apart(path: str) -> int:
+            old, there = preimage_in(path), latest[path]
+            differing = [n for n in there if n in keys and keys[n] != there[n]]
+            return sum(distance(n, pre) for n in differing if (pre := old(n)) is not None)
+
+        best = min(tied, key=apart)
+        return best, preimage_in(best)
 
     def builds(self) -> list[dict[str, Any]]:
         out = [

@@ -270,6 +270,17 @@ def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, cap
     line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
     assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
     assert "  cached  stage:pretrain" in plan
+    # Another file sharing as many keys, yet further off (two fields, not one), and first
+    # by name: the copy is still explained against the nearer one.
+    other = cli.parent / "a-other.toml"
+    other.write_text(cli.read_text())
+    edits = ["--set", "stage.sft.lr=3e-5", "--set", "stage.sft.steps=3"]
+    assert main(["build", str(other), "--executor", "inline", "--plain", *edits]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(copy), "--set", "stage.sft.lr=1e-5"]) == 0
+    plan = capsys.readouterr().out
+    line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
+    assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
 
 
 @pytest.mark.parametrize(
