@@ -8,6 +8,7 @@ tables) replace. The result remembers, for every key, which layer set it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -227,10 +228,22 @@ def _display_path(path: FsPath) -> str:
         return str(path)
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, flag: str) -> Any:
+    """A ``--set`` value as TOML; text that is no TOML value is a string, except where it
+    opens as a table or an array (JSON's ``{"a": 1}``, say): a string there is a mistake."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if text[:1] in ("{", "["):
+            why = re.sub(r" \(at line \d+, column \d+\)$", "", str(e))  # of "v = ..."
+            raise SpecError(
+                [
+                    Problem(
+                        f"{flag}: the value is no TOML ({why}): a table is written "
+                        "{ key = value, ... }, an array [1, 2]"
+                    )
+                ]
+            ) from None
         return text
 
 
@@ -284,7 +297,7 @@ def apply_override(layer: Layer, assignment: str, registry: Any) -> Layer:
     if not sep or not key.strip():
         raise SpecError([Problem(f"{flag}: expected dotted.key=value")])
     path = _override_path(layer.data, key.strip(), flag)
-    value = _parse_value(text.strip())
+    value = _parse_value(text.strip(), flag)
     data = _set_in(layer.data, path, value)
     _rebase_paths(data, FsPath.cwd(), registry)
     origin = Origin(flag)

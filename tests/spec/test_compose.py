@@ -68,6 +68,12 @@ def test_set_errors_are_clear(project):
     with pytest.raises(SpecError) as info:
         load_spec(project, ["stage.sft.lr=-1"])
     assert "--set stage.sft.lr=-1: stage[1].lr: must be > 0" in str(info.value)
+    # A table or array that is no TOML (JSON's, say) is said, not taken as a string.
+    with pytest.raises(SpecError) as info:
+        load_spec(project, ['stage.sft.schedule={"kind": "wsd"}'])
+    said = str(info.value)
+    assert "the value is no TOML (Expected '=' after a key" in said, said
+    assert "a table is written { key = value, ... }" in said and "column" not in said, said
 
 
 def test_unknown_preset_suggests(tmp_path):
