@@ -97,6 +97,8 @@ def _ray_execute(task: NodeTask, progress: str | None) -> dict[str, Any]:
     work = Store(task.store_url, work_root=Path(task.work_root)).work_dir(task.key)
     ranks = functools.partial(_ray_ranks, resources=task.resources, work_dir=work, name=task.name)
     sink = _ProgressSink(progress) if progress is not None else None
+    if sink is not None:  # the driver shows the node running from now, not when queued
+        sink.update(task.name, {})
     return execute_node(task, sink, ranks, _ray_parallel)
 
 
@@ -170,6 +172,7 @@ class RayExecutor:
     _started_here: bool = field(default=False, init=False)
     _progress: str | None = field(default=None, init=False)
     _shown: dict[str, bytes] = field(default_factory=dict, init=False)
+    _begun: set[str] = field(default_factory=set, init=False)
     _drained: float = field(default=0.0, init=False)
     _remote: Any = field(default=None, init=False)
 
@@ -279,7 +282,14 @@ class RayExecutor:
             return
         for node, value in changed.items():
             self._shown[node] = value
-            self.sink.update(node, json.loads(value))
+            if node not in self._begun:  # its worker has it: no longer waiting for one
+                self._begun.add(node)
+                said = getattr(self.sink, "node", None)  # a reporter's (see scheduler)
+                if said is not None:
+                    said(node, "running")
+            fields = json.loads(value)
+            if fields:
+                self.sink.update(node, fields)
 
     def _forget(self, nodes: list[str]) -> None:
         """Drop finished nodes' progress, so that each look reads the running ones only."""
@@ -289,6 +299,7 @@ class RayExecutor:
 
         for node in nodes:
             self._shown.pop(node, None)
+            self._begun.discard(node)
             try:
                 _internal_kv_del(node, namespace=self._progress)
             except Exception:  # the head node is unreachable: shutdown tries once more

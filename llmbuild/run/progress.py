@@ -87,7 +87,7 @@ class PlainReporter:
         self.stream.flush()
 
     def node(self, name: str, state: str, detail: str = "", seconds: float | None = None) -> None:
-        if state == "running":
+        if state in ("queued", "running"):  # built in: the time it ran, or waited and ran
             self.started[name] = time.monotonic()
         took = ""
         if seconds is None and state in ("built", "failed") and name in self.started:
@@ -140,7 +140,9 @@ class LiveReporter:
             return
         if state == "running":
             self.progress.start_task(task)
-        kwargs: dict[str, Any] = {"state": state, "info": detail}
+        kwargs: dict[str, Any] = {"state": state}
+        if detail or state != "running":  # a queued node's detail stays as it starts
+            kwargs["info"] = detail
         if state in DONE_STATES:
             kwargs.update(total=1, completed=1)
         self.progress.update(task, **kwargs)

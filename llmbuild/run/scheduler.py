@@ -186,7 +186,10 @@ class Scheduler:
         claim = (
             cores.claim(node.name, node.resources, self.store.url) if self.executor.local else None
         )
-        self.reporter.node(node.name, "running", detail)
+        # Inline, it runs now; elsewhere it waits for a worker (and the cores it asks
+        # for), and the executor says when it starts running.
+        state = "running" if self.executor.kind == "inline" else "queued"
+        self.reporter.node(node.name, state, detail)
         try:  # an inline executor builds the node inside submit
             handle = self.executor.submit(task)
         except BaseException:

@@ -137,3 +137,39 @@ def test_progress_of_ray_workers_reaches_the_driver(project, ray_env, tmp_path):
     assert len(done) >= 2 and done == sorted(done), shown  # while the node ran, in order
     assert done[-1] == 15, shown  # and its last update
     assert not ray.is_initialized()  # and the cluster, with its store, is gone
+
+
+def test_a_node_waiting_for_cores_is_queued_until_a_worker_takes_it(
+    project, ray_env, tmp_path, monkeypatch
+):
+    """On a one-core cluster two one-core nodes cannot run at once: the second is shown
+    queued, and running only once the first is built and a worker takes it."""
+    import io
+
+    from llmbuild.run import executors
+    from llmbuild.run.build import BuildOptions, PlainReporter, build
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+    from tests.fixture_backend import fixture_registry
+
+    start = executors.start_local_ray
+    monkeypatch.setattr(executors, "start_local_ray", lambda num_cpus=None: start(1))
+    set_control(sleep={"source:books": 1.5, "source:chat": 1.5})
+    out = io.StringIO()
+    outcome = build(
+        load_spec(project, ()),
+        Store(str(tmp_path / "store")),
+        BuildOptions(executor="ray", live=False, only=("source:books", "source:chat")),
+        PlainReporter(out, interval=0.0),
+        registry=fixture_registry(None),
+    )
+    assert outcome.ok, out.getvalue()
+    said = [line.split()[1:3] for line in out.getvalue().splitlines()]
+    said = [s for s in said if s[0] in ("queued", "running", "built")]
+    for node in ("source:books", "source:chat"):
+        states = [state for state, name in said if name == node]
+        assert states == ["queued", "running", "built"], out.getvalue()
+    first, second = sorted(
+        ("source:books", "source:chat"), key=lambda n: said.index(["running", n])
+    )
+    assert said.index(["running", second]) > said.index(["built", first]), out.getvalue()
