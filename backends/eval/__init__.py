@@ -7,8 +7,9 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class EvalBackend(Backend):
     name = "eval"
-    version = "4"  # 3: the padded vocabulary rows take no share of a perplexity;
-    # 4: a chat source's perplexity is its answers', a classification the majority rate
+    version = "5"  # 3: the padded vocabulary rows take no share of a perplexity;
+    # 4: a chat source's perplexity is its answers', a classification the majority rate;
+    # 5: a classification's baseline measures its listed files too
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

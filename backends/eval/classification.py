@@ -74,6 +74,24 @@ def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[st
     return texts, labels
 
 
+def file_texts(path: Path) -> tuple[list[str], list[Any]]:
+    """The texts (a pair after its text) and labels of a listed file, as written there
+    (``labeled_file`` has read it whole before)."""
+    from llmbuild.backends.data.readers import BadRecord, normalise, read_records
+
+    from llmbuild.spec.data import Source
+
+    source = Source(name="file", path=str(path), role="labeled")
+    texts, labels = [], []
+    for rec in read_records(str(path), source):
+        if isinstance(rec, BadRecord):
+            raise UserError(str(rec))
+        r, pair = normalise(rec, source), rec.data.get("pair")
+        texts.append(r["text"] if pair is None else f"{r['text']} {pair}")
+        labels.append(r["label"])
+    return texts, labels
+
+
 def baseline_predictions(
     train: tuple[list[str], list[Any]], texts: list[str], labels: tuple[str, ...], multi: bool
 ) -> Any:
@@ -224,16 +242,22 @@ def _names(label: Any, labels: tuple[str, ...]) -> Any:
     return labels[label]
 
 
-def _baseline(ctx: Any, results: dict[str, Any], labels: tuple[str, ...], tok: Any) -> None:
+def _baseline(
+    ctx: Any, results: dict[str, Any], labels: tuple[str, ...], tok: Any, files: dict[str, Path]
+) -> None:
     """TF-IDF and logistic regression, fitted on the training split of the labeled
-    sources, on the validation split of each (listed files are not measured)."""
+    sources, on what the classifier was measured on: each one's validation split and
+    each listed file."""
     sources = {s[5:]: str(a.path) for s, a in sorted(ctx.inputs.items()) if s.startswith("data:")}
     train = source_texts(sources, "train", tok)
     ids = {name: i for i, name in enumerate(labels)}
     for name in results:
-        if name not in sources:
+        if name in sources:
+            texts, truth = source_texts({name: sources[name]}, "validation", tok)
+        elif name in files:
+            texts, truth = file_texts(files[name])
+        else:
             continue
-        texts, truth = source_texts({name: sources[name]}, "validation", tok)
         multi = bool(results[name].get("multi_label"))
         predicted = baseline_predictions(train, texts, labels, multi)
         if multi:
@@ -274,9 +298,11 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                 sets[slot[5:]] = samples
             else:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
+    files: dict[str, Path] = {}
     for pattern in suite.files:
         for path in expand(pattern):
             name = Path(path).name
+            files[name] = Path(path)
             sets[name], lone = labeled_file(Path(path), tok, labels, seq_len, start, multi)
             if stage.paired and lone:
                 ctx.note(
@@ -320,7 +346,7 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
             png = ctx.out_dir / f"confusion-{name}.png"
             confusion_png(png, title, results[name]["confusion"], labels, multi)
     if suite.baseline:
-        _baseline(ctx, results, labels, tok)
+        _baseline(ctx, results, labels, tok, files)
     for name, r in results.items():
         if "majority_accuracy" in r:
             ctx.metrics[f"{name}.majority_accuracy"] = r["majority_accuracy"]

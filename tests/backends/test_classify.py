@@ -293,6 +293,7 @@ name = "labels"
 kind = "classification"
 stages = ["cls"]
 files = ["data/more.jsonl"]
+baseline = true
 """
 
 
@@ -311,6 +312,11 @@ def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
     assert set(results) == {"sums", "more.jsonl"}
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     labels = ["big", "small"]
+    metrics = outcome.results["eval:labels@cls"].record.metrics
+
+    def record_of(name: str) -> float:
+        return metrics[f"{name}.baseline_accuracy"]
+
     for name, r in results.items():
         truth = [x["label"] for x in rows if x["data"] == name]
         predicted = [x["predicted"] for x in rows if x["data"] == name]
@@ -324,6 +330,9 @@ def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
         assert r["accuracy"] > 0.8, r
         assert r["majority_accuracy"] == max(map(truth.count, labels)) / len(truth)
         assert (out / f"confusion-{name}.png").read_bytes()[:4] == b"\x89PNG"
+        # the baseline on the same texts: the source's validation split, the file's own
+        assert r["baseline"]["texts"] == r["texts"], (name, r["baseline"])
+        assert record_of(name) == r["baseline"]["accuracy"]
     # the file's true labels are the file's, in order
     more = [json.loads(line)["label"] for line in (tmp_path / "data" / "more.jsonl").open()]
     assert [x["label"] for x in rows if x["data"] == "more.jsonl"] == more
