@@ -103,13 +103,18 @@ def predict(
         )
     seq = config["architecture"]["seq_len"]
     start = text_start(config, tok)
-    encoded, cut, empty = [], 0, 0
+    encoded, cut, empty, unknown = [], 0, 0, 0
+    unk_token = getattr(tok.tokenizer.model, "unk_token", None)
+    unk = tok.tokenizer.token_to_id(unk_token) if unk_token else None
     for text, pair in texts:
+        own = tok.encode(text)
         ids, shortened, types = fit_text(
-            tok.encode(text), None if pair is None else tok.encode(pair), seq, tok.eos_id, start
+            own, None if pair is None else tok.encode(pair), seq, tok.eos_id, start
         )
         cut += shortened
         empty += not text.strip()
+        # no character the tokenizer knows: nothing, or its unknown token alone
+        unknown += bool(text.strip()) and all(i == unk for i in own)
         encoded.append((ids if len(ids) else [tok.eos_id], 0, types))
     if cut:
         sys.stderr.write(
@@ -118,6 +123,11 @@ def predict(
         )
     if empty:
         sys.stderr.write(f"warning: {empty} of the texts are empty: their scores mean nothing\n")
+    if unknown:
+        sys.stderr.write(
+            f"warning: {unknown} of the texts hold nothing the tokenizer knows (every "
+            "character outside its vocabulary): their scores mean nothing\n"
+        )
     samples = LabeledTexts(encoded, seq, tok.pad_id, encoder=start is not None)
     logits = class_logits(model, samples, 32)
     # A multi-label classifier's labels each have a probability of their own.

@@ -573,6 +573,11 @@ def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r.stderr
     assert "1 of the texts are longer than the classifier's 32 tokens" in r.stderr, r.stderr
     assert "1 of the texts are empty" in r.stderr
+    assert "hold nothing the tokenizer knows" not in r.stderr, r.stderr
+    # a text of characters the char tokenizer never saw is scored, with a warning
+    r = _cli("predict", str(spec), "--store", str(store), "--text", "ζζζ", "--text", "01+02=03")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r.stderr
+    assert "1 of the texts hold nothing the tokenizer knows" in r.stderr, r.stderr
     r = _cli("predict", str(spec), "--store", str(store), "--stage", "pretrain", "--text", "x")
     assert r.returncode == 2 and "'pretrain' is not a classify stage" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
