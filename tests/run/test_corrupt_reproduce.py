@@ -133,9 +133,12 @@ def test_reproduce_names_what_changed_where_it_enters(project, fixture_env, tmp_
             reporter=PlainReporter(io.StringIO()),
             registry=fixture_registry({"eval": "99"}),
         )
+    from llmbuild.registry import default_registry
+
+    version = default_registry().get("eval").version
     assert str(e.value).endswith(
         "reproduced: eval:ppl@pretrain, eval:ppl@sft, eval:gen@sft: backend eval "
-        "'eval v4' -> 'eval v99'"
+        f"'eval v{version}' -> 'eval v99'"
     ), e.value
 
 
