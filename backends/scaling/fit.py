@@ -164,6 +164,22 @@ def optimum_problem(fit: Approach3Fit) -> str | None:
     )
 
 
+def tiny_optimum(params: float, tokens: float) -> str | None:
+    """Why an optimum is none at all, where the law gives less than one parameter or one
+    token (a budget far below the sweep's); None for a real one."""
+    below = " and ".join(
+        f"{what} = {value:.3g} {unit}"
+        for what, value, unit in (("N", params, "parameters"), ("D", tokens, "tokens"))
+        if value < 1
+    )
+    if not below:
+        return None
+    return (
+        f"no optimum at this budget: the law gives {below}, less than one; the budget is "
+        "far below the compute the sweep measured"
+    )
+
+
 def points_flops_per_token(params: ArrayLike, per_token: ArrayLike) -> Callable[[float], float]:
     """FLOPs per token of a model of N non-embedding parameters as the sweep's points count
     them: 6N plus attention, whose part (which grows more slowly than N) is a power law

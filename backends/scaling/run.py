@@ -147,11 +147,17 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
         optimum: dict[str, Any] = {"budget": suite.fit_budget}
         if fit3 is not None and "approach3_optimum_error" not in out:
             per_token = fit.points_flops_per_token(N, [p["flops"] / p["tokens"] for p in points])
-            n, d = fit.compute_optimal_approach3(fit3, suite.fit_budget, per_token)
-            optimum["approach3"] = {"params": n, "tokens": d}
+            optimum["approach3"] = fit.compute_optimal_approach3(fit3, suite.fit_budget, per_token)
         if fit2 is not None:
-            n, d = fit2.predict(suite.fit_budget)
-            optimum["approach2"] = {"params": n, "tokens": d}
+            optimum["approach2"] = fit2.predict(suite.fit_budget)
+        for how in ("approach3", "approach2"):
+            if how not in optimum:
+                continue
+            n, d = optimum[how]
+            problem = fit.tiny_optimum(n, d)
+            optimum[how] = {"params": n, "tokens": d} if problem is None else {"error": problem}
+            if problem is not None:
+                ctx.note(f"{how[:-1]} {how[-1]} at fit_budget: {problem}")
         out["optimum"] = optimum
     (ctx.out_dir / FIT).write_text(json.dumps(out, indent=1, sort_keys=True, default=float))
     fit.plot([(p["budget"] or p["flops"], p["non_embedding_params"], p["tokens"], p["loss"]) for p in points],

@@ -115,17 +115,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _optimum(entry: dict, how: str, params: float, tokens: float) -> None:
-    """The law's optimum into ``entry``; or, where it is less than one parameter or one
-    token (a budget far below the sweep's), why there is none to show."""
-    if params >= 1 and tokens >= 1:
+    """The law's optimum into ``entry``; or why there is none to show."""
+    from llmbuild.backends.scaling.fit import tiny_optimum
+
+    problem = tiny_optimum(params, tokens)
+    if problem is None:
         entry[f"optimum_{how}"] = {"params": params, "tokens": tokens}
-        return
-    below = " and ".join(
-        f"{what} = {value:.3g} {unit}"
-        for what, value, unit in (("N", params, "parameters"), ("D", tokens, "tokens"))
-        if value < 1
-    )
-    entry[f"optimum_{how}_error"] = (
-        f"no optimum at this budget: the law gives {below}, less than one; the budget is "
-        "far below the compute the sweep measured"
-    )
+    else:
+        entry[f"optimum_{how}_error"] = problem
