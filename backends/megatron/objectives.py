@@ -106,11 +106,9 @@ class GptSamples:
         return len(self.dataset)
 
     def batch(self, indices: list[int]) -> dict[str, Any]:
-        samples = [self.dataset[i % len(self.dataset)] for i in indices]
-        return {
-            k: torch.stack([s[k] for s in samples])
-            for k in ("tokens", "labels", "loss_mask", "position_ids")
-        }
+        from .data import sample_batch
+
+        return sample_batch(self.dataset, indices)
 
 
 class LanguageModel:
