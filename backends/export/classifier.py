@@ -34,7 +34,10 @@ def hf_classifier(
 
     labels = stage.head_outputs
     family, config, weights = hf_parts(stage, tokenizer, node)
-    config.pad_token_id = tok.pad_token_id
+    # A pad token the export added past the embedding's rows gets its row once the
+    # weights are in (``_pad_row``): transformers refuses a padding_idx out of range.
+    added = tok.pad_token_id >= config.vocab_size
+    config.pad_token_id = None if added else tok.pad_token_id
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
@@ -54,7 +57,7 @@ def hf_classifier(
         raise RuntimeError(
             f"weight conversion mismatch: missing {missing}, unexpected {unexpected}"
         )
-    if tok.pad_token_id >= model.get_input_embeddings().weight.shape[0]:
+    if added:
         _pad_row(model, tok.pad_token_id)
     return HfModel(
         model.eval(),

@@ -613,10 +613,15 @@ stage = "cls"
 
 
 def test_a_classifier_from_an_imported_checkpoint_learns_and_exports(tmp_path_factory):
+    from transformers import AutoTokenizer
+
     from tests.checkpoints import import_spec, write_checkpoint
 
     root = tmp_path_factory.mktemp("classify-import")
-    ck = write_checkpoint(root / "ck", "llama", max_position_embeddings=32)
+    # As in GPT-2 and Llama 3, the embedding has a row for each token and no spare one
+    # for the pad token the export adds.
+    ck = write_checkpoint(root / "ck", "llama", max_position_embeddings=32, vocab_size=320)
+    assert len(AutoTokenizer.from_pretrained(ck)) == 320
     write_sums(root / "sums.jsonl")
     spec = import_spec(root, ck, IMPORTED)
     store = suite_store(tmp_path_factory)
