@@ -107,6 +107,11 @@ def writes_text(resolved: Any, stage: str, command: str) -> None:
             f"{stage!r} is a {SCORING[kind]}: it scores texts and does not write them{hint}"
             + ("; `llmbuild predict` scores texts with it" if kind == "classify" else "")
         )
+    if found is not None and getattr(stage_architecture(resolved.spec, found), "encoder", False):
+        raise UserError(
+            f"{stage!r} is a bert-style encoder: it fills in masked tokens and classifies, "
+            f"but does not write text, which {command} needs"
+        )
 
 
 def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:

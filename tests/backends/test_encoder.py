@@ -453,3 +453,7 @@ def test_a_classifier_of_an_encoder_points_nowhere_to_write_text(built, capsys):
     assert "from 'mlm'" not in err  # its base fills in masks and writes no text either
     assert main(["chat", str(spec), "--stage", "mlm", "--store", str(store)]) == 2
     assert "bert-style encoder" in capsys.readouterr().err
+    for command in ("serve", "chat", "generate"):  # its hf export too, before loading it
+        assert main([command, str(spec), "--export", "hf@mlm", "--store", str(store)]) == 2
+        err = capsys.readouterr().err
+        assert "'mlm' is a bert-style encoder" in err and f"which {command} needs" in err, err
