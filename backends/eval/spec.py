@@ -75,7 +75,9 @@ class Classification(EvalTable):
     """Suite kind."""
     stages: StrList = ref("stage", slot="model", each=True, min_length=1, stage_kinds=("classify",))
     """Classifier stages (kind `classify`) to evaluate."""
-    sources: StrList | None = ref("tokens", None, slot="data:{name}", omitted="labeled", own=True)
+    sources: StrList | None = ref(
+        "tokens", None, slot="data:{name}", source_role="labeled", omitted="labeled", own=True
+    )
     """Labeled sources whose validation split is measured; the one each stage trained on
     when omitted."""
     files: StrList = content(())

@@ -384,6 +384,10 @@ def test_a_classification_eval_of_a_stage_that_is_no_classifier_is_located(tmp_p
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     assert "eval[0].stages[0]: stage 'pretrain' is not of kind 'classify'" in str(e.value)
+    suite = CLASSIFICATION.replace("baseline = true", 'sources = ["equations"]')
+    with pytest.raises(SpecError) as e:
+        load_spec(classify_spec(tmp_path, CLASSIFY + suite))
+    assert "eval[0].sources[0]: a classification eval needs a labeled-role source" in str(e.value)
 
 
 EXPORTS = """
