@@ -116,6 +116,11 @@ class Kind:
         """Inputs the node reads without a spec field naming them: slot -> node."""
         return {"tokenizer": "tokenizer"}
 
+    def omitted(self, item: Any, spec: Spec, field: str, names: list[str]) -> list[str]:
+        """The nodes the reference ``field``, left out, stands for: ``names`` (the sources
+        of the role its mark says), or fewer where this item reads none of them."""
+        return names
+
     def labels(self, item: Any) -> dict[str, str]:
         """Top-level config keys -> the spec keys they come from, for explaining rebuilds."""
         return {}

@@ -25,6 +25,11 @@ class ExportKind(Kind):
             return ExportConfig(export=item)
         return ExportConfig(export=item, model_name=spec.model.name, finetune=item.stage)
 
+    def omitted(self, item: Any, spec: Any, field: str, names: list[str]) -> list[str]:
+        # A classifier's or reward model's export measures no held-out perplexity.
+        stage = next((s for s in spec.stage if s.name == item.stage), None)
+        return [] if field == "sources" and getattr(stage, "kind", None) in SCORING else names
+
     def labels(self, item: Any) -> dict[str, str]:
         return {"export": node_name("export", item).replace("export:", "export.", 1)}
 
@@ -62,6 +67,14 @@ class ExportKind(Kind):
                     f"{item.stage!r} is a bert-style encoder, which exports as hf "
                     f"(BertForMaskedLM), or once classified as hf or onnx; not as {item.format}",
                     (*where, "format"),
+                )
+            ]
+        if classifier and getattr(item, "sources", None) is not None:
+            return [
+                Problem(
+                    f"{item.stage!r} is a {SCORING[kind]}, whose export measures no held-out "
+                    "perplexity: leave `sources` out",
+                    (*where, "sources"),
                 )
             ]
         if item.format in CLASSIFIER_FORMATS or not classifier:

@@ -142,7 +142,8 @@ class _Builder:
                 each = [r for r in refs if r.mark.each]
                 for target in [r.name for r in each] or [None]:
                     for o in omitted:
-                        names[o.field] = self._omitted(o.mark, target)
+                        every = self._omitted(o.mark, target)
+                        names[o.field] = kind.omitted(item, self.spec, o.field, every)
                     inputs = dict(kind.inputs(item, self.spec))
                     edge_paths: dict[str, Path] = {}
                     for r in refs:

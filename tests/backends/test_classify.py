@@ -152,6 +152,19 @@ def test_editing_the_labels_rebuilds_the_classifier_only(built):
         assert {n for n in before if before[n] != after[n]} == {"stage:cls"}, edit
 
 
+def test_a_classifiers_onnx_export_reads_no_text_source(tmp_path):
+    """It measures no held-out perplexity: a pretrain source added or edited must not
+    rebuild it; naming sources for it is an error."""
+    from llmbuild.errors import SpecError
+
+    spec = classify_spec(tmp_path, CLASSIFY + EXPORTS)
+    graph = plan_spec(load_spec(spec), cache=StatCache()).graph
+    assert {s for s in graph["export:onnx@cls"].inputs if s.startswith("data:")} == set()
+    with pytest.raises(SpecError) as e:
+        load_spec(spec, ['export.onnx@cls.sources=["equations"]'])
+    assert "export[1].sources: 'cls' is a classifier" in str(e.value)
+
+
 def test_a_class_weight_for_a_label_the_data_lacks_names_the_nearest(tmp_path):
     from llmbuild.backends.megatron.labels import class_weights
 
