@@ -5,6 +5,7 @@ float`` (it runs user code)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -67,9 +68,16 @@ class Rewards:
             values = []
             for p, o, r in zip(prompts, outs, recs):
                 try:
-                    values.append(float(fn(p, o, r)))
+                    value = float(fn(p, o, r))
                 except Exception as e:
                     raise ValueError(f"reward function {spec['function']!r} failed: {e}") from e
+                if not math.isfinite(value):  # it would surface as a diverged loss
+                    raise ValueError(
+                        f"reward function {spec['function']!r} returned {value} for the "
+                        f"completion {o[:60]!r} of the prompt {p[:60]!r}: a reward must be a "
+                        "finite number"
+                    )
+                values.append(value)
             return values
 
         return user

@@ -42,3 +42,12 @@ def test_uniform_groups_leave_the_policy_mean():
     # No informative group at all: only the KL penalty is left, and no division by zero.
     none = group_loss(policy, kl, torch.zeros(4), 0.5, "skip")
     assert float(none) == pytest.approx(0.5 * 0.2)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_reward_function_giving_no_finite_number_is_named(tmp_path, value):
+    module = tmp_path / f"{value}_rewards.py"
+    module.write_text(f"def score(prompt, completion, record):\n    return float('{value}')\n")
+    spec = {"kind": "function", "function": f"{value}_rewards:score", "module_file": str(module)}
+    with pytest.raises(ValueError, match=f"'{value}_rewards:score' returned {value} .*finite"):
+        score(spec, ["42"], "42")
