@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,10 @@ def _rebase_peft(folder: Path) -> None:
 
 def copy_out(
     store: Any, planned: Any, names: list[str], to: Path, force: bool, build: str
-) -> list[Path]:
-    """Copy the built exports ``names`` (all when empty) to ``to``; ``build`` is the
-    command that builds them, said when one is missing."""
+) -> tuple[list[Path], list[str]]:
+    """Copy the built exports ``names`` to ``to``; ``build`` is the command that builds
+    them, said when one is missing. With no names, every export of the spec that is built
+    (at least one): returns the folders written and the exports left out, not built."""
     exports = [n for n in planned.names if n.startswith("export:")]
     wanted = [f"export:{n}" if not n.startswith("export:") else n for n in names] or exports
     unknown = [n for n in wanted if n not in exports]
@@ -57,9 +59,11 @@ def copy_out(
     if corrupt:
         raise UserError(f"corrupt in the store: {', '.join(corrupt)}; run `{build}` to rebuild it")
     missing = [n for n, f in found.items() if not f.cached]
-    if missing:
+    if missing and (names or len(missing) == len(wanted)):
         raise UserError(f"not built yet: {', '.join(missing)}; run `{build}` first")
-    targets = {node: to / node.split(":", 1)[1] for node in wanted}
+    targets = {node: to / node.split(":", 1)[1] for node in wanted if node not in missing}
+    if to.exists() and not to.is_dir():
+        raise UserError(f"{to} is a file: --to names the folder the exports go in")
     there = [t for t in targets.values() if t.exists()]
     if there and not force:  # said before anything is written
         raise UserError(f"{there[0]} exists; pass --force to replace it")
@@ -75,7 +79,7 @@ def copy_out(
         )
         _rebase_peft(target)
         written.append(target)
-    return written
+    return written, missing
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,13 +91,19 @@ def run(args: argparse.Namespace) -> int:
     planned = plan_spec(resolved, store=store, cache=store.cache)
     to = Path(args.to)
     try:
-        written = copy_out(store, planned, args.names, to, args.force, build_command(args))
+        written, missing = copy_out(store, planned, args.names, to, args.force, build_command(args))
     except OSError as e:
         if not _within(e.filename, to):  # the store's or the cache dir's: said as theirs
             raise
         raise UserError(f"cannot write to {to}: {e}") from None
     for path in written:
         print(path)
+    if missing:  # the built ones are out; the rest is said, and the exit status says so
+        sys.stderr.write(
+            f"not built yet, so not copied: {', '.join(missing)}; run "
+            f"`{build_command(args)}` (`llmbuild status` says why a build failed)\n"
+        )
+        return 1
     return 0
 
 

@@ -315,3 +315,25 @@ def test_a_stopped_build_exits_with_the_status_of_its_signal(cli, capsys, signum
     assert not list((store / "leases").iterdir())  # the cleanup is the same
     (build,) = [json.loads(p.read_text()) for p in (store / "builds").glob("*.json")]
     assert build["interrupted"] and build["nodes"]["stage:pretrain"]["state"] == "interrupted"
+
+
+def test_export_copies_what_is_built_and_names_what_is_not(cli, capsys):
+    """One export failed: the others are still copied out, the failed one is named and
+    the exit status says that not everything came out; asked for by name, it is an error."""
+    with cli.open("a") as f:
+        f.write('\n[[export]]\nformat = "hf"\nstage = "sft"\n')
+    set_control(fail=["export:hf@dpo"])
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
+    set_control()
+    capsys.readouterr()
+    out = cli.parent / "out"
+    assert main(["export", str(cli), "--to", str(out)]) == 1
+    printed, err = capsys.readouterr()
+    assert printed.split() == [str(out / "hf@sft")], printed
+    assert "not built yet, so not copied: export:hf@dpo; run `llmbuild build " in err, err
+    assert (out / "hf@sft").is_dir() and not (out / "hf@dpo").exists()
+    assert main(["export", str(cli), "--to", str(out), "hf@dpo"]) == 2
+    assert "not built yet: export:hf@dpo" in capsys.readouterr().err
+    (cli.parent / "a-file").write_text("")
+    assert main(["export", str(cli), "--to", str(cli.parent / "a-file"), "--force"]) == 2
+    assert "a-file is a file: --to names the folder the exports go in" in capsys.readouterr().err
