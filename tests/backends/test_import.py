@@ -380,3 +380,50 @@ def test_a_tokenizer_of_the_specs_own_over_an_import_is_warned(tmp_path, capsys)
     spec.write_text(spec.read_text().replace('kind = "char"', 'chat_template = "chatml"'))
     assert main(["validate", str(spec)]) == 0
     assert "tokenizer.kind" not in capsys.readouterr().err
+
+
+ROPE_FORMS = {
+    "parameters": {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+    "theta": {"rope_theta": 5e5},
+    "scaling": {"rope_theta": 5e5, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    "old type": {"rope_scaling": {"type": "linear", "factor": 3.0}},
+    "parameters scaled": {
+        "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}
+    },
+    "both": {  # a 5.x file given the scaling a model card says to add: transformers takes it
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+        "rope_scaling": {"rope_type": "linear", "factor": 4.0},
+    },
+    "both, unsupported": {
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("form", sorted(ROPE_FORMS))
+def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, form):
+    from llmbuild.backends.families import Unsupported
+    from llmbuild.backends.families.llama.config import rope
+    from transformers import AutoConfig
+
+    from tests.checkpoints import config
+
+    raw = config("llama").to_dict()
+    for key in ("rope_parameters", "rope_scaling", "rope_theta"):
+        raw.pop(key, None)
+    raw.update(ROPE_FORMS[form])
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    theirs = AutoConfig.from_pretrained(str(tmp_path)).rope_parameters
+    if theirs["rope_type"] not in ("default", "linear"):
+        with pytest.raises(Unsupported, match=f"rope scaling '{theirs['rope_type']}'"):
+            rope(raw, "config.json")
+        return
+    theta, scaling = rope(raw, "config.json")
+    assert theta == theirs["rope_theta"]
+    assert (scaling or {}).get("kind", "default") == theirs["rope_type"]
+    assert (scaling or {}).get("factor") == theirs.get("factor")

@@ -15,12 +15,13 @@ this (a longer one trains only when asked for)."""
 
 def rope(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, our rope_scaling table) from either form transformers writes:
-    ``rope_parameters`` (5.x) or ``rope_theta`` with ``rope_scaling`` (4.x and the Hub)."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = dict(hf.get("rope_scaling") or {})
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    settings = {**scaling, **params}
+    ``rope_parameters`` (5.x) or ``rope_theta`` with ``rope_scaling`` (4.x and the Hub).
+    Read as transformers reads them: a ``rope_scaling`` table, when there is one, stands
+    in place of ``rope_parameters`` (a 5.x file given the scaling a model card says to
+    add), its theta then the top-level ``rope_theta`` or the default."""
+    settings = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    theta = settings.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kind = settings.get("rope_type") or settings.get("type") or "default"
     if kind == "default":
         return float(theta), None
     if kind == "linear":
