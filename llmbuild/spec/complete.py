@@ -26,6 +26,7 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
     """Apply every item's completion to ``layer`` (in place); the problems found, and the
     tables a completion would have filled had its files been readable."""
     data, problems, unfilled = layer.data, [], set()
+    filled: dict[Path, tuple[str, Any]] = {}  # by an earlier item: its origin and value
     for table in TABLES:
         items = data.get(table)
         dropped: list[int] = []
@@ -57,17 +58,23 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
                     continue  # a table of the spec's own (or not a table: validation says)
                 for key, value in values.items():  # a table that only adjusts the filled one
                     section.setdefault(key, value)
-                    layer.origins.setdefault((name, key), origin)
+                    for sub in ((name, key), *_walk(value, (name, key))):
+                        layer.origins.setdefault(sub, origin)
             for name, values in done.fields.items():
                 section = data.setdefault(name, {})
                 if not isinstance(section, dict):
                     continue  # not a table: field validation reports it
                 free = done.free.get(name, ())
+                disagree = []
                 for key, value in values.items():
                     path: Path = (name, key)
                     if key not in section:
                         section[key] = value
-                        layer.origins[path] = origin
+                        filled[path] = (done.origin, value)
+                        for sub in (path, *_walk(value, path)):
+                            layer.origins[sub] = origin
+                    elif path in filled and key not in free and not _same(filled[path][1], value):
+                        disagree.append(f"{key} ({filled[path][1]!r} against {value!r})")
                     elif key not in free and not _same(section[key], value):
                         problems.append(
                             Problem(
@@ -76,6 +83,16 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
                                 path,
                             )
                         )
+                if disagree:  # two items filling one table, each with its own values
+                    first = next(filled[(name, k.split(" ")[0])][0] for k in disagree)
+                    problems.append(
+                        Problem(
+                            f"{first} and {done.origin} disagree on [{name}]: "
+                            f"{', '.join(disagree)}; a spec has one {name} table, which "
+                            "every item that fills it must agree with",
+                            (table, i),
+                        )
+                    )
         if dropped and isinstance(items, list):
             moved = _drop(layer, table, dropped)
             problems = [_moved(p, table, moved) for p in problems]

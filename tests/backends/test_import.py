@@ -97,8 +97,11 @@ def test_import_matches_transformers_and_exports_back_bit_for_bit(imported, case
 
 def test_rope_settings_are_carried_over(imported):
     _ck, _outcome, _store, spec = imported("llama3.1-scaled-tied")
-    arch = load_spec(spec).spec.architecture
+    loaded = load_spec(spec)
+    arch = loaded.spec.architecture
     assert arch.rope_base == 500000.0 and arch.tie_embeddings
+    # what resolve says of each value: from the checkpoint, nested ones too
+    assert loaded.origin(("architecture", "rope_scaling", "factor")).source.endswith("config.json")
     assert arch.rope_scaling.kind == "llama3" and arch.rope_scaling.original_max_positions == 64
     assert arch.max_positions == 131072 and arch.seq_len == 4096  # the training context
 
@@ -181,6 +184,25 @@ def test_a_conflicting_architecture_field_is_located(tmp_path):
     spec.write_text(spec.read_text().replace("bias = false", "bias = true"))
     with pytest.raises(SpecError, match="architecture.bias: True contradicts"):
         load_spec(spec)
+
+
+def test_imports_of_two_architectures_are_one_located_problem(tmp_path):
+    first = write_checkpoint(tmp_path / "qwen2", "qwen2")
+    second = write_checkpoint(tmp_path / "qwen3", "qwen3", head_dim=32)
+    extra = f'[[stage]]\nname = "other"\nkind = "import"\ncheckpoint = "{second}"\n'
+    with pytest.raises(SpecError) as info:
+        load_spec(import_spec(tmp_path, first, extra))
+    (problem,) = info.value.problems
+    assert problem.key == "stage[1]" and problem.line == 12, problem
+    assert f"{first}/config.json and {second}/config.json disagree on [architecture]: " in (
+        problem.message
+    )
+    assert "family ('qwen2' against 'qwen3')" in problem.message, problem.message
+    assert "a spec has one architecture table" in problem.message
+    twin = write_checkpoint(tmp_path / "twin", "qwen2", seed=1)  # other weights, one shape
+    extra = f'[[stage]]\nname = "other"\nkind = "import"\ncheckpoint = "{twin}"\n'
+    loaded = load_spec(import_spec(tmp_path, first, extra))
+    assert loaded.origin(("architecture", "family")).source.endswith("config.json")
 
 
 def _error(spec: Path) -> str:
