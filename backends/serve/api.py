@@ -261,12 +261,16 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             return _Stream(api.stream(job))
         return await api.answer(job, request)
 
+    # A request's JSON, chat template and tokens are made in a thread: a long prompt
+    # (megabytes of it) keeps the server answering others while it is read.
     @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat(request: Request) -> Any:
-        return await _respond(api.chat_job(await request.body()), request)
+        job = await asyncio.to_thread(api.chat_job, await request.body())
+        return await _respond(job, request)
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(request: Request) -> Any:
-        return await _respond(api.completion_job(await request.body()), request)
+        job = await asyncio.to_thread(api.completion_job, await request.body())
+        return await _respond(job, request)
 
     return app

@@ -141,6 +141,11 @@ class ChatRequest(Sampling):
 class CompletionRequest(Sampling):
     prompt: str | list[str] | list[int]
 
+    def unsupported(self) -> str | None:
+        if self.logprobs is not None:  # a number: 0 asks for the chosen token's
+            return "logprobs"
+        return super().unsupported()
+
 
 def _param(loc: tuple[Any, ...]) -> str:
     out = ""

@@ -393,7 +393,8 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
     cold = json.dumps({**ok, "temperature": 0}).encode()
     answer = _raw(server, "/v1/chat/completions", cold)[1]["choices"][0]["message"]["content"]
     assert greedy.choices[0].message.content == answer  # top_p 0: the most likely token only
-    for bad in ({"logprobs": 2}, {"echo": True}, {"best_of": 2}):  # asked for, not given
+    # asked for, not given (a completion's logprobs 0 asks for the chosen token's)
+    for bad in ({"logprobs": 2}, {"logprobs": 0}, {"echo": True}, {"best_of": 2}):
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model="hf@base", prompt="Hi", max_tokens=2, **bad)
         assert e.value.code == "unsupported_parameter" and e.value.param == next(iter(bad))
@@ -408,6 +409,33 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
     assert e.value.code == "context_length_exceeded"
     succeeds()
     assert server.proc.poll() is None
+
+
+def test_a_huge_prompt_stalls_no_other_request(servers):
+    """Megabytes of prompt take seconds to tokenize, away from the server's event loop:
+    a health check and a small request are answered meanwhile, and the huge one gets
+    its 400 for the context."""
+    import threading
+
+    server = servers["export"]
+    huge = {"model": "hf@base", "messages": [{"role": "user", "content": "a b " * 1_500_000}]}
+    answers = {}
+    thread = threading.Thread(
+        target=lambda: answers.update(
+            huge=_raw(server, "/v1/chat/completions", json.dumps(huge).encode())
+        )
+    )
+    thread.start()
+    time.sleep(0.3)
+    with urllib.request.urlopen(server.url + "/health", timeout=30) as r:
+        assert r.status == 200
+    small = {"model": "hf@base", "prompt": "Hi", "max_tokens": 2}
+    assert _raw(server, "/v1/completions", json.dumps(small).encode())[0] == 200
+    still_reading = thread.is_alive()
+    thread.join(timeout=120)
+    status, body = answers["huge"]
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+    assert still_reading  # both were answered while the huge prompt was being tokenized
 
 
 @pytest.mark.parametrize("source", [["--stage", "base"], ["--export", "hf@base"]])
