@@ -20,15 +20,24 @@ def heldout_perplexity(
     from llmbuild.backends.eval.run import _nll, _validation_tokens, _windows
 
     tokens: list[int] = []
-    for slot, artifact in sorted(ctx.inputs.items()):
-        if slot.startswith("data:"):
-            found, _ = _validation_tokens(artifact.path)  # every token: the file's own
-            if not found:
-                ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
-            tokens += found
+    sources = [slot[5:] for slot in sorted(ctx.inputs) if slot.startswith("data:")]
+    for name in sources:
+        found, _ = _validation_tokens(ctx.inputs[f"data:{name}"].path)  # the file's own
+        if not found:
+            ctx.note(f"source {name!r} has no validation split: not measured")
+        tokens += found
     windows = _windows(tokens, hf.arch.seq_len, max_batches * BATCH)
     if not windows:
-        ctx.note("no validation data to measure the file's held-out perplexity on")
+        read = (
+            f"its sources ({', '.join(sources)}) hold no validation text"
+            if sources
+            else "it reads the spec's pretrain sources when `sources` is left out, and "
+            "there are none"
+        )
+        ctx.note(
+            f"the file's held-out perplexity is not measured: {read}; name sources with a "
+            "validation split in the export's `sources` (a chat source's counts too)"
+        )
         return {}
     ours, n = _nll(lambda ids, pos, mask: logits(ids), windows, BATCH)
     theirs, _ = _nll(lambda ids, pos, mask: hf.model(ids).logits, windows, BATCH)

@@ -421,3 +421,19 @@ def test_a_gguf_that_cannot_carry_what_was_asked_says_so(tmp_path):
     notes = " ".join(record.notes)
     assert "no matrix has rows that fill whole q4_0 blocks of 32" in notes, notes
     assert "the tokenizer has no GGUF form (a char vocabulary beyond ASCII)" in notes, notes
+
+
+def test_an_export_with_no_held_out_text_says_where_to_name_some():
+    """The finetune example's GGUF before it named its sources: an imported model tuned
+    on chats, no pretrain source, so nothing to measure the file's perplexity on."""
+    from types import SimpleNamespace
+
+    from llmbuild.backends.export.heldout import heldout_perplexity
+
+    notes = []
+    ctx = SimpleNamespace(inputs={}, note=notes.append)
+    hf = SimpleNamespace(arch=SimpleNamespace(seq_len=16))
+    assert heldout_perplexity(ctx, lambda ids: None, hf, 8) == {}
+    (note,) = notes
+    assert "pretrain sources when `sources` is left out, and there are none" in note
+    assert "name sources with a validation split in the export's `sources`" in note

@@ -39,6 +39,7 @@ def test_finetune_example(tmp_path, tmp_path_factory):
     assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == 512
     gguf = outcome.results["export:gguf@sft"].record.metrics
     assert gguf["quantization"] == "q8_0" and gguf["top1_agreement"] > 0.9
+    assert gguf["heldout_tokens"] > 0 and abs(gguf["perplexity_ratio"] - 1) < 0.05, gguf
 
 
 def test_chat_answers_stop_at_the_end_of_the_turn_everywhere(tmp_path, tmp_path_factory, capsys):
