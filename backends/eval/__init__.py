@@ -7,9 +7,10 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class EvalBackend(Backend):
     name = "eval"
-    version = "5"  # 3: the padded vocabulary rows take no share of a perplexity;
+    version = "6"  # 3: the padded vocabulary rows take no share of a perplexity;
     # 4: a chat source's perplexity is its answers', a classification the majority rate;
-    # 5: a classification's baseline measures its listed files too
+    # 5: a classification's baseline measures its listed files too;
+    # 6: a classification's predictions carry each text's index and tokens as read
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

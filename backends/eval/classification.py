@@ -330,11 +330,13 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
             results[name]["truncated"] = samples.truncated
             if not multi and truth:  # what always answering one label would score
                 results[name]["majority_accuracy"] = max(map(truth.count, set(truth))) / len(truth)
-            for t, p, row in zip(truth, predicted, probs.tolist()):
+            for i, (t, p, row) in enumerate(zip(truth, predicted, probs.tolist())):
                 f.write(
                     json.dumps(
                         {
                             "data": name,
+                            "index": i,  # its place among the data's texts
+                            "text": tok.decode(list(samples.docs[i][0])),  # as it was read
                             "label": _names(t, labels),
                             "predicted": _names(p, labels),
                             "probabilities": [round(x, 6) for x in row],

@@ -330,6 +330,10 @@ def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
     def record_of(name: str) -> float:
         return metrics[f"{name}.baseline_accuracy"]
 
+    listed = [json.loads(line) for line in (tmp_path / "data" / "more.jsonl").open()]
+    mine = [x for x in rows if x["data"] == "more.jsonl"]
+    assert [x["index"] for x in mine] == list(range(len(listed)))
+    assert [x["text"] for x in mine] == [x["text"] for x in listed]  # matched to its text
     for name, r in results.items():
         truth = [x["label"] for x in rows if x["data"] == name]
         predicted = [x["predicted"] for x in rows if x["data"] == name]
