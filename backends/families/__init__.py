@@ -72,5 +72,5 @@ def _require_language_model(config: dict[str, Any], found: Any, where: str) -> N
     raise Unsupported(
         f"{where}: a {task} checkpoint (a task head{count}): llmbuild imports the "
         f"language model a task is fine-tuned from ({found.hf_class}); import that one and "
-        "train your task on it (a classify or reward stage)"
+        f"train your task on it ({'a classify stage' if found.style == 'bert' else 'a classify or reward stage'})"
     )

@@ -214,6 +214,7 @@ def _error(spec: Path) -> str:
 
 
 def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
+    from llmbuild.backends.families import Unsupported, family_of_config
     from safetensors.torch import load_file, save_file
 
     # No such directory: said once (not again as a path that matches no file).
@@ -262,6 +263,11 @@ def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
         "a Qwen2ForSequenceClassification checkpoint (a task head of 2 labels): llmbuild "
         "imports the language model a task is fine-tuned from (Qwen2ForCausalLM)"
     ) in _error(spec)
+    bert = {"model_type": "bert", "architectures": ["BertForSequenceClassification"]}
+    with pytest.raises(Unsupported) as e:  # an encoder's task is a classify stage's only
+        family_of_config(bert, "config.json")
+    assert str(e.value).endswith("(BertForMaskedLM); import that one and train your task on "
+                                 "it (a classify stage)")  # fmt: skip
     # A tokenizer with more tokens than the embedding has rows.
     (ck / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))
     assert "tokenizer has 320 tokens but its embedding only 64 rows" in _error(spec)
