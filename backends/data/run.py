@@ -191,7 +191,8 @@ def _is_text(path: str, declared: str) -> bool:
 
 SKIP_HINT = 'set on_error = "skip" on the source to skip and count bad records instead'
 NOTABLE = 0.1
-"""The share of a source's documents whose removal by cleaning the build says out loud."""
+"""The share of a pretrain source's documents whose removal by cleaning the build says
+out loud (of any other role's, every removal is said)."""
 
 
 FILTERS = ("too_short", "too_long")
@@ -304,7 +305,9 @@ def run(ctx: Any) -> None:
     skipped = sum(v for k, v in report["removed"].items() if k.startswith("bad_"))
     seen = report["documents_read"] + skipped  # bad records never became documents
     removed = sum(report["removed"].values())
-    if seen and removed / seen >= NOTABLE:
+    # A record of a labeled, chat or preference source is an example: any one removed is
+    # said; of plain text, a notable share.
+    if seen and (removed / seen >= NOTABLE or (removed and config.source.role != "pretrain")):
         why = ", ".join(f"{k} {v}" for k, v in sorted(report["removed"].items()) if v)
         ctx.note(f"cleaning removed {removed} of {seen} documents ({removed / seen:.0%}): {why}")
     _note_skipped(ctx, report["skipped_examples"], skipped)

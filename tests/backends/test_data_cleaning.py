@@ -174,6 +174,24 @@ def test_an_empty_file_among_others_can_be_skipped(tmp_path):
     assert report["removed"] == {"bad_empty_file": 1}
 
 
+def test_any_labeled_example_cleaning_removes_is_said(tmp_path):
+    """One empty text of 20 labeled ones is under the share said of plain text, but it is
+    a training example the user wrote: it is said."""
+    spec_dir = tmp_path / "p"
+    spec_dir.mkdir()
+    (spec_dir / "docs.jsonl").write_text(json.dumps({"text": BASE}) + "\n")
+    rows = [{"text": f"review number {i}", "label": "good"} for i in range(19)]
+    rows.insert(7, {"text": "", "label": "bad"})
+    (spec_dir / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = spec_text({"docs": str(spec_dir / "docs.jsonl")})
+    text += f'[[data.sources]]\nname = "reviews"\npath = "{spec_dir / "reviews.jsonl"}"\n'
+    text += 'role = "labeled"\n'
+    outcome = run_nodes(write_spec(spec_dir, text), spec_dir / "store", ("source:reviews",))
+    assert outcome.ok, outcome.log
+    record = outcome.results["source:reviews"].record
+    assert record.notes == ["cleaning removed 1 of 20 documents (5%): too_short 1"], record.notes
+
+
 def test_a_path_matching_nothing_is_located_before_anything_runs(tmp_path):
     """``validate`` (loading the spec) finds it: no data is read, nothing is planned."""
     spec = write_spec(tmp_path, spec_text({"docs": str(tmp_path / "nothing" / "*.jsonl")}))
