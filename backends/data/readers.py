@@ -211,8 +211,10 @@ def _field(rec: Record, name: str, kinds: tuple[type, ...] = (str,)) -> Any:
         raise BadRecord(rec.where, f"missing field {name!r}", "field")
     value = rec.data[name]
     if not isinstance(value, kinds):
+        wanted = {str: "a string", int: "an integer", list: "a list"}
+        said = " or ".join(wanted.get(k, k.__name__) for k in kinds)
         raise BadRecord(
-            rec.where, f"field {name!r} must be a string, got {type(value).__name__}", "field"
+            rec.where, f"field {name!r} must be {said}, got {type(value).__name__}", "field"
         )
     return value
 

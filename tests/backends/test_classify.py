@@ -232,6 +232,8 @@ def test_labels_only_in_validation_or_of_one_kind_are_refused():
         ('{"text": "01+02=03", "label": ""}', "must be a non-empty string, an integer, or a list"),
         ('{"text": "01+02=03", "label": [""]}', "field 'label' must be"),
         ('{"text": "01+02=03", "label": {"a": 1}}', "field 'label' must be"),
+        ('{"text": "01+02=03", "label": null}', "'label' must be a string or an integer or a "),
+        ('{"text": 3, "label": "big"}', "field 'text' must be a string, got int"),
         ('{"label": "big"}', "missing field 'text'"),
     ],
 )
