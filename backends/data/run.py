@@ -103,7 +103,7 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
         return {"error": str(e)}
     if not stats["documents_read"] and not any(k.startswith("bad_") for k in stats):
         if source.on_error == "error":
-            return {"error": f"{path}: empty file (no documents)"}
+            return {"error": f"{path}: {EMPTY}"}
         stats["bad_empty_file"] += 1
         skipped.append(f"{path}: empty file")
     result = {
@@ -189,6 +189,7 @@ def _is_text(path: str, declared: str) -> bool:
         return False
 
 
+EMPTY = "empty file (no documents)"
 SKIP_HINT = 'set on_error = "skip" on the source to skip and count bad records instead'
 NOTABLE = 0.1
 """The share of a pretrain source's documents whose removal by cleaning the build says
@@ -225,6 +226,8 @@ def run(ctx: Any) -> None:
     results.sort(key=lambda r: r.get("order", ()))  # content order: names never count
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        if all(e.endswith(EMPTY) for e in errors) and len(errors) == len(files):
+            raise DataError(f"{errors[0]}{more}: the source has nothing to read")
         raise DataError(f"{errors[0]}{more}; {SKIP_HINT}")
     odd, others = odd_type(results)
     oddities = [odd_records(res, odd, others) for res in results]
