@@ -209,7 +209,10 @@ def _note_full_rank(ctx: RunContext[TrainConfig]) -> None:
 
 def _note_short_data(ctx: RunContext[TrainConfig], seq_len: int) -> None:
     """Token data shorter than one sequence trains on that data repeated within every
-    sample: allowed, but never silently."""
+    sample: allowed, but never silently. Only of the kinds that pack text into sequences
+    (a chat, a pair or a labeled text is a sample of its own)."""
+    if ctx.config.stage.kind not in ("pretrain", "mlm", "distill"):
+        return
     counts = [
         a.record.metrics.get("train_tokens")
         for a in ctx.inputs.values()

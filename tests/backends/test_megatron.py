@@ -119,6 +119,21 @@ def test_data_shorter_than_a_sequence_is_said(tmp_path):
     assert any("the split held none of their 2 documents out" in n for n in notes), notes
 
 
+@pytest.mark.parametrize(("kind", "said"), [("pretrain", True), ("distill", True),
+                                            ("classify", False), ("sft", False)])  # fmt: skip
+def test_short_data_is_said_of_packed_text_only(kind, said):
+    """Three labeled texts of 9 tokens are three samples, not one sequence repeated."""
+    from types import SimpleNamespace as NS
+
+    from llmbuild.backends.megatron.run import _note_short_data
+
+    notes = []
+    tokens = NS(record=NS(name="tokenize:x", metrics={"train_tokens": 9}))
+    ctx = NS(config=NS(stage=NS(kind=kind)), inputs={"data:x": tokens}, note=notes.append)
+    _note_short_data(ctx, 32)
+    assert bool(notes) == said, notes
+
+
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing(tmp_path):
     """A learning rate far too high: the loss stops being a number, the stage stops at
     that step and says what to change; no weights of NaN are committed."""
