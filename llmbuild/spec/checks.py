@@ -281,11 +281,12 @@ def item_references(raw: dict[str, Any], registry: Any) -> list[tuple[Path, Refe
 def _stage_cycles(refs: list[tuple[Path, Reference]], raw: dict[str, Any]) -> list[Problem]:
     """A cycle through any stage reference (``from``, ``reference``, a reward model...)."""
     stages = _array(raw, "stage")
+    names = [_str(s, "name") for s in stages]
     edges: dict[str, list[tuple[str, Path]]] = {}
     for where, r in refs:
         if where[0] == "stage" and r.mark.target == "stage":
             name = _str(stages[where[1]], "name")
-            if name is not None:
+            if name is not None and names.count(name) == 1:  # a duplicate is said as one
                 edges.setdefault(name, []).append((r.name, where + r.path))
     out: list[Problem] = []
     done: set[str] = set()

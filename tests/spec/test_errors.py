@@ -498,3 +498,17 @@ def test_a_reward_function_set_on_the_command_line_is_found_again(tmp_path, monk
     resolved = load_spec(spec, ["stage.rl.rewards[0].function='rewards_second:score'"])
     (reward,) = resolved.spec.stage[3].rewards
     assert reward.module_file == str(tmp_path / "rewards_second.py")
+
+
+def test_a_copied_stage_keeping_its_name_is_one_problem(tmp_path):
+    """A stage block copied below itself, its name left and `from` pointing at the
+    original: a duplicate name, not also a cycle of the stage with itself."""
+    from tests.conftest import write_project
+
+    copy = (
+        '[[stage]]\nname = "pretrain"\nkind = "pretrain"\nfrom = "pretrain"\nsteps = 1\n'
+        "global_batch = 2\nlr = 1.0\n"
+    )
+    found = problems(write_project(tmp_path, _single_stage("lr = 1e-3") + copy))
+    assert len(found) == 1, found
+    assert found[0].endswith("stage[1].name: stage name 'pretrain' is already used by stage[0]")
