@@ -326,6 +326,9 @@ def test_export_copies_what_is_built_and_names_what_is_not(cli, capsys):
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
     set_control()
     capsys.readouterr()
+    assert main(["plan", str(cli)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "export:hf@dpo" in ln)
+    assert line.endswith("new; it failed when it last ran (`llmbuild status` shows its log)")
     out = cli.parent / "out"
     assert main(["export", str(cli), "--to", str(out)]) == 1
     printed, err = capsys.readouterr()
