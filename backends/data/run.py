@@ -310,7 +310,8 @@ def run(ctx: Any) -> None:
     removed = sum(report["removed"].values())
     # A record of a labeled, chat or preference source is an example: any one removed is
     # said; of plain text, a notable share.
-    if seen and (removed / seen >= NOTABLE or (removed and config.source.role != "pretrain")):
+    example = config.source.role != "pretrain" and removed > skipped  # bad ones said below
+    if seen and (removed / seen >= NOTABLE or example):
         why = ", ".join(f"{k} {v}" for k, v in sorted(report["removed"].items()) if v)
         ctx.note(f"cleaning removed {removed} of {seen} documents ({removed / seen:.0%}): {why}")
     _note_skipped(ctx, report["skipped_examples"], skipped)
