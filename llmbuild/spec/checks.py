@@ -327,7 +327,8 @@ def check_references(raw: dict[str, Any], registry: Any) -> list[Problem]:
                 )
                 continue
             kind = _str(stages[stage_idx[r.name]], "kind")
-            if r.mark.stage_kinds and kind not in r.mark.stage_kinds:
+            known = registry.kind_of("stage", stages[stage_idx[r.name]]) is not None
+            if r.mark.stage_kinds and known and kind not in r.mark.stage_kinds:  # else said
                 want = " or ".join(repr(k) for k in r.mark.stage_kinds)
                 out.append(Problem(f"stage {r.name!r} is not of kind {want}", path))
             continue

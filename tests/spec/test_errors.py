@@ -512,3 +512,16 @@ def test_a_copied_stage_keeping_its_name_is_one_problem(tmp_path):
     found = problems(write_project(tmp_path, _single_stage("lr = 1e-3") + copy))
     assert len(found) == 1, found
     assert found[0].endswith("stage[1].name: stage name 'pretrain' is already used by stage[0]")
+
+
+def test_a_misspelt_stage_kind_is_said_once(tmp_path):
+    """Not also by every reference that wants the kind it was meant to be."""
+    from tests.conftest import write_project
+
+    extra = (
+        '[[stage]]\nname = "cls"\nkind = "clasify"\nfrom = "pretrain"\n'
+        '[[eval]]\nname = "e"\nkind = "classification"\nstages = ["cls"]\n'
+    )
+    found = problems(write_project(tmp_path, _single_stage("lr = 1e-3") + extra))
+    assert any("did you mean 'classify'" in f for f in found), found
+    assert not any("is not of kind" in f for f in found), found
