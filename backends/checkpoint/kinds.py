@@ -72,8 +72,8 @@ class ImportKind(Kind):
 
     def complete(self, raw: dict[str, Any], where: Path, spec: dict[str, Any]) -> Completion | None:
         ref = raw.get("checkpoint")
-        if not isinstance(ref, str):
-            return None  # field validation reports it
+        if not isinstance(ref, str):  # field validation reports it; what it would fill waits
+            return Completion(origin="", fills=FILLS)
         at = (*where, "checkpoint")
         try:
             ck = open_checkpoint(ref, raw.get("allow_pickle") is True)

@@ -45,8 +45,8 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
             if done.replace and not done.problems:  # kept to locate its problems
                 dropped.append(i)
             _append(layer, done.add, Origin(done.origin))
-            if done.problems:
-                unfilled.update(done.fills)
+            if done.problems or not (done.fields or done.tables or done.item or done.add):
+                unfilled.update(done.fills)  # said as the item's problem, not as tables missing
             origin = Origin(done.origin)
             for key, value in done.item.items():
                 item[key] = value

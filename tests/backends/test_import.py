@@ -455,3 +455,14 @@ def test_rope_settings_are_read_as_transformers_reads_them(tmp_path, form):
     assert theta == theirs["rope_theta"]
     assert (scaling or {}).get("kind", "default") == theirs["rope_type"]
     assert (scaling or {}).get("factor") == theirs.get("factor")
+
+
+def test_a_misspelt_checkpoint_field_is_said_without_what_it_would_fill(tmp_path):
+    ck = write_checkpoint(tmp_path / "ck", "llama")
+    spec = import_spec(tmp_path, ck)
+    spec.write_text(spec.read_text().replace("checkpoint =", "chekpoint ="))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    said = [p.key for p in info.value.problems]
+    assert any("did you mean 'checkpoint'" in p.message for p in info.value.problems), said
+    assert not [k for k in said if k.startswith(("architecture", "tokenizer"))], said
