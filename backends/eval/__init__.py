@@ -10,7 +10,8 @@ class EvalBackend(Backend):
     version = "6"  # 3: the padded vocabulary rows take no share of a perplexity;
     # 4: a chat source's perplexity is its answers', a classification the majority rate;
     # 5: a classification's baseline measures its listed files too;
-    # 6: a classification's predictions carry each text's index and tokens as read
+    # 6: a classification's predictions carry each text's index and tokens as read, and
+    # a multi-label one the rate of always answering the most common set of labels
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

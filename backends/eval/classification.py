@@ -197,7 +197,7 @@ def confusion_png(
     plt.close(fig)
 
 
-def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
+def table(results: dict[str, Any], labels: tuple[str, ...], multi: bool = False) -> list[str]:
     """The results as markdown: one row per data set, then each one's matrix."""
     out = ["| data | texts | accuracy | macro F1 | micro F1 |", "| --- | --- | --- | --- | --- |"]
     for name, r in results.items():
@@ -209,7 +209,8 @@ def table(results: dict[str, Any], labels: tuple[str, ...]) -> list[str]:
                 )
         if "majority_accuracy" in r:
             out.append(
-                f"| {name}, always its most common label | {r['texts']} | "
+                f"| {name}, always its most common {'set of labels' if multi else 'label'} | "
+                f"{r['texts']} | "
                 f"{r['majority_accuracy']:.4f} | | |"
             )
     for name, r in results.items():
@@ -328,8 +329,9 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
                 truth = [doc[1] for doc in samples.docs]
             results[name] = scores(truth, predicted, labels)
             results[name]["truncated"] = samples.truncated
-            if not multi and truth:  # what always answering one label would score
-                results[name]["majority_accuracy"] = max(map(truth.count, set(truth))) / len(truth)
+            if truth:  # what always answering its most common label (set of labels) scores
+                sets = [tuple(t) if multi else t for t in truth]
+                results[name]["majority_accuracy"] = max(map(sets.count, set(sets))) / len(sets)
             for i, (t, p, row) in enumerate(zip(truth, predicted, probs.tolist())):
                 f.write(
                     json.dumps(
@@ -357,4 +359,4 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
             if "baseline" in r:
                 ctx.metrics[f"{name}.baseline_{k}"] = r["baseline"][k]
     ctx.metrics["labels"] = list(labels)
-    return results, table(results, labels)
+    return results, table(results, labels, multi)

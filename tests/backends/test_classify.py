@@ -805,6 +805,7 @@ def test_a_multi_label_classifier_learns_every_label_of_a_text(tmp_path, tmp_pat
     assert ev["tags.accuracy"] == pytest.approx(accuracy_score(truth, predicted))
     assert ev["tags.macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
     assert 0 <= ev["tags.baseline_accuracy"] <= 1
+    assert ev["tags.majority_accuracy"] == pytest.approx(majority)  # the most common set's
     assert "| big | " in (artifact(outcome, store, "eval:tags@tagger") / "results.md").read_text()
     hf = outcome.results["export:hf@tagger"].record.metrics
     assert hf["max_logit_diff"] < 1e-4
