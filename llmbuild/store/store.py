@@ -87,6 +87,10 @@ class Store:
         try:
             rec = self._record(key)
             if rec is None:
+                # A local artifact is committed with its record in one rename: one without
+                # it was edited (a remote one may be an upload a kill cut short).
+                if isinstance(self.fs, LocalFS) and self.fs.exists(f"artifacts/{key}"):
+                    return Lookup("corrupt", problem="its record.json is missing")
                 return MISSING
             target = rec
             if rec.alias_of is not None:

@@ -210,6 +210,9 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
     cut = _artifact(store, "tokenizer") / "record.json"
     cut.write_bytes(cut.read_bytes()[:100])
     assert "not valid JSON" in _plan_status(project, store, "tokenizer").reason
+    gone = _artifact(store, "export:hf@dpo")
+    (gone / "record.json").unlink()  # its folder left without it: not "new"
+    assert "its record.json is missing" in _plan_status(project, store, "export:hf@dpo").reason
     reset()
     log = io.StringIO()
     from llmbuild.run.build import build
@@ -219,12 +222,14 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
           PlainReporter(log, interval=0), registry=fixture_registry())  # fmt: skip
     assert "corrupt  eval:ppl@sft  record.json does not match its digest" in log.getvalue()
     assert "corrupt  tokenizer  record.json is not valid JSON" in log.getvalue()
-    assert len(list((store / "corrupt").iterdir())) == 2
+    assert "corrupt  export:hf@dpo  its record.json is missing" in log.getvalue()
+    assert len(list((store / "corrupt").iterdir())) == 3
     from llmbuild.store.gc import collect
 
-    assert collect(Store(str(store))).quarantined_removed == 2  # gc is where they end
+    assert collect(Store(str(store))).quarantined_removed == 3  # gc is where they end
     assert not any((store / "corrupt").iterdir())
     assert counts()["eval:ppl@sft"] == 1 and counts()["tokenizer"] == 1
+    assert counts()["export:hf@dpo"] == 1
     assert main(["status", str(project), "--store", str(store), "--json"]) == 0
 
 
