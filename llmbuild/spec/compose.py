@@ -276,7 +276,14 @@ def _override_path(data: dict[str, Any], dotted: str, flag: str) -> Path:
         elif tuple(out) in NAMED_ARRAYS and isinstance(node, list):
             names = [_item_name(tuple(out), item) for item in node]
             if tok not in names:
-                hint = did_you_mean(tok, [n for n in names if isinstance(n, str)])
+                named = [n for n in names if isinstance(n, str)]
+                formats = [n for n in named if n.startswith(f"{tok}@")]  # hf -> hf@sft
+                if formats:
+                    hint = f"; did you mean {' or '.join(map(repr, formats))}?"
+                else:
+                    hint = did_you_mean(tok, named)
+                    if not hint and named:
+                        hint = f" (named: {', '.join(named)})"
                 raise SpecError(
                     [Problem(f"{flag}: no {format_path(tuple(out))} named {tok!r}{hint}")]
                 )

@@ -63,6 +63,10 @@ def test_set_errors_are_clear(project):
         load_spec(project, ["stage.sfft.lr=1"])
     with pytest.raises(SpecError, match="no export named 'hf@dpp'; did you mean 'hf@dpo'"):
         load_spec(project, ["export.hf@dpp.dtype=bfloat16"])
+    with pytest.raises(SpecError, match="no export named 'hf'; did you mean 'hf@dpo'"):
+        load_spec(project, ["export.hf.dtype=bfloat16"])  # an export's name holds its stage
+    with pytest.raises(SpecError, match=r"no eval named 'nothing' \(named: "):
+        load_spec(project, ["eval.nothing.batch_size=2"])
     with pytest.raises(SpecError, match="expected dotted.key=value"):
         load_spec(project, ["stage.sft.lr"])
     with pytest.raises(SpecError) as info:
