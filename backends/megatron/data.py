@@ -82,8 +82,11 @@ def sample_batch(dataset: Any, indices: list[int]) -> dict[str, Any]:
     values (``tests/backends/test_sample_batch.py``). A dataset this does not know takes
     the sample-by-sample way."""
     import torch
+    from megatron.core.datasets.blended_dataset import BlendedDataset
+    from megatron.core.datasets.gpt_dataset import GPTDataset
 
-    located = [_locate(dataset, i % len(dataset)) for i in indices]
+    kinds = (BlendedDataset, GPTDataset)
+    located = [_locate(dataset, i % len(dataset), *kinds) for i in indices]
     if not all(located):
         samples = [dataset[i % len(dataset)] for i in indices]
         return {
@@ -111,13 +114,10 @@ def sample_batch(dataset: Any, indices: list[int]) -> dict[str, Any]:
     }
 
 
-def _locate(dataset: Any, i: int) -> tuple[Any, int] | None:
+def _locate(dataset: Any, i: int, BlendedDataset: type, GPTDataset: type) -> tuple[Any, int] | None:
     """The GPTDataset sample that ``dataset[i]`` is (through a BlendedDataset), if its
     samples are what ``sample_batch`` makes: a sequence and one more token, the same
     masks and positions for every sample; else None."""
-    from megatron.core.datasets.blended_dataset import BlendedDataset
-    from megatron.core.datasets.gpt_dataset import GPTDataset
-
     if type(dataset) is BlendedDataset:
         if dataset.dataset_index is None:  # loaded on its first sample
             return None

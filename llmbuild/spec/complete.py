@@ -65,7 +65,7 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
                 if not isinstance(section, dict):
                     continue  # not a table: field validation reports it
                 free = done.free.get(name, ())
-                disagree = []
+                disagree: list[str] = []  # keys an earlier item filled otherwise
                 for key, value in values.items():
                     path: Path = (name, key)
                     if key not in section:
@@ -74,7 +74,7 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
                         for sub in (path, *_walk(value, path)):
                             layer.origins[sub] = origin
                     elif path in filled and key not in free and not _same(filled[path][1], value):
-                        disagree.append(f"{key} ({filled[path][1]!r} against {value!r})")
+                        disagree.append(key)
                     elif key not in free and not _same(section[key], value):
                         problems.append(
                             Problem(
@@ -84,11 +84,14 @@ def complete(layer: Layer, registry: Any) -> tuple[list[Problem], set[str]]:
                             )
                         )
                 if disagree:  # two items filling one table, each with its own values
-                    first = next(filled[(name, k.split(" ")[0])][0] for k in disagree)
+                    first = filled[(name, disagree[0])][0]
+                    said = [
+                        f"{k} ({filled[(name, k)][1]!r} against {values[k]!r})" for k in disagree
+                    ]
                     problems.append(
                         Problem(
                             f"{first} and {done.origin} disagree on [{name}]: "
-                            f"{', '.join(disagree)}; a spec has one {name} table, which "
+                            f"{', '.join(said)}; a spec has one {name} table, which "
                             "every item that fills it must agree with",
                             (table, i),
                         )
