@@ -350,6 +350,15 @@ class DistillStage(PretrainStage):
                         (*where, "architecture", field),
                     )
                 )
+        if theirs.position == "learned" and ours.seq_len > theirs.seq_len:
+            out.append(
+                Problem(
+                    f"the student's seq_len ({ours.seq_len}) is longer than teacher "
+                    f"{teacher.name!r}'s ({theirs.seq_len}), whose learned positions end there: "
+                    "the teacher reads every training sequence; give the student its seq_len",
+                    (*where, "architecture", "seq_len"),
+                )
+            )
         return out
 
 

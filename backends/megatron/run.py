@@ -207,11 +207,18 @@ def _note_full_rank(ctx: RunContext[TrainConfig]) -> None:
         )
 
 
+REPEATS = 4
+"""Passes over the same tokens past which a stage says it repeats its data: up to about
+four, repeated tokens train nearly as well as new ones (Muennighoff et al. 2023)."""
+
+
 def _note_short_data(ctx: RunContext[TrainConfig], seq_len: int) -> None:
     """Token data shorter than one sequence trains on that data repeated within every
-    sample: allowed, but never silently. Only of the kinds that pack text into sequences
-    (a chat, a pair or a labeled text is a sample of its own)."""
-    if ctx.config.stage.kind not in ("pretrain", "mlm", "distill"):
+    sample, and a stage may pass over its data many times: allowed, but never silently.
+    Only of the kinds that pack text into sequences (a chat, a pair or a labeled text is a
+    sample of its own)."""
+    stage = ctx.config.stage
+    if stage.kind not in ("pretrain", "mlm", "distill"):
         return
     counts = [
         a.record.metrics.get("train_tokens")
@@ -223,6 +230,14 @@ def _note_short_data(ctx: RunContext[TrainConfig], seq_len: int) -> None:
         ctx.note(
             f"the training data holds {tokens} tokens, no more than one sequence "
             f"(seq_len = {seq_len}): every sample repeats it"
+        )
+        return
+    seen = stage.steps * stage.global_batch * seq_len
+    if counts and seen > REPEATS * tokens:
+        ctx.note(
+            f"the stage trains on {seen:,} tokens, {seen / tokens:.0f} passes over its "
+            f"{tokens:,} training tokens: past about {REPEATS} passes, repeated tokens teach "
+            "less than as many new ones would (a scaling fit's D counts tokens seen)"
         )
 
 

@@ -153,6 +153,22 @@ def fit_approach3(
     return Approach3Fit(E, A, B, alpha, beta, loss, len(logn), intervals)
 
 
+def unfittable(N: ArrayLike, D: ArrayLike) -> str | None:
+    """Why approach 3 cannot be fitted to points whose N or D never varies (that term
+    cannot be told from E: any exponent fits them equally), or None."""
+    for what, values, how in (
+        ("N (non-embedding parameters)", N, "vary the sizes (an architecture axis)"),
+        ("D (training tokens)", D, "vary the steps (an axis) or give budgets"),
+    ):
+        if len(set(np.asarray(values, dtype=float).tolist())) == 1:
+            first = float(np.asarray(values, dtype=float).flat[0])
+            return (
+                f"every point has {what} = {first:.4g}: its term cannot be told from E, "
+                f"so any exponent fits; {how}"
+            )
+    return None
+
+
 def optimum_problem(fit: Approach3Fit) -> str | None:
     """Why the fitted law has no compute optimum (an exponent not above 0), or None."""
     if fit.alpha > 0 and fit.beta > 0:

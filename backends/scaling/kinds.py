@@ -68,6 +68,9 @@ class SweepKind(Kind):
             done.problems.append(Problem(why, (*where, "axes")))
             return done
         arch_raw = spec.get("architecture") if isinstance(spec.get("architecture"), dict) else {}
+        # The base stage's own architecture fields are part of what each point copies.
+        own_raw = base.get("architecture") if isinstance(base.get("architecture"), dict) else {}
+        arch_raw = {**arch_raw, **own_raw}
         try:
             Architecture.model_validate(arch_raw)
         except ValidationError:
@@ -123,8 +126,8 @@ class SweepKind(Kind):
                 name = point_name(sweep.name, values, budget)
                 stage = {k: v for k, v in base.items() if k != "name"}
                 stage.update({"name": name, "steps": steps})
-                if patch:
-                    stage["architecture"] = patch
+                if patch or own_raw:
+                    stage["architecture"] = {**own_raw, **patch}
                 warmup = (stage.get("schedule") or {}).get("warmup", 0)
                 if isinstance(warmup, int) and warmup > steps:
                     stage["schedule"] = {**stage["schedule"], "warmup": steps // 10}
@@ -151,6 +154,33 @@ class SweepKind(Kind):
 class ScalingKind(Kind):
     def __init__(self) -> None:
         super().__init__(Scaling, "scaling")
+
+    def check(self, item: Any, where: Path, view: Any) -> list[Problem]:
+        """Each point's tokens (and budget, when budgets are given) are named: a sweep
+        writes them, a hand-written fit must."""
+        out = []
+        for field, values in (("tokens", item.tokens), ("budgets", item.budgets)):
+            if field == "budgets" and not values:
+                continue
+            what = "training tokens" if field == "tokens" else "compute budget"
+            missing = [s for s in item.stages if s not in values]
+            if missing:
+                out.append(
+                    Problem(
+                        f"no {what} for {', '.join(map(repr, missing))}: each of `stages` "
+                        f"needs its own (e.g. {field} = {{ {missing[0]} = 1e6 }}); a sweep "
+                        "writes them itself",
+                        (*where, field),
+                    )
+                )
+            extra = [s for s in values if s not in item.stages]
+            if extra:
+                out.append(
+                    Problem(
+                        f"names {', '.join(map(repr, extra))}, not among `stages`", (*where, field)
+                    )
+                )
+        return out
 
     def config(self, item: Any, spec: Any, refs: NodeRefs) -> ScalingConfig:
         return ScalingConfig(suite=item)

@@ -99,7 +99,11 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
     L = np.array([p["loss"] for p in points], dtype=float)
     out: dict[str, Any] = {"points": points}
     fit3 = fit2 = None
-    if len(points) >= len(fit.PARAMETERS):
+    fixed = fit.unfittable(N, D)
+    if fixed is not None:
+        out["approach3_error"] = fixed
+        ctx.note(f"approach 3 not fitted: {out['approach3_error']}")
+    elif len(points) >= len(fit.PARAMETERS):
         fit3 = fit.fit_approach3(N, D, L, bootstrap=suite.bootstrap, seed=0)
         out["approach3"] = {
             **{k: getattr(fit3, k) for k in fit.PARAMETERS},
@@ -113,7 +117,7 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
         if problem is not None:
             out["approach3_optimum_error"] = problem
             ctx.note(f"approach 3: {problem}")
-    else:
+    if fit3 is None and "approach3_error" not in out:
         out["approach3_error"] = (
             f"it fits {len(fit.PARAMETERS)} parameters and needs at least "
             f"{len(fit.PARAMETERS)} points (the sweep has {len(points)})"

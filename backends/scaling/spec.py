@@ -88,10 +88,15 @@ class Scaling(EvalTable):
     """Eval kind."""
     stages: StrList = ref("stage", slot="point:{name}", min_length=1)
     """The sweep's points (one node reads all of them)."""
-    tokens: dict[str, float] = Field(default_factory=dict)
-    """Training tokens of each point."""
-    budgets: dict[str, float] = Field(default_factory=dict)
-    """isoFLOP budget of each point, when the sweep has budgets."""
+    tokens: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    """Training tokens of each point, one entry per stage (a sweep writes them: steps x
+    global_batch x seq_len)."""
+    budgets: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    """isoFLOP budget of each point, when the sweep has budgets (then one per stage)."""
     fit_budget: float | None = None
     """A compute budget (FLOPs) to report the compute-optimal N and D for."""
     bootstrap: int = Field(100, ge=0)

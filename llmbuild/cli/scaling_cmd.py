@@ -83,6 +83,15 @@ def run(args: argparse.Namespace) -> int:
             if a2:
                 n, d = a2["k_n"] * args.budget ** a2["a"], a2["k_d"] * args.budget ** a2["b"]
                 _optimum(entry, "approach2", n, d)
+            entry["budget"] = args.budget
+        elif data.get("optimum"):  # the sweep's fit_budget, found when it was fitted
+            entry["budget"] = data["optimum"]["budget"]
+            for how in ("approach3", "approach2"):
+                found = data["optimum"].get(how)
+                if found and "error" in found:
+                    entry[f"optimum_{how}_error"] = found["error"]
+                elif found:
+                    entry[f"optimum_{how}"] = found
         report[suite.name] = entry
     if args.json:
         shown = {n: {k: v for k, v in e.items() if k != "lines"} for n, e in report.items()}
@@ -94,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
         for line in entry.pop("lines"):
             print(f"  {line}")
         optima = any(f"optimum_{how}" in entry for how in ("approach3", "approach2"))
+        budget = entry.get("budget")
         if "extrapolation" in entry and optima:
             times = entry["extrapolation"]
             side = (f"{times:.3g}x the sweep's largest" if times > 1
                     else f"1/{1 / times:.3g} of the sweep's smallest")  # fmt: skip
             print(
-                f"  note: {args.budget:.3g} FLOPs is {side} compute: the optimum below "
+                f"  note: {budget:.3g} FLOPs is {side} compute: the optimum below "
                 "extrapolates the law that far"
             )
         for how in ("approach3", "approach2"):
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {how[:-1]} {how[-1]}: {entry[f'optimum_{how}_error']}")
             if opt:
                 print(
-                    f"  compute-optimal at {args.budget:.3g} FLOPs ({how[:-1]} {how[-1]}): "
+                    f"  compute-optimal at {budget:.3g} FLOPs ({how[:-1]} {how[-1]}): "
                     f"N = {opt['params']:.3g} parameters (non-embedding), D = {opt['tokens']:.3g} tokens"
                 )
     return 0

@@ -23,6 +23,7 @@ from llmbuild.plan.digest import MissingInput, StatCache
 from llmbuild.plan.graph import External
 from llmbuild.run.context import InputArtifact, Progress, ProgressSink, RunContext
 from llmbuild.run.ranks import leave_process_groups
+from llmbuild.store.fs import readable
 from llmbuild.store.records import Record, environment, manifest, output_digest
 from llmbuild.store.store import Store, node_ref
 
@@ -172,6 +173,7 @@ def execute_node(
         task.backend.run(ctx)
         _same_inputs(task, digests, "while it ran")
         ctx.progress.update(force=True)
+        readable(out)
         entries = manifest(out, store.cache)
         record = Record(
             name=task.name,

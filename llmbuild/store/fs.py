@@ -34,6 +34,20 @@ def umask() -> int:
     return mask
 
 
+def readable(root: Path) -> None:
+    """Every file and folder under ``root`` as readable as the user's umask makes new
+    ones: a library that writes its files private (safetensors writes 0600) leaves no
+    artifact that the store's other users, or an export's, cannot read."""
+    mask = umask()
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                os.chmod(path, (0o666 | (mode & 0o111)) & ~mask)
+
+
 class LocalFS:
     """A store root on the local filesystem."""
 

@@ -136,6 +136,27 @@ def test_a_student_and_teacher_with_two_vocabularies_is_a_located_error(tmp_path
     assert "teacher 'pretrain'" in str(e.value)
 
 
+def test_a_student_longer_than_its_learned_position_teacher_is_a_located_error(tmp_path):
+    """A GPT-2-style teacher has no position past its seq_len: a longer student's
+    sequences would fail inside the teacher's forward, so validate says so."""
+    from llmbuild.errors import SpecError
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+
+    spec = student_spec(tmp_path)
+    spec.write_text(
+        spec.read_text().replace(
+            "architecture = { layers = 1, hidden = 32 }\nsteps",
+            "architecture = { layers = 1, hidden = 32, seq_len = 4096 }\nsteps",
+            1,
+        )
+    )
+    with pytest.raises(SpecError) as e:
+        plan_spec(load_spec(spec), cache=StatCache())
+    assert "stage[1].architecture.seq_len: the student's seq_len (4096) is longer" in str(e.value)
+    assert "whose learned positions end there" in str(e.value)
+
+
 @pytest.mark.parametrize(
     "shape, message",
     [

@@ -86,6 +86,12 @@ def test_pretraining_learns_and_commits_weights(tmp_path, style):
     assert [e.step for e in losses] == [r["step"] for r in rows]
     assert losses[-1].value == pytest.approx(rows[-1]["loss"], rel=1e-6)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # safetensors writes its files 0600: committed, they are as readable as the umask lets
+    # any new file be, for the store's other users and an export's
+    from llmbuild.store.fs import umask
+
+    readable = 0o444 & ~umask()
+    assert all(f.stat().st_mode & 0o444 == readable for f in out.rglob("*") if f.is_file())
 
 
 def test_a_source_of_one_document_is_said_to_have_no_validation_split(tmp_path):
@@ -129,9 +135,22 @@ def test_short_data_is_said_of_packed_text_only(kind, said):
 
     notes = []
     tokens = NS(record=NS(name="tokenize:x", metrics={"train_tokens": 9}))
-    ctx = NS(config=NS(stage=NS(kind=kind)), inputs={"data:x": tokens}, note=notes.append)
+    stage = NS(kind=kind, steps=10, global_batch=2)
+    ctx = NS(config=NS(stage=stage), inputs={"data:x": tokens}, note=notes.append)
     _note_short_data(ctx, 32)
     assert bool(notes) == said, notes
+    # 10 steps of 2 x 32 tokens over 9,000 tokens: less than a pass; over 100: six
+    notes.clear()
+    tokens.record.metrics["train_tokens"] = 9_000
+    _note_short_data(ctx, 32)
+    assert not notes, notes
+    tokens.record.metrics["train_tokens"] = 100
+    _note_short_data(ctx, 32)
+    assert notes == ([
+        "the stage trains on 640 tokens, 6 passes over its 100 training tokens: past about 4 "
+        "passes, repeated tokens teach less than as many new ones would (a scaling fit's D "
+        "counts tokens seen)"
+    ] if said else []), notes  # fmt: skip
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing(tmp_path):

@@ -22,6 +22,7 @@ from llmbuild.backends.scaling.fit import (
     plot,
     points_flops_per_token,
     training_flops,
+    unfittable,
 )
 
 # Chinchilla's published fit (Hoffmann et al. 2022, eq. 10): the law the data come from.
@@ -100,6 +101,24 @@ def test_approach3_recovers_the_law_exactly_without_noise():
         assert getattr(fit, name) == pytest.approx(value, rel=1e-6), name
     assert fit.loss < 1e-20
     assert fit.n_points == 64 and fit.intervals is None
+
+
+def test_approach3_is_refused_where_n_or_d_never_varies():
+    """Points all trained on the same tokens (or all of one size) say nothing of that
+    term: a fit to them still converges, to an exponent the data never chose, so it is
+    refused, saying what to vary."""
+    N, D, _ = law_grid(noise=0.0)
+    assert unfittable(N, D) is None
+    same_d = np.full_like(D, 7680.0)
+    loss = LAW.predict(N, same_d)
+    why = unfittable(N, same_d)
+    assert why is not None and "D (training tokens) = 7680" in why and "budgets" in why
+    # the fit would have answered: any beta fits these points as well as the true one
+    other = Approach3Fit(**{**TRUE, "beta": 2.0, "B": TRUE["B"] * 7680.0 ** (2.0 - 0.28)},
+                         loss=0.0, n_points=0)  # fmt: skip
+    assert other.predict(N, same_d) == pytest.approx(loss, rel=1e-9)
+    why = unfittable(np.full_like(N, 1e6), D)
+    assert why is not None and "N (non-embedding parameters) = 1e+06" in why
 
 
 @pytest.fixture(scope="module")

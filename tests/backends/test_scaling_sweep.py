@@ -74,6 +74,23 @@ def test_a_sweep_expands_into_its_points_and_a_fit(tmp_path):
     assert resolved.origin(("stage", 1, "steps")).source == "sweep 'grid'"
 
 
+def test_points_keep_the_base_stages_own_architecture(tmp_path):
+    """A base stage's own `architecture` is part of what each point copies: the point
+    varies the axes' fields and keeps the others, and its budget's steps are those of
+    the shape it trains."""
+    text = SWEEP.format(hidden="[16, 32]").replace(
+        "lr = 1e-3\n", "lr = 1e-3\narchitecture = { layers = 3, seq_len = 32 }\n", 1
+    )
+    text = text.replace(", layers = [2] }", " }")
+    stages = {s.name: s for s in load_spec(write_project(tmp_path, text)).spec.stage}
+    small = stages["grid-c1e9-hidden16"]
+    assert small.architecture.layers == 3 and small.architecture.seq_len == 32
+    assert small.architecture.hidden == 16
+    deeper = text.replace("layers = 3", "layers = 6")
+    again = {s.name: s for s in load_spec(write_project(tmp_path, deeper)).spec.stage}
+    assert again["grid-c1e9-hidden16"].steps < small.steps  # a deeper point: fewer steps
+
+
 def test_a_second_sweeps_problem_is_located_at_its_own_line(tmp_path):
     """A first sweep that expands fine leaves the array before a second one's problem is
     located: the problem is said at the second sweep's line, not as the first's."""
@@ -147,3 +164,21 @@ def test_bad_sweeps_are_located(tmp_path, edit, message, key):
     assert message in problem.message and problem.key == key and problem.line is not None
     # said at the sweep alone, not again at the stages and fit it would have made
     assert all(p.key.startswith("stage[1]") for p in info.value.problems), info.value.problems
+
+
+def test_a_hand_written_fit_names_every_points_tokens(tmp_path):
+    """A `scaling` eval written by hand (not by a sweep) gives each stage's training
+    tokens: one missing, or one naming no stage of it, is a located error at validate,
+    not a failed build."""
+    fit = '\n[[eval]]\nname = "fit"\nkind = "scaling"\nstages = ["pretrain"]\n'
+    text = SWEEP.format(hidden="[16, 32]") + fit
+    with pytest.raises(SpecError) as info:
+        load_spec(write_project(tmp_path, text))
+    (problem,) = info.value.problems
+    assert problem.key == "eval[0].tokens" and "no training tokens for 'pretrain'" in str(problem)
+    text += "tokens = { pretrain = 8e4, pretrian = 8e4 }\n"
+    with pytest.raises(SpecError) as info:
+        load_spec(write_project(tmp_path, text))
+    (problem,) = info.value.problems
+    assert problem.key == "eval[0].tokens" and "names 'pretrian', not among" in str(problem)
+    load_spec(write_project(tmp_path, text.replace(", pretrian = 8e4", "")))

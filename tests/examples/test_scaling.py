@@ -51,6 +51,13 @@ def test_scaling_sweep_builds_fits_and_plots(tmp_path, tmp_path_factory, capsys)
     assert "sweep iso: 9 points" in out and "compute-optimal at 1e+13 FLOPs" in out, out
     assert "bootstrap 90% intervals: E " in out and ", alpha " in out, out  # how sure it is
     assert "1e+13 FLOPs is 100x the sweep's largest compute" in out, out  # 1e11 is the largest
+    # Without --budget: the optimum at the sweep's fit_budget, as the fit found it.
+    assert main(["scaling", spec, "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    optima = [fit["optimum"].get(how) or {} for how in ("approach3", "approach2")]
+    (optimum, *_) = [o for o in optima if "params" in o]
+    assert fit["optimum"]["budget"] == 1e13 and "compute-optimal at 1e+13 FLOPs" in out, out
+    assert f"N = {optimum['params']:.3g} parameters" in out, out
     # A budget far below the sweep's: the law's optimum is less than one parameter there.
     assert main(["scaling", spec, "--store", str(store), "--budget", "1"]) == 0
     out = capsys.readouterr().out

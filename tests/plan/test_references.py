@@ -144,6 +144,7 @@ stages = ["cls"]
 name = "fit"
 kind = "scaling"
 stages = ["pretrain", "sft", "dpo"]
+tokens = { pretrain = 1e6, sft = 1e6, dpo = 1e6 }
 
 [[eval]]
 name = "ppl\"""",
