@@ -14,7 +14,9 @@ def model_vocab(tokenizer_vocab: int, arch: Architecture) -> int:
     if tokenizer_vocab > arch.vocab_size:
         raise ValueError(
             f"the tokenizer has {tokenizer_vocab} tokens but the model's embedding only "
-            f"{arch.vocab_size} rows: use the checkpoint's own tokenizer, or one that fits"
+            f"{arch.vocab_size} rows (architecture.vocab_size): give it at least "
+            f"{tokenizer_vocab}, or, for an imported checkpoint, use the checkpoint's own "
+            "tokenizer or one that fits"
         )
     return arch.vocab_size
 

@@ -67,6 +67,16 @@ class SweepKind(Kind):
             )
             done.problems.append(Problem(why, (*where, "axes")))
             return done
+        for v in sweep.axes.get("steps", ()):
+            if not (isinstance(v, int) and 0 < v <= MAX_STEPS):
+                done.problems.append(
+                    Problem(
+                        f"the steps axis lists {v!r}: a stage trains a whole number of steps, "
+                        f"from 1 to {MAX_STEPS:.0e}",
+                        (*where, "axes", "steps"),
+                    )
+                )
+                return done
         arch_raw = spec.get("architecture") if isinstance(spec.get("architecture"), dict) else {}
         # The base stage's own architecture fields are part of what each point copies.
         own_raw = base.get("architecture") if isinstance(base.get("architecture"), dict) else {}
@@ -135,6 +145,16 @@ class SweepKind(Kind):
                 tokens[name] = float(steps * per_step)
                 if budget is not None:
                     budgets[name] = float(budget)
+        taken = {s.get("name") for s in stages if s is not base}
+        clash = next((p["name"] for p in points if p["name"] in taken), None)
+        if clash is not None:
+            done.problems.append(
+                Problem(
+                    f"the point {clash!r} has the name of another stage: rename that stage "
+                    "(a sweep names its points <sweep>-<values>)",
+                    (*where, "name"),
+                )
+            )
         if done.problems:  # the points that are left would only add problems of their own
             return done
         fit = {

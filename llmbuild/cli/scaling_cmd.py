@@ -50,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
         node = f"eval:{suite.name}"
         found = store.lookup(planned.keys[node].key)
         if not found.cached:
+            from llmbuild.cli.status_cmd import failures
+
+            failed = failures(store, {node: planned.keys[node].key}, {})
+            if node in failed:
+                log = f" (its log: {failed[node]})" if failed[node] else ""
+                raise UserError(f"{node} failed when it last ran{log}: `llmbuild status` says why")
             raise UserError(f"{node} is not built yet: run `{build_command(args)}` first")
         data = json.loads((store.local_dir(found.target) / FIT).read_text())
         entry: dict = {"points": len(data["points"]), "lines": fit_lines(data)}

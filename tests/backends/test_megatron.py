@@ -125,6 +125,22 @@ def test_data_shorter_than_a_sequence_is_said(tmp_path):
     assert any("the split held none of their 2 documents out" in n for n in notes), notes
 
 
+def test_a_tokenizer_larger_than_the_embedding_says_what_to_set():
+    """A vocab_size set by hand (a sweep's axis, say) below the tokenizer's: the fix named
+    is the field, not only a checkpoint's tokenizer."""
+    from llmbuild.backends.megatron.vocab import model_vocab
+
+    from llmbuild.spec.model import Architecture
+
+    arch = Architecture.model_validate(
+        {"layers": 2, "hidden": 32, "heads": 4, "seq_len": 16, "vocab_size": 10}
+    )
+    assert model_vocab(8, arch) == 10
+    with pytest.raises(ValueError, match=r"only 10 rows \(architecture.vocab_size\): give it at "
+                       "least 300"):  # fmt: skip
+        model_vocab(300, arch)
+
+
 @pytest.mark.parametrize(("kind", "said"), [("pretrain", True), ("distill", True),
                                             ("classify", False), ("sft", False)])  # fmt: skip
 def test_short_data_is_said_of_packed_text_only(kind, said):

@@ -141,6 +141,22 @@ def test_a_new_point_rebuilds_only_itself_and_the_fit(tmp_path):
         ("budgets = [1e9, 1e9]", "the budget 1e+09 is listed twice", "stage[1].budgets"),
         ("budgets = [-1e9, 3e9]", "must be > 0", "stage[1].budgets[0]"),
         ("budgets = [1e30]", "more than a stage's 1e+09: lower the budget", "stage[1].budgets"),
+        (
+            "steps = [0, 10]",
+            "the steps axis lists 0: a stage trains a whole",
+            "stage[1].axes.steps",
+        ),
+        (
+            "steps = [2.5]",
+            "the steps axis lists 2.5: a stage trains a whole",
+            "stage[1].axes.steps",
+        ),
+        (
+            "a stage named as a point",
+            "the point 'grid-c1e9-hidden16-layers2' has the name of "
+            "another stage: rename that stage",
+            "stage[1].name",
+        ),
     ],
 )
 def test_bad_sweeps_are_located(tmp_path, edit, message, key):
@@ -157,6 +173,15 @@ def test_bad_sweeps_are_located(tmp_path, edit, message, key):
         "budgets = [1e9, 1e9]": text.replace("budgets = [1e9, 3e9]", "budgets = [1e9, 1e9]"),
         "budgets = [-1e9, 3e9]": text.replace("budgets = [1e9, 3e9]", "budgets = [-1e9, 3e9]"),
         "budgets = [1e30]": text.replace("budgets = [1e9, 3e9]", "budgets = [1e30]"),
+        "steps = [0, 10]": text.replace("budgets = [1e9, 3e9]\n", "").replace(
+            "layers = [2] }", "layers = [2], steps = [0, 10] }"
+        ),
+        "steps = [2.5]": text.replace("budgets = [1e9, 3e9]\n", "").replace(
+            "layers = [2] }", "layers = [2], steps = [2.5] }"
+        ),
+        "a stage named as a point": text
+        + '\n[[stage]]\nname = "grid-c1e9-hidden16-layers2"\nkind = "pretrain"\nsteps = 2\n'
+        + "global_batch = 4\nlr = 1e-3\n",
     }[edit]
     with pytest.raises(SpecError) as info:
         load_spec(write_project(tmp_path, text))
