@@ -176,4 +176,14 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
         for p in sorted(points, key=lambda p: (p["flops"], p["non_embedding_params"]))
     ]
     lines += ["", *fit_lines(out)]
+    for how, found in (out.get("optimum") or {}).items():
+        if how == "budget":
+            continue
+        at = f"compute-optimal at {out['optimum']['budget']:.3g} FLOPs ({how[:-1]} {how[-1]})"
+        lines.append(
+            f"{at}: {found['error']}"
+            if "error" in found
+            else f"{at}: N = {found['params']:.3g} parameters (non-embedding), "
+            f"D = {found['tokens']:.3g} tokens"
+        )
     (ctx.out_dir / "results.md").write_text("\n".join(lines) + "\n")
