@@ -127,7 +127,7 @@ def build(
         )  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the build is recorded as interrupted
         outcome = BuildOutcome(planned.plan.spec_hash, build_id, results, planned)
-        outcome.record = _build_record(resolved, planned, outcome, options, started)
+        outcome.record = _build_record(resolved, planned, outcome, options, started, store)
         outcome.record.update(interrupted=True, ok=False)
         for name in graph.nodes:
             if name not in results:
@@ -139,7 +139,7 @@ def build(
         if running is not None:
             running.release()
     outcome = BuildOutcome(planned.plan.spec_hash, build_id, results, planned)
-    outcome.record = _build_record(resolved, planned, outcome, options, started)
+    outcome.record = _build_record(resolved, planned, outcome, options, started, store)
     try:
         store.save_build(outcome.record)
     except OSError as e:
@@ -174,30 +174,52 @@ def _build_record(
     outcome: BuildOutcome,
     options: BuildOptions,
     started: float,
+    store: Store,
 ) -> dict[str, Any]:
     results = outcome.results
+    nodes = {
+        name: {
+            "key": k.key,
+            "state": results[name].state if name in results else "not selected",
+            "output_digest": results[name].record.output_digest
+            if name in results and results[name].record is not None
+            else None,
+        }
+        for name, k in planned.keys.items()
+    }
+    _record_layouts(nodes, planned, store.find_build(planned.plan.spec_hash))
     return {
         "schema_version": SCHEMA_VERSION,
         "spec_hash": planned.plan.spec_hash,
         "build": outcome.build_id,
         "spec_path": str(resolved.path),
         "spec": resolved.spec.model_dump(mode="json", by_alias=True),
-        "nodes": {
-            name: {
-                "key": k.key,
-                "state": results[name].state if name in results else "not selected",
-                "output_digest": results[name].record.output_digest
-                if name in results and results[name].record is not None
-                else None,
-            }
-            for name, k in planned.keys.items()
-        },
+        "nodes": nodes,
         "selection": {"only": list(options.only), "until": list(options.until)},
         "environment": environment(resolved.path.parent),
         "started": started,
         "finished": time.time(),
         "ok": outcome.ok,
     }
+
+
+def _record_layouts(
+    nodes: dict[str, dict[str, Any]], planned: Any, before: dict[str, Any] | None
+) -> None:
+    """Each training node's ``[parallelism]`` as it was trained: this build's for a node
+    it built, the earlier record's for one it found cached (a layout is not in keys, so a
+    build at another layout finds every stage cached; reproduce trains at the recorded
+    one)."""
+    earlier = (before or {}).get("nodes", {})
+    for name, node in nodes.items():
+        par = planned.graph[name].parallelism if name in planned.graph.nodes else None
+        if par is None:
+            continue
+        old = earlier.get(name, {})
+        if node["state"] == "built":
+            node["parallelism"] = par.model_dump(mode="json")
+        elif old.get("key") == node["key"] and old.get("parallelism") is not None:
+            node["parallelism"] = old["parallelism"]
 
 
 __all__ = ["BuildOptions", "BuildOutcome", "PlainReporter", "build", "run_graph"]

@@ -9,6 +9,7 @@ is *corrupt*, compared with nothing.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -56,6 +57,12 @@ def _numbers(value: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _speed(metric: str) -> bool:
+    """A measure of how fast a node ran (``tokens_per_s``), not of what it made: never
+    the same twice, so not compared."""
+    return metric.rpartition(".")[2].endswith("_per_s")
+
+
 def compare(node: str, old: Record | None, new: Record | None, rtol: float) -> Comparison:
     if new is None:
         return Comparison(node, "failed", "the rebuild did not produce it")
@@ -63,10 +70,11 @@ def compare(node: str, old: Record | None, new: Record | None, rtol: float) -> C
         return Comparison(node, "missing", "the original artifact is no longer in the store")
     if old.output_digest == new.output_digest:
         return Comparison(node, "identical")
-    a, b = _numbers(old.metrics), _numbers(new.metrics)
+    a, b = ({k: v for k, v in _numbers(r.metrics).items() if not _speed(k)} for r in (old, new))
     files = {e.path: e.blake3 for e in old.outputs}
     differ = [e.path for e in new.outputs if files.get(e.path) != e.blake3]
-    where = f"{len(differ)} output file(s) differ: {', '.join(differ[:3])}"
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    where = f"{len(differ)} output file(s) differ: {', '.join(differ[:3])}{more}"
     if not a or a.keys() != b.keys():
         return Comparison(node, "diverged", where)
     deltas = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a}
@@ -78,6 +86,22 @@ def compare(node: str, old: Record | None, new: Record | None, rtol: float) -> C
             f"{where}; metrics agree (largest relative delta {deltas[worst]:.2e} in {worst})",
         )
     return Comparison(node, "diverged", f"{where}; metric {worst} {a[worst]:.6g} -> {b[worst]:.6g}")
+
+
+def _recorded_layout(build: dict[str, Any], spec: Any) -> Any:
+    """The spec with the ``[parallelism]`` its training stages were trained at, where the
+    build recorded one for them all: a later build at another layout finds them cached
+    and records its own spec."""
+    par = getattr(spec, "parallelism", None)
+    layouts = {
+        json.dumps(node["parallelism"], sort_keys=True)
+        for node in build["nodes"].values()
+        if node.get("parallelism") is not None
+    }
+    if par is None or len(layouts) != 1:
+        return spec
+    recorded = type(par).model_validate(json.loads(layouts.pop()))
+    return spec.model_copy(update={"parallelism": recorded})
 
 
 def _recorded_threads(store: Store, build: dict[str, Any], spec: Any) -> Any:
@@ -175,7 +199,8 @@ def reproduce(
         raise UserError(
             f"no single build with spec hash {spec_hash!r} in {store.url} (recent: {known})"
         )
-    spec = _recorded_threads(store, build, spec_model(registry).model_validate(build["spec"]))
+    spec = spec_model(registry).model_validate(build["spec"])
+    spec = _recorded_threads(store, build, _recorded_layout(build, spec))
     graph = _recorded_machine_threads(store, build, compile_plan(spec, registry))
     keys = node_keys(graph, external_digests(graph, store.cache)[0])
     changed = _changed_since(store, build, graph, keys)

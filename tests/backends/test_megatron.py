@@ -215,6 +215,33 @@ def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch):
     assert again["eval:ppl@pretrain"].timings["threads"] == threads
 
 
+def test_reproduce_trains_at_the_layout_the_stage_was_trained_at(tmp_path):
+    """A layout is not in keys: a later build at tensor = 2 finds the stage cached and
+    records its own spec under the same hash. The stage's own layout is kept in the build
+    record, and reproduce trains at it (here: one rank inline, bit for bit)."""
+    import io
+
+    from llmbuild.run.build import BuildOptions, PlainReporter
+    from llmbuild.run.reproduce import reproduce
+    from llmbuild.store.store import Store
+
+    spec = tiny_spec(tmp_path, steps=3)
+    first = run_nodes(spec, tmp_path / "store", ("stage:pretrain",))
+    assert first.ok, first.log
+    again = run_nodes(spec, tmp_path / "store", ("stage:pretrain",), ["parallelism.tensor=2"])
+    assert again.ok and again.spec_hash == first.spec_hash
+    assert again.results["stage:pretrain"].state == "cached"
+    recorded = Store(str(tmp_path / "store")).find_build(first.spec_hash)
+    assert recorded["spec"]["parallelism"]["tensor"] == 2
+    assert recorded["nodes"]["stage:pretrain"]["parallelism"]["tensor"] == 1
+    _, comparisons = reproduce(
+        Store(str(tmp_path / "store")), first.spec_hash,
+        BuildOptions(executor="inline", live=False), scratch=tmp_path / "again",
+        reporter=PlainReporter(io.StringIO()),
+    )  # fmt: skip
+    assert {c.node: c.verdict for c in comparisons}["stage:pretrain"] == "identical"
+
+
 def test_two_builds_commit_identical_weights(tmp_path):
     spec = tiny_spec(tmp_path, steps=12)
     a = run_nodes(spec, tmp_path / "a", ("stage:pretrain",))
