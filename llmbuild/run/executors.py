@@ -158,7 +158,17 @@ def _reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
     except OSError as e:
-        raise ConnectionError(f"nothing answers at {where} ({e.strerror or e})") from None
+        raise _Unanswered(f"nothing answers at {where} ({e.strerror or e})") from None
+
+
+def _loopback(address: str) -> bool:
+    """Whether ``host:port`` (``ray://`` or not) names this machine's loopback."""
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+class _Unanswered(ConnectionError):
+    """Nothing listens at the cluster's address."""
 
 
 @dataclass
@@ -183,11 +193,7 @@ class RayExecutor:
         try:
             self._init(ray, address)
         except Exception as e:  # a machine too loaded for Ray, a cluster that is not there
-            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-            raise UserError(
-                f"could not start {where}: {type(e).__name__}: {e}; check the address and "
-                "that Ray runs here, or build without Ray: --executor inline"
-            ) from None
+            raise UserError(_not_started(address, e)) from None
         from llmbuild.run.signals import on_sigterm_interrupt
 
         on_sigterm_interrupt()  # ray.init put its own SIGTERM handler (a raw dump) in place
@@ -204,6 +210,10 @@ class RayExecutor:
         if not ray.is_initialized():
             if address:
                 _reachable(address)
+                if _loopback(address):  # a cluster on this machine's 127.0.0.1: Ray would
+                    from llmbuild.run.ranks import local_ray_env  # take it for the NIC's
+
+                    local_ray_env()
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
                 start_local_ray(self.num_cpus)
@@ -317,6 +327,24 @@ class RayExecutor:
                 pass
         if self._started_here and ray.is_initialized():
             stop_local_ray()
+
+
+def _not_started(address: str | None, e: Exception) -> str:
+    """Why the build found no Ray cluster, and what to do about it."""
+    if not address:
+        return (
+            f"could not start a local Ray cluster: {type(e).__name__}: {e}; check that Ray "
+            "runs here, or build without Ray: --executor inline"
+        )
+    said = f"could not connect to the Ray cluster at {address}: {type(e).__name__}: {e}"
+    if not isinstance(e, _Unanswered) and os.environ.get("RAY_AUTH_MODE") != "token":
+        # something answers there: Ray's log above says "InvalidAuthToken" when it is this
+        said += (
+            "; if the cluster was started with token authentication (the default of `ray "
+            "start` since Ray 2.59), set RAY_AUTH_MODE=token, with the cluster's token in "
+            "RAY_AUTH_TOKEN or its token file (`ray get-auth-token` prints it)"
+        )
+    return f"{said}; check the address and that the cluster is up, or build without Ray: --executor inline"
 
 
 def _largest_machine_cpus() -> float:
