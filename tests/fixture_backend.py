@@ -57,6 +57,10 @@ def allreduce_ranks(config: dict[str, Any], info: Any) -> Path | None:
     import torch
     import torch.distributed as dist
 
+    if config.get("user_error") and info.rank == 1:
+        from llmbuild.errors import UserError
+
+        raise UserError("rank 1 was told the user made a mistake")
     t = torch.tensor([float(info.rank + 1)])
     dist.all_reduce(t)
     if info.rank != 0:
@@ -119,7 +123,10 @@ class FixtureBackend(Backend):
             runs = (fixture_dir() / "invocations.log").read_text().split()
             ctx.metrics["run"] = runs.count(ctx.node)
         if ctx.resources.ranks > 1 or ctx.node in ctl.get("allreduce", []):
-            result = ctx.run_ranks(allreduce_ranks, {"scratch": str(ctx.work_dir)})
+            told = ctx.node in ctl.get("rank_user_error", [])
+            result = ctx.run_ranks(
+                allreduce_ranks, {"scratch": str(ctx.work_dir), "user_error": told}
+            )
             data = json.loads((result / "allreduce.json").read_text())
             (ctx.out_dir / "allreduce.json").write_text(json.dumps(data))
             ctx.metrics["allreduce_sum"] = data["sum"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild.backend import Backend, Resources
-from llmbuild.errors import format_path
+from llmbuild.errors import UserError, format_path
 from llmbuild.locations import stat_cache_path
 from llmbuild.plan.digest import MissingInput, StatCache
 from llmbuild.plan.graph import External
@@ -204,7 +204,10 @@ def execute_node(
         raise
     except Exception as e:
         log.error("failed:\n%s", traceback.format_exc())
-        message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if isinstance(e, UserError):  # said for the user already: no class name before it
+            message = str(e)
+        else:
+            message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         message += _disk_full(out, e)
         shutil.rmtree(out, ignore_errors=True)
         _clear_work(work, keep_checkpoint=store.resumable(task.key) is not None)

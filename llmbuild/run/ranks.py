@@ -155,6 +155,9 @@ def run_ray_ranks(
         if problem:  # a node holding ranks went away, and the rest cannot hold them all
             cause = " ".join(str(e).split())[:300]
             raise UserError(f"{problem} (the ranks stopped: {cause})") from None
+        mistake = _user_error(e)
+        if mistake is not None:  # a rank's message for the user, not Ray Train's wrapping
+            raise UserError(str(mistake)) from None
         raise
     if result.checkpoint is None:
         return None
@@ -162,6 +165,23 @@ def run_ray_ranks(
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, local, dirs_exist_ok=True)
     return local
+
+
+def _user_error(e: BaseException, depth: int = 0) -> UserError | None:
+    """The ``UserError`` a rank raised, found inside Ray Train's error (its workers'
+    failures, a task error's cause), if there is one."""
+    if isinstance(e, UserError):
+        return e
+    if depth > 4:
+        return None
+    inner = [*getattr(e, "worker_failures", {}).values(), getattr(e, "cause", None)]
+    inner.append(e.__cause__)
+    for cause in inner:
+        if isinstance(cause, BaseException):
+            found = _user_error(cause, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def unplaceable(resources: Resources, work_dir: Path | None = None) -> str | None:

@@ -179,6 +179,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing(tmp_path):
     detail = outcome.results["stage:pretrain"].detail
     assert "stage:pretrain: training diverged: the loss is nan at step" in detail, detail
     assert "Lower lr" in detail and "Traceback" not in detail
+    assert detail.startswith("stage:pretrain: training diverged"), detail  # no class name
     assert not artifact_dirs(tmp_path / "store", "stage:pretrain")
 
 

@@ -74,7 +74,19 @@ def test_two_rank_torchtrainer_node_all_reduces(project, ray_env, tmp_path):
     assert json.loads((art / "allreduce.json").read_text()) == {"sum": 3.0, "world_size": 2}
 
 
-def test_local_ray_binds_loopback(ray_env):
+def test_a_ranks_mistake_is_said_as_the_rank_said_it(project, ray_env, tmp_path):
+    """A UserError raised in a rank reaches the build as its message, not inside Ray
+    Train's wrapping nor after a class name."""
+    pytest.importorskip("torch")
+    set_control(rank_user_error=["stage:pretrain"])
+    outcome = fixture_build(
+        project, tmp_path / "store", ["parallelism.data=2"], executor="ray", only=("pretrain",)
+    )
+    detail = outcome.results["stage:pretrain"].detail
+    assert outcome.results["stage:pretrain"].state == "failed"
+    assert detail.startswith("rank 1 was told the user made a mistake"), detail
+    assert "Training failed" not in detail and "Traceback" not in detail, detail
+
     from llmbuild.run.executors import RayExecutor
 
     executor = RayExecutor()
