@@ -24,7 +24,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         )
         p.add_argument(
             "--scratch",
-            help="directory of the scratch store, kept (default: a temp dir, removed after)",
+            help="directory of the scratch store, kept (default: a temp dir, removed after unless "
+            "a node failed to rebuild)",
         )
     add_store_argument(p, "beside the spec" if name == "build" else "in the current directory")
     p.add_argument(

@@ -240,7 +240,14 @@ def reproduce(
                     )
                 )
                 continue
-            comparisons.append(compare(name, found.target, results[name].record, rtol))
+            comparison = compare(name, found.target, results[name].record, rtol)
+            if results[name].record is None:  # why, and where its log and checkpoint stay
+                why = results[name].detail or results[name].state
+                comparison = replace(
+                    comparison, detail=f"the rebuild did not produce it: {why} (the scratch "
+                    f"store {scratch} is kept; remove it when done)"
+                )  # fmt: skip
+            comparisons.append(comparison)
         done = all(r.record is not None for r in results.values())
     except BaseException:  # Ctrl-C, SIGTERM, a cluster that did not start: nothing in it
         done = True  # is worth keeping (a node that failed is in the results, not raised)

@@ -104,6 +104,25 @@ def test_reproduce_reports_the_nondeterministic_node(project, fixture_env, tmp_p
     assert set(verdicts.values()) == {"identical"}
 
 
+def test_a_node_that_fails_to_rebuild_says_why_and_where_its_scratch_is(
+    project, fixture_env, tmp_path
+):
+    """The rebuild's failure is said with the node, and the temp scratch store that
+    keeps its log is named, not left behind unsaid."""
+    import shutil
+    from pathlib import Path
+
+    store = tmp_path / "store"
+    outcome = fixture_build(project, store)
+    set_control(fail=["tokenize:chat"])
+    _, comparisons = _reproduce(store, outcome.spec_hash)
+    failed = {c.node: c for c in comparisons}["tokenize:chat"]
+    assert failed.verdict == "failed" and "tokenize:chat was told to fail" in failed.detail
+    kept = failed.detail.split("the scratch store ")[1].split(" is kept")[0]
+    assert Path(kept).is_dir() and "llmbuild-reproduce-" in kept, failed.detail
+    shutil.rmtree(kept)
+
+
 def test_reproduce_names_what_changed_where_it_enters(project, fixture_env, tmp_path):
     """A data file edited, a backend's version bumped since the build: reproduce names
     the file or the backend, at the nodes it enters, not every node made from them."""
