@@ -7,6 +7,7 @@ import os
 import sys
 
 from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store, ranged
+from llmbuild.errors import UserError
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -60,6 +61,11 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmbuild.run.build import BuildOptions
 
+    if args.executor == "inline" and args.ray_address:
+        raise UserError(
+            "--ray-address names a Ray cluster, but --executor inline builds in this "
+            "process without one: give one of them"
+        )
     options = BuildOptions(
         executor=args.executor,
         ray_address=args.ray_address,

@@ -147,6 +147,9 @@ def test_a_ray_address_where_nothing_listens_fails_at_once(cli, capsys):
     assert time.monotonic() - began < 30
     assert main(["build", str(cli), "--ray-address", "no-port", "--plain"]) == 2
     assert "'no-port' is not host:port" in capsys.readouterr().err
+    # an address the inline executor would ignore is said, not dropped
+    assert main([*args, "--executor", "inline"]) == 2
+    assert "but --executor inline builds in this process" in capsys.readouterr().err
 
 
 def test_a_source_file_edited_while_its_node_runs_is_not_stored_under_the_old_key(cli, capsys):
