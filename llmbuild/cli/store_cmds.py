@@ -176,6 +176,9 @@ def _show(store, args: argparse.Namespace) -> int:
         print(f"  output {e.path}  {e.size} bytes  blake3 {e.blake3[:16]}")
     if rec.metrics:
         print(f"  metrics {json.dumps(rec.metrics)}")
+    phases = {k: v for k, v in rec.timings.items() if k not in ("started", "finished", "seconds")}
+    if phases:  # where the time went, and the threads each part computed with
+        print("  timings " + ", ".join(f"{k} {v:g}" for k, v in phases.items()))
     for note in rec.notes:
         print(f"  note {note}")
     if store.fs.exists(store.log_path(rec.key)):

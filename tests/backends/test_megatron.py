@@ -183,7 +183,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing(tmp_path):
     assert not artifact_dirs(tmp_path / "store", "stage:pretrain")
 
 
-def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch):
+def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch, capsys):
     """On a machine with more cores, an unset cpus_per_rank would mean more threads and
     other sums, and an eval takes the machine's cores: reproduce trains and evaluates with
     the threads the build recorded, bit for bit."""
@@ -203,6 +203,11 @@ def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch):
     assert outcome.results["eval:ppl@pretrain"].record.timings["threads"] == os.cpu_count()
     phases = ("setup", "data", "optimizer", "steps", "save")  # where the time went
     assert sum(timings[f"rank0.{p}"] for p in phases) + timings["curves"] <= timings["seconds"]
+    from llmbuild.cli import main
+
+    assert main(["show", "stage:pretrain", "--store", str(tmp_path / "store")]) == 0
+    shown = capsys.readouterr().out  # the phases and threads, in the text as in --json
+    assert f"rank0.threads {threads:g}" in shown and "rank0.steps " in shown, shown
     monkeypatch.setattr(os, "cpu_count", lambda: 4 * threads)
     _, comparisons = reproduce(
         Store(str(tmp_path / "store")), outcome.spec_hash,
