@@ -13,7 +13,7 @@ from llmbuild.plan import Planned, plan_spec
 from llmbuild.plan.graph import Graph
 from llmbuild.plan.keys import NodeKey
 from llmbuild.registry import Registry
-from llmbuild.run.executors import make_executor
+from llmbuild.run.executors import local_cpus, make_executor
 from llmbuild.run.progress import PlainReporter, make_reporter
 from llmbuild.run.scheduler import NodeResult, Reporter, Scheduler
 from llmbuild.spec.load import ResolvedSpec
@@ -78,7 +78,7 @@ def run_graph(
     own = reporter is None
     rep = reporter or make_reporter(list(graph.nodes), options.live)
     try:
-        executor = make_executor(options.executor, rep, options.ray_address)
+        executor = make_executor(options.executor, rep, options.ray_address, local_cpus(graph))
         scheduler = Scheduler(
             graph, keys, store, executor, rep, build_id, spec_dir, registry=registry
         )

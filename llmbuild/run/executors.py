@@ -425,11 +425,31 @@ def stop_local_ray() -> None:
     ray.shutdown()
 
 
+def local_cpus(graph: Any) -> int | None:
+    """The CPUs a local cluster declares for ``graph``: this machine's cores, or, where a
+    training node's ranks (their CPUs left unset) outnumber them, one per rank, so that
+    a layout of more ranks than cores still runs here, each rank on one thread. None:
+    Ray's own count."""
+    import os
+
+    cores = os.cpu_count() or 1
+    ranks = [
+        node.resources.ranks
+        for node in graph
+        if node.parallelism is not None and node.parallelism.cpus_per_rank is None
+    ]
+    most = max(ranks, default=0)
+    return most if most > cores else None
+
+
 def make_executor(
-    kind: str, sink: ProgressSink | None = None, address: str | None = None
+    kind: str,
+    sink: ProgressSink | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
 ) -> InlineExecutor | RayExecutor:
     if kind == "inline":
         return InlineExecutor(sink)
     if kind == "ray":
-        return RayExecutor(address=address, sink=sink)
+        return RayExecutor(address=address, sink=sink, num_cpus=num_cpus)
     raise ValueError(f"unknown executor {kind!r}")

@@ -316,7 +316,8 @@ class Parallelism(SpecModel):
     """Where ranks run: `gpu` when the cluster has GPUs under `auto`."""
     cpus_per_rank: PositiveInt | None = marked("execution", None)
     """CPUs requested for each rank, and the torch threads it computes with. Unset: this
-    machine's cores shared by the ranks (a lone rank takes them all). Results are
+    machine's cores shared by the ranks (a lone rank takes them all; more ranks than
+    cores run on the local cluster a build starts, a thread each). Results are
     bit-identical for the same layout and thread count; other thread counts agree to
     float rounding."""
 

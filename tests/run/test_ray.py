@@ -87,6 +87,26 @@ def test_a_ranks_mistake_is_said_as_the_rank_said_it(project, ray_env, tmp_path)
     assert detail.startswith("rank 1 was told the user made a mistake"), detail
     assert "Training failed" not in detail and "Traceback" not in detail, detail
 
+
+def test_more_ranks_than_cores_run_on_the_local_cluster(project, ray_env, tmp_path, monkeypatch):
+    """A layout of more ranks than this machine has cores (cpus_per_rank unset) runs on
+    the cluster a build starts here, a thread per rank, rather than waiting for cores
+    that will not come; a real cluster is not resized."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # whatever the machine: 4 ranks > 2
+    outcome = fixture_build(
+        project,
+        tmp_path / "store",
+        ["parallelism.data=4", "parallelism.micro_batch=1"],
+        executor="ray",
+        only=("pretrain",),
+    )
+    assert outcome.ok, {n: r.detail for n, r in outcome.results.items() if r.detail}
+    record = outcome.results["stage:pretrain"].record
+    assert record.metrics["allreduce_sum"] == 10.0  # ranks 0 to 3 contributed 1 + 2 + 3 + 4
+
+
+def test_local_ray_binds_loopback(ray_env):
     from llmbuild.run.executors import RayExecutor
 
     executor = RayExecutor()
