@@ -13,7 +13,7 @@ from llmbuild.plan import Planned, plan_spec
 from llmbuild.plan.graph import Graph
 from llmbuild.plan.keys import NodeKey
 from llmbuild.registry import Registry
-from llmbuild.run.executors import local_cpus, make_executor
+from llmbuild.run.executors import ClusterLost, local_cpus, make_executor
 from llmbuild.run.progress import PlainReporter, make_reporter
 from llmbuild.run.scheduler import NodeResult, Reporter, Scheduler
 from llmbuild.spec.load import ResolvedSpec
@@ -125,7 +125,8 @@ def build(
             graph, planned.keys, store, options, reporter, build_id, resolved.path.parent,
             registry, results,
         )  # fmt: skip
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the build is recorded as interrupted
+    except (KeyboardInterrupt, ClusterLost):  # Ctrl-C, SIGTERM, a cluster gone: the build
+        # is recorded as interrupted
         outcome = BuildOutcome(planned.plan.spec_hash, build_id, results, planned)
         outcome.record = _build_record(resolved, planned, outcome, options, started, store)
         outcome.record.update(interrupted=True, ok=False)

@@ -4,10 +4,12 @@ local cluster bound to 127.0.0.1 or on an existing cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -27,6 +29,9 @@ from the node's last checkpoint in its work dir; a multi-rank training node's ra
 restarted the same way by Ray Train."""
 
 DRAIN_S = 0.5
+HEAD_CHECK_S = 1.0
+"""How often a waiting build checks that the cluster's head still answers: Ray itself
+waits 60 s for a lost head, then ends the process with no word of what it was doing."""
 """How often the driver reads the nodes' progress from the cluster (a worker publishes its
 node's at most every 0.25 s)."""
 
@@ -185,6 +190,10 @@ class RayExecutor:
     _begun: set[str] = field(default_factory=set, init=False)
     _drained: float = field(default=0.0, init=False)
     _remote: Any = field(default=None, init=False)
+    _head: tuple[str, int] | None = field(default=None, init=False)
+    _head_checked: float = field(default=0.0, init=False)
+    _head_misses: int = field(default=0, init=False)
+    _lost: bool = field(default=False, init=False)
 
     def start(self) -> None:
         import ray
@@ -200,6 +209,34 @@ class RayExecutor:
         if self.sink is not None:  # this build's own namespace: a shared cluster hosts others
             self._progress = f"llmbuild-progress-{uuid.uuid4().hex}"
         self._remote = ray.remote(_ray_execute)
+        with contextlib.suppress(Exception):  # another Ray: no check, as before
+            host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+            self._head = (host.strip("[]"), int(port))
+
+    def _head_missing(self) -> bool:
+        """Whether the cluster's head (its GCS) refused the last check, which runs every
+        HEAD_CHECK_S (a refused connection is said at once: a socket a check); raise
+        ``ClusterLost`` once it has refused two in a row. While it may be gone, nothing
+        asks it anything: each call would wait a minute for it."""
+        now = time.monotonic()
+        if self._head is None or now - self._head_checked < HEAD_CHECK_S:
+            return self._head_misses > 0
+        self._head_checked = now
+        try:
+            socket.create_connection(self._head, timeout=PROBE_S).close()
+            self._head_misses = 0
+        except OSError:
+            self._head_misses += 1
+        if self._head_misses >= 2:
+            self._lost = True
+            where = "the local Ray cluster" if self._started_here else "the Ray cluster"
+            raise ClusterLost(
+                f"{where} went away: its head no longer answers at "
+                f"{self._head[0]}:{self._head[1]}. The nodes being built stopped; each "
+                "keeps its checkpoint, and the next build resumes from it once a cluster "
+                "is up"
+            )
+        return self._head_misses > 0
 
     @property
     def local(self) -> bool:
@@ -241,6 +278,9 @@ class RayExecutor:
     def wait(self, handles: Sequence[Handle], timeout: float) -> list[Finished]:
         import ray
 
+        if self._head_missing():
+            time.sleep(min(timeout, HEAD_CHECK_S))
+            return []
         self._drain()
         refused = [Finished(h, None, h.error) for h in handles if h.done and h.ref is None]
         if refused:  # at submission
@@ -318,6 +358,12 @@ class RayExecutor:
     def shutdown(self) -> None:
         import ray
 
+        if self._lost:  # nothing to tell a head that is gone: each call would wait for it
+            if self._started_here:
+                _kill_local_ray()
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            return
         if self._progress is not None and ray.is_initialized():
             from ray.experimental.internal_kv import _internal_kv_del
 
@@ -423,6 +469,30 @@ def stop_local_ray() -> None:
     except Exception:  # another Ray's internals: its own shutdown still stops everything
         pass
     ray.shutdown()
+
+
+def _kill_local_ray() -> None:
+    """Kill every process of the local cluster this process started, each with the
+    session it leads (see ``_own_session``: the raylet's holds its agents and workers):
+    its head is gone, so they cannot be stopped in order."""
+    import signal
+
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        for infos in node.all_processes.values() if node else []:
+            for info in infos:
+                with contextlib.suppress(OSError):
+                    os.killpg(info.process.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    info.process.kill()
+    except Exception:  # another Ray's internals: ray.shutdown() does what it can
+        pass
+
+
+class ClusterLost(UserError):
+    """The Ray cluster's head stopped answering while nodes were being built."""
 
 
 def local_cpus(graph: Any) -> int | None:

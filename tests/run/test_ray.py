@@ -106,6 +106,44 @@ def test_more_ranks_than_cores_run_on_the_local_cluster(project, ray_env, tmp_pa
     assert record.metrics["allreduce_sum"] == 10.0  # ranks 0 to 3 contributed 1 + 2 + 3 + 4
 
 
+def test_a_cluster_that_goes_away_ends_the_build_at_once_and_says_so(project, ray_env, tmp_path):
+    """The head of the cluster (its GCS) killed while a node runs: the build stops within
+    seconds saying what happened and what the next build does, and is recorded as
+    interrupted; Ray alone would wait a minute, then end the process without a word."""
+    import signal
+    import threading
+    import time
+
+    from llmbuild.run.executors import ClusterLost
+    from llmbuild.store.store import Store
+
+    set_control(sleep={"source:books": 60})
+    killed = []
+
+    def kill_the_head() -> None:
+        from ray._private import ray_constants, worker
+
+        while not killed:
+            node = worker._global_node
+            gcs = node.all_processes.get(ray_constants.PROCESS_TYPE_GCS_SERVER) if node else None
+            if gcs and (tmp_path / "store" / "work").is_dir():
+                time.sleep(3)  # the first node is running
+                os.kill(gcs[0].process.pid, signal.SIGKILL)
+                killed.append(time.monotonic())
+            time.sleep(0.2)
+
+    threading.Thread(target=kill_the_head, daemon=True).start()
+    with pytest.raises(ClusterLost) as e:
+        fixture_build(project, tmp_path / "store", executor="ray", only=("sft",))
+    assert killed and time.monotonic() - killed[0] < 20
+    assert "the local Ray cluster went away: its head no longer answers" in str(e.value)
+    assert "the next build resumes" in str(e.value)
+    (recorded,) = Store(str(tmp_path / "store")).builds()
+    assert recorded["interrupted"] and not recorded["ok"]
+    assert recorded["nodes"]["source:books"]["state"] == "interrupted"
+    assert not ray.is_initialized()
+
+
 def test_local_ray_binds_loopback(ray_env):
     from llmbuild.run.executors import RayExecutor
 
