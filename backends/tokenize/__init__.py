@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class TokenizeBackend(Backend):
     name = "tokenize"
-    version = "1"
+    version = "2"  # 2: documents' text is plain (a special token's spelling is text); a spec's Jinja chat template renders the chats
     Config = TokenizeConfig
     inputs = (
         Slot("documents", "the source node's cleaned shards"),

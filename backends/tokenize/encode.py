@@ -1,7 +1,10 @@
 """Token sequences for each role: packed text, chats with the assistant's tokens marked,
 preference pairs, and GRPO prompts. Chats are written in the tokenizer's template:
-ChatML for the tokenizers llmbuild builds, a pretrained tokenizer's own template (Llama 3's
-headers, say) as transformers renders it. Special tokens are matched by the tokenizer."""
+ChatML for the tokenizers llmbuild builds unless the spec gives another, a pretrained
+tokenizer's own template (Llama 3's headers, say), rendered by transformers. A document's
+text, a labeled text and a ChatML message's content are plain text: a special token's
+spelling in them (``<|im_end|>``, GPT-2's ``<|endoftext|>``) is encoded as the characters
+it is, never as the control token; the template's own markers are special tokens."""
 
 from __future__ import annotations
 
@@ -30,6 +33,12 @@ class ChatML:
 
     segments = staticmethod(chat_segments)
     prompt = staticmethod(prompt_text)
+
+    @staticmethod
+    def content(j: int) -> bool:
+        """Whether segment ``j`` of ``segments`` is a message's content (each message is
+        its header, content, end and newline)."""
+        return j % 4 == 1
 
 
 class OwnTemplate:
@@ -67,6 +76,11 @@ class OwnTemplate:
     def prompt(self, prompt: str) -> str:
         return self.render([{"role": "user", "content": prompt}], generation=True)
 
+    @staticmethod
+    def content(j: int) -> bool:
+        """A rendered turn holds its content and the template's markers at once."""
+        return False
+
 
 class Encoder:
     """Batch encoding with a HF ``tokenizers`` tokenizer (Rust, multi-threaded)."""
@@ -81,6 +95,8 @@ class Encoder:
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(tokenizer_json)
+        self.plain = Tokenizer.from_file(tokenizer_json)
+        self.plain.encode_special_tokens = True  # a special token's spelling is text here
         self.eos = self.tok.token_to_id(eos_token)
         if self.eos is None:
             raise ValueError(f"the tokenizer has no {eos_token!r} token")
@@ -94,16 +110,24 @@ class Encoder:
         """How many of ``docs``' tokens are the unknown token."""
         return 0 if self.unk is None else sum(ids.count(self.unk) for ids in docs)
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], plain: bool = False) -> list[list[int]]:
+        """Token ids of each text; ``plain``: a special token's spelling in it is text."""
         if not texts:
             return []
+        tok = self.plain if plain else self.tok
         # The fast variant skips character offsets, which nothing here needs.
-        return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+        return [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
 
     def chats(self, conversations: list[list[dict[str, str]]]) -> list[tuple[list[int], list[int]]]:
         """(tokens, loss mask) per conversation, ending with eos (not learned)."""
         segments = [self.template.segments(c) for c in conversations]
-        flat = self.encode([text for segs in segments for text, _ in segs])
+        texts = [text for segs in segments for text, _ in segs]
+        content = [self.template.content(j) for segs in segments for j in range(len(segs))]
+        flat: list[list[int]] = [[] for _ in texts]
+        for plain in (False, True):
+            at = [i for i, c in enumerate(content) if c == plain]
+            for i, ids in zip(at, self.encode([texts[i] for i in at], plain), strict=True):
+                flat[i] = ids
         out, k = [], 0
         for segs in segments:
             ids: list[int] = []

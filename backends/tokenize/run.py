@@ -63,6 +63,13 @@ def _batches_read_ahead(shard: Path) -> Any:
         yield item
 
 
+def renders_own_template(info: dict[str, Any]) -> bool:
+    """Whether chats are written in the saved tokenizer's template, rendered by
+    transformers: a pretrained tokenizer's own, or a Jinja template the spec gave a
+    tokenizer made here; not ChatML, which is written directly."""
+    return info.get("chat_template") != "chatml"
+
+
 def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) -> dict[str, Any]:
     """Tokenize one shard into its datasets (runs in a worker). The encoder uses threads
     only when the shards do not already keep every core busy: separate processes scale
@@ -73,7 +80,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
 
     shard, prefix, tok_json, info, role, out_dir, threads = job
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
-    own = info.get("chat_template") == "own" and role != "pretrain"
+    own = renders_own_template(info) and role != "pretrain"
     enc = Encoder(tok_json, info["eos_token"], own_template=own, unk=info.get("unk_id"))
     dtype = _dtype(info["vocab_size"])
     base = Path(out_dir) / prefix
@@ -91,7 +98,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
 
     def flush(batch: list[dict[str, Any]]) -> None:
         if role == "pretrain":
-            docs = [ids + [enc.eos] for ids in enc.encode([r["text"] for r in batch])]
+            docs = [ids + [enc.eos] for ids in enc.encode([r["text"] for r in batch], True)]
             out[""].add(docs)
         elif role == "chat":
             chats = enc.chats([r["messages"] for r in batch])
@@ -105,12 +112,12 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
                 out[form].add([t[i] for t in triples])
             docs = [ids for t in triples for ids in t]
         elif role == "labeled":
-            docs = enc.encode([r["text"] for r in batch])
+            docs = enc.encode([r["text"] for r in batch], True)
             out[""].add(docs)
             if batch and "pair" in batch[0]:
                 if ".pair" not in out:
                     out[".pair"] = IndexedWriter(f"{base}.pair", dtype)
-                pairs = enc.encode([r["pair"] for r in batch])
+                pairs = enc.encode([r["pair"] for r in batch], True)
                 out[".pair"].add(pairs)
                 docs = docs + pairs
             labels.writelines(json.dumps({"label": r["label"]}) + "\n" for r in batch)
@@ -154,7 +161,7 @@ def run(ctx: Any) -> None:
     tokenizer = TokenizerArtifact.open(ctx.input("tokenizer").path)
     info = dataclasses.asdict(tokenizer.info)
     info["unk_id"] = unknown_id(tokenizer.json_path)  # read once, not per shard
-    if role not in ("pretrain", "labeled") and info["chat_template"] == "own":
+    if role not in ("pretrain", "labeled") and renders_own_template(info):
         why = f"source {ctx.config.source!r} holds conversations (role {role!r})"
         require_chat_template(tokenizer.hf_tokenizer(), why)
     shards = [

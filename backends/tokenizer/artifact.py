@@ -87,6 +87,16 @@ class TokenizerArtifact:
 
         return Tokenizer.from_file(str(self.json_path))
 
+    @cached_property
+    def plain_tokenizer(self) -> Any:
+        """The ``tokenizers.Tokenizer`` that reads a special token's spelling as text, as
+        training reads documents."""
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(self.json_path))
+        tok.encode_special_tokens = True
+        return tok
+
     def hf_tokenizer(self) -> Any:
         """The ``transformers`` tokenizer (with the chat template)."""
         from transformers import AutoTokenizer
@@ -135,12 +145,16 @@ class TokenizerArtifact:
         return ids
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        """A document's or labeled text's ids, as training reads them: a special token's
+        spelling in it is text (the tokenize backend's plain encoding)."""
+        return list(self.plain_tokenizer.encode(text, add_special_tokens=False).ids)
 
     def prompt_ids(self, text: str) -> list[int]:
-        """A prompt's ids; an empty prompt starts from the beginning-of-sequence token (or
-        the end of one, for a tokenizer without one: documents are separated by it)."""
-        return self.encode(text) or [self.eos_id if self.bos_id is None else self.bos_id]
+        """A prompt's ids, special tokens matched (a chat template's markers are in it);
+        an empty prompt starts from the beginning-of-sequence token (or the end of one,
+        for a tokenizer without one: documents are separated by it)."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return ids or [self.eos_id if self.bos_id is None else self.bos_id]
 
     def chat_prompt(self, text: str) -> str:
         """``text`` as a user's turn in the chat template, followed by the start of the

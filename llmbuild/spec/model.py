@@ -101,8 +101,30 @@ class Tokenizer(SpecModel):
             raise ValueError("path is required for kind = 'pretrained' and only for it")
         if self.sources is not None and not self.reads_text:
             raise ValueError(f"sources does not apply to kind = {self.kind!r}: it reads no text")
-
+        if self.chat_template not in (None, "chatml"):
+            _check_jinja(self.chat_template)
         return self
+
+
+def _check_jinja(template: str) -> None:
+    """A Jinja chat template that cannot be parsed is said at validate, as transformers
+    would parse it (its loop controls, its ``generation`` tag), not when a chat is first
+    rendered."""
+    try:
+        from jinja2 import TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:  # transformers brings jinja2; without it, nothing renders anyway
+        return
+    env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"])
+    try:
+        env.parse(template)
+    except TemplateSyntaxError as e:
+        if "'generation'" in str(e) or "'endgeneration'" in str(e):
+            return  # transformers' own tag around the assistant's part
+        raise ValueError(
+            f"chat_template is not a Jinja template: {e.message} (line {e.lineno}); give "
+            '"chatml" or a template that parses'
+        ) from None
 
 
 _STYLE_DEFAULTS: dict[str, dict[str, Any]] = {

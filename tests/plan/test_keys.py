@@ -193,5 +193,5 @@ def test_golden_keys(tmp_path):
 GOLDEN = {
     "source:books": "5b495bbd696fccfc",
     "tokenizer": "0ec76a00c84b782d",
-    "stage:pretrain": "b857cc39d3ff512e",
+    "stage:pretrain": "21daf85a41e1f0f6",
 }
