@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from llmbuild.errors import UserError
 from llmbuild.spec.model import Tokenizer as TokenizerSpec
 
 IM_START, IM_END, UNK = "<|im_start|>", "<|im_end|>", "<|unk|>"
@@ -91,5 +92,14 @@ def trained_tokenizer(spec: TokenizerSpec, texts: Iterable[str], specials: list[
         trainer = trainers.UnigramTrainer(
             vocab_size=spec.vocab_size, special_tokens=specials, unk_token=UNK, show_progress=False
         )
-    tok.train_from_iterator(texts, trainer=trainer)
+    try:
+        tok.train_from_iterator(texts, trainer=trainer)
+    except Exception as e:  # the trainer says why in its own words
+        if "not large enough to contain all chars" in str(e):
+            raise UserError(
+                f"tokenizer.vocab_size = {spec.vocab_size} is too small for a unigram "
+                "vocabulary: it must hold every character of the training text and the "
+                "special tokens; raise it"
+            ) from None
+        raise
     return tok

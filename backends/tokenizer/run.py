@@ -152,3 +152,11 @@ def run(ctx: Any) -> None:
     )
     dataclasses.replace(info, vocab_size=vocab_size).write(ctx.out_dir)
     ctx.metrics["vocab_size"] = vocab_size
+    asked = spec.vocab_size
+    if asked is not None and vocab_size != asked:  # a trainer's vocabulary is what it can be
+        why = (
+            "the byte alphabet and special tokens alone take more"
+            if vocab_size > asked
+            else "the training text holds no more distinct pieces"
+        )
+        ctx.note(f"the tokenizer has {vocab_size} tokens, not vocab_size = {asked}: {why}")

@@ -79,3 +79,37 @@ def test_a_jinja_template_that_does_not_parse_is_refused_at_validate():
     with pytest.raises(ValueError, match="chat_template is not a Jinja template"):
         TokenizerSpec(kind="byte", chat_template="{% for m in messages %")
     TokenizerSpec(kind="byte", chat_template="{% generation %}{{ x }}{% endgeneration %}")
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "said"),
+    [
+        ('kind = "bpe"\nvocab_size = 32', "has 262 tokens, not vocab_size = 32: the byte alphabet"),
+        ('kind = "bpe"\nvocab_size = 200000', "not vocab_size = 200000: the training text holds"),
+    ],
+)
+def test_a_vocabulary_other_than_asked_is_said(tmp_path, tokenizer, said):
+    from tests.backends.conftest import run_nodes
+    from tests.backends.test_megatron import tiny_spec
+
+    spec = tiny_spec(tmp_path, steps=2)
+    spec.write_text(spec.read_text().replace('kind = "char"', tokenizer, 1))
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenizer",))
+    assert outcome.ok, outcome.log
+    notes = outcome.results["tokenizer"].record.notes
+    assert any(said in n for n in notes), notes
+
+
+TEXT = "".join(chr(c) for c in range(0x4E00, 0x4E60))  # 96 distinct characters
+
+
+def test_a_unigram_vocabulary_too_small_for_the_text_says_so(tmp_path):
+    from llmbuild.backends.tokenizer.build import trained_tokenizer
+
+    from llmbuild.errors import UserError
+
+    spec = TokenizerSpec(kind="unigram", vocab_size=40)
+    with pytest.raises(UserError, match="vocab_size = 40 is too small for a unigram"):
+        trained_tokenizer(
+            spec, ["the quick brown fox jumps over the lazy dog"], special_tokens(spec)
+        )
