@@ -110,6 +110,4 @@ def test_a_unigram_vocabulary_too_small_for_the_text_says_so(tmp_path):
 
     spec = TokenizerSpec(kind="unigram", vocab_size=40)
     with pytest.raises(UserError, match="vocab_size = 40 is too small for a unigram"):
-        trained_tokenizer(
-            spec, ["the quick brown fox jumps over the lazy dog"], special_tokens(spec)
-        )
+        trained_tokenizer(spec, [TEXT] * 3, special_tokens(spec))
