@@ -43,10 +43,12 @@ class DataError(UserError):
 
 
 def source_files(config: DataConfig) -> list[str]:
+    """The source's files in the order its patterns name them, each once (two patterns
+    may match one file: ``dir/*.jsonl`` and ``dir/**/*.jsonl``)."""
     files: list[str] = []
     for pattern in config.source.path:
         files += expand_url(pattern) if "://" in pattern else expand(pattern)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:

@@ -220,11 +220,13 @@ def digest_paths(
     changed suffix from changed bytes; ``only`` is ``expand``'s."""
     digests: list[str] = []
     suffix: list[str] = []
+    seen: set[str] = set()  # a file two patterns match is read once
     for pattern in patterns:
         remote = "://" in pattern
         found = expand_url(pattern) if remote else expand(pattern, only)
         if not found:
             raise MissingInput(f"{pattern}: matches no file")
+        found = [f for f in found if not (f in seen or seen.add(f))]
         digests += [digest_url(f, cache) if remote else cache.digest(f) for f in found]
         suffix += [format_suffix(f) for f in found]
     entries = [d + s for d, s in zip(digests, suffix)] if suffixes else list(digests)

@@ -169,6 +169,25 @@ def test_a_duplicate_added_rebuilds_nothing_after_the_source(tmp_path):
     assert report["removed"]["exact_duplicate"] == 1
 
 
+def test_a_file_two_patterns_match_is_read_once(tmp_path):
+    """``plays/*.txt`` and ``plays/**/*.txt`` both match each play: each is one file of
+    the source, read once (its documents were counted twice, and removed again as
+    duplicates)."""
+    paths = write_sources(tmp_path)
+    plays = paths["plays"]
+    spec = write_spec(tmp_path, spec_text({"plays": str(plays)}, tokenizer='kind = "char"'))
+    text = spec.read_text()
+    once = run_nodes(spec, tmp_path / "s", ("source:plays",))
+    spec.write_text(
+        text.replace(f'path = "{plays}"', f'path = ["{plays}/*.txt", "{plays}/**/*.txt"]')
+    )
+    twice = run_nodes(spec, tmp_path / "s", ("source:plays",))
+    assert once.ok and twice.ok, twice.log
+    a, b = (o.results["source:plays"].record for o in (once, twice))
+    assert b.metrics["documents"] == a.metrics["documents"] and b.notes == a.notes, b.notes
+    assert b.output_digest == a.output_digest
+
+
 def test_sources_behind_fsspec_urls(tmp_path):
     import time
 
