@@ -303,6 +303,15 @@ def apply_override(layer: Layer, assignment: str, registry: Any) -> Layer:
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise SpecError([Problem(f"{flag}: expected dotted.key=value")])
+    if key.strip().split(".")[0] == "extends":  # composed before any --set is applied
+        raise SpecError(
+            [
+                Problem(
+                    f"{flag}: extends cannot be set: the files a spec extends are merged "
+                    "before --set applies; edit the spec's extends, or --set the values"
+                )
+            ]
+        )
     path = _override_path(layer.data, key.strip(), flag)
     value = _parse_value(text.strip(), flag)
     data = _set_in(layer.data, path, value)

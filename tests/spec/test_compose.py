@@ -69,6 +69,8 @@ def test_set_errors_are_clear(project):
         load_spec(project, ["eval.nothing.batch_size=2"])
     with pytest.raises(SpecError, match="expected dotted.key=value"):
         load_spec(project, ["stage.sft.lr"])
+    with pytest.raises(SpecError, match="extends cannot be set: the files a spec extends"):
+        load_spec(project, ['extends=["@llama-tiny"]'])  # it was shown, and not applied
     with pytest.raises(SpecError) as info:
         load_spec(project, ["stage.sft.lr=-1"])
     assert "--set stage.sft.lr=-1: stage[1].lr: must be > 0" in str(info.value)
