@@ -9,6 +9,7 @@ reference of every kind is checked by the same walk that turns it into an edge.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -262,6 +263,22 @@ def check_paths(raw: dict[str, Any], registry: Any, said: Collection[Path] = ())
             continue
         for sub, pattern in _missing(value):
             out.append(Problem(f"{pattern}: matches no file", (*where, *sub)))
+    path = tok.get("path")
+    if (
+        tok.get("kind") == "pretrained"
+        and isinstance(path, str)
+        and "://" not in path
+        and os.path.isfile(path)
+        and ("tokenizer", "path") not in said
+    ):
+        out.append(
+            Problem(
+                f"{path} is a file: a pretrained tokenizer is the directory that holds "
+                f"its files (tokenizer.json, tokenizer_config.json): path = "
+                f'"{os.path.dirname(path) or "."}"',
+                ("tokenizer", "path"),
+            )
+        )
     return out
 
 

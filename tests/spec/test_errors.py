@@ -451,6 +451,20 @@ def test_conversations_with_a_pretrained_tokenizer_without_a_chat_template(tmp_p
     load_spec(spec)
 
 
+def test_a_pretrained_tokenizer_named_by_its_file_names_its_directory(tmp_path):
+    """`path` at tokenizer.json itself: said at validate with the directory to give (the
+    build failed with transformers' words about a repo id)."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(CHAT_SPEC.replace('path = "tok"', 'path = "tok/tokenizer.json"'))
+    (tmp_path / "chat.jsonl").write_text('{"messages": []}\n')
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    found = problems(spec)
+    assert any("tokenizer.path: " in p and "tokenizer.json is a file: a pretrained tokenizer "
+               'is the directory that holds its files' in p and f'path = "{tmp_path / "tok"}"'
+               in p for p in found), found  # fmt: skip
+
+
 def test_a_reward_function_that_is_not_there_is_located_without_running_it(tmp_path):
     """A misspelt function or module is a spec error at its key, found by reading the
     module's file (never running it: it may import torch, or do anything)."""
