@@ -208,7 +208,13 @@ def _webdataset_docs(path: str, source: Source) -> Iterator[Record]:
 
 def _field(rec: Record, name: str, kinds: tuple[type, ...] = (str,)) -> Any:
     if name not in rec.data:
-        raise BadRecord(rec.where, f"missing field {name!r}", "field")
+        has = ", ".join(repr(k) for k in list(rec.data)[:8]) or "no fields"
+        raise BadRecord(
+            rec.where,
+            f"missing field {name!r} (the record has {has}: a source names the fields it "
+            "reads, e.g. text_field)",
+            "field",
+        )
     value = rec.data[name]
     if not isinstance(value, kinds):
         wanted = {str: "a string", int: "an integer", list: "a list"}

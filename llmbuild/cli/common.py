@@ -50,7 +50,8 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a value, e.g. --set stage.pretrain.lr=3e-4 (repeatable)",
+        help="override a value, e.g. --set stage.pretrain.lr=3e-4 (repeatable; a path "
+        "given this way is relative to the working directory, as on any command line)",
     )
 
 

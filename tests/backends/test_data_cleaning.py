@@ -108,7 +108,7 @@ MEMBER = 512 + -(-len(json.dumps({"text": "document 0 " * 50})) // 512) * 512
             "field.jsonl",
             GOOD + b'{"body": "no text field"}\n',
             "",
-            "field.jsonl:2: missing field 'text'",
+            "field.jsonl:2: missing field 'text' (the record has 'body': a source names",
         ),
         ("type.jsonl", b'{"text": 42}\n', "", "type.jsonl:1: field 'text' must be a string"),
         ("empty.jsonl", b"", "", "empty.jsonl: empty file (no documents)"),
