@@ -29,11 +29,14 @@ from the node's last checkpoint in its work dir; a multi-rank training node's ra
 restarted the same way by Ray Train."""
 
 DRAIN_S = 0.5
+"""How often the driver reads the nodes' progress from the cluster (a worker publishes its
+node's at most every 0.25 s)."""
 HEAD_CHECK_S = 1.0
 """How often a waiting build checks that the cluster's head still answers: Ray itself
 waits 60 s for a lost head, then ends the process with no word of what it was doing."""
-"""How often the driver reads the nodes' progress from the cluster (a worker publishes its
-node's at most every 0.25 s)."""
+HEAD_SILENT_S = 30.0
+"""How long a head that does not answer at all (a network that drops the packets, not a
+refused connection) may stay silent before the build stops."""
 
 
 @dataclass
@@ -193,6 +196,7 @@ class RayExecutor:
     _head: tuple[str, int] | None = field(default=None, init=False)
     _head_checked: float = field(default=0.0, init=False)
     _head_misses: int = field(default=0, init=False)
+    _head_silent: float | None = field(default=None, init=False)
     _lost: bool = field(default=False, init=False)
 
     def start(self) -> None:
@@ -214,20 +218,24 @@ class RayExecutor:
             self._head = (host.strip("[]"), int(port))
 
     def _head_missing(self) -> bool:
-        """Whether the cluster's head (its GCS) refused the last check, which runs every
-        HEAD_CHECK_S (a refused connection is said at once: a socket a check); raise
-        ``ClusterLost`` once it has refused two in a row. While it may be gone, nothing
-        asks it anything: each call would wait a minute for it."""
+        """Whether the cluster's head (its GCS) failed the last check, which runs every
+        HEAD_CHECK_S (a socket a check); raise ``ClusterLost`` once its machine has
+        refused the connection twice in a row (nothing listens there any more), or it has
+        not answered at all for HEAD_SILENT_S. While it may be gone, nothing asks it
+        anything: each call would wait a minute for it."""
         now = time.monotonic()
         if self._head is None or now - self._head_checked < HEAD_CHECK_S:
-            return self._head_misses > 0
+            return self._head_misses > 0 or self._head_silent is not None
         self._head_checked = now
         try:
             socket.create_connection(self._head, timeout=PROBE_S).close()
-            self._head_misses = 0
-        except OSError:
+            self._head_misses, self._head_silent = 0, None
+        except ConnectionRefusedError:
             self._head_misses += 1
-        if self._head_misses >= 2:
+        except OSError:  # no answer: a network that may come back
+            self._head_silent = self._head_silent or now
+        silent = self._head_silent is not None and now - self._head_silent >= HEAD_SILENT_S
+        if self._head_misses >= 2 or silent:
             self._lost = True
             where = "the local Ray cluster" if self._started_here else "the Ray cluster"
             raise ClusterLost(
@@ -236,7 +244,7 @@ class RayExecutor:
                 "keeps its checkpoint, and the next build resumes from it once a cluster "
                 "is up"
             )
-        return self._head_misses > 0
+        return self._head_misses > 0 or self._head_silent is not None
 
     @property
     def local(self) -> bool:
