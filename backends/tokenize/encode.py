@@ -2,9 +2,10 @@
 preference pairs, and GRPO prompts. Chats are written in the tokenizer's template:
 ChatML for the tokenizers llmbuild builds unless the spec gives another, a pretrained
 tokenizer's own template (Llama 3's headers, say), rendered by transformers. A document's
-text, a labeled text and a ChatML message's content are plain text: a special token's
-spelling in them (``<|im_end|>``, GPT-2's ``<|endoftext|>``) is encoded as the characters
-it is, never as the control token; the template's own markers are special tokens."""
+text, a labeled text, and in ChatML a message's content, a prompt and an answer, are plain
+text: a special token's spelling in them (``<|im_end|>``, GPT-2's ``<|endoftext|>``) is
+encoded as the characters it is, never as the control token; the template's own markers
+are special tokens."""
 
 from __future__ import annotations
 
@@ -39,6 +40,20 @@ class ChatML:
         """Whether segment ``j`` of ``segments`` is a message's content (each message is
         its header, content, end and newline)."""
         return j % 4 == 1
+
+    @staticmethod
+    def prompt_pieces(prompt: str) -> list[tuple[str, bool]]:
+        """``prompt`` as ``prompt_text`` writes it, in (text, plain) pieces."""
+        return [
+            (f"{IM_START}user\n", False),
+            (prompt, True),
+            (f"{IM_END}\n{IM_START}assistant\n", False),
+        ]
+
+    @staticmethod
+    def answer_pieces(prompt: str, answer: str) -> list[tuple[str, bool]]:
+        """An assistant answer and its end of turn, in (text, plain) pieces."""
+        return [(answer, True), (IM_END, False)]
 
 
 class OwnTemplate:
@@ -81,6 +96,13 @@ class OwnTemplate:
         """A rendered turn holds its content and the template's markers at once."""
         return False
 
+    def prompt_pieces(self, prompt: str) -> list[tuple[str, bool]]:
+        return [(self.prompt(prompt), False)]
+
+    def answer_pieces(self, prompt: str, answer: str) -> list[tuple[str, bool]]:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        return [("".join(text for text, learn in self.segments(messages) if learn), False)]
+
 
 class Encoder:
     """Batch encoding with a HF ``tokenizers`` tokenizer (Rust, multi-threaded)."""
@@ -118,16 +140,39 @@ class Encoder:
         # The fast variant skips character offsets, which nothing here needs.
         return [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
 
+    def _pieces(self, pieces: list[tuple[str, bool]]) -> list[list[int]]:
+        """The ids of each (text, plain) piece, the plain ones read as plain text."""
+        flat: list[list[int]] = [[] for _ in pieces]
+        for plain in (False, True):
+            at = [i for i, (_, p) in enumerate(pieces) if p == plain]
+            found = self.encode([pieces[i][0] for i in at], plain)
+            for i, ids in zip(at, found, strict=True):
+                flat[i] = ids
+        return flat
+
+    def sequences(self, pieces: list[list[tuple[str, bool]]]) -> list[list[int]]:
+        """Each sequence of (text, plain) pieces as one list of ids."""
+        flat = self._pieces([p for seq in pieces for p in seq])
+        out, k = [], 0
+        for seq in pieces:
+            out.append([t for ids in flat[k : k + len(seq)] for t in ids])
+            k += len(seq)
+        return out
+
+    def prompts(self, prompts: list[str]) -> list[list[int]]:
+        """Each prompt as a user's turn followed by the start of the answer."""
+        return self.sequences([self.template.prompt_pieces(p) for p in prompts])
+
     def chats(self, conversations: list[list[dict[str, str]]]) -> list[tuple[list[int], list[int]]]:
         """(tokens, loss mask) per conversation, ending with eos (not learned)."""
         segments = [self.template.segments(c) for c in conversations]
-        texts = [text for segs in segments for text, _ in segs]
-        content = [self.template.content(j) for segs in segments for j in range(len(segs))]
-        flat: list[list[int]] = [[] for _ in texts]
-        for plain in (False, True):
-            at = [i for i, c in enumerate(content) if c == plain]
-            for i, ids in zip(at, self.encode([texts[i] for i in at], plain), strict=True):
-                flat[i] = ids
+        flat = self._pieces(
+            [
+                (text, self.template.content(j))
+                for segs in segments
+                for j, (text, _) in enumerate(segs)
+            ]
+        )
         out, k = [], 0
         for segs in segments:
             ids: list[int] = []
@@ -139,24 +184,17 @@ class Encoder:
             out.append((ids + [self.eos], mask + [0]))
         return out
 
-    def answer(self, prompt: str, answer: str) -> str:
-        """An assistant answer as the template ends it (ChatML: with <|im_end|>)."""
-        if self.template is ChatML:
-            return answer + IM_END
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        return "".join(text for text, learn in self.template.segments(messages) if learn)
-
     def preferences(self, records: list[dict[str, Any]]) -> list[tuple[list[int], ...]]:
         """(prompt, chosen, rejected) token ids; answers end with the template's end of
         turn and eos."""
-        flat = self.encode(
+        flat = self.sequences(
             [
-                t
+                pieces
                 for r in records
-                for t in (
-                    self.template.prompt(r["prompt"]),
-                    self.answer(r["prompt"], r["chosen"]),
-                    self.answer(r["prompt"], r["rejected"]),
+                for pieces in (
+                    self.template.prompt_pieces(r["prompt"]),
+                    self.template.answer_pieces(r["prompt"], r["chosen"]),
+                    self.template.answer_pieces(r["prompt"], r["rejected"]),
                 )
             ]
         )

@@ -128,7 +128,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
                 if several:
                     stats["label_lists"] = stats.get("label_lists", 0) + 1
         else:
-            docs = enc.encode([enc.template.prompt(r["prompt"]) for r in batch])
+            docs = enc.prompts([r["prompt"] for r in batch])
             out[".prompt"].add(docs)
             answers.writelines(json.dumps({"answer": r.get("answer")}) + "\n" for r in batch)
             stats["unanswered"] += sum(r.get("answer") is None for r in batch)
