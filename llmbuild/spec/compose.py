@@ -273,8 +273,8 @@ def _override_path(data: dict[str, Any], dotted: str, flag: str) -> Path:
                 raise SpecError([Problem(f"{flag}: {format_path(tuple(out))} has no item [{idx}]")])
             out.append(idx)
             node = node[idx]
-        elif tuple(out) in NAMED_ARRAYS and isinstance(node, list):
-            names = [_item_name(tuple(out), item) for item in node]
+        elif tuple(out) in NAMED_ARRAYS and (isinstance(node, list) or node is None):
+            names = [_item_name(tuple(out), item) for item in node or []]
             if tok not in names:
                 named = [n for n in names if isinstance(n, str)]
                 formats = [n for n in named if n.startswith(f"{tok}@")]  # hf -> hf@sft
@@ -284,6 +284,8 @@ def _override_path(data: dict[str, Any], dotted: str, flag: str) -> Path:
                     hint = did_you_mean(tok, named)
                     if not hint and named:
                         hint = f" (named: {', '.join(named)})"
+                    elif not named:  # an item cannot be made by --set: it has no kind
+                        hint = f" (the spec has none: write a [[{format_path(tuple(out))}]] table)"
                 raise SpecError(
                     [Problem(f"{flag}: no {format_path(tuple(out))} named {tok!r}{hint}")]
                 )

@@ -69,6 +69,11 @@ def test_set_errors_are_clear(project):
         load_spec(project, ["eval.nothing.batch_size=2"])
     with pytest.raises(SpecError, match="expected dotted.key=value"):
         load_spec(project, ["stage.sft.lr"])
+    full = project.read_text()
+    project.write_text(full.split("[[eval]]")[0])  # no evals, no exports
+    with pytest.raises(SpecError, match=r"no eval named 'ppl' \(the spec has none: write a "):
+        load_spec(project, ["eval.ppl.kind=perplexity"])  # it said [[eval]] was a table
+    project.write_text(full)
     with pytest.raises(SpecError, match="extends cannot be set: the files a spec extends"):
         load_spec(project, ['extends=["@llama-tiny"]'])  # it was shown, and not applied
     with pytest.raises(SpecError) as info:
