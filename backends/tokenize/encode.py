@@ -33,7 +33,6 @@ class ChatML:
     """The ChatML template of the tokenizers llmbuild builds."""
 
     segments = staticmethod(chat_segments)
-    prompt = staticmethod(prompt_text)
 
     @staticmethod
     def content(j: int) -> bool:
