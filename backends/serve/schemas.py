@@ -8,9 +8,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from llmbuild.spec.data import CHAT_ROLES
 
@@ -81,12 +90,13 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what a torch seed holds
-    n: int | None = None
+    # Numbers as JSON numbers, not strings that spell them (OpenAI's API refuses "5").
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: StrictFloat | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: StrictFloat | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # 4 at most, as OpenAI
+    seed: StrictInt | None = Field(None, ge=-(2**63), lt=2**64)  # what a torch seed holds
+    n: StrictInt | None = None
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     logprobs: Any = None
@@ -135,7 +145,7 @@ class Sampling(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
 
 
 class CompletionRequest(Sampling):
@@ -202,9 +212,13 @@ def parse(raw: bytes, model: type[BaseModel]) -> Any:
         union = _union(e.errors())
         if union is not None:  # each of a field's types refused it: say what it takes
             param, wanted = union
-            raise ApiError(
-                400, f"Invalid '{param}': expected {wanted}.", param=param, code="invalid_type"
-            ) from None
+            # unless one took its type and refused its value (a fifth stop string)
+            valued = [err for err in e.errors() if not err["type"].endswith("_type")]
+            if valued:
+                said, code = valued[0]["msg"].removeprefix("Value error, "), "invalid_value"
+            else:
+                said, code = f"expected {wanted}", "invalid_type"
+            raise ApiError(400, f"Invalid '{param}': {said}.", param=param, code=code) from None
         if first["type"] == "missing":
             raise ApiError(
                 400, f"Missing required parameter: '{param}'.", param=param, code="missing"

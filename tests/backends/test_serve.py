@@ -384,6 +384,9 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
             client.chat.completions.create(model="hf@base", messages=ok["messages"], **bad)
         assert e.value.code == "unsupported_parameter" and e.value.param == next(iter(bad))
     for bad, said in (({"stop": 5}, "Invalid 'stop': expected a string or an array of strings"),
+                      ({"stop": list("abcde")}, "Invalid 'stop': List should have at most 4"),
+                      ({"max_tokens": "2"}, "Invalid 'max_tokens': Input should be a valid integer"),
+                      ({"temperature": "0"}, "Invalid 'temperature'"),
                       ({"stream": "yes"}, "Invalid 'stream'")):  # fmt: skip
         got, answer = _raw(server, "/v1/chat/completions", json.dumps({**ok, **bad}).encode())
         assert got == 400 and shaped(answer)["param"] == next(iter(bad)), answer
