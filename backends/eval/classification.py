@@ -12,32 +12,44 @@ from typing import Any
 from llmbuild.errors import UserError
 
 
+def _file_source(path: Path, suite: Any) -> Any:
+    """A listed file read as a labeled source with the suite's field names."""
+    from llmbuild.spec.data import Source
+
+    return Source(
+        name="file",
+        path=str(path),
+        role="labeled",
+        text_field=suite.text_field,
+        label_field=suite.label_field,
+    )
+
+
 def labeled_file(
     path: Path,
+    suite: Any,
     tok: Any,
     labels: tuple[str, ...],
     seq_len: int,
     start: int | None,
     multi_label: bool = False,
 ) -> tuple[Any, int]:
-    """The labeled texts of a listed file (records with ``text``, ``label``, and ``pair``
-    for pairs), read as a labeled source's are and cut to fit as a classify stage's, and
-    how many have no pair."""
+    """The labeled texts of a listed file (records with the suite's text, label and, for
+    pairs, pair fields), read as a labeled source's are and cut to fit as a classify
+    stage's, and how many have no pair."""
     from llmbuild.backends.data.readers import BadRecord, normalise, read_records
     from llmbuild.backends.megatron.posttrain_data import LabeledTexts, fit_text, label_ids
 
-    from llmbuild.spec.data import Source
-
-    source = Source(name="file", path=str(path), role="labeled")
+    source = _file_source(path, suite)
     ids = {name: i for i, name in enumerate(labels)}
     docs, truncated, lone = [], 0, 0
     try:
         for rec in read_records(str(path), source):
             if isinstance(rec, BadRecord):
                 raise rec
-            r, pair = normalise(rec, source), rec.data.get("pair")
+            r, pair = normalise(rec, source), rec.data.get(suite.pair_field)
             if pair is not None and not isinstance(pair, str):
-                raise BadRecord(rec.where, "field 'pair' must be a string", "field")
+                raise BadRecord(rec.where, f"field {suite.pair_field!r} must be a string", "field")
             try:
                 label = label_ids(r["label"], ids, multi_label)
             except ValueError as e:
@@ -48,8 +60,14 @@ def labeled_file(
             docs.append((tokens, label, types))
             truncated += cut
     except BadRecord as e:
-        fields = ' (a listed file\'s records are {"text", "label"}, with "pair" for pairs)'
+        fields = (
+            f" (a listed file's records have {suite.text_field!r} and {suite.label_field!r}, "
+            f"and {suite.pair_field!r} for pairs: the eval's text_field, label_field and "
+            "pair_field)"
+        )
         raise UserError(str(e) + (fields if "missing field" in e.reason else "")) from None
+    if not docs:
+        raise UserError(f"{path}: empty file (no labeled texts to measure)")
     classes = len(labels) if multi_label else None
     samples = LabeledTexts(docs, seq_len, tok.pad_id, truncated, start is not None, classes)
     return samples, lone
@@ -74,19 +92,17 @@ def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[st
     return texts, labels
 
 
-def file_texts(path: Path) -> tuple[list[str], list[Any]]:
+def file_texts(path: Path, suite: Any) -> tuple[list[str], list[Any]]:
     """The texts (a pair after its text) and labels of a listed file, as written there
     (``labeled_file`` has read it whole before)."""
     from llmbuild.backends.data.readers import BadRecord, normalise, read_records
 
-    from llmbuild.spec.data import Source
-
-    source = Source(name="file", path=str(path), role="labeled")
+    source = _file_source(path, suite)
     texts, labels = [], []
     for rec in read_records(str(path), source):
         if isinstance(rec, BadRecord):
             raise UserError(str(rec))
-        r, pair = normalise(rec, source), rec.data.get("pair")
+        r, pair = normalise(rec, source), rec.data.get(suite.pair_field)
         texts.append(r["text"] if pair is None else f"{r['text']} {pair}")
         labels.append(r["label"])
     return texts, labels
@@ -244,7 +260,12 @@ def _names(label: Any, labels: tuple[str, ...]) -> Any:
 
 
 def _baseline(
-    ctx: Any, results: dict[str, Any], labels: tuple[str, ...], tok: Any, files: dict[str, Path]
+    ctx: Any,
+    suite: Any,
+    results: dict[str, Any],
+    labels: tuple[str, ...],
+    tok: Any,
+    files: dict[str, Path],
 ) -> None:
     """TF-IDF and logistic regression, fitted on the training split of the labeled
     sources, on what the classifier was measured on: each one's validation split and
@@ -256,7 +277,7 @@ def _baseline(
         if name in sources:
             texts, truth = source_texts({name: sources[name]}, "validation", tok)
         elif name in files:
-            texts, truth = file_texts(files[name])
+            texts, truth = file_texts(files[name], suite)
         else:
             continue
         multi = bool(results[name].get("multi_label"))
@@ -304,11 +325,12 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
         for path in expand(pattern):
             name = Path(path).name
             files[name] = Path(path)
-            sets[name], lone = labeled_file(Path(path), tok, labels, seq_len, start, multi)
+            sets[name], lone = labeled_file(Path(path), suite, tok, labels, seq_len, start, multi)
             if stage.paired and lone:
                 ctx.note(
                     f"{ctx.config.stage} learned pairs of texts, but {lone} of the "
-                    f'{len(sets[name])} texts of {name} have no "pair": they are scored alone'
+                    f"{len(sets[name])} texts of {name} have no {suite.pair_field!r} field: they "
+                    "are scored alone (the eval's pair_field names the field of the pair)"
                 )
     if not sets:
         raise UserError(
@@ -350,7 +372,7 @@ def classification(ctx: Any, suite: Any) -> tuple[dict[str, Any], list[str]]:
             png = ctx.out_dir / f"confusion-{name}.png"
             confusion_png(png, title, results[name]["confusion"], labels, multi)
     if suite.baseline:
-        _baseline(ctx, results, labels, tok, files)
+        _baseline(ctx, suite, results, labels, tok, files)
     for name, r in results.items():
         if "majority_accuracy" in r:
             ctx.metrics[f"{name}.majority_accuracy"] = r["majority_accuracy"]

@@ -82,7 +82,14 @@ class Classification(EvalTable):
     when omitted."""
     files: StrList = content(())
     """Extra files of labeled texts to measure (jsonl or parquet records with `text`,
-    `label`, and `pair` for pairs), relative to the spec file."""
+    `label`, and `pair` for pairs, or the fields named below), relative to the spec file."""
+    text_field: str = added("text")
+    """Field of a listed file's records holding the text."""
+    label_field: str = added("label")
+    """Field of a listed file's records holding the label (or a list of labels)."""
+    pair_field: str = added("pair")
+    """Field of a listed file's records holding a pair's second text; records without it
+    are scored alone."""
     batch_size: PositiveInt = marked("execution", 32)
     """Texts per forward pass."""
     baseline: bool = added(False)

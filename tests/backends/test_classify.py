@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from llmbuild.errors import UserError
 from llmbuild.plan import plan_spec
 from llmbuild.plan.digest import StatCache
 from llmbuild.spec.load import load_spec
@@ -359,6 +360,44 @@ def test_the_classification_eval_scores_as_scikit_learn_does(built, tmp_path):
     assert record.metrics["more.jsonl.accuracy"] == results["more.jsonl"]["accuracy"]
     assert "| true \\ predicted | big | small |" in (out / "results.md").read_text()
     assert "| more.jsonl, always its most common label | 60 |" in (out / "results.md").read_text()
+
+
+def test_a_listed_file_is_read_by_the_evals_field_names(built, tmp_path):
+    """A file whose records name their fields as the user's data does is measured as the
+    same records under the standard names are."""
+    _, store, _ = built
+    renamed = (
+        CLASSIFICATION.replace('"labels"', '"renamed"')
+        .replace("more.jsonl", "renamed.jsonl")
+        .replace("baseline = true", 'text_field = "q"\nlabel_field = "y"')
+    )
+    spec = classify_spec(tmp_path, CLASSIFY + CLASSIFICATION + renamed)
+    write_sums(tmp_path / "data" / "more.jsonl", n=60, seed=11)
+    rows = [json.loads(line) for line in (tmp_path / "data" / "more.jsonl").open()]
+    with (tmp_path / "data" / "renamed.jsonl").open("w") as f:
+        f.writelines(json.dumps({"q": r["text"], "y": r["label"]}) + "\n" for r in rows)
+    outcome = run_nodes(spec, store, ("eval:labels@cls", "eval:renamed@cls"))
+    assert outcome.ok, outcome.log
+
+    def predictions(node: str, data: str) -> list:
+        out = artifact(outcome, store, node)
+        lines = (out / "predictions.jsonl").read_text().splitlines()
+        got = [json.loads(x) for x in lines]
+        return [{k: v for k, v in x.items() if k != "data"} for x in got if x["data"] == data]
+
+    named = predictions("eval:renamed@cls", "renamed.jsonl")
+    assert named == predictions("eval:labels@cls", "more.jsonl")
+    assert [x["label"] for x in named] == [r["label"] for r in rows]
+
+
+def test_an_empty_listed_file_is_a_plain_error(tmp_path):
+    from llmbuild.backends.eval.classification import labeled_file
+    from llmbuild.backends.eval.spec import Classification
+
+    suite = Classification(name="c", kind="classification", stages=["cls"])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(UserError, match="empty.jsonl: empty file"):
+        labeled_file(tmp_path / "empty.jsonl", suite, None, ("a", "b"), 16, None)
 
 
 def test_a_classification_eval_measures_each_stage_on_its_own_source_by_default(tmp_path):

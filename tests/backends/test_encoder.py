@@ -377,7 +377,7 @@ def test_an_encoder_pair_classifier_exports_its_token_types(built, tmp_path):
     assert outcome.ok, outcome.log
     notes = outcome.results["eval:checked@pcls"].record.notes
     assert any(
-        'pcls learned pairs of texts, but 6 of the 6 texts of lone.jsonl have no "pair"' in n
+        "pcls learned pairs of texts, but 6 of the 6 texts of lone.jsonl have no 'pair' field" in n
         for n in notes
     ), notes
     assert _metrics(outcome, "export:hf@pcls")["max_logit_diff"] < 1e-4
