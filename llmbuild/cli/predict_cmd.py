@@ -42,7 +42,10 @@ def _texts(args: argparse.Namespace) -> list[tuple[str, str | None]]:
             lines = args.file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read {args.file}: {e}") from None
-        return [(line, None) for line in lines if line.strip()]
+        texts = [(line, None) for line in lines if line.strip()]
+        if not texts:
+            raise UserError(f"{args.file} holds no texts (one per line)")
+        return texts
     from llmbuild.backends.data.readers import BadRecord, normalise, read_records
     from llmbuild.spec.data import Source
 
@@ -68,6 +71,11 @@ def _stage_node(resolved: Any, wanted: str | None) -> str:
     if wanted is None:
         if not classifiers:
             raise UserError(f"{resolved.path} has no classifier (a stage of kind classify)")
+        if len(classifiers) > 1:
+            others = ", ".join(classifiers[:-1])
+            sys.stderr.write(
+                f"predicting with {classifiers[-1]}, the last classifier ({others}: --stage)\n"
+            )
         return f"stage:{classifiers[-1]}"
     if wanted not in classifiers:
         names = ", ".join(classifiers) or "none"

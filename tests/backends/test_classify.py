@@ -419,6 +419,17 @@ def test_a_classification_eval_measures_each_stage_on_its_own_source_by_default(
     assert "data:tags" in graph["eval:labels@cls"].inputs
 
 
+def test_predict_says_which_of_several_classifiers_it_uses(tmp_path, capsys):
+    from llmbuild.cli.predict_cmd import _stage_node
+
+    other = CLASSIFY.replace('"cls"', '"tagger"')
+    resolved = load_spec(classify_spec(tmp_path, CLASSIFY + other))
+    assert _stage_node(resolved, None) == "stage:tagger"
+    assert "predicting with tagger, the last classifier (cls: --stage)" in capsys.readouterr().err
+    assert _stage_node(resolved, "cls") == "stage:cls"
+    assert capsys.readouterr().err == ""
+
+
 def test_labels_the_classifier_does_not_know_are_a_plain_error(built):
     from llmbuild.backends.megatron.posttrain_data import LabeledSamples
 
@@ -627,6 +638,9 @@ def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
     r = _cli("predict", str(spec), "--store", str(store), "--stage", "cls", "--file", str(listed))
     assert r.returncode == 0, r.stderr
     assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["big", "small"]
+    listed.write_text("\n \n")
+    r = _cli("predict", str(spec), "--store", str(store), "--file", str(listed))
+    assert r.returncode == 2 and "texts.txt holds no texts" in r.stderr, r.stderr
     # a pair given to a classifier of single texts is scored, with a warning
     r = _cli("predict", str(spec), "--store", str(store), "--text", texts[0], "--pair", "x")
     assert r.returncode == 0 and "stage:cls learned single texts, not pairs" in r.stderr, r.stderr
