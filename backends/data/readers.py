@@ -1,4 +1,4 @@
-"""Reading sources: text, jsonl, parquet and webdataset tar files, plain or gzip/zstd
+"""Reading sources: text, jsonl, parquet, csv/tsv and webdataset tar files, plain or gzip/zstd
 compressed, local or behind an fsspec URL, into records of the source's role.
 
 Every record comes with its position (``file:line``, row or tar member) so that a bad
@@ -27,6 +27,8 @@ FORMATS = {
     ".json": "jsonl",
     ".ndjson": "jsonl",
     ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
     ".tar": "webdataset",
 }
 
@@ -65,7 +67,7 @@ def file_format(path: str, declared: str) -> str:
             path,
             f"cannot tell the format from the extension {ext or '(none)'!r}; "
             "set `format` on the source",
-            "format",
+            "setting",
         )
     return FORMATS[ext]
 
@@ -159,6 +161,41 @@ def _jsonl_docs(path: str) -> Iterator[Record | BadRecord]:
                 )
                 continue
             yield Record(where, value)
+
+
+def _csv_docs(path: str, delimiter: str) -> Iterator[Record | BadRecord]:
+    """Rows of a CSV (or tab-separated) file with a header row: each a record of the
+    header's fields, every value a string."""
+    import csv
+
+    with open_binary(path) as raw:
+        f = io.TextIOWrapper(raw, encoding="utf-8", newline="")  # type: ignore[arg-type]
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            if len(set(header)) < len(header) or not all(header):
+                raise BadRecord(
+                    f"{path}:1", f"the header row {header} must name each column once", "format"
+                )
+            line = reader.line_num
+            for row in reader:
+                where, line = f"{path}:{line + 1}", reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    yield BadRecord(
+                        where, f"{len(row)} values, but the header names {len(header)}", "row"
+                    )
+                    continue
+                yield Record(where, dict(zip(header, row)))
+        except UnicodeDecodeError as e:
+            raise BadRecord(path, f"not valid UTF-8 ({e.reason})", "encoding") from None
+        except csv.Error as e:
+            raise BadRecord(
+                f"{path}:{reader.line_num}", f"not readable CSV: {e}", "format"
+            ) from None
 
 
 def _parquet_docs(path: str) -> Iterator[Record]:
@@ -367,12 +404,14 @@ def _records(path: str, source: Source) -> Iterator[Record | BadRecord]:
             raise BadRecord(
                 path,
                 f"text files hold pretrain documents, but the source has role "
-                f"{source.role!r}; use jsonl",
-                "format",
+                f"{source.role!r}; use jsonl, parquet or csv",
+                "setting",
             )
         return _text_docs(path, source)
     if fmt == "jsonl":
         return _jsonl_docs(path)
     if fmt == "parquet":
         return _parquet_docs(path)
+    if fmt in ("csv", "tsv"):
+        return _csv_docs(path, "," if fmt == "csv" else "\t")
     return _webdataset_docs(path, source)

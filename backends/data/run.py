@@ -102,7 +102,7 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
                     raise
                 bad(e)  # the whole file is unreadable: with on_error = "skip", skip it
     except BadRecord as e:
-        return {"error": str(e)}
+        return {"error": str(e), "kind": e.kind}
     if not stats["documents_read"] and not any(k.startswith("bad_") for k in stats):
         if source.on_error == "error":
             return {"error": f"{path}: {EMPTY}"}
@@ -224,12 +224,15 @@ def run(ctx: Any) -> None:
     config_json = config.model_dump(mode="json", by_alias=True)
     ctx.progress.update(completed=0, total=len(files), unit="files", force=True)
     results = ctx.map(read_file, [(i, f, config_json, str(tmp_dir)) for i, f in enumerate(files)])
-    errors = [r["error"] for r in results if "error" in r]
+    failed = [r for r in results if "error" in r]
+    errors = [r["error"] for r in failed]
     results.sort(key=lambda r: r.get("order", ()))  # content order: names never count
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         if all(e.endswith(EMPTY) for e in errors) and len(errors) == len(files):
             raise DataError(f"{errors[0]}{more}: the source has nothing to read")
+        if failed[0].get("kind") == "setting":  # the source's settings: skipping mends nothing
+            raise DataError(f"{errors[0]}{more}")
         raise DataError(f"{errors[0]}{more}; {SKIP_HINT}")
     odd, others = odd_type(results)
     oddities = [odd_records(res, odd, others) for res in results]

@@ -22,7 +22,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     texts.add_argument(
         "--file",
         type=Path,
-        help="texts to classify: a .jsonl or .parquet file of records with `text` (and "
+        help="texts to classify: a .jsonl, .parquet, .csv or .tsv file of records with `text` (and "
         "`pair`), or one text per line",
     )
     p.add_argument("--pair", help="the second text of a pair, with one --text")
@@ -37,7 +37,7 @@ def _texts(args: argparse.Namespace) -> list[tuple[str, str | None]]:
         if args.pair is not None and len(args.text) != 1:
             raise UserError("--pair goes with exactly one --text")
         return [(t, args.pair) for t in args.text]
-    if args.file.suffix not in (".jsonl", ".parquet"):
+    if args.file.suffix not in (".jsonl", ".parquet", ".csv", ".tsv"):
         try:
             lines = args.file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from llmbuild.spec.base import Name, SourceRole, SpecModel, StrList, added, content, marked
 
-SourceFormat = Literal["auto", "text", "jsonl", "parquet", "webdataset"]
+SourceFormat = Literal["auto", "text", "jsonl", "parquet", "csv", "tsv", "webdataset"]
 __all__ = ["Clean", "Data", "Source", "SourceFormat", "SourceRole", "Split"]
 
 
@@ -53,8 +53,9 @@ class Source(SpecModel):
     Only the content of the matched files and their suffixes (which tell their format and
     compression) count, never their names or order: files are read in content order."""
     format: SourceFormat = "auto"
-    """File format; `auto` infers it from the extension (.txt, .jsonl, .parquet, .tar),
-    looking through .gz and .zst compression."""
+    """File format; `auto` infers it from the extension (.txt, .jsonl, .parquet, .csv,
+    .tsv, .tar), looking through .gz and .zst compression. A CSV or TSV file has a header
+    row naming its fields; every value is read as a string."""
     role: SourceRole = "pretrain"
     """What the documents are for: `pretrain` text, `chat` conversations or
     prompt/completion pairs, `preferences` (prompt, chosen, rejected), `prompts` for GRPO,

@@ -37,6 +37,12 @@ def write_sources(root: Path) -> dict[str, Path]:
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": [t + " (parquet)" for t in TEXTS]}), d / "docs.parquet")
+    import csv
+
+    for name, delimiter in (("docs.csv", ","), ("docs.tsv", "\t")):
+        with (d / name).open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter=delimiter)  # quotes the commas and line breaks
+            w.writerows([["id", "text"], *((i, t + f" ({name})") for i, t in enumerate(TEXTS))])
     import webdataset as wds
 
     with wds.TarWriter(str(d / "shard.tar")) as w:
@@ -71,6 +77,8 @@ def write_sources(root: Path) -> dict[str, Path]:
         "gz": d / "docs2.jsonl.gz",
         "zst": d / "docs3.jsonl.zst",
         "parquet": d / "docs.parquet",
+        "csv": d / "docs.csv",
+        "tsv": d / "docs.tsv",
         "tar": d / "shard.tar",
         "chat": d / "chat.jsonl",
         "prefs": d / "prefs.jsonl",

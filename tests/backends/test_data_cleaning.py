@@ -124,6 +124,10 @@ MEMBER = 512 + -(-len(json.dumps({"text": "document 0 " * 50})) // 512) * 512
         ("cut.parquet", b"PAR1 and then nothing", "", "cut.parquet: not a readable parquet file"),
         ("cut.jsonl.gz", gzip.compress(GOOD * 9)[:20], "", "cut.jsonl.gz: not a readable gzip"),
         ("plain.txt.zst", b"not zstd at all", "", "plain.txt.zst: not a readable zstd file"),
+        ("rows.csv", b'text,id\n"a, b",1\nc,2,3\n', "", "rows.csv:3: 3 values, but the header"),
+        ("head.tsv", b"text\ttext\nx\ty\n", "", "head.tsv:1: the header row ['text', 'text']"),
+        ("quote.csv", b'text\n"open\n', "", "quote.csv:2: not readable CSV: unexpected end"),
+        ("notes.rtf", b"hi", "", "notes.rtf: cannot tell the format from the extension '.rtf'"),
     ],
 )
 def test_bad_data_is_a_located_error(tmp_path, name, content, fmt, message):
@@ -134,6 +138,8 @@ def test_bad_data_is_a_located_error(tmp_path, name, content, fmt, message):
     assert "Traceback" not in result.detail
     if name == "empty.jsonl":  # the source's only file: skipping it would leave nothing
         assert "(no documents): the source has nothing to read" in result.detail
+    elif name == "notes.rtf":  # the source's settings: skipping would mend nothing
+        assert "on_error" not in result.detail and "set `format` on the source" in result.detail
     else:
         assert 'set on_error = "skip"' in result.detail
 

@@ -12,7 +12,7 @@ from tests.backends.conftest import artifact, run_nodes
 from tests.backends.datafiles import TEXTS, spec_text, write_sources, write_spec
 from tests.conftest import suite_store
 
-TEXT_SOURCES = ("plays", "docs", "gz", "zst", "parquet", "tar")
+TEXT_SOURCES = ("plays", "docs", "gz", "zst", "parquet", "csv", "tsv", "tar")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,8 @@ def test_every_format_reaches_indexed_datasets(formats):
         "gz": 5,
         "zst": 5,
         "parquet": 5,
+        "csv": 5,
+        "tsv": 5,
         "tar": 4,
         "chat": 2,
         "prefs": 2,
