@@ -112,6 +112,9 @@ class Sampling(BaseModel):
     response_format: Any = None
     frequency_penalty: Any = None
     presence_penalty: Any = None
+    top_k: Any = None  # vLLM's sampling extras, which clients send as extra_body
+    min_p: Any = None
+    repetition_penalty: Any = None
 
     def unsupported(self) -> str | None:
         """The first field set that asks for what this server does not give (a client
@@ -131,6 +134,9 @@ class Sampling(BaseModel):
             return "response_format"
         if self.best_of not in (None, 1):
             return "best_of"
+        for name, off in (("top_k", (-1, 0)), ("min_p", (0,)), ("repetition_penalty", (1,))):
+            if getattr(self, name) not in (None, *off):
+                return name
         return None
 
     @property
@@ -192,6 +198,10 @@ def parse(raw: bytes, model: type[BaseModel]) -> Any:
             400,
             "We could not parse the JSON body of your request: it is not valid JSON.",
             code="invalid_json",
+        ) from None
+    except RecursionError:
+        raise ApiError(
+            400, "The JSON body of your request is nested too deeply.", code="invalid_json"
         ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")

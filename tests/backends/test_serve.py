@@ -383,6 +383,19 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="hf@base", messages=ok["messages"], **bad)
         assert e.value.code == "unsupported_parameter" and e.value.param == next(iter(bad))
+    for extra in ({"top_k": 5}, {"min_p": 0.1}, {"repetition_penalty": 1.2}):  # vLLM's
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(
+                model="hf@base", messages=ok["messages"], max_tokens=2, extra_body=extra
+            )
+        assert e.value.code == "unsupported_parameter" and e.value.param == next(iter(extra))
+    client.chat.completions.create(  # each turned off: answered
+        model="hf@base", messages=ok["messages"], max_tokens=2,
+        extra_body={"top_k": -1, "min_p": 0, "repetition_penalty": 1},
+    )  # fmt: skip
+    deep = b'{"model": "hf@base", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    got, answer = _raw(server, "/v1/chat/completions", deep)
+    assert got == 400 and shaped(answer)["code"] == "invalid_json", answer
     for bad, said in (({"stop": 5}, "Invalid 'stop': expected a string or an array of strings"),
                       ({"stop": list("abcde")}, "Invalid 'stop': List should have at most 4"),
                       ({"max_tokens": "2"}, "Invalid 'max_tokens': Input should be a valid integer"),
