@@ -39,12 +39,14 @@ class ServedModel:
     context: int
     """Positions the model can attend over: prompt and answer together."""
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+    def encode(self, text: str, specials: bool = False) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=specials))
 
     def prompt_ids(self, text: str) -> list[int]:
-        """A completion prompt's ids (``llmbuild generate``'s rule for an empty prompt)."""
-        return self.encode(text) or [self.start_id]
+        """A completion prompt's ids, with the special tokens the tokenizer adds itself
+        (a Llama tokenizer's beginning of sequence), as transformers and vLLM encode it
+        (``llmbuild generate``'s rule for an empty prompt)."""
+        return self.encode(text, specials=True) or [self.start_id]
 
     @property
     def chats(self) -> bool:

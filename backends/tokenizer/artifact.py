@@ -156,6 +156,12 @@ class TokenizerArtifact:
         ids = list(self.tokenizer.encode(text, add_special_tokens=False).ids)
         return ids or [self.eos_id if self.bos_id is None else self.bos_id]
 
+    def completion_ids(self, text: str) -> list[int]:
+        """A text prompt's ids as transformers encodes it: with the special tokens the
+        tokenizer itself adds (a Llama tokenizer's beginning of sequence); ``prompt_ids``'s
+        rule for an empty prompt."""
+        return list(self.tokenizer.encode(text).ids) or self.prompt_ids(text)
+
     def chat_prompt(self, text: str) -> str:
         """``text`` as a user's turn in the chat template, followed by the start of the
         assistant's answer."""

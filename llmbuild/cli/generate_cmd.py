@@ -132,7 +132,9 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    prompt = tok.encode(text, add_special_tokens=False) or [start]
+    # a text prompt as transformers encodes it (a Llama tokenizer's beginning of sequence);
+    # a chat prompt's template writes its own
+    prompt = tok.encode(text, add_special_tokens=not args.chat) or [start]
     _note_cut(len(prompt), limit - 1)
     prompt = prompt[-(limit - 1) :]
     new = min(args.max_new_tokens, limit - len(prompt))
@@ -185,7 +187,7 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     text = tok.chat_prompt(args.prompt) if args.chat else args.prompt
-    ids = tok.prompt_ids(text)
+    ids = tok.prompt_ids(text) if args.chat else tok.completion_ids(text)
     _note_cut(len(ids), context(config))
     new = sample(
         model,

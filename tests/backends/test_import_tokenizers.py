@@ -76,6 +76,19 @@ def test_a_sentencepiece_only_checkpoint_brings_its_tokenizer(tmp_path):
     (note,) = outcome.results["tokenizer"].record.notes
     assert "has no <|im_start|> and <|im_end|> tokens" in note, note
     assert "leave chat_template unset" in note and note in outcome.log
+    # A text prompt is encoded as transformers encodes it: a Llama tokenizer that adds <s>
+    # (add_bos_token, as Llama 2's has) starts it with <s> in `generate` and the server.
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+    from transformers import AutoTokenizer
+
+    settings = json.loads((ck / "tokenizer_config.json").read_text())
+    (ck / "tokenizer_config.json").write_text(json.dumps({**settings, "add_bos_token": True}))
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenizer",))
+    assert outcome.ok, outcome.log
+    ours = TokenizerArtifact.open(artifact(outcome, tmp_path / "store", "tokenizer"))
+    theirs = AutoTokenizer.from_pretrained(str(ck))
+    assert ours.completion_ids("the fox") == theirs("the fox")["input_ids"]
+    assert ours.completion_ids("the fox")[0] == theirs.bos_token_id != ours.prompt_ids("the")[0]
     # More pieces than the embedding has rows: said at validate, at the checkpoint.
     config = json.loads((ck / "config.json").read_text())
     (ck / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
