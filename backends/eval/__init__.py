@@ -7,12 +7,13 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class EvalBackend(Backend):
     name = "eval"
-    version = "7"  # 3: the padded vocabulary rows take no share of a perplexity;
+    version = "8"  # 3: the padded vocabulary rows take no share of a perplexity;
     # 4: a chat source's perplexity is its answers', a classification the majority rate;
     # 5: a classification's baseline measures its listed files too;
     # 6: a classification's predictions carry each text's index and tokens as read, and
     # a multi-label one the rate of always answering the most common set of labels;
-    # 7: a text file's or a labeled text's special-token spellings are read as text
+    # 7: a text file's or a labeled text's special-token spellings are read as text;
+    # 8: a chat source is measured conversation by conversation, as SFT reads it
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

@@ -22,58 +22,86 @@ def _windows(tokens: list[int], seq: int, limit: int | None) -> list[list[int]]:
 def _nll(
     model: Any, windows: list[list[int]], batch: int, masks: list[list[int]] | None = None
 ) -> tuple[float, int]:
-    """Summed negative log-likelihood and token count; full-length windows go through the
-    model ``batch`` at a time, a shorter last window on its own. With ``masks`` (one per
-    window, 1 where a token is learned: a conversation's answers), only the tokens they
-    mark are counted."""
+    """Summed negative log-likelihood and token count. Without ``masks``, full-length
+    windows go through the model ``batch`` at a time, a shorter last window on its own.
+    With ``masks`` (one per window, 1 where a token is learned: a conversation's answers),
+    only the tokens they mark are counted, and windows of any length go ``batch`` at a
+    time, padded on the right (a causal model's earlier positions never see the pad)."""
     import torch
     import torch.nn.functional as F
 
     total, count = 0.0, 0
-    full = max((len(w) for w in windows), default=0)
     order = list(range(len(windows)))
-    groups = [order[i : i + batch] for i in range(0, len(order), batch)]
-    groups = [[i for i in g if len(windows[i]) == full] for g in groups] + [
-        [i] for i in order if len(windows[i]) != full
-    ]
+    if masks is None:
+        full = max((len(w) for w in windows), default=0)
+        groups = [order[i : i + batch] for i in range(0, len(order), batch)]
+        groups = [[i for i in g if len(windows[i]) == full] for g in groups] + [
+            [i] for i in order if len(windows[i]) != full
+        ]
+    else:
+        groups = [order[i : i + batch] for i in range(0, len(order), batch)]
     with torch.no_grad():
         for group in (g for g in groups if g):
-            ids = torch.tensor([windows[i] for i in group])
+            width = max(len(windows[i]) for i in group)
+            ids = torch.tensor([windows[i] + [0] * (width - len(windows[i])) for i in group])
             inputs, targets = ids[:, :-1], ids[:, 1:]
             pos = torch.arange(inputs.shape[1]).unsqueeze(0).expand(len(group), -1)
             logits = model(inputs, pos, None).float()
             losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
             if masks is not None:
-                losses = losses[torch.tensor([masks[i] for i in group])[:, 1:].flatten().bool()]
+                kept = [masks[i] + [0] * (width - len(masks[i])) for i in group]
+                losses = losses[torch.tensor(kept)[:, 1:].flatten().bool()]
             total += float(losses.sum())
             count += losses.numel()
     return total, count
 
 
-def _validation_tokens(dataset_dir: Path) -> tuple[list[int], list[int] | None]:
-    """The validation split's tokens, one document after another, and for conversations
-    their loss mask (1 on the answers), None for plain text."""
+def _validation_docs(dataset_dir: Path) -> tuple[list[list[int]], list[list[int]] | None]:
+    """The validation split's documents, and for conversations each one's loss mask (1
+    on the answers), None for plain text."""
     from llmbuild.backends.megatron.cpu import apply_cpu_patches
 
     apply_cpu_patches()
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     index = json.loads((dataset_dir / "datasets.json").read_text())
-    import numpy as np
-
-    parts, masks = [], []
+    docs, masks = [], []
     for d in index["datasets"]:
         if d["split"] == "validation":
             prefix = str(dataset_dir / d["prefix"])
             ds = IndexedDataset(prefix)
-            parts += [ds[i] for i in range(len(ds))]
+            docs += [ds[i].astype("int64").tolist() for i in range(len(ds))]
             if Path(prefix + ".mask.idx").exists():
                 mask = IndexedDataset(prefix + ".mask")
-                masks += [mask[i] for i in range(len(mask))]
-    if not parts:
-        return [], None
-    tokens = np.concatenate(parts).astype(np.int64).tolist()
-    return tokens, (np.concatenate(masks).astype(np.int64).tolist() if masks else None)
+                masks += [mask[i].astype("int64").tolist() for i in range(len(mask))]
+    return docs, (masks if masks else None)
+
+
+def _validation_tokens(dataset_dir: Path) -> tuple[list[int], list[int] | None]:
+    """The validation split's tokens, one document after another, and for conversations
+    their loss mask (1 on the answers), None for plain text."""
+    docs, masks = _validation_docs(dataset_dir)
+    tokens = [t for doc in docs for t in doc]
+    return tokens, (None if masks is None else [m for mask in masks for m in mask])
+
+
+def heldout_windows(
+    dataset_dir: Path, seq: int, limit: int | None
+) -> tuple[list[list[int]], list[list[int]] | None]:
+    """The windows a source's validation split is measured over, and their masks: plain
+    text one document after another, cut into windows of ``seq`` tokens; conversations
+    each on its own (as an SFT stage reads them), a long one cut into windows, and only
+    windows with answers in them."""
+    docs, masks = _validation_docs(dataset_dir)
+    if masks is None:
+        return _windows([t for doc in docs for t in doc], seq, limit), None
+    windows, marks = [], []
+    for doc, mask in zip(docs, masks):
+        for w, m in zip(_windows(doc, seq, None), _windows(mask, seq, None)):
+            if any(m[1:]):
+                windows.append(w)
+                marks.append(m)
+    return (windows[:limit], marks[:limit]) if limit else (windows, marks)
 
 
 def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -84,12 +112,11 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
     results = {}
     for slot, artifact in sorted(ctx.inputs.items()):
         if slot.startswith("data:"):
-            tokens, mask = _validation_tokens(artifact.path)
-            if not tokens:
+            windows, masks = heldout_windows(artifact.path, seq, limit)
+            if not windows and masks is None:
                 ctx.note(f"source {slot[5:]!r} has no validation split: not measured")
                 continue
-            masks = None if mask is None else _windows(mask, seq, limit)
-            total, n = _nll(model, _windows(tokens, seq, limit), suite.batch_size, masks)
+            total, n = _nll(model, windows, suite.batch_size, masks)
             if not n:
                 ctx.note(f"source {slot[5:]!r} has no answers to measure in its validation split")
                 continue
@@ -98,7 +125,7 @@ def perplexity(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> dict
                 "loss": total / n,
                 "perplexity": math.exp(total / n),
             }
-            if mask is not None:  # as an SFT stage's validation loss is
+            if masks is not None:  # as an SFT stage's validation loss is
                 results[slot[5:]]["measured"] = "answers"
     if suite.files:
         tok = TokenizerArtifact.open(ctx.input("tokenizer").path)

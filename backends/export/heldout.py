@@ -17,16 +17,22 @@ def heldout_perplexity(
 ) -> dict[str, Any]:
     """``logits(ids [batch, seq]) -> [batch, seq, vocab]`` is the file's model; ``{}`` (and a
     note) when the sources hold no validation data."""
-    from llmbuild.backends.eval.run import _nll, _validation_tokens, _windows
+    from llmbuild.backends.eval.run import _nll, heldout_windows
 
-    tokens: list[int] = []
+    windows: list[list[int]] = []
+    masks: list[list[int]] | None = None  # plain text: every token counts
     sources = [slot[5:] for slot in sorted(ctx.inputs) if slot.startswith("data:")]
-    for name in sources:
-        found, _ = _validation_tokens(ctx.inputs[f"data:{name}"].path)  # the file's own
+    for name in sources:  # a chat source's answers, as SFT's validation loss measures
+        found, marks = heldout_windows(ctx.inputs[f"data:{name}"].path, hf.arch.seq_len, None)
         if not found:
             ctx.note(f"source {name!r} has no validation split: not measured")
-        tokens += found
-    windows = _windows(tokens, hf.arch.seq_len, max_batches * BATCH)
+        if marks is not None and masks is None:
+            masks = [[1] * len(w) for w in windows]
+        if masks is not None:
+            masks += marks or [[1] * len(w) for w in found]
+        windows += found
+    windows = windows[: max_batches * BATCH]
+    masks = None if masks is None else masks[: len(windows)]
     if not windows:
         read = (
             f"its sources ({', '.join(sources)}) hold no validation text"
@@ -39,8 +45,8 @@ def heldout_perplexity(
             "validation split in the export's `sources` (a chat source's counts too)"
         )
         return {}
-    ours, n = _nll(lambda ids, pos, mask: logits(ids), windows, BATCH)
-    theirs, _ = _nll(lambda ids, pos, mask: hf.model(ids).logits, windows, BATCH)
+    ours, n = _nll(lambda ids, pos, mask: logits(ids), windows, BATCH, masks)
+    theirs, _ = _nll(lambda ids, pos, mask: hf.model(ids).logits, windows, BATCH, masks)
     ppl, reference = math.exp(ours / n), math.exp(theirs / n)
     ctx.log.info(
         "held-out perplexity %.3f, unquantized %.3f (%.4fx) over %d tokens",

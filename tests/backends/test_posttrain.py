@@ -360,7 +360,7 @@ sources = ["chat"]
 def test_perplexity_on_conversations_measures_their_answers(chain, tmp_path):
     """A chat source's perplexity counts the answers' tokens only, the ones SFT learns
     and its validation loss measures, not the prompts and the template around them."""
-    from llmbuild.backends.eval.run import _nll, _validation_tokens, _windows
+    from llmbuild.backends.eval.run import _nll, _validation_tokens, _windows, heldout_windows
     from llmbuild.backends.megatron.artifact import StageArtifact
 
     from llmbuild.run.context import InputArtifact
@@ -373,7 +373,8 @@ def test_perplexity_on_conversations_measures_their_answers(chain, tmp_path):
     chat = json.loads((out / "results.json").read_text())["results"]["chat"]
     tokens, mask = _validation_tokens(artifact(outcome, store, "tokenize:chat"))
     seq = 32
-    learned = sum(sum(m[1:]) for m in _windows(mask, seq, None))
+    _, masks = heldout_windows(artifact(outcome, store, "tokenize:chat"), seq, None)
+    learned = sum(sum(m[1:]) for m in masks)  # each conversation on its own
     assert chat["measured"] == "answers" and chat["tokens"] == learned < len(tokens) - 1
     sft = InputArtifact(artifact(outcome, store, "stage:sft"), outcome.results["stage:sft"].record)
     model, _ = StageArtifact.open(sft).load_model()

@@ -4,6 +4,8 @@ chat answers stop at the end of the turn, and the exports load in their librarie
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tests.backends.conftest import artifact, run_nodes
@@ -40,6 +42,9 @@ def test_finetune_example(tmp_path, tmp_path_factory):
     gguf = outcome.results["export:gguf@sft"].record.metrics
     assert gguf["quantization"] == "q8_0" and gguf["top1_agreement"] > 0.9
     assert gguf["heldout_tokens"] > 0 and abs(gguf["perplexity_ratio"] - 1) < 0.05, gguf
+    # of held-out chats, the answers SFT learned (not the prompts), as its val_loss measures
+    val_loss = outcome.results["stage:sft"].record.metrics["val_loss"]
+    assert abs(math.log(gguf["unquantized_perplexity"]) - val_loss) < 0.5, (gguf, val_loss)
 
 
 def test_chat_answers_stop_at_the_end_of_the_turn_everywhere(tmp_path, tmp_path_factory, capsys):
