@@ -361,10 +361,13 @@ class Store:
         if len(tied) == 1 or distance is None:
             return tied[0], preimage_in(tied[0])
 
-        def apart(path: str) -> int:
+        def apart(path: str) -> tuple[int, int]:
+            """Its differing nodes that were never stored (a failed build's: nothing to
+            compare them with), then the fields the others differ in."""
             old, there = preimage_in(path), latest[path]
-            differing = [n for n in there if n in keys and keys[n] != there[n]]
-            return sum(distance(n, pre) for n in differing if (pre := old(n)) is not None)
+            differing = [(n, old(n)) for n in there if n in keys and keys[n] != there[n]]
+            unknown = sum(pre is None for _, pre in differing)
+            return unknown, sum(distance(n, pre) for n, pre in differing if pre is not None)
 
         best = min(tied, key=apart)
         return best, preimage_in(best)

@@ -371,7 +371,7 @@ def test_perplexity_on_conversations_measures_their_answers(chain, tmp_path):
     assert outcome.ok, outcome.log
     out = artifact(outcome, store, "eval:answers@sft")
     chat = json.loads((out / "results.json").read_text())["results"]["chat"]
-    tokens, mask = _validation_tokens(artifact(outcome, store, "tokenize:chat"))
+    tokens, _ = _validation_tokens(artifact(outcome, store, "tokenize:chat"))
     seq = 32
     _, masks = heldout_windows(artifact(outcome, store, "tokenize:chat"), seq, None)
     learned = sum(sum(m[1:]) for m in masks)  # each conversation on its own

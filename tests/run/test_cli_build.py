@@ -285,6 +285,19 @@ def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, cap
     plan = capsys.readouterr().out
     line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
     assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
+    # A file whose last build failed at that node has nothing stored to compare it with:
+    # not the nearest, though nothing it stored differs.
+    failed = cli.parent / "a-failed.toml"
+    failed.write_text(cli.read_text())
+    set_control(fail=["stage:sft"])
+    edits = ["--set", "stage.sft.lr=4e-5"]
+    assert main(["build", str(failed), "--executor", "inline", "--plain", *edits]) == 1
+    set_control()
+    capsys.readouterr()
+    assert main(["plan", str(copy), "--set", "stage.sft.lr=1e-5"]) == 0
+    plan = capsys.readouterr().out
+    line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
+    assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
 
 
 @pytest.mark.parametrize(
