@@ -179,7 +179,11 @@ def open_checkpoint(ref: str, allow_pickle: bool = False) -> Checkpoint:
             f"weights ({path.parent})"
         )
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory")
+        # org/name, a Hub model's name, read as a path relative to the spec
+        repo = "/".join(path.parts[-2:])
+        hub_like = not path.parent.exists() and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", repo)
+        hint = f" (a Hugging Face Hub model is named hf://{repo})" if hub_like else ""
+        raise CheckpointError(f"{path}: no such checkpoint directory{hint}")
     config_path = path / "config.json"
     try:
         config = json.loads(config_path.read_text())

@@ -46,6 +46,11 @@ def family_of_config(config: dict[str, Any], where: str = "config.json") -> Any:
             return found
     arches = ", ".join(config.get("architectures") or []) or "none"
     supported = ", ".join(f"{family(n).hf_class} ({family(n).model_type})" for n in NAMES)
+    if model_type is None:  # transformers reads the family from it too
+        raise Unsupported(
+            f"{where}: no model_type (architectures: {arches}); a Hugging Face config names "
+            f"its family there; supported: {supported}"
+        )
     raise Unsupported(
         f"{where}: model_type {model_type!r} (architectures: {arches}) is not supported; "
         f"supported: {supported}"

@@ -282,12 +282,16 @@ class TrainedStage(Kind):
         if par is not None:
             replicas = par.data * (1 if self.pipeline else par.pipeline)
             if item.global_batch % (par.micro_batch * replicas):
-                data = "parallelism.data" if self.pipeline else "parallelism.data x pipeline"
+                if self.pipeline:
+                    data, factors = "parallelism.data", f"{par.micro_batch} x {par.data}"
+                else:
+                    data = "parallelism.data x pipeline"
+                    factors = f"{par.micro_batch} x {par.data} x {par.pipeline}"
                 counts = " (both count prompts: a step samples num_generations per prompt)"
                 out.append(
                     Problem(
                         f"global_batch ({item.global_batch}) must be a multiple of parallelism."
-                        f"micro_batch x {data} ({par.micro_batch} x {replicas})"
+                        f"micro_batch x {data} ({factors})"
                         + (counts if item.kind == "grpo" else ""),
                         (*where, "global_batch"),
                     )

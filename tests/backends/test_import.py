@@ -219,6 +219,8 @@ def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
 
     # No such directory: said once (not again as a path that matches no file).
     assert "no such checkpoint directory" in _error(import_spec(tmp_path, tmp_path / "ck"))
+    hub = _error(import_spec(tmp_path, tmp_path / "Qwen" / "Qwen2.5-0.5B"))  # "Qwen/Qwen2.5-0.5B"
+    assert "no such checkpoint directory (a Hugging Face Hub model is named hf://Qwen/Qw" in hub
     ck = write_checkpoint(tmp_path / "ck", "qwen2")
     weights = ck / "model.safetensors"
     assert f"a checkpoint is the directory that holds config.json and the weights ({ck})" in (
@@ -268,6 +270,8 @@ def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
         family_of_config(bert, "config.json")
     assert str(e.value).endswith("(BertForMaskedLM); import that one and train your task on "
                                  "it (a classify stage)")  # fmt: skip
+    with pytest.raises(Unsupported, match="config.json: no model_type .architectures: Llama"):
+        family_of_config({"architectures": ["LlamaForCausalLM"]}, "config.json")
     # A tokenizer with more tokens than the embedding has rows.
     (ck / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))
     assert "tokenizer has 320 tokens but its embedding only 64 rows" in _error(spec)
