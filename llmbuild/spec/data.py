@@ -47,7 +47,9 @@ class Source(SpecModel):
     """One data source: files in one format, playing one role."""
 
     name: Name = marked("label")
-    """Name of the source, used by stages and evals to refer to it."""
+    """Name of the source, used by stages and evals to refer to it. Renaming it keeps the
+    source's and its tokenized data's nodes cached; the stages and evals that read it
+    name it as their input, and rebuild."""
     path: StrList = content(slot="files", unordered=True, suffixes=True, min_length=1)
     """File, directory, glob or fsspec URL (or a list of them), relative to the spec file.
     Only the content of the matched files and their suffixes (which tell their format and
