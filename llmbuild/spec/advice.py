@@ -1,6 +1,6 @@
 """What a valid spec will do that its author most likely does not mean: said by
 ``validate`` and ``plan`` as located warnings, never refused (the build notes it again
-in the node's record). Cheap: globs, nothing read."""
+in the node's record). Cheap: globs, and at most two tokenizer files compared."""
 
 from __future__ import annotations
 
@@ -47,17 +47,45 @@ def empty_validation(spec: Any) -> list[Problem]:
 def tokenizer_over_import(spec: Any) -> list[Problem]:
     """An imported checkpoint's embedding rows stand for its own tokenizer's tokens: a
     tokenizer the spec makes gives them other meanings."""
-    imports = [s.name for s in spec.stage if getattr(s, "kind", None) == "import"]
+    imports = [s for s in spec.stage if getattr(s, "kind", None) == "import"]
     tokenizer = spec.tokenizer
-    if not imports or tokenizer is None or tokenizer.kind == "pretrained":
+    if not imports or tokenizer is None:
         return []
+    if tokenizer.kind == "pretrained":
+        return _another_pretrained(imports[0], tokenizer)
     return [
         Problem(
-            f"stage {imports[0]!r} imports a checkpoint whose embeddings stand for its own "
+            f"stage {imports[0].name!r} imports a checkpoint whose embeddings stand for its own "
             f"tokenizer's tokens; this {tokenizer.kind!r} tokenizer gives the same ids to "
             "other text, so what the model learned does not carry over. Leave [tokenizer] "
             "out (or set only chat_template in it) to keep the checkpoint's",
             ("tokenizer", "kind"),
+        )
+    ]
+
+
+def _another_pretrained(stage: Any, tokenizer: Any) -> list[Problem]:
+    """A pretrained tokenizer from another directory than the checkpoint's, whose
+    tokenizer.json (where both have one) differs from the checkpoint's."""
+    from pathlib import Path
+
+    ours, theirs = Path(tokenizer.path), Path(stage.checkpoint)
+    if "://" in stage.checkpoint or ours.resolve() == theirs.resolve():
+        return []
+    files = [d / "tokenizer.json" for d in (ours, theirs)]
+    try:
+        if all(f.is_file() for f in files) and files[0].read_bytes() == files[1].read_bytes():
+            return []  # the same tokenizer, copied
+    except OSError:
+        return []
+    return [
+        Problem(
+            f"stage {stage.name!r} imports a checkpoint whose embeddings stand for its own "
+            f"tokenizer's tokens, and this tokenizer ({tokenizer.path}) is another one: "
+            "unless it gives the same ids to the same text, what the model learned does "
+            "not carry over. Leave [tokenizer] out (or set only chat_template in it) to "
+            "keep the checkpoint's",
+            ("tokenizer", "path"),
         )
     ]
 

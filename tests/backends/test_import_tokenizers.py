@@ -112,6 +112,28 @@ def test_the_specs_own_tokenizer_replaces_the_checkpoints(tmp_path):
     assert "1000 tokens but the imported embedding only 384 rows" in problem.message
 
 
+def test_another_pretrained_tokenizer_than_the_checkpoints_is_warned_of(tmp_path):
+    """Its ids mean other text to the imported embedding; a copy of the checkpoint's own
+    tokenizer (the same tokenizer.json) is not warned of."""
+    import shutil
+
+    from llmbuild.spec.advice import tokenizer_over_import
+    from tests.checkpoints import tokenizer
+
+    ck = write_checkpoint(tmp_path / "ck", "qwen2")
+    other, copy = tmp_path / "other", tmp_path / "copy"
+    tokenizer(300).save_pretrained(str(other))
+    shutil.copytree(ck, copy)
+
+    def warned(path: Path) -> list[str]:
+        spec = import_spec(tmp_path, ck, f'[tokenizer]\nkind = "pretrained"\npath = "{path}"\n')
+        return [p.message for p in tokenizer_over_import(load_spec(spec).spec)]
+
+    (said,) = warned(other)
+    assert f"this tokenizer ({other}) is another one" in said
+    assert warned(copy) == [] and warned(ck) == []
+
+
 def test_a_tokenizer_known_larger_than_the_embedding_is_refused_at_validate(tmp_path):
     """The byte tokenizer's 256 bytes and special tokens, or a pretrained tokenizer's
     files, against an embedding of fewer rows: located at the key that decides it."""
