@@ -54,7 +54,7 @@ def copy_out(
     if unknown:
         listed = ", ".join(n.split(":", 1)[1] for n in exports) or "none"
         raise UserError(f"no export {unknown[0]!r} in this spec (exports: {listed})")
-    found = {n: store.lookup(planned.key_of(n).key) for n in wanted}
+    found = {n: store.lookup(planned.held_key(n)) for n in wanted}
     corrupt = [f"{n} ({f.problem})" for n, f in found.items() if f.state == "corrupt"]
     if corrupt:
         raise UserError(f"corrupt in the store: {', '.join(corrupt)}; run `{build}` to rebuild it")

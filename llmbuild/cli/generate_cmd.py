@@ -52,7 +52,7 @@ def _built(store: Any, planned: Any, name: str, args: argparse.Namespace) -> Any
     """The verified artifact of a node of the plan, as an input a backend reads."""
     from llmbuild.run.context import InputArtifact
 
-    found = store.lookup(planned.key_of(name).key)
+    found = store.lookup(planned.held_key(name))
     if found.state == "corrupt":
         raise UserError(
             f"{name} is corrupt in the store ({found.problem}): run `{build_command(args)}` "

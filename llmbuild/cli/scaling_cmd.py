@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     report = {}
     for suite in fits:
         node = f"eval:{suite.name}"
-        found = store.lookup(planned.keys[node].key)
+        found = store.lookup(planned.held_key(node))
         if not found.cached:
             from llmbuild.cli.status_cmd import failures
 

@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
     corrupt: dict[str, str] = {}
-    records = built_records(store, {n: k.key for n, k in planned.keys.items()}, corrupt)
+    records = built_records(store, {n: planned.held_key(n) for n in planned.keys}, corrupt)
     notes = {n: list(r.notes) for n, r in records.items() if r.notes}
     failed = failures(store, {n: k.key for n, k in planned.keys.items()}, records)
     resumes = {  # kept checkpoints: "resume from step N"

@@ -38,6 +38,13 @@ class Planned:
             )
         return self.keys[name]
 
+    def held_key(self, name: str) -> str:
+        """The key whose artifact holds node ``name``'s outputs: its own, or the one the
+        build's early cut-off reuses (as the plan says it is cached)."""
+        key = self.key_of(name).key
+        reused = next((n.reused for n in self.plan.nodes if n.name == name), None)
+        return reused or key
+
 
 def plan_spec(
     resolved: ResolvedSpec,

@@ -214,6 +214,8 @@ class NodePlan:
     reason: str
     changes: tuple[Change, ...] = ()
     resources: Resources = field(default_factory=Resources)
+    reused: str | None = None
+    """The key of the artifact early cut-off reuses for the node, whose outputs it holds."""
 
 
 @dataclass(frozen=True)
@@ -340,7 +342,9 @@ def make_plan(
         reused = _cut_off(graph, node, keys, held, store) if found.state == "missing" else None
         if reused is not None:  # build reuses it the same way: its inputs' outputs are held
             reason = f"outputs of {reused.name} {reused.short} (inputs' outputs unchanged)"
-            plans[node.name] = NodePlan(node.name, k, "cached", reason, (), node.resources)
+            plans[node.name] = NodePlan(
+                node.name, k, "cached", reason, (), node.resources, reused.key
+            )
             held[node.name] = (reused.output_digest, reused.key)
             continue
         holder = store.running_elsewhere(k.key)

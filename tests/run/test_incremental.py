@@ -89,6 +89,13 @@ def test_plan_foresees_early_cutoff_once_the_changed_nodes_are_built(built):
     nodes = {n.name: n for n in planned.plan.nodes}
     assert {n.status for n in nodes.values()} == {"cached"}
     assert "(inputs' outputs unchanged)" in nodes["tokenizer"].reason
+    # status, predict, generate and export find what plan says is cached: the reused one
+    from llmbuild.cli.status_cmd import built_records
+
+    at_own_keys = built_records(Store(str(store)), {n: k.key for n, k in planned.keys.items()})
+    assert set(at_own_keys) == set(sources)
+    held = built_records(Store(str(store)), {n: planned.held_key(n) for n in planned.keys})
+    assert set(held) == set(ALL)
     reset()
     outcome = fixture_build(project, store, versions={"data": "99"})
     assert counts() == {} and outcome.count("built") == 0
