@@ -292,10 +292,23 @@ class Store:
 
     # -- builds ----------------------------------------------------------------------
     def save_build(self, build: dict[str, Any]) -> None:
-        self.fs.write_bytes(
-            f"builds/{build['spec_hash']}.json",
-            json.dumps(build, indent=1, sort_keys=True).encode(),
+        """Record ``build`` under its spec hash, unless it built nothing and the record
+        there is of another spec file's build of it that did (a copy of the spec found
+        everything cached): reproduce checks the inputs of the spec that built the nodes."""
+        before = self._read_json(f"builds/{build['spec_hash']}.json")
+        states = {n.get("state") for n in build.get("nodes", {}).values()}
+        copy = (
+            isinstance(before, dict)
+            and before.get("ok")
+            and before.get("spec_path") != build.get("spec_path")
+            and build.get("ok")
+            and states <= {"cached", "not selected"}
         )
+        if not copy:
+            self.fs.write_bytes(
+                f"builds/{build['spec_hash']}.json",
+                json.dumps(build, indent=1, sort_keys=True).encode(),
+            )
         path = build.get("spec_path")
         if path:  # what each node of this spec file was last built as, for plan's "why"
             keys = self.spec_keys(path)

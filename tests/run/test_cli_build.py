@@ -262,6 +262,22 @@ def test_gc_keeps_everything_while_a_build_record_cannot_be_read(cli, capsys):
     assert f"{beside} is a file, not a directory" in capsys.readouterr().err
 
 
+def test_a_cached_build_of_a_copy_keeps_the_record_of_the_build_that_built(cli, capsys):
+    """The copy's build finds everything cached: the spec hash's record stays the one of
+    the spec file whose build made the nodes (reproduce checks that one's inputs)."""
+    from llmbuild.store.store import Store
+
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    copy = cli.parent / "copy.toml"
+    copy.write_text(cli.read_text())
+    assert main(["build", str(copy), "--executor", "inline", "--plain"]) == 0
+    store = Store(str(cli.parent / ".llmbuild"))
+    (record,) = store.builds()
+    assert record["spec_path"] == str(cli) and record["ok"]
+    assert {n["state"] for n in record["nodes"].values()} == {"built"}
+    assert store.spec_keys(str(copy)) == store.spec_keys(str(cli))  # plan's "why" for both
+
+
 def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, capsys):
     """A node that a spec file has never built is compared with the same node of the
     other spec file in the store that shares the most of its keys."""
