@@ -20,7 +20,8 @@ def test_the_encoder_learns_who_speaks_and_is_measured_beside_tfidf(tmp_path, tm
     ev = outcome.results["eval:speakers@speaker"].record.metrics
     labels = [json.loads(line)["label"] for line in
               (tmp_path / "classifier" / "data" / "speeches.jsonl").read_text().splitlines()]  # fmt: skip
-    majority = max(labels.count(x) for x in set(labels)) / len(labels)
-    assert ev["speeches.accuracy"] > majority + 0.1, ev
+    assert ev["speeches.majority_accuracy"] > max(map(labels.count, set(labels))) / len(labels)
+    # the held-out speeches' most frequent speaker, as the eval measures it
+    assert ev["speeches.accuracy"] > ev["speeches.majority_accuracy"] + 0.08, ev
     assert 0.3 < ev["speeches.baseline_accuracy"] < 1.0, ev
     assert outcome.results["export:hf@speaker"].record.metrics["max_logit_diff"] < 1e-4
