@@ -254,6 +254,9 @@ def run(ctx: Any) -> None:
         for split in ("train", "validation")
     }
     blocks = {split: BlockWriter(w) for split, w in writers.items()}
+    labeled = config.source.role == "labeled"
+    labels_of: dict[bytes, Any] = {}  # a kept labeled text's label, by its content hash
+    conflicts: list[tuple[str, Any, Any]] = []  # duplicates labeled otherwise than kept
     try:
         for i, (res, keep) in enumerate(zip(results, decisions)):
             stats = res["stats"]
@@ -268,6 +271,12 @@ def run(ctx: Any) -> None:
                     data = json.loads(line)
                     text = record_text(data)
                     size = len(text.encode("utf-8"))
+                    if labeled and verdict in ("kept", "exact_duplicate"):
+                        h = content_hash(text)
+                        if verdict == "kept":
+                            labels_of[h] = data["label"]
+                        elif labels_of.get(h, data["label"]) != data["label"]:
+                            conflicts.append((text, labels_of[h], data["label"]))
                     if verdict != "kept":
                         report["removed"][verdict] += 1
                         if verdict.startswith("bad_"):  # a bad record is not a document read
@@ -320,6 +329,16 @@ def run(ctx: Any) -> None:
         why = ", ".join(f"{k} {v}" for k, v in sorted(report["removed"].items()) if v)
         ctx.note(f"cleaning removed {removed} of {seen} documents ({removed / seen:.0%}): {why}")
     _note_skipped(ctx, report["skipped_examples"], skipped)
+    if conflicts:
+        text, kept_label, dropped = conflicts[0]
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        report["label_conflicts"] = len(conflicts)
+        ctx.note(
+            f"{len(conflicts)} duplicate text(s) carry another label than the copy kept "
+            f"(first: {shown!r} kept as {kept_label!r}, dropped as {dropped!r}): "
+            'deduplication keeps the first copy; set dedup = "none" in [data.clean] to '
+            "keep every copy, or mend the labels"
+        )
     if config.split.validation > 0 and not kept["validation"]["documents"]:
         docs = kept["train"]["documents"]
         ctx.note(

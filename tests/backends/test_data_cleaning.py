@@ -49,6 +49,25 @@ def test_exact_and_near_duplicates_are_counted(tmp_path):
     assert none["removed"] == {}
 
 
+def test_a_duplicate_text_with_another_label_is_said(tmp_path):
+    rows = [("a fine film", "pos"), ("a dull film", "neg"), ("a fine film", "neg")]
+    path = tmp_path / "labeled.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    (tmp_path / "docs.txt").write_text(OTHER)
+    labeled = f'[[data.sources]]\nname = "lab"\npath = "{path}"\nrole = "labeled"\n'
+    text = spec_text({"docs": str(tmp_path / "docs.txt")})
+    spec = write_spec(tmp_path, text.replace("[data.clean]", labeled + "[data.clean]"))
+    outcome = run_nodes(spec, tmp_path / "store", ("source:lab",))
+    assert outcome.ok, outcome.log
+    notes = outcome.results["source:lab"].record.notes
+    said = [n for n in notes if "another label" in n]
+    assert said == [
+        "1 duplicate text(s) carry another label than the copy kept (first: 'a fine film' "
+        "kept as 'pos', dropped as 'neg'): deduplication keeps the first copy; set dedup = "
+        '"none" in [data.clean] to keep every copy, or mend the labels'
+    ], notes
+
+
 def test_length_filters_and_normalisation(tmp_path):
     rows = ["short", "x" * 50, "y" * 500, "café\r\nline\u0007two"]
     report = _report(tmp_path, rows, "min_chars = 10\nmax_chars = 100")
