@@ -308,6 +308,21 @@ class PretrainStage(TrainedStage):
         complete = len(roles) == len(view.raw_items(("data", "sources")))
         if item.data is None and roles and complete and "pretrain" not in roles:
             out.append(Problem("no pretrain-role data source to train on", where))
+        arch, tok = view.architecture, view.raw.get("tokenizer")
+        rows = getattr(arch, "vocab_size", None)
+        if getattr(item, "from_", None) is None and rows is not None and isinstance(tok, dict):
+            from llmbuild.backends.checkpoint.kinds import _own_tokens
+
+            tokens, key = _own_tokens(tok)
+            if tokens is not None and tokens > rows:  # the stage would fail at its start
+                out.append(
+                    Problem(
+                        f"this tokenizer would have {tokens} tokens but the embedding only "
+                        f"{rows} rows (architecture.vocab_size): raise it, or leave it unset "
+                        "to take the tokenizer's",
+                        ("tokenizer", key),
+                    )
+                )
         return out
 
 

@@ -140,6 +140,20 @@ def test_stage_mistakes(tmp_path, edit, want):
     assert any(want in f for f in found), found
 
 
+def test_a_tokenizer_larger_than_the_architectures_vocab_size_is_located(tmp_path):
+    from tests.conftest import write_project
+
+    text = _single_stage("steps = 10").replace(
+        'kind = "char"', 'kind = "bpe"\nvocab_size = 300\n[architecture]\nvocab_size = 100'
+    )
+    found = problems(write_project(tmp_path, text))
+    assert found == [
+        f"{tmp_path / 'spec.toml'}:9: tokenizer.vocab_size: this tokenizer would have 300 "
+        "tokens but the embedding only 100 rows (architecture.vocab_size): raise it, or "
+        "leave it unset to take the tokenizer's"
+    ], found
+
+
 PREFS = '[[data.sources]]\nname = "prefs"\npath = "data/prefs.jsonl"\nrole = "preferences"\n'
 PROMPTS = '[[data.sources]]\nname = "qs"\npath = "data/prefs.jsonl"\nrole = "prompts"\n'
 REWARD = (
