@@ -79,22 +79,49 @@ def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[st
     vocab = arch.vocab_size or 0
     converter = ck.family.converter(arch, vocab, padded_vocab(vocab, arch))
     shapes = expected_shapes(ck)
+    heads: dict[str, Any] = {}  # a tied head saved too, and the embedding it must equal
     for i, path in enumerate(ck.weights):
         tensors = _shard(ck, path)
         check_tensors(tensors, shapes, path)
         if arch.tie_embeddings:  # some writers save the tied head too
             for name in ck.family.tied:
-                tensors.pop(name, None)
+                if (head := tensors.pop(name, None)) is not None:
+                    heads[name] = head
+            heads |= {n: t for n, t in tensors.items() if n.endswith(EMBEDDINGS)}
         try:
             converter.feed(tensors)
         except ValueError as e:
             raise UserError(f"{path}: {e}") from None
         if progress is not None:
             progress.update(completed=i + 1, total=len(ck.weights), unit="shards")
+    _same_tied_head(ck, heads)
     try:
         return converter.result()
     except ValueError as e:
         raise UserError(f"{ck.path}: {e}") from None
+
+
+EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+"""How transformers' families name the token embedding a tied head shares."""
+
+
+def _same_tied_head(ck: Checkpoint, heads: dict[str, Any]) -> None:
+    """A config that ties the output layer to the embedding, over weights whose saved
+    output layer differs from it, is refused (importing either would give other logits
+    than one of the two readings)."""
+    import torch
+
+    embedding = next((t for n, t in heads.items() if n.endswith(EMBEDDINGS)), None)
+    for name, head in heads.items():
+        if name.endswith(EMBEDDINGS) or embedding is None:
+            continue
+        if head.shape != embedding.shape or not torch.equal(head, embedding):
+            raise UserError(
+                f"{ck.path / 'config.json'}: tie_word_embeddings is true, but the weights "
+                f"hold a {name} of their own, unlike the token embedding: set "
+                "tie_word_embeddings to false in config.json to import the output layer "
+                "as it is saved"
+            )
 
 
 def logit_difference(ck: Checkpoint, stage_dir: Path, arch: Architecture) -> tuple[float, float]:

@@ -213,6 +213,26 @@ def _error(spec: Path) -> str:
     return problem.message
 
 
+def test_a_tied_config_over_a_saved_head_of_its_own_is_refused(tmp_path):
+    """tie_word_embeddings = true, and the file's lm_head.weight is no copy of the
+    embedding: neither reading would give both libraries' logits. A saved copy imports."""
+    from safetensors.torch import load_file, save_file
+
+    ck = write_checkpoint(tmp_path / "ck", "qwen2", tie_word_embeddings=True)
+    weights = ck / "model.safetensors"
+    state = load_file(str(weights))
+    embedding = state["model.embed_tokens.weight"]
+    save_file({**state, "lm_head.weight": embedding.clone()}, str(weights))
+    spec = import_spec(tmp_path, ck)
+    outcome = run_nodes(spec, tmp_path / "store", ("stage:base",))
+    assert outcome.ok, outcome.log
+    save_file({**state, "lm_head.weight": embedding + 0.5}, str(weights))
+    outcome = run_nodes(spec, tmp_path / "store", ("stage:base",))
+    detail = outcome.results["stage:base"].detail
+    assert "tie_word_embeddings is true, but the weights hold a lm_head.weight of their" in detail
+    assert "Traceback" not in detail
+
+
 def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
     from llmbuild.backends.families import Unsupported, family_of_config
     from safetensors.torch import load_file, save_file
