@@ -79,15 +79,21 @@ def _pretrained(spec: Any, out: Path, ctx: Any) -> TokenizerInfo:
             "special_tokens_map.json"
         )
     if spec.chat_template is not None:
+        own = getattr(tok, "chat_template", None)
         tok.chat_template = CHATML if spec.template == "chatml" else spec.template
         vocab = tok.get_vocab()
         if spec.template == "chatml" and not (IM_START in vocab and IM_END in vocab):
             # The embedding has no rows to spare for new tokens (a checkpoint's would not).
+            instead = (
+                "leave chat_template unset to keep the tokenizer's own template, or give"
+                if own
+                else "give"
+            )
             ctx.note(
                 f"the tokenizer in {spec.path} has no {IM_START} and {IM_END} tokens: "
                 "chatml's markers become several ordinary tokens each, and a reply ends at "
-                f"{eos}, not at {IM_END}; leave chat_template unset to keep the tokenizer's "
-                "own template, or give a Jinja template written with its special tokens"
+                f"{eos}, not at {IM_END}; {instead} a Jinja template written with its "
+                "special tokens"
             )
     tok.save_pretrained(str(out))
     return TokenizerInfo(
