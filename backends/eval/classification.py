@@ -76,8 +76,10 @@ def labeled_file(
 def source_texts(sources: dict[str, str], split: str, tok: Any) -> tuple[list[str], list[Any]]:
     """The texts (a pair after its text) and label names of a split of labeled sources,
     decoded whole from their tokens (not cut to a context)."""
+    from llmbuild.backends.megatron.cpu import indexed_dataset
     from llmbuild.backends.megatron.posttrain_data import _datasets, _records
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    IndexedDataset = indexed_dataset()
 
     texts, labels = [], []
     for prefix, d in _datasets(sources, split):

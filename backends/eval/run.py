@@ -59,10 +59,9 @@ def _nll(
 def _validation_docs(dataset_dir: Path) -> tuple[list[list[int]], list[list[int]] | None]:
     """The validation split's documents, and for conversations each one's loss mask (1
     on the answers), None for plain text."""
-    from llmbuild.backends.megatron.cpu import apply_cpu_patches
+    from llmbuild.backends.megatron.cpu import indexed_dataset
 
-    apply_cpu_patches()
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    IndexedDataset = indexed_dataset()
 
     index = json.loads((dataset_dir / "datasets.json").read_text())
     docs, masks = [], []

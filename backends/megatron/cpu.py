@@ -33,6 +33,15 @@ def node_threads(ctx: Any) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def indexed_dataset() -> Any:
+    """megatron's ``IndexedDataset`` class, imported after the patches (a process that
+    reads token data before it builds a model imports megatron here first)."""
+    apply_cpu_patches()
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    return IndexedDataset
+
+
 def needs_cpu_patches() -> bool:
     import torch
 

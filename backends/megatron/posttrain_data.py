@@ -31,7 +31,9 @@ def _records(prefix: str, name: str) -> list[dict[str, Any]]:
 
 def _documents(sources: dict[str, str], split: str, forms: tuple[str, ...]) -> list[tuple]:
     """Every document of the split, as one array per form, in a stable order."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from llmbuild.backends.megatron.cpu import indexed_dataset
+
+    IndexedDataset = indexed_dataset()
 
     docs: list[tuple] = []
     for prefix, _ in _datasets(sources, split):
@@ -330,7 +332,9 @@ class LabeledSamples(LabeledTexts):
         start: int | None = None,
         multi_label: bool = False,
     ) -> None:
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
+        from llmbuild.backends.megatron.cpu import indexed_dataset
+
+        IndexedDataset = indexed_dataset()
 
         ids = {name: i for i, name in enumerate(labels)}
         docs: list[tuple[Any, int]] = []
