@@ -52,8 +52,11 @@ def record_text(record: dict[str, Any]) -> str:
         return record["text"]
     if "messages" in record:
         return "\n".join(f"{m['role']}: {m['content']}" for m in record["messages"])
+    prompt = record.get("prompt") or ""
+    if isinstance(prompt, list):  # a conversation up to the answer
+        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
     parts = [
-        record.get("prompt") or "",
+        prompt,
         record.get("chosen") or "",
         record.get("rejected") or "",
         record.get("answer") or "",

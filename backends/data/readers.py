@@ -262,34 +262,38 @@ def _field(rec: Record, name: str, kinds: tuple[type, ...] = (str,)) -> Any:
     return value
 
 
-def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
-    if source.messages_field in rec.data:
-        messages = rec.data[source.messages_field]
-        if not isinstance(messages, list) or not messages:
+def _checked_messages(rec: Record, messages: Any, field: str) -> list[dict[str, str]]:
+    """``messages`` as a list of {role, content} messages, or a located BadRecord."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRecord(
+            rec.where,
+            f"field {field!r} must be a non-empty list of {{role, content}} messages",
+            "field",
+        )
+    out = []
+    for i, m in enumerate(messages):
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+        ):
+            raise BadRecord(
+                rec.where, f"{field}: message {i} must have string 'role' and 'content'", "field"
+            )
+        if m["role"] not in CHAT_ROLES:
             raise BadRecord(
                 rec.where,
-                f"field {source.messages_field!r} must be a non-empty "
-                "list of {role, content} messages",
+                f"{field}: message {i} has role {m['role']!r}: a role is one of "
+                + ", ".join(repr(r) for r in CHAT_ROLES),
                 "field",
             )
-        out = []
-        for i, m in enumerate(messages):
-            if not (
-                isinstance(m, dict)
-                and isinstance(m.get("role"), str)
-                and isinstance(m.get("content"), str)
-            ):
-                raise BadRecord(
-                    rec.where, f"message {i} must have string 'role' and 'content'", "field"
-                )
-            if m["role"] not in CHAT_ROLES:
-                raise BadRecord(
-                    rec.where,
-                    f"message {i} has role {m['role']!r}: a role is one of "
-                    + ", ".join(repr(r) for r in CHAT_ROLES),
-                    "field",
-                )
-            out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
+    if source.messages_field in rec.data:
+        out = _checked_messages(rec, rec.data[source.messages_field], source.messages_field)
         answers = [m["content"] for m in out if m["role"] == "assistant"]
         if answers and not any(a.strip() for a in answers):
             raise BadRecord(
@@ -314,6 +318,64 @@ def _messages(rec: Record, source: Source) -> list[dict[str, str]]:
         f"{source.prompt_field!r}/{source.completion_field!r})",
         "field",
     )
+
+
+def _answer(rec: Record, value: Any, field: str) -> str:
+    """A preference's answer: a string, or (TRL's conversational form) one assistant
+    message."""
+    if isinstance(value, str):
+        return value
+    messages = _checked_messages(rec, value, field)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise BadRecord(
+            rec.where,
+            f"field {field!r} must be a string or one assistant message (the prompt's turns "
+            "go in the prompt field)",
+            "field",
+        )
+    return messages[0]["content"]
+
+
+def _preference(rec: Record, source: Source) -> dict[str, Any]:
+    """A prompt (a string, or a conversation up to the answer) and two answers, in any of
+    TRL's forms: strings; conversational, the prompt a list of messages and each answer
+    one assistant message; or with the prompt implicit, two whole conversations that
+    share all but their last, assistant, message."""
+    chosen = _field(rec, source.chosen_field, (str, list))
+    rejected = _field(rec, source.rejected_field, (str, list))
+    if source.prompt_field not in rec.data and isinstance(chosen, list):
+        good = _checked_messages(rec, chosen, source.chosen_field)
+        bad = _checked_messages(
+            rec, _field(rec, source.rejected_field, (list,)), source.rejected_field
+        )
+        if not (
+            len(good) > 1
+            and good[:-1] == bad[:-1]
+            and good[-1]["role"] == bad[-1]["role"] == "assistant"
+        ):
+            raise BadRecord(
+                rec.where,
+                f"without a {source.prompt_field!r} field, {source.chosen_field!r} and "
+                f"{source.rejected_field!r} must be conversations that share every message "
+                "but the last, each one's answer (role 'assistant')",
+                "field",
+            )
+        return {"prompt": good[:-1], "chosen": good[-1]["content"], "rejected": bad[-1]["content"]}
+    prompt = _field(rec, source.prompt_field, (str, list))
+    if isinstance(prompt, list):
+        prompt = _checked_messages(rec, prompt, source.prompt_field)
+        if prompt[-1]["role"] == "assistant":
+            raise BadRecord(
+                rec.where,
+                f"field {source.prompt_field!r} ends with an assistant message: the prompt is "
+                "the conversation up to the answer",
+                "field",
+            )
+    return {
+        "prompt": prompt,
+        "chosen": _answer(rec, chosen, source.chosen_field),
+        "rejected": _answer(rec, rejected, source.rejected_field),
+    }
 
 
 def _label_name(value: Any) -> str | None:
@@ -349,11 +411,7 @@ def normalise(rec: Record, source: Source) -> dict[str, Any]:
     if source.role == "chat":
         return {"messages": _messages(rec, source)}
     if source.role == "preferences":
-        pair = {
-            "prompt": _field(rec, source.prompt_field),
-            "chosen": _field(rec, source.chosen_field),
-            "rejected": _field(rec, source.rejected_field),
-        }
+        pair = _preference(rec, source)
         if pair["chosen"] == pair["rejected"]:  # its loss has no gradient: it teaches nothing
             raise BadRecord(
                 rec.where, "chosen and rejected are the same answer: nothing is preferred", "field"

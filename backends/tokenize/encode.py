@@ -41,8 +41,20 @@ class ChatML:
         return j % 4 == 1
 
     @staticmethod
-    def prompt_pieces(prompt: str) -> list[tuple[str, bool]]:
-        """``prompt`` as ``prompt_text`` writes it, in (text, plain) pieces."""
+    def prompt_pieces(prompt: str | list[dict[str, str]]) -> list[tuple[str, bool]]:
+        """``prompt`` as ``prompt_text`` writes it, in (text, plain) pieces; a
+        conversation up to the answer turn by turn, then the answer's header."""
+        if isinstance(prompt, list):
+            turns = [
+                piece
+                for m in prompt
+                for piece in (
+                    (f"{IM_START}{m['role']}\n", False),
+                    (m["content"], True),
+                    (f"{IM_END}\n", False),
+                )
+            ]
+            return [*turns, (f"{IM_START}assistant\n", False)]
         return [
             (f"{IM_START}user\n", False),
             (prompt, True),
@@ -50,7 +62,7 @@ class ChatML:
         ]
 
     @staticmethod
-    def answer_pieces(prompt: str, answer: str) -> list[tuple[str, bool]]:
+    def answer_pieces(prompt: Any, answer: str) -> list[tuple[str, bool]]:
         """An assistant answer and its end of turn, in (text, plain) pieces."""
         return [(answer, True), (IM_END, False)]
 
@@ -87,20 +99,26 @@ class OwnTemplate:
         rest = self.render(messages)[len(done) :]
         return [*out, (rest, 0)] if rest else out
 
-    def prompt(self, prompt: str) -> str:
-        return self.render([{"role": "user", "content": prompt}], generation=True)
+    @staticmethod
+    def turns(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+        """A prompt as the conversation before the answer: a user's turn, or its own."""
+        return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+
+    def prompt(self, prompt: str | list[dict[str, str]]) -> str:
+        return self.render(self.turns(prompt), generation=True)
 
     @staticmethod
     def content(j: int) -> bool:
         """A rendered turn holds its content and the template's markers at once."""
         return False
 
-    def prompt_pieces(self, prompt: str) -> list[tuple[str, bool]]:
+    def prompt_pieces(self, prompt: str | list[dict[str, str]]) -> list[tuple[str, bool]]:
         return [(self.prompt(prompt), False)]
 
-    def answer_pieces(self, prompt: str, answer: str) -> list[tuple[str, bool]]:
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        return [("".join(text for text, learn in self.segments(messages) if learn), False)]
+    def answer_pieces(self, prompt: Any, answer: str) -> list[tuple[str, bool]]:
+        messages = [*self.turns(prompt), {"role": "assistant", "content": answer}]
+        learned = [text for text, learn in self.segments(messages) if learn]
+        return [(learned[-1], False)]  # the answer's turn: a prompt may hold earlier ones
 
 
 class Encoder:

@@ -60,8 +60,11 @@ class Source(SpecModel):
     row naming its fields; every value is read as a string."""
     role: SourceRole = "pretrain"
     """What the documents are for: `pretrain` text, `chat` conversations or
-    prompt/completion pairs, `preferences` (prompt, chosen, rejected), `prompts` for GRPO,
-    or `labeled` texts (a text, optionally a second text, and a label) for classifiers."""
+    prompt/completion pairs, `preferences` (prompt, chosen, rejected: strings, or TRL's
+    conversational form, the prompt a list of messages and each answer one assistant
+    message, or without a prompt two conversations that differ in their last, assistant,
+    message), `prompts` for GRPO, or `labeled` texts (a text, optionally a second text,
+    and a label) for classifiers."""
     weight: float = marked("mixture", 1.0, gt=0)
     """Mixture weight of this source in the pretraining blend (relative to other sources)."""
     separator: str | None = Field(None, min_length=1)

@@ -66,6 +66,25 @@ def write_sources(root: Path) -> dict[str, Path]:
         [
             {"prompt": "2+2=", "chosen": "4", "rejected": "5"},
             {"prompt": "3+3=", "chosen": "6", "rejected": "7"},
+            # TRL's conversational forms: the prompt a conversation, and implicit
+            {
+                "prompt": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "3+4="},
+                ],
+                "chosen": [{"role": "assistant", "content": "7"}],
+                "rejected": [{"role": "assistant", "content": "8"}],
+            },
+            {
+                "chosen": [
+                    {"role": "user", "content": "1+5="},
+                    {"role": "assistant", "content": "6"},
+                ],
+                "rejected": [
+                    {"role": "user", "content": "1+5="},
+                    {"role": "assistant", "content": "9"},
+                ],
+            },
         ],
     )
     _jsonl(

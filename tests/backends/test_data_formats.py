@@ -48,7 +48,7 @@ def test_every_format_reaches_indexed_datasets(formats):
         "tsv": 5,
         "tar": 4,
         "chat": 2,
-        "prefs": 2,
+        "prefs": 4,
         "prompts": 2,
     }
     for name, n_docs in expected_docs.items():
@@ -119,6 +119,17 @@ def test_preferences_and_prompts_forms(formats):
         "4<|im_end|>",
         "5<|im_end|>",
     ) in pairs
+    system = "<|im_start|>system\nBe brief.<|im_end|>\n"
+    assert (
+        f"{system}<|im_start|>user\n3+4=<|im_end|>\n<|im_start|>assistant\n",
+        "7<|im_end|>",
+        "8<|im_end|>",
+    ) in pairs
+    assert (
+        "<|im_start|>user\n1+5=<|im_end|>\n<|im_start|>assistant\n",
+        "6<|im_end|>",
+        "9<|im_end|>",
+    ) in pairs
     out = artifact(outcome, store, "tokenize:prompts")
     answers = [
         json.loads(line)["answer"]
@@ -126,6 +137,71 @@ def test_preferences_and_prompts_forms(formats):
         for line in f.read_text().splitlines()
     ]
     assert sorted(answers) == ["2", "5"]
+
+
+@pytest.mark.parametrize(
+    ("record", "said"),
+    [
+        (
+            {"prompt": "hi", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+            "field 'chosen' must be a string or one assistant message",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "chosen": "x",
+                "rejected": "y",
+            },
+            "field 'prompt' ends with an assistant message",
+        ),
+        (
+            {
+                "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "rejected": [
+                    {"role": "user", "content": "p"},
+                    {"role": "assistant", "content": "b"},
+                ],
+            },
+            "must be conversations that share every message but the last",
+        ),
+        ({"prompt": [{"role": "user"}], "chosen": "x", "rejected": "y"}, "prompt: message 0 must"),
+    ],
+)
+def test_a_preference_in_no_form_is_a_located_bad_record(record, said):
+    from llmbuild.backends.data.readers import BadRecord, Record, normalise
+
+    from llmbuild.spec.data import Source
+
+    source = Source(name="p", path="p.jsonl", role="preferences")
+    with pytest.raises(BadRecord, match=said):
+        normalise(Record("p.jsonl:1", record), source)
+
+
+def test_a_conversational_prompt_renders_as_chatml_in_a_tokenizers_own_template(tmp_path):
+    """The same conversation, prompt and answer, through the ChatML writer and through a
+    pretrained tokenizer's own (ChatML) Jinja template: the same tokens."""
+    from llmbuild.backends.tokenize.encode import ChatML, Encoder
+
+    from tests.checkpoints import tokenizer
+
+    tokenizer(300).save_pretrained(str(tmp_path))
+    own = Encoder(str(tmp_path / "tokenizer.json"), "<|endoftext|>", own_template=True)
+    ours = Encoder(str(tmp_path / "tokenizer.json"), "<|endoftext|>")
+    assert ours.template is ChatML and own.template is not ChatML
+    prompt = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2="},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "and 3+3="},
+    ]
+    pair = [{"prompt": prompt, "chosen": "6", "rejected": "7"}]
+    ((theirs_prompt, theirs_chosen, _),) = own.preferences(pair)
+    ((our_prompt, our_chosen, _),) = ours.preferences(pair)
+    assert theirs_prompt == our_prompt  # every turn, then the answer's header
+    # the answer alone, not the earlier assistant turn (the Jinja template's answer ends
+    # with the newline after its end of turn)
+    assert theirs_chosen[: len(our_chosen) - 1] == our_chosen[:-1]
+    assert own.tok.decode(our_chosen[:-1], skip_special_tokens=False) == "6<|im_end|>"
 
 
 def test_bpe_round_trips_and_is_deterministic(tmp_path):
