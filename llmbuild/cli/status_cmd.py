@@ -280,7 +280,12 @@ def run(args: argparse.Namespace) -> int:
     for node, problem in corrupt.items():
         print(f"corrupt  {node}: {problem} (the next build moves it aside and rebuilds it)")
     for problem in resolved.missing:
-        left = [n for n, p in planned.unavailable.items() if p.path == problem.path]
+        # a node's problem names the field (eval[0].files), the missing one its item
+        left = [
+            n
+            for n, p in planned.unavailable.items()
+            if tuple(problem.path[: len(p.path)]) == tuple(p.path)
+        ]
         print(f"missing  {problem}" + (f" (not shown: {', '.join(left)})" if left else ""))
     for node, log in failed.items():
         then = f" (the next build will {resumes[node][1]})" if node in resumes else ""

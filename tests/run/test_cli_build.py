@@ -209,6 +209,10 @@ def test_a_moved_data_file_hides_only_what_is_made_from_it(cli, capsys):
     assert "export:hf@dpo cannot be looked up: it is made from a file that is missing" in err
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 2
     assert "prefs.jsonl: matches no file" in capsys.readouterr().err
+    # a missing item of a list of files names the nodes that read the list
+    assert main(["status", str(cli), "--set", 'eval.ppl.files=["data/gone.txt"]']) == 0
+    out = capsys.readouterr().out
+    assert "gone.txt: matches no file (not shown: eval:ppl@pretrain, eval:ppl@sft)" in out, out
 
 
 def test_status_names_a_kept_checkpoint_and_its_step(cli, capsys):
