@@ -86,6 +86,8 @@ class Record(_Frozen):
             raise CorruptRecord(f"record.json is not valid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise CorruptRecord("record.json is not a JSON object")
+        if "schema_version" not in raw:
+            raise CorruptRecord("record.json has no schema_version: it is no llmbuild record")
         if raw.get("schema_version") != SCHEMA_VERSION:
             raise CorruptRecord(
                 f"record.json has schema version {raw.get('schema_version')!r}, "

@@ -232,6 +232,11 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
     cut = _artifact(store, "tokenizer") / "record.json"
     cut.write_bytes(cut.read_bytes()[:100])
     assert "not valid JSON" in _plan_status(project, store, "tokenizer").reason
+    bare = _artifact(store, "stage:sft") / "record.json"
+    bare.write_text(json.dumps({"metrics": {}}))  # JSON, but no record's
+    assert "no schema_version: it is no llmbuild record" in (
+        _plan_status(project, store, "stage:sft").reason
+    )
     gone = _artifact(store, "export:hf@dpo")
     (gone / "record.json").unlink()  # its folder left without it: not "new"
     assert "its record.json is missing" in _plan_status(project, store, "export:hf@dpo").reason
@@ -245,10 +250,11 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
     assert "corrupt  eval:ppl@sft  record.json does not match its digest" in log.getvalue()
     assert "corrupt  tokenizer  record.json is not valid JSON" in log.getvalue()
     assert "corrupt  export:hf@dpo  its record.json is missing" in log.getvalue()
-    assert len(list((store / "corrupt").iterdir())) == 3
+    assert "corrupt  stage:sft  record.json has no schema_version" in log.getvalue()
+    assert len(list((store / "corrupt").iterdir())) == 4
     from llmbuild.store.gc import collect
 
-    assert collect(Store(str(store))).quarantined_removed == 3  # gc is where they end
+    assert collect(Store(str(store))).quarantined_removed == 4  # gc is where they end
     assert not any((store / "corrupt").iterdir())
     assert counts()["eval:ppl@sft"] == 1 and counts()["tokenizer"] == 1
     assert counts()["export:hf@dpo"] == 1
