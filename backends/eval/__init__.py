@@ -13,7 +13,8 @@ class EvalBackend(Backend):
     # 6: a classification's predictions carry each text's index and tokens as read, and
     # a multi-label one the rate of always answering the most common set of labels;
     # 7: a text file's or a labeled text's special-token spellings are read as text;
-    # 8: a chat source is measured conversation by conversation, as SFT reads it
+    # 8: a chat source is measured conversation by conversation, as SFT reads it, and a
+    # samples prompt is encoded with the special tokens its tokenizer adds (<s>)
     Config = EvalConfig
     inputs = (
         Slot("model", "the evaluated stage"),

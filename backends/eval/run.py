@@ -170,7 +170,8 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     out = []
     for i, prompt in enumerate(suite.prompts):
-        ids = tok.prompt_ids(tok.chat_prompt(prompt) if suite.chat else prompt)
+        # a text prompt as transformers encodes it (a Llama tokenizer's <s> first)
+        ids = tok.prompt_ids(tok.chat_prompt(prompt)) if suite.chat else tok.completion_ids(prompt)
         new = sample(
             model,
             config,
