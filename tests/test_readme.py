@@ -30,3 +30,20 @@ def test_a_missing_section_is_named():
     assert readme.commands("Install", "# x\n## Install\n```bash\npip install x  # y\n```\n") == [
         "pip install x"
     ]
+
+
+def test_the_readme_shows_the_keys_and_spec_hashes_plan_prints():
+    """The journeys' plan output (node keys, spec hashes) is what `llmbuild plan` prints
+    for the main example today: a backend version bump changes both."""
+    import re
+
+    from llmbuild.plan import plan_spec
+    from llmbuild.spec.load import load_spec
+
+    text = (REPO / "README.md").read_text()
+    spec = REPO / "examples" / "shakespeare" / "spec.toml"
+    for overrides in ((), ("stage.pretrain.lr=2e-3",)):
+        planned = plan_spec(load_spec(spec, overrides))
+        assert f"spec {planned.plan.spec_hash[:12]}  examples/shakespeare/spec.toml" in text
+        for name, key in planned.keys.items():
+            assert re.search(rf"{re.escape(name)} +{key.short}\b", text), (overrides, name)

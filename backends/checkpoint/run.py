@@ -80,6 +80,7 @@ def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[st
     converter = ck.family.converter(arch, vocab, padded_vocab(vocab, arch))
     shapes = expected_shapes(ck)
     heads: dict[str, Any] = {}  # a tied head saved too, and the embedding it must equal
+    saved_head = arch.tie_embeddings and _saves_a_tied_head(ck)
     for i, path in enumerate(ck.weights):
         tensors = _shard(ck, path)
         check_tensors(tensors, shapes, path)
@@ -87,6 +88,7 @@ def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[st
             for name in ck.family.tied:
                 if (head := tensors.pop(name, None)) is not None:
                     heads[name] = head
+        if saved_head:
             heads |= {n: t for n, t in tensors.items() if n.endswith(EMBEDDINGS)}
         try:
             converter.feed(tensors)
@@ -103,6 +105,20 @@ def convert(ck: Checkpoint, arch: Architecture, progress: Any = None) -> dict[st
 
 EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 """How transformers' families name the token embedding a tied head shares."""
+
+
+def _saves_a_tied_head(ck: Checkpoint) -> bool:
+    """Whether a weight file holds a tensor tied to the embedding (read from the files'
+    headers: the embedding is kept for comparing only then)."""
+    from safetensors import safe_open
+
+    for path in ck.weights:
+        if path.suffix == ".bin":
+            return True  # no header to read: compare
+        with safe_open(str(path), "np") as f:
+            if any(name in f.keys() for name in ck.family.tied):  # noqa: SIM118
+                return True
+    return False
 
 
 def _same_tied_head(ck: Checkpoint, heads: dict[str, Any]) -> None:
