@@ -99,6 +99,10 @@ class FixtureBackend(Backend):
         if ctx.node in ctl.get("edit", {}):
             with open(ctl["edit"][ctx.node], "a") as f:
                 f.write("An edit.\n")
+        if ctx.node in ctl.get("mistake", []):  # a node's message to the user, named
+            from llmbuild.errors import UserError
+
+            raise UserError(f"{ctx.node}: the data says no")
         if ctx.node in ctl.get("fail", []):
             (ctx.work_dir / "partial").mkdir(exist_ok=True)  # what a real node leaves
             (ctx.work_dir / "partial" / "shard.jsonl").write_text("{}\n" * 100)

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in outcome.results.values() if r.state == "failed"]
     skipped = [r.name for r in outcome.results.values() if r.state == "skipped"]
     for r in failed:
-        print(f"failed: {r.name}: {r.detail}", file=sys.stderr)
+        print(f"failed: {r.name}: {r.detail.removeprefix(f'{r.name}: ')}", file=sys.stderr)
     if skipped:
         print(f"skipped (an input failed): {', '.join(skipped)}", file=sys.stderr)
     print(f"spec {outcome.spec_hash[:12]}: {outcome.summary}")

@@ -159,7 +159,9 @@ def _cell(value: Any) -> str:
         return value
     if not _number(value):
         return ""
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.0f}" if 1000 <= abs(value) < 1e7 else f"{value:.4g}"  # 27,630 tokens/s
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -298,7 +300,12 @@ def run(args: argparse.Namespace) -> int:
                 + (f"; its log: {log}" if log.is_file() else "")
             )
     if not records:
-        print("nothing built yet")
+        if not planned.unavailable:
+            print("nothing built yet")
+        elif len(planned.unavailable) == len(planned.names):
+            print("nothing to show: every node is made from a missing file")
+        else:
+            print("nothing to show: the other nodes are not built yet")
         return 0
     order = [s.name for s in resolved.spec.stage]
     stages = {s: m for s, m in stages.items() if m}  # an import's, a sweep's: nothing to show

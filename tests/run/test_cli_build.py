@@ -71,6 +71,10 @@ def test_failed_build_exits_nonzero_and_names_skipped(cli, capsys):
     err = capsys.readouterr().err
     assert "failed: stage:pretrain: RuntimeError: stage:pretrain was told to fail (log: " in err
     assert "skipped (an input failed): stage:sft, stage:dpo" in err
+    set_control(mistake=["stage:pretrain"])  # a message that names its node: named once
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
+    assert "failed: stage:pretrain: the data says no (log: " in capsys.readouterr().err
+    set_control(fail=["stage:pretrain"])
     # status says so, with the log, until the stage is built
     assert main(["status", str(cli)]) == 0
     out = capsys.readouterr().out
@@ -209,6 +213,15 @@ def test_a_moved_data_file_hides_only_what_is_made_from_it(cli, capsys):
     assert "export:hf@dpo cannot be looked up: it is made from a file that is missing" in err
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 2
     assert "prefs.jsonl: matches no file" in capsys.readouterr().err
+    # with every file gone, nothing can be looked up: said, not "nothing built yet"
+    books = cli.parent / "data" / "books"
+    books.rename(cli.parent / "books")
+    (cli.parent / "data" / "chat.jsonl").rename(cli.parent / "chat.jsonl")
+    assert main(["status", str(cli)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to show: every node is made from a missing file" in out, out
+    (cli.parent / "books").rename(books)
+    (cli.parent / "chat.jsonl").rename(cli.parent / "data" / "chat.jsonl")
     # a missing item of a list of files names the nodes that read the list
     assert main(["status", str(cli), "--set", 'eval.ppl.files=["data/gone.txt"]']) == 0
     out = capsys.readouterr().out
