@@ -76,6 +76,13 @@ def test_a_sentencepiece_only_checkpoint_brings_its_tokenizer(tmp_path):
     (note,) = outcome.results["tokenizer"].record.notes
     assert "has no <|im_start|> and <|im_end|> tokens" in note, note
     assert "leave chat_template unset" in note and note in outcome.log
+    # without a template of its own, the note suggests none to keep
+    (ck / "chat_template.jinja").unlink()
+    outcome = run_nodes(chatml, tmp_path / "store", ("tokenizer",))
+    assert outcome.ok, outcome.log
+    (note,) = outcome.results["tokenizer"].record.notes
+    assert "leave chat_template unset" not in note, note
+    assert "not at <|im_end|>; give a Jinja template written with its special tokens" in note
     # A text prompt is encoded as transformers encodes it: a Llama tokenizer that adds <s>
     # (add_bos_token, as Llama 2's has) starts it with <s> in `generate` and the server.
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact

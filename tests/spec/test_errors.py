@@ -276,6 +276,13 @@ micro_batch = 2
             "stage[1].max_new_tokens: max_new_tokens (64) must be less than the model's "
             "seq_len (64)",
         ),
+        (  # every factor it names, with its value
+            PROMPTS
+            + '[[stage]]\nname = "g"\nkind = "grpo"\nfrom = "pretrain"\ndata = "qs"\nsteps = 1\n'
+            'global_batch = 3\nrewards = [{kind = "exact_match"}]\n',
+            "stage[1].global_batch: global_batch (3) must be a multiple of parallelism."
+            "micro_batch x parallelism.data x pipeline (2 x 1 x 1)",
+        ),
         (
             PROMPTS
             + '[[stage]]\nname = "g"\nkind = "grpo"\nfrom = "pretrain"\ndata = "qs"\nsteps = 1\n'
