@@ -35,7 +35,7 @@ def _shown(path: Any) -> str:
     return rel if not rel.startswith("..") else str(path)
 
 
-def _own_tokens(own: dict[str, Any]) -> tuple[int | None, str]:
+def known_tokens(own: dict[str, Any]) -> tuple[int | None, str]:
     """How many tokens the spec's own tokenizer will have, where that is known before it
     is built (a trained one's ``vocab_size``, the byte tokenizer's bytes and special
     tokens, a pretrained one's files; not a char tokenizer's, which its text decides),
@@ -92,7 +92,7 @@ class ImportKind(Kind):
             done.item = {"checkpoint": str(ck.path), "hub": ck.hub}
         own = spec.get("tokenizer")
         if isinstance(own, dict) and "kind" in own:  # the spec's own replaces the checkpoint's
-            tokens, key = _own_tokens(own)
+            tokens, key = known_tokens(own)
             if tokens is not None and tokens > arch["vocab_size"]:
                 done.problems.append(
                     Problem(

@@ -311,9 +311,9 @@ class PretrainStage(TrainedStage):
         arch, tok = view.architecture, view.raw.get("tokenizer")
         rows = getattr(arch, "vocab_size", None)
         if getattr(item, "from_", None) is None and rows is not None and isinstance(tok, dict):
-            from llmbuild.backends.checkpoint.kinds import _own_tokens
+            from llmbuild.backends.checkpoint.kinds import known_tokens
 
-            tokens, key = _own_tokens(tok)
+            tokens, key = known_tokens(tok)
             if tokens is not None and tokens > rows:  # the stage would fail at its start
                 out.append(
                     Problem(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from llmbuild.errors import Problem, UserError
@@ -42,8 +43,11 @@ class Planned:
         """The key whose artifact holds node ``name``'s outputs: its own, or the one the
         build's early cut-off reuses (as the plan says it is cached)."""
         key = self.key_of(name).key
-        reused = next((n.reused for n in self.plan.nodes if n.name == name), None)
-        return reused or key
+        return self._reused.get(name) or key
+
+    @cached_property
+    def _reused(self) -> dict[str, str]:
+        return {n.name: n.reused for n in self.plan.nodes if n.reused}
 
 
 def plan_spec(

@@ -53,15 +53,19 @@ def tokenizer_over_import(spec: Any) -> list[Problem]:
         return []
     if tokenizer.kind == "pretrained":
         return _another_pretrained(imports[0], tokenizer)
-    return [
-        Problem(
-            f"stage {imports[0].name!r} imports a checkpoint whose embeddings stand for its own "
-            f"tokenizer's tokens; this {tokenizer.kind!r} tokenizer gives the same ids to "
-            "other text, so what the model learned does not carry over. Leave [tokenizer] "
-            "out (or set only chat_template in it) to keep the checkpoint's",
-            ("tokenizer", "kind"),
-        )
-    ]
+    said = f"; this {tokenizer.kind!r} tokenizer gives the same ids to other text, so"
+    return [_not_carried(imports[0], said, "kind")]
+
+
+def _not_carried(stage: Any, why: str, key: str) -> Problem:
+    """The warning that a spec's tokenizer over an imported checkpoint wastes what it
+    learned, ``why`` said between its cause and its remedy."""
+    return Problem(
+        f"stage {stage.name!r} imports a checkpoint whose embeddings stand for its own "
+        f"tokenizer's tokens{why} what the model learned does not carry over. Leave "
+        "[tokenizer] out (or set only chat_template in it) to keep the checkpoint's",
+        ("tokenizer", key),
+    )
 
 
 def _another_pretrained(stage: Any, tokenizer: Any) -> list[Problem]:
@@ -78,16 +82,8 @@ def _another_pretrained(stage: Any, tokenizer: Any) -> list[Problem]:
             return []  # the same tokenizer, copied
     except OSError:
         return []
-    return [
-        Problem(
-            f"stage {stage.name!r} imports a checkpoint whose embeddings stand for its own "
-            f"tokenizer's tokens, and this tokenizer ({tokenizer.path}) is another one: "
-            "unless it gives the same ids to the same text, what the model learned does "
-            "not carry over. Leave [tokenizer] out (or set only chat_template in it) to "
-            "keep the checkpoint's",
-            ("tokenizer", "path"),
-        )
-    ]
+    said = f", and this tokenizer ({tokenizer.path}) is another one: unless it gives the same "
+    return [_not_carried(stage, said + "ids to the same text,", "path")]
 
 
 def warn(resolved: Any) -> None:
