@@ -4,9 +4,9 @@ per step) against the step of ``bench/nanogpt.py``'s plain-PyTorch decoder of id
 shape and batch (forward, backward, ``clip_grad_norm_``, AdamW), measured in the same run
 in alternating rounds (BENCH_TRAIN_ROUNDS x BENCH_TRAIN_STEPS, default 7 x 20, 3 x 10
 with --quick; tokens/s, ratio = ours / plain). Also each side's forward and backward
-alone, and our step through megatron's own linear Functions and DistributedDataParallel
-in place of the one-rank paths (``backends/megatron/linears.py``,
-``data_parallel.LoneRank``) to show what those save."""
+alone, and our step through megatron's own linear Functions, layer forward and
+DistributedDataParallel in place of the one-rank paths (``backends/megatron/linears.py``,
+``lone_layer.py``, ``data_parallel.LoneRank``) to show what those save."""
 
 from __future__ import annotations
 
@@ -57,12 +57,14 @@ def _plain_step(batch):
 
 def _our_step(batch, one_rank_paths: bool = True):
     """The training loop's step (``train.py``) at one rank, fp32, one micro batch; with
-    ``one_rank_paths`` off, through megatron's linears and DDP as at other layouts."""
+    ``one_rank_paths`` off, through megatron's linears, layers and DDP as at other
+    layouts."""
     from llmbuild.backends.megatron.generate import single_rank
 
     single_rank()
     from llmbuild.backends.megatron import data_parallel
     from llmbuild.backends.megatron.linears import megatron_linears
+    from llmbuild.backends.megatron.lone_layer import megatron_layers
     from llmbuild.backends.megatron.model import build_model, transformer_config
     from llmbuild.backends.megatron.objectives import LanguageModel
 
@@ -77,6 +79,7 @@ def _our_step(batch, one_rank_paths: bool = True):
         ddp = data_parallel.apply_data_parallel(model, False)
     else:
         megatron_linears(model)
+        megatron_layers(model)
         ddp = data_parallel.megatron_ddp(model, False)
     opt = data_parallel.build_optimizer(ddp, STAGE, False)
     objective = LanguageModel(None, None, "fp32", SEQ)  # what a pretrain stage optimises
@@ -158,9 +161,9 @@ def run(quick: bool = False) -> list[dict]:
         },
         {
             "benchmark": "our step with the one-rank paths (torch's linears, no all-reduce "
-            "over a group of one, no DDP wrapper), as trained",
+            "over a group of one, the lone layer forward, no DDP wrapper), as trained",
             "result": f"{ours:,.0f} tok/s",
-            "baseline": f"the same step through megatron's linear Functions and "
+            "baseline": f"the same step through megatron's linear Functions, layer forward and "
             f"DistributedDataParallel: {rates['megatron_paths'][0]:,.0f} tok/s",
             "ratio": ours / rates["megatron_paths"][0],
             "unit": "megatron's own path's throughput",

@@ -16,7 +16,8 @@ through ``LoneRank`` instead, and autograd's own gradients feed the same optimiz
 saves megatron's per-parameter Python hook (which copies each gradient into the buffer),
 the buffer's zeroing and a collective over a group of one, every step; the gradients are
 the same sums (``0 + g`` is ``g``), and the trained weights bit for bit those of the
-wrapped model (``tests/backends/test_lone_rank.py``).
+wrapped model (``tests/backends/test_lone_rank.py``). Its fp32 optimizer steps through
+``_lone_step``: megatron's norm, clipping and update without its Python per parameter.
 """
 
 from __future__ import annotations
@@ -130,10 +131,62 @@ def finish_step(ddp: Any, optimizer: Any) -> float:
     pipeline stages), clip them and update; the global gradient norm before clipping."""
     from megatron.core.distributed import finalize_model_grads
 
+    if isinstance(ddp, LoneRank) and _plain_fp32(optimizer):
+        return _lone_step(optimizer)
     if not isinstance(ddp, LoneRank):
         finalize_model_grads([ddp])
     _, grad_norm, _ = optimizer.step()
     return float(grad_norm)
+
+
+def _plain_fp32(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is megatron's chain of fp32 optimizers with nothing on
+    besides clipping (no zero counts, timers or decoupled gradients)."""
+    from megatron.core.optimizer.optimizer import ChainedOptimizer, FP32Optimizer
+
+    config = optimizer.config
+    return (
+        type(optimizer) is ChainedOptimizer
+        and all(type(o) is FP32Optimizer for o in optimizer.chained_optimizers)
+        and not config.log_num_zeros_in_grad
+        and config.timers is None
+        and not config.use_precision_aware_optimizer_no_fp8_or_ds_fp8
+    )
+
+
+@torch.no_grad()
+def _lone_step(optimizer: Any) -> float:
+    """``ChainedOptimizer.step()`` of fp32 optimizers at one rank, without megatron's
+    Python per parameter around it (the filters, conversions and collectives over a group
+    of one of its norm and clipping): the global norm of the gradients that are neither
+    shared nor tensor-parallel duplicates, computed as megatron computes it (the norm of
+    the per-tensor norms, squared and rooted again as a Python float); every gradient
+    scaled by ``clip / (norm + 1e-6)`` where that is below 1; then each inner torch
+    optimizer's step. The same weights, bit for bit (``tests/backends/test_lone_rank.py``)."""
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
+
+    params = [
+        p
+        for o in optimizer.chained_optimizers
+        for group in o.optimizer.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    ]
+    counted = [
+        p.grad
+        for p in params
+        if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p)
+    ]
+    total = torch.norm(torch.stack(torch._foreach_norm(counted))) if counted else 0.0
+    squared = torch.tensor([float(total)], dtype=torch.float) ** 2.0
+    grad_norm = squared.item() ** 0.5
+    clip = optimizer.config.clip_grad
+    if clip > 0.0 and params and clip / (grad_norm + 1.0e-6) < 1.0:
+        torch._foreach_mul_([p.grad for p in params], clip / (grad_norm + 1.0e-6))
+    for o in optimizer.chained_optimizers:
+        o.optimizer.step()
+    return grad_norm
 
 
 def optimizer_state(optimizer: Any) -> list[Any]:

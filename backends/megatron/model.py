@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from llmbuild.backends.megatron.attention import SDPAttention
 from llmbuild.backends.megatron.linears import plain_linears
+from llmbuild.backends.megatron.lone_layer import plain_layers
 from llmbuild.backends.megatron.vocab import model_vocab, padded_vocab
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -191,6 +192,7 @@ def build_model(
         rotary_base=int(arch.rope_base),
     )
     plain_linears(model, config)
+    plain_layers(model, config)
     if arch.encoder:
         model = make_encoder(model, config, padded_vocab(vocab_size, arch), arch)
     if post_process:

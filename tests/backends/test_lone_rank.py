@@ -1,6 +1,7 @@
 """What a one-rank layout on a CPU saves must not change a trained weight: at one
 tensor-parallel rank the model's linears run through torch's linear and the row-parallel
-ones skip their all-reduce over a group of one (``backends/megatron/linears.py``), and a
+ones skip their all-reduce over a group of one (``backends/megatron/linears.py``), its
+layers run a forward without megatron's per-call options (``lone_layer.py``), and a
 lone rank trains without megatron's DistributedDataParallel (``data_parallel.LoneRank``);
 each must give the weights megatron's own path gives, bit for bit."""
 
@@ -13,10 +14,19 @@ from llmbuild.spec.model import Architecture
 STEPS, MICRO, ACCUM, SEQ, VOCAB = 3, 4, 2, 16, 128
 
 
-def _train(arch, plain: bool, precision: str, lone: bool = True, clip: float = 0.5):
+def _train(
+    arch,
+    plain: bool,
+    precision: str,
+    lone: bool = True,
+    clip: float = 0.5,
+    layers: bool = True,
+    adapter=None,
+):
     import torch
     from llmbuild.backends.megatron import data_parallel
     from llmbuild.backends.megatron.linears import megatron_linears
+    from llmbuild.backends.megatron.lone_layer import megatron_layers
     from llmbuild.backends.megatron.model import build_model, transformer_config
     from llmbuild.backends.megatron.objectives import LanguageModel
 
@@ -27,9 +37,15 @@ def _train(arch, plain: bool, precision: str, lone: bool = True, clip: float = 0
     if not plain:
         assert megatron_linears(model) == 4 * arch.layers + 1  # and the output layer
         assert not any(getattr(m, "explicit_expert_comm", False) for m in model.modules())
+    if not (plain and layers):
+        assert megatron_layers(model) == arch.layers
+    if adapter is not None:
+        from llmbuild.backends.megatron import lora
+
+        lora.add_adapters(model, adapter)
     torch.manual_seed(1)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in model.parameters():  # adapters too: B away from zero
             p.normal_(0, 0.05)
     stage = {"betas": [0.9, 0.95], "lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "grad_clip": clip}
     if lone:
@@ -80,6 +96,96 @@ def test_torch_linears_train_megatrons_weights_bit_for_bit(style, bias, precisio
     assert plain_losses[0] != plain_losses[-1]
 
 
+@pytest.fixture
+def megatron_forwards(monkeypatch):
+    """A list that megatron's own ``TransformerLayer.forward`` appends to when it runs."""
+    from llmbuild.backends.megatron.generate import single_rank
+
+    single_rank()
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    calls, forward = [], TransformerLayer.forward
+    monkeypatch.setattr(
+        TransformerLayer, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k)
+    )
+    return calls
+
+
+_LAYERS = {
+    "gpt2": {"style": "gpt2", "bias": True},
+    "gpt2, dropout": {"style": "gpt2", "bias": True, "dropout": 0.1},
+    "llama, grouped-query": {"style": "llama", "kv_heads": 2},
+    "qwen3, query/key norms": {"style": "llama", "kv_heads": 2, "qk_norm": True, "qkv_bias": True},
+    "gelu_tanh, untied": {"style": "gpt2", "activation": "gelu_tanh", "tie_embeddings": False},
+}
+
+
+@pytest.mark.parametrize("shape", list(_LAYERS))
+def test_the_lone_layer_forward_trains_megatrons_weights_bit_for_bit(shape, megatron_forwards):
+    arch = Architecture.model_validate(
+        {"layers": 2, "hidden": 32, "heads": 4, "seq_len": SEQ, **_LAYERS[shape]}
+    )
+    ours_losses, ours = _train(arch, True, "fp32")
+    assert not megatron_forwards  # the lone forward ran, every call
+    ref_losses, ref = _train(arch, True, "fp32", layers=False)
+    assert len(megatron_forwards) == STEPS * ACCUM * arch.layers
+    assert ours_losses == ref_losses
+    assert not [k for k in ref if not (ours[k] == ref[k]).all()]
+    assert ours_losses[0] != ours_losses[-1]
+
+
+def test_the_lone_layer_forward_keeps_a_lora_adapters_hooks(megatron_forwards):
+    from llmbuild.backends.megatron.spec import LoraAdapter
+
+    arch = Architecture(style="llama", layers=2, hidden=32, heads=4, seq_len=SEQ)
+    adapter = LoraAdapter(rank=4, alpha=8, targets=("qkv", "proj", "fc1", "fc2"))
+    ours_losses, ours = _train(arch, True, "fp32", adapter=adapter)
+    assert not megatron_forwards
+    ref_losses, ref = _train(arch, True, "fp32", layers=False, adapter=adapter)
+    assert ours_losses == ref_losses
+    assert not [k for k in ref if not (ours[k] == ref[k]).all()]
+    assert ours_losses[0] != ours_losses[-1]
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama", "bert"])
+def test_the_lone_layer_forward_gives_megatrons_logits_in_evaluation(style, megatron_forwards):
+    """Under ``no_grad`` megatron's bias-dropout-add works in place; an encoder's layers
+    are post-LN, with a padding mask."""
+    import torch
+    from llmbuild.backends.megatron.lone_layer import megatron_layers
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+
+    arch = Architecture(style=style, layers=2, hidden=32, heads=4, seq_len=SEQ)
+    torch.manual_seed(0)
+    model = build_model(arch, VOCAB, transformer_config(arch)).eval()
+    ids = torch.randint(0, VOCAB, (3, SEQ), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(SEQ).expand(3, -1)
+    mask = None
+    if style == "bert":  # the last text padded: True = hidden
+        mask = torch.zeros(3, 1, 1, SEQ, dtype=torch.bool)
+        mask[2, ..., SEQ // 2 :] = True
+    with torch.no_grad():
+        ours = model(ids, pos, mask)
+        assert not megatron_forwards
+        assert megatron_layers(model) == 2
+        ref = model(ids, pos, mask)
+    ours, ref = (t[0] if isinstance(t, tuple) else t for t in (ours, ref))
+    assert torch.equal(ours, ref)
+
+
+def test_layers_with_other_options_keep_megatrons_forward():
+    from llmbuild.backends.megatron.generate import single_rank
+
+    single_rank()
+    from llmbuild.backends.megatron.lone_layer import plain_layers
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+
+    arch = Architecture(style="gpt2", layers=2, hidden=32, heads=4, seq_len=SEQ)
+    model = build_model(arch, VOCAB, transformer_config(arch, recompute="full"))
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert plain_layers(model, transformer_config(arch, tensor=2)) == 0
+
+
 @pytest.mark.parametrize(
     ("style", "bias", "precision"), [("gpt2", True, "fp32"), ("llama", False, "bf16")]
 )
@@ -122,7 +228,8 @@ def test_other_layouts_keep_megatrons_linears():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_foreach_clipping_trains_megatrons_weights_bit_for_bit(precision, monkeypatch):
     """Gradient clipping through torch's foreach ops (``cpu.py``) against megatron's own
-    local multi-tensor stand-ins, with clipping in effect at every step."""
+    local multi-tensor stand-ins, with clipping in effect at every step (megatron's
+    optimizer step, as at every layout but a lone rank's fp32)."""
     from llmbuild.backends.megatron.generate import single_rank
 
     single_rank()  # the CPU patches, before megatron is imported
@@ -138,11 +245,39 @@ def test_foreach_clipping_trains_megatrons_weights_bit_for_bit(precision, monkey
         lambda *a: scaled.append(a[-1]) or ours_scale(*a),
     )
     arch = Architecture(style="gpt2", layers=2, hidden=32, heads=4, seq_len=SEQ, bias=True)
-    ours_losses, ours = _train(arch, True, precision, clip=0.05)
+    ours_losses, ours = _train(arch, True, precision, lone=False, clip=0.05)
     assert len(scaled) == STEPS and all(0 < s < 1 for s in scaled)  # every step clipped
     monkeypatch.setattr(clip_grads, "l2_norm_impl", utils.local_multi_tensor_l2_norm)
     monkeypatch.setattr(clip_grads, "multi_tensor_scale_impl", utils.local_multi_tensor_scale)
-    ref_losses, ref = _train(arch, True, precision, clip=0.05)
+    ref_losses, ref = _train(arch, True, precision, lone=False, clip=0.05)
+    assert ours_losses == ref_losses
+    assert not [k for k in ref if not (ours[k] == ref[k]).all()]
+    assert ours_losses[0] != ours_losses[-1]
+
+
+@pytest.mark.parametrize("clip", [0.01, 0.0])
+def test_a_lone_ranks_optimizer_step_is_megatrons_bit_for_bit(clip, monkeypatch):
+    """``data_parallel._lone_step`` against megatron's ``ChainedOptimizer.step`` on the
+    same lone rank: clipped at every step, and not clipped at all; the same weights and
+    the same gradient norms."""
+    from llmbuild.backends.megatron.generate import single_rank
+
+    single_rank()
+    from llmbuild.backends.megatron import data_parallel
+
+    lone, norms = [], []
+    lone_step, finish_step = data_parallel._lone_step, data_parallel.finish_step
+    monkeypatch.setattr(data_parallel, "_lone_step", lambda o: lone.append(1) or lone_step(o))
+    monkeypatch.setattr(
+        data_parallel, "finish_step", lambda *a: norms.append(finish_step(*a)) or norms[-1]
+    )
+    arch = Architecture(style="llama", layers=2, hidden=32, heads=4, seq_len=SEQ)
+    ours_losses, ours = _train(arch, True, "fp32", clip=clip)
+    assert len(lone) == STEPS and all(n > clip for n in norms)  # clipped, where clip is set
+    monkeypatch.setattr(data_parallel, "_plain_fp32", lambda optimizer: False)
+    ref_losses, ref = _train(arch, True, "fp32", clip=clip)
+    assert len(lone) == STEPS  # megatron's step this time
+    assert norms[:STEPS] == norms[STEPS:]
     assert ours_losses == ref_losses
     assert not [k for k in ref if not (ours[k] == ref[k]).all()]
     assert ours_losses[0] != ours_losses[-1]
