@@ -88,14 +88,23 @@ def _patch_problems(arch: Any, patch: Any, par: Any, where: Path) -> list[Proble
         out.append(Problem(f"heads ({own.heads}) must divide hidden ({own.hidden})", where))
     if own.heads % own.kv_heads:
         out.append(Problem(f"kv_heads ({own.kv_heads}) must divide heads ({own.heads})", where))
-    return out + layout_problems(own, par, where)
+    # What the layout cannot split in the spec's own architecture is said there once,
+    # not again at every stage that keeps it.
+    inherited = {p.message for p in layout_problems(arch, par, where)}
+    return out + [p for p in layout_problems(own, par, where) if p.message not in inherited]
 
 
 def layout_problems(arch: Any, par: Any, where: Path) -> list[Problem]:
     """Where the parallel layout cannot split an architecture."""
     out = []
     if par is not None and (arch.heads % par.tensor or arch.kv_heads % par.tensor):
-        out.append(Problem(f"tensor ({par.tensor}) must divide heads and kv_heads", where))
+        out.append(
+            Problem(
+                f"tensor ({par.tensor}) must divide heads ({arch.heads}) and kv_heads "
+                f"({arch.kv_heads})",
+                where,
+            )
+        )
     if par is not None and arch.layers % par.pipeline:
         out.append(Problem(f"pipeline ({par.pipeline}) must divide layers ({arch.layers})", where))
     return out

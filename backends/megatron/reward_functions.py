@@ -81,6 +81,11 @@ def function_problem(function: str, path: str | None) -> str | None:
     what can be told without running the module: its file exists, and a top-level
     statement binds the name (unless a ``*`` import or a module ``__getattr__`` might)."""
     module, _, name = function.partition(":")
+    if path is None and module.endswith(".py"):
+        return (
+            f"reward function {function!r}: name the module, not its file: "
+            f"function = {module[:-3] + ':' + name!r}"
+        )
     if path is None:
         file = module.replace(".", "/") + ".py"
         return (

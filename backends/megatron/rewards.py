@@ -68,16 +68,29 @@ class Rewards:
             values = []
             for p, o, r in zip(prompts, outs, recs):
                 try:
-                    value = float(fn(p, o, r))
+                    value = fn(p, o, r)
                 except Exception as e:
                     raise ValueError(f"reward function {spec['function']!r} failed: {e}") from e
+                # A number (an int, a float, numpy's or a one-element tensor's item), not a
+                # string or a bool that float() would also take.
+                if not isinstance(value, (int, float)) and callable(getattr(value, "item", None)):
+                    try:
+                        value = value.item()
+                    except (ValueError, RuntimeError):  # more than one element
+                        pass
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(
+                        f"reward function {spec['function']!r} returned {value!r} "
+                        f"({type(value).__name__}) for the completion {o[:60]!r} of the prompt "
+                        f"{p[:60]!r}: a reward must be a number"
+                    )
                 if not math.isfinite(value):  # it would surface as a diverged loss
                     raise ValueError(
                         f"reward function {spec['function']!r} returned {value} for the "
                         f"completion {o[:60]!r} of the prompt {p[:60]!r}: a reward must be a "
                         "finite number"
                     )
-                values.append(value)
+                values.append(float(value))
             return values
 
         return user

@@ -168,6 +168,17 @@ class Distill(StageBase):
     (both renormalised there), as with stored teacher logits; the whole vocabulary when
     omitted."""
 
+    @field_validator("top_k")
+    @classmethod
+    def _two_or_more(cls, value: int | None) -> int | None:
+        if value == 1:
+            raise ValueError(
+                "top_k = 1 leaves one token, where both renormalised distributions are 1: "
+                "the KL is 0 and teaches nothing; use top_k >= 2, or omit it for the whole "
+                "vocabulary"
+            )
+        return value
+
     @model_validator(mode="after")
     def _shape(self) -> Distill:
         if self.from_ is not None and self.architecture is not None:
@@ -383,6 +394,17 @@ class Grpo(StageBase):
     """PPO-style ratio clipping."""
     rewards: tuple[Reward, ...] = Field(min_length=1)
     """Rewards summed by weight, e.g. `[{kind = "exact_match"}]`."""
+
+    @field_validator("rewards")
+    @classmethod
+    def _some_weight(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        if all(reward.weight == 0 for reward in value):
+            raise ValueError(
+                "every reward has weight 0: each completion then earns 0 and the policy "
+                "learns nothing; give a reward a weight"
+            )
+        return value
+
     # Not `added`: a stage built before this field averaged over every completion, and
     # "skip" changes what it trains to, so every GRPO stage's key changes with it.
     uniform_groups: Literal["skip", "keep"] = "skip"

@@ -68,6 +68,14 @@ class PruneKind(Kind):
                     (*where, "from"),
                 )
             ]
+        if base is not None and getattr(base, "adapters_only", False):
+            return [
+                Problem(
+                    f"stage {base.name!r} holds only LoRA adapters; prune a stage with full "
+                    f"weights (set merge = true on {base.name!r})",
+                    (*where, "from"),
+                )
+            ]
         if view.architecture is None or item.from_ not in view.stages:
             return []
         try:

@@ -173,10 +173,21 @@ def optimum_problem(fit: Approach3Fit) -> str | None:
     """Why the fitted law has no compute optimum (an exponent not above 0), or None."""
     if fit.alpha > 0 and fit.beta > 0:
         return None
+    why = []
+    if fit.alpha <= 0:
+        why.append(
+            "with alpha <= 0 the loss does not fall as N grows over the points swept (the "
+            "larger models did no better for the tokens they saw: sizes too close together, "
+            "or runs too short for the larger ones to pull ahead)"
+        )
+    if fit.beta <= 0:
+        why.append(
+            "with beta <= 0 it does not fall as D grows (budgets too close together, or "
+            "repeated data)"
+        )
     return (
         f"no compute optimum: the fit's alpha = {fit.alpha:.3g} and beta = {fit.beta:.3g} "
-        "must both be > 0 (one model size, or sizes too close together, cannot fix alpha: "
-        "sweep more sizes)"
+        f"must both be > 0; {'; '.join(why)}: sweep sizes and budgets further apart"
     )
 
 

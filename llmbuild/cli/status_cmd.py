@@ -21,6 +21,7 @@ STAGE_COLUMNS = {
     "val_loss": "val loss",
     "calibration_loss": "calibration loss",
     "reward": "reward",
+    "val_reward": "val reward",
     "informative": "informative groups",
     "margin": "margin",
     "accuracy": "accuracy",
@@ -142,6 +143,17 @@ def scaling_laws(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
             }
             out[name[len("eval:") :]] = {"points": rec.metrics["points"], **fit}
     return out
+
+
+def scaling_line(suite: str, law: dict[str, Any]) -> str:
+    """A scaling fit's line: its points and law, or that none was fitted."""
+    line = f"scaling {suite}: {law['points']} points"
+    if "E" not in law:
+        return line + "; no law fitted (llmbuild scaling says why)"
+    return line + (
+        f"; L(N, D) = {law['E']:.3f} + {law['A']:.4g} / N^{law['alpha']:.3f}"
+        f" + {law['B']:.4g} / D^{law['beta']:.3f}  (llmbuild scaling for optima)"
+    )
 
 
 def flat_metrics(records: dict[str, Any]) -> dict[str, float]:
@@ -330,13 +342,7 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             print(f"  {_clip(r.get('prompt', ''), 30)} -> {_clip(r.get('completion', ''))}")
     for suite, law in laws.items():
-        line = f"\nscaling {suite}: {law['points']} points"
-        if "E" in law:
-            line += (
-                f"; L(N, D) = {law['E']:.3f} + {law['A']:.4g} / N^{law['alpha']:.3f}"
-                f" + {law['B']:.4g} / D^{law['beta']:.3f}  (llmbuild scaling for optima)"
-            )
-        print(line)
+        print(f"\n{scaling_line(suite, law)}")
     for node, said in notes.items():
         for note in said:
             print(f"\nnote {node}: {note}")

@@ -213,3 +213,36 @@ def test_the_kl_terms_by_hand():
     topk = (pk * (pk.log() - qk.log())).sum(-1)
     assert torch.allclose(distillation_kl(student, teacher, 1.0, "forward", 4), topk)
     assert (distillation_kl(teacher, teacher, 1.0, "reverse", None).abs() < 1e-6).all()
+
+
+def test_a_top_k_of_one_token_is_a_located_error(tmp_path):
+    from llmbuild.errors import SpecError
+    from llmbuild.spec.load import load_spec
+
+    with pytest.raises(SpecError) as e:
+        load_spec(student_spec(tmp_path), ["stage.student.top_k=1"])
+    assert "stage.student.top_k=1: stage[1].top_k: top_k = 1 leaves one token" in str(e.value)
+    assert "the KL is 0 and teaches nothing" in str(e.value)
+    load_spec(student_spec(tmp_path), ["stage.student.top_k=2"])
+
+
+def test_a_layout_the_spec_cannot_split_is_said_once_not_per_stage(tmp_path):
+    from llmbuild.errors import SpecError
+    from llmbuild.spec.load import load_spec
+
+    with pytest.raises(SpecError) as e:
+        load_spec(student_spec(tmp_path), ["parallelism.tensor=3"])
+    assert "tensor (3) must divide architecture.heads (4)" in str(e.value)
+    assert str(e.value).count("tensor (3) must divide") == 1, str(e.value)
+    # A stage whose own changes the layout cannot split is still said, with its numbers.
+    spec = student_spec(tmp_path)
+    spec.write_text(
+        spec.read_text().replace(
+            "{ layers = 1, hidden = 32 }", "{ layers = 1, hidden = 48, heads = 3, kv_heads = 3 }", 1
+        )
+    )
+    with pytest.raises(SpecError) as e:
+        load_spec(spec, ["parallelism.tensor=2"])
+    assert "stage[1].architecture: tensor (2) must divide heads (3) and kv_heads (3)" in str(
+        e.value
+    )

@@ -51,3 +51,29 @@ def test_a_reward_function_giving_no_finite_number_is_named(tmp_path, value):
     spec = {"kind": "function", "function": f"{value}_rewards:score", "module_file": str(module)}
     with pytest.raises(ValueError, match=f"'{value}_rewards:score' returned {value} .*finite"):
         score(spec, ["42"], "42")
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "shown"),
+    [("none", "None", "None (NoneType)"), ("text", "'1.0'", "'1.0' (str)"),
+     ("list", "[1.0]", "[1.0] (list)"), ("bool", "True", "True (bool)")],
+)  # fmt: skip
+def test_a_reward_function_giving_no_number_is_named(tmp_path, name, body, shown):
+    module = tmp_path / f"{name}_rewards.py"
+    module.write_text(f"def score(prompt, completion, record):\n    return {body}\n")
+    spec = {"kind": "function", "function": f"{name}_rewards:score", "module_file": str(module)}
+    with pytest.raises(ValueError) as e:
+        score(spec, ["42"], "42")
+    assert f"'{name}_rewards:score' returned {shown} for the completion '42'" in str(e.value)
+    assert str(e.value).endswith("a reward must be a number")
+
+
+def test_a_reward_function_may_give_numpy_and_torch_numbers(tmp_path):
+    module = tmp_path / "array_rewards.py"
+    module.write_text(
+        "import numpy, torch\n"
+        "def score(prompt, completion, record):\n"
+        "    return numpy.float32(0.5) if completion == 'a' else torch.tensor([2])\n"
+    )
+    spec = {"kind": "function", "function": "array_rewards:score", "module_file": str(module)}
+    assert score(spec, ["a", "b"], "42") == [0.5, 2.0]

@@ -208,6 +208,15 @@ def test_grpo_raises_the_mean_reward(chain):
     assert m["val_reward"] > m["initial_val_reward"]
 
 
+def test_status_shows_the_held_out_reward(chain, capsys):
+    from llmbuild.cli import main
+
+    spec, store, _ = chain
+    assert main(["status", str(spec), "--store", str(store)]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if "| stage |" in line)
+    assert "| reward | val reward |" in header, header
+
+
 def test_grpo_skipping_uniform_groups_learns_the_same_at_any_micro_batch(chain, tmp_path):
     """Uniform groups skipped (the default), the policy loss is a mean over the step's
     informative completions: one prompt per micro batch (4 accumulated) trains what one
@@ -428,6 +437,19 @@ def test_a_reward_model_exports_only_as_hf_or_onnx(tmp_path):
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     assert "'rm' is a reward model, which exports as hf or onnx" in str(e.value)
+
+
+def test_rewards_that_all_weigh_nothing_are_a_located_error(tmp_path):
+    from llmbuild.errors import SpecError
+
+    spec = posttrain_spec(tmp_path, SFT + GRPO.replace("weight = -1.0", "weight = 0"))
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    assert "stage[2].rewards: every reward has weight 0" in str(e.value)
+    spec = posttrain_spec(
+        tmp_path, SFT + GRPO.replace("weight = -1.0 }", 'weight = 0 }, { kind = "exact_match" }')
+    )
+    load_spec(spec)  # one reward left out of the sum is fine
 
 
 def test_an_exact_match_reward_over_prompts_without_answers_is_refused(chain, tmp_path):

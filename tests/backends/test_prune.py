@@ -99,7 +99,7 @@ def test_the_pruned_model_trains_and_exports_with_matching_logits(built):
         ("seq_len = 16", "pruning changes only", "seq_len", "llama", []),
         # GPT2LMHeadModel's head size is hidden / heads: the export would fail at the end.
         ("hidden = 48", "prune heads and hidden together, 16", "hidden", "gpt2", []),
-        ("heads = 2", "tensor (2) must divide heads and kv_heads", "", "llama",
+        ("heads = 2", "tensor (2) must divide heads (2) and kv_heads (1)", "", "llama",
          ["parallelism.tensor=2"]),
     ],
 )  # fmt: skip
@@ -124,3 +124,33 @@ def test_a_cycle_through_a_pruned_stage_is_a_plain_error(tmp_path):
     )
     with pytest.raises(SpecError, match="cycle"):
         load_spec(spec)
+
+
+def test_pruning_a_stage_of_adapters_alone_is_a_located_error(tmp_path):
+    from llmbuild.errors import SpecError
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+    from tests.backends.posttrain_spec import posttrain_spec
+
+    stages = """
+[[stage]]
+name = "tuned"
+kind = "lora"
+from = "pretrain"
+data = "chat"
+steps = 5
+global_batch = 8
+
+[[stage]]
+name = "smaller"
+kind = "prune"
+from = "tuned"
+architecture = { layers = 1 }
+"""
+    spec = posttrain_spec(tmp_path, stages)
+    with pytest.raises(SpecError) as e:
+        plan_spec(load_spec(spec), cache=StatCache())
+    assert "stage 'tuned' holds only LoRA adapters" in str(e.value)
+    assert "set merge = true on 'tuned'" in str(e.value)
+    assert "stage[2].from" in str(e.value)
+    plan_spec(load_spec(spec, ["stage.tuned.merge=true"]), cache=StatCache())  # then it plans

@@ -346,6 +346,10 @@ def test_a_law_whose_exponent_is_not_positive_has_no_optimum_and_still_plots(tmp
     flat = Approach3Fit(E=1.0, A=2.0, B=30.0, alpha=-0.03, beta=0.81, loss=0.0, n_points=5)
     problem = optimum_problem(flat)
     assert problem.startswith("no compute optimum: the fit's alpha = -0.03 and beta = 0.81")
+    assert "alpha <= 0 the loss does not fall as N grows" in problem
+    assert "beta <= 0" not in problem
+    tokens_flat = optimum_problem(Approach3Fit(1.0, 2.0, 30.0, 0.3, 0.0, 0.0, 5))
+    assert "beta <= 0 it does not fall as D grows" in tokens_flat and "alpha <=" not in tokens_flat
     assert optimum_problem(LAW) is None
     points = [
         ScalingPoint(6 * 1e4 * d, 1e4, d, float(flat.predict(1e4, d))) for d in (1e5, 1e6, 1e7)
@@ -353,3 +357,13 @@ def test_a_law_whose_exponent_is_not_positive_has_no_optimum_and_still_plots(tmp
     assert plot(points, flat, None, tmp_path / "flat.png").read_bytes()[:8] == PNG_SIGNATURE
     law = {"E": 1.0, "A": 2.0, "B": 30.0, "alpha": -0.03, "beta": 0.81, "loss": 0.0}
     assert fit_lines({"approach3": law, "approach3_optimum_error": problem})[1] == f"  {problem}"
+
+
+def test_status_says_when_a_sweep_has_no_law():
+    from llmbuild.cli.status_cmd import scaling_line
+
+    assert scaling_line("iso", {"points": 4}) == (
+        "scaling iso: 4 points; no law fitted (llmbuild scaling says why)"
+    )
+    law = {"points": 9, "E": 1.5, "A": 20.0, "B": 300.0, "alpha": 0.3, "beta": 0.25}
+    assert scaling_line("iso", law).startswith("scaling iso: 9 points; L(N, D) = 1.500 + 20 / N^")

@@ -520,6 +520,13 @@ def test_a_reward_function_that_is_not_there_is_located_without_running_it(tmp_p
         "Python's path (put nosuch_mod.py beside the spec file, or install its package)"
     ) in r.stderr, r.stderr
 
+    spec.write_text(spec.read_text().replace("nosuch_mod:score", "rewards_located.py:score"))
+    (found,) = problems(spec)
+    assert found.endswith(
+        f"{where} 'rewards_located.py:score': name the module, not its file: "
+        "function = 'rewards_located:score'"
+    ), found
+
 
 def test_a_reward_function_set_on_the_command_line_is_found_again(tmp_path, monkeypatch):
     """``--set`` of the function alone leaves no stale file behind: the module it names
