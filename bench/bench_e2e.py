@@ -58,7 +58,8 @@ layers = 4
 hidden = 128
 heads = 4
 seq_len = 64
-bias = false
+bias = false       # nanoGPT's bias = False: no biases in the linears
+norm_bias = false  # nor in the LayerNorms
 dropout = 0.0
 
 [parallelism]

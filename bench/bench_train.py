@@ -72,7 +72,7 @@ def _our_step(batch, one_rank_paths: bool = True):
 
     arch = Architecture(
         style="gpt2", layers=LAYERS, hidden=HIDDEN, heads=HEADS, seq_len=SEQ, bias=False,
-        tie_embeddings=True, dropout=0.0,
+        norm_bias=False, tie_embeddings=True, dropout=0.0,
     )  # fmt: skip
     model = build_model(arch, VOCAB, transformer_config(arch))
     if one_rank_paths:

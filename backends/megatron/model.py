@@ -129,9 +129,18 @@ class Norm:
     then normalises part of the sequence, so the weights are marked for megatron to sum
     their gradients over the ranks."""
 
-    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: Any):
-        norm_cls = torch.nn.RMSNorm if config.normalization == "RMSNorm" else torch.nn.LayerNorm
-        norm = norm_cls(hidden_size, eps=eps)
+    def __new__(
+        cls,
+        config: TransformerConfig,
+        hidden_size: int,
+        eps: float = 1e-5,
+        bias: bool = True,
+        **_: Any,
+    ):
+        if config.normalization == "RMSNorm":
+            norm = torch.nn.RMSNorm(hidden_size, eps=eps)
+        else:  # a LayerNorm without a bias where the architecture has none (norm_bias)
+            norm = torch.nn.LayerNorm(hidden_size, eps=eps, bias=bias)
         for param in norm.parameters():
             param.sequence_parallel = config.sequence_parallel
         return norm
@@ -156,15 +165,16 @@ def block_spec(arch: Architecture, config: TransformerConfig) -> TransformerBloc
     if arch.qk_norm:  # per head, over head_dim: RMSNorm as Qwen3's q_norm and k_norm
         attention.q_layernorm = QkNorm
         attention.k_layernorm = QkNorm
-    layer.submodules.input_layernorm = Norm
-    layer.submodules.pre_mlp_layernorm = Norm
+    norm = ModuleSpec(module=Norm, params={"bias": arch.norm_bias})
+    layer.submodules.input_layernorm = norm
+    layer.submodules.pre_mlp_layernorm = norm
     if arch.encoder:  # post-LN layers, no final norm (``encoder.py``)
         from llmbuild.backends.megatron.encoder import encoder_layer
 
         layer = encoder_layer(layer, arch.hidden, arch.norm_eps)
     return TransformerBlockSubmodules(
         layer_specs=[layer] * get_num_layers_to_build(config),
-        layer_norm=None if arch.encoder else Norm,
+        layer_norm=None if arch.encoder else norm,
     )
 
 

@@ -33,7 +33,8 @@ def _tensorboard(path: Any, tag: str, rows: list[dict[str, Any]]) -> None:
     """The training curves as TensorBoard event files (tensorboardX, no TensorFlow)."""
     from tensorboardX import SummaryWriter
 
-    with SummaryWriter(str(path)) as writer:
+    # A queue that holds every event: writing them does not wait on the writer thread.
+    with SummaryWriter(str(path), max_queue=5 * len(rows) + 1) as writer:
         for row in rows:
             for key in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s"):
                 if key in row:

@@ -206,6 +206,10 @@ class Architecture(SpecModel):
     """RoPE base frequency (theta)."""
     bias: bool = True
     """Whether linear layers have biases."""
+    norm_bias: bool = added(True)
+    """Whether the LayerNorms have biases (`gpt2` style only; RMSNorm has none). `false`
+    with `bias = false` is nanoGPT's `bias = False`; exports write GPT-2's LayerNorm
+    biases as zeros."""
     tie_embeddings: bool = True
     """Whether the output layer shares the input embedding's weights."""
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -296,6 +300,11 @@ class Architecture(SpecModel):
             raise ValueError(
                 "style = 'bert' has learned positions, LayerNorm and tied embeddings "
                 "(position = 'learned', norm = 'layernorm', tie_embeddings = true)"
+            )
+        if not self.norm_bias and (self.style != "gpt2" or self.norm != "layernorm"):
+            raise ValueError(
+                "norm_bias = false removes the LayerNorm biases of a gpt2-style model "
+                "(style = 'gpt2', norm = 'layernorm'); RMSNorm has none to remove"
             )
         if self.type_vocab_size is not None and not self.encoder:
             raise ValueError("type_vocab_size applies to style = 'bert' only")

@@ -437,3 +437,52 @@ def test_an_export_with_no_held_out_text_says_where_to_name_some():
     (note,) = notes
     assert "pretrain sources when `sources` is left out, and there are none" in note
     assert "name sources with a validation split in the export's `sources`" in note
+
+
+def test_layernorms_without_biases_train_and_export_as_gpt2(tmp_path):
+    """``norm_bias = false`` (nanoGPT's ``bias = False``, with ``bias = false``): the
+    model has no LayerNorm biases; GPT-2's are written as zeros, and the HF and GGUF
+    exports give the trained model's logits."""
+    import json
+
+    from gguf import GGUFReader
+    from safetensors.torch import load_file
+
+    spec = tiny_spec(
+        tmp_path, "gpt2", steps=6, extra=EXPORTS.split('[[export]]\nformat = "onnx"')[0]
+    )
+    spec.write_text(
+        spec.read_text().replace(
+            "seq_len = 32\n", "seq_len = 32\nbias = false\nnorm_bias = false\n", 1
+        )
+    )
+    spec.write_text(spec.read_text() + '[[export]]\nformat = "gguf"\nstage = "pretrain"\n')
+    store = tmp_path / "store"
+    outcome = run_nodes(spec, store)
+    assert outcome.ok, outcome.log
+    weights = load_file(str(artifact(outcome, store, "stage:pretrain") / "model.safetensors"))
+    assert not [k for k in weights if "norm" in k and k.endswith("bias")]
+    assert "decoder.final_layernorm.weight" in weights
+    assert outcome.results["export:hf@pretrain"].record.metrics["max_logit_diff"] < 1e-4
+    hf = load_file(str(artifact(outcome, store, "export:hf@pretrain") / "model.safetensors"))
+    assert float(hf["transformer.h.0.ln_1.bias"].abs().max()) == 0.0
+    assert float(hf["transformer.ln_f.bias"].abs().max()) == 0.0
+    gguf = artifact(outcome, store, "export:gguf@pretrain")
+    reader = GGUFReader(str(next(gguf.glob("*.gguf"))))
+    assert "output_norm.bias" in {t.name for t in reader.tensors}
+    # transformers reads the GGUF back: the same top tokens and held-out perplexity
+    metrics = outcome.results["export:gguf@pretrain"].record.metrics
+    assert metrics["top1_agreement"] >= 0.9
+    assert abs(metrics["perplexity"] / metrics["unquantized_perplexity"] - 1) < 0.01
+    config = json.loads((artifact(outcome, store, "stage:pretrain") / "config.json").read_text())
+    assert config["architecture"]["norm_bias"] is False
+
+
+@pytest.mark.parametrize("style", ["llama", "bert"])
+def test_layernorm_biases_come_off_a_gpt2_style_model_only(style):
+    from pydantic import ValidationError
+
+    from llmbuild.spec.model import Architecture
+
+    with pytest.raises(ValidationError, match="norm_bias = false removes the LayerNorm biases"):
+        Architecture(style=style, layers=1, hidden=32, heads=4, seq_len=8, norm_bias=False)

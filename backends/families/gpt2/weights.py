@@ -20,8 +20,8 @@ L, H = "decoder.layers.{i}.", "transformer.h.{i}."
 class ZeroBias(Rule):
     """A bias GPT-2 has and a bias-free model of ours lacks: zeros there, none here."""
 
-    def __init__(self, theirs: str, size: int) -> None:
-        self.ours, self.theirs, self.size = (), (theirs,), size
+    def __init__(self, theirs: str, size: int, what: str = "biases") -> None:
+        self.ours, self.theirs, self.size, self.what = (), (theirs,), size, what
 
     def to_hf(self, tensors: list[Any], s: Shapes) -> list[Any]:
         import torch
@@ -30,7 +30,7 @@ class ZeroBias(Rule):
 
     def from_hf(self, tensors: list[Any], s: Shapes) -> list[Any]:
         if tensors[0].abs().max() > 0:
-            raise ValueError(f"{self.theirs[0]} is not zero, but the model has no biases")
+            raise ValueError(f"{self.theirs[0]} is not zero, but the model has no {self.what}")
         return []
 
 
@@ -40,17 +40,21 @@ def _bias(ours: str, theirs: str, size: int, arch: Any, qkv: bool = False) -> Ru
     return FusedQkv(ours, theirs, conv1d=False) if qkv else Same(ours, theirs)
 
 
+def _norm_bias(ours: str, theirs: str, size: int, arch: Any) -> Rule:
+    return Same(ours, theirs) if arch.norm_bias else ZeroBias(theirs, size, "LayerNorm biases")
+
+
 def rules(arch: Any) -> list[Rule]:
     h, f = arch.hidden, arch.ffn_hidden
     out: list[Rule] = [
         VocabRows("embedding.word_embeddings.weight", "transformer.wte.weight"),
         Same("embedding.position_embeddings.weight", "transformer.wpe.weight"),
         Same("decoder.final_layernorm.weight", "transformer.ln_f.weight"),
-        Same("decoder.final_layernorm.bias", "transformer.ln_f.bias"),
+        _norm_bias("decoder.final_layernorm.bias", "transformer.ln_f.bias", h, arch),
         Same(L + "input_layernorm.weight", H + "ln_1.weight"),
-        Same(L + "input_layernorm.bias", H + "ln_1.bias"),
+        _norm_bias(L + "input_layernorm.bias", H + "ln_1.bias", h, arch),
         Same(L + "pre_mlp_layernorm.weight", H + "ln_2.weight"),
-        Same(L + "pre_mlp_layernorm.bias", H + "ln_2.bias"),
+        _norm_bias(L + "pre_mlp_layernorm.bias", H + "ln_2.bias", h, arch),
         FusedQkv(L + "self_attention.linear_qkv.weight", H + "attn.c_attn.weight", conv1d=True),
         _bias(L + "self_attention.linear_qkv.bias", H + "attn.c_attn.bias", 3 * h, arch, True),
         Transposed(L + "self_attention.linear_proj.weight", H + "attn.c_proj.weight"),
