@@ -125,8 +125,15 @@ def fold_score_bias(family: Any, arch: Any, state: dict[str, Any], head: dict[st
     w, b = head["classifier.score.weight"].float(), head["classifier.score.bias"].float()
     if w.shape[0] != 1:
         raise ValueError(f"a score bias of {w.shape[0]} outputs has no place in transformers")
+    # The final norm's bias by its name in transformers: a gpt2-style model without norm
+    # biases (norm_bias) exports zeros there, which take ``b`` as well.
+    with_bias = arch.model_copy(update={"norm_bias": True}) if not arch.norm_bias else arch
     norm = next(
-        (r.theirs[0] for r in family.rules(arch) if r.ours == ("decoder.final_layernorm.bias",)),
+        (
+            r.theirs[0]
+            for r in family.rules(with_bias)
+            if r.ours == ("decoder.final_layernorm.bias",)
+        ),
         None,
     )
     if norm is None or norm not in state or not float(torch.dot(w[0], w[0])):

@@ -140,14 +140,17 @@ def finish_step(ddp: Any, optimizer: Any) -> float:
 
 
 def _plain_fp32(optimizer: Any) -> bool:
-    """Whether ``optimizer`` is megatron's chain of fp32 optimizers with nothing on
-    besides clipping (no zero counts, timers or decoupled gradients)."""
+    """Whether ``optimizer`` is megatron's chain of one fp32 optimizer, on a CPU, with
+    nothing on besides clipping (no zero counts, timers or decoupled gradients)."""
     from megatron.core.optimizer.optimizer import ChainedOptimizer, FP32Optimizer
 
     config = optimizer.config
     return (
-        type(optimizer) is ChainedOptimizer
+        not torch.cuda.is_available()  # the norm as cpu.py computes it, on a CPU
+        and type(optimizer) is ChainedOptimizer
+        and len(optimizer.chained_optimizers) == 1
         and all(type(o) is FP32Optimizer for o in optimizer.chained_optimizers)
+        and optimizer.chained_optimizers[0].optimizer is not None
         and not config.log_num_zeros_in_grad
         and config.timers is None
         and not config.use_precision_aware_optimizer_no_fp8_or_ds_fp8

@@ -122,9 +122,11 @@ def _eligible(layer: Any) -> bool:
 
 
 def _hooked(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` does more than its class's forward: a hook, or a forward
+    of its own set on it."""
     from torch.nn.modules import module as nn_module
 
-    return bool(
+    return "forward" in vars(module) or bool(
         module._forward_hooks
         or module._forward_pre_hooks
         or module._backward_hooks

@@ -6,6 +6,7 @@ float`` (it runs user code)."""
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable
 from typing import Any
@@ -73,24 +74,29 @@ class Rewards:
                     raise ValueError(f"reward function {spec['function']!r} failed: {e}") from e
                 # A number (an int, a float, numpy's or a one-element tensor's item), not a
                 # string or a bool that float() would also take.
-                if not isinstance(value, (int, float)) and callable(getattr(value, "item", None)):
+                if not isinstance(value, numbers.Real) and callable(getattr(value, "item", None)):
                     try:
                         value = value.item()
                     except (ValueError, RuntimeError):  # more than one element
                         pass
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
                     raise ValueError(
-                        f"reward function {spec['function']!r} returned {value!r} "
+                        f"reward function {spec['function']!r} returned {shown} "
                         f"({type(value).__name__}) for the completion {o[:60]!r} of the prompt "
                         f"{p[:60]!r}: a reward must be a number"
                     )
+                try:
+                    value = float(value)
+                except OverflowError:  # an int past float's range
+                    value = math.inf
                 if not math.isfinite(value):  # it would surface as a diverged loss
                     raise ValueError(
-                        f"reward function {spec['function']!r} returned {value} for the "
+                        f"reward function {spec['function']!r} returned {shown} for the "
                         f"completion {o[:60]!r} of the prompt {p[:60]!r}: a reward must be a "
                         "finite number"
                     )
-                values.append(float(value))
+                values.append(value)
             return values
 
         return user

@@ -174,20 +174,22 @@ def optimum_problem(fit: Approach3Fit) -> str | None:
     if fit.alpha > 0 and fit.beta > 0:
         return None
     why = []
-    if fit.alpha <= 0:
+    if not (fit.alpha > 0):
         why.append(
             "with alpha <= 0 the loss does not fall as N grows over the points swept (the "
-            "larger models did no better for the tokens they saw: sizes too close together, "
-            "or runs too short for the larger ones to pull ahead)"
+            "larger models did no better for the tokens they saw): sweep sizes further "
+            "apart, or train long enough for the larger ones to pull ahead"
         )
-    if fit.beta <= 0:
+    if not (fit.beta > 0):
         why.append(
-            "with beta <= 0 it does not fall as D grows (budgets too close together, or "
-            "repeated data)"
+            "with beta <= 0 it does not fall as D grows: sweep budgets (or steps) further "
+            "apart, on data that is not repeated"
         )
+    if math.isnan(fit.alpha) or math.isnan(fit.beta):
+        why = ["the fit did not converge: sweep sizes and budgets further apart"]
     return (
         f"no compute optimum: the fit's alpha = {fit.alpha:.3g} and beta = {fit.beta:.3g} "
-        f"must both be > 0; {'; '.join(why)}: sweep sizes and budgets further apart"
+        f"must both be > 0; {'; '.join(why)}"
     )
 
 

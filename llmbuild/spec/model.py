@@ -365,13 +365,21 @@ class Parallelism(SpecModel):
         return self.tensor * self.pipeline * self.data
 
 
+_PATCH_ADDED = ("norm_bias",)
+"""Architecture fields added after a stage's patch entered node keys with every field, an
+unset one as None: these stay out of a patch's key while unset, so that no key changes."""
+
+
 def _patch_model() -> type[SpecModel]:
     """``Architecture`` with every field optional: a stage's changes to the spec's."""
     from pydantic import create_model
 
     fields: dict[str, Any] = {}
     for name, f in Architecture.model_fields.items():
-        fields[name] = (f.annotation | None, Field(None, description=f.description))
+        if name in _PATCH_ADDED:  # out of keys while unset, as in the architecture
+            fields[name] = (f.annotation | None, added(None, description=f.description))
+        else:
+            fields[name] = (f.annotation | None, Field(None, description=f.description))
     return create_model(  # type: ignore[call-overload]
         "ArchitecturePatch",
         __base__=SpecModel,

@@ -71,9 +71,19 @@ def test_a_reward_function_giving_no_number_is_named(tmp_path, name, body, shown
 def test_a_reward_function_may_give_numpy_and_torch_numbers(tmp_path):
     module = tmp_path / "array_rewards.py"
     module.write_text(
-        "import numpy, torch\n"
+        "import fractions, numpy, torch\n"
         "def score(prompt, completion, record):\n"
+        "    if completion == 'c':\n"
+        "        return fractions.Fraction(1, 4)\n"
         "    return numpy.float32(0.5) if completion == 'a' else torch.tensor([2])\n"
     )
     spec = {"kind": "function", "function": "array_rewards:score", "module_file": str(module)}
-    assert score(spec, ["a", "b"], "42") == [0.5, 2.0]
+    assert score(spec, ["a", "b", "c"], "42") == [0.5, 2.0, 0.25]
+
+
+def test_a_reward_past_floats_range_is_not_finite(tmp_path):
+    module = tmp_path / "huge_rewards.py"
+    module.write_text("def score(prompt, completion, record):\n    return 10 ** 400\n")
+    spec = {"kind": "function", "function": "huge_rewards:score", "module_file": str(module)}
+    with pytest.raises(ValueError, match=r"returned 1000.*\.\.\. for the completion .*finite"):
+        score(spec, ["42"], "42")

@@ -173,6 +173,28 @@ def test_the_lone_layer_forward_gives_megatrons_logits_in_evaluation(style, mega
     assert torch.equal(ours, ref)
 
 
+def test_a_hooked_attention_or_mlp_keeps_megatrons_forward(megatron_forwards):
+    """A hook on a layer's MLP (or a forward set on it) must run: that layer takes
+    megatron's forward, the others the lone one."""
+    import torch
+    from llmbuild.backends.megatron.model import build_model, transformer_config
+
+    arch = Architecture(style="gpt2", layers=2, hidden=32, heads=4, seq_len=SEQ)
+    model = build_model(arch, VOCAB, transformer_config(arch))
+    seen = []
+    model.decoder.layers[0].mlp.register_forward_hook(lambda *_: seen.append(1))
+    model.decoder.layers[1].self_attention.linear_qkv.forward = lambda x: (
+        seen.append(2)
+        or (
+            torch.nn.functional.linear(x, model.decoder.layers[1].self_attention.linear_qkv.weight),
+            None,
+        )
+    )
+    ids = torch.randint(0, VOCAB, (2, SEQ))
+    model(ids, torch.arange(SEQ).expand(2, -1), None)
+    assert seen == [1, 2] and len(megatron_forwards) == 1
+
+
 def test_layers_with_other_options_keep_megatrons_forward():
     from llmbuild.backends.megatron.generate import single_rank
 

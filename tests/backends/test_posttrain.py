@@ -430,6 +430,25 @@ def test_a_score_bias_with_no_final_norm_bias_to_take_it_is_left_over():
     assert list(state) == ["model.norm.weight"]
 
 
+def test_a_score_bias_moves_into_the_zero_norm_bias_of_a_model_without_norm_biases():
+    """``norm_bias = false``: GPT-2's final LayerNorm bias is exported as zeros, and the
+    score bias moves into it as into a trained one."""
+    import torch
+    from llmbuild.backends.export.classifier import fold_score_bias
+    from llmbuild.backends.families import family_of
+
+    from llmbuild.spec.model import Architecture
+
+    arch = Architecture.model_validate(
+        {"style": "gpt2", "layers": 1, "hidden": 4, "heads": 1, "seq_len": 8, "norm_bias": False}
+    )
+    w = torch.tensor([[1.0, 2.0, 0.0, -1.0]])
+    head = {"classifier.score.weight": w, "classifier.score.bias": torch.tensor([0.5])}
+    state = {"transformer.ln_f.weight": torch.ones(4), "transformer.ln_f.bias": torch.zeros(4)}
+    assert fold_score_bias(family_of(arch), arch, state, head) == 0.0
+    assert float(torch.dot(w[0], state["transformer.ln_f.bias"])) == pytest.approx(0.5)
+
+
 def test_a_reward_model_exports_only_as_hf_or_onnx(tmp_path):
     from llmbuild.errors import SpecError
 

@@ -350,6 +350,9 @@ def test_a_law_whose_exponent_is_not_positive_has_no_optimum_and_still_plots(tmp
     assert "beta <= 0" not in problem
     tokens_flat = optimum_problem(Approach3Fit(1.0, 2.0, 30.0, 0.3, 0.0, 0.0, 5))
     assert "beta <= 0 it does not fall as D grows" in tokens_flat and "alpha <=" not in tokens_flat
+    lost = optimum_problem(Approach3Fit(1.0, 2.0, 30.0, float("nan"), 0.3, 0.0, 5))
+    assert lost.endswith("must both be > 0; the fit did not converge: sweep sizes and budgets "
+                         "further apart")  # fmt: skip
     assert optimum_problem(LAW) is None
     points = [
         ScalingPoint(6 * 1e4 * d, 1e4, d, float(flat.predict(1e4, d))) for d in (1e5, 1e6, 1e7)

@@ -190,6 +190,14 @@ def test_golden_keys(tmp_path):
     assert {n: got[n][:16] for n in ("source:books", "tokenizer", "stage:pretrain")} == GOLDEN
 
 
+def test_golden_key_of_a_stage_with_its_own_architecture(tmp_path):
+    """A stage's architecture changes enter its key field by field: an architecture field
+    added since (``norm_bias``) must leave this key as it was while unset."""
+    pruned = '\n[[stage]]\nname = "pruned"\nkind = "prune"\nfrom = "pretrain"\n'
+    got = keys(write_project(tmp_path, FULL_SPEC + pruned + "architecture = { layers = 1 }\n"))
+    assert got["stage:pruned"][:16] == "7643a43079dc37ec"
+
+
 GOLDEN = {
     "source:books": "5b495bbd696fccfc",
     "tokenizer": "0ec76a00c84b782d",
