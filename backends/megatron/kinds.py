@@ -69,6 +69,67 @@ def view_architecture(view: SpecView, stage_name: str) -> Any:
         return None
 
 
+# The architecture fields a stage's weights are laid out by: a stage that starts from
+# another's weights must keep them.
+_WEIGHT_FIELDS = (
+    "style", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "head_dim", "norm",
+    "activation", "position", "bias", "norm_bias", "qkv_bias", "qk_norm", "tie_embeddings",
+)  # fmt: skip
+
+
+def _shape_kept_problems(item: Any, where: Path, view: SpecView) -> list[Problem]:
+    """A stage `from` another with architecture changes its weights cannot take."""
+    parent = view.stages.get(getattr(item, "from_", None) or "")
+    patch = getattr(item, "architecture", None)
+    if parent is None or patch is None or getattr(item, "shape_from", None) is not None:
+        return []
+    own, theirs = view_architecture(view, item.name), view_architecture(view, parent.name)
+    if own is None or theirs is None:
+        return []
+    for field in _WEIGHT_FIELDS:
+        mine, its = getattr(own, field), getattr(theirs, field)
+        if mine != its:
+            set_here = getattr(patch, field, None) is not None
+            return [
+                Problem(
+                    f"{field} ({mine!r}) differs from stage {parent.name!r}'s ({its!r}), "
+                    "whose weights this stage starts from: they would not fit; keep its "
+                    "shape, or distill (kind = 'distill') into the new one",
+                    (*where, "architecture", field) if set_here else (*where, "architecture"),
+                )
+            ]
+    return []
+
+
+def _recompute_problems(item: Any, where: Path, view: SpecView) -> list[Problem]:
+    """Full recomputation where megatron's checkpointed layers give no gradient: LoRA
+    (the frozen base's activations need none), and bf16 on a CPU (the recomputed forward
+    runs outside autocast)."""
+    par = view.parallelism
+    if par is None or par.recompute != "full":
+        return []
+    at = ("parallelism", "recompute")
+    if getattr(item, "has_adapters", False):
+        return [
+            Problem(
+                f"recompute = 'full' cannot train the LoRA adapters of stage {item.name!r} "
+                "(the recomputed layers of a frozen model pass no gradient on to them): use "
+                "'selective' or 'none'",
+                at,
+            )
+        ]
+    if getattr(item, "precision", "fp32") == "bf16" and par.device != "gpu":
+        return [
+            Problem(
+                f"recompute = 'full' with precision = 'bf16' (stage {item.name!r}) is not "
+                "supported on a CPU (the recomputed forward runs outside bf16 autocast): "
+                "use 'selective' or 'none', or precision = 'fp32'",
+                at,
+            )
+        ]
+    return []
+
+
 def is_encoder(view: SpecView, stage_name: str) -> bool:
     """Whether a stage of the spec holds a bert-style encoder (False when unknown)."""
     return bool(getattr(view_architecture(view, stage_name), "encoder", False))
@@ -272,6 +333,7 @@ class TrainedStage(Kind):
 
     def check(self, item: Any, where: Path, view: SpecView) -> list[Problem]:
         out = self._model_problems(item, where, view) + self._base_problems(item, where, view)
+        out += _shape_kept_problems(item, where, view) + _recompute_problems(item, where, view)
         parent = view.stages.get(getattr(item, "from_", None) or "")
         if item.has_adapters and parent is not None and parent.adapters_only:
             out.append(

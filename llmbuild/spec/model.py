@@ -301,11 +301,12 @@ class Architecture(SpecModel):
                 "style = 'bert' has learned positions, LayerNorm and tied embeddings "
                 "(position = 'learned', norm = 'layernorm', tie_embeddings = true)"
             )
-        if not self.norm_bias and (self.style != "gpt2" or self.norm != "layernorm"):
+        if not self.norm_bias and self.style != "gpt2":
             raise ValueError(
-                "norm_bias = false removes the LayerNorm biases of a gpt2-style model "
-                "(style = 'gpt2', norm = 'layernorm'); RMSNorm has none to remove"
+                f"norm_bias = false applies to style = 'gpt2' only, not {self.style!r}"
             )
+        if not self.norm_bias and self.norm != "layernorm":
+            raise ValueError("norm_bias = false: RMSNorm has no biases to remove")
         if self.type_vocab_size is not None and not self.encoder:
             raise ValueError("type_vocab_size applies to style = 'bert' only")
         if self.sliding_window is not None and self.seq_len > self.sliding_window:
@@ -399,6 +400,12 @@ def patched(arch: Architecture, patch: Any) -> Architecture:
     if not changes:
         return arch
     base = arch.model_dump(mode="json")
+    if changes.get("style", arch.style) != arch.style:  # the new style's defaults, not the old's
+        for field in {f for implied in _STYLE_DEFAULTS.values() for f in implied} | {
+            "family",
+            "norm_bias",
+        }:
+            base.pop(field, None)
     if "hidden" in changes or "style" in changes:
         base.pop("ffn_hidden", None)  # derived from hidden unless set
     if "heads" in changes:

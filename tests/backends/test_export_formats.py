@@ -478,11 +478,16 @@ def test_layernorms_without_biases_train_and_export_as_gpt2(tmp_path):
     assert config["architecture"]["norm_bias"] is False
 
 
-@pytest.mark.parametrize("style", ["llama", "bert"])
-def test_layernorm_biases_come_off_a_gpt2_style_model_only(style):
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [({"style": "llama"}, "applies to style = 'gpt2' only, not 'llama'"),
+     ({"style": "bert"}, "applies to style = 'gpt2' only, not 'bert'"),
+     ({"norm": "rmsnorm"}, "RMSNorm has no biases to remove")],
+)  # fmt: skip
+def test_layernorm_biases_come_off_a_gpt2_style_model_only(fields, said):
     from pydantic import ValidationError
 
     from llmbuild.spec.model import Architecture
 
-    with pytest.raises(ValidationError, match="norm_bias = false removes the LayerNorm biases"):
-        Architecture(style=style, layers=1, hidden=32, heads=4, seq_len=8, norm_bias=False)
+    with pytest.raises(ValidationError, match=said):
+        Architecture(layers=1, hidden=32, heads=4, seq_len=8, norm_bias=False, **fields)

@@ -186,6 +186,16 @@ def test_a_conflicting_architecture_field_is_located(tmp_path):
         load_spec(spec)
 
 
+def test_norm_biases_an_imported_gpt2_has_cannot_be_taken_out(tmp_path):
+    ck = write_checkpoint(tmp_path / "ck", "gpt2")
+    spec = import_spec(tmp_path, ck, "[architecture]\nseq_len = 32\nnorm_bias = false\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    (problem,) = info.value.problems
+    assert problem.key == "architecture.norm_bias"
+    assert "False contradicts" in problem.message and "which has True" in problem.message
+
+
 def test_imports_of_two_architectures_are_one_located_problem(tmp_path):
     first = write_checkpoint(tmp_path / "qwen2", "qwen2")
     second = write_checkpoint(tmp_path / "qwen3", "qwen3", head_dim=32)

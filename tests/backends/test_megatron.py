@@ -450,3 +450,57 @@ def test_selective_recompute_reruns_only_attention_in_backward(tmp_path):
             torch.distributed.destroy_process_group()
     assert calls["none"] == {"attention": 1, "mlp": 1}
     assert calls["selective"] == {"attention": 2, "mlp": 1}
+
+
+def test_a_stage_of_another_style_takes_that_styles_defaults(tmp_path):
+    """A stage's `style` change brings the new style's norm, activation, positions, biases
+    and tying, as `[architecture]`'s style does: not a mix of both."""
+    from llmbuild.backends.megatron.kinds import stage_architecture
+
+    from llmbuild.spec.load import load_spec
+
+    extra = (
+        '[[stage]]\nname = "other"\nkind = "pretrain"\nsteps = 2\nglobal_batch = 8\nlr = 1e-3\n'
+        'architecture = { style = "llama" }\n'
+    )
+    spec = load_spec(tiny_spec(tmp_path, "gpt2", extra=extra)).spec
+    other = stage_architecture(spec, next(s for s in spec.stage if s.name == "other"))
+    assert (other.style, other.norm, other.activation, other.position) == (
+        "llama", "rmsnorm", "swiglu", "rope",
+    )  # fmt: skip
+    assert not other.bias and not other.tie_embeddings
+    assert (other.layers, other.hidden, other.heads) == (2, 64, 4)  # the rest is kept
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [("layers = 1", "stage[1].architecture.layers: layers (1) differs from stage 'pretrain'"),
+     ("norm_bias = false", "stage[1].architecture.norm_bias: norm_bias (False) differs"),
+     ('style = "llama"', "stage[1].architecture.style: style ('llama') differs")],
+)  # fmt: skip
+def test_a_stage_from_another_keeps_the_shape_of_its_weights(tmp_path, change, said):
+    from llmbuild.errors import SpecError
+    from llmbuild.spec.load import load_spec
+
+    extra = (
+        '[[stage]]\nname = "more"\nkind = "pretrain"\nfrom = "pretrain"\nsteps = 2\n'
+        f"global_batch = 8\nlr = 1e-3\narchitecture = {{ {change} }}\n"
+    )
+    with pytest.raises(SpecError) as e:
+        load_spec(tiny_spec(tmp_path, "gpt2", extra=extra))
+    assert said in str(e.value) and "whose weights this stage starts from" in str(e.value)
+    # what leaves the weights' layout alone is fine
+    load_spec(tiny_spec(tmp_path, "gpt2", extra=extra.replace(change, "dropout = 0.1")))
+
+
+def test_full_recomputation_where_it_gives_no_gradient_is_refused(tmp_path):
+    from llmbuild.errors import SpecError
+    from llmbuild.spec.load import load_spec
+
+    spec = tiny_spec(tmp_path, "gpt2")
+    with pytest.raises(SpecError) as e:
+        load_spec(spec, ["parallelism.recompute=full", "stage.pretrain.precision=bf16"])
+    said = "parallelism.recompute: recompute = 'full' with precision = 'bf16' (stage 'pretrain')"
+    assert said in str(e.value)
+    load_spec(spec, ["parallelism.recompute=full"])  # fp32: fine
+    load_spec(spec, ["parallelism.recompute=selective", "stage.pretrain.precision=bf16"])

@@ -508,3 +508,13 @@ def test_a_reward_model_is_not_asked_to_write_text(chain, tmp_path, capsys):
     with pytest.raises(SpecError) as e:
         load_spec(posttrain_spec(tmp_path, ALL + ppl))
     assert "eval[0].stages[1]: 'rm' is a reward model: it scores texts" in str(e.value)
+
+
+def test_full_recomputation_cannot_train_lora_adapters(tmp_path):
+    from llmbuild.errors import SpecError
+
+    spec = posttrain_spec(tmp_path, SFT + LORA)
+    with pytest.raises(SpecError) as e:
+        load_spec(spec, ["parallelism.recompute=full"])
+    assert "recompute = 'full' cannot train the LoRA adapters of stage 'lora'" in str(e.value)
+    load_spec(spec, ["parallelism.recompute=selective"])

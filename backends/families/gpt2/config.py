@@ -41,6 +41,7 @@ def architecture(hf: dict[str, Any], where: str) -> dict[str, Any]:
         "activation": ACTIVATIONS[activation],
         "position": "learned",
         "bias": True,
+        "norm_bias": True,
         "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
         "vocab_size": int(hf["vocab_size"]),
     }
