@@ -342,7 +342,8 @@ class Parallelism(SpecModel):
     """Shard the optimizer state (Adam's moments) over the data-parallel ranks with
     megatron's distributed optimizer: gradients are reduce-scattered, each rank updates
     its shard, and the parameters are all-gathered. Less memory per rank, the same
-    training. Each data-parallel rank then checkpoints its own shard; a checkpoint
+    training to float rounding (the gradient norm that clipping divides by is summed in
+    another order). Each data-parallel rank then checkpoints its own shard; a checkpoint
     resumes only with the setting it was written with."""
     device: Literal["auto", "cpu", "gpu"] = marked("execution", "auto")
     """Where ranks run: `gpu` when the cluster has GPUs under `auto`."""
