@@ -336,8 +336,8 @@ class Parallelism(SpecModel):
     stages train without it."""
     recompute: Literal["none", "full", "selective"] = marked("execution", "none")
     """Activation recomputation, trading compute for memory: `full` re-runs every layer
-    in backward, `selective` only the core attention (whose activations grow with the
-    square of the sequence)."""
+    in backward (not for LoRA adapters, nor bf16 on a CPU), `selective` only the core
+    attention (whose activations grow with the square of the sequence)."""
     distributed_optimizer: bool = marked("execution", False)
     """Shard the optimizer state (Adam's moments) over the data-parallel ranks with
     megatron's distributed optimizer: gradients are reduce-scattered, each rank updates
