@@ -25,7 +25,6 @@ import types
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from llmbuild.backends.megatron.attention import SDPAttention
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
@@ -140,18 +139,18 @@ def _hooked(module: torch.nn.Module) -> bool:
 
 def _linear(module: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """What ``module(x)`` returns, ``(output, bias left to the caller)``, for a column- or
-    row-parallel linear that ``linears.plain_linears`` made plain: the same ``F.linear``
-    and bias add, without the layer's per-call options."""
+    row-parallel linear that ``linears.plain_linears`` made plain: its plain
+    ``_forward_impl`` (``F.linear``, then the bias), without the layer's per-call
+    options."""
     plain = "_forward_impl" in vars(module) and (
         isinstance(module, ColumnParallelLinear)
         or (isinstance(module, RowParallelLinear) and module.explicit_expert_comm)
     )
     if not plain or _hooked(module):
         return module(x)
-    out = F.linear(x, module.weight)
     if module.skip_bias_add:
-        return out, module.bias
-    return (out if module.bias is None else out + module.bias), None
+        return module._forward_impl(x, module.weight), module.bias
+    return module._forward_impl(x, module.weight, bias=module.bias), None
 
 
 def _attention(layer: Any, x: torch.Tensor, mask: Any, rotary_pos_emb: Any) -> Any:
