@@ -169,7 +169,10 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
 
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     out = []
+    most = len(suite.prompts) * suite.max_new_tokens  # a prompt may stop early
+    ctx.progress.update(completed=0, total=most, unit="tokens", force=True)
     for i, prompt in enumerate(suite.prompts):
+        before = i * suite.max_new_tokens
         # a text prompt as transformers encodes it (a Llama tokenizer's <s> first)
         ids = tok.prompt_ids(tok.chat_prompt(prompt)) if suite.chat else tok.completion_ids(prompt)
         new = sample(
@@ -182,6 +185,7 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
             suite.top_p,
             seed=i,
             stop=tok.stop_ids,
+            progress=lambda n, before=before: ctx.progress.update(completed=before + n),
         )
         out.append({"prompt": prompt, "completion": tok.decode(new)})
     return out

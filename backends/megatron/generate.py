@@ -4,7 +4,7 @@ optional top-k and top-p (nucleus) filtering."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,11 @@ def sample(
     top_p: float = 1.0,
     seed: int = 0,
     stop: int | Iterable[int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[int]:
     """New token ids after the prompt, up to (not including) a ``stop`` token: the end
     of sequence, and for a chat model its end of turn (no KV cache: each step reruns the
-    window)."""
+    window); ``progress`` is told how many there are after each."""
     import torch
 
     seq_len = context(config)
@@ -106,4 +107,6 @@ def sample(
                 break
             ids.append(nxt)
             out.append(nxt)
+            if progress is not None:
+                progress(len(out))
     return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 KeyRole = Literal["execution", "label", "reference", "content", "mixture", "added"]
 KEY_ROLE = "x-key-role"
@@ -30,6 +30,10 @@ RefTarget = Literal["stage", "text", "tokens"]
 """What a reference names: a `[[stage]]` (its trained artifact), a data source's cleaned
 text (``source:<name>``) or its tokenized datasets (``tokenize:<name>``)."""
 SourceRole = Literal["pretrain", "chat", "preferences", "prompts", "labeled"]
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite 32-bit float: numbers the spec gives become torch's float32."""
 
 
 class SpecModel(BaseModel):
@@ -43,6 +47,15 @@ class SpecModel(BaseModel):
         populate_by_name=True,
         validate_default=True,
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _float32(cls, value: Any) -> Any:
+        """A real number too large for a 32-bit float (``lr = 1e300``), refused here rather
+        than by torch's conversion at the first step."""
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{value:g} is beyond a 32-bit float's range (3.4e38)")
+        return value
 
 
 @dataclass(frozen=True)

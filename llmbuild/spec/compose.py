@@ -156,6 +156,10 @@ def read_layer(path: FsPath, display: str, registry: Any) -> Layer:
                 )
             ]
         ) from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise SpecError(
+            [Problem("arrays or inline tables nested too deeply to read", file=display)]
+        ) from None
     lines = key_lines(text)
     _rebase_paths(data, path.resolve().parent, registry)
     origins = {p: Origin(display, line_of(lines, p)) for p in _walk(data)}
@@ -233,6 +237,9 @@ def _parse_value(text: str, flag: str) -> Any:
     opens as a table or an array (JSON's ``{"a": 1}``, say): a string there is a mistake."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
+    except RecursionError:
+        where = flag.partition("=")[0]  # not the value itself: it is too long to show
+        raise SpecError([Problem(f"{where}: arrays or tables nested too deeply to read")]) from None
     except tomllib.TOMLDecodeError as e:
         if text[:1] in ("{", "["):
             why = re.sub(r" \(at line \d+, column \d+\)$", "", str(e))  # of "v = ..."

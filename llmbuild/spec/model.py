@@ -23,8 +23,9 @@ class ModelInfo(SpecModel):
 
     name: Name = marked("label")
     """Name of the model, used for exports and reports."""
-    seed: int = Field(1337, ge=0)
-    """Seed for weight initialisation, data order and sampling."""
+    seed: int = Field(1337, ge=0, lt=2**31)
+    """Seed for weight initialisation, data order and sampling (below 2**31: NumPy's
+    generators take 32 bits, and offsets are added to it)."""
 
 
 PRETRAINED_TOKENIZER_FILES = (

@@ -46,6 +46,7 @@ def test_evals_and_hf_export(tmp_path, style):
     assert md.startswith("| data | tokens | loss | perplexity |")
     gen = json.loads((artifact(outcome, store, "eval:gen@pretrain") / "results.json").read_text())
     assert [r["prompt"] for r in gen["results"]] == ["ROMEO:", "JULIET:"]
+    assert "progress eval:gen@pretrain  tokens 0/24" in outcome.log  # two prompts x 12
     if style == "gpt2":  # a file that is not UTF-8 is said plainly, the stage kept
         (spec.parent / "data" / "bad.txt").write_bytes(b"fine text \xff\xfe more")
         spec.write_text(spec.read_text().replace('"data/text.txt"]', '"data/bad.txt"]'))
@@ -56,7 +57,7 @@ def test_evals_and_hf_export(tmp_path, style):
         assert "Traceback" not in detail
 
     import torch
-    from llmbuild.backends.megatron.generate import load_model
+    from llmbuild.backends.megatron.generate import load_model, sample
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf_dir = artifact(outcome, store, "export:hf@pretrain")
@@ -70,6 +71,9 @@ def test_evals_and_hf_export(tmp_path, style):
     )
     ours, config = load_model(artifact(outcome, store, "stage:pretrain"))
     vocab = config["vocab_size"]
+    told: list[int] = []  # a samples eval's progress: the count after each new token
+    new = sample(ours, config, [1, 2, 3], 40, temperature=1.0, seed=3, progress=told.append)
+    assert told == list(range(1, len(new) + 1)) and new
     ids = torch.randint(0, vocab, (3, 32), generator=torch.Generator().manual_seed(42))
     with torch.no_grad():
         a = ours(ids, torch.arange(32).unsqueeze(0).expand(3, -1), None)[..., :vocab]

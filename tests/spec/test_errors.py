@@ -109,6 +109,29 @@ def test_toml_syntax_errors_are_located(tmp_path, text, line, column):
     assert "TOML syntax error" in p.message
 
 
+@pytest.mark.parametrize(
+    "nested", ["a = " + "[" * 600 + "]" * 600, "a = " + "{b = " * 400 + "1" + "}" * 400]
+)
+def test_toml_nested_past_the_parsers_depth_is_a_spec_error(tmp_path, nested):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(nested + "\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert [p.message for p in info.value.problems] == [
+        "arrays or inline tables nested too deeply to read"
+    ]
+
+
+def test_a_seed_numpy_cannot_take_is_refused(tmp_path):
+    from tests.conftest import write_project
+
+    spec = write_project(tmp_path, _single_stage("steps = 10"))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec, ("model.seed=4294967296",))
+    assert "model.seed: must be < 2147483648 (got 4294967296)" in str(info.value)
+    assert load_spec(spec, ("model.seed=2147483647",)).spec.model.seed == 2**31 - 1
+
+
 def test_missing_file_is_a_user_error(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "llmbuild", "validate", str(tmp_path / "nope.toml")],
@@ -130,6 +153,8 @@ def test_missing_file_is_a_user_error(tmp_path):
         ("global_batch = 3", "stage[0].global_batch: global_batch (3) must be a multiple of"),
         ("steps = 1.5", "stage[0].steps: must be an integer"),
         ("steps = 99999999999999999999", "stage[0].steps: must be <= 1000000000"),
+        # torch would refuse it at the first step, in its own words
+        ("lr = 1e300", "stage[0].lr: 1e+300 is beyond a 32-bit float's range (3.4e38)"),
     ],
 )
 def test_stage_mistakes(tmp_path, edit, want):
