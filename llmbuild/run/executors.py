@@ -72,6 +72,17 @@ class InlineExecutor:
 
     def submit(self, task: NodeTask) -> Handle:
         handle = Handle(task.name)
+        cores = os.cpu_count() or 1
+        if task.resources.cpus > cores:  # as a local Ray cluster refuses it: so many
+            # threads on fewer cores would run many times slower
+            handle.error = NodeFailed(
+                task.name,
+                f"this machine has {cores} cores, and each rank of this node asks for "
+                f"{task.resources.cpus:g} (parallelism.cpus_per_rank): set it to {cores} "
+                "or fewer",
+            )
+            handle.done = True
+            return handle
         ranks = functools.partial(_inline_ranks, resources=task.resources)
         try:
             handle.record = execute_node(task, self.sink, ranks)

@@ -82,3 +82,17 @@ def test_a_build_says_so_as_its_node_starts_and_leaves_no_claim(
     data = [line for line in out.getvalue().splitlines() if "running  source:" in line]
     assert data and all("another build" not in line for line in data)  # one thread each
     assert [p.name for p in cores.claims_dir().glob("*.json")] == [f"{other_build.pid}-1.json"]
+
+
+def test_inline_refuses_a_rank_asking_for_more_cores_than_the_machine_has(tmp_path):
+    from tests.backends.conftest import run_nodes
+    from tests.backends.test_megatron import tiny_spec
+
+    machine = os.cpu_count() or 1
+    spec = tiny_spec(tmp_path, "gpt2", steps=2)
+    over = (f"parallelism.cpus_per_rank={machine + 1}",)
+    outcome = run_nodes(spec, tmp_path / "store", ("stage:pretrain",), over)
+    stage = outcome.results["stage:pretrain"]
+    assert stage.state == "failed", stage
+    assert f"this machine has {machine} cores, and each rank of this node asks for " in stage.detail
+    assert "Traceback" not in stage.detail
