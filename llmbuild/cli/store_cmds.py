@@ -139,7 +139,15 @@ def _show(store, args: argparse.Namespace) -> int:
         if r.name == what or r.key.startswith(what) or r.name.split(":", 1)[-1] == what
     ]
     if build is None and not records:
-        for key in (k for k in store.fs.listdir("artifacts") if k.startswith(what)):
+        keys = [k for k in store.fs.listdir("artifacts") if k.startswith(what)]
+        # a node's name, as the builds recorded it: its record may be what is corrupt
+        keys += [
+            n["key"]
+            for b in store.builds()
+            for name, n in b.get("nodes", {}).items()
+            if what in (name, name.split(":", 1)[-1]) and n.get("key")
+        ]
+        for key in dict.fromkeys(keys):
             found = store.lookup(key)  # there, but its record does not verify
             if found.state == "corrupt":
                 raise UserError(f"artifact {key[:12]} is corrupt: {found.problem} ({REBUILT})")

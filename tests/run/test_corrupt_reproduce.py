@@ -232,6 +232,9 @@ def test_an_edited_or_cut_record_is_corrupt_and_moved_aside(project, fixture_env
     cut = _artifact(store, "tokenizer") / "record.json"
     cut.write_bytes(cut.read_bytes()[:100])
     assert "not valid JSON" in _plan_status(project, store, "tokenizer").reason
+    assert main(["show", "tokenizer", "--store", str(store)]) == 2  # by the name builds
+    err = capsys.readouterr().err  # recorded for it: its own record cannot tell it
+    assert f"artifact {cut.parent.name[:12]} is corrupt: record.json" in err, err
     bare = _artifact(store, "stage:sft") / "record.json"
     bare.write_text(json.dumps({"metrics": {}}))  # JSON, but no record's
     assert "no schema_version: it is no llmbuild record" in (
