@@ -128,3 +128,54 @@ def test_a_unigram_vocabulary_too_small_for_the_text_says_so(tmp_path):
     spec = TokenizerSpec(kind="unigram", vocab_size=40)
     with pytest.raises(UserError, match="vocab_size = 40 is too small for a unigram"):
         trained_tokenizer(spec, [TEXT] * 3, special_tokens(spec))
+
+
+def _llama2_style(texts):
+    """A tokenizer as Llama 2's converts to ``tokenizers``: a normaliser that puts "▁"
+    before the text and for each space, and no pre-tokeniser."""
+    from tokenizers import Tokenizer, models, normalizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"]))
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe", "unigram", "llama2"])
+def test_a_long_text_encodes_in_pieces_as_it_does_whole(tmp_path, monkeypatch, kind):
+    from pathlib import Path
+
+    from llmbuild.backends.tokenize import encode
+    from llmbuild.backends.tokenizer.build import char_tokenizer, trained_tokenizer
+
+    shakespeare = Path(__file__).parents[2] / "examples/shakespeare/data/tinyshakespeare.txt"
+    text = shakespeare.read_text()[:6000] + " x  y \n z " + "w" * 900 + " end "
+    specials = special_tokens(TokenizerSpec(kind="char"))
+    if kind == "char":
+        tok = char_tokenizer([text], specials)
+    elif kind == "byte":
+        tok = byte_tokenizer(specials)
+    elif kind == "llama2":
+        tok = _llama2_style([text])
+        tok.add_special_tokens(specials)
+    else:
+        spec = TokenizerSpec(kind=kind, vocab_size=300)
+        tok = trained_tokenizer(spec, [text], special_tokens(spec))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    enc = Encoder(str(tmp_path / "tokenizer.json"), "<|eos|>")
+    whole = enc.encode([text, "short"], True)
+    # Llama 2's normaliser puts "▁" before each piece; a char or byte tokenizer's pieces
+    # may end anywhere
+    assert enc.cuttable(True) == {"llama2": 0, "bpe": 1, "unigram": 1}.get(kind, 2)
+    monkeypatch.setattr(encode, "LONG", 200)
+    pieces: list[str] = []
+    one = enc._whole
+    monkeypatch.setattr(enc, "_whole", lambda texts, tok: pieces.extend(texts) or one(texts, tok))
+    assert enc.encode([text, "short"], True) == whole
+    cut = [p for p in pieces if p not in ("", "short")]
+    assert "".join(cut) == text
+    if kind in ("bpe", "unigram"):  # at most 200 characters, but for the run of w's
+        assert len(cut) > 30 and sorted(map(len, cut))[-2] <= 200 and max(map(len, cut)) > 900
+        assert all(p.startswith(" ") for p in cut[1:])  # each cut at a space, kept
+    elif kind != "llama2":  # the run of w's cut too
+        assert len(cut) > 30 and max(map(len, cut)) == 200 and "w" * 200 in cut
