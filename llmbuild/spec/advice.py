@@ -4,6 +4,7 @@ in the node's record). Cheap: globs, and at most two tokenizer files compared.""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -86,9 +87,45 @@ def _another_pretrained(stage: Any, tokenizer: Any) -> list[Problem]:
     return [_not_carried(stage, said + "ids to the same text,", "path")]
 
 
+TASK_LINE = re.compile(r"^(?:task|group|tag):\s*['\"]?([^\s'\"#]+)", re.MULTILINE)
+
+
+def misspelt_tasks(spec: Any) -> list[Problem]:
+    """An lm-eval task that is not among the local YAMLs' but is spelt nearly as one of
+    them is most likely a typo (lm-eval is not imported here, so its own thousands of
+    tasks stay possible: a warning, which the build would otherwise give as an error of
+    every eval node, one by one)."""
+    import difflib
+    from pathlib import Path
+
+    out = []
+    for i, suite in enumerate(getattr(spec, "eval", ())):
+        root = getattr(suite, "include_path", None)
+        if getattr(suite, "kind", None) != "lm-eval" or not root or not Path(root).is_dir():
+            continue
+        local: set[str] = set()
+        for yaml in [*Path(root).rglob("*.yaml"), *Path(root).rglob("*.yml")]:
+            try:
+                local.update(TASK_LINE.findall(yaml.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError):
+                continue
+        for name in suite.tasks:
+            near = difflib.get_close_matches(name, sorted(local), n=1, cutoff=0.8)
+            if name not in local and near:
+                out.append(
+                    Problem(
+                        f"{name!r} is no task of {root}; did you mean {near[0]!r}? (unless it "
+                        "is one of lm-eval's own tasks)",
+                        ("eval", i, "tasks"),
+                    )
+                )
+    return out
+
+
 def warn(resolved: Any) -> None:
     """Print the spec's warnings to stderr, located."""
     from llmbuild.spec.load import locate
 
-    for problem in empty_validation(resolved.spec) + tokenizer_over_import(resolved.spec):
+    spec = resolved.spec
+    for problem in empty_validation(spec) + tokenizer_over_import(spec) + misspelt_tasks(spec):
         print(f"warning: {locate(problem, resolved)}", file=sys.stderr)

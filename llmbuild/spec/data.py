@@ -98,6 +98,27 @@ class Source(SpecModel):
     """This source's cleaning, in place of `[data.clean]` (a chat source and a web corpus
     want different filters)."""
 
+    @model_validator(mode="after")
+    def _records_in_text(self) -> Source:
+        """A chat, preference, prompt or labeled source of text files fails as it reads
+        them: said here, from the format or the suffix its paths name."""
+        if self.role == "pretrain":
+            return self
+        text = [p for p in self.path if _text_suffix(p)]
+        if self.format == "text" or (self.format == "auto" and text):
+            named = 'format = "text"' if self.format == "text" else ", ".join(text)
+            raise ValueError(
+                f"a {self.role} source cannot read text files ({named}): text files hold "
+                "pretrain documents; its records are read from jsonl, parquet or csv"
+            )
+        return self
+
+
+def _text_suffix(path: str) -> bool:
+    """Whether a path (or glob) names text files by its suffix, through compression."""
+    lower = path.lower().removesuffix(".gz").removesuffix(".zst")
+    return lower.endswith((".txt", ".md", ".text"))
+
 
 class Split(SpecModel):
     """The deterministic train/validation split, by document hash."""

@@ -52,3 +52,21 @@ def test_one_text_file_without_a_separator_is_said_to_hold_nothing_out(tmp_path,
             spec.write_text(spec.read_text().replace("validation = 0.1", "validation = 0.0"))
         assert main(["validate", str(spec)]) == 0
         assert "warning" not in capsys.readouterr().err
+
+
+def test_an_lm_eval_task_spelt_nearly_as_a_local_one_is_said(tmp_path, capsys):
+    """It failed at build, in each eval node; lm-eval's own tasks are not known here."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "capitals.yaml").write_text(
+        "task: capitals\noutput_type: loglikelihood\n"
+    )
+    suite = (
+        '[[eval]]\nname = "qa"\nkind = "lm-eval"\nstages = ["pretrain"]\ninclude_path = "tasks"\n'
+    )
+    spec = _spec(tmp_path, 'separator = "\\n\\n"\n')
+    text = spec.read_text()
+    for tasks, said in ((["capital"], True), (["capitals"], False), (["hellaswag"], False)):
+        spec.write_text(text + suite + f"tasks = {tasks}\n".replace("'", '"'))
+        assert main(["validate", str(spec)]) == 0
+        err = capsys.readouterr().err
+        assert ("'capital' is no task of" in err and "did you mean 'capitals'?" in err) == said, err

@@ -122,6 +122,26 @@ def test_toml_nested_past_the_parsers_depth_is_a_spec_error(tmp_path, nested):
     ]
 
 
+@pytest.mark.parametrize(
+    ("path", "fmt", "named"),
+    [
+        ("data/books/*.txt", "auto", "data/books/*.txt"),
+        ("data/chat.jsonl", "text", 'format = "text"'),
+    ],
+)
+def test_a_chat_source_of_text_files_is_said_at_validate(tmp_path, path, fmt, named):
+    """It failed as its build read the files."""
+    from tests.conftest import write_project
+
+    chats = f'[[data.sources]]\nname = "chats"\npath = "{path}"\nformat = "{fmt}"\nrole = "chat"\n'
+    spec = write_project(
+        tmp_path, _single_stage("steps = 10").replace("[[stage]]", chats + "[[stage]]")
+    )
+    found = problems(spec)
+    assert len(found) == 1 and "data.sources[1]: a chat source cannot read text files (" in found[0]
+    assert named in found[0] and "its records are read from jsonl, parquet or csv" in found[0]
+
+
 def test_a_seed_numpy_cannot_take_is_refused(tmp_path):
     from tests.conftest import write_project
 
