@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from llmbuild.cli.common import add_store_argument, open_store, ranged
-from llmbuild.errors import UserError, human_bytes
+from llmbuild.errors import UserError, did_you_mean, human_bytes
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -152,7 +152,14 @@ def _show(store, args: argparse.Namespace) -> int:
             if found.state == "corrupt":
                 raise UserError(f"artifact {key[:12]} is corrupt: {found.problem} ({REBUILT})")
         _not_built(store, what)
-        raise UserError(f"nothing named {what!r} in {store.url} (a node name, key or spec hash)")
+        names = {r.name for r in store.artifacts()}
+        if not names and not store.builds():
+            hint = ": nothing is built in this store; name the one the build used with --store"
+        else:
+            hint = did_you_mean(what, names | {n.split(":", 1)[-1] for n in names})
+        raise UserError(
+            f"nothing named {what!r} in {store.url} (a node name, key or spec hash){hint}"
+        )
     if build is not None and not records:
         print(json.dumps(build, indent=2) if args.json else _build_text(build))
         return 0

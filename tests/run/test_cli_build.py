@@ -116,6 +116,13 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     assert main(["show", "nothing-like-this"]) == 2
     assert main(["show", ""]) == 2  # not the newest artifact of all
     assert "show what?" in capsys.readouterr().err
+    assert main(["show", "stage:stf"]) == 2  # a misspelt name
+    assert "nothing named 'stage:stf'" in (err := capsys.readouterr().err)
+    assert err.rstrip().endswith("did you mean 'stage:sft'?"), err
+    assert main(["show", "stage:sft", "--store", str(cli.parent / "elsewhere")]) == 2
+    assert "nothing is built in this store; name the one the build used with --store" in (
+        capsys.readouterr().err
+    )
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(cli.parent / "tmp"))
