@@ -10,6 +10,8 @@ from typing import Any
 
 BATCH = 8
 """Sequences per forward pass."""
+FEW = 1000
+"""Held-out tokens below which the ratio of two perplexities is mostly chance."""
 
 
 def heldout_perplexity(
@@ -48,6 +50,12 @@ def heldout_perplexity(
     ours, n = _nll(lambda ids, pos, mask: logits(ids), windows, BATCH, masks)
     theirs, _ = _nll(lambda ids, pos, mask: hf.model(ids).logits, windows, BATCH, masks)
     ppl, reference = math.exp(ours / n), math.exp(theirs / n)
+    if n < FEW:
+        ctx.note(
+            f"the held-out perplexity is measured over {n} tokens only: too few for its "
+            "ratio to the unquantized model's to tell what the file loses from chance; "
+            "name sources with more validation text in the export's `sources`"
+        )
     ctx.log.info(
         "held-out perplexity %.3f, unquantized %.3f (%.4fx) over %d tokens",
         ppl, reference, ppl / reference, n,

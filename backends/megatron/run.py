@@ -179,17 +179,19 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
     )
 
 
-def _parameters(out: Any) -> int | None:
+def _parameters(out: Any, adapters: bool = False) -> int | None:
     """How many weights the stage holds, its sequence head's included (read from the
-    files' headers); None for a stage holding only LoRA adapters."""
+    files' headers); None for a stage holding only LoRA adapters. ``adapters``: how many
+    its LoRA adapters hold (None without)."""
     import math
 
     from safetensors import safe_open
 
-    if not (out / MODEL).exists():
+    if not (out / (ADAPTER if adapters else MODEL)).exists():
         return None
     total = 0
-    for name in (n for n in WEIGHT_FILES if n != ADAPTER and (out / n).exists()):
+    files = [ADAPTER] if adapters else [n for n in WEIGHT_FILES if n != ADAPTER]
+    for name in (n for n in files if (out / n).exists()):
         with safe_open(str(out / name), "np") as f:
             names = f.keys()  # the file's tensor names (it is not a mapping)
             total += sum(math.prod(f.get_slice(k).get_shape()) for k in names)
@@ -367,6 +369,8 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     final = rows[-1]
     if (parameters := _parameters(ctx.out_dir)) is not None:
         ctx.metrics["parameters"] = parameters
+    if (adapters := _parameters(ctx.out_dir, adapters=True)) is not None:
+        ctx.metrics["adapter_parameters"] = adapters
     ctx.metrics.update(
         {
             "steps": final["step"],

@@ -16,6 +16,7 @@ from llmbuild.errors import UserError
 # the stage metrics shown as columns, in this order, with their headers
 STAGE_COLUMNS = {
     "parameters": "parameters",
+    "adapter_parameters": "LoRA parameters",
     "steps": "steps",
     "loss": "train loss",
     "val_loss": "val loss",

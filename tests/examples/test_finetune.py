@@ -39,9 +39,13 @@ def test_finetune_example(tmp_path, tmp_path_factory):
     base = AutoModelForCausalLM.from_pretrained(str(peft_dir / "base"), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(peft_dir)).eval()
     assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == 512
+    lora = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    assert outcome.results["stage:lora"].record.metrics["adapter_parameters"] == lora > 0
     gguf = outcome.results["export:gguf@sft"].record.metrics
     assert gguf["quantization"] == "q8_0" and gguf["top1_agreement"] > 0.9
     assert gguf["heldout_tokens"] > 0 and abs(gguf["perplexity_ratio"] - 1) < 0.05, gguf
+    few = [n for n in outcome.results["export:gguf@sft"].record.notes if "tokens only" in n]
+    assert bool(few) == (gguf["heldout_tokens"] < 1000), (few, gguf)  # a ratio of few is said
     # of held-out chats, the answers SFT learned (not the prompts), as its val_loss measures
     val_loss = outcome.results["stage:sft"].record.metrics["val_loss"]
     assert abs(math.log(gguf["unquantized_perplexity"]) - val_loss) < 0.5, (gguf, val_loss)
