@@ -89,7 +89,7 @@ def _disk_full(out: Path, e: BaseException) -> str:
         return ""
     if not full and free >= LOW_DISK:
         return ""
-    return f" (the disk is full: {free >> 20} MiB free where {out.parent} is)"
+    return f"the disk is full ({free >> 20} MiB free where {out.parent} is)"
 
 
 class InputChanged(Exception):
@@ -208,7 +208,9 @@ def execute_node(
             message = str(e)
         else:
             message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        message += _disk_full(out, e)
+        full = _disk_full(out, e)
+        if full and "the disk is full" not in message:  # said first: a library's words
+            message = f"{full}: {message}"  # rarely say it
         shutil.rmtree(out, ignore_errors=True)
         _clear_work(work, keep_checkpoint=store.resumable(task.key) is not None)
         raise NodeFailed(task.name, message, str(log_path)) from None
