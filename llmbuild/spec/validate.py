@@ -100,6 +100,44 @@ def walk_loc(tp: Any, loc: tuple[Any, ...]) -> tuple[Path, Any]:
     return tuple(shown), (_unwrap(tp) if tp is not None else None)
 
 
+SYNONYMS = {
+    "learning_rate": "lr",
+    "max_steps": "steps",
+    "num_steps": "steps",
+    "train_steps": "steps",
+    "batch_size": "global_batch",
+    "per_device_train_batch_size": "micro_batch",
+    "gradient_clipping": "grad_clip",
+    "max_grad_norm": "grad_clip",
+    "lr_scheduler": "schedule",
+    "lr_scheduler_type": "schedule",
+    "warmup_steps": "schedule",
+    "num_layers": "layers",
+    "n_layer": "layers",
+    "hidden_size": "hidden",
+    "n_embd": "hidden",
+    "num_attention_heads": "heads",
+    "n_head": "heads",
+    "num_key_value_heads": "kv_heads",
+    "intermediate_size": "ffn_hidden",
+    "max_position_embeddings": "seq_len",
+    "block_size": "seq_len",
+    "lora_r": "rank",
+    "r": "rank",
+    "lora_alpha": "alpha",
+    "target_modules": "targets",
+}
+"""Other tools' names for a key (transformers', TRL's, PEFT's, nanoGPT's): an unknown key
+named so is pointed at ours, where the table has it."""
+
+
+def _suggest(word: str, names: list[str]) -> str:
+    ours = SYNONYMS.get(word)
+    if ours is not None and ours in names:
+        return f"; did you mean {ours!r}?"
+    return did_you_mean(word, names)
+
+
 def _field_names(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
@@ -111,7 +149,7 @@ def _message(err: dict[str, Any], tp: Any, loc: tuple[Any, ...]) -> tuple[Path, 
     if kind == "extra_forbidden":
         _, parent = walk_loc(tp, loc[:-1])
         names = _field_names(parent) if _is_model(parent) else []
-        return path, f"unknown key{did_you_mean(str(loc[-1]), names)}"
+        return path, f"unknown key{_suggest(str(loc[-1]), names)}"
     if kind == "missing":
         return path, "required"
     if kind in ("union_tag_invalid", "union_tag_not_found"):

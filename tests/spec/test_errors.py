@@ -167,6 +167,9 @@ def test_missing_file_is_a_user_error(tmp_path):
     [
         ('kind = "sftt"', "stage[0].kind: unknown kind 'sftt'; did you mean 'sft'?"),
         ("stepz = 3", "stage[0].stepz: unknown key; did you mean 'steps'?"),
+        # transformers' name for it
+        ("learning_rate = 3e-4", "stage[0].learning_rate: unknown key; did you mean 'lr'?"),
+        ("max_steps = 3", "stage[0].max_steps: unknown key; did you mean 'steps'?"),
         ("betas = [0.9]", "stage[0].betas[1]: required"),
         ("lr = inf", "stage[0].lr: must be a finite number"),
         ('schedule = { kind = "cosin" }', "stage[0].schedule.kind: must be one of"),
