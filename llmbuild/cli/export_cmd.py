@@ -53,7 +53,8 @@ def copy_out(
     unknown = [n for n in wanted if n not in exports]
     if unknown:
         listed = ", ".join(n.split(":", 1)[1] for n in exports) or "none"
-        raise UserError(f"no export {unknown[0]!r} in this spec (exports: {listed})")
+        given = names[wanted.index(unknown[0])]  # as the user wrote it
+        raise UserError(f"no export {given!r} in this spec (exports: {listed})")
     found = {n: store.lookup(planned.held_key(n)) for n in wanted}
     corrupt = [f"{n} ({f.problem})" for n, f in found.items() if f.state == "corrupt"]
     if corrupt:

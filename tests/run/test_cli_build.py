@@ -394,6 +394,8 @@ def test_export_copies_what_is_built_and_names_what_is_not(cli, capsys):
     assert (out / "hf@sft").is_dir() and not (out / "hf@dpo").exists()
     assert main(["export", str(cli), "--to", str(out), "hf@dpo"]) == 2
     assert "not built yet: export:hf@dpo" in capsys.readouterr().err
+    assert main(["export", str(cli), "--to", str(out), "hf@dop"]) == 2  # as it was written
+    assert "no export 'hf@dop' in this spec (exports: " in capsys.readouterr().err
     (cli.parent / "a-file").write_text("")
     assert main(["export", str(cli), "--to", str(cli.parent / "a-file"), "--force"]) == 2
     assert "a-file is a file: --to names the folder the exports go in" in capsys.readouterr().err
