@@ -228,15 +228,19 @@ class RayExecutor:
             host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
             self._head = (host.strip("[]"), int(port))
 
-    def _head_missing(self) -> bool:
+    def _head_missing(self, fresh: bool = False) -> bool:
         """Whether the cluster's head (its GCS) failed the last check, which runs every
-        HEAD_CHECK_S (a socket a check); raise ``ClusterLost`` once its machine has
-        refused the connection twice in a row (nothing listens there any more), or it has
-        not answered at all for HEAD_SILENT_S. While it may be gone, nothing asks it
-        anything: each call would wait a minute for it."""
+        HEAD_CHECK_S (a socket a check), and ``fresh`` right before a call to it; raise
+        ``ClusterLost`` once its machine has refused the connection twice in a row, a
+        check apart (nothing listens there any more), or it has not answered at all for
+        HEAD_SILENT_S. While it may be gone, nothing asks it anything: a call would wait
+        a minute for it, and then Ray ends the process."""
         now = time.monotonic()
-        if self._head is None or now - self._head_checked < HEAD_CHECK_S:
-            return self._head_misses > 0 or self._head_silent is not None
+        may_be_gone = self._head_misses > 0 or self._head_silent is not None
+        if self._head is None:
+            return False
+        if now - self._head_checked < HEAD_CHECK_S and (may_be_gone or not fresh):
+            return may_be_gone
         self._head_checked = now
         try:
             socket.create_connection(self._head, timeout=PROBE_S).close()
@@ -256,6 +260,13 @@ class RayExecutor:
                 "is up"
             )
         return self._head_misses > 0 or self._head_silent is not None
+
+    def _gone(self) -> bool:
+        """``_head_missing(fresh=True)``, ``ClusterLost`` read as True (for shutdown)."""
+        try:
+            return self._head_missing(fresh=True)
+        except ClusterLost:
+            return True
 
     @property
     def local(self) -> bool:
@@ -338,6 +349,8 @@ class RayExecutor:
         if not force and now - self._drained < DRAIN_S:
             return
         self._drained = now
+        if self._head_missing(fresh=True):  # gone since the last look: never asked
+            return
         from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
         changed = {}
@@ -364,11 +377,14 @@ class RayExecutor:
         """Drop finished nodes' progress, so that each look reads the running ones only."""
         if self._progress is None:
             return
-        from ray.experimental.internal_kv import _internal_kv_del
-
         for node in nodes:
             self._shown.pop(node, None)
             self._begun.discard(node)
+        if self._head_missing(fresh=True):
+            return
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        for node in nodes:
             try:
                 _internal_kv_del(node, namespace=self._progress)
             except Exception:  # the head node is unreachable: shutdown tries once more
@@ -377,7 +393,8 @@ class RayExecutor:
     def shutdown(self) -> None:
         import ray
 
-        if self._lost:  # nothing to tell a head that is gone: each call would wait for it
+        if self._lost or self._gone():  # nothing to tell a head that is gone: a call
+            # would wait for it
             if self._started_here:
                 _kill_local_ray()
             with contextlib.suppress(Exception):
