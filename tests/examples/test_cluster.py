@@ -31,8 +31,9 @@ NODES = [
     "export:hf@dpo",
     "export:gguf@dpo",
 ]
-# The same model on one GPU rank: [parallelism] is execution only, so the keys are equal.
-# (Not on one CPU rank: validate would find that 79 GiB do not fit this machine.)
+# The same model on one GPU rank with one CPU: [parallelism] is execution only, so the keys
+# are equal. (Not on one CPU rank: validate would find that 79 GiB do not fit this machine;
+# and not with the spec's 8 CPUs a rank, more than this machine has.)
 ONE_RANK = [
     "--set",
     "parallelism.tensor=1",
@@ -42,6 +43,8 @@ ONE_RANK = [
     "parallelism.data=1",
     "--set",
     "parallelism.sequence_parallel=false",
+    "--set",
+    "parallelism.cpus_per_rank=1",
 ]
 
 
