@@ -133,17 +133,19 @@ def _show(store, args: argparse.Namespace) -> int:
     if not what:
         raise UserError("show what? give a node name, a key (prefix) or a spec hash (prefix)")
     build = store.find_build(what) if len(what) >= 4 else None
+    built = store.artifacts()
     records = [
         r
-        for r in store.artifacts()
+        for r in built
         if r.name == what or r.key.startswith(what) or r.name.split(":", 1)[-1] == what
     ]
     if build is None and not records:
         keys = [k for k in store.fs.listdir("artifacts") if k.startswith(what)]
         # a node's name, as the builds recorded it: its record may be what is corrupt
+        builds = store.builds()
         keys += [
             n["key"]
-            for b in store.builds()
+            for b in builds
             for name, n in b.get("nodes", {}).items()
             if what in (name, name.split(":", 1)[-1]) and n.get("key")
         ]
@@ -152,8 +154,8 @@ def _show(store, args: argparse.Namespace) -> int:
             if found.state == "corrupt":
                 raise UserError(f"artifact {key[:12]} is corrupt: {found.problem} ({REBUILT})")
         _not_built(store, what)
-        names = {r.name for r in store.artifacts()}
-        if not names and not store.builds():
+        names = {r.name for r in built}
+        if not names and not builds:
             hint = ": nothing is built in this store; name the one the build used with --store"
         else:
             hint = did_you_mean(what, names | {n.split(":", 1)[-1] for n in names})
