@@ -10,13 +10,13 @@ from typing import Any
 
 from llmbuild.errors import Problem
 
-TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst", ".md")
-
 
 def _text(source: Any, files: list[str]) -> bool:
+    from llmbuild.spec.data import names_text
+
     if source.format == "text":
         return True
-    return source.format == "auto" and all(f.endswith(TEXT_SUFFIXES) for f in files)
+    return source.format == "auto" and all(names_text(f) for f in files)
 
 
 def empty_validation(spec: Any) -> list[Problem]:

@@ -104,7 +104,7 @@ class Source(SpecModel):
         them: said here, from the format or the suffix its paths name."""
         if self.role == "pretrain":
             return self
-        text = [p for p in self.path if _text_suffix(p)]
+        text = [p for p in self.path if names_text(p)]
         if self.format == "text" or (self.format == "auto" and text):
             named = 'format = "text"' if self.format == "text" else ", ".join(text)
             raise ValueError(
@@ -114,8 +114,9 @@ class Source(SpecModel):
         return self
 
 
-def _text_suffix(path: str) -> bool:
-    """Whether a path (or glob) names text files by its suffix, through compression."""
+def names_text(path: str) -> bool:
+    """Whether a path (or glob) names text files by its suffix, through compression (the
+    suffixes the data backend reads as text)."""
     lower = path.lower().removesuffix(".gz").removesuffix(".zst")
     return lower.endswith((".txt", ".md", ".text"))
 
