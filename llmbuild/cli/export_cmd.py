@@ -56,9 +56,10 @@ def copy_out(
         given = names[wanted.index(unknown[0])]  # as the user wrote it
         raise UserError(f"no export {given!r} in this spec (exports: {listed})")
     found = {n: store.lookup(planned.held_key(n)) for n in wanted}
-    corrupt = [f"{n} ({f.problem})" for n, f in found.items() if f.state == "corrupt"]
-    if corrupt:
-        raise UserError(f"corrupt in the store: {', '.join(corrupt)}; run `{build}` to rebuild it")
+    for state in ("corrupt", "stale"):
+        bad = [f"{n} ({f.problem})" for n, f in found.items() if f.state == state]
+        if bad:
+            raise UserError(f"{state} in the store: {', '.join(bad)}; run `{build}` to rebuild it")
     missing = [n for n, f in found.items() if not f.cached]
     if missing and (names or len(missing) == len(wanted)):
         raise UserError(f"not built yet: {', '.join(missing)}; run `{build}` first")

@@ -53,10 +53,10 @@ def _built(store: Any, planned: Any, name: str, args: argparse.Namespace) -> Any
     from llmbuild.run.context import InputArtifact
 
     found = store.lookup(planned.held_key(name))
-    if found.state == "corrupt":
+    if found.state in ("corrupt", "stale"):
         raise UserError(
-            f"{name} is corrupt in the store ({found.problem}): run `{build_command(args)}` "
-            "to rebuild it"
+            f"{name} is {found.state} in the store ({found.problem}): run "
+            f"`{build_command(args)}` to rebuild it"
         )
     if not found.cached:
         raise UserError(

@@ -49,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     for suite in fits:
         node = f"eval:{suite.name}"
         found = store.lookup(planned.held_key(node))
+        if found.state in ("corrupt", "stale"):
+            raise UserError(
+                f"{node} is {found.state} in the store ({found.problem}): run "
+                f"`{build_command(args)}` to rebuild it"
+            )
         if not found.cached:
             from llmbuild.cli.status_cmd import failures
 

@@ -44,17 +44,19 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def built_records(
-    store: Any, keys: dict[str, str], corrupt: dict[str, str] | None = None
+    store: Any, keys: dict[str, str], unusable: dict[str, dict[str, str]] | None = None
 ) -> dict[str, Any]:
     """``{node: Record}`` for the nodes of ``keys`` (name -> key) built in the store;
-    nodes whose record or files no longer verify go into ``corrupt`` with the problem."""
+    nodes whose record or files no longer verify go into ``unusable["corrupt"]`` with the
+    problem, and those built from an input's outputs since replaced into
+    ``unusable["stale"]``."""
     out = {}
     for name, key in keys.items():
         found = store.lookup(key)
         if found.cached and found.target is not None:
             out[name] = found.target
-        elif found.state == "corrupt" and corrupt is not None:
-            corrupt[name] = found.problem
+        elif found.state in ("corrupt", "stale") and unusable is not None:
+            unusable.setdefault(found.state, {})[name] = found.problem
     return out
 
 
@@ -250,8 +252,9 @@ def run(args: argparse.Namespace) -> int:
     resolved = load_spec(args.spec, args.overrides, missing_ok=True)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
-    corrupt: dict[str, str] = {}
-    records = built_records(store, {n: planned.held_key(n) for n in planned.keys}, corrupt)
+    unusable: dict[str, dict[str, str]] = {}
+    records = built_records(store, {n: planned.held_key(n) for n in planned.keys}, unusable)
+    corrupt, stale = unusable.get("corrupt", {}), unusable.get("stale", {})
     notes = {n: list(r.notes) for n, r in records.items() if r.notes}
     failed = failures(store, {n: k.key for n, k in planned.keys.items()}, records)
     resumes = {  # kept checkpoints: "resume from step N"
@@ -278,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
             "scaling": laws,
             "notes": notes,
             "corrupt": corrupt,
+            "stale": stale,
             "failed": failed,
             "resume": {n: resume for n, (_, resume) in resumes.items()},
             "unavailable": {n: str(p) for n, p in planned.unavailable.items()},
@@ -294,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for node, problem in corrupt.items():
         print(f"corrupt  {node}: {problem} (the next build moves it aside and rebuilds it)")
+    for node, problem in stale.items():
+        print(f"stale    {node}: {problem} (the next build moves it aside and rebuilds it)")
     for problem in resolved.missing:
         # a node's problem names the field (eval[0].files), the missing one its item
         left = [

@@ -178,8 +178,8 @@ def _show(store, args: argparse.Namespace) -> int:
         )
     print(f"  artifact {store.artifact_path(store.resolve(rec).key)}")
     found = store.lookup(rec.key)
-    if found.state == "corrupt":
-        print(f"  CORRUPT: {found.problem} ({REBUILT})")
+    if found.state in ("corrupt", "stale"):
+        print(f"  {found.state.upper()}: {found.problem} ({REBUILT})")
     if rec.alias_of is not None:
         print(f"  reuses {rec.alias_of.node} {rec.alias_of.key[:12]} (early cut-off)")
     finished = time.localtime(rec.timings.get("finished", 0))

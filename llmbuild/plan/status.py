@@ -31,7 +31,7 @@ Status = Literal["cached", "build", "resume", "running elsewhere"]
 class Lookup:
     """What the store holds under a key."""
 
-    state: Literal["cached", "missing", "corrupt"]
+    state: Literal["cached", "missing", "corrupt", "stale"]
     record: Record | None = None
     """The key's own record (for an early cut-off alias, the alias)."""
     target: Record | None = None
@@ -308,7 +308,9 @@ def _cut_off(
     target_of = getattr(store, "cutoff_target", None)
     ck = cutoff_key(graph, node, keys, held) if target_of is not None else None
     target = target_of(ck) if ck else None
-    if target is None or target.key == keys[node.name].key or not store.lookup(target.key).cached:
+    if target is None or target.key == keys[node.name].key:
+        return None
+    if store.lookup(target.key).state not in ("cached", "stale"):  # its outputs stand
         return None
     return target
 
@@ -339,7 +341,11 @@ def make_plan(
             if found.target is not None:
                 held[node.name] = (found.target.output_digest, found.target.key)
             continue
-        reused = _cut_off(graph, node, keys, held, store) if found.state == "missing" else None
+        reused = (
+            _cut_off(graph, node, keys, held, store)
+            if found.state in ("missing", "stale")
+            else None
+        )
         if reused is not None:  # build reuses it the same way: its inputs' outputs are held
             reason = f"outputs of {reused.name} {reused.short} (inputs' outputs unchanged)"
             plans[node.name] = NodePlan(
@@ -408,6 +414,8 @@ def make_plan(
             )
         if found.state == "corrupt":  # this very key was built: nothing else changed
             reason, changes = f"the stored artifact is corrupt ({found.problem})", []
+        elif found.state == "stale":
+            reason, changes = f"the stored artifact is stale: {found.problem}", []
         if resume:
             reason = f"{resume}; {reason}"
         plans[node.name] = NodePlan(node.name, k, status, reason, tuple(changes), node.resources)

@@ -119,10 +119,10 @@ class Scheduler:
         if found.cached and found.target is not None:
             self._finish(node.name, "cached", renamed(node.name, found, self.store), found.target)
             return True
-        if found.state == "corrupt":
+        if found.state in ("corrupt", "stale"):
             moved = self.store.quarantine(k.key)
             self.reporter.node(
-                node.name, "corrupt", f"{found.problem}; moved to {moved}, rebuilding"
+                node.name, found.state, f"{found.problem}; moved to {moved}, rebuilding"
             )
         ck = cutoff_key(self.graph, node, self.keys, self._artifacts())
         target = self.store.cutoff_target(ck) if ck else None

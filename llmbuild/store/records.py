@@ -36,10 +36,13 @@ class ManifestEntry(_Frozen):
 
 
 class NodeRef(_Frozen):
-    """A committed node: the name it was built as and its key."""
+    """A committed node: the name it was built as, its key and, where it is an input,
+    the digest of its outputs as they were read."""
 
     node: str
     key: str
+    output_digest: str = ""
+    """Empty in records written before it was kept."""
 
 
 class CorruptRecord(Exception):

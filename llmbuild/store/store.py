@@ -7,12 +7,14 @@ nodes/<name>.json           the last committed key and preimage of each node nam
 cutoff/<cutoff key>         early cut-off: which artifact an output-identical build made
 builds/<spec hash>.json     build records: resolved spec, node keys, environment
 logs/<key>.log              the build log of each committed node
-corrupt/<key>-<time>/       artifacts whose record or files no longer verify
+corrupt/<key>-<time>/       artifacts whose record or files no longer verify, or built from
+                            an input's outputs that were since replaced (stale)
 
 A node renamed in the spec keeps its key, so it finds its artifact and rebuilds nothing.
 ``lookup`` is the one notion of "cached", used by ``plan``, ``build`` and every command
-that reads an artifact: the record must parse and match its digest, and (local stores)
-every output file must match the manifest.
+that reads an artifact: the record must parse and match its digest, (local stores)
+every output file must match the manifest, and the artifacts it read must still hold
+the outputs it read.
 """
 
 from __future__ import annotations
@@ -105,12 +107,48 @@ class Store:
             problem = self.verify(target)
             if problem is not None:
                 return Lookup("corrupt", rec, target, problem)
+        problem = self._changed_input(rec)
+        if problem is not None:
+            return Lookup("stale", rec, target, problem)
         return Lookup("cached", rec, target)
 
+    def _changed_input(self, rec: Record) -> str | None:
+        """Whether an artifact ``rec`` read, or one those read in turn, was rebuilt since
+        under its key with other outputs (removed or corrupt, then built again where
+        training rounds otherwise: another processor or thread count). ``rec`` then
+        describes outputs that are no longer there, and is built again from the new
+        ones."""
+        seen: set[str] = set()
+
+        def changed(rec: Record, path: tuple[str, ...]) -> str | None:
+            for ref in rec.inputs.values():
+                if not ref.output_digest or ref.key in seen:
+                    continue
+                seen.add(ref.key)
+                try:
+                    now = self._record(ref.key)
+                except (CorruptRecord, OSError):
+                    continue  # its own lookup says what is wrong with it
+                if now is None:
+                    continue
+                if now.output_digest != ref.output_digest:
+                    through = f" (through {', '.join(path)})" if path else ""
+                    return (
+                        f"it was built from earlier outputs of {ref.node} {ref.key[:12]}"
+                        f"{through}, which was rebuilt since with other contents"
+                    )
+                found = changed(now, (*path, ref.node))
+                if found is not None:
+                    return found
+            return None
+
+        return changed(rec, ())
+
     def record(self, key: str) -> Record | None:
-        """The verified record of a committed key (an alias's own record), or None."""
+        """The verified record of a committed key (an alias's own record), or None; a
+        stale one too: its outputs are still what its record says."""
         found = self.lookup(key, verify=False)
-        return found.record if found.cached else None
+        return found.record if found.state in ("cached", "stale") else None
 
     def resolve(self, rec: Record) -> Record:
         """The record holding the outputs (an alias points at the artifact it reuses)."""
@@ -200,7 +238,7 @@ class Store:
         if existing.cached and existing.record is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
             return existing.record
-        if existing.state == "corrupt":
+        if existing.state in ("corrupt", "stale"):
             self.quarantine(record.key)
         record = record.sealed()
         (out_dir / RECORD).write_bytes(record.to_json())
@@ -264,7 +302,8 @@ class Store:
             return f"cannot be read: {e}"
 
     def quarantine(self, key: str) -> str:
-        """Move a corrupt artifact aside (never deleted silently, never used again)."""
+        """Move a corrupt or stale artifact aside (never deleted silently, never used
+        again)."""
         dest = f"corrupt/{key}-{int(time.time())}"
         self.fs.rename(f"artifacts/{key}", dest)
         return dest
@@ -411,7 +450,7 @@ class Store:
 
 
 def node_ref(rec: Record) -> NodeRef:
-    return NodeRef(node=rec.name, key=rec.key)
+    return NodeRef(node=rec.name, key=rec.key, output_digest=rec.output_digest)
 
 
 CHECKPOINT_MARKER = "checkpoint.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 from llmbuild.run.build import BuildOptions
 from llmbuild.run.progress import PlainReporter
@@ -286,3 +287,73 @@ def test_generate_refuses_a_corrupt_stage(project, fixture_env, tmp_path, capsys
     assert "corrupt in the store: export:hf@dpo" in err and "out.txt" in err
     assert not (tmp_path / "out").exists()  # refused before anything is written
     assert not (tmp_path / "out" / "hf@dpo").exists()
+
+
+def _rebuilt_otherwise(project, store, name):
+    """Build, then remove ``name``'s artifact and build it alone again with other bits
+    (as training does on another processor): its dependents are left as they were."""
+    fixture_build(project, store)
+    shutil.rmtree(_artifact(store, name))
+    reset()
+    set_control(random=[name])
+    assert fixture_build(project, store, only=(name,)).ok
+    assert counts() == {name: 1}
+    reset()
+
+
+def test_dependents_of_an_artifact_rebuilt_with_other_outputs_are_stale(
+    project, fixture_env, tmp_path, capsys
+):
+    """Records keep the digest of each input's outputs as they were read; an artifact
+    whose input now holds other outputs under the same key describes what is gone (an
+    eval of other weights, an export of them), so it is not used and is rebuilt."""
+    from llmbuild.cli import main
+
+    store = tmp_path / "store"
+    _rebuilt_otherwise(project, store, "stage:sft")
+    old = {n: (_artifact(store, n) / "out.txt").read_text() for n in ("stage:dpo", "eval:ppl@sft")}
+
+    assert main(["status", str(project), "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "stale    stage:dpo: it was built from earlier outputs of stage:sft" in out
+    assert "stale    eval:ppl@sft: it was built from earlier outputs of stage:sft" in out
+    assert main(["plan", str(project), "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "the stored artifact is stale: it was built from earlier outputs of stage:sft" in out
+    assert main(["show", "stage:dpo", "--store", str(store)]) == 0
+    assert "  STALE: it was built from earlier outputs of stage:sft" in capsys.readouterr().out
+    assert main(["generate", str(project), "--store", str(store), "--stage", "dpo"]) == 2
+    assert "stage:dpo is stale in the store (it was built from" in capsys.readouterr().err
+
+    log = io.StringIO()
+    from llmbuild.run.build import build
+    from llmbuild.spec.load import load_spec
+
+    outcome = build(
+        load_spec(project),
+        Store(str(store)),
+        BuildOptions(executor="inline", live=False),
+        PlainReporter(log, interval=0),
+        registry=fixture_registry(),
+    )
+    assert outcome.ok
+    assert "stale    stage:dpo  it was built from earlier outputs of stage:sft" in log.getvalue()
+    built = counts()
+    assert built["stage:dpo"] == 1 and built["eval:ppl@sft"] == 1 and "stage:sft" not in built
+    for name, was in old.items():  # moved aside, not deleted, and built from the new outputs
+        assert artifact_dirs(store, name, "corrupt")
+        assert (_artifact(store, name) / "out.txt").read_text() != was
+    reset()
+    assert fixture_build(project, store).ok and not counts()  # and then all cached
+
+
+def test_an_export_of_a_stale_stage_is_not_exported(project, fixture_env, tmp_path, capsys):
+    from llmbuild.cli import main
+
+    store = tmp_path / "store"
+    _rebuilt_otherwise(project, store, "stage:sft")
+    code = main(["export", str(project), "--store", str(store), "--to", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0 and "stale in the store: export:" in err
+    assert "earlier outputs of stage:sft" in err and "(through stage:dpo)" in err
+    assert not (tmp_path / "out").exists()
