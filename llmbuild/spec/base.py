@@ -16,10 +16,12 @@ otherwise, here, in one place:
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 KeyRole = Literal["execution", "label", "reference", "content", "mixture", "added"]
 KEY_ROLE = "x-key-role"
@@ -48,6 +50,21 @@ class SpecModel(BaseModel):
         validate_default=True,
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, data: Any) -> Any:
+        """``true``/``false`` where a number belongs (``lr = true``, ``--set
+        stage.x.steps=true``) fail as a number would that is not one: pydantic would
+        read them as 1 and 0."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            key = field.alias if field.alias in data else name
+            if key in data and _bool_for_number(data[key], field.annotation):
+                out[key] = _marked(data[key])
+        return out
+
     @field_validator("*", mode="after")
     @classmethod
     def _float32(cls, value: Any) -> Any:
@@ -56,6 +73,42 @@ class SpecModel(BaseModel):
         if isinstance(value, float) and abs(value) > FLOAT32_MAX:
             raise ValueError(f"{value:g} is beyond a 32-bit float's range (3.4e38)")
         return value
+
+
+class Boolean(str):
+    """A boolean where a number belongs, kept as text so that it fails number
+    validation and is shown as written."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _marked(value: Any) -> Any:
+    if isinstance(value, bool):
+        return Boolean(str(value).lower())
+    if isinstance(value, (list, tuple)):
+        return [_marked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _marked(v) for k, v in value.items()}
+    return value
+
+
+def _bool_for_number(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` holds a boolean where ``annotation`` takes a number and no
+    boolean (in arrays and tables of numbers too; nested spec tables check their own)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _bool_for_number(value, args[0])
+    if origin in (typing.Union, types.UnionType):
+        return all(_bool_for_number(value, arm) for arm in args)
+    if isinstance(value, bool):
+        return annotation in (int, float)
+    if isinstance(value, (list, tuple)) and origin in (list, tuple) and args:
+        items = args[:1] if origin is list or args[-1] is Ellipsis else args
+        return any(_bool_for_number(v, items[min(i, len(items) - 1)]) for i, v in enumerate(value))
+    if isinstance(value, dict) and origin is dict and len(args) == 2:
+        return any(_bool_for_number(v, args[1]) for v in value.values())
+    return False
 
 
 @dataclass(frozen=True)

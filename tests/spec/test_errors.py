@@ -152,6 +152,17 @@ def test_a_seed_numpy_cannot_take_is_refused(tmp_path):
     assert load_spec(spec, ("model.seed=2147483647",)).spec.model.seed == 2**31 - 1
 
 
+def test_a_boolean_given_for_a_number_on_the_command_line(tmp_path):
+    from tests.conftest import write_project
+
+    spec = write_project(tmp_path, _single_stage("steps = 10"))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec, ("stage.pretrain.lr=true",))
+    assert "stage[0].lr: must be a number (got boolean true)" in str(info.value)
+    # a boolean field still takes one
+    assert load_spec(spec, ("architecture.bias=false",)).spec.architecture.bias is False
+
+
 def test_missing_file_is_a_user_error(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "llmbuild", "validate", str(tmp_path / "nope.toml")],
@@ -178,6 +189,10 @@ def test_missing_file_is_a_user_error(tmp_path):
         ("steps = 99999999999999999999", "stage[0].steps: must be <= 1000000000"),
         # torch would refuse it at the first step, in its own words
         ("lr = 1e300", "stage[0].lr: 1e+300 is beyond a 32-bit float's range (3.4e38)"),
+        # pydantic alone would read them as 1 and 0
+        ("steps = true", "stage[0].steps: must be an integer (got boolean true)"),
+        ("lr = false", "stage[0].lr: must be a number (got boolean false)"),
+        ("betas = [0.9, true]", "stage[0].betas[1]: must be a number (got boolean true)"),
     ],
 )
 def test_stage_mistakes(tmp_path, edit, want):
