@@ -25,7 +25,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
             "--keep",
             type=ranged(int, 0),
             default=5,
-            help="keep everything the N most recent builds reference (default 5)",
+            help="keep everything the N most recent builds that succeeded reference, and "
+            "what the failed builds since built (default 5)",
         )
         p.add_argument("--dry-run", action="store_true", help="list what would be removed")
         p.add_argument(

@@ -160,6 +160,21 @@ class GcReport:
     """Those removed (``checkpoints``), their logs kept."""
 
 
+def kept_builds(builds: list[dict], keep: int) -> list[dict]:
+    """The ``keep`` most recent builds that succeeded, and every build since the oldest
+    of them: a failed build does not count, or a failed try would cost the artifacts of
+    the last build that worked (its own built nodes are kept all the same)."""
+    if keep <= 0:
+        return []
+    kept, succeeded = [], 0
+    for build in reversed(builds):  # the newest first
+        kept.append(build)
+        succeeded += build.get("ok", True) is not False
+        if succeeded == keep:
+            break
+    return kept
+
+
 def collect(
     store: Store,
     keep_builds: int = 5,
@@ -167,7 +182,7 @@ def collect(
     scratch_age: float = 3600.0,
     checkpoints: bool = False,
 ) -> GcReport:
-    """Remove artifacts no kept build references (and abandoned temp dirs, and with
+    """Remove artifacts no kept build references (``kept_builds``; and abandoned temp dirs, and with
     ``checkpoints`` the work dirs of nodes that did not finish, but their logs). Refuses
     while a build record cannot be read: the artifacts it names might be the newest."""
     unreadable = store.unreadable_builds()
@@ -178,7 +193,7 @@ def collect(
             "build's artifacts are then kept only if a build of the last ones names them) "
             "and run gc again"
         )
-    builds = store.builds()[-keep_builds:] if keep_builds > 0 else []
+    builds = kept_builds(store.builds(), keep_builds)
     wanted = {node["key"] for b in builds for node in b.get("nodes", {}).values()}
     wanted |= store.running_keys()  # a live build's nodes, committed before it is recorded
     records = store.artifacts()

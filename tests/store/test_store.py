@@ -14,7 +14,7 @@ from llmbuild.store.gc import collect
 from llmbuild.store.lease import try_acquire
 from llmbuild.store.records import Record, manifest, output_digest
 from llmbuild.store.store import Store
-from tests.fixture_backend import reset
+from tests.fixture_backend import reset, set_control
 from tests.run.helpers import counts, fixture_build
 
 
@@ -164,6 +164,22 @@ def test_gc_keeps_what_recent_builds_reference(project, fixture_env, tmp_path):
     assert len(s.artifacts()) == before - 5
     reset()
     assert fixture_build(project, store, ["stage.sft.lr=1e-5"]).count("cached") == 14
+
+
+def test_gc_keeps_the_last_good_build_through_a_failed_one(project, fixture_env, tmp_path):
+    """``--keep 1`` after a good build and a failed one keeps the good build's artifacts
+    (and what the failed one built), not only the failed one's."""
+    store = tmp_path / "store"
+    assert fixture_build(project, store).ok
+    set_control(fail=["stage:sft"])
+    failed = fixture_build(project, store, ["stage.sft.lr=1e-5"])
+    assert not failed.ok
+    s = Store(str(store))
+    before = len(s.artifacts())
+    report = collect(s, keep_builds=1)
+    assert report.removed == [] and len(s.artifacts()) == before
+    reset()
+    assert fixture_build(project, store).count("cached") == 14
 
 
 def test_open_fs_kinds(tmp_path):
