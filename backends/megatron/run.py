@@ -5,6 +5,7 @@ weights in one layout-independent safetensors file with the model config
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from typing import Any
@@ -406,6 +407,7 @@ def run(ctx: RunContext[TrainConfig]) -> None:
             "their completions are sampled and rewarded past seq_len but not trained on "
             "there; raise architecture.seq_len or shorten the prompts"
         )
+    _note_no_better_than_uniform(ctx, stage.kind, vocab)
     if (result / "initial.json").exists():  # the measurement before any update
         initial = json.loads((result / "initial.json").read_text())
         ctx.metrics.update({f"initial_{k}": v for k, v in initial.items()})
@@ -425,4 +427,28 @@ def run(ctx: RunContext[TrainConfig]) -> None:
         ctx.note(
             f"no validation data: nothing was measured held out ({held_out}), since the "
             f"stage's sources have no validation documents; {advice}"
+        )
+
+
+NEXT_TOKEN_KINDS = ("pretrain", "sft", "lora", "distill", "mlm")
+"""Stages whose ``val_loss`` is a cross-entropy over the vocabulary."""
+
+
+def uniform_loss(vocab: int) -> float:
+    """The cross-entropy of predicting every token of the vocabulary alike: ln V."""
+    return math.log(max(vocab, 1))
+
+
+def _note_no_better_than_uniform(ctx: RunContext, kind: str, vocab: int) -> None:
+    """A held-out loss at or above ln V predicts no better than guessing every token
+    alike: training diverged short of overflowing (a NaN stops it), or learned nothing."""
+    loss = ctx.metrics.get("val_loss")
+    if kind not in NEXT_TOKEN_KINDS or not isinstance(loss, (int, float)):
+        return
+    if loss >= uniform_loss(vocab):
+        ctx.note(
+            f"the held-out loss ({loss:.4g}) is no better than guessing each of the "
+            f"{vocab} tokens alike (ln {vocab} = {uniform_loss(vocab):.3f}): training "
+            "diverged or learned nothing; lower lr, warm up longer (schedule.warmup) or "
+            "clip gradients (grad_clip)"
         )

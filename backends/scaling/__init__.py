@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Slot
 
 class ScalingBackend(Backend):
     name = "scaling"
-    version = "4"  # 2: fit.json says why a law was not fitted; results.md its intervals; 3: optima count attention FLOPs as the points do; 4: approach 3 refused when N or D never varies
+    version = "5"  # 2: fit.json says why a law was not fitted; results.md its intervals; 3: optima count attention FLOPs as the points do; 4: approach 3 refused when N or D never varies; 5: points no better than uniform left out
     Config = ScalingConfig
     inputs = (Slot("point:<stage>", "each sweep point's trained stage"),)
     outputs = (

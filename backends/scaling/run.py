@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from llmbuild.backends.megatron.run import uniform_loss
 from llmbuild.backends.megatron.sizes import count_params
 from llmbuild.backends.scaling.config import ScalingConfig
 from llmbuild.backends.scaling.fit import flops_per_token
@@ -32,6 +33,7 @@ def point(name: str, artifact: Any, suite: Any) -> dict[str, Any]:
     n = counts["non_embedding_params"]
     return {
         "stage": name,
+        "vocab_size": stage.vocab_size,
         "params": counts["params"],
         "non_embedding_params": n,
         "tokens": tokens,
@@ -39,6 +41,26 @@ def point(name: str, artifact: Any, suite: Any) -> dict[str, Any]:
         "budget": suite.budgets.get(name),
         "loss": float(loss),
     }
+
+
+def usable(points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The points a law can be fitted to, and those left out, each with why: a held-out
+    loss at or above ln V (guessing every token alike) is a run that diverged short of
+    overflowing or learned nothing, not a measure of what its size and data can reach;
+    fitted, it bends the law (and can make a sweep look convex that is not)."""
+    kept, out = [], []
+    for p in points:
+        bound = uniform_loss(p["vocab_size"])
+        if p["loss"] < bound:
+            kept.append(p)
+            continue
+        why = (
+            f"its held-out loss {p['loss']:.4g} is no better than guessing each of its "
+            f"{p['vocab_size']} tokens alike (ln {p['vocab_size']} = {bound:.3f}): it diverged "
+            "or learned nothing"
+        )
+        out.append({**p, "excluded": why})
+    return kept, out
 
 
 LOOSE = (
@@ -93,11 +115,14 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
     from llmbuild.backends.scaling import fit
 
     suite = ctx.config.suite
-    points = [point(slot.split(":", 1)[1], a, suite) for slot, a in sorted(ctx.inputs.items())]
+    measured = [point(slot.split(":", 1)[1], a, suite) for slot, a in sorted(ctx.inputs.items())]
+    points, excluded = usable(measured)
+    for p in excluded:
+        ctx.note(f"{p['stage']} is left out of the fits: {p['excluded']}")
     N = np.array([p["non_embedding_params"] for p in points], dtype=float)
     D = np.array([p["tokens"] for p in points], dtype=float)
     L = np.array([p["loss"] for p in points], dtype=float)
-    out: dict[str, Any] = {"points": points}
+    out: dict[str, Any] = {"points": points, "excluded": excluded}
     fit3 = fit2 = None
     fixed = fit.unfittable(N, D)
     if fixed is not None:
@@ -120,7 +145,8 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
     if fit3 is None and "approach3_error" not in out:
         out["approach3_error"] = (
             f"it fits {len(fit.PARAMETERS)} parameters and needs at least "
-            f"{len(fit.PARAMETERS)} points (the sweep has {len(points)})"
+            f"{len(fit.PARAMETERS)} points (the sweep has {len(points)}"
+            + (f" it can use, {len(excluded)} left out)" if excluded else ")")
         )
         ctx.log.warning("approach 3 not fitted: %s", out["approach3_error"])
     if not suite.budgets:
@@ -174,6 +200,10 @@ def run(ctx: RunContext[ScalingConfig]) -> None:
     lines += [
         f"| {p['stage']} | {p['non_embedding_params']:,} | {p['tokens']:.3g} | {p['flops']:.3g} | {p['loss']:.4f} |"
         for p in sorted(points, key=lambda p: (p["flops"], p["non_embedding_params"]))
+    ]
+    lines += [
+        f"| {p['stage']} | {p['non_embedding_params']:,} | {p['tokens']:.3g} | {p['flops']:.3g} | {p['loss']:.4g} (left out) |"
+        for p in excluded
     ]
     lines += ["", *fit_lines(out)]
     for how, found in (out.get("optimum") or {}).items():

@@ -26,10 +26,10 @@ def ranged(
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {wanted} (got {text!r})") from None
-        if (
-            not math.isfinite(value)
-            or (low is not None and (value <= low if above else value < low))
-            or (high is not None and value > high)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+        if (low is not None and (value <= low if above else value < low)) or (
+            high is not None and value > high
         ):
             raise argparse.ArgumentTypeError(f"must be {wanted} (got {text})")
         return value

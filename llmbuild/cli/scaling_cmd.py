@@ -61,9 +61,18 @@ def run(args: argparse.Namespace) -> int:
             if node in failed:
                 log = f" (its log: {failed[node]})" if failed[node] else ""
                 raise UserError(f"{node} failed when it last ran{log}: `llmbuild status` says why")
+            upstream = planned.graph[node].upstream
+            failed = failures(store, {u: planned.keys[u].key for u in upstream}, {})
+            if failed:  # the sweep's points: a build again fails the same way
+                raise UserError(
+                    f"{node} is not fitted: {', '.join(sorted(failed))} failed when last "
+                    "built (`llmbuild status` says why); mend the spec, then build it again"
+                )
             raise UserError(f"{node} is not built yet: run `{build_command(args)}` first")
         data = json.loads((store.local_dir(found.target) / FIT).read_text())
         entry: dict = {"points": len(data["points"]), "lines": fit_lines(data)}
+        if data.get("excluded"):
+            entry["excluded"] = {p["stage"]: p["excluded"] for p in data["excluded"]}
         a3 = data.get("approach3")
         if a3:
             entry["approach3"] = {k: a3[k] for k in ("E", "A", "B", "alpha", "beta")}
@@ -73,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
         for how in ("approach3", "approach2"):
             if f"{how}_error" in data:
                 entry[f"{how}_error"] = data[f"{how}_error"]
+        budget = args.budget or (data.get("optimum") or {}).get("budget")
+        spent = [p["budget"] or p["flops"] for p in data["points"]]
+        if budget is not None and spent:
+            if budget > 10 * max(spent):
+                entry["extrapolation"] = budget / max(spent)
+            elif budget < min(spent) / 10:
+                entry["extrapolation"] = budget / min(spent)
         if args.budget is not None:
-            spent = [p["budget"] or p["flops"] for p in data["points"]]
-            if args.budget > 10 * max(spent):
-                entry["extrapolation"] = args.budget / max(spent)
-            elif args.budget < min(spent) / 10:
-                entry["extrapolation"] = args.budget / min(spent)
             if a3:
                 fit = Approach3Fit(**{k: a3[k] for k in ("E", "A", "B", "alpha", "beta")},
                                    loss=a3["loss"], n_points=len(data["points"]), intervals=None)  # fmt: skip
@@ -111,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     for name, entry in report.items():
         points = entry.pop("points")
         print(f"sweep {name}: {points} point{'' if points == 1 else 's'}")
+        for stage, why in entry.pop("excluded", {}).items():
+            print(f"  left out: {stage}: {why}")
         for line in entry.pop("lines"):
             print(f"  {line}")
         optima = any(f"optimum_{how}" in entry for how in ("approach3", "approach2"))

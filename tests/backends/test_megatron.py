@@ -169,6 +169,26 @@ def test_short_data_is_said_of_packed_text_only(kind, said):
     ] if said else []), notes  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("kind", "loss", "said"),
+    [("pretrain", 4.2, True), ("pretrain", 4.1, False), ("sft", 122.0, True), ("dpo", 9.0, False)],
+)
+def test_a_held_out_loss_no_better_than_uniform_is_noted(kind, loss, said):
+    """A run that blew up short of a NaN (lr far too high, no clipping) ends with a finite
+    held-out loss above ln V: it is said, for the next-token stages whose val_loss that is."""
+    from types import SimpleNamespace as NS
+
+    from llmbuild.backends.megatron.run import _note_no_better_than_uniform
+
+    notes = []
+    ctx = NS(metrics={"val_loss": loss}, note=notes.append)
+    _note_no_better_than_uniform(ctx, kind, 65)  # ln 65 = 4.174
+    assert bool(notes) == said, notes
+    if said:
+        assert notes[0].startswith(f"the held-out loss ({loss:.4g}) is no better than guessing ")
+        assert "each of the 65 tokens alike (ln 65 = 4.174): training diverged" in notes[0]
+
+
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing(tmp_path):
     """A learning rate far too high: the loss stops being a number, the stage stops at
     that step and says what to change; no weights of NaN are committed."""

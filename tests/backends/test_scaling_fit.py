@@ -370,3 +370,20 @@ def test_status_says_when_a_sweep_has_no_law():
     )
     law = {"points": 9, "E": 1.5, "A": 20.0, "B": 300.0, "alpha": 0.3, "beta": 0.25}
     assert scaling_line("iso", law).startswith("scaling iso: 9 points; L(N, D) = 1.500 + 20 / N^")
+
+
+def test_points_no_better_than_uniform_are_left_out_of_the_fits():
+    """A point whose held-out loss is at or above ln V diverged short of a NaN or learned
+    nothing: fitted, it would bend the law; it is left out, with why."""
+    from llmbuild.backends.scaling.run import usable
+
+    good = {"stage": "a", "loss": 2.0, "vocab_size": 65}
+    blown = {"stage": "b", "loss": 122.0, "vocab_size": 65}
+    flat = {"stage": "c", "loss": math.log(65), "vocab_size": 65}
+    kept, out = usable([good, blown, flat])
+    assert kept == [good]
+    assert [p["stage"] for p in out] == ["b", "c"]
+    assert out[0]["excluded"] == (
+        "its held-out loss 122 is no better than guessing each of its 65 tokens alike "
+        "(ln 65 = 4.174): it diverged or learned nothing"
+    )

@@ -59,6 +59,7 @@ def test_scaling_sweep_builds_fits_and_plots(tmp_path, tmp_path_factory, capsys)
     assert fit["optimum"]["budget"] == 1e13 and "compute-optimal at 1e+13 FLOPs" in out, out
     assert f"N = {optimum['params']:.3g} parameters" in out, out
     assert f"N = {optimum['params']:.3g} parameters" in (report / "results.md").read_text()
+    assert "1e+13 FLOPs is 100x the sweep's largest compute" in out, out  # said here too
     # A budget far below the sweep's: the law's optimum is less than one parameter there.
     assert main(["scaling", spec, "--store", str(store), "--budget", "1"]) == 0
     out = capsys.readouterr().out
