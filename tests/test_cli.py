@@ -124,7 +124,10 @@ def test_an_os_error_in_the_cache_dir_names_it(tmp_path, monkeypatch):
     "args, message",
     [
         (["generate", "s.toml", "--top-p", "0"], "--top-p: must be a number > 0 and <= 1 (got 0)"),
-        (["generate", "s.toml", "--top-p", "nan"], "--top-p: must be a number > 0"),
+        (
+            ["generate", "s.toml", "--top-p", "nan"],
+            "--top-p: must be a finite number > 0 and <= 1 (got nan)",
+        ),
         (["generate", "s.toml", "--max-new-tokens", "0"], "must be an integer >= 1 (got 0)"),
         (["generate", "s.toml", "--temperature", "-1"], "--temperature: must be a number >= 0"),
         (
@@ -135,7 +138,10 @@ def test_an_os_error_in_the_cache_dir_names_it(tmp_path, monkeypatch):
         (["gc", "--keep", "-1"], "--keep: must be an integer >= 0 (got -1)"),
         (["serve", "s.toml", "--port", "70000"], "--port: must be an integer >= 0 and <= 65535"),
         (["scaling", "s.toml", "--budget", "0"], "--budget: must be a number > 0 (got 0)"),
-        (["generate", "s.toml", "--temperature", "inf"], "--temperature: must be a number >= 0"),
+        (
+            ["generate", "s.toml", "--temperature", "inf"],
+            "--temperature: must be a finite number >= 0 (got inf)",
+        ),
     ],
 )
 def test_numbers_out_of_range_are_usage_errors(args, message, capsys):

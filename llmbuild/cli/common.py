@@ -27,7 +27,8 @@ def ranged(
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {wanted} (got {text!r})") from None
         if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+            finite = wanted.replace("a number", "a finite number", 1)
+            raise argparse.ArgumentTypeError(f"must be {finite} (got {text})")
         if (low is not None and (value <= low if above else value < low)) or (
             high is not None and value > high
         ):

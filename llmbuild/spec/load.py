@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path as FsPath
@@ -43,6 +44,9 @@ class ResolvedSpec:
 def _locate(problem: Problem, origins: dict[Path, Origin], display: str) -> Problem:
     if problem.file is not None:
         return problem
+    flag = _flag_below(problem, origins)
+    if flag is not None:
+        return replace(problem, file=flag)
     for path in (problem.path, *problem.related):
         origin = origins.get(path)
         if origin is not None and origin.source == display and origin.line is not None:
@@ -54,6 +58,24 @@ def _locate(problem: Problem, origins: dict[Path, Origin], display: str) -> Prob
                 return replace(problem, file=origin.source)
             return replace(problem, file=origin.source, line=origin.line)
     return replace(problem, file=display)
+
+
+def _flag_below(problem: Problem, origins: dict[Path, Origin]) -> str | None:
+    """The ``--set`` flag behind a problem found at a table that the flag set within: a
+    table given whole by one flag (origins are kept per value), or a key of the table
+    that the problem names (a table's own check: ``class_weights.romeo must be
+    positive``)."""
+    n = len(problem.path)
+    inside = {p: o for p, o in origins.items() if len(p) > n and p[:n] == problem.path}
+    flags = {o.source for o in inside.values() if o.line is None}
+    own = origins.get(problem.path)
+    whole = own is None or own.line is None
+    if whole and len(flags) == 1 and all(o.line is None for o in inside.values()):
+        return flags.pop()
+    for p, o in inside.items():
+        if o.line is None and re.search(rf"(?<![\w.]){re.escape(str(p[n]))}\b", problem.message):
+            return o.source
+    return None
 
 
 def _display(path: FsPath) -> str:

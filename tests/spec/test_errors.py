@@ -163,6 +163,21 @@ def test_a_boolean_given_for_a_number_on_the_command_line(tmp_path):
     assert load_spec(spec, ("architecture.bias=false",)).spec.architecture.bias is False
 
 
+def test_a_tables_own_check_of_a_value_a_flag_set_names_the_flag(tmp_path):
+    """A check of the whole stage table that names a key a ``--set`` gave (a table's
+    value, a conflict with another key) points at the flag, not at the table's line."""
+    from tests.conftest import write_project
+
+    spec = write_project(tmp_path, _single_stage("steps = 10"))
+    flag = "stage.pretrain.schedule={kind='cosine', warmup=20}"
+    with pytest.raises(SpecError) as info:
+        load_spec(spec, (flag,))
+    assert f"--set {flag}: stage[0]: schedule.warmup (20) exceeds steps" in str(info.value)
+    with pytest.raises(SpecError) as info:  # the file's own mistake stays the file's
+        load_spec(write_project(tmp_path, _single_stage("steps = 10\nschedule = {warmup = 20}")))
+    assert f"{spec}:" in str(info.value) and "--set" not in str(info.value)
+
+
 def test_missing_file_is_a_user_error(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "llmbuild", "validate", str(tmp_path / "nope.toml")],
