@@ -153,8 +153,8 @@ class Distill(StageBase):
     )
     """Pretrain-role sources blended by their weights; all of them when omitted."""
     architecture: ArchitecturePatch | None = None  # type: ignore[valid-type]
-    """The student's changes to `[architecture]` (fewer layers, a smaller hidden size);
-    with `from`, the shape of the stage it starts from instead."""
+    """The student's changes to `[architecture]` (fewer layers, a smaller hidden size).
+    Not with `from`: a student started from a stage has that stage's shape."""
     alpha: float = Field(0.5, ge=0, le=1)
     """Weight of the distillation term: the loss is `(1 - alpha) * CE + alpha * T^2 *
     KL`, CE against the data's next tokens."""

@@ -60,7 +60,11 @@ def _texts(args: argparse.Namespace) -> list[tuple[str, str | None]]:
                 raise BadRecord(rec.where, "field 'pair' must be a string", "field")
             out.append((normalise(rec, source)["text"], pair))
     except BadRecord as e:
-        raise UserError(str(e)) from None
+        said = str(e).replace(
+            ": a source names the fields it reads, e.g. text_field)",
+            "; predict reads the field 'text', and 'pair' for a second text)",
+        )
+        raise UserError(said) from None
     if not out:
         raise UserError(f"{args.file} holds no texts")
     return out

@@ -661,6 +661,7 @@ def test_predict_gives_each_text_its_label_and_probabilities(built, tmp_path):
     bad.write_text('{"text": "01+02=03"}\n{"txt": 1}\n')
     r = _cli("predict", str(spec), "--store", str(store), "--file", str(bad))
     assert r.returncode == 2 and "bad.jsonl:2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "predict reads the field 'text'" in r.stderr and "text_field" not in r.stderr
 
 
 IMPORTED = """
