@@ -387,8 +387,8 @@ class Store:
         """For a spec file new to this store (a copy, say): the other spec file whose last
         build shares the most node keys with ``keys`` (at least one), and the preimage each
         node had there: what plan compares a node new to this spec with. Among files that
-        share as many, the one whose other nodes differ in the fewest fields
-        (``distance(node, its preimage there)``)."""
+        share as many, the one that has the most of this spec's nodes, then whose other
+        nodes differ in the fewest fields (``distance(node, its preimage there)``)."""
         latest: dict[str, dict[str, str]] = {}
         for build in self.builds():  # oldest first: each path's last build wins
             path = build.get("spec_path")
@@ -413,13 +413,16 @@ class Store:
         if len(tied) == 1 or distance is None:
             return tied[0], preimage_in(tied[0])
 
-        def apart(path: str) -> tuple[int, int]:
+        def apart(path: str) -> tuple[int, int, int]:
             """Its differing nodes that were never stored (a failed build's: nothing to
-            compare them with), then the fields the others differ in."""
+            compare them with), then this spec's nodes it has none of (nothing to compare
+            them with either), then the fields the others differ in."""
             old, there = preimage_in(path), latest[path]
             differing = [(n, old(n)) for n in there if n in keys and keys[n] != there[n]]
             unknown = sum(pre is None for _, pre in differing)
-            return unknown, sum(distance(n, pre) for n, pre in differing if pre is not None)
+            absent = sum(n not in there for n in keys)
+            fields = sum(distance(n, pre) for n, pre in differing if pre is not None)
+            return unknown, absent, fields
 
         best = min(tied, key=apart)
         return best, preimage_in(best)

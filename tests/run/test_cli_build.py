@@ -340,6 +340,28 @@ def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, cap
     assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
 
 
+def test_a_copy_is_explained_against_the_spec_that_has_its_nodes(cli, capsys):
+    """Of two spec files that share as many keys with a copy, the one that has the copy's
+    nodes is what it is compared with, not one that shares only its data (whose stages,
+    named otherwise, leave nothing to compare)."""
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    renamed = cli.read_text()
+    for old, new in [("pretrain", "p2"), ("sft", "s2"), ("dpo", "d2")]:
+        for field in ("name", "from", "stage"):
+            renamed = renamed.replace(f'{field} = "{old}"', f'{field} = "{new}"')
+    renamed = renamed.replace('["pretrain", "sft"]', '["p2", "s2"]').replace('["sft"]', '["s2"]')
+    other = cli.parent / "a-renamed.toml"
+    other.write_text(renamed)
+    assert main(["build", str(other), "--executor", "inline", "--plain"]) == 0
+    copy = cli.parent / "copy.toml"
+    copy.write_text(cli.read_text())
+    capsys.readouterr()
+    assert main(["plan", str(copy), "--set", "stage.pretrain.lr=2e-3"]) == 0
+    plan = capsys.readouterr().out
+    line = next(ln for ln in plan.splitlines() if "stage:pretrain " in ln)
+    assert line.endswith(f"new to this spec; against {cli}: stage.pretrain.lr 0.001 -> 0.002"), plan
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "word"),
     [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
