@@ -58,8 +58,9 @@ def config(family: str, **over: Any) -> Any:
     return classes[family](**common)
 
 
-def tokenizer(vocab: int) -> Any:
-    """A byte-level BPE tokenizer of ``vocab`` tokens with ChatML specials and template."""
+def tokenizer(vocab: int, specials: list[str] = SPECIALS) -> Any:
+    """A byte-level BPE tokenizer of ``vocab`` tokens with ChatML specials (or only those
+    of ``specials``) and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -68,7 +69,7 @@ def tokenizer(vocab: int) -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab,
-        special_tokens=SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator([TEXT], trainer)
@@ -76,7 +77,7 @@ def tokenizer(vocab: int) -> Any:
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIALS[1:],
+        additional_special_tokens=specials[1:],
     )
     fast.chat_template = CHATML
     return fast

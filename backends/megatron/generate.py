@@ -71,10 +71,12 @@ def sample(
     seed: int = 0,
     stop: int | Iterable[int] | None = None,
     progress: Callable[[int], None] | None = None,
+    until: Callable[[list[int]], bool] | None = None,
 ) -> list[int]:
     """New token ids after the prompt, up to (not including) a ``stop`` token: the end
     of sequence, and for a chat model its end of turn (no KV cache: each step reruns the
-    window); ``progress`` is told how many there are after each."""
+    window); ``progress`` is told how many there are after each, and sampling ends too
+    once ``until`` holds for them (an end-of-turn marker written out in text)."""
     import torch
 
     seq_len = context(config)
@@ -109,4 +111,6 @@ def sample(
             out.append(nxt)
             if progress is not None:
                 progress(len(out))
+            if until is not None and until(out):
+                break
     return out

@@ -122,7 +122,7 @@ class Api:
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             seed=body.seed,
-            stop=body.stops,
+            stop=body.stops + (self.served.turn_texts if chat else ()),
         )
         return Job(chat, ids, params, bool(body.stream), body.include_usage)
 

@@ -94,7 +94,11 @@ def chat(
             )
             continue
         params = SamplingParams(
-            options.max_tokens, options.temperature, options.top_p, options.seed
+            options.max_tokens,
+            options.temperature,
+            options.top_p,
+            options.seed,
+            stop=served.turn_texts,
         )
         answer = _answer(engine, ids, params, out)
         if answer is not None:

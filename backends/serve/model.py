@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmbuild.backends.tokenizer.build import text_turn_ends
+
 from llmbuild.errors import UserError
 
 
@@ -38,6 +40,9 @@ class ServedModel:
     """The id an empty prompt starts from (beginning of sequence, else end of one)."""
     context: int
     """Positions the model can attend over: prompt and answer together."""
+    turn_texts: tuple[str, ...] = ()
+    """End-of-turn markers the tokenizer has no token for: a chat answer stops at their
+    text (``text_turn_ends``)."""
 
     def encode(self, text: str, specials: bool = False) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=specials))
@@ -96,6 +101,7 @@ def from_stage(stage_input: Any, tokenizer_input: Any, node: str) -> ServedModel
         stop_ids=tuple(tokenizer.stop_ids),
         start_id=start,
         context=_context(hf.model),
+        turn_texts=tokenizer.stop_texts,
     )
 
 
@@ -133,4 +139,5 @@ def from_export(export_dir: Path, node: str) -> ServedModel:
         stop_ids=_generation_stops(export_dir, tokenizer),
         start_id=int(start),
         context=_context(model),
+        turn_texts=text_turn_ends(tokenizer.chat_template, tokenizer.get_vocab()),
     )

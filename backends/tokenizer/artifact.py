@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llmbuild.backends.tokenizer.build import IM_END
+from llmbuild.backends.tokenizer.build import IM_END, text_turn_ends
 
 from llmbuild.errors import UserError
 
@@ -143,6 +143,13 @@ class TokenizerArtifact:
             if found is not None and found not in ids:
                 ids.append(int(found))
         return ids
+
+    @property
+    def stop_texts(self) -> tuple[str, ...]:
+        """End-of-turn markers the tokenizer spells with ordinary tokens: generation stops
+        where their text appears (``text_turn_ends``)."""
+        tok = self.hf_tokenizer()
+        return text_turn_ends(tok.chat_template, tok.get_vocab())
 
     def encode(self, text: str) -> list[int]:
         """A document's or labeled text's ids, as training reads them: a special token's

@@ -10,6 +10,15 @@ from llmbuild.errors import UserError
 from llmbuild.spec.model import Tokenizer as TokenizerSpec
 
 IM_START, IM_END, UNK = "<|im_start|>", "<|im_end|>", "<|unk|>"
+
+
+def text_turn_ends(template: str | None, vocab: Any) -> tuple[str, ...]:
+    """A chat template's end-of-turn marker where the tokenizer has no token for it (a
+    ChatML template over GPT-2's vocabulary): the model writes it out as ordinary tokens,
+    so generation stops where its text appears, as it would at the token."""
+    return (IM_END,) if IM_END in (template or "") and IM_END not in vocab else ()
+
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
     "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"

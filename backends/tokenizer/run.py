@@ -91,9 +91,9 @@ def _pretrained(spec: Any, out: Path, ctx: Any) -> TokenizerInfo:
             )
             ctx.note(
                 f"the tokenizer in {spec.path} has no {IM_START} and {IM_END} tokens: "
-                "chatml's markers become several ordinary tokens each, and a reply ends at "
-                f"{eos}, not at {IM_END}; {instead} a Jinja template written with its "
-                "special tokens"
+                "chatml's markers become several ordinary tokens each (generate, serve "
+                f"and chat end a reply where {IM_END} is written out); {instead} a Jinja "
+                "template written with its special tokens"
             )
     tok.save_pretrained(str(out))
     return TokenizerInfo(

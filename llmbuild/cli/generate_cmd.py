@@ -148,6 +148,11 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
             "top_k": args.top_k or 0,
             "top_p": args.top_p,
         }
+    from llmbuild.backends.tokenizer.build import text_turn_ends
+
+    ends = text_turn_ends(tok.chat_template, tok.get_vocab()) if args.chat else ()
+    if ends:  # transformers stops at their text as it does at a token
+        sampling.update(stop_strings=list(ends), tokenizer=tok)
     torch.manual_seed(args.seed)
     ids = torch.tensor([prompt])
     with torch.no_grad():
@@ -162,7 +167,7 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     stops = model.generation_config.eos_token_id  # eos, and a chat model's end of turn
     if generated and generated[-1] in (stops if isinstance(stops, list) else [stops]):
         generated = generated[:-1]
-    return tok.decode(generated, skip_special_tokens=True)
+    return _before(tok.decode(generated, skip_special_tokens=True), ends)
 
 
 def _note_cut(tokens: int, context: int) -> None:
@@ -189,6 +194,7 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
     text = tok.chat_prompt(args.prompt) if args.chat else args.prompt
     ids = tok.prompt_ids(text) if args.chat else tok.completion_ids(text)
     _note_cut(len(ids), context(config))
+    ends = tok.stop_texts if args.chat else ()
     new = sample(
         model,
         config,
@@ -199,8 +205,15 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
         args.top_p,
         args.seed,
         stop=tok.stop_ids,
+        until=(lambda out: any(e in tok.decode(out) for e in ends)) if ends else None,
     )
-    return tok.decode(new)
+    return _before(tok.decode(new), ends)
+
+
+def _before(text: str, ends: tuple[str, ...]) -> str:
+    """A reply up to the first end-of-turn marker written out in it (``stop_texts``)."""
+    cut = min((text.find(e) for e in ends if e in text), default=-1)
+    return text if cut < 0 else text[:cut]
 
 
 def run(args: argparse.Namespace) -> int:

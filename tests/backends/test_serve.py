@@ -574,3 +574,41 @@ def test_an_answer_cut_inside_a_character_ends_before_it():
     assert seq.answer == "h" == "".join(e.text for e in events)
     whole = Sequence(1, [], SamplingParams(max_tokens=3), [].append, (), decode)
     assert [whole.accept(b) for b in word] == [False, False, True] and whole.answer == "hé"
+
+
+def test_a_chatml_template_over_a_vocabulary_without_its_tokens_ends_replies_at_its_text(
+    tmp_path,
+):
+    """GPT-2's vocabulary has no <|im_end|>: a model fine-tuned with the chatml template
+    writes it out in ordinary tokens, and a chat answer (served, or ``generate --chat``)
+    ends where its text appears, as it would at the token; a completion does not."""
+    import json
+
+    from llmbuild.backends.serve.api import Api
+    from llmbuild.backends.serve.engine import Engine
+    from llmbuild.backends.serve.model import from_export
+    from llmbuild.backends.serve.sequence import Sequence
+    from llmbuild.backends.tokenizer.build import CHATML, IM_END
+    from transformers import AutoTokenizer
+
+    from llmbuild.cli.generate_cmd import _before
+    from tests.checkpoints import tokenizer
+
+    checkpoint = write_checkpoint(tmp_path / "ck", "gpt2")
+    tokenizer(300, specials=["<|endoftext|>"]).save_pretrained(str(checkpoint))  # GPT-2's
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    assert IM_END not in tok.get_vocab() and tok.chat_template == CHATML
+    served = from_export(checkpoint, "export:hf@sft")
+    assert served.turn_texts == (IM_END,)
+    api = Api(Engine(served))
+    chat = {"model": "hf@sft", "messages": [{"role": "user", "content": "Snow?"}]}
+    assert api.chat_job(json.dumps({**chat, "stop": ["."]}).encode()).params.stop == (".", IM_END)
+    completion = {"model": "hf@sft", "prompt": "Snow?"}
+    assert api.completion_job(json.dumps(completion).encode()).params.stop == ()
+
+    reply = served.encode("White as milk<|im_end|>\n<|endoftext|>")
+    seq = Sequence(0, [], api.chat_job(json.dumps(chat).encode()).params, [].append,
+                   served.stop_ids, served.decode)  # fmt: skip
+    assert any(seq.accept(i) for i in reply)
+    assert seq.answer == "White as milk" and seq.finish_reason == "stop"
+    assert _before("White as milk<|im_end|>\n<|im_", (IM_END,)) == "White as milk"
