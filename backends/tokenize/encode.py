@@ -79,6 +79,10 @@ class ChatML:
         return [(answer, True), (IM_END, False)]
 
 
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+
+
 class OwnTemplate:
     """A pretrained tokenizer's own chat template, rendered by transformers. The learned
     part of an assistant turn is what rendering the turn adds after the template's
@@ -105,6 +109,14 @@ class OwnTemplate:
                     "the tokenizer's chat template does not render a conversation as its "
                     "prefix followed by the next turn, so the assistant's tokens cannot be "
                     "told apart: set [tokenizer] chat_template"
+                )
+            said = m["content"].strip()[-32:]  # its end: a template may rework the start
+            if said and said not in full[len(head) :]:
+                raise ValueError(
+                    "the tokenizer's chat template renders an assistant turn without its "
+                    f"content (a turn ending {said!r} is rendered as "
+                    f"{_shown(full[len(head) :])}), so there is no answer to learn: check "
+                    "[tokenizer] chat_template"
                 )
             out += [(head[len(done) :], 0), (full[len(head) :], 1)]
             done = full

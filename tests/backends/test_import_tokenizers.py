@@ -251,3 +251,20 @@ def test_a_tokenizer_without_a_chat_template_is_said_where_chats_need_one(tmp_pa
     assert (tokenizer.kind, tokenizer.path) == ("pretrained", str(ck))
     outcome = run_nodes(spec, tmp_path / "store", ("tokenize:talk",))
     assert outcome.ok, outcome.log
+
+
+def test_a_chat_template_that_drops_the_answer_is_said_at_tokenize(tmp_path):
+    """A template that renders no message content (``"hello"``) leaves no answer to learn:
+    the tokenize node says so, instead of the stage blaming seq_len."""
+    ck = write_checkpoint(tmp_path / "ck", "llama")
+    chat = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    }
+    (tmp_path / "talk.jsonl").write_text(json.dumps(chat) + "\n")
+    spec = import_spec(tmp_path, ck, CHAT_SOURCE)
+    spec.write_text(spec.read_text() + '\n[tokenizer]\nchat_template = "hello"\n')
+    outcome = run_nodes(spec, tmp_path / "store", ("tokenize:talk",))
+    assert not outcome.ok
+    detail = outcome.results["tokenize:talk"].detail
+    assert "the tokenizer's chat template renders an assistant turn without its content" in detail
+    assert "(a turn ending 'Hello' is rendered as ''" in detail, detail
