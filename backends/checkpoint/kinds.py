@@ -122,11 +122,26 @@ class ImportKind(Kind):
             done.problems.append(
                 Problem(
                     f"the checkpoint's tokenizer has {tokens} tokens but its embedding only "
-                    f"{arch['vocab_size']} rows (vocab_size in {origin})",
+                    f"{arch['vocab_size']} rows (vocab_size in {origin}){_added(ck.path)}",
                     at,
                 )
             )
         return done
+
+
+def _added(path: Any) -> str:
+    """Why a tokenizer has more ids than its vocabulary: special tokens its config names
+    that the vocabulary lacks."""
+    from llmbuild.backends.checkpoint.source import lacked_specials
+
+    new = lacked_specials(path)
+    if not new:
+        return ""
+    listed = ", ".join(repr(t) for t in new)
+    return (
+        f": tokenizer_config.json names {listed} as special, and its vocabulary has no such "
+        "token, so transformers adds it as a new id; name a token of the vocabulary there"
+    )
 
 
 KINDS = (ImportKind(),)

@@ -67,7 +67,7 @@ def tokenizer_vocab(directory: Path) -> int | None:
             vocab = tok.get("model", {}).get("vocab") or {}
             ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
             ids += [t["id"] for t in tok.get("added_tokens", [])]
-            return max(ids, default=-1) + 1
+            return max(ids, default=-1) + 1 + len(_lacked(tok, directory))
         except (ValueError, AttributeError, KeyError, TypeError) as e:
             why = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
             raise CheckpointError(f"{fast}: not a readable tokenizer ({why})") from None
@@ -85,6 +85,45 @@ def tokenizer_vocab(directory: Path) -> int | None:
         json.loads(config.read_text()).get("added_tokens_decoder", {}) if config.is_file() else {}
     )
     return max([pieces - 1, *(int(i) for i in added)]) + 1
+
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
+                "mask_token")  # fmt: skip
+
+
+def named_specials(directory: Path) -> list[str]:
+    """The special tokens ``tokenizer_config.json`` names (each a string or an
+    ``AddedToken`` table); transformers adds those the vocabulary lacks, as new ids."""
+    config = directory / "tokenizer_config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except ValueError:
+        return []
+    named = [data.get(k) for k in SPECIAL_KEYS]
+    named += list(data.get("additional_special_tokens") or [])
+    out = []
+    for t in named:
+        text = t.get("content") if isinstance(t, dict) else t
+        if isinstance(text, str) and text and text not in out:
+            out.append(text)
+    return out
+
+
+def _lacked(tok: dict[str, Any], directory: Path) -> list[str]:
+    """The special tokens the config names that ``tok`` (``tokenizer.json``) lacks."""
+    vocab = tok.get("model", {}).get("vocab") or {}
+    known = set(vocab if isinstance(vocab, dict) else ())
+    known |= {t.get("content") for t in tok.get("added_tokens", [])}
+    return [t for t in named_specials(directory) if t not in known] if known else []
+
+
+def lacked_specials(directory: Path) -> list[str]:
+    """The special tokens ``tokenizer_config.json`` names that ``tokenizer.json``'s
+    vocabulary lacks: transformers adds each as a new id beyond it."""
+    try:
+        return _lacked(json.loads((directory / "tokenizer.json").read_text("utf-8")), directory)
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def resolve_hub(repo: str, revision: str | None) -> tuple[Path, str]:

@@ -82,7 +82,10 @@ def test_a_sentencepiece_only_checkpoint_brings_its_tokenizer(tmp_path):
     assert outcome.ok, outcome.log
     (note,) = outcome.results["tokenizer"].record.notes
     assert "leave chat_template unset" not in note, note
-    assert "not at <|im_end|>; give a Jinja template written with its special tokens" in note
+    assert (
+        "generate, serve and chat end a reply where <|im_end|> is written out); give a "
+        "Jinja template written with its special tokens" in note
+    )
     # A text prompt is encoded as transformers encodes it: a Llama tokenizer that adds <s>
     # (add_bos_token, as Llama 2's has) starts it with <s> in `generate` and the server.
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
@@ -158,6 +161,25 @@ def test_a_tokenizer_known_larger_than_the_embedding_is_refused_at_validate(tmp_
     problem = _problem(spec)
     assert problem.key == "tokenizer.path"
     assert "320 tokens but the imported embedding only 200 rows" in problem.message
+
+
+def test_a_special_token_its_vocabulary_lacks_counts_as_transformers_adds_it(tmp_path):
+    """A tokenizer_config.json naming an eos token the vocabulary does not have: transformers
+    adds it as a new id, one past the embedding; validate counts it and says why."""
+    from transformers import AutoTokenizer
+
+    ck = write_checkpoint(tmp_path / "ck", "llama", vocab_size=320)  # as many as its tokens
+    rows = json.loads((ck / "config.json").read_text())["vocab_size"]
+    config = json.loads((ck / "tokenizer_config.json").read_text())
+    (ck / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|nope|>"}))
+    assert len(AutoTokenizer.from_pretrained(str(ck))) == rows + 1  # the reference's count
+    problem = _problem(import_spec(tmp_path, ck))
+    assert f"the checkpoint's tokenizer has {rows + 1} tokens but its embedding only {rows}" in (
+        problem.message
+    )
+    assert "tokenizer_config.json names '<|nope|>' as special, and its vocabulary has no" in (
+        problem.message
+    )
 
 
 def test_a_checkpoint_without_a_tokenizer_is_a_clear_error(tmp_path):
