@@ -164,10 +164,53 @@ def _safetensors_problem(path: Path) -> str | None:
             header = json.loads(f.read(n))
     except (struct.error, ValueError, UnicodeDecodeError) as e:
         return f"it is not a safetensors file ({e})"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if not isinstance(header, dict):
+        return "it is not a safetensors file (its header is not a JSON object)"
+    ends = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        problem = _entry_problem(entry)
+        if problem is not None:
+            return f"its header's entry for {name!r} {problem}"
+        ends.append(entry["data_offsets"][1])
     expected = 8 + n + max(ends, default=0)
     if size < expected:
         return f"it is truncated: {size} bytes where its header needs {expected}"
+    return None
+
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+               "F8_E8M0": 1}  # fmt: skip
+"""The element types of safetensors' format, with their sizes."""
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one tensor's entry of a safetensors header, which the library
+    would report only as it loads (``missing field 'dtype'``)."""
+    if not isinstance(entry, dict):
+        return "is not a table"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        return f"has dtype {dtype!r}, which is none of safetensors' types"
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        return f"has shape {shape!r}, not a list of sizes"
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        return f"has data_offsets {offsets!r}, not [begin, end]"
+    count = 1
+    for d in shape:
+        count *= d
+    if offsets[1] - offsets[0] != count * DTYPE_BYTES[dtype]:
+        return (
+            f"spans {offsets[1] - offsets[0]} bytes where a {dtype} tensor of shape {shape} "
+            f"takes {count * DTYPE_BYTES[dtype]}"
+        )
     return None
 
 

@@ -280,6 +280,12 @@ def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
     shard = ck / "model-00002-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])
     assert f"{shard}: it is truncated" in _error(spec)
+    # A header whose entry the library could not read (a dtype edited to none of its types).
+    save_file({n: state[n] for n in names[half:]}, str(shard))
+    raw = shard.read_bytes()
+    shard.write_bytes(raw.replace(b'"dtype":"F32"', b'"dtype":"XXX"', 1))
+    assert f"{shard}: its header's entry for " in _error(spec)
+    assert "has dtype 'XXX', which is none of safetensors' types" in _error(spec)
     # An architecture no family maps.
     for f in ck.glob("model*"):
         f.unlink()
