@@ -72,7 +72,9 @@ class ImportKind(Kind):
 
     def complete(self, raw: dict[str, Any], where: Path, spec: dict[str, Any]) -> Completion | None:
         ref = raw.get("checkpoint")
-        if not isinstance(ref, str):  # field validation reports it; what it would fill waits
+        if (
+            not isinstance(ref, str) or not ref.strip()
+        ):  # field validation reports it; what it would fill waits
             return Completion(origin="", fills=FILLS)
         at = (*where, "checkpoint")
         try:

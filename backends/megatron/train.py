@@ -206,7 +206,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
             _log_step(work, row, steps)
         if rank == 0 and progress is not None:
             shown = {
-                k: round(row[k], 4)
+                k: _figures(row[k])
                 for k in ("val_loss", "reward", "val_reward", "val_accuracy")
                 if k in row
             }
@@ -214,7 +214,7 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
                 completed=step + 1,
                 total=steps,
                 unit="steps",
-                loss=round(row["loss"], 4),
+                loss=_figures(row["loss"]),
                 **shown,
                 force=last,
             )
@@ -272,6 +272,11 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     timings["threads"] = torch.get_num_threads()
     (out / TIMINGS).write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}))
     return out
+
+
+def _figures(value: float) -> float:
+    """Four significant figures for the progress line (a loss of 1.8e-08 is not 0)."""
+    return float(f"{value:.4g}")
 
 
 def _log_step(work: Path, row: dict[str, Any], steps: int) -> None:

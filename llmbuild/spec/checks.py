@@ -262,7 +262,8 @@ def check_paths(raw: dict[str, Any], registry: Any, said: Collection[Path] = ())
         if where in said:
             continue
         for sub, pattern in _missing(value):
-            out.append(Problem(f"{pattern}: matches no file", (*where, *sub)))
+            said_how = "is empty" if not pattern.strip() else f"{pattern}: matches no file"
+            out.append(Problem(said_how, (*where, *sub)))
     path = tok.get("path")
     if (
         tok.get("kind") == "pretrained"

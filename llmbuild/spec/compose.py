@@ -96,8 +96,8 @@ def _rebase_paths(data: dict[str, Any], base: FsPath, registry: Any) -> None:
     and let each item's kind resolve what else it names relative to that folder."""
 
     def fix(p: Any) -> Any:
-        if not isinstance(p, str) or "://" in p:
-            return p
+        if not isinstance(p, str) or "://" in p or not p.strip():
+            return p  # an empty path stays empty, for validation to refuse
         return os.path.normpath(os.path.join(base, os.path.expanduser(p)))
 
     def visit(node: Any, pattern: Path) -> None:

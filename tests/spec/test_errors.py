@@ -178,6 +178,25 @@ def test_a_tables_own_check_of_a_value_a_flag_set_names_the_flag(tmp_path):
     assert f"{spec}:" in str(info.value) and "--set" not in str(info.value)
 
 
+def test_an_empty_path_is_refused_not_read_as_the_specs_folder(tmp_path):
+    """``path = ""`` joined to the spec's folder named the folder itself: a source would
+    have read every file beside the spec (the spec included) as its text."""
+    from tests.conftest import write_project
+
+    spec = write_project(tmp_path, _single_stage("steps = 10"))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec, ('data.sources.books.path=""',))
+    assert "data.sources[0].path: is empty" in str(info.value)
+    ck = '[[stage]]\nname = "base"\nkind = "import"\ncheckpoint = ""\n'
+    spec = write_project(
+        tmp_path, _single_stage("steps = 10").replace("[[stage]]", ck + "[[stage]]", 1)
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert "stage[0].checkpoint: must be at least 1 character (got '')" in str(info.value)
+    assert "config.json" not in str(info.value)
+
+
 def test_missing_file_is_a_user_error(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "llmbuild", "validate", str(tmp_path / "nope.toml")],
