@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -58,6 +59,9 @@ class Store:
         if work_root is None:
             work_root = self.fs.root if isinstance(self.fs, LocalFS) else cache_dir("work")
         self.work_root = Path(work_root)
+        self._parsed: dict[str, tuple[tuple[int, int, int], Record]] = {}
+        """Records read from a local store, by key, with the file's inode, size and
+        modification time: read again only when the file is another."""
 
     @property
     def url(self) -> str:
@@ -74,13 +78,26 @@ class Store:
     def _record(self, key: str) -> Record | None:
         """The record committed under ``key``; None if there is none. Raises
         ``CorruptRecord`` for one that does not verify."""
+        rel = f"artifacts/{key}/{RECORD}"
+        sig = None
+        if isinstance(self.fs, LocalFS):
+            try:
+                st = os.stat(self.fs.path(rel))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = self._parsed.get(key)
+            if hit is not None and hit[0] == sig:
+                return hit[1]
         try:
-            data = self.fs.read_bytes(f"artifacts/{key}/{RECORD}")
+            data = self.fs.read_bytes(rel)
         except (FileNotFoundError, NotADirectoryError):
             return None
         rec = Record.from_json(data)
         if rec.key != key:
             raise CorruptRecord(f"record.json holds key {rec.key[:12]}, not {key[:12]}")
+        if sig is not None:
+            self._parsed[key] = (sig, rec)
         return rec
 
     def lookup(self, key: str, verify: bool = True) -> Lookup:
