@@ -93,6 +93,16 @@ def _marked(value: Any) -> Any:
     return value
 
 
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a type takes a boolean as one (``bool``, ``Any``, a literal of one)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _takes_bool(args[0])
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in args)
+    return annotation in (bool, Any, object)
+
+
 def _bool_for_number(value: Any, annotation: Any) -> bool:
     """Whether ``value`` holds a boolean where ``annotation`` takes a number and no
     boolean (in arrays and tables of numbers too; nested spec tables check their own)."""
@@ -100,7 +110,10 @@ def _bool_for_number(value: Any, annotation: Any) -> bool:
     if origin is Annotated:
         return _bool_for_number(value, args[0])
     if origin in (typing.Union, types.UnionType):
-        return all(_bool_for_number(value, arm) for arm in args)
+        arms = [a for a in args if a is not type(None)]
+        if isinstance(value, bool) and any(_takes_bool(a) for a in arms):
+            return False
+        return any(_bool_for_number(value, arm) for arm in arms)
     if isinstance(value, bool):
         return annotation in (int, float)
     if isinstance(value, (list, tuple)) and origin in (list, tuple) and args:

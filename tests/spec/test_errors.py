@@ -159,6 +159,9 @@ def test_a_boolean_given_for_a_number_on_the_command_line(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(spec, ("stage.pretrain.lr=true",))
     assert "stage[0].lr: must be a number (got boolean true)" in str(info.value)
+    with pytest.raises(SpecError) as info:  # a number that may be left out, too
+        load_spec(spec, ("architecture.vocab_size=true",))
+    assert "architecture.vocab_size: must be an integer (got boolean true)" in str(info.value)
     # a boolean field still takes one
     assert load_spec(spec, ("architecture.bias=false",)).spec.architecture.bias is False
 
