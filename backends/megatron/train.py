@@ -207,7 +207,8 @@ def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
         if rank == 0 and progress is not None:
             shown = {
                 k: _figures(row[k])
-                for k in ("val_loss", "reward", "val_reward", "val_accuracy")
+                # a distillation's loss mixes in the KL: its cross-entropy is shown too
+                for k in ("ce", "val_loss", "reward", "val_reward", "val_accuracy")
                 if k in row
             }
             progress.update(
