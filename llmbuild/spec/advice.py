@@ -4,6 +4,7 @@ in the node's record). Cheap: globs, and at most two tokenizer files compared.""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any
@@ -96,22 +97,27 @@ def misspelt_tasks(spec: Any) -> list[Problem]:
     tasks stay possible: a warning, which the build would otherwise give as an error of
     every eval node, one by one)."""
     import difflib
-    from pathlib import Path
 
     out = []
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
     for i, suite in enumerate(getattr(spec, "eval", ())):
-        root = getattr(suite, "include_path", None)
-        if getattr(suite, "kind", None) != "lm-eval" or not root or not Path(root).is_dir():
+        if getattr(suite, "kind", None) != "lm-eval":
             continue
+        root = getattr(suite, "include_path", None)
         local: set[str] = set()
-        for yaml in [*Path(root).rglob("*.yaml"), *Path(root).rglob("*.yml")]:
+        for yaml in _yamls(root):
             try:
                 local.update(TASK_LINE.findall(yaml.read_text(encoding="utf-8")))
             except (OSError, UnicodeDecodeError):
                 continue
         for name in suite.tasks:
+            if name in local:
+                continue
             near = difflib.get_close_matches(name, sorted(local), n=1, cutoff=0.8)
-            if name not in local and near:
+            if near:
                 out.append(
                     Problem(
                         f"{name!r} is no task of {root}; did you mean {near[0]!r}? (unless it "
@@ -119,7 +125,26 @@ def misspelt_tasks(spec: Any) -> list[Problem]:
                         ("eval", i, "tasks"),
                     )
                 )
+            elif offline:  # lm-eval's own tasks read their datasets from the Hub
+                where = f"no task of {root}" if root else "not a local task (no include_path)"
+                out.append(
+                    Problem(
+                        f"{name!r} is {where}: as one of lm-eval's own tasks it reads its "
+                        "dataset from the Hugging Face Hub, and this machine is offline "
+                        "(HF_HUB_OFFLINE or HF_DATASETS_OFFLINE): give include_path a task "
+                        "YAML of it over local data",
+                        ("eval", i, "tasks"),
+                    )
+                )
     return out
+
+
+def _yamls(root: Any) -> list[Any]:
+    from pathlib import Path
+
+    if not root or not Path(root).is_dir():
+        return []
+    return [*Path(root).rglob("*.yaml"), *Path(root).rglob("*.yml")]
 
 
 def warn(resolved: Any) -> None:
