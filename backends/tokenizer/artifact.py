@@ -145,6 +145,13 @@ class TokenizerArtifact:
         return ids
 
     @property
+    def unknown_id(self) -> int | None:
+        """The id text outside the vocabulary becomes (a char tokenizer's unknown token);
+        None for a vocabulary that spells everything (bytes)."""
+        token = getattr(self.tokenizer.model, "unk_token", None)
+        return self.tokenizer.token_to_id(token) if token else None
+
+    @property
     def stop_texts(self) -> tuple[str, ...]:
         """End-of-turn markers the tokenizer spells with ordinary tokens: generation stops
         where their text appears (``text_turn_ends``)."""

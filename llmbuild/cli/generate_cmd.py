@@ -194,6 +194,12 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
     text = tok.chat_prompt(args.prompt) if args.chat else args.prompt
     ids = tok.prompt_ids(text) if args.chat else tok.completion_ids(text)
     _note_cut(len(ids), context(config))
+    unknown = ids.count(tok.unknown_id) if tok.unknown_id is not None else 0
+    if unknown:  # a char vocabulary's: the model never saw what they stand for
+        sys.stderr.write(
+            f"note: {unknown} of the prompt's {len(ids)} tokens are the unknown token: "
+            "its text has characters outside the tokenizer's vocabulary\n"
+        )
     ends = tok.stop_texts if args.chat else ()
     new = sample(
         model,

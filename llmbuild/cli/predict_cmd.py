@@ -116,8 +116,7 @@ def predict(
     seq = config["architecture"]["seq_len"]
     start = text_start(config, tok)
     encoded, cut, empty, unknown = [], 0, 0, 0
-    unk_token = getattr(tok.tokenizer.model, "unk_token", None)
-    unk = tok.tokenizer.token_to_id(unk_token) if unk_token else None
+    unk = tok.unknown_id
     for text, pair in texts:
         own = tok.encode(text)
         ids, shortened, types = fit_text(

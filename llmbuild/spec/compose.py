@@ -197,8 +197,9 @@ def _resolve_extend(ref: Any, from_file: FsPath, display: str, key: Path) -> FsP
         for d in preset_dirs():
             if (d / f"{name}.toml").is_file():
                 return d / f"{name}.toml"
-        hint = did_you_mean(name, available_presets())
-        known = ", ".join(f"@{p}" for p in available_presets())
+        known_names = [f"@{p}" for p in available_presets()]
+        hint = did_you_mean(ref, known_names)
+        known = ", ".join(known_names)
         raise SpecError([Problem(f"no preset {ref!r}{hint} (presets: {known})", key, display)])
     target = (from_file.parent / ref).resolve()
     if not target.is_file():

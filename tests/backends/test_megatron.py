@@ -392,6 +392,11 @@ def test_generate_from_a_built_stage(tmp_path, capsys):
     assert capsys.readouterr().out == greedy  # top-1 sampling is greedy
     assert main([*args, "--temperature", "1.0", "--top-p", "0.9", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO:")
+    # characters the char vocabulary lacks: generated from all the same, and said
+    args[args.index("ROMEO:")] = "ΩROMEO€:"
+    assert main([*args, "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 2 of the prompt's 8 tokens are the unknown token: its text has" in err, err
 
 
 def test_bf16_training_follows_fp32(tmp_path):

@@ -89,7 +89,7 @@ def test_set_errors_are_clear(project):
 
 def test_unknown_preset_suggests(tmp_path):
     spec = write_project(tmp_path, FULL_SPEC.replace("@gpt2-tiny", "@gpt2-tinny"))
-    with pytest.raises(SpecError, match="no preset '@gpt2-tinny'; did you mean 'gpt2-tiny'"):
+    with pytest.raises(SpecError, match="no preset '@gpt2-tinny'; did you mean '@gpt2-tiny'"):
         load_spec(spec)
 
 
