@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from typing import Any, TextIO
 
 DONE_STATES = {"cached", "built", "reused", "failed", "skipped"}
@@ -31,20 +32,24 @@ def _fmt_secs(seconds: float) -> str:
 
 
 class _Rate:
-    """Rate and ETA of one node's ``completed`` counter."""
+    """Rate and ETA of one node's ``completed`` counter, over its last ``WINDOW``
+    seconds: a slow start (a machine busy elsewhere, the first steps' warm-up) stops
+    counting once it is past."""
+
+    WINDOW = 30.0
 
     def __init__(self) -> None:
-        self.start: tuple[float, float] | None = None
+        self.seen: deque[tuple[float, float]] = deque()
 
     def text(self, fields: dict[str, Any]) -> str:
         done, total = fields.get("completed"), fields.get("total")
         if not isinstance(done, (int, float)):
             return ""
         now = time.monotonic()
-        if self.start is None:
-            self.start = (now, float(done))
-            return ""
-        elapsed, count = now - self.start[0], done - self.start[1]
+        self.seen.append((now, float(done)))
+        while len(self.seen) > 2 and now - self.seen[0][0] > self.WINDOW:
+            self.seen.popleft()
+        elapsed, count = now - self.seen[0][0], done - self.seen[0][1]
         if elapsed <= 0 or count <= 0:
             return ""
         rate = count / elapsed

@@ -69,3 +69,20 @@ def test_live_view_renders():
     rep.close()
     rendered = rep.console.file.getvalue()
     assert "stage:b" in rendered and "loss 3" in rendered
+
+
+def test_the_rate_follows_the_last_seconds_not_a_slow_start(monkeypatch):
+    """An ETA from the average since the first update stayed wildly long after a slow
+    start (a machine busy elsewhere); over the last WINDOW seconds it follows the pace."""
+    from llmbuild.run import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    rate = progress._Rate()
+    rate.text({"completed": 0, "total": 1000})
+    clock[0] = 60.0  # one step in the first minute
+    assert rate.text({"completed": 1, "total": 1000}).startswith("0.01667 it/s")
+    for i in range(2, 100):  # then ten steps a second
+        clock[0] = 60.0 + i / 10
+        shown = rate.text({"completed": i, "total": 1000, "unit": "steps"})
+    assert shown.startswith("9.899 steps/s  ETA 1m31s"), shown  # from step 1 at 60 s
