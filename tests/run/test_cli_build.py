@@ -302,16 +302,22 @@ def test_a_cached_build_of_a_copy_keeps_the_record_of_the_build_that_built(cli, 
     assert store.spec_keys(str(copy)) == store.spec_keys(str(cli))  # plan's "why" for both
 
 
+def _plan_line(capsys, spec, node: str, *sets: str) -> tuple[str, str]:
+    """``plan`` of ``spec`` with ``--set`` each of ``sets``: the line of ``node``, and the
+    whole plan."""
+    capsys.readouterr()
+    assert main(["plan", str(spec), *(a for s in sets for a in ("--set", s))]) == 0
+    plan = capsys.readouterr().out
+    return next(ln for ln in plan.splitlines() if f"{node} " in ln), plan
+
+
 def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, capsys):
     """A node that a spec file has never built is compared with the same node of the
     other spec file in the store that shares the most of its keys."""
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
     copy = cli.parent / "copy.toml"
     copy.write_text(cli.read_text())
-    capsys.readouterr()
-    assert main(["plan", str(copy), "--set", "stage.sft.lr=1e-5"]) == 0
-    plan = capsys.readouterr().out
-    line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
+    line, plan = _plan_line(capsys, copy, "stage:sft", "stage.sft.lr=1e-5")
     assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
     assert "  cached  stage:pretrain" in plan
     # Another file sharing as many keys, yet further off (two fields, not one), and first
@@ -320,10 +326,7 @@ def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, cap
     other.write_text(cli.read_text())
     edits = ["--set", "stage.sft.lr=3e-5", "--set", "stage.sft.steps=3"]
     assert main(["build", str(other), "--executor", "inline", "--plain", *edits]) == 0
-    capsys.readouterr()
-    assert main(["plan", str(copy), "--set", "stage.sft.lr=1e-5"]) == 0
-    plan = capsys.readouterr().out
-    line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
+    line, plan = _plan_line(capsys, copy, "stage:sft", "stage.sft.lr=1e-5")
     assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
     # A file whose last build failed at that node has nothing stored to compare it with:
     # not the nearest, though nothing it stored differs.
@@ -333,10 +336,7 @@ def test_a_copied_spec_is_explained_against_the_spec_it_was_copied_from(cli, cap
     edits = ["--set", "stage.sft.lr=4e-5"]
     assert main(["build", str(failed), "--executor", "inline", "--plain", *edits]) == 1
     set_control()
-    capsys.readouterr()
-    assert main(["plan", str(copy), "--set", "stage.sft.lr=1e-5"]) == 0
-    plan = capsys.readouterr().out
-    line = next(ln for ln in plan.splitlines() if "stage:sft " in ln)
+    line, plan = _plan_line(capsys, copy, "stage:sft", "stage.sft.lr=1e-5")
     assert line.endswith(f"new to this spec; against {cli}: stage.sft.lr 2e-5 -> 1e-5"), plan
 
 
@@ -355,10 +355,7 @@ def test_a_copy_is_explained_against_the_spec_that_has_its_nodes(cli, capsys):
     assert main(["build", str(other), "--executor", "inline", "--plain"]) == 0
     copy = cli.parent / "copy.toml"
     copy.write_text(cli.read_text())
-    capsys.readouterr()
-    assert main(["plan", str(copy), "--set", "stage.pretrain.lr=2e-3"]) == 0
-    plan = capsys.readouterr().out
-    line = next(ln for ln in plan.splitlines() if "stage:pretrain " in ln)
+    line, plan = _plan_line(capsys, copy, "stage:pretrain", "stage.pretrain.lr=2e-3")
     assert line.endswith(f"new to this spec; against {cli}: stage.pretrain.lr 0.001 -> 0.002"), plan
 
 

@@ -20,6 +20,22 @@ def _artifact(store, name):
     return d
 
 
+def _logged_build(project, store):
+    """A build of the fixture pipeline, inline; its outcome and what it reported."""
+    from llmbuild.run.build import build
+    from llmbuild.spec.load import load_spec
+
+    log = io.StringIO()
+    outcome = build(
+        load_spec(project),
+        Store(str(store)),
+        BuildOptions(executor="inline", live=False),
+        PlainReporter(log, interval=0),
+        registry=fixture_registry(),
+    )
+    return outcome, log.getvalue()
+
+
 def _reproduce(store, spec_hash):
     """``reproduce`` of the build recorded under ``spec_hash``, inline, with the fixtures."""
     return reproduce(
@@ -39,18 +55,8 @@ def test_flipped_byte_is_reported_and_rebuilt(project, fixture_env, tmp_path):
     data = bytearray(out.read_bytes())
     data[3] ^= 0x01
     out.write_bytes(bytes(data))
-    log = io.StringIO()
-    from llmbuild.run.build import build
-    from llmbuild.spec.load import load_spec
-
-    outcome = build(
-        load_spec(project),
-        Store(str(store)),
-        BuildOptions(executor="inline", live=False),
-        PlainReporter(log, interval=0),
-        registry=fixture_registry(),
-    )
-    assert "corrupt  stage:sft  out.txt does not match its recorded blake3 digest" in log.getvalue()
+    outcome, log = _logged_build(project, store)
+    assert "corrupt  stage:sft  out.txt does not match its recorded blake3 digest" in log
     assert counts() == {"stage:sft": 1}  # rebuilt; the same bytes, so downstream is cached
     assert outcome.ok
     assert artifact_dirs(store, "stage:sft", "corrupt")
@@ -325,19 +331,9 @@ def test_dependents_of_an_artifact_rebuilt_with_other_outputs_are_stale(
     assert main(["generate", str(project), "--store", str(store), "--stage", "dpo"]) == 2
     assert "stage:dpo is stale in the store (it was built from" in capsys.readouterr().err
 
-    log = io.StringIO()
-    from llmbuild.run.build import build
-    from llmbuild.spec.load import load_spec
-
-    outcome = build(
-        load_spec(project),
-        Store(str(store)),
-        BuildOptions(executor="inline", live=False),
-        PlainReporter(log, interval=0),
-        registry=fixture_registry(),
-    )
+    outcome, log = _logged_build(project, store)
     assert outcome.ok
-    assert "stale    stage:dpo  it was built from earlier outputs of stage:sft" in log.getvalue()
+    assert "stale    stage:dpo  it was built from earlier outputs of stage:sft" in log
     built = counts()
     assert built["stage:dpo"] == 1 and built["eval:ppl@sft"] == 1 and "stage:sft" not in built
     for name, was in old.items():  # moved aside, not deleted, and built from the new outputs
