@@ -194,6 +194,11 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
     text = tok.chat_prompt(args.prompt) if args.chat else args.prompt
     ids = tok.prompt_ids(text) if args.chat else tok.completion_ids(text)
     _note_cut(len(ids), context(config))
+    if len(ids) < context(config) < len(ids) + args.max_new_tokens:  # the export stops there
+        sys.stderr.write(
+            f"note: past {context(config)} tokens, prompt and answer together, each new token "
+            f"is predicted from the last {context(config)} only (the model's context)\n"
+        )
     unknown = ids.count(tok.unknown_id) if tok.unknown_id is not None else 0
     if unknown:  # a char vocabulary's: the model never saw what they stand for
         sys.stderr.write(

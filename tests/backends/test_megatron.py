@@ -397,6 +397,11 @@ def test_generate_from_a_built_stage(tmp_path, capsys):
     assert main([*args, "--temperature", "0"]) == 0
     err = capsys.readouterr().err
     assert "note: 2 of the prompt's 8 tokens are the unknown token: its text has" in err, err
+    assert "predicted from the last" not in err  # 8 + 20 tokens fit in the context
+    args[args.index("20")] = "80"
+    assert main([*args, "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "note: past 32 tokens, prompt and answer together, each new token is predicted" in err
 
 
 def test_bf16_training_follows_fp32(tmp_path):
