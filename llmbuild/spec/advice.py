@@ -147,10 +147,35 @@ def _yamls(root: Any) -> list[Any]:
     return [*Path(root).rglob("*.yaml"), *Path(root).rglob("*.yml")]
 
 
+FIT_PARAMETERS = 5
+"""Approach 3's law, E + A/N^alpha + B/D^beta: a scaling fit needs as many points."""
+
+
+def thin_sweeps(spec: Any) -> list[Problem]:
+    """A sweep of fewer points than approach 3 has parameters fits no law (said only by
+    `llmbuild scaling`, after every point is trained)."""
+    out = []
+    for i, suite in enumerate(getattr(spec, "eval", ())):
+        if getattr(suite, "kind", None) != "scaling" or len(suite.stages) >= FIT_PARAMETERS:
+            continue
+        n = len(suite.stages)
+        out.append(
+            Problem(
+                f"sweep {suite.name!r} has {n} point{'' if n == 1 else 's'}: approach 3 fits "
+                f"{FIT_PARAMETERS} parameters and needs at least {FIT_PARAMETERS} points (and "
+                "approach 2 three sizes per budget), so no law would be fitted; add sizes or "
+                "budgets",
+                ("eval", i, "stages"),
+            )
+        )
+    return out
+
+
 def warn(resolved: Any) -> None:
     """Print the spec's warnings to stderr, located."""
     from llmbuild.spec.load import locate
 
     spec = resolved.spec
-    for problem in empty_validation(spec) + tokenizer_over_import(spec) + misspelt_tasks(spec):
+    found = empty_validation(spec) + tokenizer_over_import(spec) + misspelt_tasks(spec)
+    for problem in found + thin_sweeps(spec):
         print(f"warning: {locate(problem, resolved)}", file=sys.stderr)

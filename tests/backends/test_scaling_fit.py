@@ -387,3 +387,23 @@ def test_points_no_better_than_uniform_are_left_out_of_the_fits():
         "its held-out loss 122 is no better than guessing each of its 65 tokens alike "
         "(ln 65 = 4.174): it diverged or learned nothing"
     )
+
+
+def test_a_sweep_of_fewer_points_than_the_law_has_parameters_is_warned_of(tmp_path, capsys):
+    """Said at validate, not only by `llmbuild scaling` after every point is trained; the
+    count is the fit's own."""
+    from llmbuild.backends.scaling.fit import PARAMETERS
+
+    from llmbuild.cli import main
+    from llmbuild.spec.advice import FIT_PARAMETERS
+    from tests.backends.test_scaling_sweep import SWEEP
+    from tests.conftest import write_project
+
+    assert len(PARAMETERS) == FIT_PARAMETERS
+    spec = write_project(tmp_path, SWEEP.format(hidden="[16]"))  # two budgets: 2 points
+    assert main(["validate", str(spec)]) == 0
+    err = capsys.readouterr().err
+    assert "has 2 points: approach 3 fits 5 parameters and needs at least 5 points" in err, err
+    spec = write_project(tmp_path, SWEEP.format(hidden="[16, 32, 64]"))
+    assert main(["validate", str(spec)]) == 0
+    assert "approach 3 fits" not in capsys.readouterr().err
