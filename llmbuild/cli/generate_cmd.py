@@ -216,7 +216,9 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
         args.top_p,
         args.seed,
         stop=tok.stop_ids,
-        until=(lambda out: any(e in tok.decode(out) for e in ends)) if ends else None,
+        # each of a marker's tokens spells at least one of its characters: the last
+        # len(marker) tokens hold it once it is written out
+        until=(lambda out: any(e in tok.decode(out[-len(e) :]) for e in ends)) if ends else None,
     )
     return _before(tok.decode(new), ends)
 

@@ -4,7 +4,6 @@ in the node's record). Cheap: globs, and at most two tokenizer files compared.""
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from typing import Any
@@ -93,16 +92,13 @@ TASK_LINE = re.compile(r"^(?:task|group|tag):\s*['\"]?([^\s'\"#]+)", re.MULTILIN
 
 def misspelt_tasks(spec: Any) -> list[Problem]:
     """An lm-eval task that is not among the local YAMLs' but is spelt nearly as one of
-    them is most likely a typo (lm-eval is not imported here, so its own thousands of
-    tasks stay possible: a warning, which the build would otherwise give as an error of
-    every eval node, one by one)."""
+    them is most likely a typo; any other is one of lm-eval's own, whose dataset only
+    the local Hugging Face cache can give (lm-eval is not imported here, so its own
+    thousands of tasks stay possible: warnings, which the build would otherwise give as
+    an error of every eval node, one by one)."""
     import difflib
 
     out = []
-    offline = any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
     for i, suite in enumerate(getattr(spec, "eval", ())):
         if getattr(suite, "kind", None) != "lm-eval":
             continue
@@ -125,14 +121,15 @@ def misspelt_tasks(spec: Any) -> list[Problem]:
                         ("eval", i, "tasks"),
                     )
                 )
-            elif offline:  # lm-eval's own tasks read their datasets from the Hub
+            else:  # lm-eval's own task: its dataset is the Hub's, and eval nodes download nothing
                 where = f"no task of {root}" if root else "not a local task (no include_path)"
                 out.append(
                     Problem(
                         f"{name!r} is {where}: as one of lm-eval's own tasks it reads its "
-                        "dataset from the Hugging Face Hub, and this machine is offline "
-                        "(HF_HUB_OFFLINE or HF_DATASETS_OFFLINE): give include_path a task "
-                        "YAML of it over local data",
+                        "dataset from the Hugging Face Hub, which an eval node never "
+                        "downloads from, so it builds only if the dataset is in the local "
+                        "Hugging Face cache; give include_path a task YAML of it over local "
+                        "data",
                         ("eval", i, "tasks"),
                     )
                 )

@@ -72,22 +72,15 @@ def test_an_lm_eval_task_spelt_nearly_as_a_local_one_is_said(tmp_path, capsys):
         assert ("'capital' is no task of" in err and "did you mean 'capitals'?" in err) == said, err
 
 
-def test_an_lm_eval_task_of_its_own_is_said_to_need_the_hub_when_offline(
-    tmp_path, capsys, monkeypatch
-):
-    """A task not among the local YAMLs is one of lm-eval's own, whose dataset comes from
-    the Hub: offline, the build would fail at each eval node; online it downloads."""
+def test_an_lm_eval_task_of_its_own_is_said_to_need_its_dataset_cached(tmp_path, capsys):
+    """A task not among the local YAMLs is one of lm-eval's own, whose dataset is the
+    Hub's; eval nodes download nothing, so it builds only from the local cache."""
     suite = (
         '[[eval]]\nname = "qa"\nkind = "lm-eval"\nstages = ["pretrain"]\ntasks = ["hellaswag"]\n'
     )
     spec = _spec(tmp_path, 'separator = "\\n\\n"\n')
     spec.write_text(spec.read_text() + suite)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert main(["validate", str(spec)]) == 0
     err = capsys.readouterr().err
     assert "eval[0].tasks: 'hellaswag' is not a local task (no include_path): as one of" in err
-    assert "reads its dataset from the Hugging Face Hub, and this machine is offline" in err
-    monkeypatch.delenv("HF_DATASETS_OFFLINE")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert main(["validate", str(spec)]) == 0
-    assert "warning" not in capsys.readouterr().err
+    assert "which an eval node never downloads from, so it builds only if the dataset" in err
