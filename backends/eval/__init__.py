@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class EvalBackend(Backend):
     name = "eval"
-    version = "8"  # 3: the padded vocabulary rows take no share of a perplexity;
+    version = "9"  # 3: the padded vocabulary rows take no share of a perplexity;
     # 4: a chat source's perplexity is its answers', a classification the majority rate;
     # 5: a classification's baseline measures its listed files too;
     # 6: a classification's predictions carry each text's index and tokens as read, and

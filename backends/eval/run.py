@@ -166,6 +166,7 @@ def _text_file(path: str) -> str:
 def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[dict[str, str]]:
     from llmbuild.backends.megatron.generate import sample
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+    from llmbuild.backends.tokenizer.continuation import Continuation
 
     tok = TokenizerArtifact.open(ctx.input("tokenizer").path)
     out = []
@@ -187,7 +188,7 @@ def samples(ctx: Any, suite: Any, model: Any, config: dict[str, Any]) -> list[di
             stop=tok.stop_ids,
             progress=lambda n, before=before: ctx.progress.update(completed=before + n),
         )
-        out.append({"prompt": prompt, "completion": tok.decode(new)})
+        out.append({"prompt": prompt, "completion": Continuation(tok.decode, ids).text(new)})
     return out
 
 

@@ -129,7 +129,7 @@ class Engine:
 
     def _count_cancelled(self, seq: Sequence) -> None:
         self.counts["cancelled"] += 1
-        seq.finish("cancelled", seq.decode(seq.ids))
+        seq.finish("cancelled", seq.answer_text(seq.ids))
 
     def _admit(self, joining: list[Sequence]) -> None:
         for seq in joining:

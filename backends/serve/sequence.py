@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmbuild.backends.tokenizer.continuation import Continuation
+
 log = logging.getLogger("llmbuild.serve")
 
 
@@ -82,7 +84,9 @@ class Sequence:
         decode: Callable[[list[int]], str],
     ) -> None:
         self.rid, self.prompt_ids, self.params, self.sink = rid, prompt_ids, params, sink
-        self.stop_ids, self.decode = frozenset(stop_ids), decode
+        self.stop_ids = frozenset(stop_ids)
+        self.answer_text = Continuation(decode, prompt_ids).text
+        """The text of the answer's ids, as they read after the prompt."""
         self.ids: list[int] = []
         self.sent = 0
         """Characters of the text already sent."""
@@ -118,9 +122,9 @@ class Sequence:
     def accept(self, token: int) -> bool:
         """Takes the next token; sends the text it completes; True once it is finished."""
         if token in self.stop_ids:
-            return self.finish("stop", self.decode(self.ids))
+            return self.finish("stop", self.answer_text(self.ids))
         self.ids.append(token)
-        text = self.decode(self.ids)
+        text = self.answer_text(self.ids)
         for stop in self.params.stop:
             at = text.find(stop, max(0, self.sent - len(stop)))
             if at >= 0:

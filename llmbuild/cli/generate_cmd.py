@@ -167,7 +167,12 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     stops = model.generation_config.eos_token_id  # eos, and a chat model's end of turn
     if generated and generated[-1] in (stops if isinstance(stops, list) else [stops]):
         generated = generated[:-1]
-    return _before(tok.decode(generated, skip_special_tokens=True), ends)
+    from functools import partial
+
+    from llmbuild.backends.tokenizer.continuation import Continuation
+
+    decode = partial(tok.decode, skip_special_tokens=True)
+    return _before(Continuation(decode, prompt).text(generated), ends)
 
 
 def _note_cut(tokens: int, context: int) -> None:
@@ -220,7 +225,9 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
         # len(marker) tokens hold it once it is written out
         until=(lambda out: any(e in tok.decode(out[-len(e) :]) for e in ends)) if ends else None,
     )
-    return _before(tok.decode(new), ends)
+    from llmbuild.backends.tokenizer.continuation import Continuation
+
+    return _before(Continuation(tok.decode, ids).text(new), ends)
 
 
 def _before(text: str, ends: tuple[str, ...]) -> str:
