@@ -8,6 +8,7 @@ build or is counted and skipped is the caller's choice (``on_error``).
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import re
@@ -105,7 +106,6 @@ def _text_docs(path: str, source: Source) -> Iterator[Record | BadRecord]:
     """Documents of a text file, streamed in chunks (a file may be larger than memory). A
     document holding bytes that are not UTF-8 is yielded as a BadRecord, so skipping it
     keeps the documents after it."""
-    import codecs
 
     sep = source.separator
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
@@ -144,6 +144,8 @@ def _jsonl_docs(path: str) -> Iterator[Record | BadRecord]:
     with open_binary(path) as f:
         for n, raw in enumerate(f, start=1):
             where = f"{path}:{n}"
+            if n == 1:  # a byte-order mark, as some Windows editors write: no part of the JSON
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             try:
                 line = _decode(raw, where).strip()
                 if not line:
@@ -169,7 +171,8 @@ def _csv_docs(path: str, delimiter: str) -> Iterator[Record | BadRecord]:
     import csv
 
     with open_binary(path) as raw:
-        f = io.TextIOWrapper(raw, encoding="utf-8", newline="")  # type: ignore[arg-type]
+        # utf-8-sig: a byte-order mark before the header is no part of its first name
+        f = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
         reader = csv.reader(f, delimiter=delimiter, strict=True)
         try:
             header = next(reader, None)

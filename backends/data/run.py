@@ -117,6 +117,8 @@ def read_file(job: tuple[int, str, dict[str, Any], str]) -> dict[str, Any]:
         "hashes": bytes(hashes),
         "skipped": skipped[:20],
     }
+    if stats["documents_read"] == 1 and _windows_lines(path, source):
+        result["windows_lines"] = True
     if labels is not None:
         result["labels"] = labels.summary()
     if sigs:
@@ -182,6 +184,19 @@ class BlockWriter:
         self.writer.write({"__key__": f"{self.count:012d}", "jsonl": payload})
         self.count += len(self.lines)
         self.lines, self.size = [], 0
+
+
+def _windows_lines(path: str, source: Any) -> bool:
+    """Whether a text file read as one document holds its source's separator with
+    Windows line ends (``"\\r\\n"`` for each ``"\\n"``), which the separator does not match."""
+    sep = source.separator
+    if not sep or "\n" not in sep or not _is_text(path, source.format):
+        return False
+    from llmbuild.backends.data.readers import open_binary
+
+    with open_binary(path) as f:
+        head = f.read(1 << 20)
+    return sep.replace("\n", "\r\n").encode("utf-8") in head
 
 
 def _is_text(path: str, declared: str) -> bool:
@@ -339,6 +354,15 @@ def run(ctx: Any) -> None:
             'deduplication keeps the first copy; set dedup = "none" in [data.clean] to '
             "keep every copy, or mend the labels"
         )
+    windows = [r["path"] for r in results if r.get("windows_lines")]
+    if windows:
+        sep = config.source.separator or ""
+        crlf = json.dumps(sep.replace("\n", "\r\n"))
+        ctx.note(
+            f"the separator {json.dumps(sep)} never occurs in {len(windows)} file(s) (first: "
+            f'{windows[0]}), whose lines end with "\\r\\n" (Windows): each is one '
+            f"document; set separator = {crlf} to split them"
+        )
     if config.split.validation > 0 and not kept["validation"]["documents"]:
         docs = kept["train"]["documents"]
         ctx.note(
@@ -347,7 +371,9 @@ def run(ctx: Any) -> None:
             + (
                 "; a text source without a separator is one document per file: set "
                 '`separator` (e.g. "\\n\\n") to split it'
-                if docs <= 2 and any(_is_text(f, config.source.format) for f in files)
+                if docs <= 2
+                and config.source.separator is None
+                and any(_is_text(f, config.source.format) for f in files)
                 else ""
             )
         )

@@ -370,3 +370,39 @@ def test_a_preference_pair_of_one_answer_twice_is_a_bad_record():
     )
     assert e.value.kind == "field"  # counted as such with on_error = "skip"
     assert normalise(Record("p.jsonl:8", {**pair, "rejected": "5"}), source)["rejected"] == "5"
+
+
+def test_a_separator_that_windows_line_ends_hide_is_said(tmp_path):
+    """A text file with "\\r\\n" line ends never holds the separator "\\n\\n": it is one
+    document, and the build says why and what separator splits it."""
+    path = tmp_path / "docs.txt"
+    path.write_bytes(b"first document\r\n\r\nsecond document\r\non two lines\r\n\r\nthird\r\n")
+    extra = 'separator = "\\n\\n"\n'
+    spec = write_spec(tmp_path, spec_text({"docs": str(path)}, extra_source=extra))
+    outcome = run_nodes(spec, tmp_path / "store", ("source:docs",))
+    assert outcome.ok, outcome.log
+    notes = outcome.results["source:docs"].record.notes
+    said = [n for n in notes if "never occurs" in n]
+    assert said and '"\\n\\n" never occurs in 1 file(s)' in said[0], notes
+    assert 'set separator = "\\r\\n\\r\\n" to split them' in said[0]
+    assert not any("without a separator" in n for n in notes)  # it has one
+    crlf = spec.read_text().replace('separator = "\\n\\n"', 'separator = "\\r\\n\\r\\n"')
+    outcome = run_nodes(write_spec(tmp_path, crlf), tmp_path / "store", ("source:docs",))
+    record = outcome.results["source:docs"].record
+    assert record.metrics["documents"] == 3 and not any("never occurs" in n for n in record.notes)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("docs.jsonl", b'\xef\xbb\xbf{"text": "a first document"}\n{"text": "a second one"}\n'),
+        ("docs.csv", b"\xef\xbb\xbftext,id\na first document,1\na second one,2\n"),
+    ],
+)
+def test_a_byte_order_mark_before_the_first_record_is_read_past(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    spec = write_spec(tmp_path, spec_text({"docs": str(path)}))
+    outcome = run_nodes(spec, tmp_path / "store", ("source:docs",))
+    assert outcome.ok, outcome.log
+    assert outcome.results["source:docs"].record.metrics["documents"] == 2
