@@ -7,9 +7,10 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class ExportBackend(Backend):
     name = "export"
-    version = "7"  # 4: hf tokenizers carry model_max_length; 5: the model's positions;
+    version = "8"  # 4: hf tokenizers carry model_max_length; 5: the model's positions;
     # 6: a classifier's tokenizer puts texts in the stage's form, with a pad of its own;
-    # 7: a chat source's held-out perplexity is its answers', conversation by conversation
+    # 7: a chat source's held-out perplexity is its answers', conversation by conversation;
+    # 8: a GGUF's add_bos_token (add_eos_token) follows its tokenizer (a Llama's <s>)
     Config = ExportConfig
     inputs = (
         Slot("model", "the exported stage (a LoRA stage's base is found through it)"),

@@ -36,6 +36,11 @@ class GgufVocab:
     """``bos``, ``eos``, ``pad``, ``unk`` token ids (those the tokenizer has)."""
     chat_template: str | None = None
     add_space_prefix: bool | None = None
+    add_bos: bool = False
+    add_eos: bool = False
+    """Whether a runtime starts (ends) a prompt with bos (eos): as the tokenizer itself
+    encodes a text (a Llama or Mistral tokenizer's ``<s>``), as the hf export and
+    ``generate`` do."""
 
 
 def _parts(node: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -115,6 +120,19 @@ def _merges(model: dict[str, Any]) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
 
+def _added_around(tokenizer: TokenizerArtifact, special: dict[str, int]) -> dict[str, bool]:
+    """``add_bos`` and ``add_eos``: whether the tokenizer puts bos before (eos after) a
+    text it encodes with its special tokens, as its post-processor says."""
+    tok = tokenizer.tokenizer
+    text = "a"
+    own, plain = tok.encode(text).ids, tok.encode(text, add_special_tokens=False).ids
+    bos, eos = special.get("bos"), special.get("eos")
+    return {
+        "add_bos": bos is not None and own[:1] == [bos] and plain[:1] != [bos],
+        "add_eos": eos is not None and own[-1:] == [eos] and plain[-1:] != [eos],
+    }
+
+
 def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
     """The GGUF form of the tokenizer node's tokenizer, padded to ``vocab_size`` entries."""
     tok = json.loads(tokenizer.json_path.read_text())
@@ -139,7 +157,11 @@ def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
     ends = [ids[t] for t in tokenizer.info.turn_ends if t in ids]
     if ends:  # llama.cpp stops a chat reply at its end-of-turn token
         special["eot"] = ends[0]
-    common = {"special": special, "chat_template": _chat_template(tokenizer.files)}
+    common = {
+        "special": special,
+        "chat_template": _chat_template(tokenizer.files),
+        **_added_around(tokenizer, special),
+    }
 
     def listing(mapped: dict[int, str]) -> tuple[list[str], list[int]]:
         tokens = [mapped.get(i, f"[PAD{i}]") for i in range(vocab_size)]
@@ -195,8 +217,7 @@ def write_vocab(writer: Any, vocab: GgufVocab) -> None:
     }
     for key, token_id in vocab.special.items():
         adders[key](token_id)
-    # Training never prepends bos nor appends eos to a document.
-    writer.add_add_bos_token(False)
-    writer.add_add_eos_token(False)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)

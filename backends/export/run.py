@@ -8,6 +8,7 @@ exported with its base's weights merged in (the base found through the stage's r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,35 @@ def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact, tok: An
             encoder_template(tok, tokenizer)
     tok.model_max_length = hf.arch.positions  # what truncation=True cuts to: the model's context
     tok.save_pretrained(str(out))
+    _portable_config(out / "tokenizer_config.json")
     # A chat model's reply ends at its end-of-turn token as well as at eos: generate()
     # with these defaults stops there.
     stops = tokenizer.stop_ids
     eos = stops[0] if len(stops) == 1 else stops
     GenerationConfig(**{**hf.special, "eos_token_id": eos}).save_pretrained(str(out))
+
+
+PORTABLE_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+"""transformers 5 names a tokenizer of ``tokenizer.json`` alone ``TokenizersBackend``, a
+class transformers 4 lacks; ``PreTrainedTokenizerFast`` is the same class in 5, and the
+one 4 loads."""
+
+
+def _portable_config(config: Path) -> None:
+    """A saved tokenizer's settings as transformers 4 and 5 both read them: a class both
+    have, and the special tokens past bos, eos, unk and pad as ``additional_special_tokens``
+    (5 writes a list under ``extra_special_tokens``, where 4 wants a table of names)."""
+    if not config.is_file():
+        return
+    settings = json.loads(config.read_text())
+    portable = PORTABLE_CLASSES.get(settings.get("tokenizer_class"))
+    if portable:
+        settings["tokenizer_class"] = portable
+    extra = settings.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del settings["extra_special_tokens"]
+        settings["additional_special_tokens"] = extra
+    config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
 def encoder_template(tok: Any, tokenizer: TokenizerArtifact) -> None:

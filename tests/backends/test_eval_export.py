@@ -66,6 +66,11 @@ def test_evals_and_hf_export(tmp_path, style):
     hf = AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
     assert type(hf).__name__ == ("GPT2LMHeadModel" if style == "gpt2" else "LlamaForCausalLM")
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    # as transformers 4 reads it too: 5 calls the class TokenizersBackend, which 4 lacks
+    settings = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    assert settings["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert "<|im_start|>" in settings["additional_special_tokens"]  # a list, as 4 reads it
+    assert "extra_special_tokens" not in settings and "<|im_start|>" in tok.all_special_tokens
     assert "<|im_start|>" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False
     )

@@ -254,7 +254,9 @@ def test_a_gguf_names_the_split_of_llama_3_and_qwen_2_tokenizers(tmp_path):
     import json
     import shutil
 
-    from llmbuild.backends.export.gguf_vocab import NAMED_SPLITS, gguf_vocab
+    import gguf
+    from llmbuild.backends.export.gguf_export import gguf_writer
+    from llmbuild.backends.export.gguf_vocab import NAMED_SPLITS, gguf_vocab, write_vocab
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
     from tokenizers import Tokenizer
 
@@ -280,9 +282,30 @@ def test_a_gguf_names_the_split_of_llama_3_and_qwen_2_tokenizers(tmp_path):
                  "use_regex": False},
             ],
         }  # fmt: skip
+        if name == "llama-bpe":  # and Llama 3's <|begin_of_text|> before every text
+            tok["post_processor"] = {
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [0],
+                                               "tokens": ["<|bos|>"]}},
+            }  # fmt: skip
         path.write_text(json.dumps(tok))
-        vocab = gguf_vocab(TokenizerArtifact.open(tok_dir), n)
+        ours = TokenizerArtifact.open(tok_dir)
+        vocab = gguf_vocab(ours, n)
         assert (vocab.model, vocab.pre) == ("gpt2", name)
+        # a runtime starts a prompt with bos where the tokenizer itself does, as the hf
+        # export and `generate` do (completion_ids)
+        assert vocab.add_bos == (name == "llama-bpe") and not vocab.add_eos
+        assert (ours.completion_ids("the fox")[0] == ours.bos_id) == vocab.add_bos
+        writer = gguf_writer(tmp_path / f"{name}.gguf", "llama")
+        write_vocab(writer, vocab)
+        for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.close):
+            write()
+        fields = gguf.GGUFReader(str(tmp_path / f"{name}.gguf")).fields
+        assert fields["tokenizer.ggml.add_bos_token"].contents() == vocab.add_bos
         if name in digits:  # the tokenizers library reads the split as llama.cpp names it
             pieces = Tokenizer.from_file(str(path)).pre_tokenizer.pre_tokenize_str("12345")
             assert [p for p, _ in pieces] == digits[name]
