@@ -19,6 +19,8 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import dataclass
+from enum import Enum
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -52,16 +54,18 @@ class SpecModel(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_bool_for_number(cls, data: Any) -> Any:
+    def _no_other_scalars(cls, data: Any) -> Any:
         """``true``/``false`` where a number belongs (``lr = true``, ``--set
-        stage.x.steps=true``) fail as a number would that is not one: pydantic would
-        read them as 1 and 0."""
+        stage.x.steps=true``), and a quoted string where a number or a boolean belongs
+        (``steps = "300"``, ``distributed_optimizer = "yes"``), fail as a value of another
+        type does: pydantic would read them as 1 and 0, 300 and true, which the spec's
+        JSON Schema (and so an editor) refuses."""
         if not isinstance(data, dict):
             return data
         out = dict(data)
         for name, field in cls.model_fields.items():
             key = field.alias if field.alias in data else name
-            if key in data and _bool_for_number(data[key], field.annotation):
+            if key in data and _other_scalar(data[key], field.annotation):
                 out[key] = _marked(data[key])
         return out
 
@@ -83,9 +87,24 @@ class Boolean(str):
         return str(self)
 
 
+class Quoted:
+    """A string where a number or a boolean belongs, kept out of pydantic's reach (it
+    would parse ``"300"`` as 300, ``"yes"`` as true): it fails as any other type does."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
 def _marked(value: Any) -> Any:
     if isinstance(value, bool):
         return Boolean(str(value).lower())
+    if isinstance(value, str):
+        return Quoted(value)
     if isinstance(value, (list, tuple)):
         return [_marked(v) for v in value]
     if isinstance(value, dict):
@@ -103,24 +122,41 @@ def _takes_bool(annotation: Any) -> bool:
     return annotation in (bool, Any, object)
 
 
-def _bool_for_number(value: Any, annotation: Any) -> bool:
-    """Whether ``value`` holds a boolean where ``annotation`` takes a number and no
-    boolean (in arrays and tables of numbers too; nested spec tables check their own)."""
+def _takes_str(annotation: Any) -> bool:
+    """Whether a type takes a string as one (text, a path, a literal of text, ``Any``)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
-        return _bool_for_number(value, args[0])
+        return _takes_str(args[0])
+    if origin is Literal:
+        return any(isinstance(a, str) for a in args)
+    if annotation in (Any, object):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, (str, PurePath, Enum))
+
+
+def _other_scalar(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` holds a boolean where ``annotation`` takes a number and no
+    boolean, or a string where it takes a number or a boolean and no string (in arrays
+    and tables of them too; nested spec tables check their own)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _other_scalar(value, args[0])
     if origin in (typing.Union, types.UnionType):
         arms = [a for a in args if a is not type(None)]
         if isinstance(value, bool) and any(_takes_bool(a) for a in arms):
             return False
-        return any(_bool_for_number(value, arm) for arm in arms)
+        if isinstance(value, str) and any(_takes_str(a) for a in arms):
+            return False
+        return any(_other_scalar(value, arm) for arm in arms)
     if isinstance(value, bool):
         return annotation in (int, float)
+    if isinstance(value, str):
+        return annotation in (int, float, bool)
     if isinstance(value, (list, tuple)) and origin in (list, tuple) and args:
         items = args[:1] if origin is list or args[-1] is Ellipsis else args
-        return any(_bool_for_number(v, items[min(i, len(items) - 1)]) for i, v in enumerate(value))
+        return any(_other_scalar(v, items[min(i, len(items) - 1)]) for i, v in enumerate(value))
     if isinstance(value, dict) and origin is dict and len(args) == 2:
-        return any(_bool_for_number(v, args[1]) for v in value.values())
+        return any(_other_scalar(v, args[1]) for v in value.values())
     return False
 
 

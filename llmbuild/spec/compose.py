@@ -233,6 +233,10 @@ def _display_path(path: FsPath) -> str:
         return str(path)
 
 
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+"""A number as a shell user writes it, which TOML may not read (``.001``, ``1.``)."""
+
+
 def _parse_value(text: str, flag: str) -> Any:
     """A ``--set`` value as TOML; text that is no TOML value is a string, except where it
     opens as a table or an array (JSON's ``{"a": 1}``, say): a string there is a mistake."""
@@ -242,6 +246,8 @@ def _parse_value(text: str, flag: str) -> Any:
         where = flag.partition("=")[0]  # not the value itself: it is too long to show
         raise SpecError([Problem(f"{where}: arrays or tables nested too deeply to read")]) from None
     except tomllib.TOMLDecodeError as e:
+        if NUMBER.fullmatch(text):  # a number TOML would not write: .001, 1., 1e3.
+            return float(text)
         if text[:1] in ("{", "["):
             why = re.sub(r" \(at line \d+, column \d+\)$", "", str(e))  # of "v = ..."
             raise SpecError(

@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from llmbuild.errors import Path, Problem, did_you_mean
-from llmbuild.spec.base import Boolean
+from llmbuild.spec.base import Boolean, Quoted
 from llmbuild.spec.root import REQUIRED_SECTIONS, section_adapter, sections
 
 _TOML_TYPES = {
     bool: "boolean",
     Boolean: "boolean",
+    Quoted: "string",
     int: "integer",
     float: "float",
     str: "string",

@@ -164,6 +164,17 @@ def test_a_boolean_given_for_a_number_on_the_command_line(tmp_path):
     assert "architecture.vocab_size: must be an integer (got boolean true)" in str(info.value)
     # a boolean field still takes one
     assert load_spec(spec, ("architecture.bias=false",)).spec.architecture.bias is False
+    # a number as a shell user writes it, which TOML would not read, is still a number
+    loaded = load_spec(spec, ("stage.pretrain.lr=.002", "stage.pretrain.weight_decay=1."))
+    assert (loaded.spec.stage[0].lr, loaded.spec.stage[0].weight_decay) == (0.002, 1.0)
+    with pytest.raises(SpecError) as info:  # a string where a number belongs is not
+        load_spec(spec, ("stage.pretrain.lr=fast",))
+    assert "stage[0].lr: must be a number (got string 'fast')" in str(info.value)
+    with pytest.raises(SpecError) as info:  # nor where a boolean does
+        load_spec(spec, ('architecture.bias="no"',))
+    assert "architecture.bias: must be a boolean (got string 'no')" in str(info.value)
+    # a field that takes text takes a number's spelling as text
+    assert load_spec(spec, ('model.name="123"',)).spec.model.name == "123"
 
 
 def test_a_tables_own_check_of_a_value_a_flag_set_names_the_flag(tmp_path):
@@ -230,6 +241,10 @@ def test_missing_file_is_a_user_error(tmp_path):
         ("steps = true", "stage[0].steps: must be an integer (got boolean true)"),
         ("lr = false", "stage[0].lr: must be a number (got boolean false)"),
         ("betas = [0.9, true]", "stage[0].betas[1]: must be a number (got boolean true)"),
+        # and strings as 300, 0.001 and true, which the spec's JSON Schema refuses
+        ('steps = "300"', "stage[0].steps: must be an integer (got string '300')"),
+        ('lr = "1e-3"', "stage[0].lr: must be a number (got string '1e-3')"),
+        ('betas = [0.9, "0.99"]', "stage[0].betas[1]: must be a number (got string '0.99')"),
     ],
 )
 def test_stage_mistakes(tmp_path, edit, want):
