@@ -118,8 +118,11 @@ def _recorded_threads(store: Store, build: dict[str, Any], spec: Any) -> Any:
             threads.add(int(target.timings["rank0.threads"]))
     if len(threads) != 1:
         return spec
+    recorded = threads.pop()
+    if par.rank_cpus() == recorded:  # as it is unset here: kept so, which lets a local
+        return spec  # cluster run more ranks than this machine has cores, a thread each
     return spec.model_copy(
-        update={"parallelism": par.model_copy(update={"cpus_per_rank": threads.pop()})}
+        update={"parallelism": par.model_copy(update={"cpus_per_rank": recorded})}
     )
 
 

@@ -241,6 +241,31 @@ def test_reproduce_computes_with_the_recorded_threads(tmp_path, monkeypatch, cap
     assert again["eval:ppl@pretrain"].timings["threads"] == threads
 
 
+def test_reproduce_keeps_an_unset_cpus_per_rank_that_gives_the_recorded_threads(
+    tmp_path, monkeypatch
+):
+    """Four ranks on two cores, cpus_per_rank unset: a local cluster runs them a thread
+    each. Reproduced here, the recorded one thread is what unset gives, so it stays unset
+    (set to 1, the four ranks would ask for four CPUs of two); on a machine of more
+    cores it is set, so that each rank computes with the recorded thread."""
+    import os
+    from types import SimpleNamespace
+
+    from llmbuild.run.reproduce import _recorded_threads
+    from llmbuild.spec.load import load_spec
+
+    spec = tiny_spec(tmp_path, steps=4)
+    layout = ("parallelism.tensor=2", "parallelism.data=2", "parallelism.micro_batch=4")
+    loaded = load_spec(spec, layout).spec
+    stage = SimpleNamespace(timings={"rank0.threads": 1})
+    store = SimpleNamespace(lookup=lambda key, verify: SimpleNamespace(target=stage))
+    build = {"nodes": {"stage:pretrain": {"key": "k"}}}
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert _recorded_threads(store, build, loaded).parallelism.cpus_per_rank is None
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert _recorded_threads(store, build, loaded).parallelism.cpus_per_rank == 1
+
+
 def test_reproduce_trains_at_the_layout_the_stage_was_trained_at(tmp_path):
     """A layout is not in keys: a later build at tensor = 2 finds the stage cached and
     records its own spec under the same hash. The stage's own layout is kept in the build
