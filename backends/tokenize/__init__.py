@@ -7,7 +7,7 @@ from llmbuild.backend import Backend, Resources, Slot
 
 class TokenizeBackend(Backend):
     name = "tokenize"
-    version = "2"  # 2: documents' text is plain (a special token's spelling is text); a spec's Jinja chat template renders the chats
+    version = "3"  # 2: documents' text is plain (a special token's spelling is text); a spec's Jinja chat template renders the chats; 3: a chat, a preference pair and a prompt read by a tokenizer whose pieces do not encode as their whole (Llama 2's "▁" before every text) are encoded whole, as transformers encodes them; no second eos after a template's own
     Config = TokenizeConfig
     inputs = (
         Slot("documents", "the source node's cleaned shards"),

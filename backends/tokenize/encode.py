@@ -237,58 +237,85 @@ class Encoder:
                 flat[i] = ids
         return flat
 
+    def split(self, seqs: list[list[tuple[str, bool]]]) -> list[list[list[int]]]:
+        """The ids of each (text, plain) piece of each sequence, as the sequence encodes
+        whole. Where pieces encode as their whole does (``cuttable``), each piece is
+        encoded on its own, a plain one as plain text. Where they do not (a Llama 2 or
+        Mistral tokenizer's normaliser puts "▁" before every text it reads, so a turn
+        encoded alone would start with a stray "▁"), the sequence is encoded at once, as
+        transformers encodes a rendered chat, and each token goes to the piece its first
+        character is in."""
+        from bisect import bisect_right
+        from itertools import accumulate
+
+        if self.cuttable(False):
+            flat = self._pieces([p for seq in seqs for p in seq])
+            out, k = [], 0
+            for seq in seqs:
+                out.append(flat[k : k + len(seq)])
+                k += len(seq)
+            return out
+        texts = ["".join(text for text, _ in seq) for seq in seqs]
+        found = self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
+        out = []
+        for seq, enc in zip(seqs, found, strict=True):
+            ends = list(accumulate(len(text) for text, _ in seq))
+            per: list[list[int]] = [[] for _ in seq]
+            for token, (start, _) in zip(enc.ids, enc.offsets, strict=True):
+                per[min(bisect_right(ends, start), len(seq) - 1)].append(token)
+            out.append(per)
+        return out
+
     def sequences(self, pieces: list[list[tuple[str, bool]]]) -> list[list[int]]:
         """Each sequence of (text, plain) pieces as one list of ids."""
-        flat = self._pieces([p for seq in pieces for p in seq])
-        out, k = [], 0
-        for seq in pieces:
-            out.append([t for ids in flat[k : k + len(seq)] for t in ids])
-            k += len(seq)
-        return out
+        return [[t for ids in per for t in ids] for per in self.split(pieces)]
 
     def prompts(self, prompts: list[str]) -> list[list[int]]:
         """Each prompt as a user's turn followed by the start of the answer."""
         return self.sequences([self.template.prompt_pieces(p) for p in prompts])
 
     def chats(self, conversations: list[list[dict[str, str]]]) -> list[tuple[list[int], list[int]]]:
-        """(tokens, loss mask) per conversation, ending with eos (not learned)."""
+        """(tokens, loss mask) per conversation, ending with eos (not learned; a template
+        that writes one already ends there)."""
         segments = [self.template.segments(c) for c in conversations]
-        flat = self._pieces(
+        per = self.split(
             [
-                (text, self.template.content(j))
+                [(text, self.template.content(j)) for j, (text, _) in enumerate(segs)]
                 for segs in segments
-                for j, (text, _) in enumerate(segs)
             ]
         )
-        out, k = [], 0
-        for segs in segments:
-            ids: list[int] = []
-            mask: list[int] = []
-            for _, learn in segs:
-                ids += flat[k]
-                mask += [learn] * len(flat[k])
-                k += 1
-            out.append((ids + [self.eos], mask + [0]))
+        out = []
+        for segs, pieces in zip(segments, per, strict=True):
+            ids = [t for piece in pieces for t in piece]
+            mask = [learn for (_, learn), piece in zip(segs, pieces, strict=True) for _ in piece]
+            ended = self._ended(ids)
+            out.append((ended, mask + [0] * (len(ended) - len(ids))))
         return out
 
     def preferences(self, records: list[dict[str, Any]]) -> list[tuple[list[int], ...]]:
         """(prompt, chosen, rejected) token ids; answers end with the template's end of
-        turn and eos."""
-        flat = self.sequences(
-            [
-                pieces
-                for r in records
-                for pieces in (
-                    self.template.prompt_pieces(r["prompt"]),
-                    self.template.answer_pieces(r["prompt"], r["chosen"]),
-                    self.template.answer_pieces(r["prompt"], r["rejected"]),
-                )
-            ]
-        )
-        return [
-            (flat[3 * i], flat[3 * i + 1] + [self.eos], flat[3 * i + 2] + [self.eos])
-            for i in range(len(records))
-        ]
+        turn and eos. Each answer is encoded after its prompt, as the pair reads."""
+        seqs, cuts = [], []
+        for r in records:
+            prompt = self.template.prompt_pieces(r["prompt"])
+            cuts.append(len(prompt))
+            for answer in (r["chosen"], r["rejected"]):
+                seqs.append(prompt + self.template.answer_pieces(r["prompt"], answer))
+        per = self.split(seqs)
+
+        def ids(pieces: list[list[int]]) -> list[int]:
+            return [t for piece in pieces for t in piece]
+
+        out = []
+        for i, cut in enumerate(cuts):
+            chosen, rejected = per[2 * i], per[2 * i + 1]
+            answers = (self._ended(ids(chosen[cut:])), self._ended(ids(rejected[cut:])))
+            out.append((ids(chosen[:cut]), *answers))
+        return out
+
+    def _ended(self, ids: list[int]) -> list[int]:
+        """``ids`` ending with eos: appended, unless the template wrote one there."""
+        return ids if ids[-1:] == [self.eos] else ids + [self.eos]
 
 
 def unknown_id(tokenizer_json: Path) -> int | None:

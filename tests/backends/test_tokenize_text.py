@@ -206,3 +206,55 @@ def test_a_long_single_document_is_encoded_in_bounded_memory(tmp_path):
     )  # fmt: skip
     grew_mb = int(done.stdout.strip())
     assert grew_mb < 400, grew_mb
+
+
+LLAMA2_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_a_llama_2_tokenizer_reads_chats_as_transformers_encodes_them(tmp_path):
+    """Llama 2's and Mistral's tokenizer.json put "▁" before every text they read, so an
+    answer encoded apart from its prompt would start with a stray "▁" the model learns
+    (and then writes before every answer). Chats, preference pairs and prompts are the
+    ids transformers gives the rendered conversation, the answer's tokens learned, and
+    one eos where the template writes it."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    text = (Path(__file__).parents[2] / "examples/shakespeare/data/tinyshakespeare.txt").read_text()
+    tok = _llama2_style([text[:20000]])
+    tok.add_special_tokens(["<s>", "</s>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.chat_template = LLAMA2_TEMPLATE
+    fast.save_pretrained(str(tmp_path))
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    enc = Encoder(str(tmp_path / "tokenizer.json"), "</s>", own_template=True)
+    assert enc.cuttable(False) == 0  # its pieces do not encode as their whole does
+    chat = [
+        {"role": "user", "content": "Who comes here?"},
+        {"role": "assistant", "content": "The king, my lord."},
+        {"role": "user", "content": "And after him?"},
+        {"role": "assistant", "content": "His queen."},
+    ]
+
+    def ids(messages, **kw):
+        return list(
+            hf.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)["input_ids"]
+        )
+
+    ((tokens, mask),) = enc.chats([chat])
+    assert tokens == ids(chat)  # ending with the template's </s>, and no second one
+    learned = [t for t, m in zip(tokens, mask) if m]
+    # each answer after one "▁", its space, not two (the pieces read without a decoder)
+    spelled = "".join(hf.convert_ids_to_tokens(learned)).replace("▁", " ")
+    assert spelled == " The king, my lord. </s> His queen. </s>"
+    pair = {"prompt": "Who comes here?", "chosen": "The king.", "rejected": "Nobody."}
+    ((prompt, chosen, rejected),) = enc.preferences([pair])
+    question = chat[:1]
+    assert prompt == ids(question, add_generation_prompt=True) == enc.prompts([pair["prompt"]])[0]
+    for answer, answer_ids in (("The king.", chosen), ("Nobody.", rejected)):
+        assert prompt + answer_ids == ids([*question, {"role": "assistant", "content": answer}])
