@@ -251,11 +251,27 @@ def gguf_model(path: Path, hf: HfModel) -> Any:
     # transformers maps GPT-2's GGUF keys onto GPT2Config only in part (not n_positions
     # nor n_inner), and a head size of its own (key_length) not at all, so those get the
     # config (read_back checks the metadata); others are read from their own metadata.
-    own = hf.family.name == "gpt2" or hf.arch.head_dim is not None
-    config = {"config": hf.model.config} if own else {}
+    arch = hf.arch
+    own_heads = arch.head_dim is not None and arch.head_dim * arch.heads != arch.hidden
+    config = {}
+    if hf.family.name == "gpt2" or own_heads:
+        config = {"config": _written_config(hf.model.config, arch_name(hf.family))}
     return AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, **config
     ).eval()
+
+
+def _written_config(config: Any, written: str) -> Any:
+    """``config`` as the architecture the file is written as (a Mistral's as ``llama``):
+    transformers reads a GGUF by the config's model type, and knows no ``mistral`` one."""
+    if config.model_type == written:
+        return config
+    from transformers import AutoConfig
+
+    skip = ("model_type", "architectures", "transformers_version")
+    return AutoConfig.for_model(
+        written, **{k: v for k, v in config.to_dict().items() if k not in skip}
+    )
 
 
 def logits_check(

@@ -18,7 +18,7 @@ from tests.checkpoints import import_spec, write_checkpoint
 
 HF_EXPORT = '[[export]]\nformat = "hf"\nstage = "base"\n'
 GGUF_EXPORT = '[[export]]\nformat = "gguf"\nstage = "base"\nquantization = "f32"\n'
-WITH_GGUF = ("mistral", "qwen2-tied", "qwen3", "gpt2-untied")
+WITH_GGUF = ("mistral", "mistral-head-dim", "qwen2-tied", "qwen3", "gpt2-untied")
 
 LLAMA31 = {
     "max_position_embeddings": 131072,
@@ -40,6 +40,8 @@ CASES = {
     "llama3.1-scaled-tied": ("llama", LLAMA31),
     "llama-linear-rope": ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
     "mistral": ("mistral", {"sliding_window": 512}),
+    # heads of their own size, written as a llama GGUF that transformers reads back
+    "mistral-head-dim": ("mistral", {"head_dim": 32}),
     "qwen2-tied": ("qwen2", {"tie_word_embeddings": True}),
     "qwen3": ("qwen3", {"head_dim": 32}),
 }
