@@ -133,6 +133,15 @@ def _added_around(tokenizer: TokenizerArtifact, special: dict[str, int]) -> dict
     }
 
 
+def _end_of_turn(info: Any, template: str | None) -> str | None:
+    """The token a chat turn ends with: of the tokens that stop generation (eos, then the
+    turn ends), the first the chat template writes (a Qwen's eos, ``<|im_end|>``; a Llama
+    3's ``<|eot_id|>``), else the first turn end."""
+    stops = [info.eos_token, *info.turn_ends]
+    written = [t for t in stops if t and template and t in template]
+    return written[0] if written else next(iter(info.turn_ends), None)
+
+
 def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
     """The GGUF form of the tokenizer node's tokenizer, padded to ``vocab_size`` entries."""
     tok = json.loads(tokenizer.json_path.read_text())
@@ -154,12 +163,13 @@ def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
     unk = model.get("unk_id") if model["type"] == "Unigram" else ids.get(model.get("unk_token"))
     if unk is not None:
         special["unk"] = unk
-    ends = [ids[t] for t in tokenizer.info.turn_ends if t in ids]
-    if ends:  # llama.cpp stops a chat reply at its end-of-turn token
-        special["eot"] = ends[0]
+    template = _chat_template(tokenizer.files)
+    eot = _end_of_turn(tokenizer.info, template)
+    if eot in ids:  # llama.cpp stops a chat reply at its end-of-turn token
+        special["eot"] = ids[eot]
     common = {
         "special": special,
-        "chat_template": _chat_template(tokenizer.files),
+        "chat_template": template,
         **_added_around(tokenizer, special),
     }
 

@@ -514,3 +514,25 @@ def test_layernorm_biases_come_off_a_gpt2_style_model_only(fields, said):
 
     with pytest.raises(ValidationError, match=said):
         Architecture(layers=1, hidden=32, heads=4, seq_len=8, norm_bias=False, **fields)
+
+
+@pytest.mark.parametrize(
+    ("eos", "turn_ends", "template", "eot"),
+    [
+        # a Qwen 2: eos is the end of a turn, <|endoftext|> another stop
+        ("<|im_end|>", ["<|endoftext|>"], "{{ '<|im_start|>' + m + '<|im_end|>' }}", "<|im_end|>"),
+        # a Llama 3 instruct: <|eot_id|> ends a turn, <|end_of_text|> a text
+        ("<|end_of_text|>", ["<|eot_id|>"], "{{ m + '<|eot_id|>' }}", "<|eot_id|>"),
+        # a tokenizer of ours with chatml: <|im_end|> ends a turn, <|eos|> a document
+        ("<|eos|>", ["<|im_end|>"], "{{ m + '<|im_end|>' }}", "<|im_end|>"),
+        ("<|eos|>", ["<|im_end|>"], None, "<|im_end|>"),  # no template: the first turn end
+        ("<|eos|>", [], None, None),
+    ],
+)
+def test_a_ggufs_end_of_turn_is_the_stop_its_chat_template_writes(eos, turn_ends, template, eot):
+    from types import SimpleNamespace
+
+    from llmbuild.backends.export.gguf_vocab import _end_of_turn
+
+    info = SimpleNamespace(eos_token=eos, turn_ends=turn_ends)
+    assert _end_of_turn(info, template) == eot
