@@ -135,11 +135,14 @@ def _show(store, args: argparse.Namespace) -> int:
         raise UserError("show what? give a node name, a key (prefix) or a spec hash (prefix)")
     build = store.find_build(what) if len(what) >= 4 else None
     built = store.artifacts()
-    records = [
-        r
-        for r in built
-        if r.name == what or r.key.startswith(what) or r.name.split(":", 1)[-1] == what
+    records = [r for r in built if r.name == what]  # a full name is that node alone
+    records = records or [
+        r for r in built if r.key.startswith(what) or r.name.split(":", 1)[-1] == what
     ]
+    named = sorted({r.name for r in records})
+    if len(named) > 1 or (build is not None and records):
+        also = [f"build {build['spec_hash'][:12]}"] if build is not None and records else []
+        raise UserError(f"{what!r} is ambiguous: {', '.join(named + also)}")
     if build is None and not records:
         keys = [k for k in store.fs.listdir("artifacts") if k.startswith(what)]
         # a node's name, as the builds recorded it: its record may be what is corrupt

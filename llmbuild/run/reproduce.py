@@ -186,6 +186,12 @@ def _below(path: str, folder: Path) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _holds_artifacts(folder: Path) -> bool:
+    """Whether a local folder is a store with a built node in it."""
+    artifacts = Path(folder) / "artifacts"
+    return artifacts.is_dir() and any(artifacts.iterdir())
+
+
 def reproduce(
     store: Store,
     spec_hash: str,
@@ -215,6 +221,13 @@ def reproduce(
     graph = graph.select(
         tuple(n for n, v in build["nodes"].items() if v.get("state") != "not selected")
     )
+    if scratch is not None and _holds_artifacts(scratch):
+        raise UserError(
+            f"the scratch store {scratch} already holds built nodes: reproduce rebuilds "
+            "every node from nothing, and would find them there instead (a kept scratch "
+            "store, or the store itself); give an empty or new folder, or leave --scratch "
+            "out for a temporary one"
+        )
     made = scratch is None  # a temp dir of its own is removed once all went well
     scratch = scratch or Path(tempfile.mkdtemp(prefix="llmbuild-reproduce-"))
     done = False

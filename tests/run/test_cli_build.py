@@ -119,6 +119,8 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     assert main(["show", "stage:stf"]) == 2  # a misspelt name
     assert "nothing named 'stage:stf'" in (err := capsys.readouterr().err)
     assert err.rstrip().endswith("did you mean 'stage:sft'?"), err
+    assert main(["show", "books"]) == 2  # two nodes answer to it: neither is picked
+    assert "'books' is ambiguous: source:books, tokenize:books" in capsys.readouterr().err
     assert main(["show", "stage:sft", "--store", str(cli.parent / "elsewhere")]) == 2
     assert "nothing is built in this store; name the one the build used with --store" in (
         capsys.readouterr().err
@@ -137,6 +139,12 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
         == 0
     )
     assert "14 identical" in capsys.readouterr().out and (kept / "artifacts").is_dir()
+    # again into the kept one: its nodes would be found cached there, not rebuilt
+    again = ["reproduce", spec_hash, "--executor", "inline", "--plain", "--scratch", str(kept)]
+    assert main(again) == 2
+    assert "already holds built nodes: reproduce rebuilds every node" in capsys.readouterr().err
+    again[-1] = str(cli.parent / ".llmbuild")  # the store itself
+    assert main(again) == 2 and "already holds built nodes" in capsys.readouterr().err
     assert main(["gc", "--keep", "0", "--dry-run"]) == 0
     assert "would remove 19 artifacts" in capsys.readouterr().out
 
