@@ -87,3 +87,9 @@ def open_store(args: argparse.Namespace, spec_path: Path):
     from llmbuild.store.store import Store
 
     return Store(store_root(args, spec_path), cache=StatCache(stat_cache_path()))
+
+
+def stage_name(text: str) -> str:
+    """A ``--stage`` value: a stage's name, or its node's as plan and show print it
+    (``stage:pretrain``)."""
+    return text.removeprefix("stage:")

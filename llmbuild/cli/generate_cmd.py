@@ -15,6 +15,7 @@ from llmbuild.cli.common import (
     build_command,
     open_store,
     ranged,
+    stage_name,
 )
 from llmbuild.errors import UserError
 
@@ -23,7 +24,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     add_store_argument(p)
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--stage", help="stage to sample from (default: the last one)")
+    source.add_argument(
+        "--stage", type=stage_name, help="stage to sample from (default: the last one)"
+    )
     source.add_argument(
         "--export",
         metavar="NAME",
@@ -225,9 +228,13 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
         # len(marker) tokens hold it once it is written out
         until=(lambda out: any(e in tok.decode(out[-len(e) :]) for e in ends)) if ends else None,
     )
+    from functools import partial
+
     from llmbuild.backends.tokenizer.continuation import Continuation
 
-    return _before(Continuation(tok.decode, ids).text(new), ends)
+    # special tokens left out, as transformers decodes them on an export's path
+    decode = partial(tok.decode, skip_special_tokens=True)
+    return _before(Continuation(decode, ids).text(new), ends)
 
 
 def _before(text: str, ends: tuple[str, ...]) -> str:

@@ -9,14 +9,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store, ranged
+from llmbuild.cli.common import (
+    add_spec_arguments,
+    add_store_argument,
+    open_store,
+    ranged,
+    stage_name,
+)
 from llmbuild.errors import UserError
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     add_store_argument(p)
-    p.add_argument("--stage", help="classifier stage (default: the last classify stage)")
+    p.add_argument(
+        "--stage", type=stage_name, help="classifier stage (default: the last classify stage)"
+    )
     texts = p.add_mutually_exclusive_group(required=True)
     texts.add_argument("--text", action="append", help="a text to classify (repeatable)")
     texts.add_argument(

@@ -13,7 +13,13 @@ import socket
 import sys
 from typing import Any
 
-from llmbuild.cli.common import add_spec_arguments, add_store_argument, open_store, ranged
+from llmbuild.cli.common import (
+    add_spec_arguments,
+    add_store_argument,
+    open_store,
+    ranged,
+    stage_name,
+)
 from llmbuild.errors import UserError
 
 
@@ -23,7 +29,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     add_store_argument(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument(
-        "--stage", help="stage to run, converted to transformers (default: the last)"
+        "--stage",
+        type=stage_name,
+        help="stage to run, converted to transformers (default: the last)",
     )
     source.add_argument("--export", metavar="NAME", help="hf export to run, e.g. hf@sft")
     p.add_argument("--verbose", action="store_true", help="log the text of each prompt and answer")

@@ -374,6 +374,8 @@ def test_generate_from_an_hf_export_matches_the_stage(built, capsys):
     from_export = capsys.readouterr().out
     assert from_export.startswith("ROMEO:") and len(from_export) > len("ROMEO:\n")
     assert from_export == from_stage  # the same greedy tokens through transformers
+    assert main([*greedy, "--stage", "stage:pretrain"]) == 0  # the node's name, as plan says
+    assert capsys.readouterr().out == from_stage
     assert (
         main([*base, "--export", "export:hf@pretrain", "--temperature", "1.0", "--seed", "3"]) == 0
     )
