@@ -36,7 +36,7 @@ def test_schema(tmp_path, capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "stage" in schema["properties"]
-    out = tmp_path / "s.json"
+    out = tmp_path / "new" / "s.json"  # its folder made, as docs -o makes one
     assert main(["schema", "-o", str(out)]) == 0
     assert json.loads(out.read_text()) == schema
 

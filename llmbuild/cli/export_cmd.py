@@ -91,13 +91,17 @@ def run(args: argparse.Namespace) -> int:
     resolved = load_spec(args.spec, args.overrides, missing_ok=True)
     store = open_store(args, resolved.path)
     planned = plan_spec(resolved, store=store, cache=store.cache)
+    if not args.to.strip():
+        raise UserError("--to is empty: name the folder the exports go in")
     to = Path(args.to)
     try:
         written, missing = copy_out(store, planned, args.names, to, args.force, build_command(args))
     except OSError as e:
         if not _within(e.filename, to):  # the store's or the cache dir's: said as theirs
             raise
-        raise UserError(f"cannot write to {to}: {e}") from None
+        why = e.strerror or str(e)  # not the exception's own text, which shows PosixPath(...)
+        where = f" ({e.filename})" if e.filename else ""
+        raise UserError(f"cannot write to {to}: {why}{where}") from None
     for path in written:
         print(path)
     if missing:  # the built ones are out; the rest is said, and the exit status says so

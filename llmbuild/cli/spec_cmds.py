@@ -41,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
         text = spec_schema_text()
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
+            from pathlib import Path
+
+            out = Path(args.output)  # its folder made, as docs -o makes one
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
             print(f"wrote {args.output}", file=sys.stderr)
         else:
             sys.stdout.write(text)

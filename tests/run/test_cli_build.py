@@ -426,3 +426,12 @@ def test_export_copies_what_is_built_and_names_what_is_not(cli, capsys):
     (cli.parent / "a-file").write_text("")
     assert main(["export", str(cli), "--to", str(cli.parent / "a-file"), "--force"]) == 2
     assert "a-file is a file: --to names the folder the exports go in" in capsys.readouterr().err
+    assert main(["export", str(cli), "--to", ""]) == 2  # not the working directory
+    assert "--to is empty" in capsys.readouterr().err
+    blocked = cli.parent / "blocked"  # a file where an export's folder would go
+    blocked.mkdir()
+    (blocked / "hf@sft").write_text("")
+    assert main(["export", str(cli), "--to", str(blocked), "hf@sft", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to {blocked}: Not a directory ({blocked / 'hf@sft'})" in err, err
+    assert "PosixPath" not in err
