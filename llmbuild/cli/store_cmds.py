@@ -158,6 +158,7 @@ def _show(store, args: argparse.Namespace) -> int:
             if found.state == "corrupt":
                 raise UserError(f"artifact {key[:12]} is corrupt: {found.problem} ({REBUILT})")
         _not_built(store, what)
+        _recorded_only(store, builds, what)
         names = {r.name for r in built}
         if not names and not builds:
             hint = ": nothing is built in this store; name the one the build used with --store"
@@ -208,6 +209,26 @@ def _show(store, args: argparse.Namespace) -> int:
     if env:
         print("  environment " + ", ".join(f"{k} {v}" for k, v in env.items() if v and k != "git"))
     return 0
+
+
+def _recorded_only(store, builds: list[dict], what: str) -> None:
+    """For a node a build of this store names but whose artifact is not here (left out
+    of that build, failed, or removed by gc since): say so, as a ``UserError``."""
+    named = [
+        (name, node)
+        for b in builds
+        for name, node in b.get("nodes", {}).items()
+        if what in (name, name.split(":", 1)[-1])
+    ]
+    if not named or len({name for name, _ in named}) > 1:
+        return
+    name, last = named[-1]
+    why = {
+        "not selected": "the last build that names it left it out (--only, --until)",
+        "failed": "it failed when it last ran (`llmbuild status` shows its log)",
+        "skipped": "the last build that names it skipped it, as an input of it failed",
+    }.get(last.get("state", ""), "its artifact was removed since (gc keeps what kept builds use)")
+    raise UserError(f"{name} is not built in {store.url}: {why}")
 
 
 def _not_built(store, what: str) -> None:

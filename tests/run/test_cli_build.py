@@ -406,6 +406,14 @@ def test_export_copies_what_is_built_and_names_what_is_not(cli, capsys):
     the exit status says that not everything came out; asked for by name, it is an error."""
     with cli.open("a") as f:
         f.write('\n[[export]]\nformat = "hf"\nstage = "sft"\n')
+    assert main(["build", str(cli), "--executor", "inline", "--plain", "--only", "books"]) == 2
+    assert (
+        main(["build", str(cli), "--executor", "inline", "--plain", "--only", "source:books"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["show", "stage:sft", "--store", str(cli.parent / ".llmbuild")]) == 2
+    err = capsys.readouterr().err  # a node of the spec, not a misspelling of another's name
+    assert "stage:sft is not built in " in err and "left it out (--only, --until)" in err, err
     set_control(fail=["export:hf@dpo"])
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
     set_control()
@@ -421,6 +429,9 @@ def test_export_copies_what_is_built_and_names_what_is_not(cli, capsys):
     assert (out / "hf@sft").is_dir() and not (out / "hf@dpo").exists()
     assert main(["export", str(cli), "--to", str(out), "hf@dpo"]) == 2
     assert "not built yet: export:hf@dpo" in capsys.readouterr().err
+    store = ["--store", str(cli.parent / ".llmbuild")]
+    assert main(["show", "export:hf@dpo", *store]) == 2  # a node the builds name, built or not
+    assert "export:hf@dpo is not built in " in capsys.readouterr().err
     assert main(["export", str(cli), "--to", str(out), "hf@dop"]) == 2  # as it was written
     assert "no export 'hf@dop' in this spec (exports: " in capsys.readouterr().err
     (cli.parent / "a-file").write_text("")
