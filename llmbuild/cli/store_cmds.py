@@ -47,6 +47,8 @@ def _store(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     store = _store(args)
+    if args.command in ("runs", "gc") and not store.fs.exists(""):  # a misspelt --store, say
+        raise UserError(f"no store at {store.url}")
     if args.command == "runs":
         builds = store.builds()
         for name in store.unreadable_builds():
@@ -82,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
         return _show(store, args)
     from llmbuild.store.gc import collect
 
-    if not store.fs.exists(""):
-        raise UserError(f"no store at {store.url}")
     report = collect(
         store, keep_builds=args.keep, dry_run=args.dry_run, checkpoints=args.checkpoints
     )
