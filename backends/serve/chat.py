@@ -8,7 +8,7 @@ import queue
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from llmbuild.backends.serve.engine import Engine
 from llmbuild.backends.serve.model import PromptError
@@ -88,10 +88,7 @@ def chat(
             out.write(f"error: {e}\n")
             continue
         if len(ids) >= served.context:
-            out.write(
-                f"(the conversation no longer fits in the model's {served.context} tokens: "
-                "/reset to start again)\n"
-            )
+            out.write(f"({_too_long(served, history, start, len(ids))})\n")
             continue
         params = SamplingParams(
             options.max_tokens,
@@ -103,3 +100,15 @@ def chat(
         answer = _answer(engine, ids, params, out)
         if answer is not None:
             history = [*turn, {"role": "assistant", "content": answer}]
+
+
+def _too_long(
+    served: Any, history: list[dict[str, str]], start: list[dict[str, str]], n: int
+) -> str:
+    """Why a turn cannot be answered: what of it fills the model's context, and what helps."""
+    whole = f"{n} tokens with this message, and the model reads {served.context}"
+    if history != start:  # earlier turns take room that /reset gives back
+        return f"the conversation no longer fits: {whole}; /reset to start again"
+    if start and len(served.chat_ids([*start, {"role": "user", "content": ""}])) >= served.context:
+        return f"the system message alone does not fit: {whole}; chat with a shorter --system"
+    return f"this message does not fit: {whole}; write a shorter one"

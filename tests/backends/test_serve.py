@@ -612,3 +612,26 @@ def test_a_chatml_template_over_a_vocabulary_without_its_tokens_ends_replies_at_
     assert any(seq.accept(i) for i in reply)
     assert seq.answer == "White as milk" and seq.finish_reason == "stop"
     assert _before("White as milk<|im_end|>\n<|im_", (IM_END,)) == "White as milk"
+
+
+def test_a_chat_turn_too_long_for_the_context_says_what_would_help():
+    """/reset helps only where earlier turns take the room: a system message or a message
+    that alone does not fit is said to be that."""
+    from llmbuild.backends.serve.chat import _too_long
+    from llmbuild.backends.serve.model import ServedModel
+    from llmbuild.backends.tokenizer.build import CHATML
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"hi": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="[UNK]")
+    tok.chat_template = CHATML
+    served = ServedModel("base", (), None, tok, (1,), 1, 16)
+    system = [{"role": "system", "content": "hi " * 20}]
+    said = _too_long(served, system, system, 40)
+    assert "the system message alone does not fit" in said and "--system" in said
+    said = _too_long(served, [], [], 40)
+    assert "this message does not fit: 40 tokens" in said and "/reset" not in said
+    earlier = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi"}]
+    assert "no longer fits" in _too_long(served, earlier, [], 40)
