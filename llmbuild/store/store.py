@@ -463,10 +463,15 @@ class Store:
         ]
 
     def find_build(self, prefix: str) -> dict[str, Any] | None:
+        """The build recorded under a spec hash starting with ``prefix``, else the one whose
+        run id does (``show`` prints a node's as "by build ..."); None unless one matches."""
         matches = [f for f in self.fs.listdir("builds") if f.startswith(prefix)]
-        if len(matches) != 1:
+        if len(matches) == 1:
+            return self._read_json(f"builds/{matches[0]}")
+        if matches:
             return None
-        return self._read_json(f"builds/{matches[0]}")
+        runs = [b for b in self.builds() if str(b.get("build", "")).startswith(prefix)]
+        return runs[0] if len(runs) == 1 else None
 
 
 def node_ref(rec: Record) -> NodeRef:

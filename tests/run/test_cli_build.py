@@ -111,8 +111,11 @@ def test_runs_show_reproduce_gc(cli, capsys, monkeypatch):
     assert main(["build", str(cli), "--executor", "inline", "--plain"] + LR) == 0
     capsys.readouterr()
     assert main(["show", "stage:sft"]) == 0
-    other = capsys.readouterr().out.splitlines()[1]
+    shown = capsys.readouterr().out
+    other = shown.splitlines()[1]
     assert other.startswith("  the newest of 2 built in this store; the others: "), other
+    run = shown.split(" by build ", 1)[1].split()[0]  # the run it names can be shown
+    assert main(["show", run]) == 0 and capsys.readouterr().out.startswith("build ")
     assert main(["show", "nothing-like-this"]) == 2
     assert main(["show", ""]) == 2  # not the newest artifact of all
     assert "show what?" in capsys.readouterr().err
