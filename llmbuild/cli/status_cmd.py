@@ -160,13 +160,18 @@ def scaling_line(suite: str, law: dict[str, Any]) -> str:
 
 
 def flat_metrics(records: dict[str, Any]) -> dict[str, float]:
-    """``{node.metric: value}``: every number a build recorded, for comparing two."""
-    return {
-        f"{name}.{metric}": value
-        for name, rec in sorted(records.items())
-        for metric, value in sorted(rec.metrics.items())
-        if _number(value)
-    }
+    """``{node.metric: value}``: every number a build recorded, for comparing two; an
+    eval's losses with their perplexity beside them, as ``eval_table`` shows them."""
+    out = {}
+    for name, rec in sorted(records.items()):
+        for metric, value in sorted(rec.metrics.items()):
+            if not _number(value):
+                continue
+            out[f"{name}.{metric}"] = value
+            derived = f"{metric[:-5]}.perplexity"
+            if name.startswith("eval:") and metric.endswith(".loss") and derived not in rec.metrics:
+                out[f"{name}.{derived}"] = math.exp(value)
+    return out
 
 
 def _cell(value: Any) -> str:

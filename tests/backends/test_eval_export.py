@@ -117,6 +117,7 @@ def test_status_shows_losses_evals_samples_and_compares(tmp_path, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| stage:pretrain.steps |"))
     assert row.split("|")[2:5] == [" 6 ", " 8 ", " +2 (+33.3%) "], row
+    assert "| eval:ppl@pretrain.text.perplexity |" in out  # beside its loss, as status shows it
     assert main(["runs", "--store", store, "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     (spec_hash,) = {b["spec_hash"] for b in runs if b["spec_path"] == str(longer)}
