@@ -8,12 +8,15 @@
   tokenizes exactly as the char tokenizer does;
 - unigram -> ``t5`` (llama.cpp's unigram tokenizer, UGM) with tokens, scores and token
   types, spaces as the Metaspace pre-tokenizer writes them;
+- a sentencepiece BPE with byte fallback (Llama 2, Mistral) -> ``llama`` (llama.cpp's
+  SPM tokenizer) with tokens, scores from the merges' ranks, token types and merges;
 - anything else -> ``none``: the weights are usable, the runtime brings the tokenizer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,44 @@ def _types(n: int, pieces: dict[int, str], added: dict[int, bool], unk: int | No
     return [int(t) for t in out]
 
 
+BYTE = 6  # gguf.TokenType.BYTE: a sentencepiece byte-fallback piece
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def _normalizers(tok: dict[str, Any]) -> list[dict[str, Any]]:
+    node = tok.get("normalizer") or {}
+    return node.get("normalizers", []) if node.get("type") == "Sequence" else [node]
+
+
+def _is_sentencepiece(tok: dict[str, Any]) -> bool:
+    """A sentencepiece BPE as transformers converts Llama 2's or Mistral's: spaces written
+    "▁" (by a Metaspace pre-tokenizer, or the normaliser of older conversions), with byte
+    fallback; llama.cpp's ``llama`` (SPM) tokenizer reads it from tokens and scores."""
+    spaces = any(p.get("type") == "Metaspace" for p in _parts(tok.get("pre_tokenizer"))) or any(
+        n.get("type") == "Replace" and n.get("content") == "▁" for n in _normalizers(tok)
+    )
+    return spaces and bool(tok["model"].get("byte_fallback"))
+
+
+def _prepends_space(tok: dict[str, Any]) -> bool:
+    """Whether a "▁" goes before a text, as sentencepiece's ``add_dummy_prefix`` does."""
+    return any(
+        p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never"
+        for p in _parts(tok.get("pre_tokenizer"))
+    ) or any(n.get("type") == "Prepend" and n.get("prepend") == "▁" for n in _normalizers(tok))
+
+
+def _merge_scores(merges: list[str], tokens: list[str]) -> list[float]:
+    """A sentencepiece BPE's scores: a piece made by an earlier merge scores higher
+    (llama.cpp merges the pair whose piece scores highest, as BPE merges by rank); the
+    pieces no merge makes (characters, bytes, special tokens) score below them all."""
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(merges):
+        rank.setdefault(merge.replace(" ", ""), r)
+    low = -float(len(merges))
+    return [-float(rank[t]) if t in rank else low for t in tokens]
+
+
 def _merges(model: dict[str, Any]) -> list[str]:
     # tokenizers >= 0.20 writes merges as pairs; older files as "a b" strings
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -187,6 +228,20 @@ def gguf_vocab(tokenizer: TokenizerArtifact, vocab_size: int) -> GgufVocab:
         mapped = {i: p if i in added else alphabet[ord(p)] for i, p in pieces.items()}
         tokens, types = listing(mapped)
         return GgufVocab("gpt2", "default", tokens, types, merges=[], **common)
+    if model["type"] == "BPE" and _is_sentencepiece(tok):
+        tokens, types = listing(pieces)
+        types = [BYTE if BYTE_PIECE.fullmatch(t) else k for t, k in zip(tokens, types, strict=True)]
+        merges = _merges(model)
+        return GgufVocab(
+            "llama",
+            None,
+            tokens,
+            types,
+            _merge_scores(merges, tokens),
+            merges=merges,
+            add_space_prefix=_prepends_space(tok),
+            **common,
+        )
     if model["type"] == "Unigram":
         tokens, types = listing(pieces)
         scores = [scores_of.get(i, 0.0) for i in range(vocab_size)]

@@ -290,3 +290,48 @@ def test_a_chat_template_that_drops_the_answer_is_said_at_tokenize(tmp_path):
     detail = outcome.results["tokenize:talk"].detail
     assert "the tokenizer's chat template renders an assistant turn without its content" in detail
     assert "(a turn ending 'Hello' is rendered as ''" in detail, detail
+
+
+def test_a_sentencepiece_bpe_goes_into_a_gguf_as_llama_cpps_own(tmp_path):
+    """Llama 2's and Mistral's tokenizer (sentencepiece BPE with byte fallback, spaces as
+    "▁") is written as llama.cpp's ``llama`` (SPM) vocabulary: tokens, scores by merge
+    rank, byte pieces typed as bytes. transformers builds its tokenizer back from the
+    file: it splits text as the checkpoint's own does."""
+    import gguf
+    import sentencepiece
+    from llmbuild.backends.export.gguf_export import gguf_writer
+    from llmbuild.backends.export.gguf_vocab import BYTE, gguf_vocab, write_vocab
+    from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
+    from transformers import AutoTokenizer
+
+    from tests.backends.test_megatron import tiny_spec
+
+    ck = write_checkpoint(tmp_path / "ck", "llama")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (ck / name).unlink(missing_ok=True)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT.split(". ")), model_prefix=str(ck / "tokenizer"),
+        vocab_size=400, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, minloglevel=2,
+    )  # fmt: skip
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"}
+    config |= {"unk_token": "<unk>", "add_bos_token": True}  # as Llama 2's says
+    (ck / "tokenizer_config.json").write_text(json.dumps(config))
+    store = tmp_path / "store"
+    pretrained = ["tokenizer.kind='pretrained'", f"tokenizer.path='{ck}'"]
+    outcome = run_nodes(tiny_spec(tmp_path), store, ("tokenizer",), pretrained)
+    assert outcome.ok, outcome.log
+    ours = TokenizerArtifact.open(artifact(outcome, store, "tokenizer"))
+    vocab = gguf_vocab(ours, 512)
+    assert vocab.model == "llama" and vocab.add_space_prefix and vocab.add_bos
+    assert vocab.types[vocab.tokens.index("<0x0A>")] == BYTE, vocab.special
+    writer = gguf_writer(tmp_path / "vocab.gguf", "llama")
+    write_vocab(writer, vocab)
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.close):
+        write()
+    fields = gguf.GGUFReader(str(tmp_path / "vocab.gguf")).fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="vocab.gguf")
+    original = AutoTokenizer.from_pretrained(str(ck))
+    for text in ["The quick brown fox", " jumps\nover  the lazy dog.", "héllo 東京 ✓", "a"]:
+        assert theirs.encode(text) == original.encode(text), text
