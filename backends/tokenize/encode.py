@@ -170,6 +170,18 @@ class Encoder:
         """The id text the vocabulary cannot spell becomes (``unknown_id``)."""
         self._cuttable: dict[bool, int] = {}
 
+    @property
+    def document_start(self) -> list[int]:
+        """What a document starts with: the ids the tokenizer itself puts before a text
+        and nothing after it (a Llama or Mistral tokenizer's ``<s>``, Llama 3's
+        ``<|begin_of_text|>``), as it was pretrained on and as transformers encodes a
+        prompt; none for a tokenizer that adds none, or adds ids after a text as well
+        (BERT's ``[CLS] ... [SEP]``)."""
+        own = self.tok.encode("a").ids
+        plain = self.tok.encode("a", add_special_tokens=False).ids
+        cut = len(own) - len(plain)
+        return own[:cut] if cut > 0 and own[cut:] == plain else []
+
     def unknown(self, docs: list[list[int]]) -> int:
         """How many of ``docs``' tokens are the unknown token."""
         return 0 if self.unk is None else sum(ids.count(self.unk) for ids in docs)

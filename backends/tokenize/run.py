@@ -82,6 +82,7 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
     own = renders_own_template(info) and role != "pretrain"
     enc = Encoder(tok_json, info["eos_token"], own_template=own, unk=info.get("unk_id"))
+    start = enc.document_start if role == "pretrain" else []
     dtype = _dtype(info["vocab_size"])
     base = Path(out_dir) / prefix
     out = {
@@ -98,7 +99,8 @@ def tokenize_shard(job: tuple[str, str, str, dict[str, Any], str, str, bool]) ->
 
     def flush(batch: list[dict[str, Any]]) -> None:
         if role == "pretrain":
-            docs = [ids + [enc.eos] for ids in enc.encode([r["text"] for r in batch], True)]
+            texts = enc.encode([r["text"] for r in batch], True)
+            docs = [start + ids + [enc.eos] for ids in texts]
             out[""].add(docs)
         elif role == "chat":
             chats = enc.chats([r["messages"] for r in batch])

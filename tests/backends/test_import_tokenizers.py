@@ -319,9 +319,16 @@ def test_a_sentencepiece_bpe_goes_into_a_gguf_as_llama_cpps_own(tmp_path):
     (ck / "tokenizer_config.json").write_text(json.dumps(config))
     store = tmp_path / "store"
     pretrained = ["tokenizer.kind='pretrained'", f"tokenizer.path='{ck}'"]
-    outcome = run_nodes(tiny_spec(tmp_path), store, ("tokenizer",), pretrained)
+    outcome = run_nodes(tiny_spec(tmp_path), store, ("tokenize:text",), pretrained)
     assert outcome.ok, outcome.log
     ours = TokenizerArtifact.open(artifact(outcome, store, "tokenizer"))
+    # a pretraining document starts with <s>, as Llama 2 was pretrained and is prompted
+    import numpy as np
+
+    tokenized = artifact(outcome, store, "tokenize:text")
+    (first,) = [d for d in json.loads((tokenized / "datasets.json").read_text())["datasets"]][:1]
+    ids = np.fromfile(tokenized / f"{first['prefix']}.bin", dtype=np.uint16)
+    assert ids[0] == ours.bos_id == 1 and ids[1] != ours.bos_id
     vocab = gguf_vocab(ours, 512)
     assert vocab.model == "llama" and vocab.add_space_prefix and vocab.add_bos
     assert vocab.types[vocab.tokens.index("<0x0A>")] == BYTE, vocab.special

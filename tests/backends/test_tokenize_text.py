@@ -5,6 +5,8 @@ one its chats are written in."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from llmbuild.backends.tokenize.encode import Encoder
 from llmbuild.backends.tokenizer.build import byte_tokenizer, special_tokens
@@ -258,3 +260,35 @@ def test_a_llama_2_tokenizer_reads_chats_as_transformers_encodes_them(tmp_path):
     assert prompt == ids(question, add_generation_prompt=True) == enc.prompts([pair["prompt"]])[0]
     for answer, answer_ids in (("The king.", chosen), ("Nobody.", rejected)):
         assert prompt + answer_ids == ids([*question, {"role": "assistant", "content": answer}])
+
+
+def test_a_document_starts_as_its_tokenizer_starts_a_text():
+    """A pretraining document gets the ids its tokenizer puts before any text it encodes
+    (Llama 2's <s>, Llama 3's <|begin_of_text|>), as the model was pretrained and as
+    transformers encodes a prompt; a tokenizer that adds none, or wraps a text on both
+    sides (BERT's [CLS] ... [SEP]), gives a document none."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from tokenizers.processors import TemplateProcessing
+
+    specials = special_tokens(TokenizerSpec(kind="byte"))
+    byte = byte_tokenizer(specials)
+    bos, eos = byte.token_to_id("<|bos|>"), byte.token_to_id("<|eos|>")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tokenizer.json"
+
+        def start(post: Any) -> list[int]:
+            byte.post_processor = post
+            byte.save(str(path))
+            return Encoder(str(path), "<|eos|>").document_start
+
+        assert start(None) == []  # the tokenizers llmbuild trains add nothing
+        leading = TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", bos)])
+        assert start(leading) == [bos]
+        both = TemplateProcessing(
+            single="<|bos|> $A <|eos|>", special_tokens=[("<|bos|>", bos), ("<|eos|>", eos)]
+        )
+        assert start(both) == []
+        assert json.loads(path.read_text())["post_processor"]["type"] == "TemplateProcessing"
