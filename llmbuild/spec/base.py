@@ -112,26 +112,21 @@ def _marked(value: Any) -> Any:
     return value
 
 
-def _takes_bool(annotation: Any) -> bool:
-    """Whether a type takes a boolean as one (``bool``, ``Any``, a literal of one)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Annotated:
-        return _takes_bool(args[0])
-    if origin is Literal:
-        return any(isinstance(a, bool) for a in args)
-    return annotation in (bool, Any, object)
+TAKEN_AS = {bool: (bool,), str: (str, PurePath, Enum)}
+"""The types that take a boolean, a string, as one (a path or an enum takes its text)."""
 
 
-def _takes_str(annotation: Any) -> bool:
-    """Whether a type takes a string as one (text, a path, a literal of text, ``Any``)."""
+def _takes(annotation: Any, scalar: type) -> bool:
+    """Whether a type takes a ``scalar`` (``bool`` or ``str``) as one: the type itself
+    (``TAKEN_AS``), a literal of one, ``Any``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
-        return _takes_str(args[0])
+        return _takes(args[0], scalar)
     if origin is Literal:
-        return any(isinstance(a, str) for a in args)
+        return any(isinstance(a, scalar) for a in args)
     if annotation in (Any, object):
         return True
-    return isinstance(annotation, type) and issubclass(annotation, (str, PurePath, Enum))
+    return isinstance(annotation, type) and issubclass(annotation, TAKEN_AS[scalar])
 
 
 def _other_scalar(value: Any, annotation: Any) -> bool:
@@ -143,9 +138,9 @@ def _other_scalar(value: Any, annotation: Any) -> bool:
         return _other_scalar(value, args[0])
     if origin in (typing.Union, types.UnionType):
         arms = [a for a in args if a is not type(None)]
-        if isinstance(value, bool) and any(_takes_bool(a) for a in arms):
+        if isinstance(value, bool) and any(_takes(a, bool) for a in arms):
             return False
-        if isinstance(value, str) and any(_takes_str(a) for a in arms):
+        if isinstance(value, str) and any(_takes(a, str) for a in arms):
             return False
         return any(_other_scalar(value, arm) for arm in arms)
     if isinstance(value, bool):
