@@ -45,7 +45,15 @@ def _adapter_spec(stage: dict[str, Any]) -> Any:
 
 def train_ranks(cfg: RankConfig, info: Any) -> Path | None:
     """One rank of a training stage. Rank 0 returns the directory with the weights, with
-    the seconds each phase took (``timings.json``)."""
+    the seconds each phase took (``timings.json``). The steps reuse the memory the step
+    before them freed (``heap.py``)."""
+    from llmbuild.backends.megatron.heap import keep_freed_memory
+
+    with keep_freed_memory():
+        return _train(cfg, info)
+
+
+def _train(cfg: RankConfig, info: Any) -> Path | None:
     began = time.perf_counter()
     import torch
     import torch.distributed as dist
