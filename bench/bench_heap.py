@@ -20,7 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, resource, sys, threading, time
 sys.path.insert(0, {repo!r})
-import torch
 from bench import bench_train as bt
 from llmbuild.backends.megatron.heap import keep_freed_memory
 
@@ -28,15 +27,7 @@ KEEP, STEPS = {keep}, {steps}
 out = {{}}
 
 def loop():
-    torch.manual_seed(0)
-    tokens = torch.randint(0, bt.VOCAB, (bt.BATCH, bt.SEQ))
-    batch = {{
-        "tokens": tokens,
-        "labels": torch.roll(tokens, -1, dims=1),
-        "position_ids": torch.arange(bt.SEQ).unsqueeze(0).expand(bt.BATCH, -1),
-        "loss_mask": torch.ones(bt.BATCH, bt.SEQ),
-    }}
-    step = bt._our_step(batch)
+    step = bt._our_step(bt.make_batch())
     for _ in range(bt.WARMUP):
         step()
     before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -122,20 +122,25 @@ def _rates(steps: dict, rounds: int, per_round: int) -> dict[str, tuple[float, f
     }
 
 
-def run(quick: bool = False) -> list[dict]:
+def make_batch() -> dict:
+    """One micro batch of random tokens, as the training loop hands it to the model."""
     import torch
-
-    rounds = int(os.environ.get("BENCH_TRAIN_ROUNDS", "3" if quick else "7"))
-    per_round = int(os.environ.get("BENCH_TRAIN_STEPS", "10" if quick else "20"))
 
     torch.manual_seed(0)
     tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
-    batch = {
+    return {
         "tokens": tokens,
         "labels": torch.roll(tokens, -1, dims=1),
         "position_ids": torch.arange(SEQ).unsqueeze(0).expand(BATCH, -1),
         "loss_mask": torch.ones(BATCH, SEQ),
     }
+
+
+def run(quick: bool = False) -> list[dict]:
+    rounds = int(os.environ.get("BENCH_TRAIN_ROUNDS", "3" if quick else "7"))
+    per_round = int(os.environ.get("BENCH_TRAIN_STEPS", "10" if quick else "20"))
+
+    batch = make_batch()
     steps = {
         "plain": _plain_step(batch),
         "ours": _our_step(batch),
