@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
-import json, resource, sys, threading, time
+import contextlib, json, resource, sys, threading, time
 sys.path.insert(0, {repo!r})
 from bench import bench_train as bt
 from llmbuild.backends.megatron.heap import keep_freed_memory
@@ -41,10 +41,7 @@ def loop():
     )
 
 def body():
-    if KEEP:
-        with keep_freed_memory():
-            loop()
-    else:
+    with keep_freed_memory() if KEEP else contextlib.nullcontext():
         loop()
 
 thread = threading.Thread(target=body)
