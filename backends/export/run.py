@@ -138,6 +138,9 @@ def save_hf_extras(hf: HfModel, out: Path, tokenizer: TokenizerArtifact, tok: An
         if hf.arch.encoder:
             encoder_template(tok, tokenizer)
     tok.model_max_length = hf.arch.positions  # what truncation=True cuts to: the model's context
+    if tok.pad_token is None:  # a checkpoint's tokenizer without one (GPT-2's, Llama's):
+        # the model pads with eos (its config's pad_token_id), and padding=True works
+        tok.pad_token = tokenizer.info.pad_token or tokenizer.info.eos_token
     tok.save_pretrained(str(out))
     _portable_config(out / "tokenizer_config.json")
     # A chat model's reply ends at its end-of-turn token as well as at eos: generate()

@@ -97,6 +97,30 @@ def test_import_matches_transformers_and_exports_back_bit_for_bit(imported, case
         assert gguf["max_logit_diff"] < 1e-3, gguf
 
 
+def test_an_export_pads_with_what_the_model_pads_with(tmp_path):
+    """GPT-2's tokenizer has no pad token: the model pads with eos, and the exported
+    tokenizer says so, so that transformers pads a batch with it."""
+    from transformers import AutoTokenizer
+
+    ck = write_checkpoint(tmp_path / "ck", "gpt2")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (ck / name).is_file():
+            settings = json.loads((ck / name).read_text())
+            settings.pop("pad_token", None)
+            (ck / name).write_text(json.dumps(settings))
+    assert AutoTokenizer.from_pretrained(str(ck)).pad_token is None
+    outcome = run_nodes(import_spec(tmp_path, ck, HF_EXPORT), tmp_path / "store")
+    assert outcome.ok, outcome.log
+    exported = artifact(outcome, tmp_path / "store", "export:hf@base")
+    tok = AutoTokenizer.from_pretrained(str(exported))
+    config = json.loads((exported / "config.json").read_text())
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>"
+    assert tok.pad_token_id == config["pad_token_id"]
+    batch = tok(["to be", "or not to be, that is"], padding=True)
+    assert len(batch["input_ids"][0]) == len(batch["input_ids"][1])
+    assert batch["attention_mask"][0][-1] == 0
+
+
 def test_rope_settings_are_carried_over(imported):
     _ck, _outcome, _store, spec = imported("llama3.1-scaled-tied")
     loaded = load_spec(spec)
