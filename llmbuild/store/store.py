@@ -390,8 +390,15 @@ class Store:
         keys = self.spec_keys(spec_path)
 
         def preimage(name: str) -> dict[str, Any] | None:
-            found = self.lookup(keys[name], verify=False).record if name in keys else None
-            return found.preimage if found is not None else None
+            if name not in keys:
+                return None
+            found = self.lookup(keys[name], verify=False).record
+            if found is not None:
+                return found.preimage
+            # Its artifact is gone (removed by hand, say): the name's last commit still
+            # knows the preimage, if that was this key. The node is not new.
+            ref = self._read_json(f"nodes/{safe_name(name)}.json")
+            return ref.get("preimage") if ref and ref.get("key") == keys[name] else None
 
         return preimage
 

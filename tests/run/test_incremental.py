@@ -166,6 +166,25 @@ def _renamed(spec: str) -> str:
     )
 
 
+def test_an_artifact_removed_by_hand_is_said_to_be_gone_not_new(built):
+    import shutil
+
+    from llmbuild.plan import StatCache, plan_spec
+    from llmbuild.spec.load import load_spec
+    from llmbuild.store.store import Store
+
+    project, store = built
+    planned = plan_spec(load_spec(project), store=Store(str(store)), cache=StatCache())
+    shutil.rmtree(store / "artifacts" / planned.keys["stage:sft"].key)
+    plan = plan_spec(load_spec(project), store=Store(str(store)), cache=StatCache()).plan
+    nodes = {n.name: n for n in plan.nodes}
+    assert nodes["stage:sft"].status == "build"
+    assert nodes["stage:sft"].reason == "not in the store", nodes["stage:sft"]
+    assert nodes["stage:dpo"].status == "cached"  # what it was built from stays its key
+    outcome = fixture_build(project, store)
+    assert outcome.ok and counts() == {"stage:sft": 1}
+
+
 def test_renaming_rebuilds_and_copies_nothing(built, tmp_path):
     from llmbuild.plan import StatCache, plan_spec
     from llmbuild.spec.load import load_spec
