@@ -32,6 +32,18 @@ def test_resolve_shows_origins(project, capsys):
     assert data["origins"]["model.seed"].endswith("spec.toml:5")
 
 
+def test_resolve_leaves_out_the_special_tokens_a_pretrained_tokenizer_has_of_its_own(
+    tmp_path, capsys
+):
+    from tests.checkpoints import import_spec, write_checkpoint
+
+    spec = import_spec(tmp_path, write_checkpoint(tmp_path / "ck", "gpt2"))
+    assert main(["resolve", str(spec)]) == 0
+    lines = {ln.split(" = ")[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert lines["tokenizer.kind"].startswith('tokenizer.kind = "pretrained"')
+    assert not {"tokenizer.bos_token", "tokenizer.eos_token", "tokenizer.pad_token"} & set(lines)
+
+
 def test_schema(tmp_path, capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if spec.tokenizer.kind == "pretrained":  # its special tokens are its own, whatever
+        # the spec's defaults say (the spec cannot set them)
+        own = {("tokenizer", name) for name in ("bos_token", "eos_token", "pad_token")}
+        rows = [row for row in rows if row[1] not in own]
     shown = [(key, json.dumps(value), str(resolved.origin(path))) for key, path, value in rows]
     width = min(max(len(k) + len(v) + 3 for k, v, _ in shown), 72)
     for key, value, origin in shown:
