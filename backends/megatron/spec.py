@@ -159,7 +159,8 @@ class Distill(StageBase):
     """Weight of the distillation term: the loss is `(1 - alpha) * CE + alpha * T^2 *
     KL`, CE against the data's next tokens."""
     temperature: float = Field(2.0, gt=0)
-    """Temperature `T` that softens both distributions in the KL term."""
+    """Temperature `T` that softens both distributions in the KL term (at least 0.1: the
+    term's gradients scale with `T`)."""
     kl: Literal["forward", "reverse"] = "forward"
     """`forward`: KL(teacher || student), which spreads the student over what the teacher
     allows; `reverse`: KL(student || teacher), which seeks the teacher's modes."""
@@ -167,6 +168,19 @@ class Distill(StageBase):
     """Compare the two distributions over the teacher's `top_k` most likely tokens only
     (both renormalised there), as with stored teacher logits; the whole vocabulary when
     omitted."""
+
+    @field_validator("temperature")
+    @classmethod
+    def _softened(cls, value: float) -> float:
+        if value < 0.1:
+            raise ValueError(
+                f"temperature = {value:g}: the gradient of T^2 * KL with respect to the "
+                "student's logits is T times the difference of the two sharpened "
+                "distributions, at most 2T in size (cross-entropy's is up to 2), so the "
+                "distillation term would teach next to nothing; use a temperature of at "
+                "least 0.1 (1 to 4 is usual)"
+            )
+        return value
 
     @field_validator("top_k")
     @classmethod

@@ -226,6 +226,27 @@ def test_a_top_k_of_one_token_is_a_located_error(tmp_path):
     load_spec(student_spec(tmp_path), ["stage.student.top_k=2"])
 
 
+def test_a_temperature_too_low_to_teach_is_a_located_error(tmp_path):
+    """The T^2 * KL term's gradient is T (q_T - p_T): at T = 0.01 a fiftieth of
+    cross-entropy's at most."""
+    import torch
+    from llmbuild.backends.megatron.objectives import distillation_kl
+
+    from llmbuild.errors import SpecError
+    from llmbuild.spec.load import load_spec
+
+    teacher = torch.randn(2, 3, 16)
+    for t in (0.01, 1.0):
+        student = torch.randn(2, 3, 16, requires_grad=True)
+        (t * t * distillation_kl(student, teacher, t, "forward", None)).sum().backward()
+        size = student.grad.abs().sum(-1).max().item()
+        assert size <= 2 * t + 1e-6 and (t < 1 or size > 0.1), (t, size)
+    with pytest.raises(SpecError) as e:
+        load_spec(student_spec(tmp_path), ["stage.student.temperature=0.01"])
+    assert "stage[1].temperature: temperature = 0.01: the gradient of T^2 * KL" in str(e.value)
+    load_spec(student_spec(tmp_path), ["stage.student.temperature=0.1"])
+
+
 def test_a_layout_the_spec_cannot_split_is_said_once_not_per_stage(tmp_path):
     from llmbuild.errors import SpecError
     from llmbuild.spec.load import load_spec
