@@ -453,7 +453,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
-    with _own_session():
+    with _own_session(), _lean_head():
         ray.init(
             address="local",  # a cluster of its own, never one `ray start` left here
             include_dashboard=False,
@@ -487,12 +487,43 @@ def _own_session() -> Iterator[None]:
         services.ConsolePopen = popen
 
 
+UNUSED_HEAD_PROCESSES = ("start_api_server", "start_monitor", "start_log_monitor")
+"""The head's processes a build's own cluster does without (``ray._private.node.Node``'s
+methods that start them)."""
+
+
+@contextmanager
+def _lean_head() -> Iterator[None]:
+    """Start a local cluster without the head's processes a build never uses: the
+    dashboard's API server (with the dashboard off it serves only Ray's usage statistics,
+    and ``ray.init`` waits for it to come up: 0.6 s of every build on 2 cores), the
+    autoscaler's monitor (a local cluster is not autoscaled) and the log monitor (the
+    workers' output is not sent to the driver: ``log_to_driver=False``). Ray takes an API
+    server that did not start as it does when one fails to. Fewer processes also leave the
+    training ranks more of a small machine. Another Ray without these methods starts
+    them all."""
+    from ray._private.node import Node
+
+    saved = {name: Node.__dict__[name] for name in UNUSED_HEAD_PROCESSES if name in Node.__dict__}
+
+    def not_started(self: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    for name in saved:
+        setattr(Node, name, not_started)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(Node, name, method)
+
+
 def stop_local_ray() -> None:
     """``ray.shutdown()`` of the cluster this process started, its autoscaler monitor killed
     first. Ray stops the raylet and the GCS before the monitor, whose SIGTERM handler then
     reports its own end to the GCS that is gone and hangs until Ray kills it a second
     later: a second of every build. A local cluster is not autoscaled and the monitor
-    keeps nothing, so it goes at once."""
+    keeps nothing, so it goes at once (``_lean_head`` starts none where Ray lets it)."""
     import ray
 
     try:

@@ -40,14 +40,28 @@ def test_fixture_pipeline_on_local_ray(project, ray_env, tmp_path):
     assert again.count("cached") == 14 and not ray.is_initialized()
 
 
-def test_stopping_a_local_cluster_ends_every_process_it_started(ray_env):
-    from ray._private import ray_constants, worker
+def _total(values: list[int]) -> int:
+    return sum(values)
 
-    from llmbuild.run.executors import start_local_ray, stop_local_ray
+
+def test_a_local_cluster_starts_what_a_build_uses_and_stops_every_process_it_started(ray_env):
+    from ray._private import ray_constants, worker
+    from ray._private.node import Node
+
+    from llmbuild.run.executors import UNUSED_HEAD_PROCESSES, start_local_ray, stop_local_ray
 
     start_local_ray(num_cpus=1)
     started = worker._global_node.all_processes
-    assert ray_constants.PROCESS_TYPE_MONITOR in started  # the one killed ahead of the rest
+    unused = {
+        ray_constants.PROCESS_TYPE_DASHBOARD,
+        ray_constants.PROCESS_TYPE_MONITOR,
+        ray_constants.PROCESS_TYPE_LOG_MONITOR,
+    }
+    assert ray_constants.PROCESS_TYPE_RAYLET in started and not unused & set(started)
+    assert ray.get(ray.remote(_total).remote([3, 4])) == 7
+    assert [getattr(Node, name).__name__ for name in UNUSED_HEAD_PROCESSES] == list(
+        UNUSED_HEAD_PROCESSES
+    )  # Ray's own methods again once the cluster is up
     processes = [info.process for infos in started.values() for info in infos]
     stop_local_ray()
     assert not ray.is_initialized()
