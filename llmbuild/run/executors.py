@@ -500,8 +500,8 @@ def _lean_head() -> Iterator[None]:
     autoscaler's monitor (a local cluster is not autoscaled) and the log monitor (the
     workers' output is not sent to the driver: ``log_to_driver=False``). Ray takes an API
     server that did not start as it does when one fails to. Fewer processes also leave the
-    training ranks more of a small machine. Another Ray without these methods starts
-    them all."""
+    training ranks more of a small machine. A Ray whose ``Node`` lacks one of these
+    methods starts that process as before."""
     from ray._private.node import Node
 
     saved = {name: Node.__dict__[name] for name in UNUSED_HEAD_PROCESSES if name in Node.__dict__}

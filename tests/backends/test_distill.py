@@ -227,7 +227,7 @@ def test_a_top_k_of_one_token_is_a_located_error(tmp_path):
 
 
 def test_a_temperature_too_low_to_teach_is_a_located_error(tmp_path):
-    """The T^2 * KL term's gradient is T (q_T - p_T): at T = 0.01 a fiftieth of
+    """The T^2 * KL term's gradient is T (q_T - p_T): at T = 0.01 a hundredth of
     cross-entropy's at most."""
     import torch
     from llmbuild.backends.megatron.objectives import distillation_kl
