@@ -160,7 +160,7 @@ def logit_difference(ck: Checkpoint, stage_dir: Path, arch: Architecture) -> tup
 
 
 def run(ctx: RunContext[ImportConfig]) -> None:
-    from llmbuild.backends.megatron.vocab import padded_vocab
+    from llmbuild.backends.megatron.vocab import counted_parameters, padded_vocab
     from safetensors.torch import save_file
 
     config = ctx.config
@@ -200,7 +200,9 @@ def run(ctx: RunContext[ImportConfig]) -> None:
             "max_logprob_diff": logprob_diff,
             "family": ck.family.name,
             "hf_class": ck.family.hf_class,
-            "parameters": sum(t.numel() for t in weights.values()),
+            "parameters": counted_parameters(
+                {k: t.shape for k, t in weights.items()}, vocab, meta["padded_vocab_size"]
+            ),
             "weight_files": len(ck.weights),
         }
     )

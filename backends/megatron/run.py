@@ -180,12 +180,12 @@ def rank_config(ctx: RunContext[TrainConfig], tok: TokenizerArtifact, vocab: int
     )
 
 
-def _parameters(out: Any, adapters: bool = False) -> int | None:
-    """How many weights the stage holds, its sequence head's included (read from the
-    files' headers); None for a stage holding only LoRA adapters. ``adapters``: how many
-    its LoRA adapters hold (None without)."""
-    import math
-
+def _parameters(out: Any, vocab: int, padded: int, adapters: bool = False) -> int | None:
+    """How many weights the stage holds, its sequence head's included and the embedding's
+    padding rows (past ``vocab``, up to ``padded``) not (read from the files' headers);
+    None for a stage holding only LoRA adapters. ``adapters``: how many its LoRA adapters
+    hold (None without)."""
+    from llmbuild.backends.megatron.vocab import counted_parameters
     from safetensors import safe_open
 
     if not (out / (ADAPTER if adapters else MODEL)).exists():
@@ -195,7 +195,8 @@ def _parameters(out: Any, adapters: bool = False) -> int | None:
     for name in (n for n in files if (out / n).exists()):
         with safe_open(str(out / name), "np") as f:
             names = f.keys()  # the file's tensor names (it is not a mapping)
-            total += sum(math.prod(f.get_slice(k).get_shape()) for k in names)
+            shapes = {k: f.get_slice(k).get_shape() for k in names}
+        total += counted_parameters(shapes, vocab, padded)
     return total
 
 
@@ -368,9 +369,10 @@ def run(ctx: RunContext[TrainConfig]) -> None:
     _loss_curve(ctx.out_dir / "loss.png", stage.name, rows)
     ctx.timings["curves"] = round(time.perf_counter() - mark, 3)  # TensorBoard's and a PNG
     final = rows[-1]
-    if (parameters := _parameters(ctx.out_dir)) is not None:
+    rows_of = (vocab, meta["padded_vocab_size"])
+    if (parameters := _parameters(ctx.out_dir, *rows_of)) is not None:
         ctx.metrics["parameters"] = parameters
-    if (adapters := _parameters(ctx.out_dir, adapters=True)) is not None:
+    if (adapters := _parameters(ctx.out_dir, *rows_of, adapters=True)) is not None:
         ctx.metrics["adapter_parameters"] = adapters
     ctx.metrics.update(
         {

@@ -3,6 +3,9 @@ a stage decides it before any rank imports megatron."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+
 from llmbuild.spec.model import Architecture
 
 
@@ -26,3 +29,22 @@ def padded_vocab(vocab_size: int, arch: Architecture) -> int:
     parallel layout (so weights are layout-independent)."""
     m = arch.vocab_multiple
     return -(-vocab_size // m) * m
+
+
+VOCAB_ROWS = ("embedding.word_embeddings.", "output_layer.")
+"""The tensors (by canonical name) with a row per embedding row."""
+
+
+def counted_parameters(shapes: Mapping[str, Sequence[int]], vocab: int, padded: int) -> int:
+    """The weights of tensors of these ``shapes`` but for the embedding's padding rows
+    (and the output layer's), which stand for no token: the count transformers gives the
+    same model."""
+    total = sum(math.prod(shape) for shape in shapes.values())
+    extra = padded - vocab
+    if extra <= 0:
+        return total
+    return total - sum(
+        extra * math.prod(shape[1:])
+        for name, shape in shapes.items()
+        if name.startswith(VOCAB_ROWS) and len(shape) and shape[0] == padded
+    )

@@ -52,6 +52,7 @@ def run(ctx: RunContext[PruneConfig]) -> None:
 def _run(ctx: RunContext[PruneConfig]) -> None:
     from llmbuild.backends.megatron.generate import load_model
     from llmbuild.backends.megatron.model import canonical_state
+    from llmbuild.backends.megatron.vocab import counted_parameters
     from llmbuild.backends.prune.importance import calibration_loss, choose
     from llmbuild.backends.prune.slicing import Shape, prune_state
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
@@ -96,11 +97,16 @@ def _run(ctx: RunContext[PruneConfig]) -> None:
         "pruned_calibration_loss": pruned_loss,
     }
     (ctx.out_dir / "importance.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    parameters = sum(t.numel() for t in state.values())
+    rows = (meta["vocab_size"], meta.get("padded_vocab_size", meta["vocab_size"]))
+
+    def counted(weights: dict[str, Any]) -> int:
+        return counted_parameters({k: t.shape for k, t in weights.items()}, *rows)
+
+    parameters = counted(state)
     ctx.metrics.update(
         {
             "parameters": parameters,
-            "parameters_before": sum(t.numel() for t in full.values()),
+            "parameters_before": counted(full),
             "calibration_loss_before": report["calibration_loss"],
             "calibration_loss": pruned_loss,
             "dropped_layers": len(report["dropped_layers"]),

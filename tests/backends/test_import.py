@@ -92,6 +92,9 @@ def test_import_matches_transformers_and_exports_back_bit_for_bit(imported, case
         return out[0].tolist()
 
     assert greedy(exported) == greedy(ck)
+    # the weights counted as transformers counts them: the embedding's padding rows not
+    hf = AutoModelForCausalLM.from_pretrained(str(ck), dtype=torch.float32)
+    assert metrics["parameters"] == hf.num_parameters(), (metrics["parameters"], case)
     if case in WITH_GGUF:  # read back by transformers' GGUF loader, logits checked
         gguf = outcome.results["export:gguf@base"].record.metrics
         assert gguf["max_logit_diff"] < 1e-3, gguf
