@@ -435,6 +435,14 @@ def _largest_machine_cpus() -> float:
     return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
 
 
+QUIET_CLUSTER_ENV = {"RAY_enable_core_worker_task_event_to_gcs": "0"}
+"""Ray settings of a build's own cluster, passed to its processes by the environment. Task
+events: every process of the cluster sends the state of each task it runs or submits to
+the GCS each second, for Ray's state API and dashboard, neither of which a build uses; and
+``ray.shutdown()`` waits for the driver's last ones (0.25 s of every build, at times a
+second)."""
+
+
 def start_local_ray(num_cpus: int | None = None) -> None:
     """Start a Ray cluster of this process's own on this machine, bound to 127.0.0.1.
 
@@ -448,6 +456,8 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     from llmbuild.run.ranks import local_ray_env
 
     local_ray_env()
+    for name, value in QUIET_CLUSTER_ENV.items():  # a user's own setting stands
+        os.environ.setdefault(name, value)
     # A local cluster keeps Ray's default token authentication; its notice that the
     # default is on is not for our users.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(

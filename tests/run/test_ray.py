@@ -44,11 +44,20 @@ def _total(values: list[int]) -> int:
     return sum(values)
 
 
+def _environment(names: list[str]) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
 def test_a_local_cluster_starts_what_a_build_uses_and_stops_every_process_it_started(ray_env):
     from ray._private import ray_constants, worker
     from ray._private.node import Node
 
-    from llmbuild.run.executors import UNUSED_HEAD_PROCESSES, start_local_ray, stop_local_ray
+    from llmbuild.run.executors import (
+        QUIET_CLUSTER_ENV,
+        UNUSED_HEAD_PROCESSES,
+        start_local_ray,
+        stop_local_ray,
+    )
 
     start_local_ray(num_cpus=1)
     started = worker._global_node.all_processes
@@ -59,6 +68,8 @@ def test_a_local_cluster_starts_what_a_build_uses_and_stops_every_process_it_sta
     }
     assert ray_constants.PROCESS_TYPE_RAYLET in started and not unused & set(started)
     assert ray.get(ray.remote(_total).remote([3, 4])) == 7
+    # its workers send Ray no task events, which nothing of a build reads
+    assert ray.get(ray.remote(_environment).remote(list(QUIET_CLUSTER_ENV))) == QUIET_CLUSTER_ENV
     assert [getattr(Node, name).__name__ for name in UNUSED_HEAD_PROCESSES] == list(
         UNUSED_HEAD_PROCESSES
     )  # Ray's own methods again once the cluster is up
