@@ -471,6 +471,21 @@ def start_local_ray(num_cpus: int | None = None) -> None:
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
+    from llmbuild.run import reaper
+
+    reaper.watch(_session_leaders())
+
+
+def _session_leaders() -> list[int]:
+    """The processes this process's local cluster started, each the leader of its own
+    session and process group (``_own_session``): the GCS, and the raylet with its agents."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        return [info.process.pid for infos in node.all_processes.values() for info in infos]
+    except Exception:  # another Ray's internals, or no cluster
+        return []
 
 
 @contextmanager
@@ -480,7 +495,8 @@ def _own_session() -> Iterator[None]:
     which stops its cluster as on Ctrl-C; had it reached Ray's GCS too, the build's next
     call to it would block for a minute and end in a crash. Ray blocks SIGINT in its
     processes for the same reason, not SIGTERM. They still end with the build: Ray has
-    the kernel kill them when their parent dies."""
+    the kernel kill the GCS and the raylet when their parent dies, and ``reaper`` the
+    raylet's agents, which Ray leaves hanging."""
     from ray._private import services
 
     popen = services.ConsolePopen
@@ -536,6 +552,10 @@ def stop_local_ray() -> None:
     keeps nothing, so it goes at once (``_lean_head`` starts none where Ray lets it)."""
     import ray
 
+    from llmbuild.run import reaper
+
+    reaper.release()
+
     try:
         from ray._private import ray_constants, worker
 
@@ -554,18 +574,13 @@ def _kill_local_ray() -> None:
     its head is gone, so they cannot be stopped in order."""
     import signal
 
-    try:
-        from ray._private import worker
+    from llmbuild.run import reaper
 
-        node = worker._global_node
-        for infos in node.all_processes.values() if node else []:
-            for info in infos:
-                with contextlib.suppress(OSError):
-                    os.killpg(info.process.pid, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    info.process.kill()
-    except Exception:  # another Ray's internals: ray.shutdown() does what it can
-        pass
+    reaper.release()
+    for pid in _session_leaders():  # none from another Ray's internals: ray.shutdown() does
+        for kill in (os.killpg, os.kill):  # what it can
+            with contextlib.suppress(OSError):
+                kill(pid, signal.SIGKILL)
 
 
 class ClusterLost(UserError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -241,3 +242,52 @@ def test_a_killed_builds_checkpoint_is_named_and_gc_removes_it_when_asked(
     assert _plan(project, store)["stage:pretrain"].status == "build"  # starts over
     assert main(["gc", "--store", str(store), "--checkpoints"]) == 0
     assert "the work of" not in capsys.readouterr().out  # a log alone is not listed
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_build_killed_with_sigkill_leaves_no_process_of_its_cluster(
+    project, fixture_env, tmp_path
+):
+    """The raylet's agents, which Ray leaves hanging when the build and its raylet die, go
+    with it."""
+    pytest.importorskip("ray")
+    store = tmp_path / "store"
+    set_control(sleep={"stage:pretrain": 60})
+    proc = _spawn(project, store, {}, executor="ray")
+    cluster: list[int] = []
+    try:
+        _wait_for(lambda: "stage:pretrain" in invocations(), timeout=120)
+        cluster = _descendants(proc.pid)
+        titles = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in cluster]
+        assert any(b"DashboardAgent" in t or b"RuntimeEnvAgent" in t for t in titles), titles
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _wait_for(lambda: not [pid for pid in cluster if _alive(pid)], timeout=30)
+    finally:
+        for pid in cluster:  # what a failed run leaves: this test started them
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
