@@ -161,3 +161,32 @@ def test_numbers_out_of_range_are_usage_errors(args, message, capsys):
         main(args)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_generate_writes_its_text_as_it_comes_and_holds_back_what_may_change(capsys):
+    """A reply streamed a token (here a byte) at a time: no half character, no piece of
+    an end-of-turn marker, the same text in the end as written at once."""
+    from llmbuild.backends.tokenizer.continuation import Continuation
+
+    from llmbuild.cli.generate_cmd import _Stream
+
+    def decode(ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    ids = list("Paris, ville lumière.<|im_end|> and on".encode())
+    writes = []
+    with _Stream(Continuation(decode, []), ("<|im_end|>",), lead="") as stream:
+        for n in range(1, len(ids) + 1):
+            stream.show(ids[:n])
+            writes.append(capsys.readouterr().out)
+        stream.show(ids, last=True)
+    writes.append(capsys.readouterr().out)
+    assert "".join(writes) == "Paris, ville lumière.\n"
+    assert all("\ufffd" not in w and "<" not in w for w in writes)
+    assert "".join(writes[: len("Paris, ville")]).startswith("Paris")  # before the end
+
+    # Ctrl-C: what was written stays, on a line of its own
+    with pytest.raises(KeyboardInterrupt), _Stream(Continuation(decode, []), (), "Once") as stream:
+        stream.show(list(b" upon"))
+        raise KeyboardInterrupt
+    assert capsys.readouterr().out == "Once upon\n"

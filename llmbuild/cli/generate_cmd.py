@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def writes_text(resolved: Any, stage: str, command: str) -> None:
         )
 
 
-def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
+def _generate_hf(args: argparse.Namespace, export_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -156,26 +157,43 @@ def _generate_hf(args: argparse.Namespace, export_dir: Path) -> str:
     ends = text_turn_ends(tok.chat_template, tok.get_vocab()) if args.chat else ()
     if ends:  # transformers stops at their text as it does at a token
         sampling.update(stop_strings=list(ends), tokenizer=tok)
+    from transformers.generation.streamers import BaseStreamer
+
+    from llmbuild.backends.tokenizer.continuation import Continuation
+
+    decode = partial(tok.decode, skip_special_tokens=True)
+    stream = _Stream(Continuation(decode, prompt), ends, "" if args.chat else args.prompt)
+
+    class Shown(BaseStreamer):  # transformers hands it the prompt, then each new token
+        def __init__(self) -> None:
+            self.ids: list[int] | None = None
+
+        def put(self, value: Any) -> None:
+            if self.ids is None:
+                self.ids = []
+                return
+            self.ids += value.flatten().tolist()
+            stream.show(self.ids)
+
+        def end(self) -> None:
+            pass
+
     torch.manual_seed(args.seed)
     ids = torch.tensor([prompt])
-    with torch.no_grad():
+    with torch.no_grad(), stream:
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new,
             pad_token_id=tok.pad_token_id,
+            streamer=Shown(),
             **sampling,
         )
-    generated = out[0, len(prompt) :].tolist()
-    stops = model.generation_config.eos_token_id  # eos, and a chat model's end of turn
-    if generated and generated[-1] in (stops if isinstance(stops, list) else [stops]):
-        generated = generated[:-1]
-    from functools import partial
-
-    from llmbuild.backends.tokenizer.continuation import Continuation
-
-    decode = partial(tok.decode, skip_special_tokens=True)
-    return _before(Continuation(decode, prompt).text(generated), ends)
+        generated = out[0, len(prompt) :].tolist()
+        stops = model.generation_config.eos_token_id  # eos, and a chat model's end of turn
+        if generated and generated[-1] in (stops if isinstance(stops, list) else [stops]):
+            generated = generated[:-1]
+        stream.show(generated, last=True)
 
 
 def _note_cut(tokens: int, context: int) -> None:
@@ -187,7 +205,7 @@ def _note_cut(tokens: int, context: int) -> None:
         )
 
 
-def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) -> str:
+def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) -> None:
     from llmbuild.backends.megatron.artifact import StageArtifact
     from llmbuild.backends.megatron.generate import context, sample
     from llmbuild.backends.tokenizer.artifact import TokenizerArtifact
@@ -214,27 +232,63 @@ def _generate_stage(args: argparse.Namespace, stage_input: Any, tok_input: Any) 
             "its text has characters outside the tokenizer's vocabulary\n"
         )
     ends = tok.stop_texts if args.chat else ()
-    new = sample(
-        model,
-        config,
-        ids,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.seed,
-        stop=tok.stop_ids,
-        # each of a marker's tokens spells at least one of its characters: the last
-        # len(marker) tokens hold it once it is written out
-        until=(lambda out: any(e in tok.decode(out[-len(e) :]) for e in ends)) if ends else None,
-    )
-    from functools import partial
-
     from llmbuild.backends.tokenizer.continuation import Continuation
 
     # special tokens left out, as transformers decodes them on an export's path
     decode = partial(tok.decode, skip_special_tokens=True)
-    return _before(Continuation(decode, ids).text(new), ends)
+    stream = _Stream(Continuation(decode, ids), ends, "" if args.chat else args.prompt)
+
+    def until(out: list[int]) -> bool:
+        stream.show(out)
+        # each of a marker's tokens spells at least one of its characters: the last
+        # len(marker) tokens hold it once it is written out
+        return any(e in tok.decode(out[-len(e) :]) for e in ends)
+
+    with stream:
+        new = sample(
+            model,
+            config,
+            ids,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            stop=tok.stop_ids,
+            until=until,
+        )
+        stream.show(new, last=True)
+
+
+class _Stream:
+    """A continuation written to stdout as its tokens come. What may still change is held
+    back until the next token or the last: a character whose bytes are not all there yet
+    (decoded as U+FFFD), and as much of the text's end as could begin an end-of-turn
+    marker. A text prompt is written first, the text going on from it. Interrupted, it
+    ends the line it wrote."""
+
+    def __init__(self, continuation: Any, ends: tuple[str, ...], lead: str) -> None:
+        self.continuation, self.ends, self.lead = continuation, ends, lead
+        self.hold = max((len(e) for e in ends), default=1) - 1
+        self.shown = ""
+
+    def show(self, new: list[int], last: bool = False) -> None:
+        text = _before(self.continuation.text(new), self.ends)
+        if not last:
+            text = text[: len(text) - self.hold].rstrip("\ufffd")
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            sys.stdout.write(text[len(self.shown) :])
+            sys.stdout.flush()
+            self.shown = text
+
+    def __enter__(self) -> _Stream:
+        sys.stdout.write(self.lead)
+        sys.stdout.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 def _before(text: str, ends: tuple[str, ...]) -> str:
@@ -252,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
     planned = plan_spec(resolved, store=store, cache=store.cache)
     if args.export:
         node = _export_node(resolved, args.export, args.command)
-        text = _generate_hf(args, _built(store, planned, node, args).path)
+        export = _built(store, planned, node, args).path
+        generate = partial(_generate_hf, args, export)
     else:
         stages = [n for n in planned.names if n.startswith("stage:")]
         name = f"stage:{args.stage}" if args.stage else stages[-1]
@@ -261,6 +316,6 @@ def run(args: argparse.Namespace) -> int:
         writes_text(resolved, name.split(":", 1)[1], args.command)
         stage = _built(store, planned, name, args)
         tokenizer = _built(store, planned, "tokenizer", args)
-        text = _generate_stage(args, stage, tokenizer)
-    sys.stdout.write(text + "\n" if args.chat else args.prompt + text + "\n")
+        generate = partial(_generate_stage, args, stage, tokenizer)
+    generate()
     return 0
