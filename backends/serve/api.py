@@ -147,7 +147,11 @@ class Api:
             ids = self.served.prompt_ids(prompt)
         else:
             vocab = int(self.served.model.config.vocab_size)
-            if not prompt or not all(0 <= i < vocab for i in prompt):
+            if not prompt:  # as vLLM says it; an empty text starts from the first token
+                raise ApiError(
+                    400, "The prompt cannot be an empty list of token ids.", param="prompt"
+                )
+            if not all(0 <= i < vocab for i in prompt):
                 raise ApiError(400, f"Token ids must be in [0, {vocab}).", param="prompt")
             ids = list(prompt)
         return self._job(body, False, ids, body.max_tokens or COMPLETION_DEFAULT_TOKENS)

@@ -361,6 +361,10 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(servers):
         assert got == status, (path, body, answer)
         assert shaped(answer)["param"] == param
         succeeds()
+    for ids, said in (([], "an empty list"), ([0, 10**6], "must be in [0, ")):
+        body = json.dumps({"model": "hf@base", "prompt": ids}).encode()
+        got, answer = _raw(server, "/v1/completions", body, KEY)
+        assert got == 400 and said in shaped(answer)["message"], answer
 
     with pytest.raises(openai.AuthenticationError) as e:
         server.client(api_key="wrong").models.list()
