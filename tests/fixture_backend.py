@@ -3,7 +3,7 @@
 It stands in for every built-in backend under the same names and configs. A node's
 output is a hash of its config and its inputs' output files; each run appends the node
 name to ``invocations.log``. ``control.json`` (both in $LLMBUILD_FIXTURE_DIR) can make
-named nodes fail, sleep (reporting progress), write a large file (``fill``), append to a
+named nodes fail, sleep (reporting progress), log a library's warning, write a large file (``fill``), append to a
 file of theirs (``edit``: a user editing it mid-build), or produce random output.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -96,6 +97,8 @@ class FixtureBackend(Backend):
             ctx.progress.update(completed=i + 1, total=int(steps * 10), unit="ticks")
             ctx.mark_checkpoint(i + 1)
             time.sleep(0.1)
+        if ctx.node in ctl.get("library_warning", []):  # as lm-eval's or transformers' are
+            logging.getLogger("some.library").warning("%s: a library's warning", ctx.node)
         if ctx.node in ctl.get("edit", {}):
             with open(ctl["edit"][ctx.node], "a") as f:
                 f.write("An edit.\n")

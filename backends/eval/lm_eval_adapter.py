@@ -88,6 +88,11 @@ class BuiltModel(TemplateLM):
             logits = self.model(ids, pos, None)[..., : self.vocab].float()
         return torch.log_softmax(logits, dim=-1)
 
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        """lm-eval's own, without its "Tokenizing inputs" bar, which would break into the
+        build's progress lines (the node reports its progress itself)."""
+        return super().loglikelihood(requests, disable_tqdm=True)
+
     def _loglikelihood_tokens(
         self, requests: list[Request], disable_tqdm: bool = False, **_: Any
     ) -> list[tuple[float, bool]]:

@@ -145,6 +145,9 @@ def execute_node(
     work = store.work_dir(task.key)
     log_path = work / "node.log"
     log, handler = _logger(task.name, log_path)
+    # The libraries' warnings while it runs (lm-eval's, transformers') are the node's: in
+    # its log, not on the build's console or a Ray worker's own files.
+    logging.getLogger().addHandler(handler)
     out = store.scratch(task.name, task.key)
     started = time.time()
     try:
@@ -217,4 +220,5 @@ def execute_node(
     finally:
         leave_process_groups()  # a node's groups die with it: the process hosts others
         log.removeHandler(handler)
+        logging.getLogger().removeHandler(handler)
         handler.close()

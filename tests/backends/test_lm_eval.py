@@ -116,6 +116,25 @@ def test_adapter_scores_as_lm_eval_hf_model_on_the_export(built, monkeypatch):
     ]
 
 
+def test_the_adapter_scores_without_a_progress_bar(built, capfd):
+    """lm-eval's "Tokenizing inputs" bar would break into a build's progress lines."""
+    from llmbuild.backends.eval.lm_eval_adapter import BuiltModel
+    from lm_eval.api.instance import Instance
+
+    _, _, store, outcome = built
+    model = BuiltModel(
+        artifact(outcome, store, "stage:pretrain"),
+        artifact(outcome, store, "tokenizer"),
+        batch_size=8,
+        max_gen_toks=4,
+    )
+    asked = [("The", " cat"), ("", " dog")]
+    requests = [Instance("loglikelihood", {}, pair, idx=i) for i, pair in enumerate(asked)]
+    scores = model.loglikelihood(requests)
+    assert len(scores) == 2 and all(s[0] < 0 for s in scores)
+    assert "Tokenizing" not in capfd.readouterr().err
+
+
 def test_an_unknown_task_is_a_plain_error(built):
     root, _, store, _ = built
     shutil.copytree(TASKS, root / "typo" / "tasks")

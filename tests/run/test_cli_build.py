@@ -65,6 +65,21 @@ def test_a_build_leaves_no_library_progress_bars_in_its_output(cli, monkeypatch)
     assert subprocess.run([sys.executable, "-c", bar], env=dict(os.environ)).returncode == 0
 
 
+def test_a_librarys_warning_goes_to_its_nodes_log_not_the_console(cli, capsys):
+    import logging
+
+    set_control(library_warning=["tokenizer"])
+    assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 0
+    out, err = capsys.readouterr()
+    assert "a library's warning" not in out + err
+    assert main(["show", "tokenizer", "--store", str(cli.parent / ".llmbuild")]) == 0
+    log = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("log"))
+    logged = Path(log.split()[-1]).read_text()
+    assert "WARNING tokenizer: a library's warning" in logged
+    files = [getattr(h, "baseFilename", "") for h in logging.getLogger().handlers]
+    assert not [f for f in files if f.endswith("node.log")]  # the node's, gone with it
+
+
 def test_failed_build_exits_nonzero_and_names_skipped(cli, capsys):
     set_control(fail=["stage:pretrain"])
     assert main(["build", str(cli), "--executor", "inline", "--plain"]) == 1
