@@ -185,6 +185,21 @@ def test_generate_writes_its_text_as_it_comes_and_holds_back_what_may_change(cap
     assert all("\ufffd" not in w and "<" not in w for w in writes)
     assert "".join(writes[: len("Paris, ville")]).startswith("Paris")  # before the end
 
+    # A long text is decoded from its last space shown on, not whole at every token.
+    lengths: list[int] = []
+
+    def counted(ids: list[int]) -> str:
+        lengths.append(len(ids))
+        return decode(ids)
+
+    long = list(("word " * 200 + "end").encode())
+    with _Stream(Continuation(counted, []), (), "") as stream:
+        for n in range(1, len(long) + 1):
+            stream.show(long[:n])
+        stream.show(long, last=True)
+    assert capsys.readouterr().out == "word " * 200 + "end\n"
+    assert max(lengths) <= 4 + len(b"word ")  # the context kept, and a word
+
     # Ctrl-C: what was written stays, on a line of its own
     with pytest.raises(KeyboardInterrupt), _Stream(Continuation(decode, []), (), "Once") as stream:
         stream.show(list(b" upon"))

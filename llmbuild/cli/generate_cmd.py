@@ -264,22 +264,27 @@ class _Stream:
     """A continuation written to stdout as its tokens come. What may still change is held
     back until the next token or the last: a character whose bytes are not all there yet
     (decoded as U+FFFD), and as much of the text's end as could begin an end-of-turn
-    marker. A text prompt is written first, the text going on from it. Interrupted, it
-    ends the line it wrote."""
+    marker. A text prompt is written first, the text going on from it. Once all of it is
+    shown up to a space, the tokens after it are decoded from there on, so that a long
+    text is not decoded whole at every token. Interrupted, it ends the line it wrote."""
 
     def __init__(self, continuation: Any, ends: tuple[str, ...], lead: str) -> None:
         self.continuation, self.ends, self.lead = continuation, ends, lead
         self.hold = max((len(e) for e in ends), default=1) - 1
         self.shown = ""
+        self.base = 0  # the new tokens before it are shown, and decoded no more
 
     def show(self, new: list[int], last: bool = False) -> None:
-        text = _before(self.continuation.text(new), self.ends)
-        if not last:
-            text = text[: len(text) - self.hold].rstrip("\ufffd")
+        whole = _before(self.continuation.text(new[self.base :]), self.ends)
+        text = whole if last else whole[: len(whole) - self.hold].rstrip("\ufffd")
         if text.startswith(self.shown) and len(text) > len(self.shown):
             sys.stdout.write(text[len(self.shown) :])
             sys.stdout.flush()
             self.shown = text
+        if not last and text == self.shown == whole and text[-1:].isspace():
+            done = self.continuation.before + new[self.base :]
+            self.continuation = type(self.continuation)(self.continuation.decode, done)
+            self.base, self.shown = len(new), ""
 
     def __enter__(self) -> _Stream:
         sys.stdout.write(self.lead)
